@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs wam with its dev extras into .venv and runs the whole test suite (simulation tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,140 @@
+"""Typed, frozen configuration and the model presets.
+
+Every setting that changes a result lives in one of these dataclasses; a checkpoint stores them all
+resolved in `config.json`, so a run is described by its files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The WAM network and the frame tokenizer in front of it."""
+
+    # transformer
+    width: int = 256  # hidden size of every stream
+    depth: int = 6  # number of Mixture-of-Transformers blocks
+    heads: int = 4  # attention heads (width must divide by it)
+    mlp_ratio: float = 4.0  # MLP hidden size / width
+    causal: bool = False  # frame-causal attention for video tokens instead of bidirectional
+    # frames and their tokenizer
+    image_size: int = 64  # frames are square, image_size x image_size (per camera)
+    n_cameras: int = 1  # cameras are placed side by side: the tokenizer sees an image n_cameras wide
+    image_channels: int = 3
+    latent_channels: int = 8  # channels of the tokenizer's latent grid
+    tokenizer_downsample: int = 8  # image_size / latent grid size (a power of two)
+    tokenizer_width: int = 32  # channels of the tokenizer's first conv layer
+    patch_size: int = 2  # latent patch side: one video token per patch_size^2 latent cells
+    # time layout of one example
+    n_obs_steps: int = 1  # history frames (the last one is the current observation)
+    future_frames: int = 2  # predicted frames after the current one
+    future_stride: int = 4  # control steps between consecutive future frames
+    action_horizon: int = 8  # actions per chunk (one action token each)
+    # other modalities
+    action_dim: int = 4  # actions are padded to this size (per-dataset masks mark the real ones)
+    state_dim: int = 0  # proprioception size; 0 for none
+    n_tasks: int = 64  # rows of the learned task-embedding table (plus one "no task" row for guidance)
+    text_dim: int = 0  # size of precomputed text embeddings, replaces the table when > 0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.image_size % self.tokenizer_downsample:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by tokenizer_downsample {self.tokenizer_downsample}"
+            )
+        if self.latent_size % self.patch_size:
+            raise ValueError(f"latent grid {self.latent_size} must be divisible by patch_size {self.patch_size}")
+        if self.tokenizer_downsample & (self.tokenizer_downsample - 1):
+            raise ValueError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid of one camera."""
+        return self.image_size // self.tokenizer_downsample
+
+    @property
+    def frames(self) -> int:
+        """History plus future frames in one example."""
+        return self.n_obs_steps + self.future_frames
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size // self.patch_size) ** 2 * self.n_cameras
+
+    @property
+    def context_tokens(self) -> int:
+        """One task token, plus one state token per history step when there is a state."""
+        return 1 + (self.n_obs_steps if self.state_dim > 0 else 0)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one full (joint-mode) example."""
+        return self.context_tokens + self.frames * self.tokens_per_frame + self.action_horizon
+
+
+# The flat preset dict: names are also the CLI's `--preset` choices.
+PRESETS: dict[str, ModelConfig] = {
+    # CPU-sized: 64x64 frames -> 8x8x8 latents -> 16 tokens per frame; 1 + 2 frames, 8 actions: 58 tokens.
+    "wam-tiny": ModelConfig(width=192, depth=6, heads=4, n_obs_steps=1, future_frames=2, future_stride=4,
+                            action_horizon=8, state_dim=4),
+    # 2 history + 4 future frames at 96x96 (36 tokens each), 16 actions: about 235 tokens.
+    "wam-small": ModelConfig(width=384, depth=8, heads=6, image_size=96, tokenizer_width=48, n_obs_steps=2,
+                             future_frames=4, future_stride=4, action_horizon=16, state_dim=4),
+    # GPU-sized, about 100 M parameters.
+    "wam-base": ModelConfig(width=512, depth=12, heads=8, image_size=128, tokenizer_width=64, n_obs_steps=2,
+                            future_frames=4, future_stride=4, action_horizon=16, state_dim=4, latent_channels=16),
+}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How the training loss samples noise levels and leaves modalities out (DESIGN.md section 1)."""
+
+    timestep_sampling: str = "logit_normal"  # "uniform" or "logit_normal" (SD3)
+    p_omit_future: float = 0.2  # leave the future-video tokens out (action-only policy inference in distribution)
+    p_omit_action: float = 0.15  # leave the actions out (marginal video model; action-free data)
+    p_clean_future: float = 0.15  # give the future frames clean (inverse dynamics in distribution)
+    p_clean_action: float = 0.15  # give the actions clean (forward dynamics in distribution)
+    p_drop_task: float = 0.1  # replace the task with the "no task" row (classifier-free guidance)
+    video_weight: float = 1.0
+    action_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how examples are cut from its episodes."""
+
+    root: str = ""  # path of a LeRobot dataset (v3.0 or v2.1)
+    cameras: tuple[str, ...] = ()  # camera keys without the "observation.images." prefix; () = all
+    val_episodes: int = 0  # episodes held out for validation (taken from the end)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, d: dict) -> Any:
+    """Build a config dataclass from a dict, refusing unknown keys with a clear message."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in d.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = ["ModelConfig", "LossConfig", "DataConfig", "PRESETS", "to_dict", "from_dict", "replace", "field"]

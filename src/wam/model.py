@@ -1,0 +1,302 @@
+"""The WAM network: a Mixture-of-Transformers diffusion transformer over three token streams.
+
+Read top to bottom: helpers, embedders, the stream weights, the block, the final layers, the model.
+
+Streams (DESIGN.md section 1):
+    context  task embedding (+ one state token per history step)   always clean
+    video    latent patches of history and future frames            noise level per frame
+    action   one token per step of the action chunk                 noise level per step
+Each stream has its own norms, QKV, output projection, MLP and adaLN-zero modulation, driven by its own
+timestep embedding of every token's noise level; all tokens meet in one joint attention. A modality
+that a mode leaves out is either absent from the sequence (inference) or masked out as attention keys
+(training, where it varies per example): both give the same outputs for the remaining tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wam.config import ModelConfig
+
+CONTEXT, VIDEO, ACTION = 0, 1, 2
+STREAMS = ("context", "video", "action")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, T, c, h, w) -> (B, T * h/p * w/p, c * p * p), frame-major then row-major."""
+    B, T, c, h, w = latents.shape
+    x = latents.reshape(B, T, c, h // p, p, w // p, p)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, h/p, w/p, c, p, p)
+    return x.reshape(B, T * (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, T: int, c: int, h: int, w: int, p: int) -> torch.Tensor:
+    """Inverse of `patchify`: (B, T * h/p * w/p, c * p * p) -> (B, T, c, h, w)."""
+    B = tokens.shape[0]
+    x = tokens.reshape(B, T, h // p, w // p, c, p, p)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6)  # (B, T, c, h/p, p, w/p, p)
+    return x.reshape(B, T, c, h, w)
+
+
+# ---- embedders -----------------------------------------------------------------------------------
+
+
+class TimestepEmbedder(nn.Module):
+    """Noise level t in [0, 1] -> a vector: sinusoidal features of 1000 t, then an MLP (as in DiT)."""
+
+    def __init__(self, width: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., width)
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000.0 * t.float()[..., None] * freqs  # (..., half)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+# ---- one stream's weights in one block ------------------------------------------------------------
+
+
+class StreamLayer(nn.Module):
+    """The per-stream half of a block: norms, QKV, output projection, MLP and the block's own learned
+    modulation offsets (added to the stream's timestep modulation: adaLN-single, Chen et al. 2023,
+    PixArt-alpha, which keeps adaLN per token at a sixth of adaLN's parameters)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.q_norm = nn.RMSNorm(width // heads, eps=1e-6)  # qk-norm keeps attention logits bounded
+        self.k_norm = nn.RMSNorm(width // heads, eps=1e-6)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mod_table = nn.Parameter(torch.zeros(6 * width))  # zero with a zero timestep modulation:
+        # every gate starts at 0, so every block starts as the identity (adaLN-zero)
+
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (c + self.mod_table).chunk(6, dim=-1)  # 6 x (B, N, D)
+
+    def qkv_heads(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        B, N, D = x.shape
+        h = modulate(self.norm1(x), shift, scale)
+        q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        return self.q_norm(q), self.k_norm(k), v
+
+
+# ---- the block -----------------------------------------------------------------------------------
+
+
+class MoTBlock(nn.Module):
+    """A Mixture-of-Transformers block: per-stream weights, one joint attention over all tokens."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.streams = nn.ModuleList([StreamLayer(width, heads, mlp_ratio) for _ in STREAMS])
+
+    def forward(self, xs: list[torch.Tensor], cs: list[torch.Tensor], mask: torch.Tensor | None) -> list[torch.Tensor]:
+        # xs[i]: (B, N_i, D) tokens; cs[i]: (B, N_i, 6D) their timestep modulation; empty streams have N_i = 0
+        live = [i for i, x in enumerate(xs) if x.shape[1] > 0]
+        mods = {i: self.streams[i].modulation(cs[i]) for i in live}
+        qkv = [self.streams[i].qkv_heads(xs[i], mods[i][0], mods[i][1]) for i in live]
+        q = torch.cat([a[0] for a in qkv], dim=2)  # (B, heads, N, d)
+        k = torch.cat([a[1] for a in qkv], dim=2)
+        v = torch.cat([a[2] for a in qkv], dim=2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, N, d)
+        B, H, N, d = o.shape
+        o = o.transpose(1, 2).reshape(B, N, H * d)  # (B, N, D)
+        out, start = list(xs), 0
+        for i in live:
+            n = xs[i].shape[1]
+            layer, (_, _, gate_a, shift_m, scale_m, gate_m) = self.streams[i], mods[i]
+            x = xs[i] + gate_a * layer.proj(o[:, start:start + n])
+            x = x + gate_m * layer.mlp(modulate(layer.norm2(x), shift_m, scale_m))
+            out[i], start = x, start + n
+        return out
+
+
+class FinalLayer(nn.Module):
+    """adaLN-zero modulated projection from the hidden size to a stream's output size."""
+
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+        for m in (self.ada[1], self.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---- the model -----------------------------------------------------------------------------------
+
+
+class WAM(nn.Module):
+    """World action model: predicts the flow-matching velocity of every noised token.
+
+    Inputs (B = batch, T = frames present, H = action steps present):
+        latents    (B, T, c, h, w)  history frames first, then future frames; None for no video tokens
+        t_video    (B, T)           noise level of each frame (0 = clean)
+        actions    (B, H, A)        None for no action tokens
+        t_action   (B, H) or (B,)   noise level of each action step (or one for the chunk)
+        task       (B,) int64 task index, or (B, text_dim) text embeddings
+        drop_task  (B,) bool        True: the task is replaced by the learned "no task" token
+        state      (B, n_obs, S)    proprioception of the history steps (when state_dim > 0)
+        frame_keep (B, T) bool      False: the frame's tokens are left out (masked as keys)
+        action_keep (B,) bool       False: the action tokens are left out
+    Returns (v_latents (B, T, c, h, w) or None, v_actions (B, H, A) or None).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, p, c = cfg.width, cfg.patch_size, cfg.latent_channels
+        self.grid_h = cfg.latent_size // p
+        self.grid_w = cfg.latent_size * cfg.n_cameras // p
+        # context stream
+        if cfg.text_dim > 0:
+            self.task_proj = nn.Linear(cfg.text_dim, D)
+        else:
+            self.task_table = nn.Embedding(cfg.n_tasks, D)
+        self.null_task = nn.Parameter(torch.zeros(D))  # the "no task" token (guidance, task dropout)
+        self.state_proj = nn.Linear(cfg.state_dim, D) if cfg.state_dim > 0 else None
+        self.context_pos = nn.Parameter(torch.zeros(cfg.context_tokens, D))
+        # video stream: patch embedding and factorised (time, height, width) positions
+        self.patch_embed = nn.Linear(c * p * p, D)
+        self.pos_time = nn.Parameter(torch.zeros(cfg.frames, D))
+        self.pos_h = nn.Parameter(torch.zeros(self.grid_h, D))
+        self.pos_w = nn.Parameter(torch.zeros(self.grid_w, D))
+        # action stream
+        self.action_embed = nn.Linear(cfg.action_dim, D)
+        self.action_pos = nn.Parameter(torch.zeros(cfg.action_horizon, D))
+        # one timestep embedder and modulation per stream (the context one only ever sees t = 0)
+        self.t_embed = nn.ModuleList([TimestepEmbedder(D) for _ in STREAMS])
+        self.t_mod = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D)) for _ in STREAMS])
+        self.blocks = nn.ModuleList([MoTBlock(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final_video = FinalLayer(D, c * p * p)
+        self.final_action = FinalLayer(D, cfg.action_dim)
+        for pos in (self.context_pos, self.pos_time, self.pos_h, self.pos_w, self.action_pos):
+            nn.init.normal_(pos, std=0.02)
+        self._init_linears()
+        for m in self.t_mod:  # adaLN-zero
+            nn.init.zeros_(m[1].weight)
+            nn.init.zeros_(m[1].bias)
+
+    def _init_linears(self) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.endswith(("ada.1", "final_video.linear", "final_action.linear")) \
+                    and not name.startswith("t_mod"):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # -- token construction --
+
+    def embed_context(self, task: torch.Tensor, state: torch.Tensor | None, drop_task=None) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.text_dim > 0:
+            tok = self.task_proj(task.to(self.task_proj.weight.dtype))  # (B, D)
+        else:
+            if task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks):
+                raise ValueError(f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
+                                 f"max {task.max().item() if task.numel() else None}")
+            tok = self.task_table(task)  # (B, D)
+        if drop_task is not None:
+            tok = torch.where(drop_task[:, None], self.null_task.to(tok.dtype), tok)
+        toks = [tok[:, None]]
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError(f"this model expects a state of size {cfg.state_dim} per history step")
+            toks.append(self.state_proj(state.to(self.state_proj.weight.dtype)))  # (B, n_obs, D)
+        x = torch.cat(toks, dim=1)  # (B, Nc, D)
+        return x + self.context_pos[: x.shape[1]]
+
+    def video_positions(self, T: int) -> torch.Tensor:
+        pos = (self.pos_time[:T, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :])
+        return pos.reshape(T * self.grid_h * self.grid_w, -1)  # (T * gh * gw, D)
+
+    def attention_mask(self, n_ctx: int, T: int, n_act: int, frame_keep, action_keep, B: int, device):
+        """Boolean (B, 1, N, N) mask, True = may attend; None when every token sees every token."""
+        tpf = self.grid_h * self.grid_w
+        causal = self.cfg.causal and T > 1
+        if frame_keep is None and action_keep is None and not causal:
+            return None
+        N = n_ctx + T * tpf + n_act
+        key_ok = torch.ones(B, N, dtype=torch.bool, device=device)
+        if frame_keep is not None:
+            key_ok[:, n_ctx:n_ctx + T * tpf] = frame_keep.repeat_interleave(tpf, dim=1)
+        if action_keep is not None and n_act:
+            key_ok[:, n_ctx + T * tpf:] = action_keep[:, None]
+        mask = key_ok[:, None, None, :].expand(B, 1, N, N).clone()
+        if causal:
+            # frame-causal: a video token sees context, actions and frames up to its own; context sees context
+            frame_of = torch.full((N,), -1, device=device)
+            frame_of[n_ctx:n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf)
+            q_frame, k_frame = frame_of[:, None], frame_of[None, :]
+            is_vid_q = q_frame >= 0
+            allowed = ~(is_vid_q & (k_frame > q_frame))  # no peeking at later frames
+            allowed[:n_ctx, n_ctx:] = False  # context tokens only attend to context
+            mask = mask & allowed
+        return mask
+
+    # -- forward --
+
+    def forward(self, latents, t_video, actions, t_action, task, state=None, frame_keep=None, action_keep=None,
+                drop_task=None):
+        cfg = self.cfg
+        p = cfg.patch_size
+        ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
+        B, D = ctx.shape[0], ctx.shape[2]
+        c_ctx = self.t_embed[CONTEXT](torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B, Nc, D)
+        # (a constant; computed like the others so that the context stream has the same form)
+
+        T = 0 if latents is None else latents.shape[1]
+        tpf = self.grid_h * self.grid_w
+        if T:
+            vid = self.patch_embed(patchify(latents, p).to(self.patch_embed.weight.dtype))  # (B, T*tpf, D)
+            vid = vid + self.video_positions(T)
+            c_vid = self.t_embed[VIDEO](t_video.repeat_interleave(tpf, dim=1))  # (B, T*tpf, D)
+        else:
+            vid = c_vid = ctx.new_zeros(B, 0, D)
+
+        n_act = 0 if actions is None else actions.shape[1]
+        if n_act:
+            act = self.action_embed(actions.to(self.action_embed.weight.dtype)) + self.action_pos[:n_act]  # (B, H, D)
+            t_a = t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act)
+            c_act = self.t_embed[ACTION](t_a)  # (B, H, D)
+        else:
+            act = c_act = ctx.new_zeros(B, 0, D)
+
+        mask = self.attention_mask(ctx.shape[1], T, n_act, frame_keep, action_keep, B, ctx.device)
+        xs = [ctx, vid, act]
+        mods = [self.t_mod[i](c) for i, c in enumerate((c_ctx, c_vid, c_act))]  # (B, N_i, 6D) each
+        for block in self.blocks:
+            xs = block(xs, mods, mask)
+
+        v_lat = v_act = None
+        if T:
+            out = self.final_video(xs[VIDEO], c_vid)  # (B, T*tpf, c*p*p)
+            v_lat = unpatchify(out.float(), T, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras, p)
+        if n_act:
+            v_act = self.final_action(xs[ACTION], c_act).float()  # (B, H, A)
+        return v_lat, v_act

@@ -1,0 +1,201 @@
+"""The five modes of one WAM, as data, and one `sample()` that runs any of them; the training loss.
+
+A mode says what happens to the future frames and to the actions; history frames and context are
+always clean (UniDiffuser's idea: a mode is only a choice of noise levels per modality):
+
+    mode      future frames   actions     returns
+    policy    omit            generate    actions          (action-only: future-video tokens left out)
+    forward   generate        given       future frames    (world model)
+    inverse   given           generate    actions          (inverse dynamics)
+    video     generate        omit        future frames    (marginal video prediction)
+    joint     generate        generate    both             (joint video-action planning)
+
+`generate` tokens start at t = 1 (noise) and are integrated to t = 0; `given` tokens are clean (t = 0)
+and pass through unchanged; `omit` tokens are not in the sequence at all.
+
+Batches here are in latent space:
+    latents  (B, n_obs + future_frames, c, h, w)  (only the history is read where the future is generated
+                                                   or omitted; the history alone is enough then)
+    actions  (B, H, A)  read only in modes that give them
+    task     (B,) int64 or (B, text_dim);  state (B, n_obs, S) when the model has a state
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from wam import flow
+from wam.config import LossConfig
+from wam.samplers import SCHEDULES, SOLVERS
+
+GENERATE, GIVEN, OMIT = "generate", "given", "omit"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    future: str  # what happens to the future frames: generate | given | omit
+    actions: str  # what happens to the action chunk: generate | given | omit
+    summary: str
+
+
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("policy", OMIT, GENERATE, "action chunk from history frames (action-only inference)"),
+    Mode("forward", GENERATE, GIVEN, "future frames from history frames and actions (world model)"),
+    Mode("inverse", GIVEN, GENERATE, "action chunk from history and future frames (inverse dynamics)"),
+    Mode("video", GENERATE, OMIT, "future frames from history frames (video prediction)"),
+    Mode("joint", GENERATE, GENERATE, "future frames and action chunk together (joint planning)"),
+)}
+
+
+def get_mode(mode: str | Mode) -> Mode:
+    if isinstance(mode, Mode):
+        return mode
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return MODES[mode]
+
+
+def _need(batch: dict, key: str, mode: Mode) -> torch.Tensor:
+    if batch.get(key) is None:
+        raise ValueError(f"mode {mode.name!r} needs batch[{key!r}]")
+    return batch[key]
+
+
+@torch.no_grad()
+def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str = "euler",
+           schedule: str = "linear", cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+           noise: dict | None = None) -> dict:
+    """Run one mode: returns {"latents": (B, n_obs + F, c, h, w)} when the mode has future frames
+    (history and given frames exactly as passed in) and {"actions": (B, H, A)} when it has actions.
+
+    `noise` may give the initial noise ({"future": ..., "actions": ...}) instead of drawing it.
+    """
+    m = get_mode(mode)
+    cfg = model.cfg
+    latents = _need(batch, "latents", m)
+    hist = latents[:, :cfg.n_obs_steps]
+    B, device = hist.shape[0], hist.device
+    c, h, w = hist.shape[2:]
+    F, H = cfg.future_frames, cfg.action_horizon
+    given_future = latents[:, cfg.n_obs_steps:] if m.future == GIVEN else None
+    if given_future is not None and given_future.shape[1] != F:
+        raise ValueError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
+    given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
+
+    noise = noise or {}
+    x = {}
+    if m.future == GENERATE:
+        x["future"] = noise.get("future", torch.randn(B, F, c, h, w, generator=generator, device=device))
+    if m.actions == GENERATE:
+        x["actions"] = noise.get("actions", torch.randn(B, H, cfg.action_dim, generator=generator, device=device))
+    task, state = batch["task"], batch.get("state")
+    zeros_hist = torch.zeros(B, cfg.n_obs_steps, device=device)
+
+    def model_fn(x: dict, t: torch.Tensor) -> dict:
+        if m.future == OMIT:
+            lat, t_vid = hist, zeros_hist
+        else:
+            fut = x["future"] if m.future == GENERATE else given_future
+            t_fut = t.expand(B, F) if m.future == GENERATE else torch.zeros(B, F, device=device)
+            lat, t_vid = torch.cat([hist, fut], 1), torch.cat([zeros_hist, t_fut.to(device)], 1)
+        if m.actions == OMIT:
+            act = t_act = None
+        else:
+            act = x["actions"] if m.actions == GENERATE else given_actions
+            t_act = t.expand(B).to(device) if m.actions == GENERATE else torch.zeros(B, device=device)
+        if cfg_scale == 1.0:
+            v_lat, v_act = model(lat, t_vid, act, t_act, task, state)
+        else:  # conditional and unconditional halves in one batch
+            two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
+            drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
+            v_lat, v_act = model(two(lat), two(t_vid), two(act), two(t_act), two(task), two(state), drop_task=drop)
+            v_lat = None if v_lat is None else flow.cfg_combine(v_lat[:B], v_lat[B:], cfg_scale)
+            v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
+        out = {}
+        if m.future == GENERATE:
+            out["future"] = v_lat[:, cfg.n_obs_steps:]
+        if m.actions == GENERATE:
+            out["actions"] = v_act
+        return out
+
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    ts = SCHEDULES[schedule](steps).to(device)
+    x = SOLVERS[solver](model_fn, x, ts)
+
+    result = {}
+    if m.future != OMIT:
+        result["latents"] = torch.cat([hist, x["future"] if m.future == GENERATE else given_future], 1)
+    if m.actions != OMIT:
+        result["actions"] = x["actions"] if m.actions == GENERATE else given_actions
+    return result
+
+
+def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Flow-matching loss with independent noise levels per modality and modality dropout.
+
+    batch (latent space, all clean):
+        latents (B, n_obs + F, c, h, w), actions (B, H, A), task, state (optional),
+        frame_is_pad (B, n_obs + F) and action_is_pad (B, H) (optional, True = padding, no loss),
+        has_actions (B,) bool (optional; False for action-free videos: actions always left out),
+        action_dim_mask (B, A) bool (optional; False marks padded action dimensions: no loss).
+    Returns (loss, {"loss_video": ..., "loss_action": ...}) with per-stream means over valid elements.
+    """
+    cfg = model.cfg
+    lat, actions = batch["latents"], batch["actions"]
+    B, device = lat.shape[0], lat.device
+    n_obs, F = cfg.n_obs_steps, cfg.future_frames
+    u = lambda: torch.rand(B, generator=generator, device=device)  # noqa: E731
+
+    t_fut = flow.sample_t((B,), lc.timestep_sampling, generator, device)
+    t_act = flow.sample_t((B,), lc.timestep_sampling, generator, device)
+    clean_fut, clean_act = u() < lc.p_clean_future, u() < lc.p_clean_action
+    clean_act = clean_act & ~clean_fut  # never both clean: nothing would be learned
+    t_fut = torch.where(clean_fut, torch.zeros_like(t_fut), t_fut)
+    t_act = torch.where(clean_act, torch.zeros_like(t_act), t_act)
+
+    has_actions = batch.get("has_actions")
+    has_actions = torch.ones(B, dtype=torch.bool, device=device) if has_actions is None else has_actions.bool()
+    omit_fut = (u() < lc.p_omit_future) & has_actions & ~clean_act  # a policy example: actions must be learned
+    omit_act = ((u() < lc.p_omit_action) & ~omit_fut & ~clean_fut) | ~has_actions
+    drop_task = u() < lc.p_drop_task
+
+    noise_fut = torch.randn(lat[:, n_obs:].shape, generator=generator, device=device)
+    noise_act = torch.randn(actions.shape, generator=generator, device=device)
+    fut_t = flow.add_noise(lat[:, n_obs:], noise_fut, t_fut)
+    act_t = flow.add_noise(actions, noise_act, t_act)
+    lat_in = torch.cat([lat[:, :n_obs], fut_t], 1)
+    t_video = torch.cat([torch.zeros(B, n_obs, device=device), t_fut[:, None].expand(B, F)], 1)
+    frame_keep = torch.cat([torch.ones(B, n_obs, dtype=torch.bool, device=device),
+                            (~omit_fut)[:, None].expand(B, F)], 1)
+
+    v_lat, v_act = model(lat_in, t_video, act_t, t_act, batch["task"], batch.get("state"),
+                         frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
+
+    # video: future frames that are in the sequence, noised, and not padding
+    fpad = batch.get("frame_is_pad")
+    w_fut = (~omit_fut & (t_fut > 0))[:, None].expand(B, F).float()  # (B, F)
+    if fpad is not None:
+        w_fut = w_fut * (~fpad[:, n_obs:]).float()
+    err_v = (v_lat[:, n_obs:] - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+    loss_video = (err_v * w_fut).sum() / w_fut.sum().clamp_min(1.0)
+
+    # actions: in the sequence, noised, not padding steps, not padding dimensions
+    apad = batch.get("action_is_pad")
+    w_act = (~omit_act & (t_act > 0))[:, None, None].float().expand(actions.shape)  # (B, H, A)
+    if apad is not None:
+        w_act = w_act * (~apad)[:, :, None].float()
+    dmask = batch.get("action_dim_mask")
+    if dmask is not None:
+        w_act = w_act * dmask[:, None, :].float()
+    err_a = (v_act - flow.velocity_target(actions, noise_act)).pow(2)
+    loss_action = (err_a * w_act).sum() / w_act.sum().clamp_min(1.0)
+
+    loss = lc.video_weight * loss_video + lc.action_weight * loss_action
+    return loss, {"loss_video": loss_video.detach(), "loss_action": loss_action.detach()}

@@ -1,0 +1,132 @@
+"""Frame tokenizer: frames (B, T, C, H, W) in [-1, 1] <-> latent grids (B, T, c, h, w).
+
+`FrameTokenizer` is the interface the rest of wam uses; `ConvAutoencoder` fills it with a small
+convolutional autoencoder trained on the dataset's own frames. A pretrained VAE can fill the same
+interface: implement `encode`, `decode` and the attributes `latent_channels` and `downsample`.
+
+Latents are standardised (per-channel shift and scale measured on the training frames by
+`fit_latent_stats`) so that the diffusion model sees roughly unit-variance inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wam.config import ModelConfig
+
+
+class FrameTokenizer(nn.Module):
+    """Interface: encode/decode frames, with their latent layout."""
+
+    latent_channels: int
+    downsample: int
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> (B, T, c, H/d, W/d)
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # (B, T, c, h, w) -> (B, T, C, h*d, w*d)
+        raise NotImplementedError
+
+
+def _flat(fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply a (N, C, H, W) function to (B, T, C, H, W) by folding time into the batch."""
+    B, T = x.shape[:2]
+    y = fn(x.reshape(B * T, *x.shape[2:]))
+    return y.reshape(B, T, *y.shape[1:])
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                  nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConvAutoencoder(FrameTokenizer):
+    """Strided-conv encoder and upsampling-conv decoder; log2(downsample) stages, channels doubling
+    (capped at 4x) at each stage, one residual block per stage."""
+
+    def __init__(self, image_channels: int = 3, latent_channels: int = 8, downsample: int = 8, width: int = 32):
+        super().__init__()
+        self.latent_channels, self.downsample = latent_channels, downsample
+        stages = int(math.log2(downsample))
+        chs = [width * min(2 ** i, 4) for i in range(stages + 1)]
+        enc: list[nn.Module] = [nn.Conv2d(image_channels, chs[0], 3, padding=1)]
+        for i in range(stages):
+            enc += [ResBlock(chs[i]), nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1)]
+        enc += [ResBlock(chs[-1]), nn.GroupNorm(min(8, chs[-1]), chs[-1]), nn.SiLU(),
+                nn.Conv2d(chs[-1], latent_channels, 1)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(latent_channels, chs[-1], 3, padding=1), ResBlock(chs[-1])]
+        for i in reversed(range(stages)):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i + 1], chs[i], 3, padding=1),
+                    ResBlock(chs[i])]
+        dec += [nn.GroupNorm(min(8, chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], image_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+        self.register_buffer("latent_shift", torch.zeros(latent_channels))
+        self.register_buffer("latent_scale", torch.ones(latent_channels))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "ConvAutoencoder":
+        return cls(cfg.image_channels, cfg.latent_channels, cfg.tokenizer_downsample, cfg.tokenizer_width)
+
+    def _std(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_shift[:, None, None]) / self.latent_scale[:, None, None]
+
+    def _unstd(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_scale[:, None, None] + self.latent_shift[:, None, None]
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return _flat(lambda x: self._std(self.encoder(x)), frames)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return _flat(lambda z: self.decoder(self._unstd(z)), latents)
+
+    def loss(self, frames: torch.Tensor, latent_penalty: float = 1e-4) -> tuple[torch.Tensor, dict]:
+        """Reconstruction loss on frames (N, C, H, W): MSE + L1, plus a small L2 penalty on the raw
+        latents that keeps their scale bounded (a deterministic stand-in for a VAE's KL term)."""
+        z = self.encoder(frames)
+        rec = self.decoder(z)
+        mse = F.mse_loss(rec, frames)
+        loss = mse + F.l1_loss(rec, frames) + latent_penalty * z.pow(2).mean()
+        psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
+        return loss, {"mse": mse.detach(), "psnr": psnr}
+
+    @torch.no_grad()
+    def fit_latent_stats(self, frames: torch.Tensor, batch: int = 256) -> None:
+        """Set the per-channel standardisation from frames (N, C, H, W)."""
+        zs = torch.cat([self.encoder(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+        self.latent_shift.copy_(zs.mean(dim=(0, 2, 3)))
+        self.latent_scale.copy_(zs.std(dim=(0, 2, 3)).clamp_min(1e-3))
+
+
+def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, batch_size: int = 64,
+                    lr: float = 2e-3, seed: int = 0, autocast: bool = True, progress=None) -> list[float]:
+    """Train the autoencoder on frames (N, C, H, W) in [-1, 1]; returns the loss per step.
+    Fits the latent standardisation at the end."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    losses = []
+    tok.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(frames), (batch_size,), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and frames.device.type == "cpu"):
+            loss, _ = tok.loss(frames[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if progress is not None:
+            progress(float(loss))
+    tok.eval()
+    tok.fit_latent_stats(frames)
+    return losses
