@@ -62,7 +62,115 @@ def _run_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart]
+def _dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="inspect (info) or validate (check) a LeRobot dataset (v3.0 or v2.1)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="format, size, cameras, features and tasks of a dataset")
+    info.add_argument("path", help="dataset directory (the one holding meta/info.json)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=_run_dataset_info)
+    check = actions.add_parser("check", help="list every problem of a dataset; exit status 1 when there is one")
+    check.add_argument("path", help="dataset directory (the one holding meta/info.json)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-decode", action="store_true", help="read video headers only, decode no frame")
+    check.set_defaults(func=_run_dataset_check)
+
+
+def _run_dataset_info(args: argparse.Namespace) -> int:
+    from wam.data.check import describe
+    from wam.data.lerobot import DatasetError
+
+    try:
+        d = describe(args.path)
+    except DatasetError as e:
+        raise UserError(f"{e}\n(`wam dataset check {args.path}` lists every problem)") from None
+    except Exception as e:  # a dataset broken in an unforeseen way: still one sentence, no traceback
+        raise UserError(f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
+                        f"`wam dataset check {args.path}` lists every problem") from None
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    lengths = d["episode_length"]
+    print(f"{'path':<10} {d['root']}")
+    print(f"{'format':<10} LeRobot {d['codebase_version']}" + (f", robot {d['robot_type']}" if d["robot_type"] else ""))
+    print(f"{'episodes':<10} {d['episodes']} (length {lengths['min']}..{lengths['max']}, mean {lengths['mean']})")
+    print(f"{'frames':<10} {d['frames']} at {d['fps']} fps ({d['duration_s'] / 60:.1f} min)")
+    print(f"{'stats':<10} {'yes' if d['has_stats'] else 'none stored (computed when loading)'}")
+    print("cameras:")
+    for k, c in d["cameras"].items():
+        codec = f"{c['codec']} {c['pix_fmt']}" if c["codec"] else ""
+        print(f"  {k:<36} {c['storage']:<6} {'x'.join(map(str, c['shape'])):<12} {codec}")
+    print("features:")
+    for k, f in d["features"].items():
+        if k not in d["cameras"]:
+            print(f"  {k:<36} {f['dtype']:<8} {f['shape']}")
+    print(f"tasks ({len(d['tasks'])}):")
+    for i, t in enumerate(d["tasks"][:20]):
+        print(f"  {i:>3}  {t}")
+    if len(d["tasks"]) > 20:
+        print(f"  ... and {len(d['tasks']) - 20} more")
+    return 0
+
+
+def _run_dataset_check(args: argparse.Namespace) -> int:
+    from wam.data.check import check_dataset
+
+    report = check_dataset(args.path, decode=not args.no_decode)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    s = report.summary
+    if "episodes" in s:
+        print(f"checked {args.path}: LeRobot {s['version']}, {s['episodes']} episodes, {s['frames']} frames, "
+              f"{s.get('video_files', 0)} video files")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    for p in report.problems:
+        print(f"problem: {p}")
+    if report.ok:
+        print("ok: no problems found")
+        return 0
+    print(f"{len(report.problems)} problem(s) found")
+    return 1
+
+
+def _collect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collect", help="run scripted experts and write their episodes as a LeRobot v3.0 dataset",
+                       description="Run an environment's scripted expert in parallel processes and write the "
+                                   "episodes as a LeRobot v3.0 dataset. Example: wam collect metaworld --tasks mt10 "
+                                   "--episodes 50 --out data/mt10")
+    p.add_argument("env", help="environment family: metaworld or dot")
+    p.add_argument("--tasks", default=None, help="task set (metaworld: mt10, mt50, easy, medium, hard, very_hard, "
+                                                 "all) or a comma-separated list of tasks; default: all")
+    p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--image-size", type=int, default=64, help="square frame size in pixels (default 64)")
+    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: the environment's default)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of CPU cores)")
+    p.add_argument("--keep-failed", action="store_true", help="keep episodes where the expert failed")
+    p.add_argument("--max-attempts", type=int, default=None,
+                   help="attempts per task before giving up on reaching --episodes successes (default 4x)")
+    p.add_argument("--after-success", type=int, default=10, help="steps recorded after the first success")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
+    p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.set_defaults(func=_run_collect)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from wam.collect import collect
+
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+    collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
+            cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
+            after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
+            crf=args.crf, overwrite=args.overwrite)
+    return 0
+
+
+VERBS = [_presets, _quickstart, _dataset, _collect]
 
 
 # ---- entry point ---------------------------------------------------------------------------------
