@@ -72,7 +72,10 @@ def _dataset(sub: argparse._SubParsersAction) -> None:
     check = actions.add_parser("check", help="list every problem of a dataset; exit status 1 when there is one")
     check.add_argument("path", help="dataset directory (the one holding meta/info.json)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--no-decode", action="store_true", help="read video headers only, decode no frame")
+    decode = check.add_mutually_exclusive_group()
+    decode.add_argument("--no-decode", action="store_true", help="read video packets only, decode no frame")
+    decode.add_argument("--decode-all", action="store_true", help="decode every video frame (slower; finds "
+                                                                  "corrupted frame data)")
     check.set_defaults(func=_run_dataset_check)
 
 
@@ -115,7 +118,7 @@ def _run_dataset_info(args: argparse.Namespace) -> int:
 def _run_dataset_check(args: argparse.Namespace) -> int:
     from wam.data.check import check_dataset
 
-    report = check_dataset(args.path, decode=not args.no_decode)
+    report = check_dataset(args.path, decode="none" if args.no_decode else "all" if args.decode_all else "first")
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0 if report.ok else 1

@@ -259,8 +259,24 @@ def _read_meta_v3(root: Path, info: dict) -> Meta:
                                    f"{r.get('episode_index')!r})") from e
             episodes.append(ep)
     episodes.sort(key=lambda e: e.episode_index)
-    stats = read_json(root / STATS_PATH, "meta/stats.json") if (root / STATS_PATH).is_file() else None
-    return Meta(root, info, info["codebase_version"], tasks, episodes, stats)
+    return Meta(root, info, info["codebase_version"], tasks, episodes, None)
+
+
+def read_stats(root: Path, info: dict) -> dict | None:
+    """The stored statistics as JSON (v3.0 and v2.0: meta/stats.json; v2.1: aggregated from
+    meta/episodes_stats.jsonl), or None when the dataset has none."""
+    if info["codebase_version"] == "v2.1" and (root / V2_EPISODES_STATS_PATH).is_file():
+        per_ep = [r.get("stats", {}) for r in read_jsonl(root / V2_EPISODES_STATS_PATH, "meta/episodes_stats.jsonl")]
+        try:
+            return _stats.to_json(_stats.aggregate_features([_stats.from_json(s) for s in per_ep]))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise DatasetError(f"meta/episodes_stats.jsonl has malformed statistics ({e})") from e
+    if (root / STATS_PATH).is_file():
+        stats = read_json(root / STATS_PATH, "meta/stats.json")
+        if not isinstance(stats, dict):
+            raise DatasetError(f"meta/stats.json must hold a JSON object: {root / STATS_PATH}")
+        return stats
+    return None
 
 
 def _read_meta_v2(root: Path, info: dict) -> Meta:
@@ -286,23 +302,16 @@ def _read_meta_v2(root: Path, info: dict) -> Meta:
     for ep in episodes:  # v2 has no dataset_from_index: episodes follow each other in index order
         ep.dataset_from_index, ep.dataset_to_index = offset, offset + ep.length
         offset += ep.length
-    stats = None
-    if (root / V2_EPISODES_STATS_PATH).is_file():
-        per_ep = [r.get("stats", {}) for r in read_jsonl(root / V2_EPISODES_STATS_PATH, "meta/episodes_stats.jsonl")]
-        try:
-            stats = _stats.to_json(_stats.aggregate_features([_stats.from_json(s) for s in per_ep]))
-        except (ValueError, TypeError, KeyError) as e:
-            raise DatasetError(f"meta/episodes_stats.jsonl has malformed statistics ({e})") from e
-    elif (root / STATS_PATH).is_file():
-        stats = read_json(root / STATS_PATH, "meta/stats.json")
-    return Meta(root, info, info["codebase_version"], tasks, episodes, stats)
+    return Meta(root, info, info["codebase_version"], tasks, episodes, None)
 
 
-def read_meta(root: str | Path) -> Meta:
+def read_meta(root: str | Path, *, with_stats: bool = True) -> Meta:
     """Parse everything under meta/ (any readable version); raises DatasetError naming the problem."""
     root = Path(root)
     info = read_info(root)
     meta = _read_meta_v3(root, info) if info["codebase_version"] == "v3.0" else _read_meta_v2(root, info)
+    if with_stats:
+        meta.stats = read_stats(root, info)
     if not meta.episodes:
         raise DatasetError(f"dataset has no episodes: {root}")
     seen = set()

@@ -143,7 +143,7 @@ def probe(path: str | Path) -> VideoInfo:
             times.append(float(packet.pts * stream.time_base))
         rate = stream.average_rate or stream.guessed_rate
         return VideoInfo(
-            codec=ctx.name,
+            codec=getattr(ctx.codec, "canonical_name", None) or ctx.name,  # "av1", not the decoder "libdav1d"
             pix_fmt=ctx.format.name if ctx.format is not None else None,
             width=ctx.width,
             height=ctx.height,
@@ -179,6 +179,18 @@ def decode_range(path: str | Path, start_s: float, end_s: float) -> tuple[np.nda
     if not frames:
         return np.zeros(0), np.zeros((0, 0, 0, 3), np.uint8)
     return np.asarray(times), np.stack(frames)
+
+
+def count_decodable(path: str | Path) -> int:
+    """Decode every frame of a file (without keeping any) and count them; corrupt data raises."""
+    av = _av()
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
 
 
 def nearest(times: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -384,6 +384,14 @@ class LeRobotWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
 
+    def add_meta_file(self, name: str, text: str) -> None:
+        """Store an extra text file under meta/ (e.g. how the data was made); LeRobot ignores it."""
+        if "/" in name or name in ("info.json", "stats.json", "tasks.parquet", "episodes"):
+            raise ValueError(f"{name!r} is not a free name under meta/")
+        path = self.tmp / "meta" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
     def finalize(self) -> Path:
         """Close every file, write meta/ (info.json last) and move the dataset into place."""
         if self._done:

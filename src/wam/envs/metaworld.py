@@ -1,0 +1,311 @@
+"""The 50 MetaWorld v3 tasks as gymnasium environments with fast headless camera rendering.
+
+    env = make_env("push-v3", image_size=64, cameras=["corner4"], seed=0)
+    obs, info = env.reset(seed=0)           # obs["observation.images.corner4"]: (64, 64, 3) uint8
+    expert = make_expert("push-v3")         # obs["observation.state"]: (39,) float32
+    obs, reward, terminated, truncated, info = env.step(expert(obs))    # info["success"]: bool
+
+Observations use LeRobot's keys. The state is MetaWorld's full 39-D observation: hand position and
+gripper opening (4), first and second object position and quaternion (14), the same 18 values one
+step earlier, and the goal position (3). The goal is included (the goal-observable variants), so the
+scripted experts can act on it and a policy can see where to go.
+
+Rendering: MuJoCo renders offscreen through EGL (`MUJOCO_GL=egl`, set here unless already set;
+`osmesa` works too). MetaWorld's scenes default to 4x multisampling, 4096 px shadow maps, reflections
+and a skybox, which cost 6-8x the time of everything else at 64 px; all four are switched off (the
+background turns black), which brings rendering to about 100 frames/s on one CPU core. The corner
+cameras of MetaWorld are mounted rolled upside down (their up axis points at the floor); their images
+are rotated by 180 degrees, which is the exact inverse of that roll (a vertical flip alone would leave
+the scene mirrored). The rule is geometric: any camera whose up axis points below the horizon is
+rotated, so it holds for cameras added later.
+
+Seeding: `reset(seed=s)` draws the object and goal positions from `s` alone (MetaWorld's seeded
+random-vector mode), so the same seed gives the same episode; `reset()` without a seed continues
+from the environment's generator. Success is MetaWorld's per-step flag; it does not persist (an
+object can be knocked off its goal), so callers count success at any step. Episodes are truncated at
+the task's limit (500 steps) or `max_episode_steps` if lower.
+
+Task sets: `mt10`, `mt25`, `mt50` (= `all`) from MetaWorld, and the difficulty groups `easy` (28),
+`medium` (11), `hard` (6) and `very_hard` (5) of Seo et al., "Masked World Models for Visual
+Control" (CoRL 2022), which also served for later multi-task evaluations.
+"""
+
+from __future__ import annotations
+
+import atexit
+import difflib
+import os
+import warnings
+import weakref
+from typing import Callable, Sequence
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first `import mujoco`
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+DEFAULT_CAMERA = "corner4"
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+FPS = 80  # MuJoCo timestep 2.5 ms x frame_skip 5 = 12.5 ms per control step
+
+DESCRIPTIONS: dict[str, str] = {
+    "assembly-v3": "pick up the nut and place it onto the peg",
+    "basketball-v3": "pick up the ball and drop it into the basket",
+    "bin-picking-v3": "move the puck from one bin into the other bin",
+    "box-close-v3": "pick up the lid and put it on the box",
+    "button-press-topdown-v3": "press the button from above",
+    "button-press-topdown-wall-v3": "reach over the wall and press the button from above",
+    "button-press-v3": "press the button from the front",
+    "button-press-wall-v3": "reach around the wall and press the button",
+    "coffee-button-v3": "press the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug out from under the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial half a turn",
+    "disassemble-v3": "lift the nut off the peg",
+    "door-close-v3": "swing the door closed",
+    "door-lock-v3": "turn the door lock clockwise to lock the door",
+    "door-open-v3": "pull the door open on its hinge",
+    "door-unlock-v3": "turn the door lock counter-clockwise to unlock the door",
+    "drawer-close-v3": "push the drawer closed",
+    "drawer-open-v3": "pull the drawer open",
+    "faucet-close-v3": "turn the faucet handle clockwise",
+    "faucet-open-v3": "turn the faucet handle counter-clockwise",
+    "hammer-v3": "pick up the hammer and drive the nail into the wall",
+    "hand-insert-v3": "put the gripper into the hole in the table",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever down a quarter turn",
+    "peg-insert-side-v3": "pick up the peg and insert it into the hole from the side",
+    "peg-unplug-side-v3": "pull the peg sideways out of its hole",
+    "pick-out-of-hole-v3": "lift the puck out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "pick-place-wall-v3": "pick up the puck, carry it over the wall and place it at the goal",
+    "plate-slide-back-side-v3": "slide the plate sideways out of the cabinet",
+    "plate-slide-back-v3": "slide the plate out of the cabinet",
+    "plate-slide-side-v3": "slide the plate sideways into the cabinet",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "push-back-v3": "pull the puck back to the goal",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "reach-v3": "move the gripper to the goal position",
+    "reach-wall-v3": "move the gripper past the wall to the goal position",
+    "shelf-place-v3": "pick up the puck and place it on the shelf",
+    "soccer-v3": "push the ball into the goal",
+    "stick-pull-v3": "grasp the stick and pull the box with it",
+    "stick-push-v3": "grasp the stick and push the box with it",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the edge of the table",
+    "window-close-v3": "slide the window closed",
+    "window-open-v3": "slide the window open",
+}
+
+DIFFICULTY: dict[str, tuple[str, ...]] = {
+    "easy": ("button-press-v3", "button-press-topdown-v3", "button-press-topdown-wall-v3", "button-press-wall-v3",
+             "coffee-button-v3", "dial-turn-v3", "door-close-v3", "door-lock-v3", "door-open-v3", "door-unlock-v3",
+             "drawer-close-v3", "drawer-open-v3", "faucet-close-v3", "faucet-open-v3", "handle-press-v3",
+             "handle-press-side-v3", "handle-pull-v3", "handle-pull-side-v3", "lever-pull-v3", "plate-slide-v3",
+             "plate-slide-back-v3", "plate-slide-back-side-v3", "plate-slide-side-v3", "reach-v3", "reach-wall-v3",
+             "window-close-v3", "window-open-v3", "peg-unplug-side-v3"),
+    "medium": ("basketball-v3", "bin-picking-v3", "box-close-v3", "coffee-pull-v3", "coffee-push-v3", "hammer-v3",
+               "peg-insert-side-v3", "push-wall-v3", "soccer-v3", "sweep-v3", "sweep-into-v3"),
+    "hard": ("assembly-v3", "hand-insert-v3", "pick-out-of-hole-v3", "pick-place-v3", "push-v3", "push-back-v3"),
+    "very_hard": ("shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3", "pick-place-wall-v3"),
+}
+
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+_OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+_NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
+STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]
+
+# MetaWorld's experts are proportional controllers that warn whenever they saturate; it is expected.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+
+
+_OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
+_CLOSE_AT_EXIT: list[bool] = []
+
+
+def _close_open_envs() -> None:
+    # GL contexts must be freed while EGL is still initialised. MuJoCo registers eglTerminate with atexit
+    # when first imported; this hook is registered after that import, so it runs before it (LIFO).
+    for env in list(_OPEN_ENVS):
+        env.close()
+
+
+def task_sets() -> dict[str, list[str]]:
+    """Every named task set."""
+    from metaworld import env_dict
+
+    every = list(env_dict.ALL_V3_ENVIRONMENTS)
+    sets = {"mt10": list(env_dict.MT10_V3), "mt25": list(env_dict.MT25_V3), "mt50": every, "all": every}
+    sets.update({k: list(v) for k, v in DIFFICULTY.items()})
+    return sets
+
+
+def resolve_tasks(spec: str | Sequence[str] | None) -> list[str]:
+    """Task names from a set name (`mt10`, `easy`, ...), task names (with or without `-v3`), or a
+    comma-separated mix of both; None means all 50. Order is kept, duplicates dropped."""
+    items = ["all"] if not spec else ([s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec))
+    sets = task_sets()
+    out: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        name = item.lower().replace("very-hard", "very_hard")
+        if name in sets:
+            names = sets[name]
+        elif name in DESCRIPTIONS or f"{name}-v3" in DESCRIPTIONS:
+            names = [name if name in DESCRIPTIONS else f"{name}-v3"]
+        else:
+            close = difflib.get_close_matches(name, list(DESCRIPTIONS) + list(sets), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown MetaWorld task or task set {item!r}{hint} "
+                             f"(sets: {', '.join(sets)}; tasks: the 50 MetaWorld v3 names, e.g. reach-v3)")
+        out += [n for n in names if n not in out]
+    if not out:
+        raise ValueError("no tasks given")
+    return out
+
+
+def describe(task: str) -> str:
+    """The natural-language instruction of a task."""
+    if task not in DESCRIPTIONS:
+        raise ValueError(f"unknown MetaWorld task {task!r}")
+    return DESCRIPTIONS[task]
+
+
+class MetaWorldEnv(gym.Env):
+    """One MetaWorld v3 task with camera images and the 39-D state (see the module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+
+    def __init__(self, task: str, *, image_size: int = 64, cameras: Sequence[str] | None = None,
+                 max_episode_steps: int | None = None):
+        import mujoco
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+        if task not in DESCRIPTIONS:
+            resolve_tasks(task)  # raises with suggestions
+        cameras = tuple(cameras) if cameras else (DEFAULT_CAMERA,)
+        bad = [c for c in cameras if c not in CAMERAS]
+        if bad:
+            raise ValueError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+        self.task = task
+        self.task_description = DESCRIPTIONS[task]
+        self.camera_names = cameras
+        self.image_size = int(image_size)
+        self.fps = FPS
+        self.robot_type = "sawyer"
+        self.action_names, self.state_names = ACTION_NAMES, STATE_NAMES
+        self.render_mode = "rgb_array"
+        self._mujoco = mujoco
+
+        self._env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]()
+        self._env._freeze_rand_vec = False  # draw a new layout on every reset ...
+        self._env.seeded_rand_vec = True  # ... from the env's own seeded generator
+        self.max_episode_steps = min(int(max_episode_steps or self._env.max_path_length), self._env.max_path_length)
+        model, data = self._env.model, self._env.data
+        model.vis.quality.offsamples = 0  # no multisampling; must be set before the renderer exists
+        try:
+            self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
+        except Exception as e:
+            self._env.close()
+            raise RuntimeError(
+                f"MuJoCo cannot render offscreen ({e}). Set MUJOCO_GL=egl (or osmesa) before anything imports "
+                f"mujoco (currently {os.environ.get('MUJOCO_GL')!r}) and install the Debian packages libegl1 "
+                f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)") from e
+        self._flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
+                       mujoco.mjtRndFlag.mjRND_SKYBOX)
+        mujoco.mj_forward(model, data)
+        self._upside_down = {}
+        for cam in cameras:
+            cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
+            up = data.cam_xmat[cam_id].reshape(3, 3)[:, 1]  # the camera's y axis = image up, in world frame
+            self._upside_down[cam] = bool(up[2] < 0)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        spaces = {f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+                  for c in cameras}
+        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._steps = 0
+        _OPEN_ENVS.add(self)
+        if not _CLOSE_AT_EXIT:
+            atexit.register(_close_open_envs)
+            _CLOSE_AT_EXIT.append(True)
+
+    def render_camera(self, camera: str) -> np.ndarray:
+        """(H, W, 3) uint8 image of one camera, upright."""
+        r = self._renderer
+        r.update_scene(self._env.data, camera=camera)
+        for flag in self._flags:
+            r.scene.flags[flag] = 0
+        img = r.render()
+        return np.ascontiguousarray(img[::-1, ::-1]) if self._upside_down.get(camera) else img
+
+    def _obs(self, state: np.ndarray) -> dict:
+        obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
+        obs["observation.state"] = np.asarray(state, dtype=np.float32)
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is None:
+            seed = int(self.np_random.integers(0, 2**31 - 1))
+        self._env.seed(int(seed))
+        # Start from MuJoCo's pristine state (mocap targets, solver warm start): otherwise the 50 settling
+        # steps of MetaWorld's reset begin where the last episode ended and the same seed renders differently.
+        self._mujoco.mj_resetData(self._env.model, self._env.data)
+        state, _ = self._env.reset()
+        self._steps = 0
+        return self._obs(state), {"success": False}
+
+    def step(self, action):
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(4), -1.0, 1.0)
+        state, reward, _, truncated, info = self._env.step(a)
+        self._steps += 1
+        truncated = bool(truncated or self._steps >= self.max_episode_steps)
+        info = dict(info)
+        info["success"] = bool(info.get("success", 0.0) > 0.5)
+        return self._obs(state), float(reward), False, truncated, info
+
+    def render(self) -> np.ndarray:
+        return self.render_camera(self.camera_names[0])
+
+    def close(self) -> None:
+        # Free the GL context now (also done for open envs at exit): left to interpreter teardown, EGL may
+        # already be unloaded and print errors.
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer.close()
+            self._renderer = None
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+
+
+# ---- adapter interface (see wam.envs) ----
+
+
+def make_env(task: str | None = None, *, image_size: int = 64, cameras: Sequence[str] | None = None,
+             seed: int | None = None, max_episode_steps: int | None = None, **_: object) -> MetaWorldEnv:
+    env = MetaWorldEnv(task or "reach-v3", image_size=image_size, cameras=cameras, max_episode_steps=max_episode_steps)
+    if seed is not None:
+        env.reset(seed=seed)
+    return env
+
+
+def make_expert(task: str) -> Callable[[dict], np.ndarray]:
+    """MetaWorld's scripted policy for `task`, acting on an observation dict."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    if task not in ENV_POLICY_MAP:
+        raise ValueError(f"no scripted expert for MetaWorld task {task!r}")
+    policy = ENV_POLICY_MAP[task]()
+
+    def act(obs: dict) -> np.ndarray:
+        state = np.asarray(obs["observation.state"], dtype=np.float64)
+        return np.clip(policy.get_action(state), -1.0, 1.0).astype(np.float32)
+
+    return act
