@@ -166,10 +166,13 @@ def _run_collect(args: argparse.Namespace) -> int:
     from wam.collect import collect
 
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
-    collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
-            cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
-            after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
-            crf=args.crf, overwrite=args.overwrite)
+    try:
+        collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
+                cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
+                after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
+                crf=args.crf, overwrite=args.overwrite)
+    except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
+        raise UserError(str(e)) from None
     return 0
 
 

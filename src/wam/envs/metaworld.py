@@ -119,8 +119,6 @@ _OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx"
 _NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
 STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]
 
-# MetaWorld's experts are proportional controllers that warn whenever they saturate; it is expected.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
@@ -214,7 +212,7 @@ class MetaWorldEnv(gym.Env):
             self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
         except Exception as e:
             self._env.close()
-            raise RuntimeError(
+            raise OSError(
                 f"MuJoCo cannot render offscreen ({e}). Set MUJOCO_GL=egl (or osmesa) before anything imports "
                 f"mujoco (currently {os.environ.get('MUJOCO_GL')!r}) and install the Debian packages libegl1 "
                 f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)") from e
@@ -306,6 +304,9 @@ def make_expert(task: str) -> Callable[[dict], np.ndarray]:
 
     def act(obs: dict) -> np.ndarray:
         state = np.asarray(obs["observation.state"], dtype=np.float64)
-        return np.clip(policy.get_action(state), -1.0, 1.0).astype(np.float32)
+        with warnings.catch_warnings():  # the experts warn whenever their gains saturate, which is expected
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            action = policy.get_action(state)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     return act
