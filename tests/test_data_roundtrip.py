@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -135,9 +136,14 @@ def test_size_caps_roll_over_to_new_files_and_chunks(tmp_path):
     video_files = sorted(p.relative_to(root).as_posix() for p in (root / "videos").rglob("*.mp4"))
     assert len(data_files) >= 3 and "data/chunk-001/file-000.parquet" in data_files
     assert len(video_files) >= 2
-    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pydict() if \
-        (root / "meta/episodes/chunk-000/file-000.parquet").exists() else None
-    assert eps is not None
+    meta_files = sorted((root / "meta/episodes").rglob("*.parquet"))
+    assert len(meta_files) > 1  # the episode metadata honours the data cap too
+    eps = pa.concat_tables([pq.read_table(f) for f in meta_files]).to_pydict()
+    assert eps["episode_index"] == [0, 1, 2, 3, 4]
+    files = list(zip(eps["data/chunk_index"], eps["data/file_index"]))
+    assert files[0] == (0, 0) and files == sorted(files) and len(set(files)) == len(data_files)
+    starts = eps["videos/observation.images.top/from_timestamp"]
+    assert 0.0 in starts[1:]  # a later episode starts a new video file at time 0
     ds = LeRobotDataset(root)
     assert ds.num_episodes == 5
     for i, ep in enumerate(episodes):

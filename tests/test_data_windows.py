@@ -113,5 +113,16 @@ def test_decode_cache_decodes_each_episode_once_and_batches_collate(ds):
     loader = torch.utils.data.DataLoader(w, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     batch = next(iter(loader))
     assert batch["frames"].shape == (8, 3, 3, 32, 64) and len(batch["task"]) == 8
-    cached = w.episode_frames(1).permute(0, 2, 3, 1).numpy()[:, :, :32]  # episode 0, camera top
+    cached = w.episode_frames(1).transpose(0, 2, 3, 1)[:, :, :32]  # episode 0, camera top
     assert psnr(cached, episodes[0]["observation.images.top"]) >= 35
+
+
+def test_datasets_without_state_give_empty_state(tmp_path):
+    episodes = ramp_episodes(lengths=(6,))
+    for ep in episodes:
+        del ep["observation.state"], ep["observation.images.side"]
+    w = WindowDataset(write_dataset(tmp_path / "nostate", episodes, fps=10), n_obs_steps=2, future_frames=1,
+                      future_stride=1, action_horizon=2)
+    item = w[0]
+    assert item["state"].shape == (2, 0) and item["state_is_pad"].tolist() == [True, False]
+    assert w.normalizer.state_dim == 0 and w.normalizer.action_dim == 2

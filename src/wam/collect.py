@@ -45,7 +45,8 @@ import numpy as np
 
 from wam.envs import get_adapter
 
-_ENV_CACHE: dict[tuple, Any] = {}  # per process: one environment per (family, task, image size, cameras)
+_ENV_CACHE: dict[tuple, Any] = {}  # per process: the last few environments, by (family, task, size, cameras)
+_ENV_CACHE_SIZE = 3  # jobs come task by task, so a few suffice; each MetaWorld env holds a GL context
 
 
 def episode_seed(seed: int, task: str, attempt: int) -> int:
@@ -58,9 +59,12 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     """Run the scripted expert for one episode and return its arrays (see the module docstring)."""
     adapter = get_adapter(env_name)
     key = (env_name, task, image_size, tuple(cameras) if cameras else None)
-    env = _ENV_CACHE.get(key)
+    env = _ENV_CACHE.pop(key, None)
     if env is None:
-        env = _ENV_CACHE[key] = adapter.make_env(task, image_size=image_size, cameras=cameras)
+        env = adapter.make_env(task, image_size=image_size, cameras=cameras)
+    _ENV_CACHE[key] = env  # (re)inserted last: the dict's order is the order of use
+    while len(_ENV_CACHE) > _ENV_CACHE_SIZE:
+        _ENV_CACHE.pop(next(iter(_ENV_CACHE))).close()
     params = inspect.signature(adapter.make_expert).parameters
     expert = adapter.make_expert(task, seed=seed) if "seed" in params else adapter.make_expert(task)
     obs, _ = env.reset(seed=seed)

@@ -13,15 +13,15 @@ from wam.data.stats import Normalizer
 from wam.data.writer import LeRobotWriter, infer_features, write_dataset
 
 __all__ = ["DatasetError", "Episode", "LeRobotDataset", "LeRobotWriter", "Normalizer", "WindowDataset",
-           "check_dataset", "infer_features", "read_info", "read_meta", "write_dataset"]
+           "check_dataset", "collate_windows", "infer_features", "read_info", "read_meta", "write_dataset"]
 
 
 def __getattr__(name: str):
     # WindowDataset needs torch and check_dataset PyAV: load them on first use only
-    if name == "WindowDataset":
-        from wam.data.windows import WindowDataset
+    if name in ("WindowDataset", "collate_windows"):
+        from wam.data import windows
 
-        return WindowDataset
+        return getattr(windows, name)
     if name == "check_dataset":
         from wam.data.check import check_dataset
 

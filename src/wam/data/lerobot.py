@@ -412,6 +412,7 @@ class LeRobotDataset:
         self.video_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "video"]
         self.image_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "image"]
         self.data, self._images = self._load_rows()
+        self._starts = np.array([ep.start for ep in self.episodes])
         self.stats = self._load_stats(meta.stats)
 
     # -- loading
@@ -554,8 +555,7 @@ class LeRobotDataset:
         """Row `i` (over all episodes in order): numeric values and decoded (H, W, 3) camera frames."""
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range for {len(self)} rows")
-        starts = np.array([ep.start for ep in self.episodes])
-        pos = int(np.searchsorted(starts, i, side="right") - 1)
+        pos = int(np.searchsorted(self._starts, i, side="right") - 1)
         ep = self.episodes[pos]
         item: dict[str, Any] = {k: v[i] for k, v in self.data.items()}
         for k in self.camera_keys:

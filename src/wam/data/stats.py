@@ -10,7 +10,6 @@ episodes' quantiles (an approximation, the one LeRobot makes too).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -170,12 +169,3 @@ class Normalizer:
                        state_key=d.get("state_key", "observation.state"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a normaliser dict (expected keys 'stats', 'action_key', 'state_key'): {e}") from e
-
-
-def is_finite_stats(st: dict[str, Any]) -> bool:
-    return all(np.isfinite(np.asarray(v, np.float64)).all() for v in st.values())
-
-
-def weighted_count(st: dict[str, Any]) -> int:
-    c = np.asarray(st.get("count", [0])).reshape(-1)
-    return int(c[0]) if len(c) and math.isfinite(c[0]) else 0

@@ -15,6 +15,9 @@ Frames are float32 in [-1, 1]; cameras sit side by side along the width in the o
 Actions are mapped to [-1, 1] with the dataset's min/max statistics and states standardised with its
 mean/std (`normalizer`, serialisable into a checkpoint).
 
+Batches: `collate_windows` stacks items like torch's default collate, without waking torch's thread
+pool (use it as the DataLoader's `collate_fn`).
+
 Decode cache: the first access to an episode decodes all its frames once, resizes them and keeps them
 as uint8, so later epochs never touch a video decoder. Memory is
 `num_frames x 3 x image_size x image_size x cameras` bytes: 12 KiB per frame at 64x64 with one camera
@@ -36,8 +39,8 @@ from wam.data.lerobot import LeRobotDataset
 from wam.data.stats import Normalizer
 
 
-def _int64(values: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(values, dtype=np.int64).reshape(-1))
+def _int64(values: np.ndarray) -> np.ndarray:
+    return np.array(values, dtype=np.int64).reshape(-1)
 
 
 def resolve_cameras(dataset: LeRobotDataset, cameras: Sequence[str] | None) -> list[str]:
@@ -56,16 +59,32 @@ def resolve_cameras(dataset: LeRobotDataset, cameras: Sequence[str] | None) -> l
     return out
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, batch: int = 256) -> torch.Tensor:
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, batch: int = 256) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, 3, h, w) uint8, resized with antialiasing when `size` differs."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    x = np.ascontiguousarray(np.asarray(frames).transpose(0, 3, 1, 2))  # (N, 3, H, W)
     if size is None or tuple(x.shape[-2:]) == tuple(size):
-        return x.contiguous()
-    out = torch.empty((x.shape[0], x.shape[1], *size), dtype=torch.uint8)
+        return x
+    out = np.empty((x.shape[0], x.shape[1], *size), dtype=np.uint8)
     for i in range(0, len(x), batch):
-        y = F.interpolate(x[i:i + batch].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-        out[i:i + batch] = y.round_().clamp_(0, 255).to(torch.uint8)
+        y = F.interpolate(torch.from_numpy(x[i:i + batch]).float(), size=size, mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[i:i + batch] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
+
+
+def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch WindowDataset items: tensors stacked along a new first axis, strings into a list.
+
+    Same result as torch's default collate, but stacks with numpy: torch.stack wakes its intra-op
+    thread pool for every key of every batch, which costs tens of milliseconds per batch when the
+    cores are busy (as they are while a model trains in the same process or next to it)."""
+    batch: dict[str, Any] = {}
+    for key, first in items[0].items():
+        if isinstance(first, torch.Tensor):
+            batch[key] = torch.from_numpy(np.stack([it[key].numpy() for it in items]))
+        else:
+            batch[key] = [it[key] for it in items]
+    return batch
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -120,27 +139,27 @@ class WindowDataset(torch.utils.data.Dataset):
         self._task_index = _int64(ds.data.get("task_index", np.zeros(n_rows)))
         self._episode_index = _int64(ds.data["episode_index"])
         self._index = _int64(ds.data.get("index", np.arange(n_rows)))
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[int, np.ndarray] = {}
         self.decodes = 0  # episodes decoded so far (each at most once per process)
 
     @staticmethod
-    def _normalised(values: np.ndarray | None, n_rows: int, norm: Normalizer | None, kind: str) -> torch.Tensor:
+    def _normalised(values: np.ndarray | None, n_rows: int, norm: Normalizer | None, kind: str) -> np.ndarray:
         if values is None:
-            return torch.zeros((n_rows, 0))
+            return np.zeros((n_rows, 0), np.float32)
         v = np.array(values, np.float32).reshape(n_rows, -1)
         if norm is not None:
             v = norm.normalize_action(v) if kind == "action" else norm.normalize_state(v)
-        return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+        return np.ascontiguousarray(v, dtype=np.float32)
 
     # -- decode cache
 
-    def episode_frames(self, k: int) -> torch.Tensor:
+    def episode_frames(self, k: int) -> np.ndarray:
         """All frames of the k-th chosen episode, (L, 3, h, w * cams) uint8, decoded once and cached."""
         frames = self._cache.get(k)
         if frames is None:
             pos = self.positions[k]
             per_cam = [resize_frames(self.dataset.episode_frames(pos, key), self._resize) for key in self.cameras]
-            frames = per_cam[0] if len(per_cam) == 1 else torch.cat(per_cam, dim=-1)
+            frames = per_cam[0] if len(per_cam) == 1 else np.concatenate(per_cam, axis=-1)
             self._cache[k] = frames
             self.decodes += 1
         return frames
@@ -155,7 +174,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     @property
     def cache_nbytes(self) -> int:
-        return sum(t.numel() for t in self._cache.values())
+        return sum(a.nbytes for a in self._cache.values())
 
     def estimated_cache_nbytes(self) -> int:
         """Bytes the cache holds once every chosen episode is decoded."""
@@ -175,7 +194,10 @@ class WindowDataset(torch.utils.data.Dataset):
         fut = t + self.future_stride * np.arange(1, self.future_frames + 1)
         steps = np.concatenate([hist, fut])
         frame_pad = (steps < 0) | (steps >= n_steps)
-        frames = self.episode_frames(k)[torch.from_numpy(np.clip(steps, 0, n_steps - 1))]
+        # numpy, not torch, for these small gathers: no intra-op thread pool to wake for each item
+        frames = self.episode_frames(k)[np.clip(steps, 0, n_steps - 1)].astype(np.float32)
+        frames *= 1.0 / 127.5
+        frames -= 1.0
         act_steps = np.arange(t, t + self.action_horizon)
         act_pad = act_steps >= n_steps
         act_rows = ep.start + np.clip(act_steps, 0, n_steps - 1)
@@ -183,16 +205,16 @@ class WindowDataset(torch.utils.data.Dataset):
         row = ep.start + t
         ti = int(self._task_index[row])
         return {
-            "frames": frames.float().div_(127.5).sub_(1.0),
+            "frames": torch.from_numpy(frames),
             "frame_is_pad": torch.from_numpy(frame_pad),
-            "action": self._actions[torch.from_numpy(act_rows)],
+            "action": torch.from_numpy(self._actions[act_rows]),
             "action_is_pad": torch.from_numpy(act_pad),
-            "state": self._states[torch.from_numpy(state_rows)],
+            "state": torch.from_numpy(self._states[state_rows]),
             "state_is_pad": torch.from_numpy(hist < 0),
             "task": self.dataset.tasks[ti] if 0 <= ti < len(self.dataset.tasks) else "",
-            "task_index": self._task_index[row],
-            "episode_index": self._episode_index[row],
-            "index": self._index[row],
+            "task_index": torch.tensor(ti, dtype=torch.int64),
+            "episode_index": torch.tensor(int(self._episode_index[row]), dtype=torch.int64),
+            "index": torch.tensor(int(self._index[row]), dtype=torch.int64),
         }
 
     def __repr__(self) -> str:
