@@ -121,9 +121,12 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{what} line {n} is not valid JSON: {path} ({e})") from e
+            if not isinstance(row, dict):
+                raise DatasetError(f"{what} line {n} is not a JSON object: {path}")
+            rows.append(row)
     return rows
 
 
@@ -511,7 +514,8 @@ class LeRobotDataset:
         for i, ep in enumerate(self.episodes):
             if ep.episode_index == episode_index:
                 return i
-        raise KeyError(f"no episode {episode_index} in {self.root} (episodes: {self.episode_indices[:5]}...)")
+        raise ValueError(f"no episode {episode_index} in {self.root}; it has episodes "
+                         f"{self.episode_indices[0]}..{self.episode_indices[-1]} ({self.num_episodes} of them)")
 
     def camera_shape(self, key: str) -> tuple[int, int, int]:
         """(H, W, C) of a camera feature, whatever order its names give."""
