@@ -219,3 +219,17 @@ def test_writer_refuses_inconsistent_episodes(tmp_path):
         with pytest.raises(ValueError, match="uint8 frames"):
             w.add_episode({**ep, "observation.images.top": ep["observation.images.top"][:, :16]}, task="t")
     assert LeRobotDataset(tmp_path / "x").num_episodes == 1
+
+
+def test_rows_stored_out_of_episode_order_are_put_back_in_order(tmp_path):
+    episodes = make_episodes(3, 5, cameras=("top",))
+    root = write_dataset(tmp_path / "perm", episodes, fps=10, use_videos=False)
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.take(np.r_[10:15, 0:5, 5:10]), path)  # episodes 2, 0, 1
+    ds = LeRobotDataset(root)
+    assert ds.episode_ranges == [(0, 5), (5, 10), (10, 15)]
+    for i, ep in enumerate(episodes):
+        s, t = ds.episode_ranges[i]
+        assert np.array_equal(ds.data["action"][s:t], ep["action"])
+        assert np.array_equal(ds.episode_frames(i, "observation.images.top"), ep["observation.images.top"])

@@ -420,7 +420,12 @@ class LeRobotDataset:
 
     # -- loading
 
-    def _load_rows(self) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    def _load_rows(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Numeric and string columns as numpy arrays; image columns stay arrow arrays (compressed bytes,
+        decoded on demand). Rows come out in episode order."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         numeric = [k for k, ft in self.features.items() if ft["dtype"] in NUMERIC_DTYPES]
         strings = [k for k, ft in self.features.items() if ft["dtype"] == "string"]
         for k in ("episode_index", "timestamp"):
@@ -430,15 +435,23 @@ class LeRobotDataset:
         for ep in self.episodes:
             files.setdefault(ep.data_file, []).append(ep)
         parts: dict[str, list] = {k: [] for k in numeric + strings}
-        images: dict[str, list] = {k: [] for k in self.image_keys}
+        images: dict[str, list] = {k: [] for k in self.image_keys}  # arrow chunks per image column
         offset = 0
+        columns = numeric + strings + self.image_keys
         for rel, eps in files.items():
             path = self.root / rel
-            table = read_parquet(path, f"data file of episode {eps[0].episode_index}")
-            missing = [k for k in numeric + strings + self.image_keys if k not in table.column_names]
+            what = f"data file of episode {eps[0].episode_index}"
+            if not path.is_file():
+                raise DatasetError(f"{what} is missing: {path}")
+            try:
+                names = pq.read_schema(path).names
+            except Exception as e:
+                raise DatasetError(f"{what} is not a readable parquet file: {path} ({e})") from e
+            missing = [k for k in columns if k not in names]
             if missing:
                 raise DatasetError(f"data file {path} lacks the column(s) {', '.join(missing)} that "
                                    f"meta/info.json lists as features")
+            table = read_parquet(path, what, columns)
             ep_col = column_to_numpy(table.column("episode_index"), "episode_index",
                                      self.features["episode_index"], path).reshape(-1)
             wanted = {ep.episode_index for ep in eps}
@@ -462,19 +475,20 @@ class LeRobotDataset:
             for k in strings:
                 parts[k].append(np.asarray(table.column(k).to_pylist(), dtype=object))
             for k in self.image_keys:
-                images[k] += table.column(k).to_pylist()
+                images[k] += table.column(k).chunks
             offset += len(rows)
         data = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
+        image_cols = {k: pa.chunked_array(v) for k, v in images.items()}
         # Files are read in order of first use; put rows in episode order so episode e is one slice.
         order = np.concatenate([np.arange(ep.start, ep.stop) for ep in self.episodes])
         if not np.array_equal(order, np.arange(len(order))) or len(order) != offset:
             data = {k: v[order] for k, v in data.items()}
-            images = {k: [v[i] for i in order] for k, v in images.items()}
+            image_cols = {k: v.take(pa.array(order)) for k, v in image_cols.items()}
             start = 0
             for ep in self.episodes:
                 ep.start, ep.stop = start, start + ep.length
                 start += ep.length
-        return data, images
+        return data, image_cols
 
     def _load_stats(self, stored: dict | None) -> dict[str, dict[str, np.ndarray]]:
         """Stored statistics, completed from the data for numeric features that have none."""
@@ -549,7 +563,7 @@ class LeRobotDataset:
                                    f"{self.root / path}: {e}") from e
         if key in self.image_keys:
             cells = self._images[key]
-            return np.stack([decode_image(cells[ep.start + int(r)], self.root, key) for r in rows])
+            return np.stack([decode_image(cells[ep.start + int(r)].as_py(), self.root, key) for r in rows])
         raise KeyError(f"{key!r} is not a camera of {self.root}; cameras: {self.camera_keys}")
 
     def __len__(self) -> int:
