@@ -7,8 +7,9 @@ Runbook (the recorded numbers in benchmarks/data.json come from exactly this com
 What it measures:
 1. Collection: `wam.collect.collect("metaworld", ...)` on `--tasks` with `--episodes` per task and
    64x64 corner4 frames, once with one process and once with `--workers` processes. Frames/s counts
-   stored dataset rows per wall-clock second, start-up of the worker processes and the final write
-   included.
+   stored dataset rows per wall-clock second, start-up of the worker processes, creation of the
+   environments and the final write included. "steady_state_one_process" is the expert loop alone
+   (physics, expert, rendering) in one process once its environment exists.
 2. Loading: a `WindowDataset` with the wam-tiny layout (64x64, 1 history + 2 future frames at stride 4,
    8 actions) over the collected dataset, through a DataLoader (batch 32, shuffled, no worker
    processes, `collate_windows`). "cold" is the first epoch (every episode decoded once, on first use), "warm" a later
@@ -44,6 +45,19 @@ def bench_collect(tasks: str, episodes: int, workers: int, out: Path) -> dict:
     return {"workers": workers, "episodes": summary["episodes_kept"], "frames": summary["frames"],
             "seconds": round(seconds, 2), "frames_per_s": round(summary["frames"] / seconds, 1),
             "expert_success_rate": summary["success_rate"]}
+
+
+def bench_steady_state(task: str = "push-v3", episodes: int = 3) -> dict:
+    """Expert + physics + rendering in one process once the environment exists (no start-up, no writing)."""
+    from wam.collect import _ENV_CACHE, run_episode
+
+    run_episode("metaworld", task, 0)  # creates and warms the environment
+    t0 = time.perf_counter()
+    frames = sum(run_episode("metaworld", task, seed)["length"] for seed in range(1, episodes + 1))
+    seconds = time.perf_counter() - t0
+    while _ENV_CACHE:
+        _ENV_CACHE.popitem()[1].close()
+    return {"task": task, "frames": frames, "frames_per_s": round(frames / seconds, 1)}
 
 
 def bench_loader(root: Path, epochs: int = 3) -> dict:
@@ -88,6 +102,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tmp = Path(tempfile.mkdtemp(prefix="wam-bench-"))
     try:
+        steady = bench_steady_state()
         one = bench_collect(args.tasks, args.episodes, 1, tmp / "one")
         many = bench_collect(args.tasks, args.episodes, args.workers, tmp / "many")
         loader = bench_loader(tmp / "many")
@@ -95,12 +110,13 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "benchmark": "data",
-        "command": "MUJOCO_GL=egl .venv/bin/python benchmarks/bench_data.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
+        "command": " ".join(["MUJOCO_GL=egl .venv/bin/python benchmarks/bench_data.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": load, "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine()},
         "collection": {"env": "metaworld", "tasks": args.tasks.split(","), "episodes_per_task": args.episodes,
-                       "image_size": 64, "camera": "corner4", "one_process": one, "parallel": many},
+                       "image_size": 64, "camera": "corner4", "steady_state_one_process": steady,
+                       "one_process": one, "parallel": many},
         "loader": loader,
     }
     text = json.dumps(result, indent=2)

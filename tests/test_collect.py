@@ -21,7 +21,8 @@ def test_collect_dot_from_the_command_line(tmp_path, capsys):
     assert ds.num_episodes == 3 and ds.fps == 10 and ds.tasks == ["move the red dot to the green goal"]
     assert ds.camera_keys == ["observation.images.top"] and ds.features["action"]["shape"] == [2]
     for s, t in ds.episode_ranges:
-        assert ds.data["next.success"][t - 1] and ds.data["next.done"][t - 1] and not ds.data["next.done"][s:t - 1].any()
+        assert ds.data["next.success"][t - 1] and ds.data["next.done"][t - 1]
+        assert not ds.data["next.done"][s:t - 1].any()
     summary = json.loads((out / "meta/collection.json").read_text())
     assert summary["tasks"][0]["success_rate"] == 1.0 and len(summary["episodes"]) == 3
     assert check_dataset(out).ok

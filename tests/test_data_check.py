@@ -79,7 +79,8 @@ def longer_episode(root):
 CASES = {
     "missing data file": (lambda r: (r / DATA).unlink(), "data file data/chunk-000/file-000.parquet is missing"),
     "missing video file": (lambda r: (r / VIDEO).unlink(), f"video file {VIDEO} is missing"),
-    "wrong dtype": (lambda r: rewrite_data(r, lambda t: set_column(t, "next.reward", pc.cast(t["next.reward"], pa.float64()))),
+    "wrong dtype": (lambda r: rewrite_data(r, lambda t: set_column(t, "next.reward",
+                                                                   pc.cast(t["next.reward"], pa.float64()))),
                     "dtype float32 in meta/info.json, float64 in the file"),
     "missing column": (lambda r: rewrite_data(r, lambda t: t.drop_columns(["next.reward"])),
                        "lacks column 'next.reward'"),
@@ -103,7 +104,8 @@ CASES = {
     "video size": (lambda r: edit_json(r / "meta/info.json",
                                        lambda d: d["features"]["observation.images.top"].update(shape=[48, 48, 3])),
                    "is 32x32 pixels, meta/info.json says 48x48"),
-    "nan statistics": (lambda r: edit_json(r / "meta/stats.json", lambda d: d["action"].update(mean=[float("nan")] * 2)),
+    "nan statistics": (lambda r: edit_json(r / "meta/stats.json",
+                                           lambda d: d["action"].update(mean=[float("nan")] * 2)),
                        "statistic 'mean' of 'action' contains NaN"),
 }
 

@@ -1,7 +1,6 @@
 """A LeRobot v2.1 dataset, built here from the format's description (one parquet and one AV1 mp4 per
 episode, JSON-lines metadata, an image feature stored as PNG files), is read correctly."""
 
-import io
 import json
 from fractions import Fraction
 
@@ -66,7 +65,8 @@ def v21(tmp_path_factory):
         table = pa.table({
             "observation.state": pa.array(ep["state"].tolist(), pa.list_(pa.float32())),
             "action": pa.array(ep["action"].tolist(), pa.list_(pa.float32())),
-            "observation.images.wrist": pa.array(wrist_paths, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "observation.images.wrist": pa.array(wrist_paths,
+                                                 pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
             "timestamp": pa.array(np.arange(n, dtype=np.float32) / FPS),
             "frame_index": pa.array(np.arange(n), pa.int64()),
             "episode_index": pa.array(np.full(n, e), pa.int64()),
@@ -89,7 +89,8 @@ def v21(tmp_path_factory):
         "features": {
             "observation.images.top": {"dtype": "video", "shape": [32, 32, 3],
                                        "names": ["height", "width", "channel"], "info": video_info},
-            "observation.images.wrist": {"dtype": "image", "shape": [24, 24, 3], "names": ["height", "width", "channel"]},
+            "observation.images.wrist": {"dtype": "image", "shape": [24, 24, 3],
+                                         "names": ["height", "width", "channel"]},
             "observation.state": {"dtype": "float32", "shape": [4], "names": {"motors": ["x", "y", "gx", "gy"]}},
             "action": {"dtype": "float32", "shape": [2], "names": {"motors": ["vx", "vy"]}},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -101,7 +102,8 @@ def v21(tmp_path_factory):
     }
     meta.mkdir(parents=True, exist_ok=True)
     (meta / "info.json").write_text(json.dumps(info, indent=4))
-    (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(TASKS)))
+    (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
+                                              for i, t in enumerate(TASKS)))
     (meta / "episodes.jsonl").write_text("".join(
         json.dumps({"episode_index": e, "tasks": [TASKS[e % 2]], "length": n}) + "\n" for e, n in enumerate(lengths)))
     lines = []

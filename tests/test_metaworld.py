@@ -33,7 +33,8 @@ def test_task_sets_and_descriptions():
 def test_observation_layout(env):
     obs, info = env.reset(seed=0)
     assert set(obs) == {"observation.images.corner4", "observation.images.topview", "observation.state"}
-    assert obs["observation.images.corner4"].shape == (64, 64, 3) and obs["observation.images.corner4"].dtype == np.uint8
+    image = obs["observation.images.corner4"]
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     assert obs["observation.state"].shape == (39,) and obs["observation.state"].dtype == np.float32
     assert env.observation_space.contains(obs) and info == {"success": False}
     assert (env.fps, env.max_episode_steps, env.task_description) == (80, 500, "move the gripper to the goal position")

@@ -143,8 +143,8 @@ def _collect(sub: argparse._SubParsersAction) -> None:
                                    "episodes as a LeRobot v3.0 dataset. Example: wam collect metaworld --tasks mt10 "
                                    "--episodes 50 --out data/mt10")
     p.add_argument("env", help="environment family: metaworld or dot")
-    p.add_argument("--tasks", default=None, help="task set (metaworld: mt10, mt50, easy, medium, hard, very_hard, "
-                                                 "all) or a comma-separated list of tasks; default: all")
+    p.add_argument("--tasks", default=None, help="task set (metaworld: mt10, mt25, mt50, easy, medium, hard, "
+                                                 "very_hard, all) or a comma-separated list of tasks; default: all")
     p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
     p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--image-size", type=int, default=64, help="square frame size in pixels (default 64)")

@@ -128,8 +128,12 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
 
     from wam.data.writer import LeRobotWriter
 
+    from wam.data.video import CODECS
+
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
     adapter = get_adapter(env)
     task_list = adapter.resolve_tasks(tasks)
     out = Path(out)
@@ -160,7 +164,8 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
                     continue
                 rate = s["successes"] / s["attempts"] if s["attempts"] and not keep_failed else 1.0
                 n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
-                jobs += [(env, t, episode_seed(seed, t, a), kwargs) for a in range(next_attempt[t], next_attempt[t] + n)]
+                tries = range(next_attempt[t], next_attempt[t] + n)
+                jobs += [(env, t, episode_seed(seed, t, a), kwargs) for a in tries]
                 next_attempt[t] += n
             if not jobs:
                 break

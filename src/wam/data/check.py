@@ -182,7 +182,8 @@ def _check(report: Report, root: Path, decode: str) -> None:
     if indices != list(range(len(episodes))):
         report.problem("meta", f"episode indices are not 0..{len(episodes) - 1} "
                                f"(first ones: {indices[:8]}); LeRobot numbers episodes consecutively")
-    for name, actual in (("total_episodes", len(episodes)), ("total_frames", n_frames), ("total_tasks", len(meta.tasks))):
+    totals = (("total_episodes", len(episodes)), ("total_frames", n_frames), ("total_tasks", len(meta.tasks)))
+    for name, actual in totals:
         if name in info and info[name] != actual:
             report.problem("totals", f"meta/info.json says {name}={info[name]} but the metadata has {actual}")
     known_tasks = set(meta.tasks)
@@ -193,7 +194,8 @@ def _check(report: Report, root: Path, decode: str) -> None:
     if info["codebase_version"] == "v3.0":
         offset = 0
         for ep in episodes:
-            if ep.dataset_from_index >= 0 and (ep.dataset_from_index, ep.dataset_to_index) != (offset, offset + ep.length):
+            span = (ep.dataset_from_index, ep.dataset_to_index)
+            if ep.dataset_from_index >= 0 and span != (offset, offset + ep.length):
                 report.problem("ranges", f"episode {ep.episode_index} has dataset_from_index/to_index "
                                          f"{ep.dataset_from_index}..{ep.dataset_to_index}, expected "
                                          f"{offset}..{offset + ep.length} from the episode lengths")
@@ -260,7 +262,8 @@ def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
                                        f"{ep.length} in the episode metadata")
             if rows[-1] - rows[0] + 1 != len(rows):
                 report.problem("rows", f"rows of episode {ep.episode_index} are not contiguous in {rel}")
-            if "frame_index" in cols and not np.array_equal(cols["frame_index"].reshape(-1)[rows], np.arange(len(rows))):
+            frame_index = cols["frame_index"].reshape(-1)[rows] if "frame_index" in cols else None
+            if frame_index is not None and not np.array_equal(frame_index, np.arange(len(rows))):
                 report.problem("rows", f"frame_index of episode {ep.episode_index} in {rel} is not 0..{len(rows) - 1}")
             if "index" in cols and ep.dataset_from_index >= 0:
                 expect = np.arange(ep.dataset_from_index, ep.dataset_from_index + len(rows))
