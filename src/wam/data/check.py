@@ -73,7 +73,7 @@ class Report:
         for kind, n in self._counts.items():
             if n > MAX_PER_KIND:
                 target = self.warnings if kind.startswith("w:") else self.problems
-                target.append(f"... and {n - MAX_PER_KIND} more like the above ({kind.removeprefix('w:')})")
+                target.append(f"... and {n - MAX_PER_KIND} more of the same kind ({kind.removeprefix('w:')})")
         return self
 
     def to_dict(self) -> dict:

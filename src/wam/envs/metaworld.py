@@ -119,8 +119,6 @@ _OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx"
 _NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
 STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]
 
-
-
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
 _CLOSE_AT_EXIT: list[bool] = []
 
@@ -185,7 +183,10 @@ class MetaWorldEnv(gym.Env):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
         if task not in DESCRIPTIONS:
-            resolve_tasks(task)  # raises with suggestions
+            names = resolve_tasks(task)  # "reach" -> ["reach-v3"]; unknown names raise with suggestions
+            if len(names) != 1:
+                raise ValueError(f"{task!r} names {len(names)} tasks; an environment runs exactly one")
+            task = names[0]
         cameras = tuple(cameras) if cameras else (DEFAULT_CAMERA,)
         bad = [c for c in cameras if c not in CAMERAS]
         if bad:
