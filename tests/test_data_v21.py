@@ -146,3 +146,12 @@ def test_v21_frames_av1_video_and_png_files(v21):
     item = w[len(w) - 1]
     assert item["frames"].shape == (3, 3, 16, 32)  # two cameras side by side, each resized to 16x16
     assert item["task"] == TASKS[0] and item["frame_is_pad"].tolist() == [False, True, True]
+
+
+def test_v21_passes_the_checker(v21):
+    from wam.data import check_dataset
+
+    root, _ = v21
+    report = check_dataset(root, decode="all")
+    assert report.ok and not report.warnings, report.problems + report.warnings
+    assert report.summary["version"] == "v2.1" and report.summary["video_files"] == 3
