@@ -1,16 +1,35 @@
 """wam: world action models. One diffusion transformer that is a policy, a world model, an inverse
 dynamics model, a video predictor and a joint video-action planner, chosen at inference by the noise
-level given to each modality."""
+level given to each modality.
 
-from wam.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from wam.config import PRESETS, DataConfig, LossConfig, ModelConfig
-from wam.model import WAM
-from wam.modes import MODES, Mode, sample, training_loss
-from wam.tokenizer import ConvAutoencoder, FrameTokenizer
+The public names are imported on first use, so that `wam --help` and worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "WAM", "MODES", "Mode", "sample", "training_loss", "ModelConfig", "LossConfig", "DataConfig", "PRESETS",
-    "ConvAutoencoder", "FrameTokenizer", "Checkpoint", "load_checkpoint", "save_checkpoint", "__version__",
-]
+_EXPORTS = {
+    "WAM": "wam.model",
+    "MODES": "wam.modes", "Mode": "wam.modes", "sample": "wam.modes", "training_loss": "wam.modes",
+    "ModelConfig": "wam.config", "LossConfig": "wam.config", "DataConfig": "wam.config", "PRESETS": "wam.config",
+    "FrameTokenizer": "wam.tokenizer", "ConvAutoencoder": "wam.tokenizer", "PixelTokenizer": "wam.tokenizer",
+    "Checkpoint": "wam.checkpoint", "load_checkpoint": "wam.checkpoint", "save_checkpoint": "wam.checkpoint",
+    "LeRobotDataset": "wam.data", "WindowDataset": "wam.data",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from wam.config import ModelConfig, from_dict, to_dict
 from wam.model import WAM
-from wam.tokenizer import ConvAutoencoder
+from wam.tokenizer import FrameTokenizer, make_tokenizer
 
 
 def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -45,7 +45,7 @@ def atomic_dir_replace(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def save_checkpoint(path: str | os.PathLike, model: WAM, tokenizer: ConvAutoencoder | None = None, *,
+def save_checkpoint(path: str | os.PathLike, model: WAM, tokenizer: FrameTokenizer | None = None, *,
                     stats: dict | None = None, config: dict | None = None, train_state: dict | None = None) -> Path:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def save_checkpoint(path: str | os.PathLike, model: WAM, tokenizer: ConvAutoenco
 class Checkpoint:
     path: Path
     model: WAM
-    tokenizer: ConvAutoencoder | None
+    tokenizer: FrameTokenizer | None
     config: dict
     stats: dict
     train_state: dict | None = field(default=None, repr=False)
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.to(device).eval()
     tokenizer = None
     if (root / "tokenizer.safetensors").is_file():
-        tokenizer = ConvAutoencoder.from_config(mcfg)
+        tokenizer = make_tokenizer(mcfg)
         tokenizer.load_state_dict(load_file(root / "tokenizer.safetensors"))
         tokenizer.to(device).eval()
     stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").is_file() else {}

@@ -21,11 +21,14 @@ class ModelConfig:
     heads: int = 4  # attention heads (width must divide by it)
     mlp_ratio: float = 4.0  # MLP hidden size / width
     causal: bool = False  # frame-causal attention for video tokens instead of bidirectional
+    video_prediction: str = "x0"  # what the video output is: "x0" (clean latents; velocity derived, JiT) or "velocity"
+    action_prediction: str = "velocity"  # the same for the action output
     # frames and their tokenizer
     image_size: int = 64  # frames are square, image_size x image_size (per camera)
     n_cameras: int = 1  # cameras are placed side by side: the tokenizer sees an image n_cameras wide
     image_channels: int = 3
-    latent_channels: int = 8  # channels of the tokenizer's latent grid
+    tokenizer: str = "conv"  # "conv": a trained convolutional autoencoder; "pixel": lossless space-to-depth
+    latent_channels: int = 8  # channels of the tokenizer's latent grid (pixel: image_channels * downsample^2)
     tokenizer_downsample: int = 8  # image_size / latent grid size (a power of two)
     tokenizer_width: int = 32  # channels of the tokenizer's first conv layer
     patch_size: int = 2  # latent patch side: one video token per patch_size^2 latent cells
@@ -49,6 +52,14 @@ class ModelConfig:
             )
         if self.latent_size % self.patch_size:
             raise ValueError(f"latent grid {self.latent_size} must be divisible by patch_size {self.patch_size}")
+        for name in ("video_prediction", "action_prediction"):
+            if getattr(self, name) not in ("x0", "velocity"):
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose 'x0' or 'velocity'")
+        if self.tokenizer not in ("conv", "pixel"):
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'conv' or 'pixel'")
+        if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample ** 2:
+            raise ValueError(f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample ** 2} latent "
+                             f"channels; set latent_channels to that")
         if self.tokenizer_downsample & (self.tokenizer_downsample - 1):
             raise ValueError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
 

@@ -30,6 +30,19 @@ def x0_from_velocity(xt: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torc
     return xt - _expand(t, xt) * v
 
 
+T_MIN = 0.05  # smallest t used to turn an x0 prediction into a velocity (Li & He 2025, JiT)
+
+
+def velocity_from_output(out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The velocity implied by a network output: itself ("velocity"), or (x_t - x0_hat) / t for an x0
+    prediction ("x0"). Predicting x0 keeps a network whose width is below the token size from having to
+    carry the noise through its residual stream (Li & He 2025, "Back to Basics: Let Denoising
+    Generative Models Denoise")."""
+    if prediction == "velocity":
+        return out
+    return (xt - out) / _expand(t, xt).clamp_min(T_MIN)
+
+
 def sample_t(shape, kind: str = "logit_normal", generator: torch.Generator | None = None,
              device=None, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
     """Training noise levels in (0, 1).

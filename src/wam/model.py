@@ -249,13 +249,18 @@ class WAM(nn.Module):
             key_ok[:, n_ctx + T * tpf:] = action_keep[:, None]
         mask = key_ok[:, None, None, :].expand(B, 1, N, N).clone()
         if causal:
-            # frame-causal: a video token sees context, actions and frames up to its own; context sees context
-            frame_of = torch.full((N,), -1, device=device)
-            frame_of[n_ctx:n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf)
-            q_frame, k_frame = frame_of[:, None], frame_of[None, :]
-            is_vid_q = q_frame >= 0
-            allowed = ~(is_vid_q & (k_frame > q_frame))  # no peeking at later frames
-            allowed[:n_ctx, n_ctx:] = False  # context tokens only attend to context
+            # frame-causal: every token has a time; a token sees context and tokens of earlier or equal time.
+            # Frame f has time f; action j acts between frame n_obs-1 + j // stride and the next one, so it
+            # has time n_obs - 1 + j // stride + 0.5 (it sees the frames before it, and shapes the frames
+            # after it). Context tokens see only context. Inverse dynamics needs bidirectional attention.
+            time = torch.full((N,), -1.0, device=device)
+            time[n_ctx:n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf).float()
+            if n_act:
+                j = torch.arange(n_act, device=device)
+                time[n_ctx + T * tpf:] = self.cfg.n_obs_steps - 1 + (j // self.cfg.future_stride).float() + 0.5
+            allowed = time[None, :] <= time[:, None]
+            allowed[:, :n_ctx] = True  # everyone sees the context
+            allowed[:n_ctx, n_ctx:] = False  # the context sees only itself
             mask = mask & allowed
         return mask
 

@@ -116,9 +116,9 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
             v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
         out = {}
         if m.future == GENERATE:
-            out["future"] = v_lat[:, cfg.n_obs_steps:]
+            out["future"] = flow.velocity_from_output(v_lat[:, cfg.n_obs_steps:], x["future"], t, cfg.video_prediction)
         if m.actions == GENERATE:
-            out["actions"] = v_act
+            out["actions"] = flow.velocity_from_output(v_act, x["actions"], t, cfg.action_prediction)
         return out
 
     if solver not in SOLVERS:
@@ -147,10 +147,7 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
         action_dim_mask (B, A) bool (optional; False marks padded action dimensions: no loss).
     Returns (loss, {"loss_video": ..., "loss_action": ...}) with per-stream means over valid elements.
     """
-    cfg = model.cfg
-    lat, actions = batch["latents"], batch["actions"]
-    B, device = lat.shape[0], lat.device
-    n_obs, F = cfg.n_obs_steps, cfg.future_frames
+    B, device = batch["latents"].shape[0], batch["latents"].device
     u = lambda: torch.rand(B, generator=generator, device=device)  # noqa: E731
 
     t_fut = flow.sample_t((B,), lc.timestep_sampling, generator, device)
@@ -165,25 +162,54 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
     omit_fut = (u() < lc.p_omit_future) & has_actions & ~clean_act  # a policy example: actions must be learned
     omit_act = ((u() < lc.p_omit_action) & ~omit_fut & ~clean_fut) | ~has_actions
     drop_task = u() < lc.p_drop_task
+    return flow_loss(model, batch, t_fut, t_act, omit_fut, omit_act, drop_task, generator,
+                     lc.video_weight, lc.action_weight)
+
+
+def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The flow-matching loss of one mode's recipe: generated modalities at t ~ U(0, 1), given ones
+    clean, omitted ones out of the sequence. Validation reports it per mode."""
+    m = get_mode(mode)
+    B, device = batch["latents"].shape[0], batch["latents"].device
+    zeros, ones = torch.zeros(B, device=device), torch.ones(B, dtype=torch.bool, device=device)
+    t = torch.rand(B, generator=generator, device=device).clamp_min(1e-3)
+    t_fut = t if m.future == GENERATE else zeros
+    t_act = t if m.actions == GENERATE else zeros
+    loss, _ = flow_loss(model, batch, t_fut, t_act, ones & (m.future == OMIT), ones & (m.actions == OMIT),
+                        ~ones, generator)
+    return loss
+
+
+def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit_fut: torch.Tensor,
+              omit_act: torch.Tensor, drop_task: torch.Tensor, generator: torch.Generator | None = None,
+              video_weight: float = 1.0, action_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Masked velocity MSE for given per-example noise levels (B,) and left-out flags (B,) bool.
+    With x0 prediction the loss is still taken on the implied velocity (JiT's x-prediction, v-loss)."""
+    cfg = model.cfg
+    lat, actions = batch["latents"], batch["actions"]
+    B, device = lat.shape[0], lat.device
+    n_obs, F = cfg.n_obs_steps, cfg.future_frames
 
     noise_fut = torch.randn(lat[:, n_obs:].shape, generator=generator, device=device)
     noise_act = torch.randn(actions.shape, generator=generator, device=device)
-    fut_t = flow.add_noise(lat[:, n_obs:], noise_fut, t_fut)
-    act_t = flow.add_noise(actions, noise_act, t_act)
-    lat_in = torch.cat([lat[:, :n_obs], fut_t], 1)
+    fut_in = flow.add_noise(lat[:, n_obs:], noise_fut, t_fut)
+    lat_in = torch.cat([lat[:, :n_obs], fut_in], 1)
+    act_in = flow.add_noise(actions, noise_act, t_act)
     t_video = torch.cat([torch.zeros(B, n_obs, device=device), t_fut[:, None].expand(B, F)], 1)
     frame_keep = torch.cat([torch.ones(B, n_obs, dtype=torch.bool, device=device),
                             (~omit_fut)[:, None].expand(B, F)], 1)
 
-    v_lat, v_act = model(lat_in, t_video, act_t, t_act, batch["task"], batch.get("state"),
-                         frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
+    out_lat, out_act = model(lat_in, t_video, act_in, t_act, batch["task"], batch.get("state"),
+                             frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
+    v_fut = flow.velocity_from_output(out_lat[:, n_obs:], fut_in, t_fut, cfg.video_prediction)
+    v_act = flow.velocity_from_output(out_act, act_in, t_act, cfg.action_prediction)
 
     # video: future frames that are in the sequence, noised, and not padding
     fpad = batch.get("frame_is_pad")
     w_fut = (~omit_fut & (t_fut > 0))[:, None].expand(B, F).float()  # (B, F)
     if fpad is not None:
         w_fut = w_fut * (~fpad[:, n_obs:]).float()
-    err_v = (v_lat[:, n_obs:] - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+    err_v = (v_fut - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
     loss_video = (err_v * w_fut).sum() / w_fut.sum().clamp_min(1.0)
 
     # actions: in the sequence, noised, not padding steps, not padding dimensions
@@ -197,5 +223,5 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
     err_a = (v_act - flow.velocity_target(actions, noise_act)).pow(2)
     loss_action = (err_a * w_act).sum() / w_act.sum().clamp_min(1.0)
 
-    loss = lc.video_weight * loss_video + lc.action_weight * loss_action
+    loss = video_weight * loss_video + action_weight * loss_action
     return loss, {"loss_video": loss_video.detach(), "loss_action": loss_action.detach()}

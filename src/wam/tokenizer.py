@@ -20,16 +20,40 @@ from wam.config import ModelConfig
 
 
 class FrameTokenizer(nn.Module):
-    """Interface: encode/decode frames, with their latent layout."""
+    """Interface: encode/decode frames, with their latent layout and standardisation.
+
+    Subclasses implement `_encode_raw` and `_decode_raw` on (N, C, H, W) tensors and call
+    `_init_standardisation()`; `encode`/`decode` work on (B, T, ...) and apply the per-channel
+    standardisation measured by `fit_latent_stats`.
+    """
 
     latent_channels: int
     downsample: int
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> (B, T, c, H/d, W/d)
+    def _init_standardisation(self) -> None:
+        self.register_buffer("latent_shift", torch.zeros(self.latent_channels))
+        self.register_buffer("latent_scale", torch.ones(self.latent_channels))
+
+    def _encode_raw(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # (B, T, c, h, w) -> (B, T, C, h*d, w*d)
+    def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> (B, T, c, H/d, W/d)
+        shift, scale = self.latent_shift[:, None, None], self.latent_scale[:, None, None]
+        return _flat(lambda x: (self._encode_raw(x) - shift) / scale, frames)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # (B, T, c, h, w) -> (B, T, C, h*d, w*d)
+        shift, scale = self.latent_shift[:, None, None], self.latent_scale[:, None, None]
+        return _flat(lambda z: self._decode_raw(z * scale + shift), latents)
+
+    @torch.no_grad()
+    def fit_latent_stats(self, frames: torch.Tensor, batch: int = 256) -> None:
+        """Set the per-channel standardisation from frames (N, C, H, W)."""
+        zs = torch.cat([self._encode_raw(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+        self.latent_shift.copy_(zs.mean(dim=(0, 2, 3)))
+        self.latent_scale.copy_(zs.std(dim=(0, 2, 3)).clamp_min(1e-2))
 
 
 def _flat(fn, x: torch.Tensor) -> torch.Tensor:
@@ -37,6 +61,31 @@ def _flat(fn, x: torch.Tensor) -> torch.Tensor:
     B, T = x.shape[:2]
     y = fn(x.reshape(B * T, *x.shape[2:]))
     return y.reshape(B, T, *y.shape[1:])
+
+
+class PixelTokenizer(FrameTokenizer):
+    """Lossless space-to-depth: each d x d pixel block becomes one latent cell of C * d * d channels.
+
+    No training and no reconstruction error: the right choice for small synthetic frames, where any
+    autoencoder error would hide what the WAM itself gets right or wrong (pixel-space DiTs do the same).
+    """
+
+    def __init__(self, image_channels: int = 3, downsample: int = 4):
+        super().__init__()
+        self.downsample = downsample
+        self.latent_channels = image_channels * downsample * downsample
+        self._init_standardisation()
+
+    def _encode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.downsample)
+
+    def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, self.downsample)
+
+    def fit_latent_stats(self, frames: torch.Tensor, batch: int = 256) -> None:
+        """Kept at identity: pixels are already in [-1, 1], as pixel-space diffusion models use them.
+        Per-channel standardisation of mostly-constant pixels would blow rare bright pixels up to
+        tens of standard deviations."""
 
 
 class ResBlock(nn.Module):
@@ -70,24 +119,17 @@ class ConvAutoencoder(FrameTokenizer):
                     ResBlock(chs[i])]
         dec += [nn.GroupNorm(min(8, chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], image_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
-        self.register_buffer("latent_shift", torch.zeros(latent_channels))
-        self.register_buffer("latent_scale", torch.ones(latent_channels))
+        self._init_standardisation()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "ConvAutoencoder":
         return cls(cfg.image_channels, cfg.latent_channels, cfg.tokenizer_downsample, cfg.tokenizer_width)
 
-    def _std(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.latent_shift[:, None, None]) / self.latent_scale[:, None, None]
+    def _encode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
 
-    def _unstd(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.latent_scale[:, None, None] + self.latent_shift[:, None, None]
-
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        return _flat(lambda x: self._std(self.encoder(x)), frames)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return _flat(lambda z: self.decoder(self._unstd(z)), latents)
+    def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
 
     def loss(self, frames: torch.Tensor, latent_penalty: float = 1e-4) -> tuple[torch.Tensor, dict]:
         """Reconstruction loss on frames (N, C, H, W): MSE + L1, plus a small L2 penalty on the raw
@@ -99,16 +141,16 @@ class ConvAutoencoder(FrameTokenizer):
         psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
         return loss, {"mse": mse.detach(), "psnr": psnr}
 
-    @torch.no_grad()
-    def fit_latent_stats(self, frames: torch.Tensor, batch: int = 256) -> None:
-        """Set the per-channel standardisation from frames (N, C, H, W)."""
-        zs = torch.cat([self.encoder(frames[i:i + batch]) for i in range(0, len(frames), batch)])
-        self.latent_shift.copy_(zs.mean(dim=(0, 2, 3)))
-        self.latent_scale.copy_(zs.std(dim=(0, 2, 3)).clamp_min(1e-3))
+
+def make_tokenizer(cfg: ModelConfig) -> FrameTokenizer:
+    """The tokenizer a model config names."""
+    if cfg.tokenizer == "pixel":
+        return PixelTokenizer(cfg.image_channels, cfg.tokenizer_downsample)
+    return ConvAutoencoder.from_config(cfg)
 
 
 def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, batch_size: int = 64,
-                    lr: float = 2e-3, seed: int = 0, autocast: bool = True, progress=None) -> list[float]:
+                    lr: float = 2e-3, seed: int = 0, autocast: bool = False, progress=None) -> list[float]:
     """Train the autoencoder on frames (N, C, H, W) in [-1, 1]; returns the loss per step.
     Fits the latent standardisation at the end."""
     g = torch.Generator().manual_seed(seed)
@@ -118,13 +160,13 @@ def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, b
     tok.train()
     for _ in range(steps):
         idx = torch.randint(0, len(frames), (batch_size,), generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and frames.device.type == "cpu"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, _ = tok.loss(frames[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(float(loss))
     tok.eval()

@@ -17,8 +17,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-SPEED = 0.12  # position change per step at |a| = 1 (about 2 pixels at 32x32)
-SUCCESS_RADIUS = 0.1
+SPEED = 0.3  # position change per step at |a| = 1 (about 4.6 pixels at 32x32)
+SUCCESS_RADIUS = 0.15
 BLOB_SIGMA = 1.2  # pixels
 TASKS = {"reach-goal": "move the red dot to the green goal"}
 
@@ -35,8 +35,8 @@ def render(pos: np.ndarray, goal: np.ndarray, size: int) -> np.ndarray:
 
     scale = size / 32.0
     img = np.zeros((size, size, 3), dtype=np.float32)
-    img[..., 0] = blob(pos, BLOB_SIGMA * scale)
-    img[..., 1] = 0.6 * blob(goal, 1.8 * scale)
+    img[..., 0] = blob(pos, max(BLOB_SIGMA * scale, 0.9))
+    img[..., 1] = 0.6 * blob(goal, max(1.8 * scale, 1.2))
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -1,0 +1,353 @@
+"""Training: the tokenizer stage, then the WAM stage on cached latents, in one plain loop.
+
+Runbook:
+    # collect demonstrations, then train the CPU-sized preset on them
+    wam collect metaworld --tasks mt10 --episodes 50 --out data/mt10
+    wam train --dataset data/mt10 --preset wam-tiny --steps 20000 --out runs/mt10
+    # an interrupted run continues exactly where it stopped (same data order, optimizer, RNG)
+    wam train --dataset data/mt10 --preset wam-tiny --steps 20000 --out runs/mt10 --resume
+
+Why cached latents: the tokenizer is trained first and frozen, every frame of the dataset is encoded
+once, and the WAM stage gathers windows from those tensors by index arithmetic: no video decoding or
+convolution in the hot loop.
+
+Determinism: the batch and the noise of step s come from a generator seeded with (seed, s), so a
+resumed run draws exactly what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from wam import modes
+from wam.config import LossConfig, ModelConfig
+from wam.inference.precision import autocast_context, resolve_precision
+from wam.model import WAM
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of the WAM stage (and the tokenizer stage before it)."""
+
+    steps: int = 20000  # optimizer steps of the WAM stage
+    batch_size: int = 32  # global batch size
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    warmup_steps: int = 500  # linear warm-up, then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.05
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # exponential moving average of the weights (used for inference)
+    precision: str = "auto"  # "auto" (bf16 autocast where measured faster), "bf16" or "fp32"
+    seed: int = 0
+    tokenizer_steps: int = 2000  # autoencoder steps of the tokenizer stage (0: keep a given tokenizer)
+    tokenizer_batch_size: int = 64
+    tokenizer_lr: float = 2e-3
+    log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
+    val_every: int = 1000  # steps between validation passes (0: only at the end)
+    checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
+
+
+# ---- episodes in latent space --------------------------------------------------------------------
+
+
+@dataclass
+class EpisodeTensors:
+    """Every episode of a dataset as concatenated tensors, ready for window gathering.
+
+    latents (N, c, h, w) encoded frames; actions (N, A) and states (N, S) normalised; episode e owns
+    rows starts[e] .. starts[e] + lengths[e] - 1; task (E,) task index per episode; has_actions (E,).
+    Row i holds the observation at step i and the action taken there (LeRobot's row convention).
+    """
+
+    latents: torch.Tensor
+    actions: torch.Tensor
+    states: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+    task: torch.Tensor
+    has_actions: torch.Tensor
+    action_dim_mask: torch.Tensor | None = None  # (E, A) for datasets with padded action dimensions
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.starts)
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.lengths.sum())
+
+    def window_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(episode, step) of every window: one per row."""
+        ep = torch.repeat_interleave(torch.arange(self.num_episodes), self.lengths)
+        step = torch.cat([torch.arange(int(n)) for n in self.lengths])
+        return ep, step
+
+    def gather(self, ep: torch.Tensor, step: torch.Tensor, cfg: ModelConfig) -> dict:
+        """Batch of windows at (episode, step): history frames step-n_obs+1..step, future frames every
+        future_stride steps after it, actions step..step+H-1; steps outside the episode repeat the
+        nearest valid row and are marked in *_is_pad."""
+        start, length = self.starts[ep][:, None], self.lengths[ep][:, None]  # (B, 1)
+        s = step[:, None]
+
+        def rows(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            k = s + offsets[None, :]  # (B, K) step indices
+            pad = (k < 0) | (k >= length)
+            return start + k.clamp(min=0).minimum(length - 1), pad
+
+        hist = torch.arange(-cfg.n_obs_steps + 1, 1)
+        fut = torch.arange(1, cfg.future_frames + 1) * cfg.future_stride
+        f_rows, f_pad = rows(torch.cat([hist, fut]))
+        a_rows, a_pad = rows(torch.arange(cfg.action_horizon))
+        s_rows, _ = rows(hist)
+        batch = {
+            "latents": self.latents[f_rows],  # (B, n_obs + F, c, h, w)
+            "frame_is_pad": f_pad,
+            "actions": self.actions[a_rows],  # (B, H, A)
+            "action_is_pad": a_pad,
+            "state": self.states[s_rows],  # (B, n_obs, S)
+            "task": self.task[ep],
+            "has_actions": self.has_actions[ep],
+        }
+        if self.action_dim_mask is not None:
+            batch["action_dim_mask"] = self.action_dim_mask[ep]
+        return batch
+
+
+def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None = None) -> EpisodeTensors:
+    """Encode in-memory episodes into EpisodeTensors.
+
+    Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side), `actions` (L, A) and
+    `states` (L, S) already normalised, `task_index` int, optional `has_actions` bool (default True).
+    Actions narrower than `action_dim` are zero-padded and their padding masked out of the loss.
+    """
+    if not episodes:
+        raise ValueError("no episodes to train on")
+    A = action_dim or max(e["actions"].shape[1] for e in episodes)
+    lengths = torch.tensor([len(e["frames"]) for e in episodes])
+    for e in episodes:
+        if len(e["actions"]) != len(e["frames"]) or len(e["states"]) != len(e["frames"]):
+            raise ValueError("every episode needs as many actions and states as frames (one row per step)")
+    latents = torch.cat([encode_frames(tokenizer, e["frames"]) for e in episodes])
+    acts = torch.zeros(int(lengths.sum()), A)
+    dim_mask = torch.zeros(len(episodes), A, dtype=torch.bool)
+    row = 0
+    for i, e in enumerate(episodes):
+        a = torch.as_tensor(np.asarray(e["actions"]), dtype=torch.float32)
+        acts[row:row + len(a), :a.shape[1]] = a
+        dim_mask[i, :a.shape[1]] = True
+        row += len(a)
+    states = torch.cat([torch.as_tensor(np.asarray(e["states"]), dtype=torch.float32) for e in episodes])
+    return EpisodeTensors(
+        latents=latents, actions=acts, states=states,
+        starts=torch.cumsum(lengths, 0) - lengths, lengths=lengths,
+        task=torch.tensor([int(e["task_index"]) for e in episodes]),
+        has_actions=torch.tensor([bool(e.get("has_actions", True)) for e in episodes]),
+        action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
+    )
+
+
+@torch.no_grad()
+def encode_frames(tokenizer, frames_uint8: np.ndarray | torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames -> (N, c, h, w) latents, in batches."""
+    out = []
+    for i in range(0, len(frames_uint8), batch):
+        x = to_model_frames(frames_uint8[i:i + batch])
+        out.append(tokenizer.encode(x[:, None])[:, 0].float())
+    return torch.cat(out)
+
+
+def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(frames_uint8))
+    return x.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def from_model_frames(frames: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) float in [-1, 1] -> (..., H, W, 3) uint8."""
+    return frames.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+# ---- schedule, EMA ---------------------------------------------------------------------------------
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up to tc.lr, then cosine decay to lr_min_ratio * lr at tc.steps."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr * (tc.lr_min_ratio + (1 - tc.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1 - decay)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+# ---- the WAM stage -------------------------------------------------------------------------------
+
+
+@dataclass
+class FitState:
+    model: WAM
+    ema: WAM
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+
+
+def make_state(cfg: ModelConfig, tc: TrainConfig) -> FitState:
+    torch.manual_seed(tc.seed)
+    model = WAM(cfg)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "pos" in name or "table" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
+    return FitState(model, ema, opt)
+
+
+def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig = LossConfig(), *,
+        until: int | None = None, on_log: Callable[[dict], None] | None = None,
+        on_checkpoint: Callable[[FitState], None] | None = None,
+        on_validate: Callable[[FitState], dict] | None = None, progress: bool = False) -> FitState:
+    """Run optimizer steps state.step .. until (default tc.steps) of the WAM stage.
+
+    on_log(record) receives a dict every tc.log_every steps; on_checkpoint(state) is called every
+    tc.checkpoint_every steps and at the end; on_validate(state) every tc.val_every steps and at the end.
+    A NaN or inf loss raises TrainingDiverged before the bad gradient touches the weights, after
+    calling on_checkpoint with the last good state.
+    """
+    until = tc.steps if until is None else until
+    model, ema, opt = state.model, state.ema, state.optimizer
+    cfg = model.cfg
+    device_type = next(model.parameters()).device.type
+    precision = resolve_precision(tc.precision, device_type)
+    ep_of, step_of = data.window_index()
+    n = len(ep_of)
+    model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=until, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    t0, samples, acc = time.perf_counter(), 0, {}
+    while state.step < until:
+        g = step_generator(tc.seed, state.step)
+        idx = torch.randint(0, n, (tc.batch_size,), generator=g)
+        batch = data.gather(ep_of[idx], step_of[idx], cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state.step, tc)
+        with autocast_context(precision, device_type):
+            loss, parts = modes.training_loss(model, batch, lc, generator=g)
+        if not torch.isfinite(loss):
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+            raise TrainingDiverged(f"loss became {float(loss)} at step {state.step}; the last good state is saved. "
+                                   f"Lower --lr or raise --warmup-steps, and check the dataset for NaN/inf "
+                                   f"(wam dataset check)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        ema_update(ema, model, tc.ema_decay if state.step >= tc.warmup_steps else 0.0)
+        state.step += 1
+        samples += tc.batch_size
+        for k, v in {"loss": loss.detach(), **parts, "grad_norm": grad_norm}.items():
+            acc[k] = acc.get(k, 0.0) + float(v)
+        if bar is not None:
+            bar.update(1)
+        if state.step % tc.log_every == 0 or state.step == until:
+            k_steps = tc.log_every if state.step % tc.log_every == 0 else (state.step % tc.log_every)
+            dt = time.perf_counter() - t0
+            rec = {"step": state.step, **{k: v / k_steps for k, v in acc.items()},
+                   "lr": opt.param_groups[0]["lr"], "samples_per_s": samples / dt}
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
+            if on_log is not None:
+                on_log(rec)
+            t0, samples, acc = time.perf_counter(), 0, {}
+        if on_validate is not None and tc.val_every and state.step % tc.val_every == 0 and state.step < until:
+            on_validate(state)
+            model.train()
+        if on_checkpoint is not None and tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
+                and state.step < until:
+            on_checkpoint(state)
+    if bar is not None:
+        bar.close()
+    if on_validate is not None:
+        on_validate(state)
+    if on_checkpoint is not None:
+        on_checkpoint(state)
+    model.eval()
+    return state
+
+
+@torch.no_grad()
+def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, batch_size: int = 64,
+                      seed: int = 1234) -> dict[str, float]:
+    """Flow-matching loss of each mode on windows of `data` (fixed windows and noise)."""
+    model.eval()
+    ep_of, step_of = data.window_index()
+    out: dict[str, float] = {}
+    for name in modes.MODES:
+        total = 0.0
+        for b in range(batches):
+            g = torch.Generator().manual_seed(seed + b)
+            idx = torch.randint(0, len(ep_of), (batch_size,), generator=g)
+            batch = data.gather(ep_of[idx], step_of[idx], model.cfg)
+            total += float(modes.mode_loss(model, batch, name, generator=g))
+        out[name] = total / batches
+    return out
+
+
+def train_state_dict(state: FitState, tc: TrainConfig) -> dict:
+    return {"step": state.step, "optimizer": state.optimizer.state_dict(), "ema": state.ema.state_dict(),
+            "torch_rng": torch.get_rng_state(), "train_config": tc.__dict__}
+
+
+def load_train_state(state: FitState, saved: dict) -> None:
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.ema.load_state_dict(saved["ema"])
+    torch.set_rng_state(saved["torch_rng"])
+    state.step = int(saved["step"])
+
+
+class JsonlLogger:
+    """Scalars to a JSON-lines file and, when the tensorboard package is present, TensorBoard events."""
+
+    def __init__(self, out: Path, resume: bool = False):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "log.jsonl"
+        if not resume and self.path.exists():
+            self.path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tb"))
+        except Exception:  # tensorboard not installed: JSON lines only
+            self.tb = None
+
+    def __call__(self, rec: dict, prefix: str = "train") -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": prefix, **rec}) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
+            self.tb.flush()
