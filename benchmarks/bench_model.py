@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per preset (after one warm-up step)")
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--bf16-presets", default="wam-tiny",
+                    help="presets also timed in bf16 (where bf16 is emulated it is tens of times slower)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -95,6 +97,8 @@ def main() -> None:
     rows = []
     for name in args.presets.split(","):
         for prec in args.precisions.split(","):
+            if prec == "bf16" and name not in args.bf16_presets.split(","):
+                continue
             r = bench_preset(name, args.batch_size, args.steps, prec)
             r["fraction_of_peak"] = round(r["achieved_GFLOPs"] / peak[f"{prec}_GFLOPs"], 3)
             rows.append(r)

@@ -52,13 +52,17 @@ def _quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="the main job on the embedded default (see README)")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-steps", type=int, default=1500, help="training steps on the synthetic world")
+    p.add_argument("--metaworld-tasks", default="reach-v3,drawer-close-v3", help="tasks to collect demonstrations of")
+    p.add_argument("--metaworld-episodes", type=int, default=2, help="episodes per task")
     p.set_defaults(func=_run_quickstart)
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
     from wam.quickstart import quickstart
 
-    quickstart(out=args.out, seed=args.seed)
+    quickstart(out=args.out, seed=args.seed, synthetic_steps=args.synthetic_steps,
+               metaworld_tasks=args.metaworld_tasks, metaworld_episodes=args.metaworld_episodes)
     return 0
 
 

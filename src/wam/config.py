@@ -106,7 +106,8 @@ PRESETS: dict[str, ModelConfig] = {
 class LossConfig:
     """How the training loss samples noise levels and leaves modalities out (DESIGN.md section 1)."""
 
-    timestep_sampling: str = "logit_normal"  # "uniform" or "logit_normal" (SD3)
+    timestep_sampling: str = "uniform"  # "uniform" or "logit_normal" (SD3); uniform keeps high-noise examples,
+    # where the future must come from the history, as frequent as any other
     p_omit_future: float = 0.2  # leave the future-video tokens out (action-only policy inference in distribution)
     p_omit_action: float = 0.15  # leave the actions out (marginal video model; action-free data)
     p_clean_future: float = 0.15  # give the future frames clean (inverse dynamics in distribution)

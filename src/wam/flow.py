@@ -30,7 +30,7 @@ def x0_from_velocity(xt: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torc
     return xt - _expand(t, xt) * v
 
 
-T_MIN = 0.05  # smallest t used to turn an x0 prediction into a velocity (Li & He 2025, JiT)
+T_MIN = 0.05  # smallest t used to turn an x0 prediction into a velocity (as JiT clips it)
 
 
 def velocity_from_output(out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:

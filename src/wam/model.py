@@ -52,6 +52,23 @@ def unpatchify(tokens: torch.Tensor, T: int, c: int, h: int, w: int, p: int) -> 
 # ---- embedders -----------------------------------------------------------------------------------
 
 
+def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sine-cosine embedding of integer positions (N,) -> (N, dim), dim even (as in MAE / DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half, 1))
+    args = positions.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def sincos_3d(T: int, H: int, W: int, dim: int) -> torch.Tensor:
+    """Factorised (time, height, width) embedding (T*H*W, dim): each axis gets its own sine-cosine
+    block of the channels, so every token knows its frame and its place in the frame at full scale."""
+    d_hw = (dim // 3) // 2 * 2
+    d_t = dim - 2 * d_hw
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    return torch.cat([sincos_1d(t.flatten(), d_t), sincos_1d(h.flatten(), d_hw), sincos_1d(w.flatten(), d_hw)], 1)
+
+
 class TimestepEmbedder(nn.Module):
     """Noise level t in [0, 1] -> a vector: sinusoidal features of 1000 t, then an MLP (as in DiT)."""
 
@@ -181,22 +198,19 @@ class WAM(nn.Module):
         self.null_task = nn.Parameter(torch.zeros(D))  # the "no task" token (guidance, task dropout)
         self.state_proj = nn.Linear(cfg.state_dim, D) if cfg.state_dim > 0 else None
         self.context_pos = nn.Parameter(torch.zeros(cfg.context_tokens, D))
-        # video stream: patch embedding and factorised (time, height, width) positions
+        # video stream: patch embedding and fixed factorised (time, height, width) positions
         self.patch_embed = nn.Linear(c * p * p, D)
-        self.pos_time = nn.Parameter(torch.zeros(cfg.frames, D))
-        self.pos_h = nn.Parameter(torch.zeros(self.grid_h, D))
-        self.pos_w = nn.Parameter(torch.zeros(self.grid_w, D))
-        # action stream
+        self.register_buffer("video_pos", sincos_3d(cfg.frames, self.grid_h, self.grid_w, D), persistent=False)
+        # action stream: fixed positions along the chunk
         self.action_embed = nn.Linear(cfg.action_dim, D)
-        self.action_pos = nn.Parameter(torch.zeros(cfg.action_horizon, D))
+        self.register_buffer("action_pos", sincos_1d(torch.arange(cfg.action_horizon), D), persistent=False)
         # one timestep embedder and modulation per stream (the context one only ever sees t = 0)
         self.t_embed = nn.ModuleList([TimestepEmbedder(D) for _ in STREAMS])
         self.t_mod = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D)) for _ in STREAMS])
         self.blocks = nn.ModuleList([MoTBlock(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_video = FinalLayer(D, c * p * p)
         self.final_action = FinalLayer(D, cfg.action_dim)
-        for pos in (self.context_pos, self.pos_time, self.pos_h, self.pos_w, self.action_pos):
-            nn.init.normal_(pos, std=0.02)
+        nn.init.normal_(self.context_pos, std=0.02)
         self._init_linears()
         for m in self.t_mod:  # adaLN-zero
             nn.init.zeros_(m[1].weight)
@@ -232,8 +246,7 @@ class WAM(nn.Module):
         return x + self.context_pos[: x.shape[1]]
 
     def video_positions(self, T: int) -> torch.Tensor:
-        pos = (self.pos_time[:T, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :])
-        return pos.reshape(T * self.grid_h * self.grid_w, -1)  # (T * gh * gw, D)
+        return self.video_pos[: T * self.grid_h * self.grid_w]  # (T * gh * gw, D), frame-major
 
     def attention_mask(self, n_ctx: int, T: int, n_act: int, frame_keep, action_keep, B: int, device):
         """Boolean (B, 1, N, N) mask, True = may attend; None when every token sees every token."""
@@ -279,14 +292,14 @@ class WAM(nn.Module):
         tpf = self.grid_h * self.grid_w
         if T:
             vid = self.patch_embed(patchify(latents, p).to(self.patch_embed.weight.dtype))  # (B, T*tpf, D)
-            vid = vid + self.video_positions(T)
+            vid = vid + self.video_positions(T).to(vid.dtype)
             c_vid = self.t_embed[VIDEO](t_video.repeat_interleave(tpf, dim=1))  # (B, T*tpf, D)
         else:
             vid = c_vid = ctx.new_zeros(B, 0, D)
 
         n_act = 0 if actions is None else actions.shape[1]
         if n_act:
-            act = self.action_embed(actions.to(self.action_embed.weight.dtype)) + self.action_pos[:n_act]  # (B, H, D)
+            act = self.action_embed(actions.to(self.action_embed.weight.dtype)) + self.action_pos[:n_act].to(ctx.dtype)  # (B, H, D)
             t_a = t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act)
             c_act = self.t_embed[ACTION](t_a)  # (B, H, D)
         else:

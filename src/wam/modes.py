@@ -183,8 +183,8 @@ def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator |
 def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit_fut: torch.Tensor,
               omit_act: torch.Tensor, drop_task: torch.Tensor, generator: torch.Generator | None = None,
               video_weight: float = 1.0, action_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """Masked velocity MSE for given per-example noise levels (B,) and left-out flags (B,) bool.
-    With x0 prediction the loss is still taken on the implied velocity (JiT's x-prediction, v-loss)."""
+    """Masked MSE for given per-example noise levels (B,) and left-out flags (B,) bool: on the velocity
+    for a velocity-predicting stream, on the clean sample for an x0-predicting one."""
     cfg = model.cfg
     lat, actions = batch["latents"], batch["actions"]
     B, device = lat.shape[0], lat.device
@@ -201,7 +201,6 @@ def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit
 
     out_lat, out_act = model(lat_in, t_video, act_in, t_act, batch["task"], batch.get("state"),
                              frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
-    v_fut = flow.velocity_from_output(out_lat[:, n_obs:], fut_in, t_fut, cfg.video_prediction)
     v_act = flow.velocity_from_output(out_act, act_in, t_act, cfg.action_prediction)
 
     # video: future frames that are in the sequence, noised, and not padding
@@ -209,7 +208,11 @@ def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit
     w_fut = (~omit_fut & (t_fut > 0))[:, None].expand(B, F).float()  # (B, F)
     if fpad is not None:
         w_fut = w_fut * (~fpad[:, n_obs:]).float()
-    err_v = (v_fut - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+    if cfg.video_prediction == "x0":  # x0 loss: the implied-velocity loss weights t -> 0 by 1/t^2, which
+        # buries the high-noise examples (where the history must be used) under trivial denoising
+        err_v = (out_lat[:, n_obs:] - lat[:, n_obs:]).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+    else:
+        err_v = (out_lat[:, n_obs:] - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))
     loss_video = (err_v * w_fut).sum() / w_fut.sum().clamp_min(1.0)
 
     # actions: in the sequence, noised, not padding steps, not padding dimensions

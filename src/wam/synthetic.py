@@ -32,7 +32,7 @@ from wam.train import EpisodeTensors, FitState, TrainConfig, episodes_to_tensors
 
 def synthetic_model_config(**changes) -> ModelConfig:
     """The model used on the dot world: 16x16 frames -> 4x4x48 pixel latents -> 4 tokens a frame."""
-    base = dict(width=128, depth=4, heads=4, image_size=16, tokenizer="pixel", latent_channels=48,
+    base = dict(width=64, depth=4, heads=4, image_size=16, tokenizer="pixel", latent_channels=48,
                 tokenizer_downsample=4, patch_size=2, n_obs_steps=1, future_frames=2, future_stride=1,
                 action_horizon=2, action_dim=2, state_dim=4, n_tasks=1)
     base.update(changes)
@@ -42,7 +42,7 @@ def synthetic_model_config(**changes) -> ModelConfig:
 @dataclass(frozen=True)
 class SyntheticSetup:
     steps: int = 1500
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     train_episodes: int = 70
     val_episodes: int = 10
@@ -50,7 +50,7 @@ class SyntheticSetup:
     expert_noise: float = 0.5  # exploration noise of the expert, so that actions vary given a frame
     seed: int = 0
     model: ModelConfig = field(default_factory=synthetic_model_config)
-    loss: LossConfig = field(default_factory=lambda: LossConfig(p_clean_future=0.3))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(p_clean_future=0.3, p_clean_action=0.3))
 
 
 @dataclass
@@ -84,7 +84,7 @@ def train_synthetic(setup: SyntheticSetup = SyntheticSetup(), progress: bool = F
 
 
 @torch.no_grad()
-def evaluate_synthetic(run: SyntheticRun, *, steps: int = 10, use_ema: bool = True, seed: int = 0) -> dict:
+def evaluate_synthetic(run: SyntheticRun, *, steps: int = 1, use_ema: bool = True, seed: int = 0) -> dict:
     """Per-mode errors on the held-out episodes, each beside its trivial baseline (see module docstring)."""
     model = run.state.ema if use_ema else run.state.model
     model.eval()

@@ -259,7 +259,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         if not torch.isfinite(loss):
             if on_checkpoint is not None:
                 on_checkpoint(state)
-            raise TrainingDiverged(f"loss became {float(loss)} at step {state.step}; the last good state is saved. "
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good state is saved. "
                                    f"Lower --lr or raise --warmup-steps, and check the dataset for NaN/inf "
                                    f"(wam dataset check)")
         opt.zero_grad(set_to_none=True)

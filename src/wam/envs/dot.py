@@ -75,7 +75,7 @@ class DotEnv(gym.Env):
         self.pos = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
         while True:
             self.goal = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
-            if np.linalg.norm(self.goal - self.pos) > 0.5:
+            if np.linalg.norm(self.goal - self.pos) > 1.0:  # never reachable in two steps
                 break
         self.steps = 0
         return self._obs(), {"success": False}

@@ -1,0 +1,103 @@
+"""The training loop: window gathering, determinism, resuming, the NaN guard, the lr schedule."""
+
+import numpy as np
+import pytest
+import torch
+
+from wam.tokenizer import PixelTokenizer
+from wam.train import (TrainConfig, TrainingDiverged, episodes_to_tensors, fit, load_train_state, lr_at,
+                       make_state, train_state_dict, validation_losses)
+
+from conftest import tiny_config
+
+
+def episodes(n=3, length=6, A=2, S=3, size=16):
+    rng = np.random.default_rng(0)
+    return [{"frames": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
+             "actions": rng.uniform(-1, 1, (length, A)).astype(np.float32),
+             "states": rng.normal(size=(length, S)).astype(np.float32), "task_index": i % 2} for i in range(n)]
+
+
+def tensors(**kw):
+    return episodes_to_tensors(episodes(**kw), PixelTokenizer(3, 4))
+
+
+def pixel_cfg(**changes):
+    return tiny_config(tokenizer="pixel", latent_channels=48, **changes)
+
+
+def test_gather_windows_and_padding():
+    cfg = pixel_cfg()  # 2 history, 2 future (stride 1), 3 actions
+    data = tensors()
+    b = data.gather(torch.tensor([1, 1]), torch.tensor([0, 5]), cfg)
+    # step 0: the first history frame is before the episode start (padded, repeats row 0)
+    assert b["frame_is_pad"][0].tolist() == [True, False, False, False]
+    assert torch.equal(b["latents"][0, 0], b["latents"][0, 1])
+    # step 5 (last): future frames and actions 1, 2 run past the end
+    assert b["frame_is_pad"][1].tolist() == [False, False, True, True]
+    assert b["action_is_pad"][1].tolist() == [False, True, True]
+    start = int(data.starts[1])
+    assert torch.equal(b["actions"][1, 0], data.actions[start + 5])
+    assert torch.equal(b["latents"][1, 1], data.latents[start + 5])
+    assert b["task"].tolist() == [1, 1]
+    assert data.num_windows == 18
+
+
+def test_mixed_action_dims_are_padded_and_masked():
+    eps = episodes(n=2)
+    eps[1]["actions"] = eps[1]["actions"][:, :1]
+    data = episodes_to_tensors(eps, PixelTokenizer(3, 4))
+    assert data.actions.shape[1] == 2
+    assert data.action_dim_mask.tolist() == [[True, True], [True, False]]
+
+
+def test_training_is_deterministic_and_resumes_exactly():
+    cfg, data = pixel_cfg(), tensors()
+    tc = TrainConfig(steps=8, batch_size=4, lr=1e-3, warmup_steps=2, log_every=4, precision="fp32")
+    straight = make_state(cfg, tc)
+    fit(straight, data, tc)
+    # stop after 3 steps, save, restore into fresh objects, continue
+    first = make_state(cfg, tc)
+    fit(first, data, tc, until=3)
+    saved = {"model": {k: v.clone() for k, v in first.model.state_dict().items()}, **train_state_dict(first, tc)}
+    resumed = make_state(cfg, tc)
+    resumed.model.load_state_dict(saved["model"])
+    load_train_state(resumed, saved)
+    assert resumed.step == 3
+    fit(resumed, data, tc)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_state():
+    cfg = pixel_cfg()
+    data = tensors()
+    data.actions[:] = float("nan")
+    tc = TrainConfig(steps=5, batch_size=4, warmup_steps=1, precision="fp32")
+    state = make_state(cfg, tc)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    saved = []
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        fit(state, data, tc, on_checkpoint=lambda s: saved.append(s.step))
+    assert saved == [0]
+    for k, v in state.model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_lr_schedule():
+    tc = TrainConfig(steps=100, lr=1.0, warmup_steps=10, lr_min_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(0.1)
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(10, tc) == pytest.approx(1.0)
+    assert lr_at(100, tc) == pytest.approx(0.1)
+    assert lr_at(55, tc) < lr_at(20, tc)
+
+
+def test_validation_losses_per_mode():
+    cfg, data = pixel_cfg(), tensors()
+    state = make_state(cfg, TrainConfig())
+    out = validation_losses(state.model, data, batches=1, batch_size=4)
+    assert set(out) == {"policy", "forward", "inverse", "video", "joint"}
+    assert all(np.isfinite(v) for v in out.values())
