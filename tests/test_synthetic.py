@@ -7,7 +7,7 @@ from wam import MODES, load_checkpoint, sample, save_checkpoint
 from wam.synthetic import SyntheticSetup, evaluate_synthetic, train_synthetic
 from wam.train import TrainConfig, make_state, validation_losses
 
-SETUP = SyntheticSetup(steps=1500)
+SETUP = SyntheticSetup(steps=1500)  # about 2 minutes of training on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,12 @@ def test_training_loss_falls(run):
 @pytest.mark.slow
 def test_inverse_mode_beats_the_mean_action(metrics):
     assert metrics["inverse"]["action_mse"] < metrics["baseline_mean_action_mse"]
+
+
+@pytest.mark.slow
+def test_forward_and_video_modes_beat_copying_the_last_frame(metrics):
+    assert metrics["forward"]["next_frame_mse"] < metrics["baseline_copy_last_frame_mse"]
+    assert metrics["video"]["next_frame_mse"] < metrics["baseline_copy_last_frame_mse"]
 
 
 @pytest.mark.slow
