@@ -2,7 +2,7 @@
 
     bash scripts/quickstart.sh          # sets up .venv, then runs: wam quickstart
 
-What it runs, with progress shown throughout (about 90 seconds on 2 CPU cores):
+What it runs, with progress shown throughout (about 140 seconds on 2 CPU cores):
   1. The synthetic dot world: trains a WAM from scratch and evaluates it in all five modes, each
      beside its trivial baseline; writes a checkpoint and metrics.json.
   2. MetaWorld: runs the scripted experts on two tasks, writes their demonstrations as a LeRobot v3.0
