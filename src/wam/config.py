@@ -7,7 +7,7 @@ resolved in `config.json`, so a run is described by its files alone.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -117,15 +117,6 @@ class LossConfig:
     action_weight: float = 1.0
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Which dataset, and how examples are cut from its episodes."""
-
-    root: str = ""  # path of a LeRobot dataset (v3.0 or v2.1)
-    cameras: tuple[str, ...] = ()  # camera keys without the "observation.images." prefix; () = all
-    val_episodes: int = 0  # episodes held out for validation (taken from the end)
-
-
 def to_dict(cfg: Any) -> dict:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(cfg)
@@ -149,4 +140,4 @@ def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = ["ModelConfig", "LossConfig", "DataConfig", "PRESETS", "to_dict", "from_dict", "replace", "field"]
+__all__ = ["ModelConfig", "LossConfig", "PRESETS", "to_dict", "from_dict", "replace"]
