@@ -31,14 +31,11 @@ def _table(metrics: dict) -> str:
 
 def quickstart(out: str = "runs/quickstart", seed: int = 0, synthetic_steps: int = 1500,
                metaworld_tasks: str = "reach-v3,drawer-close-v3", metaworld_episodes: int = 2) -> dict:
-    import torch
-
     from wam.checkpoint import save_checkpoint
     from wam.synthetic import SyntheticSetup, evaluate_synthetic, train_synthetic
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     summary: dict = {}
 
     print(f"[1/2] synthetic dot world: training a WAM for {synthetic_steps} steps, then all five modes")

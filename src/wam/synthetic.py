@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from wam.config import LossConfig, ModelConfig
@@ -114,6 +113,3 @@ def evaluate_synthetic(run: SyntheticRun, *, steps: int = 1, use_ema: bool = Tru
     out["train_seconds"] = round(run.seconds, 1)
     return out
 
-
-def mean_action_baseline(actions: np.ndarray) -> float:
-    return float(((actions - actions.mean(0)) ** 2).mean())

@@ -171,11 +171,6 @@ def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
-def from_model_frames(frames: torch.Tensor) -> np.ndarray:
-    """(..., 3, H, W) float in [-1, 1] -> (..., H, W, 3) uint8."""
-    return frames.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
-
-
 # ---- schedule, EMA ---------------------------------------------------------------------------------
 
 
