@@ -99,13 +99,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = json.loads((root / "config.json").read_text())
     mcfg = from_dict(ModelConfig, config["model"])
     model = WAM(mcfg)
-    model.load_state_dict(load_file(root / "model.safetensors"))
-    model.to(device).eval()
-    tokenizer = None
-    if (root / "tokenizer.safetensors").is_file():
-        tokenizer = make_tokenizer(mcfg)
-        tokenizer.load_state_dict(load_file(root / "tokenizer.safetensors"))
-        tokenizer.to(device).eval()
+    tokenizer = make_tokenizer(mcfg) if (root / "tokenizer.safetensors").is_file() else None
+    for module, file in ((model, "model.safetensors"), (tokenizer, "tokenizer.safetensors")):
+        if module is None:
+            continue
+        try:
+            module.load_state_dict(load_file(root / file))
+        except RuntimeError as e:  # shapes or names differ: another version of wam, or an edited config.json
+            first = (str(e).strip().splitlines()[1:2] or [str(e)])[0].strip()
+            first = first if len(first) < 160 else first[:157] + "..."
+            raise ValueError(f"{root / file} does not match the network its config.json describes "
+                             f"({first}); it was written by another version of wam") from None
+        module.to(device).eval()
     stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").is_file() else {}
     train_state = None
     if with_train_state and (root / "train_state" / "state.pt").is_file():

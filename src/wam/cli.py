@@ -4,6 +4,8 @@
     wam quickstart                           the main job on the embedded default
     wam dataset info|check PATH              inspect or validate a LeRobot dataset
     wam collect ENV --tasks T --episodes N   scripted-expert demonstrations -> a LeRobot dataset
+    wam train --dataset D --out RUN          train a WAM on a LeRobot dataset (--resume continues a run)
+    wam eval --checkpoint C --tasks mt10     closed-loop success beside the expert, world-model metrics, report
 
 Errors that come from the user's input (a bad path, a bad dataset, a bad setting) are printed as one
 plain message and exit with status 2; anything else is a bug and keeps its traceback.
@@ -180,7 +182,184 @@ def _run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect]
+def _parse_settings(pairs: list[str] | None, cls: type) -> dict:
+    """KEY=VALUE pairs -> a dict typed after the dataclass's field defaults (bool, int, float, str)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise UserError(f"bad setting {pair!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
+        kind = type(fields[key].default)
+        try:
+            out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            raise UserError(f"bad setting {pair!r}: {key} takes a {kind.__name__}") from None
+    return out
+
+
+_TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "precision",
+                "seed", "tokenizer_steps", "log_every", "val_every", "checkpoint_every")
+
+
+def _train(sub: argparse._SubParsersAction) -> None:
+    from wam.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
+                       description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
+                                   "--preset wam-tiny --steps 20000 --out runs/mt10")
+    p.add_argument("--dataset", required=True, help="LeRobot dataset directory (v3.0 or v2.1)")
+    p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
+    p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE",
+                   help="change a model setting of the preset, e.g. --model depth=4 (repeatable)")
+    p.add_argument("--loss", action="append", metavar="KEY=VALUE",
+                   help="change a loss setting, e.g. --loss p_omit_future=0.3 (repeatable)")
+    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: all of the dataset's)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="episodes held out per task for validation")
+    d = TrainConfig()
+    for name in _TRAIN_FLAGS:
+        default = getattr(d, name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
+                       help=f"(default {default}; on --resume, the run's own)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from wam.config import LossConfig, from_dict
+    from wam.train import RunError, TrainConfig, train
+
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    loss = _parse_settings(args.loss, LossConfig)
+    tc = lc = None
+    run_file = Path(args.out) / "run.json"
+    if args.resume and run_file.is_file():  # the run's own settings, changed only where flags were given
+        saved = _json.loads(run_file.read_text())
+        if given:
+            tc = from_dict(TrainConfig, {**saved["train"], **given})
+        if loss:
+            lc = from_dict(LossConfig, {**saved["loss"], **loss})
+    else:
+        try:
+            tc = TrainConfig(**given)
+            lc = LossConfig(**loss)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"invalid training settings: {e}") from None
+    from wam.config import ModelConfig
+
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+    try:
+        ckpt = train(args.dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
+                     tc=tc, lc=lc, cameras=cameras, val_fraction=args.val_fraction, resume=args.resume,
+                     overwrite=args.overwrite, progress=not args.quiet)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def _eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="closed-loop evaluation in simulation (and world-model metrics), with a report",
+                       description="Evaluate a checkpoint closed-loop on simulated tasks, the scripted expert on the "
+                                   "same seeds beside it; writes eval_info.json, rollout videos and report.html. "
+                                   "Example: wam eval --checkpoint runs/mt10/checkpoint --env metaworld --tasks mt10 "
+                                   "--episodes 20 --mode policy")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
+    p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
+    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task")
+    p.add_argument("--mode", default="policy", help="acting mode: policy, joint or inverse")
+    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per predicted chunk "
+                                                                    "(default: half the horizon)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps per chunk")
+    p.add_argument("--solver", default="euler", help="ODE solver: euler or heun")
+    p.add_argument("--schedule", default="linear", help="noise-level schedule: linear or shifted")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode layouts and sampling noise)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
+    p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
+    p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
+    p.add_argument("--world-model", action="store_true",
+                   help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes")
+    p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/eval-<mode>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wam.checkpoint import load_checkpoint
+    from wam.evaluate import evaluate, evaluate_world_model
+    from wam.policy import WAMPolicy
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        policy = WAMPolicy(ckpt, mode=args.mode, n_action_steps=args.n_action_steps, steps=args.steps,
+                           solver=args.solver, schedule=args.schedule, cfg_scale=args.cfg_scale, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    run = ckpt.config.get("run", {})
+    tasks = args.tasks
+    if tasks is None:
+        if args.env == "metaworld" and run.get("tasks"):
+            from wam.envs.metaworld import DESCRIPTIONS
+
+            by_text = {v: k for k, v in DESCRIPTIONS.items()}
+            tasks = [by_text[t] for t in run["tasks"] if t in by_text] or None
+    out = Path(args.out or f"runs/eval-{args.mode}")
+    world = None
+    if args.world_model:
+        dataset = args.dataset or run.get("dataset")
+        if not dataset or not Path(dataset).exists():
+            raise UserError(f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not found); "
+                            f"pass --dataset PATH")
+        world = evaluate_world_model(ckpt, dataset, out=out, steps=args.steps, seed=args.seed,
+                                     progress=not args.quiet)
+    log = Path(args.checkpoint).parent / "log.jsonl"
+    try:
+        info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
+                        max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
+                        world_model=world, log_path=log if log.is_file() else None,
+                        settings={"checkpoint": str(args.checkpoint)}, progress=not args.quiet)
+    except (ImportError, OSError) as e:
+        raise UserError(str(e)) from None
+    print_eval(info)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def print_eval(info: dict) -> None:
+    """The success table of an eval_info dict, as text."""
+    print(f"{'task':<28} {'success':>8} {'95% CI':>14} {'expert':>8}")
+    for r in info["per_task"]:
+        lo, hi = r["ci95"]
+        expert = "" if r["expert_pc_success"] is None else f"{r['expert_pc_success']:.0f}%"
+        print(f"{r['task']:<28} {r['pc_success']:>7.0f}% {f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
+    lo, hi = info["ci95"]
+    expert = "" if not info.get("expert") else f"{info['expert']['pc_success']:.1f}%"
+    print(f"{'overall':<28} {info['pc_success']:>7.1f}% {f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
+    wm = info.get("world_model")
+    if wm:
+        print("world model (PSNR dB at horizons " + ", ".join(map(str, wm["horizons"])) + " steps):")
+        for name in ("forward", "video", "copy_last_frame", "tokenizer_reconstruction"):
+            print(f"  {name:<26} " + "  ".join(f"{v:6.2f}" for v in wm[name]["psnr"]))
+        inv = wm["inverse"]
+        print(f"  inverse action MSE {inv['action_mse']:.4f} (mean action: {inv['mean_action_mse']:.4f}); "
+              f"policy {wm['policy']['action_mse']:.4f}")
+
+
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -91,8 +91,10 @@ class ModelConfig:
 # The flat preset dict: names are also the CLI's `--preset` choices.
 PRESETS: dict[str, ModelConfig] = {
     # CPU-sized: 64x64 frames -> 8x8x8 latents -> 16 tokens per frame; 1 + 2 frames, 8 actions: 58 tokens.
-    "wam-tiny": ModelConfig(width=192, depth=6, heads=4, n_obs_steps=1, future_frames=2, future_stride=4,
-                            action_horizon=8, state_dim=4),
+    # Width 128 and depth 4 train 2.4x faster than 192 x 6 on 2 CPU cores (211 vs 88 samples/s), and on
+    # a fixed CPU budget more steps buy more than more width; its tokenizer is 16 channels wide for the same reason.
+    "wam-tiny": ModelConfig(width=128, depth=4, heads=4, tokenizer_width=16, n_obs_steps=1, future_frames=2,
+                            future_stride=4, action_horizon=8, state_dim=4),
     # 2 history + 4 future frames at 96x96 (36 tokens each), 16 actions: about 235 tokens.
     "wam-small": ModelConfig(width=384, depth=8, heads=6, image_size=96, tokenizer_width=48, n_obs_steps=2,
                              future_frames=4, future_stride=4, action_horizon=16, state_dim=4),

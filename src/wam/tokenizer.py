@@ -99,15 +99,19 @@ class ResBlock(nn.Module):
 
 
 class ConvAutoencoder(FrameTokenizer):
-    """Strided-conv encoder and upsampling-conv decoder; log2(downsample) stages, channels doubling
-    (capped at 4x) at each stage, one residual block per stage."""
+    """Convolutional autoencoder: a space-to-depth stem (no convolution at full resolution, which costs
+    most of the time on a CPU for little quality), then log2(downsample) - 1 strided-conv stages with
+    channels doubling (capped at 4x) and one residual block per resolution; the decoder mirrors it with
+    nearest-neighbour upsampling and ends in depth-to-space."""
 
     def __init__(self, image_channels: int = 3, latent_channels: int = 8, downsample: int = 8, width: int = 32):
         super().__init__()
+        if downsample < 2:
+            raise ValueError(f"the convolutional tokenizer needs downsample >= 2, got {downsample}")
         self.latent_channels, self.downsample = latent_channels, downsample
-        stages = int(math.log2(downsample))
+        stages = int(math.log2(downsample)) - 1  # after the 2x space-to-depth stem
         chs = [width * min(2 ** i, 4) for i in range(stages + 1)]
-        enc: list[nn.Module] = [nn.Conv2d(image_channels, chs[0], 3, padding=1)]
+        enc: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(image_channels * 4, chs[0], 3, padding=1)]
         for i in range(stages):
             enc += [ResBlock(chs[i]), nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1)]
         enc += [ResBlock(chs[-1]), nn.GroupNorm(min(8, chs[-1]), chs[-1]), nn.SiLU(),
@@ -117,7 +121,8 @@ class ConvAutoencoder(FrameTokenizer):
         for i in reversed(range(stages)):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i + 1], chs[i], 3, padding=1),
                     ResBlock(chs[i])]
-        dec += [nn.GroupNorm(min(8, chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], image_channels, 3, padding=1)]
+        dec += [nn.GroupNorm(min(8, chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], image_channels * 4, 3, padding=1),
+                nn.PixelShuffle(2)]
         self.decoder = nn.Sequential(*dec)
         self._init_standardisation()
 
@@ -155,7 +160,12 @@ def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, b
     Fits the latent standardisation at the end."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    warmup = max(1, steps // 10)  # linear warm-up, then cosine decay to zero
+
+    def factor(i: int) -> float:
+        return (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     losses = []
     tok.train()
     for _ in range(steps):
@@ -168,7 +178,7 @@ def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, b
         sched.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(float(loss))
+            progress(losses[-1])
     tok.eval()
     tok.fit_latent_stats(frames)
     return losses

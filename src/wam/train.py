@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -346,3 +346,194 @@ class JsonlLogger:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
             self.tb.flush()
+
+
+# ---- the run: a LeRobot dataset in, a checkpoint directory out ------------------------------------
+
+
+class RunError(ValueError):
+    """A problem with the run's inputs (dataset, output directory, settings), worded for the user."""
+
+
+@dataclass
+class LoadedEpisodes:
+    """A dataset's episodes in memory, normalised, with what a checkpoint must record about them."""
+
+    episodes: list[dict]  # {"frames", "actions", "states", "task_index", "episode_index"}
+    normalizer: Any  # wam.data.Normalizer
+    cameras: list[str]
+    tasks: list[str]
+    fps: int
+
+
+def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
+                  normalizer=None, episodes: list[int] | None = None, progress: bool = False) -> LoadedEpisodes:
+    """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
+    actions and states normalised with the dataset's statistics (or a given Normalizer)."""
+    from wam.data import DatasetError, LeRobotDataset, Normalizer
+    from wam.data.windows import resize_frames, resolve_cameras
+
+    try:
+        ds = LeRobotDataset(dataset)
+    except (DatasetError, FileNotFoundError) as e:
+        raise RunError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details") from e
+    try:
+        cams = resolve_cameras(ds, cameras)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    if "action" not in ds.data:
+        raise RunError(f"{dataset} has no 'action' feature; a WAM needs actions (action-free data is not yet supported)")
+    norm = normalizer or Normalizer(ds.stats)
+    state = ds.data.get("observation.state")
+    positions = range(ds.num_episodes) if episodes is None else [ds.position_of(i) for i in episodes]
+    it = positions
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(positions, desc="loading episodes", unit="ep", dynamic_ncols=True)
+    out = []
+    for pos in it:
+        ep = ds.episodes[pos]
+        rows = slice(ep.start, ep.stop)
+        views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
+        frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (L, h, w * n_cams, 3)
+        actions = np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32)
+        states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
+                  np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
+        task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
+        out.append({"frames": np.ascontiguousarray(frames), "actions": actions, "states": states,
+                    "task_index": task_index, "episode_index": ep.episode_index})
+    return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
+
+
+def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Hold out the last ceil(val_fraction * n) episodes of every task (none when a task has one)."""
+    by_task: dict[int, list[dict]] = {}
+    for e in episodes:
+        by_task.setdefault(e["task_index"], []).append(e)
+    train, val = [], []
+    for eps in by_task.values():
+        k = math.ceil(val_fraction * len(eps)) if len(eps) > 1 and val_fraction > 0 else 0
+        train += eps[:len(eps) - k]
+        val += eps[len(eps) - k:]
+    return train, val
+
+
+def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", model_changes: dict | None = None,
+          tc: TrainConfig | None = None, lc: LossConfig | None = None, cameras: list[str] | None = None,
+          val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train a WAM on a LeRobot dataset; returns the checkpoint directory `out/checkpoint`.
+
+    Layout of `out`: `checkpoint/` (the latest checkpoint: EMA weights in model.safetensors, the raw
+    weights, optimizer and step in train_state/), `log.jsonl`, `tb/` (TensorBoard events),
+    `run.json` (the settings). `resume=True` continues from `out/checkpoint` exactly where it stopped,
+    with the checkpoint's settings unless `tc` / `lc` are given (give a larger `tc.steps` to extend).
+    """
+    from wam.checkpoint import load_checkpoint, save_checkpoint
+    from wam.config import PRESETS, from_dict, replace, to_dict
+    from wam.tokenizer import make_tokenizer, train_tokenizer
+
+    out = Path(out)
+    ckpt_dir = out / "checkpoint"
+    if preset not in PRESETS:
+        raise RunError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
+        raise RunError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
+                       f"start the run without --resume")
+    if not resume and ckpt_dir.exists() and not overwrite:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+
+    saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume else None
+    if saved is not None:
+        cfg = saved.model.cfg
+        run = saved.config.get("run", {})
+        cameras = run.get("cameras", cameras)
+        tc = tc or from_dict(TrainConfig, run["train"])
+        lc = lc or from_dict(LossConfig, run["loss"])
+        from wam.data import Normalizer
+        normalizer = Normalizer.from_dict(saved.stats)
+        val_fraction = run.get("val_fraction", val_fraction)
+    else:
+        cfg, normalizer = None, None
+    tc, lc = tc or TrainConfig(), lc or LossConfig()
+
+    try:
+        base = replace(PRESETS[preset], **(model_changes or {})) if cfg is None else cfg
+    except (TypeError, ValueError) as e:
+        raise RunError(f"invalid model settings: {e}") from e
+    data = load_episodes(dataset, image_size=base.image_size, cameras=cameras, normalizer=normalizer,
+                         progress=progress)
+    norm = data.normalizer
+    if cfg is None:
+        try:
+            cfg = replace(base, action_dim=norm.action_dim, state_dim=norm.state_dim, n_cameras=len(data.cameras),
+                          n_tasks=max(base.n_tasks, len(data.tasks)))
+        except (TypeError, ValueError) as e:
+            raise RunError(f"invalid model settings: {e}") from e
+    elif norm.action_dim > cfg.action_dim or norm.state_dim != cfg.state_dim:
+        raise RunError(f"the dataset's action/state sizes ({norm.action_dim}/{norm.state_dim}) do not match the "
+                       f"checkpoint's ({cfg.action_dim}/{cfg.state_dim})")
+    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
+    logger = JsonlLogger(out, resume=resume)
+    run_info = {"dataset": str(dataset), "preset": preset, "cameras": [c.removeprefix("observation.images.")
+                for c in data.cameras], "tasks": data.tasks, "fps": data.fps, "val_fraction": val_fraction,
+                "train_episodes": [e["episode_index"] for e in train_eps],
+                "val_episodes": [e["episode_index"] for e in val_eps],
+                "train": to_dict(tc), "loss": to_dict(lc)}
+    (out / "run.json").write_text(json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+
+    # -- tokenizer stage
+    if saved is not None and saved.tokenizer is not None:
+        tok = saved.tokenizer
+    else:
+        torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
+        tok = make_tokenizer(cfg)
+        if cfg.tokenizer == "conv":
+            frames = torch.cat([to_model_frames(e["frames"]) for e in train_eps])  # (N, 3, H, W)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=tc.tokenizer_steps, desc="tokenizer", unit="step", dynamic_ncols=True)
+
+            def tick(loss: float) -> None:
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+
+            losses = train_tokenizer(tok, frames, steps=tc.tokenizer_steps, batch_size=tc.tokenizer_batch_size,
+                                     lr=tc.tokenizer_lr, seed=tc.seed, progress=tick)
+            if bar is not None:
+                bar.close()
+            for i in range(0, len(losses), tc.log_every):
+                chunk = losses[i:i + tc.log_every]
+                logger({"step": i + len(chunk), "loss": sum(chunk) / len(chunk)}, prefix="tokenizer")
+            del frames
+    tok.eval()
+
+    # -- WAM stage on cached latents
+    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim)
+    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim) if val_eps else None
+    state = make_state(cfg, tc)
+    if saved is not None:
+        state.model.load_state_dict(saved.train_state["model"])
+        load_train_state(state, saved.train_state)
+
+    def on_checkpoint(s: FitState) -> None:
+        save_checkpoint(ckpt_dir, s.ema, tok, stats=norm.to_dict(), config={"run": run_info},
+                        train_state={**train_state_dict(s, tc), "model": s.model.state_dict()})
+
+    def on_validate(s: FitState) -> dict:
+        if val_data is None:
+            return {}
+        losses = validation_losses(s.ema, val_data)
+        logger({"step": s.step, **losses}, prefix="val")
+        return losses
+
+    if saved is None:
+        on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
+    try:
+        fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint, on_validate=on_validate,
+            progress=progress)
+    except TrainingDiverged as e:
+        raise RunError(str(e)) from e
+    return ckpt_dir

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
-EPS = 1e-8  # keeps constant dimensions finite under min/max and mean/std normalisation
+EPS = 1e-8  # keeps constant dimensions finite under min/max normalisation
+STATE_STD_MIN = 1e-2  # smallest standard deviation a state dimension is divided by
 
 
 def numeric_stats(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -122,7 +123,9 @@ class Normalizer:
         self.action_range = np.maximum(a["max"].reshape(-1) - self.action_min, 0.0) + EPS
         s = self.stats.get(state_key)
         if s is not None and {"mean", "std"} <= set(s):
-            self.state_mean, self.state_std = s["mean"].reshape(-1), s["std"].reshape(-1) + EPS
+            # floored: a state dimension that hardly varies in the data (an absent object's pose) must not
+            # turn a tiny deviation at test time into hundreds of standard deviations
+            self.state_mean, self.state_std = s["mean"].reshape(-1), np.maximum(s["std"].reshape(-1), STATE_STD_MIN)
         else:
             self.state_mean = self.state_std = None
 

@@ -1,0 +1,378 @@
+"""Evaluation, apart from training: closed-loop rollouts in simulation and world-model metrics offline.
+
+Runbook:
+    # closed loop: 20 episodes per MT10 task in policy mode, the scripted expert on the same seeds beside it
+    wam eval --checkpoint runs/mt10/checkpoint --env metaworld --tasks mt10 --episodes 20 --mode policy
+    # the same, plus frame PSNR/SSIM of forward and video mode on the run's held-out episodes
+    wam eval --checkpoint runs/mt10/checkpoint --tasks mt10 --episodes 20 --world-model --dataset data/mt10
+
+`rollout(env, policy, seeds)` runs one episode per seed and returns documented arrays; `evaluate(...)`
+runs it for every task, writes `eval_info.json` (LeRobot's aggregate keys `pc_success`,
+`avg_sum_reward`, `avg_max_reward`, per-task rows with Wilson 95% intervals, every setting that
+changes the number), rollout mp4s and `report.html`. `evaluate_world_model(...)` measures forward and
+video mode frame PSNR and SSIM per predicted horizon beside the copy-the-last-frame baseline and the
+tokenizer's own reconstruction (the ceiling), and inverse-mode action error given the true frames.
+
+Success is counted at any step (MetaWorld's flag does not persist); an episode ends `after_success`
+steps after its first success, at the environment's step limit, or at `max_steps`. Evaluation seeds
+are derived from (seed, task, episode) apart from the ones `wam collect` uses, so demonstrations and
+evaluation episodes never share a layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+EVAL_STREAM = 0x5EED  # mixes into evaluation seeds so they differ from collection seeds of the same seed
+
+
+def eval_seeds(seed: int, task: str, n: int) -> list[int]:
+    """n reproducible episode seeds for one task, disjoint in derivation from `wam collect`'s."""
+    return [int(np.random.SeedSequence([seed, EVAL_STREAM, zlib.crc32(task.encode()), i]).generate_state(1)[0] >> 1)
+            for i in range(n)]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate (fractions); (0, 1) for n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---- policies besides the WAM ----------------------------------------------------------------------
+
+
+class ExpertPolicy:
+    """An environment's scripted expert behind the policy API (the reference beside every evaluation)."""
+
+    def __init__(self, env_name: str, task: str):
+        from wam.envs import get_adapter
+
+        self._act = get_adapter(env_name).make_expert(task)
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        return np.asarray(self._act(obs), dtype=np.float32)
+
+
+class RandomPolicy:
+    """Uniform random actions from an action space (a floor every trained policy must clear)."""
+
+    def __init__(self, action_space, seed: int = 0):
+        self.space, self.seed = action_space, seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        return self.rng.uniform(self.space.low, self.space.high).astype(np.float32)
+
+
+# ---- closed loop -----------------------------------------------------------------------------------
+
+
+def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, after_success: int = 0,
+            record: int = 0, progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run one episode per seed with `policy` (reset(), select_action(obs)) in a gymnasium `env`.
+
+    Returns arrays over episodes:
+        success (N,) bool          success flag seen at any step
+        first_success (N,) int     step of the first success, -1 when none
+        steps (N,) int             steps taken
+        sum_reward (N,) float      return; max_reward (N,) float: the largest single-step reward
+        seconds (N,) float         wall-clock time of each episode
+        frames                     list of (L, H, W, 3) uint8 camera frames for the first `record` episodes
+    The observation given to the policy carries `task` = env.task_description (LeRobot's key).
+    """
+    limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
+    camera = f"observation.images.{env.camera_names[0]}"
+    n = len(seeds)
+    out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1), "steps": np.zeros(n, int),
+                           "sum_reward": np.zeros(n), "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n),
+                           "frames": []}
+    for i, seed in enumerate(seeds):
+        t0 = time.perf_counter()
+        policy.reset()
+        obs, _ = env.reset(seed=int(seed))
+        frames = [obs[camera]] if i < record else None
+        for step in range(limit):
+            action = policy.select_action({**obs, "task": env.task_description})
+            obs, reward, terminated, truncated, info = env.step(action)
+            out["sum_reward"][i] += reward
+            out["max_reward"][i] = max(out["max_reward"][i], reward)
+            out["steps"][i] = step + 1
+            if frames is not None:
+                frames.append(obs[camera])
+            if info.get("success", False) and out["first_success"][i] < 0:
+                out["first_success"][i] = step
+                out["success"][i] = True
+            if terminated or truncated or (out["success"][i] and step - out["first_success"][i] >= after_success):
+                break
+        out["seconds"][i] = time.perf_counter() - t0
+        if frames is not None:
+            out["frames"].append(np.stack(frames))
+        if progress is not None:
+            progress()
+    return out
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 30, scale: int = 2) -> None:
+    """A browser-playable mp4 (H.264 4:2:0) of (L, H, W, 3) uint8 frames, enlarged `scale` times."""
+    from wam.data.video import VideoEncoder
+
+    frames = np.asarray(frames)
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    enc = VideoEncoder(path, width=frames.shape[2], height=frames.shape[1], fps=fps, pix_fmt="yuv420p", crf=18)
+    try:
+        enc.write(frames)
+    finally:
+        enc.close()
+
+
+def _task_row(task: str, description: str, seeds: list[int], res: dict, expert: dict | None,
+              video_paths: list[str]) -> dict:
+    n, k = len(seeds), int(res["success"].sum())
+    lo, hi = wilson_interval(k, n)
+    row = {"task": task, "description": description, "n_episodes": n, "pc_success": 100.0 * k / n,
+           "ci95": [100 * lo, 100 * hi], "avg_sum_reward": float(res["sum_reward"].mean()),
+           "avg_max_reward": float(res["max_reward"].mean()), "avg_steps": float(res["steps"].mean()),
+           "successes": res["success"].tolist(), "first_success": res["first_success"].tolist(),
+           "sum_rewards": res["sum_reward"].tolist(), "max_rewards": res["max_reward"].tolist(),
+           "steps": res["steps"].tolist(), "seeds": list(seeds), "video_paths": video_paths,
+           "expert_pc_success": None, "expert_ci95": None}
+    if expert is not None:
+        ke = int(expert["success"].sum())
+        elo, ehi = wilson_interval(ke, n)
+        row.update(expert_pc_success=100.0 * ke / n, expert_ci95=[100 * elo, 100 * ehi],
+                   expert_successes=expert["success"].tolist(),
+                   expert_avg_sum_reward=float(expert["sum_reward"].mean()),
+                   expert_avg_max_reward=float(expert["max_reward"].mean()))
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """LeRobot's aggregate keys over all episodes of all tasks, with the Wilson interval."""
+    succ = [s for r in rows for s in r["successes"]]
+    n, k = len(succ), int(sum(succ))
+    lo, hi = wilson_interval(k, n)
+    out = {"pc_success": 100.0 * k / max(1, n),
+           "avg_sum_reward": float(np.mean([x for r in rows for x in r["sum_rewards"]])) if n else 0.0,
+           "avg_max_reward": float(np.mean([x for r in rows for x in r["max_rewards"]])) if n else 0.0,
+           "n_episodes": n, "ci95": [100 * lo, 100 * hi]}
+    if rows and all(r.get("expert_successes") is not None for r in rows):
+        es = [s for r in rows for s in r["expert_successes"]]
+        elo, ehi = wilson_interval(int(sum(es)), n)
+        out["expert"] = {"pc_success": 100.0 * sum(es) / max(1, n), "ci95": [100 * elo, 100 * ehi],
+                         "avg_sum_reward": float(np.mean([r["expert_avg_sum_reward"] for r in rows])),
+                         "avg_max_reward": float(np.mean([r["expert_avg_max_reward"] for r in rows]))}
+    else:
+        out["expert"] = None
+    return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
+             out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
+             expert: bool = True, videos_per_task: int = 2, world_model: dict | None = None,
+             log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
+    """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
+    and out/report.html. `policy` is a WAMPolicy or any object with reset()/select_action(obs) and
+    optionally `settings` (a dict recorded in eval_info.json) and `cameras`."""
+    from wam.envs import get_adapter
+
+    adapter = get_adapter(env)
+    task_names = adapter.resolve_tasks(tasks)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    image_size = getattr(getattr(policy, "cfg", None), "image_size", 64)
+    cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(task_names) * episodes * (2 if expert else 1), desc="evaluating", unit="ep",
+                   dynamic_ncols=True)
+    tick = (lambda: bar.update(1)) if bar is not None else None
+    t0 = time.perf_counter()
+    rows = []
+    for task in task_names:
+        e = adapter.make_env(task, image_size=image_size, cameras=cameras)
+        try:
+            seeds = eval_seeds(seed, task, episodes)
+            if bar is not None:
+                bar.set_postfix(task=task)
+            res = rollout(e, policy, seeds, max_steps=max_steps, after_success=after_success,
+                          record=videos_per_task, progress=tick)
+            ref = rollout(e, ExpertPolicy(env, task), seeds, max_steps=max_steps, after_success=after_success,
+                          progress=tick) if expert else None
+            paths = []
+            for i, frames in enumerate(res["frames"]):
+                rel = f"videos/{task}/episode_{i:03d}.mp4"
+                write_video(out / rel, frames)
+                paths.append(rel)
+            rows.append(_task_row(task, e.task_description, seeds, res, ref, paths))
+        finally:
+            e.close()
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    info = {**aggregate(rows), "eval_s": elapsed, "eval_ep_s": elapsed / max(1, len(rows) * episodes),
+            "per_task": rows,
+            "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
+                         "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
+                         "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}
+    if world_model is not None:
+        info["world_model"] = world_model
+    write_json_atomic(out / "eval_info.json", info)
+    from wam.report import build_report
+
+    build_report(out, info, world_model=world_model, log_path=log_path)
+    return info
+
+
+# ---- world-model metrics ---------------------------------------------------------------------------
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).float()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) of images (N, C, H, W)
+    with values in [0, 1], averaged over channels and pixels: (N,)."""
+    C = a.shape[1]
+    w = _gaussian_window().to(a)[None, None].expand(C, 1, -1, -1)
+    conv = lambda x: torch.nn.functional.conv2d(x, w, groups=C)  # noqa: E731  (valid region only)
+    mu_a, mu_b = conv(a), conv(b)
+    var_a, var_b = conv(a * a) - mu_a ** 2, conv(b * b) - mu_b ** 2
+    cov = conv(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images (N, ...) with values in [0, 1]: (N,)."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """Model frames in [-1, 1] -> [0, 1], quantised to 8 bits as a saved image would be."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round() / 255.0
+
+
+@torch.no_grad()
+def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
+                         steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
+                         progress: bool = False) -> dict:
+    """Forward/video-mode frame quality and inverse/policy action error on held-out episodes.
+
+    Uses the episodes the training run held out (recorded in the checkpoint) unless `episodes` is given.
+    Windows are drawn (fixed seed) among those whose future frames all lie inside the episode.
+    Returns the dict described in the module docstring; with `out`, also writes real-vs-predicted
+    frame strips as PNGs under out/world_model/."""
+    from wam.modes import sample
+    from wam.data import Normalizer
+    from wam.train import episodes_to_tensors, load_episodes
+
+    model, tok, cfg = checkpoint.model, checkpoint.tokenizer, checkpoint.model.cfg
+    run = checkpoint.config.get("run", {})
+    eps = episodes if episodes is not None else run.get("val_episodes")
+    if not eps:
+        raise ValueError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
+    data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
+                         normalizer=Normalizer.from_dict(checkpoint.stats), episodes=eps, progress=progress)
+    tasks = run.get("tasks")
+    if tasks and data.tasks != tasks:  # same dataset: task indices must mean the same tasks
+        raise ValueError(f"{dataset} lists different tasks than the checkpoint was trained on")
+    tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim)
+    ep, st = tensors.window_index()
+    horizon = cfg.future_frames * cfg.future_stride
+    full = st + horizon < tensors.lengths[ep]
+    ep, st = ep[full], st[full]
+    if len(ep) == 0:
+        raise ValueError(f"no held-out episode is longer than {horizon} steps (the predicted horizon), so there is "
+                         f"no window to measure the world model on; hold out longer episodes")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(ep), generator=g)[:windows]
+    batch = tensors.gather(ep[pick], st[pick], cfg)
+    n_obs, F = cfg.n_obs_steps, cfg.future_frames
+    frames = {}  # all in [0, 1], (B, T, C, H, W)
+    true_frames = torch.stack([torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])
+                               for e, s in zip(ep[pick], st[pick]) for k in
+                               [*range(-n_obs + 1, 1), *[(j + 1) * cfg.future_stride for j in range(F)]]])
+    B = len(pick)
+    frames["real"] = true_frames.reshape(B, n_obs + F, *true_frames.shape[1:]).movedim(-1, 2).float() / 255.0
+    frames["tokenizer_reconstruction"] = _to_unit(tok.decode(batch["latents"]))
+    for name in ("forward", "video"):
+        res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed))
+        frames[name] = _to_unit(tok.decode(res["latents"]))
+    real_future = frames["real"][:, n_obs:]
+    last = frames["real"][:, n_obs - 1:n_obs]
+    result: dict[str, Any] = {"windows": B, "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
+                              "sampling_steps": steps, "episodes": list(eps)}
+
+    def metrics(pred: torch.Tensor) -> dict:  # pred (B, F, C, H, W)
+        p, s = [], []
+        for j in range(F):
+            p.append(float(psnr(pred[:, j], real_future[:, j]).mean()))
+            s.append(float(ssim(pred[:, j], real_future[:, j]).mean()))
+        return {"psnr": p, "ssim": s}
+
+    for name in ("forward", "video", "tokenizer_reconstruction"):
+        result[name] = metrics(frames[name][:, n_obs:])
+    result["copy_last_frame"] = metrics(last.expand_as(real_future))
+    true_actions = batch["actions"]
+    mse = lambda a: float((a - true_actions).pow(2).mean())  # noqa: E731
+    inv = sample(model, batch, "inverse", steps=steps, generator=torch.Generator().manual_seed(seed))
+    pol = sample(model, batch, "policy", steps=steps, generator=torch.Generator().manual_seed(seed))
+    result["inverse"] = {"action_mse": mse(inv["actions"]),
+                         "mean_action_mse": mse(true_actions.mean((0, 1), keepdim=True))}
+    result["policy"] = {"action_mse": mse(pol["actions"])}
+    if out is not None and strips:
+        result["strips"] = _write_strips(Path(out), frames, strips)
+    return result
+
+
+def _write_strips(out: Path, frames: dict, n: int, scale: int = 3) -> list[str]:
+    """PNG per window: rows real, forward, video; columns history then future frames."""
+    from PIL import Image
+
+    (out / "world_model").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(min(n, frames["real"].shape[0])):
+        rows = []
+        for name in ("real", "forward", "video"):
+            f = frames[name][i]  # (T, C, H, W); a prediction's history is the decoded given frame
+            rows.append(torch.cat(list(f), -1))  # (C, H, T*W)
+        img = (torch.cat(rows, -2).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        img = img.repeat(scale, 0).repeat(scale, 1)
+        rel = f"world_model/strip_{i:03d}.png"
+        Image.fromarray(img).save(out / rel)
+        paths.append(rel)
+    return paths

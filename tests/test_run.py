@@ -1,0 +1,165 @@
+"""`wam train` and `wam eval` end to end on a tiny dot-world dataset: checkpoints, exact resume after a
+kill, the NaN guard, the closed-loop policy API, evaluation files and the report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import wam.train as train_mod
+from wam.checkpoint import load_checkpoint
+from wam.cli import main
+from wam.collect import collect
+from wam.policy import WAMPolicy
+
+TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
+        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "6",
+        "--log-every", "2", "--val-every", "4", "--checkpoint-every", "4", "--val-fraction", "0.25", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "dot"
+    collect("dot", episodes=8, out=out, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["train", "--dataset", str(dataset), "--out", str(out), "--steps", "12", *TINY]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_logs_and_settings(run):
+    ckpt = run / "checkpoint"
+    for name in ("model.safetensors", "tokenizer.safetensors", "config.json", "stats.json", "train_state/state.pt"):
+        assert (ckpt / name).is_file(), name
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"tokenizer", "train", "val"}
+    val = [r for r in records if r["kind"] == "val"]
+    assert set(val[-1]) >= {"policy", "forward", "inverse", "video", "joint"}
+    assert [r["step"] for r in records if r["kind"] == "train"][-1] == 12
+    assert list((run / "tb").iterdir()), "TensorBoard event files"
+    saved = load_checkpoint(ckpt, with_train_state=True)
+    assert saved.train_state["step"] == 12
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["train"]["steps"] == 12 and settings["val_episodes"]
+    assert not set(settings["val_episodes"]) & set(settings["train_episodes"])
+
+
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(dataset, run, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real_update = train_mod.ema_update
+    calls = {"n": 0}
+
+    def dies_at_step_7(ema, model, decay):  # the process dies after the step-4 checkpoint, mid-run
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(train_mod, "ema_update", dies_at_step_7)
+    assert main(["train", "--dataset", str(dataset), "--out", str(out), "--steps", "12", *TINY]) == 130
+    assert load_checkpoint(out / "checkpoint", with_train_state=True).train_state["step"] == 4
+    monkeypatch.setattr(train_mod, "ema_update", real_update)
+    assert main(["train", "--dataset", str(dataset), "--out", str(out), "--resume", "--quiet"]) == 0
+    for name in ("model.safetensors", "tokenizer.safetensors"):
+        a, b = load_file(run / "checkpoint" / name), load_file(out / "checkpoint" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    raw_a = torch.load(run / "checkpoint/train_state/state.pt", weights_only=False)["model"]
+    raw_b = torch.load(out / "checkpoint/train_state/state.pt", weights_only=False)["model"]
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
+
+
+def test_existing_run_and_missing_resume_are_refused(dataset, run, tmp_path, capsys):
+    assert main(["train", "--dataset", str(dataset), "--out", str(run), "--steps", "2", *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "y"), "--model", "widht=3"]) == 2
+    assert "widht" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_with_a_message_and_a_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    real_loss = train_mod.modes.training_loss
+    calls = {"n": 0}
+
+    def goes_nan(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), parts) if calls["n"] == 6 else (loss, parts)
+
+    monkeypatch.setattr(train_mod.modes, "training_loss", goes_nan)
+    out = tmp_path / "nan"
+    assert main(["train", "--dataset", str(dataset), "--out", str(out), "--steps", "12", *TINY]) == 2
+    assert "loss became nan at step 5" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint", with_train_state=True).train_state["step"] == 5
+
+
+def test_policy_queues_actions_and_predicts_chunks(run):
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", n_action_steps=3, steps=2)
+    from wam.envs.dot import make_env
+
+    env = make_env(image_size=32)
+    obs, _ = env.reset(seed=0)
+    obs = {**obs, "task": env.task_description}
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (4, 2) and np.isfinite(chunk).all()
+    policy.reset()
+    calls = {"n": 0}
+    real_chunk = policy._chunk
+
+    def counting(task):
+        calls["n"] += 1
+        return real_chunk(task)
+
+    policy._chunk = counting
+    actions = [policy.select_action(obs) for _ in range(7)]
+    assert calls["n"] == 3  # steps 0, 3, 6 predict; the others pop the queue
+    assert all(a.shape == (2,) for a in actions)
+    batch = {k: np.stack([v, v]) for k, v in obs.items() if k != "task"}
+    policy.reset()
+    assert policy.select_action({**batch, "task": env.task_description}).shape == (2, 2)
+    with pytest.raises(ValueError, match="not in the training data"):
+        policy.predict_action_chunk({**obs, "task": "juggle"})
+    with pytest.raises(ValueError, match="does not act"):
+        WAMPolicy.from_checkpoint(run / "checkpoint", mode="forward")
+
+
+@pytest.mark.parametrize("mode", ["inverse", "joint"])
+def test_policy_acts_in_planning_modes(run, mode):
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", mode=mode, steps=2)
+    from wam.envs.dot import make_env
+
+    env = make_env(image_size=32)
+    obs, _ = env.reset(seed=0)
+    a = policy.select_action({**obs, "task": env.task_description})
+    assert a.shape == (2,) and np.isfinite(a).all()
+    assert policy.last_plan["latents"].shape[1] == policy.cfg.frames  # the frames it planned through
+
+
+def test_eval_cli_writes_eval_info_videos_and_report(run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--env", "dot", "--episodes", "3", "--steps", "2",
+                 "--world-model", "--out", str(out), "--quiet"]) == 0
+    info = json.loads((out / "eval_info.json").read_text())
+    for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "ci95", "per_task", "settings", "expert"):
+        assert key in info, key
+    s = info["settings"]
+    for key in ("seed", "mode", "n_action_steps", "sampling_steps", "solver", "model_hash", "checkpoint"):
+        assert key in s, key
+    row = info["per_task"][0]
+    assert len(row["seeds"]) == 3 and row["expert_pc_success"] is not None
+    assert all((out / p).is_file() for p in row["video_paths"])
+    wm = info["world_model"]
+    assert len(wm["forward"]["psnr"]) == 2 and len(wm["copy_last_frame"]["ssim"]) == 2
+    html = (out / "report.html").read_text()
+    assert "reach-goal" in html and "<video" in html
+    assert "report:" in capsys.readouterr().out
