@@ -51,20 +51,38 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 def _quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="the main job on the embedded default (see README)")
+    p = sub.add_parser("quickstart", help="the main job on the embedded default: collect, train, evaluate, report",
+                       description="Collect MetaWorld demonstrations, train wam-tiny briefly, evaluate it in every "
+                                   "mode, evaluate the shipped reference checkpoint, and write report.html.")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic-steps", type=int, default=1500, help="training steps on the synthetic world")
-    p.add_argument("--metaworld-tasks", default="reach-v3,drawer-close-v3", help="tasks to collect demonstrations of")
-    p.add_argument("--metaworld-episodes", type=int, default=2, help="episodes per task")
+    p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-close-v3",
+                   help="MetaWorld tasks to collect, train and evaluate on")
+    p.add_argument("--episodes", type=int, default=12, help="demonstrations per task")
+    p.add_argument("--steps", type=int, default=1500, help="WAM training steps")
+    p.add_argument("--tokenizer-steps", type=int, default=300, help="tokenizer training steps")
+    p.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and mode")
+    p.add_argument("--max-steps", type=int, default=150, help="step cap of the trained model's closed-loop episodes")
+    p.add_argument("--reference", default=None, help="reference checkpoint (default: the one shipped with wam; "
+                                                     "'none' to skip)")
+    p.add_argument("--reference-tasks", default="mt10", help="tasks the reference checkpoint is evaluated on")
+    p.add_argument("--reference-episodes", type=int, default=2, help="episodes per task for the reference")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE", help="change a model setting of wam-tiny")
     p.set_defaults(func=_run_quickstart)
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
-    from wam.quickstart import quickstart
+    from wam.config import ModelConfig
+    from wam.quickstart import REFERENCE, quickstart
 
-    quickstart(out=args.out, seed=args.seed, synthetic_steps=args.synthetic_steps,
-               metaworld_tasks=args.metaworld_tasks, metaworld_episodes=args.metaworld_episodes)
+    reference = None if args.reference == "none" else (args.reference or REFERENCE)
+    try:
+        quickstart(out=args.out, seed=args.seed, tasks=args.tasks, episodes=args.episodes, steps=args.steps,
+                   tokenizer_steps=args.tokenizer_steps, eval_episodes=args.eval_episodes, max_steps=args.max_steps,
+                   reference=reference, reference_tasks=args.reference_tasks,
+                   reference_episodes=args.reference_episodes, model_changes=_parse_settings(args.model, ModelConfig))
+    except ImportError as e:
+        raise UserError(f"the quickstart needs MetaWorld ({e}); pip install 'wam[sim,report]'") from None
     return 0
 
 

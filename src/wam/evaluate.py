@@ -307,9 +307,13 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
         raise ValueError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
                          normalizer=Normalizer.from_dict(checkpoint.stats), episodes=eps, progress=progress)
-    tasks = run.get("tasks")
-    if tasks and data.tasks != tasks:  # same dataset: task indices must mean the same tasks
-        raise ValueError(f"{dataset} lists different tasks than the checkpoint was trained on")
+    known = run.get("tasks") or []
+    if known and data.tasks != known:  # another dataset: map its task strings onto the model's task table
+        unknown = sorted({data.tasks[e["task_index"]] for e in data.episodes} - set(known))
+        if unknown:
+            raise ValueError(f"{dataset} has tasks the checkpoint was not trained on: {unknown}")
+        for e in data.episodes:
+            e["task_index"] = known.index(data.tasks[e["task_index"]])
     tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim)
     ep, st = tensors.window_index()
     horizon = cfg.future_frames * cfg.future_stride

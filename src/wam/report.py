@@ -322,20 +322,9 @@ def _strip_width(out: Path, path, scale: int = 2, max_width: int = 1000) -> int:
         return 768
 
 
-def build_report(out, eval_info: dict | None = None, *, world_model: dict | None = None,
-                 log_path=None, title: str | None = None) -> Path:
-    """Write `out/report.html` (and figures under `out/figures/`) and return the page's path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    body = [_header(title or "wam evaluation", eval_info, world_model)]
-    if eval_info:
-        body += [_success_section(eval_info, out), _videos_section(eval_info, out)]
-    if log_path is not None:
-        body.append(_curves_section(read_log(log_path), out))
-    if world_model:
-        body.append(_world_model_section(world_model, out))
+def _write_page(out: Path, title: str, body: list[str]) -> Path:
     page = "\n".join(['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-                      f"<title>{_esc(title or 'wam evaluation')}</title><style>{CSS}</style></head><body>",
+                      f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
                       *[b for b in body if b], "</main></body></html>\n"])
     path = out / "report.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".report-", suffix=".html.tmp")
@@ -348,3 +337,44 @@ def build_report(out, eval_info: dict | None = None, *, world_model: dict | None
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def build_index(out, entries: list[dict], *, title: str = "wam quickstart", notes: list[str] | None = None) -> Path:
+    """`out/report.html` linking several evaluations: one row per entry {"name", "report" (path of its
+    report.html), "eval_info" (dict or None), "world_model" (dict or None)}, with the headline numbers."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for e in entries:
+        info, wm = e.get("eval_info") or {}, e.get("world_model") or {}
+        expert = info.get("expert") or {}
+        first = lambda d: (d.get("psnr") or [None])[0] if isinstance(d, dict) else None  # noqa: E731
+        link = f'<a href="{_src(e["report"], out)}">{_esc(e["name"])}</a>'
+        cells = [_pct_ci(info.get("pc_success"), info.get("ci95")), _pct_ci(expert.get("pc_success"), expert.get("ci95")),
+                 _fmt(info.get("n_episodes"), "d") if isinstance(info.get("n_episodes"), int) else "–",
+                 _fmt(first(wm.get("forward"))), _fmt(first(wm.get("copy_last_frame")))]
+        rows.append(f"<tr><td>{link}</td>" + "".join(f'<td class="num">{_esc(c)}</td>' for c in cells) + "</tr>")
+    head = ["evaluation", "success % [95% CI]", "expert %", "episodes", "forward PSNR (dB, first frame)",
+            "copy last frame PSNR"]
+    table = ("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>\n" + "\n".join(rows) +
+             "</table>")
+    body = [f'<header><h1>{_esc(title)}</h1><p>{_esc(datetime.now().strftime("%Y-%m-%d %H:%M"))}</p></header><main>',
+            f"<section><h2>Evaluations</h2>{table}</section>"]
+    if notes:
+        body.append("<section><h2>Notes</h2>" + "".join(f"<p>{_esc(n)}</p>" for n in notes) + "</section>")
+    return _write_page(out, title, body)
+
+
+def build_report(out, eval_info: dict | None = None, *, world_model: dict | None = None,
+                 log_path=None, title: str | None = None) -> Path:
+    """Write `out/report.html` (and figures under `out/figures/`) and return the page's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    body = [_header(title or "wam evaluation", eval_info, world_model)]
+    if eval_info:
+        body += [_success_section(eval_info, out), _videos_section(eval_info, out)]
+    if log_path is not None:
+        body.append(_curves_section(read_log(log_path), out))
+    if world_model:
+        body.append(_world_model_section(world_model, out))
+    return _write_page(out, title or "wam evaluation", body)
