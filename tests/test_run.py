@@ -163,3 +163,15 @@ def test_eval_cli_writes_eval_info_videos_and_report(run, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "reach-goal" in html and "<video" in html
     assert "report:" in capsys.readouterr().out
+
+
+def test_evaluation_in_two_processes_matches_one(run, tmp_path):
+    from wam.evaluate import evaluate
+
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", steps=2)
+    kw = dict(env="dot", tasks="reach-goal,reach-goal", episodes=3, videos_per_task=0, expert=False, progress=False)
+    one = evaluate(policy, out=tmp_path / "one", workers=1, **kw)
+    two = evaluate(policy, out=tmp_path / "two", workers=2, **kw)
+    for a, b in zip(one["per_task"], two["per_task"]):
+        for key in ("seeds", "successes", "steps", "sum_rewards"):
+            assert a[key] == b[key], key

@@ -70,3 +70,30 @@ def test_trained_checkpoint_round_trips_bit_exactly(run, tmp_path):
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     torch.testing.assert_close(sample(run.state.ema, batch, "joint", steps=2, generator=g())["actions"],
                                sample(ck.model, batch, "joint", steps=2, generator=g())["actions"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_wam_eval_of_the_trained_model_beats_a_random_policy(run, tmp_path, capsys):
+    """The trained synthetic model as a checkpoint (identity normalisation: the dot world's actions and
+    states are already in [-1, 1]), evaluated closed loop by `wam eval` beside a random policy."""
+    import json
+
+    from wam.cli import main
+    from wam.envs.dot import TASKS, make_env
+    from wam.evaluate import RandomPolicy, eval_seeds, rollout
+
+    cfg = run.state.ema.cfg
+    stats = {"action_key": "action", "state_key": "observation.state",
+             "stats": {"action": {"min": [-1.0] * cfg.action_dim, "max": [1.0] * cfg.action_dim},
+                       "observation.state": {"mean": [0.0] * cfg.state_dim, "std": [1.0] * cfg.state_dim}}}
+    save_checkpoint(tmp_path / "ck", run.state.ema, run.tokenizer, stats=stats,
+                    config={"run": {"tasks": [TASKS["reach-goal"]], "cameras": ["top"], "fps": 10}})
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--env", "dot", "--episodes", "20", "--steps", "2",
+                 "--n-action-steps", "1", "--out", str(tmp_path / "eval"), "--videos", "0", "--quiet"]) == 0
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    env = make_env(image_size=cfg.image_size)
+    seeds = eval_seeds(0, "reach-goal", 20)
+    assert info["per_task"][0]["seeds"] == seeds
+    random = rollout(env, RandomPolicy(env.action_space, seed=0), seeds)
+    assert info["pc_success"] >= 50.0
+    assert info["pc_success"] > 100 * random["success"].mean() + 25, (info["pc_success"], random["success"].mean())

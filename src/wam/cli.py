@@ -306,6 +306,8 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
+    p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (results do not "
+                                                          "depend on it)")
     p.add_argument("--world-model", action="store_true",
                    help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes")
     p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
@@ -344,10 +346,12 @@ def _run_eval(args: argparse.Namespace) -> int:
                             f"pass --dataset PATH")
         world = evaluate_world_model(ckpt, dataset, out=out, steps=args.steps, seed=args.seed,
                                      progress=not args.quiet)
-    log = Path(args.checkpoint).parent / "log.jsonl"
+    logs = [Path(args.checkpoint) / "log.jsonl", Path(args.checkpoint).parent / "log.jsonl"]  # shipped, or a run's
+    log = next((p for p in logs if p.is_file()), logs[-1])
     try:
         info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
+                        workers=args.workers,
                         world_model=world, log_path=log if log.is_file() else None,
                         settings={"checkpoint": str(args.checkpoint)}, progress=not args.quiet)
     except (ImportError, OSError) as e:

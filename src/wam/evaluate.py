@@ -193,47 +193,98 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed: int = 0,
+                  max_steps: int | None = None, after_success: int = 0, expert: bool = True,
+                  videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
+                  progress: Callable[[], None] | None = None) -> dict:
+    """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row."""
+    from wam.envs import get_adapter
+
+    e = get_adapter(env).make_env(task, image_size=image_size, cameras=cameras)
+    try:
+        seeds = eval_seeds(seed, task, episodes)
+        res = rollout(e, policy, seeds, max_steps=max_steps, after_success=after_success, record=videos_per_task,
+                      progress=progress)
+        ref = rollout(e, ExpertPolicy(env, task), seeds, max_steps=max_steps, after_success=after_success,
+                      progress=progress) if expert else None
+        paths = []
+        for i, frames in enumerate(res["frames"]):
+            rel = f"videos/{task}/episode_{i:03d}.mp4"
+            write_video(out / rel, frames)
+            paths.append(rel)
+        return _task_row(task, e.task_description, seeds, res, ref, paths)
+    finally:
+        e.close()
+
+
+_WORKER_POLICY: dict = {}  # per worker process: the policy, built once from its checkpoint
+
+
+def _worker_init(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    torch.set_num_threads(threads)
+
+
+def _task_job(args: tuple) -> dict:
+    spec, env, task, kwargs = args
+    if _WORKER_POLICY.get("spec") != spec:
+        from wam.policy import WAMPolicy
+
+        path, policy_kwargs = spec
+        _WORKER_POLICY.update(spec=spec, policy=WAMPolicy.from_checkpoint(path, **dict(policy_kwargs)))
+    return evaluate_task(_WORKER_POLICY["policy"], env, task, **kwargs)
+
+
 def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
              out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
-             expert: bool = True, videos_per_task: int = 2, world_model: dict | None = None,
+             expert: bool = True, videos_per_task: int = 2, workers: int = 1, world_model: dict | None = None,
              log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy or any object with reset()/select_action(obs) and
-    optionally `settings` (a dict recorded in eval_info.json) and `cameras`."""
+    optionally `settings` (a dict recorded in eval_info.json) and `cameras`.
+
+    `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
+    checkpoint with one thread). Every episode starts from its own seed and the policy re-seeds its
+    sampler at reset(), so the results do not depend on the number of workers."""
     from wam.envs import get_adapter
 
-    adapter = get_adapter(env)
-    task_names = adapter.resolve_tasks(tasks)
+    task_names = get_adapter(env).resolve_tasks(tasks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = getattr(getattr(policy, "cfg", None), "image_size", 64)
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
+    kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
+                  expert=expert, videos_per_task=videos_per_task, image_size=image_size, cameras=cameras)
+    per_task = episodes * (2 if expert else 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(task_names) * episodes * (2 if expert else 1), desc="evaluating", unit="ep",
-                   dynamic_ncols=True)
-    tick = (lambda: bar.update(1)) if bar is not None else None
+        bar = tqdm(total=len(task_names) * per_task, desc="evaluating", unit="ep", dynamic_ncols=True)
     t0 = time.perf_counter()
-    rows = []
-    for task in task_names:
-        e = adapter.make_env(task, image_size=image_size, cameras=cameras)
-        try:
-            seeds = eval_seeds(seed, task, episodes)
+    workers = max(1, min(workers, len(task_names)))
+    if workers > 1:
+        spec = getattr(policy, "spec", None)
+        if spec is None:
+            raise ValueError("evaluation in several processes needs a WAMPolicy (it is rebuilt from its checkpoint "
+                             "in each process); use workers=1 for other policies")
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(threads,)) as pool:
+            rows = []
+            for row in pool.imap(_task_job, [(spec, env, t, kwargs) for t in task_names]):
+                rows.append(row)
+                if bar is not None:
+                    bar.update(per_task)
+    else:
+        rows = []
+        for task in task_names:
             if bar is not None:
                 bar.set_postfix(task=task)
-            res = rollout(e, policy, seeds, max_steps=max_steps, after_success=after_success,
-                          record=videos_per_task, progress=tick)
-            ref = rollout(e, ExpertPolicy(env, task), seeds, max_steps=max_steps, after_success=after_success,
-                          progress=tick) if expert else None
-            paths = []
-            for i, frames in enumerate(res["frames"]):
-                rel = f"videos/{task}/episode_{i:03d}.mp4"
-                write_video(out / rel, frames)
-                paths.append(rel)
-            rows.append(_task_row(task, e.task_description, seeds, res, ref, paths))
-        finally:
-            e.close()
+            rows.append(evaluate_task(policy, env, task, progress=(lambda: bar.update(1)) if bar is not None else None,
+                                      **kwargs))
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0

@@ -62,6 +62,10 @@ class WAMPolicy:
                              f"got {self.n_action_steps}")
         self.mode, self.steps, self.solver, self.schedule = mode, steps, solver, schedule
         self.cfg_scale, self.seed, self.device = cfg_scale, seed, torch.device(device)
+        # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
+        self.spec = (str(checkpoint.path), tuple(sorted(dict(
+            mode=mode, n_action_steps=self.n_action_steps, steps=steps, solver=solver, schedule=schedule,
+            cfg_scale=cfg_scale, seed=seed, device=device).items())))
         self.reset()
 
     @classmethod

@@ -73,7 +73,8 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
         _print_world(ref_world)
         info = evaluate(WAMPolicy(ref, mode="policy", seed=seed), env="metaworld", tasks=reference_tasks,
                         episodes=reference_episodes, out=root / "eval-reference", seed=seed, videos_per_task=1,
-                        world_model=ref_world, settings={"checkpoint": str(reference)})
+                        world_model=ref_world, settings={"checkpoint": str(reference)},
+                        log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None)
         _print_success(info)
         entries.insert(0, {"name": "reference checkpoint (MT10), policy mode",
                            "report": root / "eval-reference" / "report.html", "eval_info": info,
