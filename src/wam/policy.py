@@ -84,7 +84,7 @@ class WAMPolicy:
 
     def reset(self) -> None:
         """Forget the observation history and queued actions (call at the start of every episode)."""
-        self._latents: deque[torch.Tensor] = deque(maxlen=self.cfg.n_obs_steps)
+        self._latents: deque[list] = deque(maxlen=self.cfg.n_obs_steps)  # [frames, latents or None]
         self._states: deque[torch.Tensor] = deque(maxlen=self.cfg.n_obs_steps)
         self._actions: deque[np.ndarray] = deque()
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -105,10 +105,9 @@ class WAMPolicy:
                 raise ValueError(f"task {t!r} was not in the training data; known tasks: {self.tasks}")
         return torch.tensor(out, device=self.device)
 
-    def _push(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]:
-        """Encode one observation and push it into the history; returns the model's inputs."""
+    def _push(self, obs: dict) -> tuple[torch.Tensor, bool]:
+        """Push one observation into the history; returns (task indices (B,), whether obs was unbatched)."""
         from wam.data.windows import resize_frames
-        from wam.train import to_model_frames
 
         missing = [k for k in self.cameras if k not in obs]
         if missing:
@@ -121,27 +120,29 @@ class WAMPolicy:
             img = np.asarray(obs[k])
             img = img[None] if single else img
             views.append(resize_frames(img, size).transpose(0, 2, 3, 1))  # (B, h, w, 3)
-        frames = np.concatenate(views, axis=2)  # cameras side by side
-        with torch.no_grad():
-            lat = self.tokenizer.encode(to_model_frames(frames).to(self.device)[:, None])[:, 0].float()  # (B, c, h, w)
-        B = lat.shape[0]
+        frames = np.concatenate(views, axis=2)  # (B, h, W, 3): cameras side by side
+        B = frames.shape[0]
         state = None
         if self.cfg.state_dim > 0:
             s = torch.as_tensor(np.asarray(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
             state = self.normalizer.normalize_state(s)
-        if not self._latents:  # first observation of the episode: fill the history with it
-            for _ in range(self.cfg.n_obs_steps):
-                self._latents.append(lat)
-                self._states.append(state)
-        else:
-            self._latents.append(lat)
+        entry = [frames, None]  # frames are encoded only when a chunk needs them, then kept
+        for _ in range(self.cfg.n_obs_steps if not self._latents else 1):  # the first one fills the history
+            self._latents.append(entry)
             self._states.append(state)
         task = self.task_index(obs.get("task", 0), B)
-        return lat, state, task, single
+        return task, single
 
+    @torch.no_grad()
     def _batch(self, task: torch.Tensor) -> dict:
-        batch = {"latents": torch.stack(list(self._latents), 1), "task": task}  # (B, n_obs, c, h, w)
+        from wam.train import to_model_frames
+
+        for entry in self._latents:
+            if entry[1] is None:
+                x = to_model_frames(entry[0]).to(self.device)[:, None]  # (B, 1, 3, h, W)
+                entry[1] = self.tokenizer.encode(x)[:, 0].float()  # (B, c, h', w')
+        batch = {"latents": torch.stack([e[1] for e in self._latents], 1), "task": task}  # (B, n_obs, c, h, w)
         if self.cfg.state_dim > 0:
             batch["state"] = torch.stack(list(self._states), 1)  # (B, n_obs, S)
         return batch
@@ -165,7 +166,7 @@ class WAMPolicy:
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """A fresh chunk (H, A) (or (B, H, A) for a batch) in the environment's units; pushes obs."""
-        _, _, task, single = self._push(obs)
+        task, single = self._push(obs)
         acts = self.normalizer.unnormalize_action(self._chunk(task)[..., :self.normalizer.action_dim])
         acts = acts.float().cpu().numpy()
         return acts[0] if single else acts
@@ -175,7 +176,7 @@ class WAMPolicy:
         if self._actions:
             self._push(obs)
         else:
-            _, _, task, single = self._push(obs)
+            task, single = self._push(obs)
             chunk = self.normalizer.unnormalize_action(self._chunk(task)[..., :self.normalizer.action_dim])
             chunk = chunk.float().cpu().numpy()  # (B, H, A)
             for i in range(self.n_action_steps):
