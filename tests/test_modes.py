@@ -5,7 +5,7 @@ import torch
 
 from wam import MODES, WAM, sample, training_loss
 from wam.config import LossConfig
-from wam.modes import GENERATE, GIVEN, OMIT, mode_loss
+from wam.modes import GENERATE, GIVEN, OMIT, initial_noise, mode_loss
 
 from conftest import random_batch, tiny_config
 from test_model import randomise
@@ -61,6 +61,20 @@ def test_sample_is_seeded():
     o1 = sample(model, b, "joint", steps=2, generator=torch.Generator().manual_seed(5))
     o2 = sample(model, b, "joint", steps=2, generator=torch.Generator().manual_seed(5))
     assert torch.equal(o1["actions"], o2["actions"]) and torch.equal(o1["latents"], o2["latents"])
+
+
+def test_initial_noise_is_the_noise_sample_draws():
+    """What lets several generators share one batched sample() call (the policy server's batching)."""
+    cfg = tiny_config()
+    model = randomise(WAM(cfg))
+    b = random_batch(cfg)
+    for mode in ("policy", "joint", "video", "inverse"):
+        drawn = sample(model, b, mode, steps=2, generator=torch.Generator().manual_seed(5))
+        noise = initial_noise(cfg, mode, 2, tuple(b["latents"].shape[2:]), torch.Generator().manual_seed(5))
+        given = sample(model, b, mode, steps=2, noise=noise)
+        assert drawn.keys() == given.keys() and all(torch.equal(drawn[k], given[k]) for k in drawn), mode
+    with pytest.raises(ValueError, match="needs noise for"):
+        sample(model, b, "joint", steps=2, noise={"actions": noise["actions"]})
 
 
 def test_classifier_free_guidance_changes_the_answer():

@@ -6,6 +6,7 @@
     wam collect ENV --tasks T --episodes N   scripted-expert demonstrations -> a LeRobot dataset
     wam train --dataset D --out RUN          train a WAM on a LeRobot dataset (--resume continues a run)
     wam eval --checkpoint C --tasks mt10     closed-loop success beside the expert, world-model metrics, report
+    wam serve --checkpoint C                 serve a checkpoint to robots over websockets (wam eval --server URL)
 
 Errors that come from the user's input (a bad path, a bad dataset, a bad setting) are printed as one
 plain message and exit with status 2; anything else is a bug and keeps its traceback.
@@ -285,23 +286,37 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_SAMPLING_FLAGS = (("--steps", int, 10, "denoising steps per chunk"),
+                   ("--solver", str, "euler", "ODE solver: euler or heun"),
+                   ("--schedule", str, "linear", "noise-level schedule: linear or shifted"),
+                   ("--cfg-scale", float, 1.0, "classifier-free guidance scale (1: none)"))
+
+
+def _sampling_defaults() -> dict:
+    return {flag[2:].replace("-", "_"): default for flag, _, default, _ in _SAMPLING_FLAGS}
+
+
 def _eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation in simulation (and world-model metrics), with a report",
                        description="Evaluate a checkpoint closed-loop on simulated tasks, the scripted expert on the "
                                    "same seeds beside it; writes eval_info.json, rollout videos and report.html. "
                                    "Example: wam eval --checkpoint runs/mt10/checkpoint --env metaworld --tasks mt10 "
-                                   "--episodes 20 --mode policy")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
+                                   "--episodes 20 --mode policy; or, through a running `wam serve`: wam eval --server "
+                                   "ws://127.0.0.1:8765 --tasks mt10 --episodes 20")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (written by wam train); with --server, "
+                                                        "needed only for --world-model")
+    p.add_argument("--server", default=None, metavar="URL", help="evaluate the policy served by `wam serve` at URL "
+                                                                 "(ws://HOST:PORT) instead of a local checkpoint")
+    p.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
     p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task")
-    p.add_argument("--mode", default="policy", help="acting mode: policy, joint or inverse")
+    p.add_argument("--mode", default=None, help="acting mode: policy (default; with --server, the server's), joint "
+                                                "or inverse")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per predicted chunk "
                                                                     "(default: half the horizon)")
-    p.add_argument("--steps", type=int, default=10, help="denoising steps per chunk")
-    p.add_argument("--solver", default="euler", help="ODE solver: euler or heun")
-    p.add_argument("--schedule", default="linear", help="noise-level schedule: linear or shifted")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    for flag, kind, default, text in _SAMPLING_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=f"{text} (default {default}; with --server, the server's)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode layouts and sampling noise)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
@@ -317,43 +332,85 @@ def _eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from wam.checkpoint import load_checkpoint
-    from wam.evaluate import evaluate, evaluate_world_model
-    from wam.policy import WAMPolicy
 
+    if args.checkpoint is None and args.server is None:
+        raise UserError("pass --checkpoint DIR, or --server ws://HOST:PORT to evaluate a running `wam serve`")
     try:
-        ckpt = load_checkpoint(args.checkpoint)
-        policy = WAMPolicy(ckpt, mode=args.mode, n_action_steps=args.n_action_steps, steps=args.steps,
-                           solver=args.solver, schedule=args.schedule, cfg_scale=args.cfg_scale, seed=args.seed)
+        ckpt = load_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    run = ckpt.config.get("run", {})
+    if args.server is None:
+        from wam.policy import WAMPolicy
+
+        sampling = {name: default if getattr(args, name) is None else getattr(args, name)
+                    for name, default in _sampling_defaults().items()}
+        try:
+            policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
+                               seed=args.seed, **sampling)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
+                            {"checkpoint": str(args.checkpoint)})
+    given = [flag for flag, *_ in _SAMPLING_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
+                        f"to `wam serve`")
+    if args.workers > 1:
+        raise UserError("--server evaluates through one connection; use --workers 1")
+    try:
+        from wam.client import PolicyClient, ServerError
+    except ImportError as e:
+        raise UserError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
+    try:
+        client = PolicyClient(args.server, token=args.token, seed=args.seed, mode=args.mode,
+                              n_action_steps=args.n_action_steps)
+    except (OSError, ValueError) as e:  # unreachable, refused, or a setting the server does not offer
+        raise UserError(str(e)) from None
+    with client:
+        if ckpt is not None and ckpt.model_hash != client.metadata["model_hash"]:
+            raise UserError(f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
+                            f"serves ({client.metadata['model_hash']})")
+        try:
+            return _eval_policy(args, client, ckpt, client.tasks, {"server": args.server})
+        except ServerError as e:
+            raise UserError(f"the server refused a request: {e}") from None
+
+
+def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] | None, settings: dict) -> int:
+    """The rest of `wam eval` for a local or a remote policy."""
+    from pathlib import Path
+
+    from wam.evaluate import evaluate, evaluate_world_model
+
+    run = ckpt.config.get("run", {}) if ckpt is not None else {}
     tasks = args.tasks
     if tasks is None:
-        if args.env == "metaworld" and run.get("tasks"):
+        if args.env == "metaworld" and known_tasks:
             from wam.envs.metaworld import DESCRIPTIONS
 
             by_text = {v: k for k, v in DESCRIPTIONS.items()}
-            tasks = [by_text[t] for t in run["tasks"] if t in by_text] or None
-    out = Path(args.out or f"runs/eval-{args.mode}")
+            tasks = [by_text[t] for t in known_tasks if t in by_text] or None
+    out = Path(args.out or f"runs/eval-{policy.mode}")
     world = None
     if args.world_model:
+        if ckpt is None:
+            raise UserError("--world-model reads the model's weights: pass --checkpoint DIR too")
+        steps = policy.settings["sampling_steps"]
         dataset = args.dataset or run.get("dataset")
         if not dataset or not Path(dataset).exists():
             raise UserError(f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not found); "
                             f"pass --dataset PATH")
-        world = evaluate_world_model(ckpt, dataset, out=out, steps=args.steps, seed=args.seed,
-                                     progress=not args.quiet)
-    logs = [Path(args.checkpoint) / "log.jsonl", Path(args.checkpoint).parent / "log.jsonl"]  # shipped, or a run's
-    log = next((p for p in logs if p.is_file()), logs[-1])
+        world = evaluate_world_model(ckpt, dataset, out=out, steps=steps, seed=args.seed, progress=not args.quiet)
+    log = None
+    if ckpt is not None:
+        logs = [Path(args.checkpoint) / "log.jsonl", Path(args.checkpoint).parent / "log.jsonl"]  # shipped, or a run's
+        log = next((p for p in logs if p.is_file()), None)
     try:
         info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
-                        workers=args.workers,
-                        world_model=world, log_path=log if log.is_file() else None,
-                        settings={"checkpoint": str(args.checkpoint)}, progress=not args.quiet)
+                        workers=args.workers, world_model=world, log_path=log, settings=settings,
+                        progress=not args.quiet)
     except (ImportError, OSError) as e:
         raise UserError(str(e)) from None
     print_eval(info)
@@ -381,7 +438,63 @@ def print_eval(info: dict) -> None:
               f"policy {wm['policy']['action_mse']:.4f}")
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval]
+def _serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a checkpoint to robots over websockets, clients batched together",
+                       description="Serve a checkpoint as a policy over websockets (msgpack messages, see "
+                                   "wam.protocol); concurrent clients share batched forward passes. Example: wam serve "
+                                   "--checkpoint runs/mt10/checkpoint, then wam eval --server ws://127.0.0.1:8765 or "
+                                   "wam.client.PolicyClient('ws://127.0.0.1:8765') on the robot.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0 "
+                                                       "for the network, with a --token)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    p.add_argument("--token", default=None, help="token every client must send (default: $WAM_SERVE_TOKEN; unset: "
+                                                 "no check)")
+    p.add_argument("--max-batch", type=int, default=32, help="most environments in one forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for more requests after the first "
+                                                                 "of a batch")
+    p.add_argument("--max-message-bytes", type=int, default=8 * 2**20, help="larger messages close their connection")
+    p.add_argument("--mode", default="policy", help="default acting mode (clients may ask for any of policy, "
+                                                    "joint, inverse)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="actions per chunk a client executes, told to "
+                                                                    "clients (default: half the horizon)")
+    for flag, kind, default, text in _SAMPLING_FLAGS:
+        p.add_argument(flag, type=kind, default=default, help=text)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    try:
+        from wam.serve import TOKEN_ENV, run_server
+    except ImportError as e:
+        raise UserError(f"wam serve needs the serve extra ({e}); pip install 'wam[serve]'") from None
+    import torch
+
+    from wam.checkpoint import load_checkpoint
+    from wam.policy import WAMPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
+                           n_action_steps=args.n_action_steps, steps=args.steps, solver=args.solver,
+                           schedule=args.schedule, cfg_scale=args.cfg_scale, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    try:
+        run_server(policy, args.host, args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
+                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({e})") from None
+    return 0
+
+
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval, _serve]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

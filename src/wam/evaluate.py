@@ -242,8 +242,9 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
              expert: bool = True, videos_per_task: int = 2, workers: int = 1, world_model: dict | None = None,
              log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
-    and out/report.html. `policy` is a WAMPolicy or any object with reset()/select_action(obs) and
-    optionally `settings` (a dict recorded in eval_info.json) and `cameras`.
+    and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
+    reset()/select_action(obs) and optionally `settings` (a dict recorded in eval_info.json), `cameras` and
+    `image_size`.
 
     `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
     checkpoint with one thread). Every episode starts from its own seed and the policy re-seeds its
@@ -253,7 +254,7 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     task_names = get_adapter(env).resolve_tasks(tasks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    image_size = getattr(getattr(policy, "cfg", None), "image_size", 64)
+    image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
                   expert=expert, videos_per_task=videos_per_task, image_size=image_size, cameras=cameras)

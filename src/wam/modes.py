@@ -64,6 +64,21 @@ def _need(batch: dict, key: str, mode: Mode) -> torch.Tensor:
     return batch[key]
 
 
+def initial_noise(cfg, mode: str | Mode, batch_size: int, latent_shape: tuple[int, int, int],
+                  generator: torch.Generator | None = None, device: torch.device | str | None = None) -> dict:
+    """The noise `sample` starts a mode from, drawn in this order: {"future": (B, F, c, h, w)} when the mode
+    generates future frames, then {"actions": (B, H, A)} when it generates actions. Drawing it apart lets
+    several closed loops, each with its own generator, share one batched `sample` call."""
+    m = get_mode(mode)
+    out = {}
+    if m.future == GENERATE:
+        out["future"] = torch.randn(batch_size, cfg.future_frames, *latent_shape, generator=generator, device=device)
+    if m.actions == GENERATE:
+        out["actions"] = torch.randn(batch_size, cfg.action_horizon, cfg.action_dim, generator=generator,
+                                     device=device)
+    return out
+
+
 @torch.no_grad()
 def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str = "euler",
            schedule: str = "linear", cfg_scale: float = 1.0, generator: torch.Generator | None = None,
@@ -71,7 +86,8 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     """Run one mode: returns {"latents": (B, n_obs + F, c, h, w)} when the mode has future frames
     (history and given frames exactly as passed in) and {"actions": (B, H, A)} when it has actions.
 
-    `noise` may give the initial noise ({"future": ..., "actions": ...}) instead of drawing it.
+    `noise` may give the initial noise of every generated stream (as `initial_noise` returns it) instead of
+    drawing it from `generator`.
     """
     m = get_mode(mode)
     cfg = model.cfg
@@ -79,18 +95,19 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     hist = latents[:, :cfg.n_obs_steps]
     B, device = hist.shape[0], hist.device
     c, h, w = hist.shape[2:]
-    F, H = cfg.future_frames, cfg.action_horizon
+    F = cfg.future_frames
     given_future = latents[:, cfg.n_obs_steps:] if m.future == GIVEN else None
     if given_future is not None and given_future.shape[1] != F:
         raise ValueError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
     given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
 
-    noise = noise or {}
-    x = {}
-    if m.future == GENERATE:
-        x["future"] = noise.get("future", torch.randn(B, F, c, h, w, generator=generator, device=device))
-    if m.actions == GENERATE:
-        x["actions"] = noise.get("actions", torch.randn(B, H, cfg.action_dim, generator=generator, device=device))
+    if noise is None:
+        x = initial_noise(cfg, m, B, (c, h, w), generator, device)
+    else:
+        needed = [k for k, how in (("future", m.future), ("actions", m.actions)) if how == GENERATE]
+        if any(k not in noise for k in needed):
+            raise ValueError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
+        x = {k: noise[k] for k in needed}
     task, state = batch["task"], batch.get("state")
     zeros_hist = torch.zeros(B, cfg.n_obs_steps, device=device)
 

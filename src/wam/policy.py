@@ -23,19 +23,60 @@ Modes that act:
     joint    future frames and actions generated together; the actions are used
     inverse  the model first predicts the future frames (`video` mode), then infers the actions that
              lead there (`inverse` mode given its own frames): plan in pixels, then act
+
+One closed loop's memory (history, queued actions, sampling generator) is a `PolicyState`; a WAMPolicy
+holds one. `predict_chunks` runs many states in one batched forward pass, each with the noise of its own
+generator: the policy server (`wam.serve`) batches its clients this way, and WAMPolicy uses it with one.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from wam.modes import sample
+from wam.modes import initial_noise, sample
 
 ACTING_MODES = ("policy", "joint", "inverse")
+
+
+class PolicyState:
+    """One closed loop's memory, kept between calls (by a WAMPolicy, or by the server per connection).
+
+    history    n_obs_steps entries [frames (B, h, W, 3) uint8, latents (B, c, h', w') or None]: frames are
+               encoded only when a chunk needs them, then kept
+    states     n_obs_steps normalised robot states (B, S) (None entries when the model has no state)
+    actions    queued actions of the last chunk (select_action)
+    generator  the sampling noise's source, seeded at creation
+    last_plan  the latest chunk's predicted frames {"latents": (B, n_obs + F, c, h, w)}, in modes that plan
+    """
+
+    def __init__(self, n_obs_steps: int, seed: int = 0, device: str | torch.device = "cpu"):
+        self.history: deque[list] = deque(maxlen=n_obs_steps)
+        self.states: deque[torch.Tensor | None] = deque(maxlen=n_obs_steps)
+        self.actions: deque[np.ndarray] = deque()
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.last_plan: dict[str, torch.Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.history[-1][0].shape[0] if self.history else None
+
+
+@dataclass
+class Observation:
+    """One observation turned into model inputs (no state touched): see `WAMPolicy.read_observation`."""
+    frames: np.ndarray  # (B, h, W, 3) uint8 at the model's image size, cameras side by side
+    state: torch.Tensor | None  # (B, S) normalised, or None when the model has no state
+    task: torch.Tensor  # (B,) indices into the model's task table
+    single: bool  # the observation was unbatched
+
+    @property
+    def batch_size(self) -> int:
+        return self.frames.shape[0]
 
 
 class WAMPolicy:
@@ -82,13 +123,18 @@ class WAMPolicy:
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
                 "model_hash": self.checkpoint.model_hash}
 
+    def new_state(self, seed: int | None = None) -> PolicyState:
+        """A fresh closed loop: empty history and queue, a generator seeded with `seed` (default: the policy's)."""
+        return PolicyState(self.cfg.n_obs_steps, self.seed if seed is None else seed, self.device)
+
     def reset(self) -> None:
         """Forget the observation history and queued actions (call at the start of every episode)."""
-        self._latents: deque[list] = deque(maxlen=self.cfg.n_obs_steps)  # [frames, latents or None]
-        self._states: deque[torch.Tensor] = deque(maxlen=self.cfg.n_obs_steps)
-        self._actions: deque[np.ndarray] = deque()
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        self.last_plan: dict[str, torch.Tensor] | None = None  # the latest chunk's predicted frames, if any
+        self.state = self.new_state()
+
+    @property
+    def last_plan(self) -> dict[str, torch.Tensor] | None:
+        """The latest chunk's predicted frames {"latents": ...}, in modes that plan through frames."""
+        return self.state.last_plan
 
     # -- observations
 
@@ -105,8 +151,8 @@ class WAMPolicy:
                 raise ValueError(f"task {t!r} was not in the training data; known tasks: {self.tasks}")
         return torch.tensor(out, device=self.device)
 
-    def _push(self, obs: dict) -> tuple[torch.Tensor, bool]:
-        """Push one observation into the history; returns (task indices (B,), whether obs was unbatched)."""
+    def read_observation(self, obs: dict) -> Observation:
+        """LeRobot keys (one observation or a batch) -> model inputs; changes no state."""
         from wam.data.windows import resize_frames
 
         missing = [k for k in self.cameras if k not in obs]
@@ -127,58 +173,96 @@ class WAMPolicy:
             s = torch.as_tensor(np.asarray(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
             state = self.normalizer.normalize_state(s)
-        entry = [frames, None]  # frames are encoded only when a chunk needs them, then kept
-        for _ in range(self.cfg.n_obs_steps if not self._latents else 1):  # the first one fills the history
-            self._latents.append(entry)
-            self._states.append(state)
-        task = self.task_index(obs.get("task", 0), B)
-        return task, single
+        return Observation(frames, state, self.task_index(obs.get("task", 0), B), single)
 
-    @torch.no_grad()
-    def _batch(self, task: torch.Tensor) -> dict:
-        from wam.train import to_model_frames
+    def push(self, state: PolicyState, ob: Observation) -> None:
+        """Append an observation to a state's history (the first one fills it)."""
+        if state.history and state.batch_size != ob.batch_size:
+            raise ValueError(f"the observation holds {ob.batch_size} environments but the history holds "
+                             f"{state.batch_size}; reset() before changing the number of environments")
+        entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
+        for _ in range(self.cfg.n_obs_steps if not state.history else 1):
+            state.history.append(entry)
+            state.states.append(ob.state)
 
-        for entry in self._latents:
-            if entry[1] is None:
-                x = to_model_frames(entry[0]).to(self.device)[:, None]  # (B, 1, 3, h, W)
-                entry[1] = self.tokenizer.encode(x)[:, 0].float()  # (B, c, h', w')
-        batch = {"latents": torch.stack([e[1] for e in self._latents], 1), "task": task}  # (B, n_obs, c, h, w)
-        if self.cfg.state_dim > 0:
-            batch["state"] = torch.stack(list(self._states), 1)  # (B, n_obs, S)
-        return batch
+    def _push(self, obs: dict) -> tuple[torch.Tensor, bool]:
+        """Push one observation into this policy's history; returns (task indices (B,), whether obs was unbatched)."""
+        ob = self.read_observation(obs)
+        self.push(self.state, ob)
+        return ob.task, ob.single
 
     # -- actions
 
     @torch.no_grad()
-    def _chunk(self, task: torch.Tensor) -> torch.Tensor:
-        """(B, H, A) normalised actions from the current history."""
-        batch = self._batch(task)
-        kw = dict(steps=self.steps, solver=self.solver, schedule=self.schedule, cfg_scale=self.cfg_scale,
-                  generator=self._generator)
-        if self.mode == "inverse":
-            plan = sample(self.model, batch, "video", **kw)["latents"]  # (B, n_obs + F, c, h, w)
-            out = sample(self.model, {**batch, "latents": plan}, "inverse", **kw)
-            self.last_plan = {"latents": plan}
+    def _encode_history(self, states: list[PolicyState]) -> None:
+        """Encode every history frame of `states` not encoded yet, in one tokenizer call."""
+        from wam.train import to_model_frames
+
+        todo = list({id(e): e for s in states for e in s.history if e[1] is None}.values())
+        if not todo:
+            return
+        x = to_model_frames(np.concatenate([e[0] for e in todo])).to(self.device)[:, None]  # (N, 1, 3, h, W)
+        z = self.tokenizer.encode(x)[:, 0].float()  # (N, c, h', w')
+        for e, part in zip(todo, z.split([len(e[0]) for e in todo])):
+            e[1] = part
+
+    def _noise(self, state: PolicyState, batch_size: int, mode: str, latent_shape: tuple) -> dict[str, dict]:
+        """One state's initial noise per sampling stage, drawn from its own generator in sampling order."""
+        stages = ("video", "inverse") if mode == "inverse" else (mode,)
+        return {m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator, self.device) for m in stages}
+
+    @torch.no_grad()
+    def predict_chunks(self, states: list[PolicyState], tasks: list[torch.Tensor],
+                       mode: str | None = None) -> list[np.ndarray]:
+        """One batched forward pass for several closed loops: state i's history and task indices (B_i,) ->
+        its chunk (B_i, H, A) in the environment's units. Each state's noise comes from its own generator,
+        so a state's chunk does not depend on the others in the batch (up to float rounding)."""
+        mode = mode or self.mode
+        if mode not in ACTING_MODES:
+            raise ValueError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
+        self._encode_history(states)
+        latents = [torch.stack([e[1] for e in s.history], 1) for s in states]  # (B_i, n_obs, c, h, w)
+        batch = {"latents": torch.cat(latents), "task": torch.cat(tasks)}
+        if self.cfg.state_dim > 0:
+            batch["state"] = torch.cat([torch.stack(list(s.states), 1) for s in states])  # (B, n_obs, S)
+        sizes = [len(t) for t in tasks]
+        latent_shape = tuple(batch["latents"].shape[2:])
+        noises = [self._noise(s, n, mode, latent_shape) for s, n in zip(states, sizes)]
+        noise = {m: {k: torch.cat([nz[m][k] for nz in noises]) for k in noises[0][m]} for m in noises[0]}
+        kw = dict(steps=self.steps, solver=self.solver, schedule=self.schedule, cfg_scale=self.cfg_scale)
+        if mode == "inverse":
+            plan = sample(self.model, batch, "video", noise=noise["video"], **kw)["latents"]  # (B, n_obs + F, ...)
+            out = sample(self.model, {**batch, "latents": plan}, "inverse", noise=noise["inverse"], **kw)
         else:
-            out = sample(self.model, batch, self.mode, **kw)
-            self.last_plan = {"latents": out["latents"]} if "latents" in out else None
-        return out["actions"].clamp(-1, 1)
+            out = sample(self.model, batch, mode, noise=noise[mode], **kw)
+            plan = out.get("latents")
+        acts = out["actions"].clamp(-1, 1)[..., :self.normalizer.action_dim]
+        acts = self.normalizer.unnormalize_action(acts).float().cpu().numpy()  # (B, H, A)
+        chunks, start = [], 0
+        for s, n in zip(states, sizes):
+            chunks.append(acts[start:start + n])
+            s.last_plan = None if plan is None else {"latents": plan[start:start + n]}
+            start += n
+        return chunks
+
+    def _chunk(self, task: torch.Tensor) -> np.ndarray:
+        """(B, H, A) actions in the environment's units from this policy's history."""
+        return self.predict_chunks([self.state], [task])[0]
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """A fresh chunk (H, A) (or (B, H, A) for a batch) in the environment's units; pushes obs."""
         task, single = self._push(obs)
-        acts = self.normalizer.unnormalize_action(self._chunk(task)[..., :self.normalizer.action_dim])
-        acts = acts.float().cpu().numpy()
+        acts = self._chunk(task)
         return acts[0] if single else acts
 
     def select_action(self, obs: dict) -> np.ndarray:
         """The next action (A,) (or (B, A)), predicting a new chunk when the queue is empty."""
-        if self._actions:
+        queue = self.state.actions
+        if queue:
             self._push(obs)
         else:
             task, single = self._push(obs)
-            chunk = self.normalizer.unnormalize_action(self._chunk(task)[..., :self.normalizer.action_dim])
-            chunk = chunk.float().cpu().numpy()  # (B, H, A)
+            chunk = self._chunk(task)  # (B, H, A)
             for i in range(self.n_action_steps):
-                self._actions.append(chunk[0, i] if single else chunk[:, i])
-        return self._actions.popleft()
+                queue.append(chunk[0, i] if single else chunk[:, i])
+        return queue.popleft()

@@ -1,0 +1,111 @@
+"""The policy server's wire format: msgpack messages over websockets, numpy arrays encoded explicitly.
+
+Shared by the server (`wam.serve`) and the client (`wam.client`). Every message is one binary websocket
+frame holding a msgpack map with a "type". An array is the map
+
+    {"__nd__": True, "dtype": "uint8", "shape": [64, 64, 3], "data": <bytes, C order, little-endian>}
+
+with dtype one of bool, (u)int8/16/32/64, float16/32/64; anything else is refused.
+
+Protocol version 1 (client -> server; the server answers every message, in order):
+
+    {"type": "hello", "protocol": 1, "token": str | None, "seed": int}
+        -> {"type": "hello", ...metadata}   (see `wam.serve.PolicyServer.metadata`)
+        -> {"type": "error", ...} and the connection is closed (code 1008) when the token is wrong
+    {"type": "infer", "id": ID, "obs": OBS, "mode": str (optional)}
+        -> {"type": "action_chunk", "id": ID, "actions": array (H, A) or (B, H, A), "mode": str, "server_ms": float}
+    {"type": "observe", "id": ID, "obs": OBS}
+        -> {"type": "observed", "id": ID}              (pushes OBS into the history, predicts nothing)
+    {"type": "reset", "id": ID}
+        -> {"type": "reset", "id": ID}                 (empty history, generator re-seeded with the hello seed)
+    {"type": "health", "id": ID}
+        -> {"type": "health", "id": ID, "ok": True, "protocol": 1, ...}   (also before hello: liveness only)
+    anything malformed
+        -> {"type": "error", "id": ID or None, "error": "<what is wrong and how to fix it>"}
+
+OBS is a LeRobot observation: "observation.images.<camera>" uint8 arrays (H, W, 3) (or (B, H, W, 3) for B
+environments; other sizes are resized to the model's), "observation.state" float arrays (S,) or (B, S)
+when the model has a state, and "task": the task string (or index; default 0). ID is an int or a string
+chosen by the client and echoed back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+TOKEN_ENV = "WAM_SERVE_TOKEN"  # where the server and the client read the shared token when none is passed
+DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16",
+                    "float32", "float64"})
+MAX_DIMS = 8
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the text says what is wrong and how to fix it, and
+    `id` is the message's id when it could be read."""
+
+    def __init__(self, text: str, id: Any = None):
+        super().__init__(text)
+        self.id = id
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.name not in DTYPES:
+            raise TypeError(f"cannot send an array of dtype {obj.dtype}; use one of: {', '.join(sorted(DTYPES))}")
+        data = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<"))
+        return {"__nd__": True, "dtype": obj.dtype.name, "shape": list(obj.shape), "data": data.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot send a {type(obj).__name__}")
+
+
+def _decode(obj: Any, where: str) -> Any:
+    """Arrays inside a decoded message, found by walking it (so that an error can name where it is)."""
+    if isinstance(obj, list):
+        return [_decode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if not isinstance(obj, dict):
+        return obj
+    if obj.get("__nd__") is not True:
+        return {k: _decode(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
+    if dtype not in DTYPES:
+        raise ProtocolError(f"{where}: array dtype {dtype!r} is not allowed; use one of: {', '.join(sorted(DTYPES))}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise ProtocolError(f"{where}: array shape {shape!r} must be a list of at most {MAX_DIMS} non-negative ints")
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{where}: array data must be msgpack bin (bytes)")
+    dt = np.dtype(dtype).newbyteorder("<")
+    size = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if len(data) != size:
+        raise ProtocolError(f"{where}: array data holds {len(data)} bytes but shape {shape} of {dtype} needs {size}")
+    return np.frombuffer(data, dtype=dt).reshape(shape).astype(dtype)  # native byte order, writable copy
+
+
+def pack(message: dict) -> bytes:
+    """A message (dict with numpy arrays anywhere inside) -> msgpack bytes."""
+    return msgpack.packb(message, default=_encode, use_bin_type=True)
+
+
+def unpack(data: bytes | str) -> dict:
+    """msgpack bytes -> a message dict with its arrays; ProtocolError when it is not one."""
+    if isinstance(data, str):
+        raise ProtocolError("got a text frame; send each message as one binary frame of msgpack")
+    try:
+        message = msgpack.unpackb(data, raw=False)
+    except Exception as e:  # msgpack raises several types (ExtraData, FormatError, StackError, ValueError, ...)
+        raise ProtocolError(f"message is not valid msgpack ({type(e).__name__}: {e}); encode it with "
+                            f"wam.protocol.pack") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"message must be a msgpack map with a 'type', got a {type(message).__name__}")
+    msg_id = message.get("id")
+    try:
+        return _decode(message, "message")
+    except ProtocolError as e:
+        raise ProtocolError(str(e), id=msg_id) from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply", id=msg_id) from None
