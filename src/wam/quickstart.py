@@ -26,7 +26,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
                tasks: str = "reach-v3,button-press-topdown-v3,drawer-close-v3", episodes: int = 12,
                steps: int = 1500, tokenizer_steps: int = 300, eval_episodes: int = 3, max_steps: int = 150,
                reference: str | Path | None = REFERENCE, reference_tasks: str = "mt10", reference_episodes: int = 2,
-               model_changes: dict | None = None) -> dict:
+               model_changes: dict | None = None, workers: int | None = None) -> dict:
     from wam.checkpoint import load_checkpoint
     from wam.collect import collect
     from wam.config import LossConfig
@@ -35,6 +35,9 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     from wam.report import build_index
     from wam.train import TrainConfig, train
 
+    import os
+
+    workers = workers or min(2, os.cpu_count() or 1)  # closed-loop evaluation: tasks spread over processes
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     data, run = root / "data", root / "run"
@@ -58,7 +61,8 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
         print(f"closed loop, {mode} mode: {eval_episodes} episodes per task, at most {max_steps} steps each")
         policy = WAMPolicy(ckpt, mode=mode, seed=seed)
         info = evaluate(policy, env="metaworld", tasks=tasks, episodes=eval_episodes, out=root / f"eval-{mode}",
-                        seed=seed, max_steps=max_steps, videos_per_task=1, world_model=world if mode == "policy" else None,
+                        seed=seed, max_steps=max_steps, videos_per_task=1, workers=workers,
+                        world_model=world if mode == "policy" else None,
                         log_path=run / "log.jsonl", settings={"checkpoint": str(ckpt_dir)})
         _print_success(info)
         entries.append({"name": f"trained here, {mode} mode", "report": root / f"eval-{mode}" / "report.html",
@@ -73,6 +77,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
         _print_world(ref_world)
         info = evaluate(WAMPolicy(ref, mode="policy", seed=seed), env="metaworld", tasks=reference_tasks,
                         episodes=reference_episodes, out=root / "eval-reference", seed=seed, videos_per_task=1,
+                        workers=workers,
                         world_model=ref_world, settings={"checkpoint": str(reference)},
                         log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None)
         _print_success(info)
