@@ -31,6 +31,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, pack, unpack
+from wam.serve import is_loopback
 
 REPLY_TIMEOUT_S = 60.0
 
@@ -42,15 +43,7 @@ def free_port() -> int:
 
 
 def is_loopback_url(url: str) -> bool:
-    import ipaddress
-
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 async def session(url: str, token: str | None, seed: int):

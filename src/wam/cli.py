@@ -251,10 +251,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import json as _json
     from pathlib import Path
 
-    from wam.config import LossConfig, from_dict
+    from wam.config import LossConfig, ModelConfig, from_dict
     from wam.train import RunError, TrainConfig, train
 
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
@@ -262,7 +261,7 @@ def _run_train(args: argparse.Namespace) -> int:
     tc = lc = None
     run_file = Path(args.out) / "run.json"
     if args.resume and run_file.is_file():  # the run's own settings, changed only where flags were given
-        saved = _json.loads(run_file.read_text())
+        saved = json.loads(run_file.read_text())
         if given:
             tc = from_dict(TrainConfig, {**saved["train"], **given})
         if loss:
@@ -273,8 +272,6 @@ def _run_train(args: argparse.Namespace) -> int:
             lc = LossConfig(**loss)
         except (TypeError, ValueError) as e:
             raise UserError(f"invalid training settings: {e}") from None
-    from wam.config import ModelConfig
-
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     try:
         ckpt = train(args.dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),

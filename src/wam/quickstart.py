@@ -99,9 +99,9 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
 
 
 def _episode_indices(data: Path) -> list[int]:
-    from wam.data import LeRobotDataset
+    from wam.data.lerobot import read_meta
 
-    return LeRobotDataset(data).episode_indices
+    return [ep.episode_index for ep in read_meta(data, with_stats=False).episodes]
 
 
 def _print_world(wm: dict) -> None:
