@@ -70,7 +70,7 @@ def test_omitted_actions_equal_masked_actions():
 
 
 def test_frame_causal_mask_hides_later_frames():
-    cfg = replace(tiny_config(), causal=True)  # 2 history + 2 future frames, stride 1, 3 actions
+    cfg = replace(tiny_config(), attention="causal")  # 2 history + 2 future frames, stride 1, 3 actions
     model = randomise(WAM(cfg), seed=2)
     b = random_batch(cfg, B=1)
     t_vid, t_act = torch.rand(1, cfg.frames), torch.rand(1)
@@ -84,10 +84,39 @@ def test_frame_causal_mask_hides_later_frames():
     torch.testing.assert_close(a1[:, :2], a2[:, :2], atol=1e-5, rtol=1e-5)
     assert (a1[:, 2] - a2[:, 2]).abs().max() > 1e-4
     # the bidirectional model does let the last frame change earlier outputs
-    bi = randomise(WAM(replace(cfg, causal=False)), seed=2)
+    bi = randomise(WAM(replace(cfg, attention="full")), seed=2)
     w1, _ = bi(b["latents"], t_vid, b["actions"], t_act, b["task"], b["state"])
     w2, _ = bi(changed, t_vid, b["actions"], t_act, b["task"], b["state"])
     assert (w1[:, 0] - w2[:, 0]).abs().max() > 1e-4
+
+
+def test_prefix_attention_keeps_observed_tokens_apart_from_generated_ones():
+    """With attention="prefix" (the default) the history's outputs do not depend on the future frames or the
+    actions, which is what makes caching the observed tokens' keys and values exact; with "full" they do."""
+    cfg = tiny_config()
+    assert cfg.attention == "prefix"
+    b = random_batch(cfg, B=2)
+    t_vid, t_act = torch.rand(2, cfg.frames), torch.rand(2)
+    changed_lat, changed_act = b["latents"].clone(), b["actions"] + 1.0
+    changed_lat[:, cfg.n_obs_steps:] += 1.0
+    for attention, independent in (("prefix", True), ("full", False)):
+        model = randomise(WAM(replace(cfg, attention=attention)), seed=4)
+        v1, a1 = model(b["latents"], t_vid, b["actions"], t_act, b["task"], b["state"])
+        v2, a2 = model(changed_lat, t_vid, changed_act, t_act, b["task"], b["state"])
+        hist_diff = (v1[:, :cfg.n_obs_steps] - v2[:, :cfg.n_obs_steps]).abs().max()
+        assert (hist_diff < 1e-5) == independent, (attention, hist_diff)
+        assert (a1 - a2).abs().max() > 1e-4  # the generated tokens see everything either way
+
+
+def test_configs_written_with_causal_flag_still_load():
+    from wam.config import from_dict, to_dict
+
+    d = to_dict(tiny_config())
+    del d["attention"]
+    assert from_dict(ModelConfig, {**d, "causal": False}).attention == "full"
+    assert from_dict(ModelConfig, {**d, "causal": True}).attention == "causal"
+    with pytest.raises(ValueError, match="unknown attention"):
+        replace(tiny_config(), attention="sparse")
 
 
 def test_per_token_noise_levels_matter():

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+ATTENTION = ("full", "prefix", "causal")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The WAM network and the frame tokenizer in front of it."""
@@ -20,7 +23,9 @@ class ModelConfig:
     depth: int = 6  # number of Mixture-of-Transformers blocks
     heads: int = 4  # attention heads (width must divide by it)
     mlp_ratio: float = 4.0  # MLP hidden size / width
-    causal: bool = False  # frame-causal attention for video tokens instead of bidirectional
+    attention: str = "prefix"  # who sees whom: "full" (every token every token); "prefix" (the observed tokens,
+    # context and history frames, see only each other, so their keys and values stay the same at every
+    # denoising step and are computed once per call); "causal" (frame-causal, for streaming video; implies prefix)
     video_prediction: str = "x0"  # what the video output is: "x0" (clean latents; velocity derived, JiT) or "velocity"
     action_prediction: str = "velocity"  # the same for the action output
     # frames and their tokenizer
@@ -55,6 +60,8 @@ class ModelConfig:
         for name in ("video_prediction", "action_prediction"):
             if getattr(self, name) not in ("x0", "velocity"):
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose 'x0' or 'velocity'")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of: {', '.join(ATTENTION)}")
         if self.tokenizer not in ("conv", "pixel"):
             raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'conv' or 'pixel'")
         if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample ** 2:
@@ -127,6 +134,8 @@ def to_dict(cfg: Any) -> dict:
 def from_dict(cls: type, d: dict) -> Any:
     """Build a config dataclass from a dict, refusing unknown keys with a clear message."""
     names = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is ModelConfig and "causal" in d:  # configs written before `attention` replaced `causal: bool`
+        d = {k: v for k, v in d.items() if k != "causal"} | {"attention": "causal" if d["causal"] else "full"}
     unknown = set(d) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {sorted(names)}")

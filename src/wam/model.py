@@ -49,6 +49,16 @@ def unpatchify(tokens: torch.Tensor, T: int, c: int, h: int, w: int, p: int) -> 
     return x.reshape(B, T, c, h, w)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's scaled dot-product attention: (B, heads, N, d) queries, (B, heads, M, d) keys and values,
+    boolean mask broadcastable to (B, heads, N, M), True = may attend."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+ATTENTION_BACKENDS = {"sdpa": sdpa}  # wam.inference.attention adds the others and switches between them
+attention = sdpa  # the kernel every block calls (set by wam.inference.attention.set_attention_backend)
+
+
 # ---- embedders -----------------------------------------------------------------------------------
 
 
@@ -127,15 +137,21 @@ class MoTBlock(nn.Module):
         super().__init__()
         self.streams = nn.ModuleList([StreamLayer(width, heads, mlp_ratio) for _ in STREAMS])
 
-    def forward(self, xs: list[torch.Tensor], cs: list[torch.Tensor], mask: torch.Tensor | None) -> list[torch.Tensor]:
-        # xs[i]: (B, N_i, D) tokens; cs[i]: (B, N_i, 6D) their timestep modulation; empty streams have N_i = 0
+    def forward(self, xs: list[torch.Tensor], cs: list[torch.Tensor], mask: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, keep_kv: bool = False):
+        # xs[i]: (B, N_i, D) tokens; cs[i]: (B, N_i or 1, 6D) their timestep modulation; empty streams have N_i = 0.
+        # past: keys and values (B, heads, Np, d) of cached tokens that every token here also attends to.
+        # keep_kv: also return this block's own keys and values (to cache them).
         live = [i for i, x in enumerate(xs) if x.shape[1] > 0]
         mods = {i: self.streams[i].modulation(cs[i]) for i in live}
         qkv = [self.streams[i].qkv_heads(xs[i], mods[i][0], mods[i][1]) for i in live]
         q = torch.cat([a[0] for a in qkv], dim=2)  # (B, heads, N, d)
         k = torch.cat([a[1] for a in qkv], dim=2)
         v = torch.cat([a[2] for a in qkv], dim=2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, N, d)
+        kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, heads, Np + N, d)
+        o = attention(q, k, v, mask)  # (B, heads, N, d)
         B, H, N, d = o.shape
         o = o.transpose(1, 2).reshape(B, N, H * d)  # (B, N, D)
         out, start = list(xs), 0
@@ -145,7 +161,7 @@ class MoTBlock(nn.Module):
             x = xs[i] + gate_a * layer.proj(o[:, start:start + n])
             x = x + gate_m * layer.mlp(modulate(layer.norm2(x), shift_m, scale_m))
             out[i], start = x, start + n
-        return out
+        return (out, kv) if keep_kv else out
 
 
 class FinalLayer(nn.Module):
@@ -249,23 +265,26 @@ class WAM(nn.Module):
         return self.video_pos[: T * self.grid_h * self.grid_w]  # (T * gh * gw, D), frame-major
 
     def attention_mask(self, n_ctx: int, T: int, n_act: int, frame_keep, action_keep, B: int, device):
-        """Boolean (B, 1, N, N) mask, True = may attend; None when every token sees every token."""
+        """Boolean (B or 1, 1, N, N) mask, True = may attend; None when every token sees every token.
+
+        full     every token sees every token (less the left-out ones)
+        prefix   the observed tokens (context, history frames) see only each other; future frames and
+                 actions see everything. The observed tokens then never depend on what is being
+                 generated, so their keys and values are computed once per sampling call (pi0's prefix).
+        causal   frame-causal: every token has a time and sees the tokens of earlier or equal time (and
+                 the context). Frame f has time f; action j acts between frame n_obs-1 + j // stride and
+                 the next one, so it has time n_obs - 1 + j // stride + 0.5 (it sees the frames before it
+                 and shapes the frames after it). The context sees only itself. Observed tokens never see
+                 generated ones here either.
+        """
         tpf = self.grid_h * self.grid_w
-        causal = self.cfg.causal and T > 1
-        if frame_keep is None and action_keep is None and not causal:
-            return None
         N = n_ctx + T * tpf + n_act
-        key_ok = torch.ones(B, N, dtype=torch.bool, device=device)
-        if frame_keep is not None:
-            key_ok[:, n_ctx:n_ctx + T * tpf] = frame_keep.repeat_interleave(tpf, dim=1)
-        if action_keep is not None and n_act:
-            key_ok[:, n_ctx + T * tpf:] = action_keep[:, None]
-        mask = key_ok[:, None, None, :].expand(B, 1, N, N).clone()
-        if causal:
-            # frame-causal: every token has a time; a token sees context and tokens of earlier or equal time.
-            # Frame f has time f; action j acts between frame n_obs-1 + j // stride and the next one, so it
-            # has time n_obs - 1 + j // stride + 0.5 (it sees the frames before it, and shapes the frames
-            # after it). Context tokens see only context. Inverse dynamics needs bidirectional attention.
+        n_prefix = n_ctx + min(T, self.cfg.n_obs_steps) * tpf
+        allowed = None
+        if self.cfg.attention == "prefix" and n_prefix < N:
+            allowed = torch.ones(N, N, dtype=torch.bool, device=device)
+            allowed[:n_prefix, n_prefix:] = False
+        elif self.cfg.attention == "causal" and N > n_ctx:
             time = torch.full((N,), -1.0, device=device)
             time[n_ctx:n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf).float()
             if n_act:
@@ -274,47 +293,125 @@ class WAM(nn.Module):
             allowed = time[None, :] <= time[:, None]
             allowed[:, :n_ctx] = True  # everyone sees the context
             allowed[:n_ctx, n_ctx:] = False  # the context sees only itself
-            mask = mask & allowed
-        return mask
+        if frame_keep is None and action_keep is None:
+            return None if allowed is None else allowed[None, None]  # (1, 1, N, N)
+        key_ok = torch.ones(B, N, dtype=torch.bool, device=device)
+        if frame_keep is not None:
+            key_ok[:, n_ctx:n_ctx + T * tpf] = frame_keep.repeat_interleave(tpf, dim=1)
+        if action_keep is not None and n_act:
+            key_ok[:, n_ctx + T * tpf:] = action_keep[:, None]
+        mask = key_ok[:, None, None, :].expand(B, 1, N, N)  # (B, 1, N, N)
+        return mask.clone() if allowed is None else mask & allowed
 
     # -- forward --
 
+    def video_tokens(self, latents: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """Frames (B, T, c, h, w), the first being frame `first_frame` of the example -> tokens (B, T*tpf, D)."""
+        T, tpf = latents.shape[1], self.grid_h * self.grid_w
+        vid = self.patch_embed(patchify(latents, self.cfg.patch_size).to(self.patch_embed.weight.dtype))
+        return vid + self.video_pos[first_frame * tpf:(first_frame + T) * tpf].to(vid.dtype)  # (B, T*tpf, D)
+
+    def action_tokens(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (B, H, A) -> tokens (B, H, D)."""
+        act = self.action_embed(actions.to(self.action_embed.weight.dtype))
+        return act + self.action_pos[:actions.shape[1]].to(act.dtype)
+
+    def timestep(self, stream: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise levels (B, N) of one stream's tokens -> their embedding (B, N, D) and modulation (B, N, 6D).
+        N may be 1 for tokens that share one level (it broadcasts)."""
+        c = self.t_embed[stream](t)
+        return c, self.t_mod[stream](c)
+
+    def outputs(self, x_video, c_video, x_action, c_action, T: int):
+        """Final layers: hidden video tokens (B, T*tpf, D) -> (B, T, c, h, w), action tokens (B, H, D) -> (B, H, A);
+        None for a stream that is absent."""
+        cfg = self.cfg
+        v_lat = v_act = None
+        if x_video is not None and x_video.shape[1]:
+            out = self.final_video(x_video, c_video)  # (B, T*tpf, c*p*p)
+            v_lat = unpatchify(out.float(), T, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras,
+                               cfg.patch_size)
+        if x_action is not None and x_action.shape[1]:
+            v_act = self.final_action(x_action, c_action).float()  # (B, H, A)
+        return v_lat, v_act
+
     def forward(self, latents, t_video, actions, t_action, task, state=None, frame_keep=None, action_keep=None,
                 drop_task=None):
-        cfg = self.cfg
-        p = cfg.patch_size
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B, D = ctx.shape[0], ctx.shape[2]
-        c_ctx = self.t_embed[CONTEXT](torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B, Nc, D)
+        c_ctx, m_ctx = self.timestep(CONTEXT, torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B, Nc, D), (B, Nc, 6D)
         # (a constant; computed like the others so that the context stream has the same form)
 
         T = 0 if latents is None else latents.shape[1]
-        tpf = self.grid_h * self.grid_w
+        empty = ctx.new_zeros(B, 0, D)
+        vid, c_vid, m_vid = empty, empty, None
         if T:
-            vid = self.patch_embed(patchify(latents, p).to(self.patch_embed.weight.dtype))  # (B, T*tpf, D)
-            vid = vid + self.video_positions(T).to(vid.dtype)
-            c_vid = self.t_embed[VIDEO](t_video.repeat_interleave(tpf, dim=1))  # (B, T*tpf, D)
-        else:
-            vid = c_vid = ctx.new_zeros(B, 0, D)
+            vid = self.video_tokens(latents)  # (B, T*tpf, D)
+            c_vid, m_vid = self.timestep(VIDEO, t_video.repeat_interleave(self.grid_h * self.grid_w, dim=1))
 
         n_act = 0 if actions is None else actions.shape[1]
+        act, c_act, m_act = empty, empty, None
         if n_act:
-            act = self.action_embed(actions.to(self.action_embed.weight.dtype)) + self.action_pos[:n_act].to(ctx.dtype)  # (B, H, D)
-            t_a = t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act)
-            c_act = self.t_embed[ACTION](t_a)  # (B, H, D)
-        else:
-            act = c_act = ctx.new_zeros(B, 0, D)
+            act = self.action_tokens(actions)  # (B, H, D)
+            c_act, m_act = self.timestep(ACTION, t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act))
 
         mask = self.attention_mask(ctx.shape[1], T, n_act, frame_keep, action_keep, B, ctx.device)
-        xs = [ctx, vid, act]
-        mods = [self.t_mod[i](c) for i, c in enumerate((c_ctx, c_vid, c_act))]  # (B, N_i, 6D) each
+        xs, mods = [ctx, vid, act], [m_ctx, m_vid, m_act]
         for block in self.blocks:
             xs = block(xs, mods, mask)
+        return self.outputs(xs[VIDEO], c_vid, xs[ACTION], c_act, T)
 
-        v_lat = v_act = None
-        if T:
-            out = self.final_video(xs[VIDEO], c_vid)  # (B, T*tpf, c*p*p)
-            v_lat = unpatchify(out.float(), T, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras, p)
-        if n_act:
-            v_act = self.final_action(xs[ACTION], c_act).float()  # (B, H, A)
-        return v_lat, v_act
+    # -- sampling with the observed tokens cached (attention "prefix" or "causal") --
+
+    def observed_kv(self, history, task, state=None, drop_task=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values (B, heads, Np, d) of the observed tokens (context, history frames (B, n_obs, c, h, w))
+        in every block. With attention "prefix" or "causal" the observed tokens see only each other, so these
+        are the same at every denoising step: `forward_generated` reuses them."""
+        if self.cfg.attention == "full":
+            raise ValueError('a model with attention "full" lets the history see the generated tokens: its '
+                             'observed keys and values change at every step and cannot be cached')
+        ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
+        B = ctx.shape[0]
+        _, m_ctx = self.timestep(CONTEXT, torch.zeros(B, 1, device=ctx.device))  # (B, 1, 6D)
+        _, m_vid = self.timestep(VIDEO, torch.zeros(B, 1, device=ctx.device))
+        # the context and history see only each other: with "causal" the history is also frame-causal
+        mask = self.attention_mask(ctx.shape[1], history.shape[1], 0, None, None, B, ctx.device)
+        xs, mods, cache = [ctx, self.video_tokens(history), ctx[:, :0]], [m_ctx, m_vid, None], []
+        for block in self.blocks:
+            xs, kv = block(xs, mods, mask, keep_kv=True)
+            cache.append(kv)
+        return cache
+
+    def forward_generated(self, observed, future, t_future, actions, t_action, hook=None):
+        """The outputs for the generated (and given) tokens beside cached observed ones: equal to `forward`
+        restricted to them, at a fraction of its cost. observed: `observed_kv`; future (B, F, c, h, w) or None and its noise levels
+        (B,) or (B, F); actions (B, H, A) or None and t_action (B,). Returns (v_future, v_actions).
+        hook(i, xs) is called after block i with the token list [context, video, action]; when it returns a
+        list, that list stands for the last block's output and the remaining blocks are skipped (feature
+        caching, `wam.inference.taylor`)."""
+        B = (future if future is not None else actions).shape[0]
+        n_obs, tpf = self.cfg.n_obs_steps, self.grid_h * self.grid_w
+        xs = [None, None, None]
+        cs, mods = [None] * 3, [None] * 3
+        empty = observed[0][0].new_zeros(B, 0, self.cfg.width)
+        xs[CONTEXT] = empty
+        xs[VIDEO] = empty if future is None else self.video_tokens(future, first_frame=n_obs)
+        if future is not None:
+            t = t_future[:, None] if t_future.dim() == 1 else t_future.repeat_interleave(tpf, dim=1)
+            cs[VIDEO], mods[VIDEO] = self.timestep(VIDEO, t)  # (B, 1 or F*tpf, D)
+        xs[ACTION] = empty if actions is None else self.action_tokens(actions)
+        if actions is not None:
+            cs[ACTION], mods[ACTION] = self.timestep(ACTION, t_action[:, None])  # (B, 1, D)
+        mask = None
+        if self.cfg.attention == "causal":  # the generated tokens' rows of the full mask
+            n_ctx, n_act = observed[0][0].shape[2] - n_obs * tpf, 0 if actions is None else actions.shape[1]
+            T = n_obs + (0 if future is None else future.shape[1])
+            mask = self.attention_mask(n_ctx, T, n_act, None, None, B, empty.device)
+            mask = None if mask is None else mask[:, :, n_ctx + n_obs * tpf:]
+        for i, (block, kv) in enumerate(zip(self.blocks, observed)):
+            xs = block(xs, mods, mask, past=kv)
+            if hook is not None and (forecast := hook(i, xs)) is not None:
+                xs = forecast
+                break
+        T = 0 if future is None else future.shape[1]
+        return self.outputs(xs[VIDEO], cs[VIDEO], xs[ACTION], cs[ACTION], T)

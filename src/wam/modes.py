@@ -82,12 +82,17 @@ def initial_noise(cfg, mode: str | Mode, batch_size: int, latent_shape: tuple[in
 @torch.no_grad()
 def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str = "euler",
            schedule: str = "linear", cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-           noise: dict | None = None) -> dict:
+           noise: dict | None = None, t_start: float = 1.0, cache: bool = False, taylor=None) -> dict:
     """Run one mode: returns {"latents": (B, n_obs + F, c, h, w)} when the mode has future frames
     (history and given frames exactly as passed in) and {"actions": (B, H, A)} when it has actions.
 
-    `noise` may give the initial noise of every generated stream (as `initial_noise` returns it) instead of
-    drawing it from `generator`.
+    noise     the starting point of every generated stream (as `initial_noise` returns it) instead of
+              drawing it from `generator`: pure noise at t_start = 1, or a partly noised guess at t_start < 1
+              (warm start: integration then runs only from t_start to 0)
+    cache     compute the observed tokens' keys and values once instead of at every step (exact; needs a
+              model with attention "prefix" or "causal")
+    taylor    a `wam.inference.taylor.TaylorSeer` setting: forecast the blocks' output between full steps
+    The plain call (no cache, no forecast, t_start 1) is the reference every faster path is measured against.
     """
     m = get_mode(mode)
     cfg = model.cfg
@@ -109,31 +114,46 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
             raise ValueError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
         x = {k: noise[k] for k in needed}
     task, state = batch["task"], batch.get("state")
-    zeros_hist = torch.zeros(B, cfg.n_obs_steps, device=device)
+    guided = cfg_scale != 1.0
+    if guided:  # conditional and unconditional halves in one batch
+        two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
+        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
+        hist, task, state = two(hist), two(task), two(state)
+        given_future, given_actions = two(given_future), two(given_actions)
+    else:
+        two, drop = (lambda a: a), None
+    nB = hist.shape[0]
+    zeros_hist = torch.zeros(nB, cfg.n_obs_steps, device=device)
+    observed = model.observed_kv(hist, task, state, drop) if cache else None
+    forecast = None
+    if taylor is not None:
+        from wam.inference.taylor import Forecaster  # noqa: PLC0415 (wam.inference imports this module)
+
+        forecast = Forecaster(taylor, cfg.depth)
 
     def model_fn(x: dict, t: torch.Tensor) -> dict:
-        if m.future == OMIT:
-            lat, t_vid = hist, zeros_hist
+        fut = act = t_fut = t_act = None
+        if m.future != OMIT:
+            fut = two(x["future"]) if m.future == GENERATE else given_future
+            t_fut = (t if m.future == GENERATE else torch.zeros(())).to(device).expand(nB)
+        if m.actions != OMIT:
+            act = two(x["actions"]) if m.actions == GENERATE else given_actions
+            t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device).expand(nB)
+        if observed is not None or forecast is not None:
+            kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
+            v_fut, v_act = model.forward_generated(kv, fut, t_fut, act, t_act,
+                                                   hook=None if forecast is None else forecast.hook(t))
         else:
-            fut = x["future"] if m.future == GENERATE else given_future
-            t_fut = t.expand(B, F) if m.future == GENERATE else torch.zeros(B, F, device=device)
-            lat, t_vid = torch.cat([hist, fut], 1), torch.cat([zeros_hist, t_fut.to(device)], 1)
-        if m.actions == OMIT:
-            act = t_act = None
-        else:
-            act = x["actions"] if m.actions == GENERATE else given_actions
-            t_act = t.expand(B).to(device) if m.actions == GENERATE else torch.zeros(B, device=device)
-        if cfg_scale == 1.0:
-            v_lat, v_act = model(lat, t_vid, act, t_act, task, state)
-        else:  # conditional and unconditional halves in one batch
-            two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
-            drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
-            v_lat, v_act = model(two(lat), two(t_vid), two(act), two(t_act), two(task), two(state), drop_task=drop)
-            v_lat = None if v_lat is None else flow.cfg_combine(v_lat[:B], v_lat[B:], cfg_scale)
+            lat = hist if fut is None else torch.cat([hist, fut], 1)
+            t_vid = zeros_hist if fut is None else torch.cat([zeros_hist, t_fut[:, None].expand(nB, F)], 1)
+            v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop)
+            v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps:]
+        if guided:
+            v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], cfg_scale)
             v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
         out = {}
         if m.future == GENERATE:
-            out["future"] = flow.velocity_from_output(v_lat[:, cfg.n_obs_steps:], x["future"], t, cfg.video_prediction)
+            out["future"] = flow.velocity_from_output(v_fut, x["future"], t, cfg.video_prediction)
         if m.actions == GENERATE:
             out["actions"] = flow.velocity_from_output(v_act, x["actions"], t, cfg.action_prediction)
         return out
@@ -142,14 +162,20 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    ts = SCHEDULES[schedule](steps).to(device)
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
     x = SOLVERS[solver](model_fn, x, ts)
 
+    hist, given_future, given_actions = hist[:B], None if given_future is None else given_future[:B], \
+        None if given_actions is None else given_actions[:B]
     result = {}
     if m.future != OMIT:
         result["latents"] = torch.cat([hist, x["future"] if m.future == GENERATE else given_future], 1)
     if m.actions != OMIT:
         result["actions"] = x["actions"] if m.actions == GENERATE else given_actions
+    if forecast is not None:
+        result["forecast"] = forecast.stats()
     return result
 
 
