@@ -283,14 +283,58 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_SAMPLING_FLAGS = (("--steps", int, 10, "denoising steps per chunk"),
-                   ("--solver", str, "euler", "ODE solver: euler or heun"),
-                   ("--schedule", str, "linear", "noise-level schedule: linear or shifted"),
-                   ("--cfg-scale", float, 1.0, "classifier-free guidance scale (1: none)"))
+def _taylor(text: str):
+    from wam.inference import TaylorSeer
+
+    try:
+        parts = [float(x) for x in text.split(":")]
+        if not 2 <= len(parts) <= 3:
+            raise ValueError
+        return TaylorSeer(order=int(parts[0]), interval=int(parts[1]), gate=parts[2] if len(parts) == 3 else 0.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--taylor takes ORDER:INTERVAL[:GATE], e.g. 1:2 or 1:3:0.05; got {text!r}")
 
 
-def _sampling_defaults() -> dict:
-    return {flag[2:].replace("-", "_"): default for flag, _, default, _ in _SAMPLING_FLAGS}
+# how a chunk is sampled: every flag sets one field of wam.inference.InferenceConfig (unset: its default)
+_INFERENCE_FLAGS = (
+    ("--steps", dict(type=int), "denoising steps per chunk"),
+    ("--solver", dict(), "ODE solver: euler, heun or ab2"),
+    ("--schedule", dict(), "noise-level schedule: linear or shifted"),
+    ("--cfg-scale", dict(type=float), "classifier-free guidance scale (1: none)"),
+    ("--no-cache", dict(action="store_const", const=False, dest="cache"),
+     "recompute the observed tokens' keys and values at every step (the cache is exact)"),
+    ("--taylor", dict(type=_taylor, metavar="ORDER:INTERVAL[:GATE]"),
+     "TaylorSeer feature forecasting: a full step every INTERVAL, forecasts of ORDER between, GATE > 0 falls back "
+     "to a full step when the first block's forecast is off by more than GATE"),
+    ("--warm-start", dict(type=float, metavar="T"), "policy mode: start each chunk from the previous one re-noised "
+                                                    "to T (0: off)"),
+    ("--precision", dict(), "fp32 or bf16 (autocast)"),
+    ("--quantize", dict(), "none or int8 (dynamic quantisation of the blocks' linear layers, CPU)"),
+    ("--compile", dict(action="store_const", const=True), "torch.compile the network (the first calls compile)"),
+    ("--attention", dict(), "attention kernel: sdpa, block_sparse or sage (CUDA, needs sageattention)"),
+)
+
+
+def _add_inference_flags(p: argparse.ArgumentParser, note: str = "") -> None:
+    import dataclasses
+
+    from wam.inference import InferenceConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(InferenceConfig)}
+    for flag, kw, text in _INFERENCE_FLAGS:
+        dest = kw.get("dest", flag[2:].replace("-", "_"))
+        shown = "" if kw.get("action") else f" (default {defaults[dest]}{note})"
+        p.add_argument(flag, default=None, help=text + shown, **kw)
+
+
+def _inference_overrides(args: argparse.Namespace) -> dict:
+    """The InferenceConfig fields the user set on the command line."""
+    out = {}
+    for flag, kw, _ in _INFERENCE_FLAGS:
+        dest = kw.get("dest", flag[2:].replace("-", "_"))
+        if getattr(args, dest, None) is not None:
+            out[dest] = getattr(args, dest)
+    return out
 
 
 def _eval(sub: argparse._SubParsersAction) -> None:
@@ -312,8 +356,7 @@ def _eval(sub: argparse._SubParsersAction) -> None:
                                                 "or inverse")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per predicted chunk "
                                                                     "(default: half the horizon)")
-    for flag, kind, default, text in _SAMPLING_FLAGS:
-        p.add_argument(flag, type=kind, default=None, help=f"{text} (default {default}; with --server, the server's)")
+    _add_inference_flags(p, note="; with --server, the server's")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode layouts and sampling noise)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
@@ -340,16 +383,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.server is None:
         from wam.policy import WAMPolicy
 
-        sampling = {name: default if getattr(args, name) is None else getattr(args, name)
-                    for name, default in _sampling_defaults().items()}
         try:
             policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                               seed=args.seed, **sampling)
-        except ValueError as e:
+                               seed=args.seed, **_inference_overrides(args))
+        except (ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
         return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
                             {"checkpoint": str(args.checkpoint)})
-    given = [flag for flag, *_ in _SAMPLING_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
+    given = [flags[name] for name in _inference_overrides(args)]
     if given:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
@@ -435,6 +477,64 @@ def print_eval(info: dict) -> None:
               f"policy {wm['policy']['action_mse']:.4f}")
 
 
+def _bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="inference latency, FLOPs and quality of one setting against the reference path",
+                       description="Time one inference setting on the checkpoint's held-out episodes beside the "
+                                   "reference path (joint mode, 50 Euler steps, no caches, fp32) on the same inputs "
+                                   "and noise; prints JSON (latency median/p90, calls/s, FLOPs, achieved FLOP/s, "
+                                   "quality deltas). Example: wam bench --checkpoint checkpoints/wam-tiny-mt10 "
+                                   "--mode policy --steps 1")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--mode", default="policy", help="policy, joint, inverse (acting: a call is one chunk) or "
+                                                    "forward, video (a call is one window's future frames)")
+    _add_inference_flags(p)
+    p.add_argument("--dataset", default=None, help="dataset whose held-out episodes are replayed (default: the "
+                                                   "training dataset)")
+    p.add_argument("--episodes", type=int, default=5, help="held-out episodes replayed (acting modes)")
+    p.add_argument("--windows", type=int, default=40, help="windows sampled (world-model modes)")
+    p.add_argument("--warmup", type=int, default=3, help="calls left out of the timing")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import torch
+
+    from wam.checkpoint import load_checkpoint
+    from wam.inference import InferenceConfig
+    from wam.inference.bench import bench
+    from wam.modes import MODES
+
+    if args.mode not in MODES:
+        raise UserError(f"unknown mode {args.mode!r}; choose one of: {', '.join(MODES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        ic = InferenceConfig(cache=ckpt.model.cfg.attention != "full")
+        ic = dataclasses.replace(ic, **_inference_overrides(args))
+        if ic.warm_start and args.mode != "policy":
+            raise ValueError("--warm-start applies to policy mode only")
+        result = bench(ckpt, args.mode, ic, dataset=args.dataset, episodes=args.episodes, windows=args.windows,
+                       warmup=args.warmup, seed=args.seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from pathlib import Path
+
+        from wam.evaluate import write_json_atomic
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), result)
+    return 0
+
+
 def _serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a checkpoint to robots over websockets, clients batched together",
                        description="Serve a checkpoint as a policy over websockets (msgpack messages, see "
@@ -455,8 +555,7 @@ def _serve(sub: argparse._SubParsersAction) -> None:
                                                     "joint, inverse)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions per chunk a client executes, told to "
                                                                     "clients (default: half the horizon)")
-    for flag, kind, default, text in _SAMPLING_FLAGS:
-        p.add_argument(flag, type=kind, default=default, help=text)
+    _add_inference_flags(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=_run_serve)
 
@@ -479,9 +578,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
-                           n_action_steps=args.n_action_steps, steps=args.steps, solver=args.solver,
-                           schedule=args.schedule, cfg_scale=args.cfg_scale, device=device)
-    except (FileNotFoundError, ValueError) as e:
+                           n_action_steps=args.n_action_steps, device=device, **_inference_overrides(args))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
     try:
         run_server(policy, args.host, args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
@@ -491,7 +589,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval, _serve]
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval, _serve, _bench]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

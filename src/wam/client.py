@@ -107,7 +107,7 @@ class PolicyClient:
         return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": m["action_horizon"],
                 "n_obs_steps": m["n_obs_steps"], "sampling_steps": s["steps"], "solver": s["solver"],
                 "schedule": s["schedule"], "cfg_scale": s["cfg_scale"], "seed": self.seed,
-                "model_hash": m["model_hash"], "server": self.url}
+                "model_hash": m["model_hash"], "inference": s, "server": self.url}
 
     # -- the policy API
 

@@ -339,6 +339,17 @@ def _to_unit(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def map_tasks(data, known: list[str], dataset) -> None:
+    """Point loaded episodes' task indices into a checkpoint's task table (`known`, its task strings),
+    for a dataset other than the training one; refuses tasks the checkpoint never saw."""
+    if known and data.tasks != known:
+        unknown = sorted({data.tasks[e["task_index"]] for e in data.episodes} - set(known))
+        if unknown:
+            raise ValueError(f"{dataset} has tasks the checkpoint was not trained on: {unknown}")
+        for e in data.episodes:
+            e["task_index"] = known.index(data.tasks[e["task_index"]])
+
+
 def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
                          steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
                          progress: bool = False) -> dict:
@@ -359,13 +370,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
         raise ValueError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
                          normalizer=Normalizer.from_dict(checkpoint.stats), episodes=eps, progress=progress)
-    known = run.get("tasks") or []
-    if known and data.tasks != known:  # another dataset: map its task strings onto the model's task table
-        unknown = sorted({data.tasks[e["task_index"]] for e in data.episodes} - set(known))
-        if unknown:
-            raise ValueError(f"{dataset} has tasks the checkpoint was not trained on: {unknown}")
-        for e in data.episodes:
-            e["task_index"] = known.index(data.tasks[e["task_index"]])
+    map_tasks(data, run.get("tasks") or [], dataset)
     tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim)
     ep, st = tensors.window_index()
     horizon = cfg.future_frames * cfg.future_stride

@@ -247,7 +247,8 @@ class WAM(nn.Module):
         if cfg.text_dim > 0:
             tok = self.task_proj(task.to(self.task_proj.weight.dtype))  # (B, D)
         else:
-            if task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks):
+            if not torch.compiler.is_compiling() and (  # (a data-dependent check: skipped inside a compiled graph)
+                    task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks)):
                 raise ValueError(f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
                                  f"max {task.max().item() if task.numel() else None}")
             tok = self.task_table(task)  # (B, D)

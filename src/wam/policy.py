@@ -24,6 +24,11 @@ Modes that act:
     inverse  the model first predicts the future frames (`video` mode), then infers the actions that
              lead there (`inverse` mode given its own frames): plan in pixels, then act
 
+How a chunk is sampled (steps, solver, caches, warm start, precision, ...) is an `InferenceConfig`
+(`wam.inference`); its defaults are the fast setting measured in the README. With `warm_start` set, a
+chunk in policy mode starts from the previous chunk shifted by the control steps since it was predicted,
+re-noised to t = warm_start, and integrates only from there.
+
 One closed loop's memory (history, queued actions, sampling generator) is a `PolicyState`; a WAMPolicy
 holds one. `predict_chunks` runs many states in one batched forward pass, each with the noise of its own
 generator: the policy server (`wam.serve`) batches its clients this way, and WAMPolicy uses it with one.
@@ -38,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wam.inference import InferenceConfig, autocast, prepare
 from wam.modes import initial_noise, sample
 
 ACTING_MODES = ("policy", "joint", "inverse")
@@ -52,6 +58,7 @@ class PolicyState:
     actions    queued actions of the last chunk (select_action)
     generator  the sampling noise's source, seeded at creation
     last_plan  the latest chunk's predicted frames {"latents": (B, n_obs + F, c, h, w)}, in modes that plan
+    last_chunk the latest chunk, normalised (B, H, A), and the observations pushed since it (warm start)
     """
 
     def __init__(self, n_obs_steps: int, seed: int = 0, device: str | torch.device = "cpu"):
@@ -60,6 +67,8 @@ class PolicyState:
         self.actions: deque[np.ndarray] = deque()
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.last_plan: dict[str, torch.Tensor] | None = None
+        self.last_chunk: torch.Tensor | None = None
+        self.since_chunk = 0
 
     @property
     def batch_size(self) -> int | None:
@@ -82,16 +91,34 @@ class Observation:
 class WAMPolicy:
     """A WAM checkpoint as a closed-loop policy (see the module docstring for the timing)."""
 
-    def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None, steps: int = 10,
-                 solver: str = "euler", schedule: str = "linear", cfg_scale: float = 1.0, seed: int = 0,
-                 device: str = "cpu"):
+    def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
+                 inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", **sampling):
+        """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
+        checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
+        schedule=, cfg_scale=, warm_start=, ...) change single settings of it."""
+        import dataclasses
+
         from wam.data import Normalizer
 
         if mode not in ACTING_MODES:
             raise ValueError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
         self.checkpoint = checkpoint
-        self.model, self.tokenizer = checkpoint.model.to(device).eval(), checkpoint.tokenizer.to(device).eval()
-        self.cfg = self.model.cfg
+        model, self.tokenizer = checkpoint.model.to(device).eval(), checkpoint.tokenizer.to(device).eval()
+        self.cfg = model.cfg
+        ic = inference or InferenceConfig(cache=self.cfg.attention != "full")
+        unknown = set(sampling) - {f.name for f in dataclasses.fields(InferenceConfig)}
+        if unknown:
+            raise TypeError(f"unknown WAMPolicy settings {sorted(unknown)}")
+        self.inference = ic = dataclasses.replace(ic, **sampling)
+        if ic.warm_start and mode != "policy":
+            raise ValueError(f"warm_start re-noises the previous action chunk, which only policy mode samples "
+                             f"alone; mode {mode!r} needs warm_start 0")
+        self.model = prepare(model, ic)
+        if ic.compile:  # the frame encoder runs once per chunk too (a shallow copy: the checkpoint's is untouched)
+            import copy
+
+            self.tokenizer = copy.copy(self.tokenizer)
+            self.tokenizer.encode = torch.compile(self.tokenizer.encode, dynamic=None)
         self.normalizer = Normalizer.from_dict(checkpoint.stats)
         run = checkpoint.config.get("run", {})
         self.cameras = [f"observation.images.{c}" for c in run.get("cameras", [])]
@@ -101,13 +128,17 @@ class WAMPolicy:
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
             raise ValueError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
                              f"got {self.n_action_steps}")
-        self.mode, self.steps, self.solver, self.schedule = mode, steps, solver, schedule
-        self.cfg_scale, self.seed, self.device = cfg_scale, seed, torch.device(device)
+        self.mode, self.seed, self.device = mode, seed, torch.device(device)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
-            mode=mode, n_action_steps=self.n_action_steps, steps=steps, solver=solver, schedule=schedule,
-            cfg_scale=cfg_scale, seed=seed, device=device).items())))
+            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device).items())))
         self.reset()
+
+    # the sampling settings most callers ask about
+    steps = property(lambda self: self.inference.steps)
+    solver = property(lambda self: self.inference.solver)
+    schedule = property(lambda self: self.inference.schedule)
+    cfg_scale = property(lambda self: self.inference.cfg_scale)
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> WAMPolicy:
@@ -121,7 +152,7 @@ class WAMPolicy:
         return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": self.cfg.action_horizon,
                 "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
-                "model_hash": self.checkpoint.model_hash}
+                "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict()}
 
     def new_state(self, seed: int | None = None) -> PolicyState:
         """A fresh closed loop: empty history and queue, a generator seeded with `seed` (default: the policy's)."""
@@ -181,6 +212,7 @@ class WAMPolicy:
             raise ValueError(f"the observation holds {ob.batch_size} environments but the history holds "
                              f"{state.batch_size}; reset() before changing the number of environments")
         entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
+        state.since_chunk += 1
         for _ in range(self.cfg.n_obs_steps if not state.history else 1):
             state.history.append(entry)
             state.states.append(ob.state)
@@ -207,9 +239,14 @@ class WAMPolicy:
             e[1] = part
 
     def _noise(self, state: PolicyState, batch_size: int, mode: str, latent_shape: tuple) -> dict[str, dict]:
-        """One state's initial noise per sampling stage, drawn from its own generator in sampling order."""
-        stages = ("video", "inverse") if mode == "inverse" else (mode,)
-        return {m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator, self.device) for m in stages}
+        """One state's initial noise per sampling stage, drawn from its own generator in sampling order.
+        Every acting mode draws the same sequence (the future frames' noise, then the actions'), so the
+        modes, and any inference setting, start a chunk from the same action noise for the same seed."""
+        draw = lambda m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator, self.device)  # noqa: E731
+        if mode == "inverse":
+            return {"video": draw("video"), "inverse": draw("inverse")}
+        full = draw("joint")
+        return {"joint": full} if mode == "joint" else {"policy": {"actions": full["actions"]}}
 
     @torch.no_grad()
     def predict_chunks(self, states: list[PolicyState], tasks: list[torch.Tensor],
@@ -229,13 +266,21 @@ class WAMPolicy:
         latent_shape = tuple(batch["latents"].shape[2:])
         noises = [self._noise(s, n, mode, latent_shape) for s, n in zip(states, sizes)]
         noise = {m: {k: torch.cat([nz[m][k] for nz in noises]) for k in noises[0][m]} for m in noises[0]}
-        kw = dict(steps=self.steps, solver=self.solver, schedule=self.schedule, cfg_scale=self.cfg_scale)
-        if mode == "inverse":
-            plan = sample(self.model, batch, "video", noise=noise["video"], **kw)["latents"]  # (B, n_obs + F, ...)
-            out = sample(self.model, {**batch, "latents": plan}, "inverse", noise=noise["inverse"], **kw)
-        else:
-            out = sample(self.model, batch, mode, noise=noise[mode], **kw)
-            plan = out.get("latents")
+        ic = self.inference
+        kw = ic.sample_kwargs()
+        with autocast(ic, self.device):
+            if mode == "inverse":
+                plan = sample(self.model, batch, "video", noise=noise["video"], **kw)["latents"]  # (B, n_obs + F, ...)
+                out = sample(self.model, {**batch, "latents": plan}, "inverse", noise=noise["inverse"], **kw)
+            elif mode == "policy" and ic.warm_start:
+                out, plan = {"actions": self._warm_sample(states, sizes, batch, noise["policy"]["actions"])}, None
+            else:
+                out = sample(self.model, batch, mode, noise=noise[mode], **kw)
+                plan = out.get("latents")
+        start = 0
+        for s, n in zip(states, sizes):
+            s.last_chunk, s.since_chunk = out["actions"][start:start + n].float(), 0
+            start += n
         acts = out["actions"].clamp(-1, 1)[..., :self.normalizer.action_dim]
         acts = self.normalizer.unnormalize_action(acts).float().cpu().numpy()  # (B, H, A)
         chunks, start = [], 0
@@ -244,6 +289,37 @@ class WAMPolicy:
             s.last_plan = None if plan is None else {"latents": plan[start:start + n]}
             start += n
         return chunks
+
+    def _warm_sample(self, states: list[PolicyState], sizes: list[int], batch: dict,
+                     noise: torch.Tensor) -> torch.Tensor:
+        """Policy-mode actions (B, H, A), each state's rows warm-started from its previous chunk when it has one
+        that still reaches past now (shifted by the steps since, the tail padded with its last action, then
+        re-noised with this chunk's own noise to t = warm_start), cold from the noise otherwise."""
+        ic, H = self.inference, self.cfg.action_horizon
+        t0 = ic.warm_start
+        rows_warm, rows_cold, guesses, start = [], [], [], 0
+        for s, n in zip(states, sizes):
+            rows = list(range(start, start + n))
+            if s.last_chunk is not None and 0 < s.since_chunk < H and s.last_chunk.shape[0] == n:
+                prev = s.last_chunk[:, s.since_chunk:]  # (n, H - k, A)
+                guesses.append(torch.cat([prev, prev[:, -1:].expand(n, H - prev.shape[1], prev.shape[2])], 1))
+                rows_warm += rows
+            else:
+                rows_cold += rows
+            start += n
+        out = torch.empty_like(noise)
+        kw = ic.sample_kwargs()
+        pick = lambda rows: {k: (v[rows] if v is not None else None) for k, v in batch.items()}  # noqa: E731
+        if rows_cold:
+            out[rows_cold] = sample(self.model, pick(rows_cold), "policy", noise={"actions": noise[rows_cold]},
+                                    **kw)["actions"]
+        if rows_warm:
+            guess = torch.cat(guesses).to(noise.device)
+            x = (1 - t0) * guess + t0 * noise[rows_warm]
+            kw["steps"] = max(1, round(ic.steps * t0))
+            out[rows_warm] = sample(self.model, pick(rows_warm), "policy", noise={"actions": x}, t_start=t0,
+                                    **kw)["actions"]
+        return out
 
     def _chunk(self, task: torch.Tensor) -> np.ndarray:
         """(B, H, A) actions in the environment's units from this policy's history."""

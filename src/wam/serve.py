@@ -107,7 +107,7 @@ class PolicyServer:
                 "cameras": {k: [size, size, 3] for k in p.cameras}, "image_size": size, "state_dim": cfg.state_dim,
                 "tasks": p.tasks, "fps": p.fps, "action_horizon": cfg.action_horizon, "n_obs_steps": cfg.n_obs_steps,
                 "n_action_steps": p.n_action_steps, "modes": list(ACTING_MODES), "mode": p.mode,
-                "sampling": {"steps": p.steps, "solver": p.solver, "schedule": p.schedule, "cfg_scale": p.cfg_scale},
+                "sampling": p.inference.to_dict(),
                 "max_batch": self.max_batch, "max_message_bytes": self.max_message_bytes, "device": str(p.device)}
 
     def health(self, session: Session | None) -> dict:

@@ -119,9 +119,8 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     model = copy.copy(model)
-    model.forward = torch.compile(model.forward, dynamic=False)
-    model.observed_kv = torch.compile(model.observed_kv, dynamic=False)
-    model.forward_generated = torch.compile(model.forward_generated, dynamic=False)
+    for name in ("forward", "observed_kv", "forward_generated"):  # a new batch size recompiles once, as dynamic
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=None))
     return model
 
 
