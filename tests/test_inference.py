@@ -152,7 +152,7 @@ def test_warm_start_integrates_only_below_t_start():
     real = model.forward_generated
 
     def spy(kv, fut, t_fut, act, t_act, hook=None):
-        seen.append(float(t_act[0]))
+        seen.append(float(t_act))
         return real(kv, fut, t_fut, act, t_act, hook)
 
     model.forward_generated = spy
@@ -186,3 +186,15 @@ def test_inference_config_refuses_unknown_settings():
         InferenceConfig(warm_start=1.0)
     ic = InferenceConfig(taylor=TaylorSeer(order=2), warm_start=0.5)
     assert InferenceConfig.from_dict(ic.to_dict()) == ic
+
+
+def test_compiled_network_gives_the_eager_answer():
+    cfg = tiny_config(depth=1)
+    model = randomise(WAM(cfg), seed=11)
+    b = random_batch(cfg, B=1)
+    noise = _noise(cfg, "policy", 1)
+    ref = sample(model, b, "policy", steps=2, noise=noise, cache=True)["actions"]
+    fast = prepare(model, InferenceConfig(compile=True))
+    assert fast is not model and fast.observed_kv is not model.observed_kv
+    out = sample(fast, b, "policy", steps=2, noise=noise, cache=True)["actions"]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

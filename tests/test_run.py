@@ -175,3 +175,52 @@ def test_evaluation_in_two_processes_matches_one(run, tmp_path):
     for a, b in zip(one["per_task"], two["per_task"]):
         for key in ("seeds", "successes", "steps", "sum_rewards"):
             assert a[key] == b[key], key
+
+
+def test_bench_cli_reports_latency_flops_and_quality_against_the_reference(run, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "policy", "--steps", "1",
+                 "--episodes", "1", "--warmup", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == res
+    for key in ("median_ms", "p90_ms", "calls_per_s", "flops_per_call", "achieved_GFLOPs", "speedup",
+                "peak_fp32_GFLOPs", "fraction_of_peak"):
+        assert res[key] is not None and res[key] > 0, key
+    assert res["inference"]["steps"] == 1 and res["inference"]["cache"] is True
+    ref = res["reference"]
+    assert ref["mode"] == "joint" and ref["inference"]["steps"] == 50 and ref["inference"]["cache"] is False
+    assert res["flops_per_call"] < ref["flops_per_call"] / 20  # 1 cached step vs 50 full joint steps
+    q = res["quality"]
+    assert all(np.isfinite(v) and v >= 0 for v in q.values()) and q["action_mse_vs_reference"] > 0
+    # world-model modes compare decoded frames
+    assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "forward", "--steps", "2",
+                 "--windows", "4", "--warmup", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["calls"] >= 1 and 0 < res["quality"]["psnr_vs_reference_dB"] < 100
+    assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "forward", "--warm-start", "0.5"]) == 2
+
+
+def test_warm_start_continues_from_the_previous_chunk(run, monkeypatch):
+    import wam.policy as policy_mod
+    from wam.envs.dot import make_env
+
+    starts = []
+    real = policy_mod.sample
+
+    def spy(model, batch, mode, **kw):
+        starts.append((kw.get("t_start", 1.0), kw["steps"], kw.get("noise", {}).get("actions")))
+        return real(model, batch, mode, **kw)
+
+    monkeypatch.setattr(policy_mod, "sample", spy)
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", n_action_steps=2, steps=4, warm_start=0.5)
+    env = make_env(image_size=32)
+    obs, _ = env.reset(seed=0)
+    obs = {**obs, "task": env.task_description}
+    for _ in range(5):
+        policy.select_action(obs)
+    assert [(t, n) for t, n, _ in starts] == [(1.0, 4), (0.5, 2), (0.5, 2)]  # chunks at steps 0, 2, 4
+    # the second chunk started from the first one shifted by the 2 executed actions, half re-noised
+    first = policy.state.last_chunk  # (the third chunk; the spy kept every start)
+    assert first.shape == (1, 4, 2)
+    with pytest.raises(ValueError, match="warm_start"):
+        WAMPolicy.from_checkpoint(run / "checkpoint", mode="joint", warm_start=0.5)

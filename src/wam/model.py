@@ -227,6 +227,7 @@ class WAM(nn.Module):
         self.final_video = FinalLayer(D, c * p * p)
         self.final_action = FinalLayer(D, cfg.action_dim)
         nn.init.normal_(self.context_pos, std=0.02)
+        self._shared_t: dict = {}  # kept timestep modulations of shared noise levels (see shared_timestep)
         self._init_linears()
         for m in self.t_mod:  # adaLN-zero
             nn.init.zeros_(m[1].weight)
@@ -323,6 +324,23 @@ class WAM(nn.Module):
         c = self.t_embed[stream](t)
         return c, self.t_mod[stream](c)
 
+    def shared_timestep(self, stream: int, t, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`timestep` for one noise level shared by every token of the stream: (1, 1, D) and (1, 1, 6D), which
+        broadcast. Sampling asks for the same few levels at every call, so without gradients the result is
+        kept, keyed by the level and the versions of the weights it came from (an in-place update, such as
+        an EMA step or load_state_dict, makes a new key)."""
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():
+            t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(1, 1)
+            return self.timestep(stream, t)
+        params = (*self.t_embed[stream].parameters(), *self.t_mod[stream].parameters())
+        key = (stream, float(t), str(device), tuple(p._version for p in params), params[0].dtype)
+        hit = self._shared_t.get(key)
+        if hit is None:
+            if len(self._shared_t) > 256:
+                self._shared_t.clear()
+            hit = self._shared_t[key] = self.timestep(stream, torch.full((1, 1), float(t), device=device))
+        return hit
+
     def outputs(self, x_video, c_video, x_action, c_action, T: int):
         """Final layers: hidden video tokens (B, T*tpf, D) -> (B, T, c, h, w), action tokens (B, H, D) -> (B, H, A);
         None for a stream that is absent."""
@@ -373,8 +391,8 @@ class WAM(nn.Module):
                              'observed keys and values change at every step and cannot be cached')
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B = ctx.shape[0]
-        _, m_ctx = self.timestep(CONTEXT, torch.zeros(B, 1, device=ctx.device))  # (B, 1, 6D)
-        _, m_vid = self.timestep(VIDEO, torch.zeros(B, 1, device=ctx.device))
+        _, m_ctx = self.shared_timestep(CONTEXT, 0.0, ctx.device)  # (1, 1, 6D): every observed token is clean
+        _, m_vid = self.shared_timestep(VIDEO, 0.0, ctx.device)
         # the context and history see only each other: with "causal" the history is also frame-causal
         mask = self.attention_mask(ctx.shape[1], history.shape[1], 0, None, None, B, ctx.device)
         xs, mods, cache = [ctx, self.video_tokens(history), ctx[:, :0]], [m_ctx, m_vid, None], []
@@ -386,7 +404,8 @@ class WAM(nn.Module):
     def forward_generated(self, observed, future, t_future, actions, t_action, hook=None):
         """The outputs for the generated (and given) tokens beside cached observed ones: equal to `forward`
         restricted to them, at a fraction of its cost. observed: `observed_kv`; future (B, F, c, h, w) or None and its noise levels
-        (B,) or (B, F); actions (B, H, A) or None and t_action (B,). Returns (v_future, v_actions).
+        (B,) or (B, F); actions (B, H, A) or None and t_action (B,). A noise level shared by the whole batch
+        may be a float or a 0-d tensor (its modulation is then kept between calls). Returns (v_future, v_actions).
         hook(i, xs) is called after block i with the token list [context, video, action]; when it returns a
         list, that list stands for the last block's output and the remaining blocks are skipped (feature
         caching, `wam.inference.taylor`)."""
@@ -397,12 +416,17 @@ class WAM(nn.Module):
         empty = observed[0][0].new_zeros(B, 0, self.cfg.width)
         xs[CONTEXT] = empty
         xs[VIDEO] = empty if future is None else self.video_tokens(future, first_frame=n_obs)
+        shared = lambda t: not torch.is_tensor(t) or t.dim() == 0  # noqa: E731
         if future is not None:
-            t = t_future[:, None] if t_future.dim() == 1 else t_future.repeat_interleave(tpf, dim=1)
-            cs[VIDEO], mods[VIDEO] = self.timestep(VIDEO, t)  # (B, 1 or F*tpf, D)
+            if shared(t_future):
+                cs[VIDEO], mods[VIDEO] = self.shared_timestep(VIDEO, t_future, empty.device)  # (1, 1, D)
+            else:
+                t = t_future[:, None] if t_future.dim() == 1 else t_future.repeat_interleave(tpf, dim=1)
+                cs[VIDEO], mods[VIDEO] = self.timestep(VIDEO, t)  # (B, 1 or F*tpf, D)
         xs[ACTION] = empty if actions is None else self.action_tokens(actions)
         if actions is not None:
-            cs[ACTION], mods[ACTION] = self.timestep(ACTION, t_action[:, None])  # (B, 1, D)
+            cs[ACTION], mods[ACTION] = self.shared_timestep(ACTION, t_action, empty.device) if shared(t_action) \
+                else self.timestep(ACTION, t_action[:, None])  # (1 or B, 1, D)
         mask = None
         if self.cfg.attention == "causal":  # the generated tokens' rows of the full mask
             n_ctx, n_act = observed[0][0].shape[2] - n_obs * tpf, 0 if actions is None else actions.shape[1]

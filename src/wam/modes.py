@@ -132,18 +132,20 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         forecast = Forecaster(taylor, cfg.depth)
 
     def model_fn(x: dict, t: torch.Tensor) -> dict:
-        fut = act = t_fut = t_act = None
+        fut = act = t_fut = t_act = None  # noise levels: 0-d, one for the whole batch
         if m.future != OMIT:
             fut = two(x["future"]) if m.future == GENERATE else given_future
-            t_fut = (t if m.future == GENERATE else torch.zeros(())).to(device).expand(nB)
+            t_fut = (t if m.future == GENERATE else torch.zeros(())).to(device)
         if m.actions != OMIT:
             act = two(x["actions"]) if m.actions == GENERATE else given_actions
-            t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device).expand(nB)
+            t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device)
         if observed is not None or forecast is not None:
             kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
             v_fut, v_act = model.forward_generated(kv, fut, t_fut, act, t_act,
                                                    hook=None if forecast is None else forecast.hook(t))
         else:
+            t_fut = None if t_fut is None else t_fut.expand(nB)
+            t_act = None if t_act is None else t_act.expand(nB)
             lat = hist if fut is None else torch.cat([hist, fut], 1)
             t_vid = zeros_hist if fut is None else torch.cat([zeros_hist, t_fut[:, None].expand(nB, F)], 1)
             v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop)
