@@ -97,3 +97,54 @@ def test_wam_eval_of_the_trained_model_beats_a_random_policy(run, tmp_path, caps
     random = rollout(env, RandomPolicy(env.action_space, seed=0), seeds)
     assert info["pc_success"] >= 50.0
     assert info["pc_success"] > 100 * random["success"].mean() + 25, (info["pc_success"], random["success"].mean())
+
+
+@pytest.mark.slow
+def test_fast_inference_options_keep_the_trained_models_answer(run):
+    """Every speed option of wam.inference on the trained model, held-out windows, the same noise: the exact
+    ones (cache, compile-free attention kernels) to float rounding; the approximate ones within the tolerance
+    the README states (deviation from the exact 8-step answer at most 2% of the actions' variance; few-step
+    and warm-started answers no more than 1.5x the exact answer's error against the data, plus 1% of the
+    variance)."""
+    from wam.inference import InferenceConfig, TaylorSeer, autocast, prepare
+    from wam.inference.attention import using_attention
+    from wam.modes import initial_noise
+
+    model = run.state.ema.eval()
+    cfg = model.cfg
+    ep, step = run.val.window_index()
+    k = cfg.action_horizon // 2
+    ok = step + k + cfg.action_horizon < run.val.lengths[ep]
+    ep, step = ep[ok][:48], step[ok][:48]
+    now, later = run.val.gather(ep, step, cfg), run.val.gather(ep, step + k, cfg)
+    B = len(ep)
+    g = torch.Generator().manual_seed(0)
+    shape = tuple(now["latents"].shape[2:])
+    noise_now, noise_later = (initial_noise(cfg, "policy", B, shape, g)["actions"] for _ in range(2))
+    var = float(now["actions"].var())
+
+    def act(batch=now, noise=noise_now, m=model, **kw):
+        return sample(m, batch, "policy", noise={"actions": noise}, **{"steps": 8, **kw})["actions"]
+
+    exact = act()
+    dev = lambda a: float((a - exact).pow(2).mean()) / var  # noqa: E731
+    err = lambda a, batch=now: float((a - batch["actions"]).pow(2).mean())  # noqa: E731
+    devs = {"cache": dev(act(cache=True))}
+    with using_attention("block_sparse"):
+        devs["block_sparse"] = dev(act())
+    assert devs["cache"] < 1e-9 and devs["block_sparse"] < 1e-9, devs
+    devs["taylor 1:2"] = dev(act(cache=True, taylor=TaylorSeer(1, 2)))
+    devs["taylor 1:3 gated"] = dev(act(cache=True, taylor=TaylorSeer(1, 3, gate=0.05)))
+    devs["int8"] = dev(act(m=prepare(model, InferenceConfig(quantize="int8")), cache=True))
+    with autocast(InferenceConfig(precision="bf16")):
+        devs["bf16"] = dev(act(cache=True))
+    assert max(devs.values()) < 0.02, devs
+    # few steps, judged against the data
+    for steps in (1, 2, 4):
+        assert err(act(steps=steps, cache=True)) < 1.5 * err(exact) + 0.01 * var, (steps, err(exact))
+    # warm start: the chunk of k steps earlier, shifted by k and re-noised to t = 0.5, then 2 steps
+    guess = torch.cat([exact[:, k:], exact[:, -1:].expand(B, k, exact.shape[2])], 1)
+    warm = sample(model, later, "policy", noise={"actions": 0.5 * guess + 0.5 * noise_later}, t_start=0.5, steps=2,
+                  cache=True)["actions"]
+    cold = act(batch=later, noise=noise_later)
+    assert err(warm, later) < 1.5 * err(cold, later) + 0.01 * var, (err(warm, later), err(cold, later))

@@ -138,10 +138,10 @@ class MoTBlock(nn.Module):
         self.streams = nn.ModuleList([StreamLayer(width, heads, mlp_ratio) for _ in STREAMS])
 
     def forward(self, xs: list[torch.Tensor], cs: list[torch.Tensor], mask: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None, keep_kv: bool = False):
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, keep_kv: bool = False, kv_only: bool = False):
         # xs[i]: (B, N_i, D) tokens; cs[i]: (B, N_i or 1, 6D) their timestep modulation; empty streams have N_i = 0.
         # past: keys and values (B, heads, Np, d) of cached tokens that every token here also attends to.
-        # keep_kv: also return this block's own keys and values (to cache them).
+        # keep_kv: also return this block's own keys and values (to cache them); kv_only: return only those.
         live = [i for i, x in enumerate(xs) if x.shape[1] > 0]
         mods = {i: self.streams[i].modulation(cs[i]) for i in live}
         qkv = [self.streams[i].qkv_heads(xs[i], mods[i][0], mods[i][1]) for i in live]
@@ -149,6 +149,8 @@ class MoTBlock(nn.Module):
         k = torch.cat([a[1] for a in qkv], dim=2)
         v = torch.cat([a[2] for a in qkv], dim=2)
         kv = (k, v)
+        if kv_only:
+            return kv
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, heads, Np + N, d)
         o = attention(q, k, v, mask)  # (B, heads, N, d)
@@ -396,9 +398,12 @@ class WAM(nn.Module):
         # the context and history see only each other: with "causal" the history is also frame-causal
         mask = self.attention_mask(ctx.shape[1], history.shape[1], 0, None, None, B, ctx.device)
         xs, mods, cache = [ctx, self.video_tokens(history), ctx[:, :0]], [m_ctx, m_vid, None], []
-        for block in self.blocks:
-            xs, kv = block(xs, mods, mask, keep_kv=True)
-            cache.append(kv)
+        for i, block in enumerate(self.blocks):
+            if i == len(self.blocks) - 1:  # the last block's outputs for these tokens are never read
+                cache.append(block(xs, mods, mask, kv_only=True))
+            else:
+                xs, kv = block(xs, mods, mask, keep_kv=True)
+                cache.append(kv)
         return cache
 
     def forward_generated(self, observed, future, t_future, actions, t_action, hook=None):
