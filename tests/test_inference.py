@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from wam import MODES, WAM, sample
-from wam.config import replace
 from wam.inference import InferenceConfig, TaylorSeer, prepare
 from wam.inference.attention import block_sparse, using_attention
 from wam.inference.taylor import newton_extrapolate

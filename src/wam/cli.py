@@ -246,12 +246,23 @@ def _train(sub: argparse._SubParsersAction) -> None:
                        help=f"(default {default}; on --resume, the run's own)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train in N data-parallel processes on this machine (launches torchrun; the batch size "
+                        "stays the global one). Several machines: run torchrun yourself, see the README")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
+
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from wam.distributed import launch
+
+        argv = args.argv
+        return launch(args.nproc, [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+                                   and argv[i - 1] != "--nproc"])
 
     from wam.config import LossConfig, ModelConfig, from_dict
     from wam.train import RunError, TrainConfig, train
@@ -605,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # (wam train --nproc relaunches it under torchrun)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -181,8 +181,8 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     return result
 
 
-def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: torch.Generator | None = None,
+                  shard: tuple[slice, int] | None = None) -> tuple[torch.Tensor, dict]:
     """Flow-matching loss with independent noise levels per modality and modality dropout.
 
     batch (latent space, all clean):
@@ -191,6 +191,11 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
         has_actions (B,) bool (optional; False for action-free videos: actions always left out),
         action_dim_mask (B, A) bool (optional; False marks padded action dimensions: no loss).
     Returns (loss, {"loss_video": ..., "loss_action": ...}) with per-stream means over valid elements.
+
+    shard (rows, world): this process's rows of a global batch shared by `world` data-parallel processes.
+    Every random draw is made for the whole batch (the same on every process) and then cut, and the loss
+    is this shard's share of the global mean times `world`; so the gradients that DistributedDataParallel
+    averages equal those of one process holding the whole batch.
     """
     B, device = batch["latents"].shape[0], batch["latents"].device
     u = lambda: torch.rand(B, generator=generator, device=device)  # noqa: E731
@@ -208,7 +213,7 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(),
     omit_act = ((u() < lc.p_omit_action) & ~omit_fut & ~clean_fut) | ~has_actions
     drop_task = u() < lc.p_drop_task
     return flow_loss(model, batch, t_fut, t_act, omit_fut, omit_act, drop_task, generator,
-                     lc.video_weight, lc.action_weight)
+                     lc.video_weight, lc.action_weight, shard=shard)
 
 
 def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -227,16 +232,26 @@ def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator |
 
 def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit_fut: torch.Tensor,
               omit_act: torch.Tensor, drop_task: torch.Tensor, generator: torch.Generator | None = None,
-              video_weight: float = 1.0, action_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+              video_weight: float = 1.0, action_weight: float = 1.0,
+              shard: tuple[slice, int] | None = None) -> tuple[torch.Tensor, dict]:
     """Masked MSE for given per-example noise levels (B,) and left-out flags (B,) bool: on the velocity
-    for a velocity-predicting stream, on the clean sample for an x0-predicting one."""
-    cfg = model.cfg
+    for a velocity-predicting stream, on the clean sample for an x0-predicting one. `shard`: see
+    `training_loss`."""
+    cfg = getattr(model, "module", model).cfg  # (a DistributedDataParallel wrapper holds the model as .module)
+    n_obs, F = cfg.n_obs_steps, cfg.future_frames
+    noise_fut = torch.randn(batch["latents"][:, n_obs:].shape, generator=generator, device=batch["latents"].device)
+    noise_act = torch.randn(batch["actions"].shape, generator=generator, device=batch["actions"].device)
+    world, counts = 1, None
+    if shard is not None:  # global valid-element counts first, then this process's rows of everything
+        rows, world = shard
+        counts = _loss_weights(batch, t_fut, t_act, omit_fut, omit_act, n_obs, F)
+        counts = (counts[0].sum(), counts[1].sum())
+        cut = lambda a: a[rows] if torch.is_tensor(a) and a.dim() > 0 else a  # noqa: E731
+        batch = {k: cut(v) for k, v in batch.items()}
+        t_fut, t_act, omit_fut, omit_act, drop_task, noise_fut, noise_act = map(
+            cut, (t_fut, t_act, omit_fut, omit_act, drop_task, noise_fut, noise_act))
     lat, actions = batch["latents"], batch["actions"]
     B, device = lat.shape[0], lat.device
-    n_obs, F = cfg.n_obs_steps, cfg.future_frames
-
-    noise_fut = torch.randn(lat[:, n_obs:].shape, generator=generator, device=device)
-    noise_act = torch.randn(actions.shape, generator=generator, device=device)
     fut_in = flow.add_noise(lat[:, n_obs:], noise_fut, t_fut)
     lat_in = torch.cat([lat[:, :n_obs], fut_in], 1)
     act_in = flow.add_noise(actions, noise_act, t_act)
@@ -248,28 +263,34 @@ def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit
                              frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
     v_act = flow.velocity_from_output(out_act, act_in, t_act, cfg.action_prediction)
 
-    # video: future frames that are in the sequence, noised, and not padding
-    fpad = batch.get("frame_is_pad")
-    w_fut = (~omit_fut & (t_fut > 0))[:, None].expand(B, F).float()  # (B, F)
-    if fpad is not None:
-        w_fut = w_fut * (~fpad[:, n_obs:]).float()
+    w_fut, w_act = _loss_weights(batch, t_fut, t_act, omit_fut, omit_act, n_obs, F)
+    n_fut, n_act = (w_fut.sum(), w_act.sum()) if counts is None else counts
     if cfg.video_prediction == "x0":  # x0 loss: the implied-velocity loss weights t -> 0 by 1/t^2, which
         # buries the high-noise examples (where the history must be used) under trivial denoising
         err_v = (out_lat[:, n_obs:] - lat[:, n_obs:]).pow(2).mean(dim=(2, 3, 4))  # (B, F)
     else:
         err_v = (out_lat[:, n_obs:] - flow.velocity_target(lat[:, n_obs:], noise_fut)).pow(2).mean(dim=(2, 3, 4))
-    loss_video = (err_v * w_fut).sum() / w_fut.sum().clamp_min(1.0)
+    loss_video = world * (err_v * w_fut).sum() / n_fut.clamp_min(1.0)
+    err_a = (v_act - flow.velocity_target(actions, noise_act)).pow(2)
+    loss_action = world * (err_a * w_act).sum() / n_act.clamp_min(1.0)
 
-    # actions: in the sequence, noised, not padding steps, not padding dimensions
-    apad = batch.get("action_is_pad")
+    loss = video_weight * loss_video + action_weight * loss_action
+    return loss, {"loss_video": loss_video.detach(), "loss_action": loss_action.detach()}
+
+
+def _loss_weights(batch: dict, t_fut, t_act, omit_fut, omit_act, n_obs: int, F: int):
+    """Which elements count in the loss: future frames (B, F) in the sequence, noised, not padding; action
+    elements (B, H, A) in the sequence, noised, not padding steps, not padding dimensions."""
+    B, actions = batch["latents"].shape[0], batch["actions"]
+    w_fut = (~omit_fut & (t_fut > 0))[:, None].expand(B, F).float()  # (B, F)
+    fpad = batch.get("frame_is_pad")
+    if fpad is not None:
+        w_fut = w_fut * (~fpad[:, n_obs:]).float()
     w_act = (~omit_act & (t_act > 0))[:, None, None].float().expand(actions.shape)  # (B, H, A)
+    apad = batch.get("action_is_pad")
     if apad is not None:
         w_act = w_act * (~apad)[:, :, None].float()
     dmask = batch.get("action_dim_mask")
     if dmask is not None:
         w_act = w_act * dmask[:, None, :].float()
-    err_a = (v_act - flow.velocity_target(actions, noise_act)).pow(2)
-    loss_action = (err_a * w_act).sum() / w_act.sum().clamp_min(1.0)
-
-    loss = video_weight * loss_video + action_weight * loss_action
-    return loss, {"loss_video": loss_video.detach(), "loss_action": loss_action.detach()}
+    return w_fut, w_act

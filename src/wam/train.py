@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,24 +223,42 @@ def make_state(cfg: ModelConfig, tc: TrainConfig) -> FitState:
 def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig = LossConfig(), *,
         until: int | None = None, on_log: Callable[[dict], None] | None = None,
         on_checkpoint: Callable[[FitState], None] | None = None,
-        on_validate: Callable[[FitState], dict] | None = None, progress: bool = False) -> FitState:
+        on_validate: Callable[[FitState], dict] | None = None, progress: bool = False,
+        dist=None) -> FitState:
     """Run optimizer steps state.step .. until (default tc.steps) of the WAM stage.
 
     on_log(record) receives a dict every tc.log_every steps; on_checkpoint(state) is called every
     tc.checkpoint_every steps and at the end; on_validate(state) every tc.val_every steps and at the end.
     A NaN or inf loss raises TrainingDiverged before the bad gradient touches the weights, after
     calling on_checkpoint with the last good state.
+
+    dist (`wam.distributed.Dist`): with several processes, each trains on its rows of the same global
+    batch through DistributedDataParallel; give the callbacks to rank 0 only.
     """
+    from wam.distributed import Dist
+
+    dist = dist or Dist()
     until = tc.steps if until is None else until
     model, ema, opt = state.model, state.ema, state.optimizer
+    net, shard = model, None
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        # static graph: the same parameters take part in every step (the last block's context-stream
+        # output weights never do: nothing reads the context tokens after the last attention)
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None, static_graph=True)
+        shard = (dist.rows(tc.batch_size), dist.world)
     cfg = model.cfg
     device_type = next(model.parameters()).device.type
     precision = resolve_precision(tc.precision, device_type)
+    if dist.enabled:  # "auto" measures the machine: every process takes rank 0's verdict
+        precision = dist.from_main(precision)
     ep_of, step_of = data.window_index()
     n = len(ep_of)
     model.train()
     bar = None
-    if progress:
+    if progress and dist.main:
         from tqdm.auto import tqdm
         bar = tqdm(total=until, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     t0, samples, acc = time.perf_counter(), 0, {}
@@ -250,8 +269,8 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, tc)
         with autocast_context(precision, device_type):
-            loss, parts = modes.training_loss(model, batch, lc, generator=g)
-        if not torch.isfinite(loss):
+            loss, parts = modes.training_loss(net, batch, lc, generator=g, shard=shard)
+        if not dist.all_true(bool(torch.isfinite(loss)), loss.device):
             if on_checkpoint is not None:
                 on_checkpoint(state)
             raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good state is saved. "
@@ -271,6 +290,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         if state.step % tc.log_every == 0 or state.step == until:
             k_steps = tc.log_every if state.step % tc.log_every == 0 else (state.step % tc.log_every)
             dt = time.perf_counter() - t0
+            acc = dist.mean(acc, loss.device)  # (every process: the losses over the whole global batch)
             rec = {"step": state.step, **{k: v / k_steps for k, v in acc.items()},
                    "lr": opt.param_groups[0]["lr"], "samples_per_s": samples / dt}
             if bar is not None:
@@ -429,6 +449,17 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
     `run.json` (the settings). `resume=True` continues from `out/checkpoint` exactly where it stopped,
     with the checkpoint's settings unless `tc` / `lc` are given (give a larger `tc.steps` to extend).
     """
+    from wam.distributed import setup, teardown
+
+    dist = setup("cuda" if torch.cuda.is_available() and os.environ.get("WORLD_SIZE") else "cpu")
+    try:
+        return _train(dataset, out, preset=preset, model_changes=model_changes, tc=tc, lc=lc, cameras=cameras,
+                      val_fraction=val_fraction, resume=resume, overwrite=overwrite, progress=progress, dist=dist)
+    finally:
+        teardown(dist)
+
+
+def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist):
     from wam.checkpoint import load_checkpoint, save_checkpoint
     from wam.config import PRESETS, from_dict, replace, to_dict
     from wam.tokenizer import make_tokenizer, train_tokenizer
@@ -442,6 +473,7 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
                        f"start the run without --resume")
     if not resume and ckpt_dir.exists() and not overwrite:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    dist.barrier()  # every process has checked the directory before rank 0 writes into it
 
     saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume else None
     if saved is not None:
@@ -474,17 +506,24 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
         raise RunError(f"the dataset's action/state sizes ({norm.action_dim}/{norm.state_dim}) do not match the "
                        f"checkpoint's ({cfg.action_dim}/{cfg.state_dim})")
     train_eps, val_eps = split_episodes(data.episodes, val_fraction)
-    logger = JsonlLogger(out, resume=resume)
+    if dist.enabled and tc.batch_size % dist.world:
+        raise RunError(f"--batch-size {tc.batch_size} is the global batch and must be divisible by the "
+                       f"{dist.world} processes")
+    logger = JsonlLogger(out, resume=resume) if dist.main else None
     run_info = {"dataset": str(dataset), "preset": preset, "cameras": [c.removeprefix("observation.images.")
                 for c in data.cameras], "tasks": data.tasks, "fps": data.fps, "val_fraction": val_fraction,
                 "train_episodes": [e["episode_index"] for e in train_eps],
                 "val_episodes": [e["episode_index"] for e in val_eps],
                 "train": to_dict(tc), "loss": to_dict(lc)}
-    (out / "run.json").write_text(json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+    if dist.main:
+        (out / "run.json").write_text(json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
 
-    # -- tokenizer stage
+    # -- tokenizer stage (rank 0 trains it; the other processes take its weights)
     if saved is not None and saved.tokenizer is not None:
         tok = saved.tokenizer
+    elif not dist.main:
+        torch.manual_seed(tc.seed)
+        tok = make_tokenizer(cfg)
     else:
         torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
         tok = make_tokenizer(cfg)
@@ -508,6 +547,8 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
                 chunk = losses[i:i + tc.log_every]
                 logger({"step": i + len(chunk), "loss": sum(chunk) / len(chunk)}, prefix="tokenizer")
             del frames
+    if saved is None or saved.tokenizer is None:
+        dist.broadcast_module(tok)
     tok.eval()
 
     # -- WAM stage on cached latents
@@ -529,11 +570,12 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
         logger({"step": s.step, **losses}, prefix="val")
         return losses
 
-    if saved is None:
+    if saved is None and dist.main:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
+    main_only = (lambda f: f) if dist.main else (lambda f: None)  # noqa: E731
     try:
-        fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint, on_validate=on_validate,
-            progress=progress)
+        fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=main_only(on_checkpoint),
+            on_validate=main_only(on_validate), progress=progress, dist=dist)
     except TrainingDiverged as e:
         raise RunError(str(e)) from e
     return ckpt_dir

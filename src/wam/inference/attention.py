@@ -61,11 +61,11 @@ def set_attention_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     if name == "sage":
-        try:
-            import sageattention  # noqa: F401, PLC0415
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("sageattention") is None:
             raise RuntimeError("the 'sage' attention backend needs the sageattention package and a CUDA GPU: "
-                               "pip install sageattention (or choose 'sdpa')") from None
+                               "pip install sageattention (or choose 'sdpa')")
         if not torch.cuda.is_available():
             raise RuntimeError("the 'sage' attention backend runs on CUDA only; this machine has no CUDA device "
                                "(choose 'sdpa' or 'block_sparse')")
