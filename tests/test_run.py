@@ -224,3 +224,16 @@ def test_warm_start_continues_from_the_previous_chunk(run, monkeypatch):
     assert first.shape == (1, 4, 2)
     with pytest.raises(ValueError, match="warm_start"):
         WAMPolicy.from_checkpoint(run / "checkpoint", mode="joint", warm_start=0.5)
+
+
+def test_vectorised_evaluation_gives_the_sequential_results(run, tmp_path):
+    from wam.evaluate import evaluate
+
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", steps=2)
+    kw = dict(env="dot", tasks="reach-goal", episodes=5, videos_per_task=1, progress=False)
+    seq = evaluate(policy, out=tmp_path / "seq", **kw)["per_task"][0]
+    vec = evaluate(policy, out=tmp_path / "vec", num_envs=3, **kw)["per_task"][0]
+    for key in ("seeds", "successes", "first_success", "steps", "expert_successes"):
+        assert seq[key] == vec[key], key
+    np.testing.assert_allclose(seq["sum_rewards"], vec["sum_rewards"], rtol=1e-5)
+    assert (tmp_path / "vec" / vec["video_paths"][0]).is_file()

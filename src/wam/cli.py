@@ -374,6 +374,9 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
     p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (results do not "
                                                           "depend on it)")
+    p.add_argument("--num-envs", type=int, default=1, help="environments of a task run at once, each in its own "
+                                                           "process, the policy batched over them (results do "
+                                                           "not depend on it)")
     p.add_argument("--world-model", action="store_true",
                    help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes")
     p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
@@ -459,7 +462,8 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
     try:
         info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
-                        workers=args.workers, world_model=world, log_path=log, settings=settings,
+                        workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
+                        settings=settings,
                         progress=not args.quiet)
     except (ImportError, OSError) as e:
         raise UserError(str(e)) from None

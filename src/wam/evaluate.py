@@ -132,6 +132,125 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
     return out
 
 
+class _SlotPolicies:
+    """The policy of each of K parallel environments. A WAMPolicy keeps one PolicyState per environment and
+    predicts the chunks of every environment whose queue ran out in one batched call; any other policy is
+    copied once per environment (it must survive copy.deepcopy)."""
+
+    def __init__(self, policy, k: int):
+        import copy
+
+        self.batched = hasattr(policy, "predict_chunks") and hasattr(policy, "new_state")
+        self.policy = policy
+        if self.batched:
+            self.states = [policy.new_state() for _ in range(k)]
+            self.queues = [[] for _ in range(k)]
+        else:
+            try:
+                self.copies = [copy.deepcopy(policy) for _ in range(k)]
+            except Exception as e:  # noqa: BLE001 (e.g. a live connection)
+                raise ValueError(f"{type(policy).__name__} cannot be copied for {k} parallel environments ({e}); "
+                                 f"evaluate it with num_envs=1") from None
+
+    def reset(self, j: int) -> None:
+        if self.batched:
+            self.states[j], self.queues[j] = self.policy.new_state(), []
+        else:
+            self.copies[j].reset()
+
+    def act(self, obs: dict[int, dict]) -> dict[int, np.ndarray]:
+        """One action per environment in `obs` (slot -> observation with the task)."""
+        if not self.batched:
+            return {j: np.asarray(self.copies[j].select_action(o)) for j, o in obs.items()}
+        p, need, tasks = self.policy, [], []
+        for j, o in obs.items():
+            ob = p.read_observation(o)
+            p.push(self.states[j], ob)
+            if not self.queues[j]:
+                need.append(j)
+                tasks.append(ob.task)
+        if need:
+            for j, chunk in zip(need, p.predict_chunks([self.states[i] for i in need], tasks)):
+                self.queues[j] = list(chunk[0, :p.n_action_steps])
+        return {j: self.queues[j].pop(0) for j in obs}
+
+
+def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: int, max_steps: int | None = None,
+                   after_success: int = 0, record: int = 0, progress: Callable[[], None] | None = None) -> dict:
+    """`rollout` over `num_envs` environments stepped in parallel processes (gymnasium's AsyncVectorEnv, its
+    autoreset off: each environment is reset with the next seed when its episode ends). A WAMPolicy predicts
+    the chunks of all environments in one batched call. Returns `rollout`'s arrays, in seed order; every
+    episode starts from its seed and a fresh policy state, so they equal `rollout`'s (batched inference
+    differs from one-at-a-time only by float rounding)."""
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    n = len(seeds)
+    k = max(1, min(num_envs, n))
+    envs = gym.vector.AsyncVectorEnv([env_fn] * k, autoreset_mode=AutoresetMode.DISABLED, context="fork")
+    try:
+        limit_env = envs.get_attr("max_episode_steps")[0]
+        limit = min(max_steps or limit_env, limit_env)
+        camera = f"observation.images.{envs.get_attr('camera_names')[0][0]}"
+        task = envs.get_attr("task_description")[0]
+        out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1),
+                               "steps": np.zeros(n, int), "sum_reward": np.zeros(n),
+                               "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n), "frames": [None] * n}
+        slots = _SlotPolicies(policy, k)
+        episode = list(range(k))  # which seed index each environment runs (-1: idle)
+        started = [time.perf_counter()] * k
+        nxt = k
+        obs, _ = envs.reset(seed=[int(seeds[i]) for i in episode])
+        current = [{key: v[j] for key, v in obs.items()} for j in range(k)]
+        for j in range(k):
+            slots.reset(j)
+            if episode[j] < record:
+                out["frames"][episode[j]] = [current[j][camera]]
+        action_shape = envs.single_action_space.shape
+        while any(i >= 0 for i in episode):
+            live = {j: {**current[j], "task": task} for j in range(k) if episode[j] >= 0}
+            acts = slots.act(live)
+            batch_actions = np.zeros((k, *action_shape), dtype=np.float32)
+            for j, a in acts.items():
+                batch_actions[j] = a
+            obs, reward, terminated, truncated, info = envs.step(batch_actions)
+            success = info.get("success", np.zeros(k, bool))
+            ended = np.zeros(k, bool)
+            for j in live:
+                i = episode[j]
+                current[j] = {key: v[j] for key, v in obs.items()}
+                out["sum_reward"][i] += reward[j]
+                out["max_reward"][i] = max(out["max_reward"][i], reward[j])
+                out["steps"][i] += 1
+                step = out["steps"][i] - 1
+                if out["frames"][i] is not None:
+                    out["frames"][i].append(current[j][camera])
+                if bool(success[j]) and out["first_success"][i] < 0:
+                    out["first_success"][i], out["success"][i] = step, True
+                if terminated[j] or truncated[j] or step + 1 >= limit or \
+                        (out["success"][i] and step - out["first_success"][i] >= after_success):
+                    out["seconds"][i] = time.perf_counter() - started[j]
+                    if progress is not None:
+                        progress()
+                    if nxt < n:
+                        episode[j], nxt, ended[j] = nxt, nxt + 1, True
+                    else:
+                        episode[j] = -1
+            if ended.any():
+                obs, _ = envs.reset(seed=[int(seeds[episode[j]]) if ended[j] else None for j in range(k)],
+                                    options={"reset_mask": ended})
+                for j in np.flatnonzero(ended):
+                    current[j] = {key: v[j] for key, v in obs.items()}
+                    started[j] = time.perf_counter()
+                    slots.reset(j)
+                    if episode[j] < record:
+                        out["frames"][episode[j]] = [current[j][camera]]
+        out["frames"] = [np.stack(f) for f in out["frames"][:record] if f is not None]
+        return out
+    finally:
+        envs.close()
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int = 30, scale: int = 2) -> None:
     """A browser-playable mp4 (H.264 4:2:0) of (L, H, W, 3) uint8 frames, enlarged `scale` times."""
     from wam.data.video import VideoEncoder
@@ -196,25 +315,35 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed: int = 0,
                   max_steps: int | None = None, after_success: int = 0, expert: bool = True,
                   videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
-                  progress: Callable[[], None] | None = None) -> dict:
-    """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row."""
+                  num_envs: int = 1, progress: Callable[[], None] | None = None) -> dict:
+    """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row.
+    num_envs > 1 steps that many environments in parallel processes (`rollout_vector`)."""
+    import functools
+
     from wam.envs import get_adapter
 
-    e = get_adapter(env).make_env(task, image_size=image_size, cameras=cameras)
-    try:
-        seeds = eval_seeds(seed, task, episodes)
-        res = rollout(e, policy, seeds, max_steps=max_steps, after_success=after_success, record=videos_per_task,
-                      progress=progress)
-        ref = rollout(e, ExpertPolicy(env, task), seeds, max_steps=max_steps, after_success=after_success,
-                      progress=progress) if expert else None
-        paths = []
-        for i, frames in enumerate(res["frames"]):
-            rel = f"videos/{task}/episode_{i:03d}.mp4"
-            write_video(out / rel, frames)
-            paths.append(rel)
-        return _task_row(task, e.task_description, seeds, res, ref, paths)
-    finally:
-        e.close()
+    adapter = get_adapter(env)
+    seeds = eval_seeds(seed, task, episodes)
+    kw = dict(max_steps=max_steps, after_success=after_success, progress=progress)
+    if num_envs > 1:
+        env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras)
+        res = rollout_vector(env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task, **kw)
+        ref = rollout_vector(env_fn, ExpertPolicy(env, task), seeds, num_envs=num_envs, **kw) if expert else None
+        description = adapter.describe(task)
+    else:
+        e = adapter.make_env(task, image_size=image_size, cameras=cameras)
+        try:
+            res = rollout(e, policy, seeds, record=videos_per_task, **kw)
+            ref = rollout(e, ExpertPolicy(env, task), seeds, **kw) if expert else None
+            description = e.task_description
+        finally:
+            e.close()
+    paths = []
+    for i, frames in enumerate(res["frames"]):
+        rel = f"videos/{task}/episode_{i:03d}.mp4"
+        write_video(out / rel, frames)
+        paths.append(rel)
+    return _task_row(task, description, seeds, res, ref, paths)
 
 
 _WORKER_POLICY: dict = {}  # per worker process: the policy, built once from its checkpoint
@@ -239,7 +368,8 @@ def _task_job(args: tuple) -> dict:
 
 def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
              out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
-             expert: bool = True, videos_per_task: int = 2, workers: int = 1, world_model: dict | None = None,
+             expert: bool = True, videos_per_task: int = 2, workers: int = 1, num_envs: int = 1,
+             world_model: dict | None = None,
              log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
@@ -247,8 +377,10 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     `image_size`.
 
     `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
-    checkpoint with one thread). Every episode starts from its own seed and the policy re-seeds its
-    sampler at reset(), so the results do not depend on the number of workers."""
+    checkpoint with one thread). `num_envs` > 1 runs that many environments of a task at once in
+    parallel processes, the policy's chunks batched (`rollout_vector`). Every episode starts from its own
+    seed and the policy re-seeds its sampler at reset(), so the results do not depend on the number of
+    workers or environments."""
     from wam.envs import get_adapter
 
     task_names = get_adapter(env).resolve_tasks(tasks)
@@ -257,7 +389,8 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
-                  expert=expert, videos_per_task=videos_per_task, image_size=image_size, cameras=cameras)
+                  expert=expert, videos_per_task=videos_per_task, image_size=image_size, cameras=cameras,
+                  num_envs=num_envs)
     per_task = episodes * (2 if expert else 1)
     bar = None
     if progress:
