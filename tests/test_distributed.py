@@ -82,19 +82,26 @@ def _assert_same_training(a: dict, b: dict, lr: float = 3e-3) -> None:
 
 
 def test_two_processes_train_the_weights_of_one_and_resume(dataset, tmp_path):
+    """DDP and FSDP over 2 gloo processes against 1 process: after 3 steps, and after each resumes to 5."""
     base = ["train", "--dataset", str(dataset), *TINY]
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, ddp, fsdp = tmp_path / "one", tmp_path / "ddp", tmp_path / "fsdp"
     assert main([*base, "--steps", "3", "--out", str(one)]) == 0
-    _torchrun([*base, "--steps", "3", "--out", str(two)])
-    _assert_same_training(_weights(one), _weights(two))
+    _torchrun([*base, "--steps", "3", "--out", str(ddp)])
+    _torchrun([*base, "--steps", "3", "--fsdp", "--out", str(fsdp)])
+    for run in (ddp, fsdp):
+        _assert_same_training(_weights(one), _weights(run))
     # rank 0 alone wrote the log: one record per step, the global batch's loss
-    logs = [[json.loads(x) for x in (r / "log.jsonl").read_text().splitlines() if '"train"' in x] for r in (one, two)]
+    logs = [[json.loads(x) for x in (r / "log.jsonl").read_text().splitlines() if '"train"' in x] for r in (one, ddp)]
     assert [r["step"] for r in logs[1]] == [1, 2, 3]
     for x, y in zip(logs[0], logs[1]):
         assert abs(x["loss"] - y["loss"]) < 1e-4 * max(1.0, abs(x["loss"]))
-    # resuming in distributed mode continues exactly like the single process
-    assert main(["train", "--dataset", str(dataset), "--out", str(one), "--resume", "--steps", "5", "--quiet"]) == 0
-    # (this time through `wam train --nproc 2`, which launches torchrun itself)
-    assert main(["train", "--dataset", str(dataset), "--out", str(two), "--resume", "--steps", "5", "--quiet",
-                 "--nproc", "2"]) == 0
-    _assert_same_training(_weights(one), _weights(two))
+    # resuming in distributed mode continues exactly like the single process (the FSDP run's optimizer state
+    # was gathered from the shards into one file, and is sharded again on resume)
+    resume = ["train", "--dataset", str(dataset), "--resume", "--steps", "5", "--quiet"]
+    assert main([*resume, "--out", str(one)]) == 0
+    # (this one through `wam train --nproc 2`, which launches torchrun itself)
+    assert main([*resume, "--out", str(ddp), "--nproc", "2"]) == 0
+    _torchrun([*resume, "--out", str(fsdp)])
+    assert json.loads((fsdp / "run.json").read_text())["train"]["fsdp"] is True
+    for run in (ddp, fsdp):
+        _assert_same_training(_weights(one), _weights(run))

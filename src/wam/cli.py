@@ -246,6 +246,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
                        help=f"(default {default}; on --resume, the run's own)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
+    p.add_argument("--fsdp", action="store_const", const=True, default=None,
+                   help="with several processes, shard weights, gradients and optimizer state over them (FSDP2) "
+                        "instead of a full copy each (DDP): for presets too large for one device")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train in N data-parallel processes on this machine (launches torchrun; the batch size "
                         "stays the global one). Several machines: run torchrun yourself, see the README")
@@ -267,7 +270,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wam.config import LossConfig, ModelConfig, from_dict
     from wam.train import RunError, TrainConfig, train
 
-    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in (*_TRAIN_FLAGS, "fsdp") if getattr(args, k) is not None}
     loss = _parse_settings(args.loss, LossConfig)
     tc = lc = None
     run_file = Path(args.out) / "run.json"
@@ -290,7 +293,8 @@ def _run_train(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite, progress=not args.quiet)
     except RunError as e:
         raise UserError(str(e)) from None
-    print(f"checkpoint: {ckpt}")
+    if os.environ.get("RANK", "0") == "0":  # (under torchrun, every process returns here)
+        print(f"checkpoint: {ckpt}")
     return 0
 
 

@@ -55,6 +55,8 @@ class TrainConfig:
     log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
     val_every: int = 1000  # steps between validation passes (0: only at the end)
     checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
+    fsdp: bool = False  # several processes: shard weights, gradients and optimizer state over them (FSDP2),
+    # for models too large for one device; otherwise every process holds a full copy (DDP)
 
 
 # ---- episodes in latent space --------------------------------------------------------------------
@@ -186,7 +188,12 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
+        pe.lerp_(_full(pm.detach()), 1 - decay)
+
+
+def _full(t):
+    """A sharded (FSDP) tensor gathered whole; any other tensor as it is. Collective for sharded ones."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -212,12 +219,83 @@ def make_state(cfg: ModelConfig, tc: TrainConfig) -> FitState:
     torch.manual_seed(tc.seed)
     model = WAM(cfg)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    return FitState(model, ema, make_optimizer(model, tc))
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, position embeddings and tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "pos" in name or "table" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
-    return FitState(model, ema, opt)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
+
+
+def shard_state(state: FitState, tc: TrainConfig, dist, optimizer_state: dict | None = None) -> None:
+    """FSDP2: shard the model's blocks and the rest over the processes, then build the optimizer over the
+    shards (loading a saved full optimizer state into it when given). The EMA copy stays whole."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(state.model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.world,))
+    for block in state.model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(state.model, mesh=mesh)
+    state.optimizer = make_optimizer(state.model, tc)
+    if optimizer_state is not None:
+        load_optimizer_state(state, optimizer_state)
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def model_state(state: FitState) -> dict:
+    """The raw weights, whole (gathered from the shards under FSDP: call it on every process)."""
+    if _is_sharded(state.model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(state.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state.model.state_dict()
+
+
+def optimizer_state(state: FitState) -> dict:
+    """The optimizer state, whole: torch's own format, or under FSDP the parameter-name format of
+    torch.distributed.checkpoint (call it on every process then); `load_optimizer_state` reads both."""
+    if _is_sharded(state.model) and not state.optimizer.state:  # before the first step: nothing to gather
+        # (and torch.distributed.checkpoint would take a zero-gradient step to create some, which counts as
+        # one of Adam's steps)
+        name = {id(p): n for n, p in state.model.named_parameters()}
+        return {"state": {}, "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                                                "params": [name[id(p)] for p in g["params"]]}
+                                               for g in state.optimizer.param_groups]}
+    if _is_sharded(state.model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(state.model, state.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state.optimizer.state_dict()
+
+
+def load_optimizer_state(state: FitState, saved: dict) -> None:
+    if not saved.get("state"):  # saved before the first step: a fresh optimizer is that state
+        return
+    by_name = any(isinstance(k, str) for k in saved["state"])
+    if by_name or _is_sharded(state.model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        if not by_name:  # torch's own format, into a sharded model: name the parameters first
+            names = [n for n, _ in state.model.named_parameters()]
+            saved = {"state": {names[i]: v for i, v in saved["state"].items()},
+                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        set_optimizer_state_dict(state.model, state.optimizer, optim_state_dict=saved,
+                                 options=StateDictOptions(full_state_dict=True, strict=False))  # (parameters that never
+        # had a gradient, such as the last block's context-stream output weights, have no state to load)
+    else:
+        state.optimizer.load_state_dict(saved)
 
 
 def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig = LossConfig(), *,
@@ -233,7 +311,9 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     calling on_checkpoint with the last good state.
 
     dist (`wam.distributed.Dist`): with several processes, each trains on its rows of the same global
-    batch through DistributedDataParallel; give the callbacks to rank 0 only.
+    batch through DistributedDataParallel (or, for a model sharded by `shard_state`, FSDP2). Give on_log and
+    on_validate to rank 0 only; on_checkpoint runs on every process (gathering FSDP shards is collective)
+    and must write on rank 0 only.
     """
     from wam.distributed import Dist
 
@@ -241,7 +321,9 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     until = tc.steps if until is None else until
     model, ema, opt = state.model, state.ema, state.optimizer
     net, shard = model, None
-    if dist.enabled:
+    if dist.enabled and _is_sharded(model):  # FSDP: the sharded model averages its gradients itself
+        shard = (dist.rows(tc.batch_size), dist.world)
+    elif dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         on_cuda = next(model.parameters()).device.type == "cuda"
@@ -278,7 +360,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
                                    f"(wam dataset check)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
         opt.step()
         ema_update(ema, model, tc.ema_decay if state.step >= tc.warmup_steps else 0.0)
         state.step += 1
@@ -333,12 +415,12 @@ def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, bat
 
 
 def train_state_dict(state: FitState, tc: TrainConfig) -> dict:
-    return {"step": state.step, "optimizer": state.optimizer.state_dict(), "ema": state.ema.state_dict(),
+    return {"step": state.step, "optimizer": optimizer_state(state), "ema": state.ema.state_dict(),
             "torch_rng": torch.get_rng_state(), "train_config": tc.__dict__}
 
 
 def load_train_state(state: FitState, saved: dict) -> None:
-    state.optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer_state(state, saved["optimizer"])
     state.ema.load_state_dict(saved["ema"])
     torch.set_rng_state(saved["torch_rng"])
     state.step = int(saved["step"])
@@ -557,11 +639,15 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     state = make_state(cfg, tc)
     if saved is not None:
         state.model.load_state_dict(saved.train_state["model"])
+    if tc.fsdp and dist.enabled:
+        shard_state(state, tc, dist)
+    if saved is not None:
         load_train_state(state, saved.train_state)
 
-    def on_checkpoint(s: FitState) -> None:
-        save_checkpoint(ckpt_dir, s.ema, tok, stats=norm.to_dict(), config={"run": run_info},
-                        train_state={**train_state_dict(s, tc), "model": s.model.state_dict()})
+    def on_checkpoint(s: FitState) -> None:  # every process: under FSDP the shards are gathered first
+        ts = {**train_state_dict(s, tc), "model": model_state(s)}
+        if dist.main:
+            save_checkpoint(ckpt_dir, s.ema, tok, stats=norm.to_dict(), config={"run": run_info}, train_state=ts)
 
     def on_validate(s: FitState) -> dict:
         if val_data is None:
@@ -570,11 +656,11 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         logger({"step": s.step, **losses}, prefix="val")
         return losses
 
-    if saved is None and dist.main:
+    if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
     main_only = (lambda f: f) if dist.main else (lambda f: None)  # noqa: E731
     try:
-        fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=main_only(on_checkpoint),
+        fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=on_checkpoint,
             on_validate=main_only(on_validate), progress=progress, dist=dist)
     except TrainingDiverged as e:
         raise RunError(str(e)) from e
