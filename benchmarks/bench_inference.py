@@ -50,6 +50,7 @@ def settings() -> list[tuple[str, str, InferenceConfig]]:
         ("policy + cache, 1 step", "policy", InferenceConfig(steps=1)),
         ("policy + cache, 2 steps + int8", "policy", InferenceConfig(steps=2, quantize="int8")),
         ("policy + cache, 2 steps + compile", "policy", InferenceConfig(steps=2, compile=True)),
+        ("policy + cache, 1 step + compile", "policy", InferenceConfig(steps=1, compile=True)),
         (f"default: policy + cache, {default.steps} steps", "policy", default),
     ]
 
@@ -87,7 +88,15 @@ def main() -> None:
         print(f"| {r['label']} | {r['mode']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['speedup']:.1f}x | "
               f"{r['flops_per_call'] / 1e9:.3f} | {q['action_mse_vs_reference']:.5f} | {q['action_mse_vs_data']:.5f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        out = Path(args.out)
+        if args.only and out.is_file():  # a partial rerun replaces its rows in the recorded file
+            old = json.loads(out.read_text())
+            fresh = {r["label"] for r in rows}
+            order = [label for label, _, _ in settings()]
+            kept = [r for r in old["results"] if r["label"] not in fresh]
+            doc["results"] = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else 99)
+            doc["reruns"] = sorted(set(old.get("reruns", [])) | fresh)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -197,3 +197,15 @@ def test_compiled_network_gives_the_eager_answer():
     assert fast is not model and fast.observed_kv is not model.observed_kv
     out = sample(fast, b, "policy", steps=2, noise=noise, cache=True)["actions"]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_taylorseer_runs_on_full_attention_through_the_whole_forward():
+    cfg = tiny_config(depth=3, attention="full")
+    model = randomise(WAM(cfg), seed=12)
+    b = random_batch(cfg, B=2)
+    noise = _noise(cfg, "joint", 2)
+    exact = sample(model, b, "joint", steps=6, noise=noise)
+    every = sample(model, b, "joint", steps=6, noise=noise, taylor=TaylorSeer(order=1, interval=1))
+    torch.testing.assert_close(every["actions"], exact["actions"])
+    fast = sample(model, b, "joint", steps=6, noise=noise, taylor=TaylorSeer(order=1, interval=2))
+    assert fast["forecast"]["forecast"] == 2 and not torch.equal(fast["actions"], exact["actions"])

@@ -404,11 +404,14 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
             raise ValueError("evaluation in several processes needs a WAMPolicy (it is rebuilt from its checkpoint "
                              "in each process); use workers=1 for other policies")
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(threads,)) as pool:
+        # (not multiprocessing.Pool: its daemonic workers may not start the environments' own processes)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
             rows = []
-            for row in pool.imap(_task_job, [(spec, env, t, kwargs) for t in task_names]):
+            for row in pool.map(_task_job, [(spec, env, t, kwargs) for t in task_names]):
                 rows.append(row)
                 if bar is not None:
                     bar.update(per_task)

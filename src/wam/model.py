@@ -199,6 +199,7 @@ class WAM(nn.Module):
         state      (B, n_obs, S)    proprioception of the history steps (when state_dim > 0)
         frame_keep (B, T) bool      False: the frame's tokens are left out (masked as keys)
         action_keep (B,) bool       False: the action tokens are left out
+        hook       called after each block (feature caching; see `forward_generated`)
     Returns (v_latents (B, T, c, h, w) or None, v_actions (B, H, A) or None).
     """
 
@@ -357,7 +358,7 @@ class WAM(nn.Module):
         return v_lat, v_act
 
     def forward(self, latents, t_video, actions, t_action, task, state=None, frame_keep=None, action_keep=None,
-                drop_task=None):
+                drop_task=None, hook=None):
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B, D = ctx.shape[0], ctx.shape[2]
         c_ctx, m_ctx = self.timestep(CONTEXT, torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B, Nc, D), (B, Nc, 6D)
@@ -378,8 +379,11 @@ class WAM(nn.Module):
 
         mask = self.attention_mask(ctx.shape[1], T, n_act, frame_keep, action_keep, B, ctx.device)
         xs, mods = [ctx, vid, act], [m_ctx, m_vid, m_act]
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             xs = block(xs, mods, mask)
+            if hook is not None and (forecast := hook(i, xs)) is not None:  # see forward_generated
+                xs = forecast
+                break
         return self.outputs(xs[VIDEO], c_vid, xs[ACTION], c_act, T)
 
     # -- sampling with the observed tokens cached (attention "prefix" or "causal") --

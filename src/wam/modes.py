@@ -139,7 +139,7 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         if m.actions != OMIT:
             act = two(x["actions"]) if m.actions == GENERATE else given_actions
             t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device)
-        if observed is not None or forecast is not None:
+        if observed is not None or (forecast is not None and cfg.attention != "full"):
             kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
             v_fut, v_act = model.forward_generated(kv, fut, t_fut, act, t_act,
                                                    hook=None if forecast is None else forecast.hook(t))
@@ -148,7 +148,8 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
             t_act = None if t_act is None else t_act.expand(nB)
             lat = hist if fut is None else torch.cat([hist, fut], 1)
             t_vid = zeros_hist if fut is None else torch.cat([zeros_hist, t_fut[:, None].expand(nB, F)], 1)
-            v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop)
+            v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop,
+                                 hook=None if forecast is None else forecast.hook(t))
             v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps:]
         if guided:
             v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], cfg_scale)

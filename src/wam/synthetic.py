@@ -34,8 +34,10 @@ def synthetic_model_config(**changes) -> ModelConfig:
 
     Patch size 1 keeps each video token (48 values) narrower than the width (64): with 2x2 patches
     (192 values a token) the video stream did not learn to carry the history frame forward at all
-    (forward-mode error above copying the last frame at 5000 steps; 15% below it at 1500 with 1x1)."""
-    base = dict(width=64, depth=4, heads=4, image_size=16, tokenizer="pixel", latent_channels=48,
+    (forward-mode error above copying the last frame at 5000 steps; 15% below it at 1500 with 1x1).
+    Attention is "full": with "prefix" (history tokens blind to the generated ones) the forward-mode error
+    at 1500 steps was 0.020, above copying the last frame (0.016), against 0.0135 with "full"."""
+    base = dict(width=64, depth=4, heads=4, attention="full", image_size=16, tokenizer="pixel", latent_channels=48,
                 tokenizer_downsample=4, patch_size=1, n_obs_steps=1, future_frames=2, future_stride=1,
                 action_horizon=2, action_dim=2, state_dim=4, n_tasks=1)
     base.update(changes)

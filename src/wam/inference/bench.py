@@ -104,7 +104,13 @@ class Bench:
     def _replay(self, mode: str, ic: InferenceConfig) -> Run:
         from wam.policy import Observation, WAMPolicy
 
+        import dataclasses
+
         policy = WAMPolicy(self.ckpt, mode=mode, inference=ic, seed=self.seed)
+        # FLOPs are counted on an uncompiled twin: a compiled function run under the counter's dispatch
+        # mode would be traced again, and the count is the same
+        counter = policy if not ic.compile else WAMPolicy(self.ckpt, mode=mode, seed=self.seed,
+                                                           inference=dataclasses.replace(ic, compile=False))
         k, run = policy.n_action_steps, Run()
         for ep in self.episodes:
             state = policy.new_state(self.seed)
@@ -118,11 +124,11 @@ class Bench:
                 if not run.flops and len(run.times) == self.warmup:
                     with FlopCounterMode(display=False) as fc:
                         # count a copy of this call: a state's history is encoded in place, so use a twin
-                        twin = policy.new_state(self.seed)
+                        twin = counter.new_state(self.seed)
                         twin.history.extend([list(e) for e in state.history])
                         twin.states.extend(state.states)
                         twin.last_chunk, twin.since_chunk = state.last_chunk, state.since_chunk
-                        policy.predict_chunks([twin], [task])
+                        counter.predict_chunks([twin], [task])
                     run.flops = fc.get_total_flops()
                 t = time.perf_counter()
                 policy.predict_chunks([state], [task])
@@ -159,20 +165,23 @@ class Bench:
     def _sample_windows(self, mode: str, ic: InferenceConfig) -> Run:
         from wam.modes import initial_noise, sample
 
+        import dataclasses
+
         model, tok, run = prepare(self.ckpt.model, ic), self.ckpt.tokenizer, Run()
+        eager = model if not ic.compile else prepare(self.ckpt.model, dataclasses.replace(ic, compile=False))
         kw = ic.sample_kwargs()
         for i, batch in enumerate(self._windows()):
             g = torch.Generator().manual_seed(self.seed + i)
             noise = initial_noise(self.cfg, "joint", 1, tuple(batch["latents"].shape[2:]), g)
 
-            def call():
+            def call(net=model):
                 with autocast(ic):
-                    out = sample(model, batch, mode, noise=noise, **kw)
+                    out = sample(net, batch, mode, noise=noise, **kw)
                 return self._to_unit(tok.decode(out["latents"][:, self.cfg.n_obs_steps:]))
 
             if not run.flops and len(run.times) == self.warmup:
-                with FlopCounterMode(display=False) as fc:
-                    call()
+                with FlopCounterMode(display=False) as fc:  # (on the uncompiled network: see _replay)
+                    call(eager)
                 run.flops = fc.get_total_flops()
             t = time.perf_counter()
             frames = call()
