@@ -187,7 +187,9 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
 
     n = len(seeds)
     k = max(1, min(num_envs, n))
-    envs = gym.vector.AsyncVectorEnv([env_fn] * k, autoreset_mode=AutoresetMode.DISABLED, context="fork")
+    # spawn, not fork: a simulator that renders with EGL cannot be forked once the parent has a context
+    # (gymnasium builds one environment in the parent to read the spaces)
+    envs = gym.vector.AsyncVectorEnv([env_fn] * k, autoreset_mode=AutoresetMode.DISABLED, context="spawn")
     try:
         limit_env = envs.get_attr("max_episode_steps")[0]
         limit = min(max_steps or limit_env, limit_env)
