@@ -234,14 +234,15 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
                     out["seconds"][i] = time.perf_counter() - started[j]
                     if progress is not None:
                         progress()
+                    ended[j] = True  # reset even when idle: a truncated environment may not step again
                     if nxt < n:
-                        episode[j], nxt, ended[j] = nxt, nxt + 1, True
+                        episode[j], nxt = nxt, nxt + 1
                     else:
                         episode[j] = -1
             if ended.any():
-                obs, _ = envs.reset(seed=[int(seeds[episode[j]]) if ended[j] else None for j in range(k)],
-                                    options={"reset_mask": ended})
-                for j in np.flatnonzero(ended):
+                obs, _ = envs.reset(seed=[int(seeds[episode[j]]) if ended[j] and episode[j] >= 0 else None
+                                          for j in range(k)], options={"reset_mask": ended})
+                for j in np.flatnonzero(ended & (np.asarray(episode) >= 0)):
                     current[j] = {key: v[j] for key, v in obs.items()}
                     started[j] = time.perf_counter()
                     slots.reset(j)
