@@ -21,17 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wam import PRESETS, WAM, training_loss
 from wam.config import LossConfig
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+from wam.inference.bench import matmul_peak
 
 
 def fake_batch(cfg, B: int, g: torch.Generator) -> dict:
@@ -92,7 +82,7 @@ def main() -> None:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = {"fp32_GFLOPs": round(matmul_peak(torch.float32) / 1e9, 1),
+    peak = {"fp32_GFLOPs": round(matmul_peak(torch.float32, n=2048) / 1e9, 1),
             "bf16_GFLOPs": round(matmul_peak(torch.bfloat16, n=1024, reps=3) / 1e9, 1)}
     rows = []
     for name in args.presets.split(","):
