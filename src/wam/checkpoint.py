@@ -2,7 +2,8 @@
 
     model.safetensors       the WAM weights
     tokenizer.safetensors   the frame tokenizer's weights (with its latent standardisation)
-    config.json             {"model": ModelConfig, ...anything else the run wants to record}
+    config.json             {"model": ModelConfig, ...anything else the run wants to record; "adapter": the
+                            settings of adapter modules kept in the weights, rebuilt on loading (wam.adapters)}
     stats.json              dataset normalisation statistics (for un-normalising actions)
     train_state/state.pt    optimizer, scheduler, RNG states and step, for resuming (optional)
 
@@ -99,6 +100,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = json.loads((root / "config.json").read_text())
     mcfg = from_dict(ModelConfig, config["model"])
     model = WAM(mcfg)
+    if config.get("adapter"):  # unmerged adapter modules (bottleneck adapters cannot fold into the weights)
+        from wam.adapters import add_adapters
+
+        add_adapters(model, **config["adapter"])
     tokenizer = make_tokenizer(mcfg) if (root / "tokenizer.safetensors").is_file() else None
     for module, file in ((model, "model.safetensors"), (tokenizer, "tokenizer.safetensors")):
         if module is None:

@@ -5,6 +5,7 @@
     wam dataset info|check PATH              inspect or validate a LeRobot dataset
     wam collect ENV --tasks T --episodes N   scripted-expert demonstrations -> a LeRobot dataset
     wam train --dataset D --out RUN          train a WAM on a LeRobot dataset (--resume continues a run)
+    wam finetune --checkpoint C --dataset D --out RUN --adapter lora|adapter|full   fine-tune on new data
     wam eval --checkpoint C --tasks mt10     closed-loop success beside the expert, world-model metrics, report
     wam serve --checkpoint C                 serve a checkpoint to robots over websockets (wam eval --server URL)
 
@@ -230,7 +231,11 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
                        description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
                                    "--preset wam-tiny --steps 20000 --out runs/mt10")
-    p.add_argument("--dataset", required=True, help="LeRobot dataset directory (v3.0 or v2.1)")
+    p.add_argument("--dataset", required=True, action="append", metavar="PATH[:WEIGHT][:no-actions]",
+                   help="LeRobot dataset directory (v3.0 or v2.1). Repeat to train on a mixture: WEIGHT is the "
+                        "dataset's relative share of each batch (default: by its size), no-actions trains on its "
+                        "videos only (action-free co-training); datasets with other action sizes (other robots) "
+                        "are padded and masked")
     p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
@@ -244,6 +249,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
         default = getattr(d, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
                        help=f"(default {default}; on --resume, the run's own)")
+    p.add_argument("--tokenizer-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's frame tokenizer (trained further for --tokenizer-steps; 0 "
+                        "keeps it as it is) instead of a new one")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
     p.add_argument("--fsdp", action="store_const", const=True, default=None,
@@ -288,9 +296,10 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UserError(f"invalid training settings: {e}") from None
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     try:
-        ckpt = train(args.dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
+        dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
+        ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
                      tc=tc, lc=lc, cameras=cameras, val_fraction=args.val_fraction, resume=args.resume,
-                     overwrite=args.overwrite, progress=not args.quiet)
+                     overwrite=args.overwrite, progress=not args.quiet, tokenizer_from=args.tokenizer_from)
     except RunError as e:
         raise UserError(str(e)) from None
     if os.environ.get("RANK", "0") == "0":  # (under torchrun, every process returns here)
@@ -608,7 +617,87 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _eval, _serve, _bench]
+_FINETUNE_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "precision",
+                   "seed", "log_every", "val_every", "checkpoint_every")
+
+
+def _finetune(sub: argparse._SubParsersAction) -> None:
+    from wam.adapters import finetune_config
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a new dataset: LoRA, bottleneck adapters or "
+                                        "every weight",
+                       description="Fine-tune a trained checkpoint on a LeRobot dataset, its base frozen and small "
+                                   "adapters trained (lora: on each stream's QKV, attention output and MLP; adapter: "
+                                   "a bottleneck after each stream's attention), or every weight (full). New tasks "
+                                   "get new rows of the task table. Writes adapter/, checkpoint/ (merged, for every "
+                                   "verb), log.jsonl and finetune.json. Example: wam finetune --checkpoint "
+                                   "runs/mt10/checkpoint --dataset data/new --out runs/new --adapter lora")
+    p.add_argument("--checkpoint", default=None, help="the base checkpoint directory (on --resume, the run's own)")
+    p.add_argument("--dataset", default=None, help="LeRobot dataset directory (on --resume, the run's own)")
+    p.add_argument("--out", required=True, help="output directory: adapter/, checkpoint/, log.jsonl, finetune.json")
+    p.add_argument("--adapter", default=None, help="lora (default), adapter (bottleneck) or full")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank, or the bottleneck width of adapters (default 8)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA scale numerator: updates scaled by alpha / rank "
+                                                             "(default 16)")
+    p.add_argument("--streams", default=None, help="comma-separated streams that get adapters (default: "
+                                                   "context,video,action)")
+    p.add_argument("--freeze-task-embedding", action="store_true",
+                   help="keep the task table frozen too (only when the dataset brings no new task)")
+    p.add_argument("--loss", action="append", metavar="KEY=VALUE", help="change a loss setting (repeatable)")
+    p.add_argument("--val-fraction", type=float, default=None, help="episodes held out per task (default 0.05)")
+    d = finetune_config("lora")
+    for name in _FINETUNE_FLAGS:
+        default = getattr(d, name)
+        extra = " with adapters, 0.0001 for full" if name == "lr" else ""
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
+                       help=f"(default {default}{extra}; on --resume, the run's own)")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing the fine-tune in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wam.adapters import finetune, finetune_config
+    from wam.config import LossConfig, from_dict
+    from wam.train import RunError, TrainConfig
+
+    given = {k: getattr(args, k) for k in _FINETUNE_FLAGS if getattr(args, k) is not None}
+    loss = _parse_settings(args.loss, LossConfig)
+    tc = lc = None
+    info = Path(args.out) / "finetune.json"
+    try:
+        if args.resume and info.is_file():  # the run's own settings, changed only where flags were given
+            saved = json.loads(info.read_text())["settings"]
+            tc = from_dict(TrainConfig, {**saved["train"], **given}) if given else None
+            lc = from_dict(LossConfig, {**saved["loss"], **loss}) if loss else None
+        else:
+            tc, lc = finetune_config(args.adapter or "lora", **given), LossConfig(**loss)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid training settings: {e}") from None
+    streams = [s.strip() for s in args.streams.split(",") if s.strip()] if args.streams else None
+    try:
+        summary = finetune(args.checkpoint, args.dataset, args.out, adapter=args.adapter, rank=args.rank,
+                           alpha=args.alpha, streams=streams,
+                           train_task_embedding=False if args.freeze_task_embedding else None, tc=tc, lc=lc,
+                           val_fraction=0.05 if args.val_fraction is None else args.val_fraction, resume=args.resume,
+                           overwrite=args.overwrite, progress=not args.quiet)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    if args.quiet:  # (otherwise printed before training)
+        n, total = summary["trainable_parameters"], summary["total_parameters"]
+        print(f"trainable parameters: {n:,} of {total:,} ({100 * n / total:.2f}%)")
+    if summary["new_tasks"]:
+        print(f"new tasks: {', '.join(summary['new_tasks'])}")
+    if summary["adapter_dir"]:
+        print(f"adapter: {summary['adapter_dir']}")
+    print(f"checkpoint: {summary['checkpoint_dir']}")
+    return 0
+
+
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _eval, _serve, _bench]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

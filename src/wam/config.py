@@ -12,6 +12,7 @@ from typing import Any
 
 
 ATTENTION = ("full", "prefix", "causal")
+TEXT_ENCODERS = {"minilm": 384}  # offline text encoders (wam.text) and the size of their embeddings
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ModelConfig:
     state_dim: int = 0  # proprioception size; 0 for none
     n_tasks: int = 64  # rows of the learned task-embedding table (plus one "no task" row for guidance)
     text_dim: int = 0  # size of precomputed text embeddings, replaces the table when > 0
+    text_encoder: str = ""  # "": a learned embedding per task; "minilm": the task text through all-MiniLM-L6-v2
+    # (wam[lang]), so new instructions have an embedding too (text_dim 384)
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -67,6 +70,11 @@ class ModelConfig:
         if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample ** 2:
             raise ValueError(f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample ** 2} latent "
                              f"channels; set latent_channels to that")
+        if self.text_encoder and self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; choose one of: {', '.join(TEXT_ENCODERS)}")
+        if self.text_encoder and self.text_dim != TEXT_ENCODERS[self.text_encoder]:
+            raise ValueError(f"text_encoder {self.text_encoder!r} makes embeddings of size "
+                             f"{TEXT_ENCODERS[self.text_encoder]}; set text_dim to that")
         if self.tokenizer_downsample & (self.tokenizer_downsample - 1):
             raise ValueError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
 
@@ -151,4 +159,4 @@ def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = ["ModelConfig", "LossConfig", "PRESETS", "to_dict", "from_dict", "replace"]
+__all__ = ["ModelConfig", "LossConfig", "PRESETS", "TEXT_ENCODERS", "to_dict", "from_dict", "replace"]

@@ -504,13 +504,18 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
 
     model, tok, cfg = checkpoint.model, checkpoint.tokenizer, checkpoint.model.cfg
     run = checkpoint.config.get("run", {})
-    eps = episodes if episodes is not None else run.get("val_episodes")
+    stats, held_out = checkpoint.stats, run.get("val_episodes")
+    for d in run.get("datasets", []):  # a mixture: that dataset's held-out episodes (and its units, if it had actions)
+        if Path(d["path"]).resolve() == Path(dataset).resolve():
+            held_out = d.get("val_episodes", held_out)
+            stats = d["stats"] if d.get("action_dim") else stats
+    eps = episodes if episodes is not None else held_out
     if not eps:
         raise ValueError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
-                         normalizer=Normalizer.from_dict(checkpoint.stats), episodes=eps, progress=progress)
+                         normalizer=Normalizer.from_dict(stats), episodes=eps, progress=progress)
     map_tasks(data, run.get("tasks") or [], dataset)
-    tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim)
+    tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim, cfg.state_dim)
     ep, st = tensors.window_index()
     horizon = cfg.future_frames * cfg.future_stride
     full = st + horizon < tensors.lengths[ep]

@@ -212,6 +212,8 @@ class WAM(nn.Module):
         # context stream
         if cfg.text_dim > 0:
             self.task_proj = nn.Linear(cfg.text_dim, D)
+            # the training tasks' text embeddings (fixed, not learned), so a task index works as well as its text
+            self.register_buffer("task_text", torch.zeros(cfg.n_tasks, cfg.text_dim))
         else:
             self.task_table = nn.Embedding(cfg.n_tasks, D)
         self.null_task = nn.Parameter(torch.zeros(D))  # the "no task" token (guidance, task dropout)
@@ -244,11 +246,23 @@ class WAM(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    @torch.no_grad()
+    def set_task_embeddings(self, emb: torch.Tensor, start: int = 0) -> None:
+        """Store text embeddings (K, text_dim) of tasks start .. start + K - 1 (text-conditioned models)."""
+        if self.cfg.text_dim <= 0:
+            raise ValueError("this model has a learned task table (text_dim 0); it takes no text embeddings")
+        if emb.shape[-1] != self.cfg.text_dim or start + len(emb) > self.cfg.n_tasks:
+            raise ValueError(f"expected at most {self.cfg.n_tasks - start} embeddings of size {self.cfg.text_dim}, "
+                             f"got {tuple(emb.shape)}")
+        self.task_text[start:start + len(emb)] = emb.to(self.task_text)
+
     # -- token construction --
 
     def embed_context(self, task: torch.Tensor, state: torch.Tensor | None, drop_task=None) -> torch.Tensor:
         cfg = self.cfg
         if cfg.text_dim > 0:
+            if task.dtype == torch.long:  # indices of training tasks -> their stored text embeddings
+                task = self.task_text[task]  # (B, text_dim)
             tok = self.task_proj(task.to(self.task_proj.weight.dtype))  # (B, D)
         else:
             if not torch.compiler.is_compiling() and (  # (a data-dependent check: skipped inside a compiled graph)

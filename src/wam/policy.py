@@ -69,6 +69,7 @@ class PolicyState:
         self.last_plan: dict[str, torch.Tensor] | None = None
         self.last_chunk: torch.Tensor | None = None
         self.since_chunk = 0
+        self.embodiment = 0  # which dataset's action space the loop acts in (a mixture's models have several)
 
     @property
     def batch_size(self) -> int | None:
@@ -80,8 +81,9 @@ class Observation:
     """One observation turned into model inputs (no state touched): see `WAMPolicy.read_observation`."""
     frames: np.ndarray  # (B, h, W, 3) uint8 at the model's image size, cameras side by side
     state: torch.Tensor | None  # (B, S) normalised, or None when the model has no state
-    task: torch.Tensor  # (B,) indices into the model's task table
+    task: torch.Tensor  # (B,) indices into the model's task table, or (B, text_dim) embeddings of new text
     single: bool  # the observation was unbatched
+    embodiment: int = 0  # index into WAMPolicy.embodiments: whose action and state units
 
     @property
     def batch_size(self) -> int:
@@ -123,6 +125,17 @@ class WAMPolicy:
         run = checkpoint.config.get("run", {})
         self.cameras = [f"observation.images.{c}" for c in run.get("cameras", [])]
         self.tasks: list[str] = list(run.get("tasks", []))
+        # embodiments: a model trained on a mixture acts in each action dataset's units (its own statistics
+        # and action size); a task acts in the units of the first dataset that holds it, a new task in the first's
+        self.embodiments = [self.normalizer]
+        self.task_embodiment: dict[str, int] = {}
+        sets = [d for d in run.get("datasets", []) if d.get("action_dim")]
+        if sets:
+            self.embodiments = [Normalizer.from_dict(d["stats"]) for d in sets]
+            for i, d in enumerate(sets):
+                for t in d.get("tasks", []):
+                    self.task_embodiment.setdefault(t, i)
+        self._task_text = getattr(model, "task_text", None)  # (n_tasks, text_dim) for a text-conditioned model
         self.fps = run.get("fps")
         self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
@@ -170,17 +183,44 @@ class WAMPolicy:
     # -- observations
 
     def task_index(self, task: Any, batch: int) -> torch.Tensor:
-        """Task strings (or indices) -> (B,) indices into the model's task table."""
-        items = [task] * batch if isinstance(task, (str, int, np.integer)) else list(task)
-        out = []
+        """Task strings (or indices) -> (B,) indices into the model's task table; for a text-conditioned
+        model, instructions it was not trained on -> (B, text_dim) embeddings of every row instead."""
+        items = self._task_items(task, batch)
+        out, new = [], []
         for t in items:
             if isinstance(t, (int, np.integer)):
                 out.append(int(t))
             elif t in self.tasks:
                 out.append(self.tasks.index(t))
+            elif self._task_text is not None:
+                out.append(-1)
+                new.append(t)
             else:
-                raise ValueError(f"task {t!r} was not in the training data; known tasks: {self.tasks}")
-        return torch.tensor(out, device=self.device)
+                raise ValueError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
+                                 f"trained with --model text_encoder=minilm accepts any instruction)")
+        idx = torch.tensor(out, device=self.device)
+        if not new:
+            return idx
+        from wam.text import encode_texts
+
+        emb = self._task_text[idx.clamp(min=0)].clone()  # (B, text_dim)
+        rows = (idx < 0).nonzero()[:, 0]
+        emb[rows] = torch.as_tensor(encode_texts(new, self.cfg.text_encoder or "minilm")).to(emb)
+        return emb
+
+    @staticmethod
+    def _task_items(task: Any, batch: int) -> list:
+        return [task] * batch if isinstance(task, (str, int, np.integer)) else list(task)
+
+    def embodiment_of(self, task: Any, batch: int) -> int:
+        """The embodiment (index into `embodiments`) the rows of `task` act in; one per observation."""
+        items = self._task_items(task, batch)
+        found = {self.task_embodiment.get(self.tasks[t] if isinstance(t, (int, np.integer)) and 0 <= t < len(self.tasks)
+                                         else t, 0) for t in items}
+        if len(found) > 1:
+            raise ValueError("one observation batch mixes tasks of different embodiments; send each embodiment's "
+                             "environments as their own batch (their actions have different sizes)")
+        return found.pop() if found else 0
 
     def read_observation(self, obs: dict) -> Observation:
         """LeRobot keys (one observation or a batch) -> model inputs; changes no state."""
@@ -199,12 +239,19 @@ class WAMPolicy:
             views.append(resize_frames(img, size).transpose(0, 2, 3, 1))  # (B, h, w, 3)
         frames = np.concatenate(views, axis=2)  # (B, h, W, 3): cameras side by side
         B = frames.shape[0]
+        task = obs.get("task", 0)
+        emb = self.embodiment_of(task, B)
         state = None
         if self.cfg.state_dim > 0:
-            s = torch.as_tensor(np.asarray(obs["observation.state"], dtype=np.float32), device=self.device)
+            s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
-            state = self.normalizer.normalize_state(s)
-        return Observation(frames, state, self.task_index(obs.get("task", 0), B), single)
+            state = self.embodiments[emb].normalize_state(s)
+            if state.shape[-1] > self.cfg.state_dim:
+                raise ValueError(f"observation.state has {state.shape[-1]} values; the model takes at most "
+                                 f"{self.cfg.state_dim}")
+            if state.shape[-1] < self.cfg.state_dim:  # another embodiment's shorter state, zero-padded as in training
+                state = torch.nn.functional.pad(state, (0, self.cfg.state_dim - state.shape[-1]))
+        return Observation(frames, state, self.task_index(task, B), single, emb)
 
     def push(self, state: PolicyState, ob: Observation) -> None:
         """Append an observation to a state's history (the first one fills it)."""
@@ -213,6 +260,7 @@ class WAMPolicy:
                              f"{state.batch_size}; reset() before changing the number of environments")
         entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
         state.since_chunk += 1
+        state.embodiment = ob.embodiment
         for _ in range(self.cfg.n_obs_steps if not state.history else 1):
             state.history.append(entry)
             state.states.append(ob.state)
@@ -259,6 +307,8 @@ class WAMPolicy:
             raise ValueError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
         self._encode_history(states)
         latents = [torch.stack([e[1] for e in s.history], 1) for s in states]  # (B_i, n_obs, c, h, w)
+        if len({t.dtype for t in tasks}) > 1:  # indices beside new instructions' embeddings: all embeddings
+            tasks = [t if t.is_floating_point() else self._task_text[t] for t in tasks]
         batch = {"latents": torch.cat(latents), "task": torch.cat(tasks)}
         if self.cfg.state_dim > 0:
             batch["state"] = torch.cat([torch.stack(list(s.states), 1) for s in states])  # (B, n_obs, S)
@@ -281,11 +331,11 @@ class WAMPolicy:
         for s, n in zip(states, sizes):
             s.last_chunk, s.since_chunk = out["actions"][start:start + n].float(), 0
             start += n
-        acts = out["actions"].clamp(-1, 1)[..., :self.normalizer.action_dim]
-        acts = self.normalizer.unnormalize_action(acts).float().cpu().numpy()  # (B, H, A)
+        acts = out["actions"].clamp(-1, 1).float()
         chunks, start = [], 0
         for s, n in zip(states, sizes):
-            chunks.append(acts[start:start + n])
+            norm = self.embodiments[s.embodiment]  # this loop's action units and size
+            chunks.append(norm.unnormalize_action(acts[start:start + n, :, :norm.action_dim]).cpu().numpy())  # (n, H, A)
             s.last_plan = None if plan is None else {"latents": plan[start:start + n]}
             start += n
         return chunks

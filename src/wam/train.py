@@ -79,6 +79,8 @@ class EpisodeTensors:
     task: torch.Tensor
     has_actions: torch.Tensor
     action_dim_mask: torch.Tensor | None = None  # (E, A) for datasets with padded action dimensions
+    source: torch.Tensor | None = None  # (E,) dataset of each episode in a mixture (episodes grouped by it)
+    weights: torch.Tensor | None = None  # (n_datasets,) sampling probabilities; None: uniform over windows
 
     @property
     def num_episodes(self) -> int:
@@ -93,6 +95,25 @@ class EpisodeTensors:
         ep = torch.repeat_interleave(torch.arange(self.num_episodes), self.lengths)
         step = torch.cat([torch.arange(int(n)) for n in self.lengths])
         return ep, step
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(episode, step) of n windows drawn with replacement: uniformly over all windows, or for a
+        weighted mixture a dataset by its weight, then uniformly over that dataset's windows."""
+        ep_of, step_of = self._windows()
+        if self.weights is None:
+            idx = torch.randint(0, len(ep_of), (n,), generator=generator)
+        else:
+            counts = torch.zeros(len(self.weights), dtype=torch.long).index_add_(0, self.source, self.lengths)
+            offsets = torch.cumsum(counts, 0) - counts
+            d = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            u = torch.rand(n, generator=generator, dtype=torch.float64)
+            idx = offsets[d] + (u * counts[d]).long().clamp(max=counts[d] - 1)
+        return ep_of[idx], step_of[idx]
+
+    def _windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_window_cache", None) is None:
+            self._window_cache = self.window_index()
+        return self._window_cache
 
     def gather(self, ep: torch.Tensor, step: torch.Tensor, cfg: ModelConfig) -> dict:
         """Batch of windows at (episode, step): history frames step-n_obs+1..step, future frames every
@@ -125,16 +146,23 @@ class EpisodeTensors:
         return batch
 
 
-def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None = None) -> EpisodeTensors:
+def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None = None,
+                        state_dim: int | None = None, weights: torch.Tensor | None = None) -> EpisodeTensors:
     """Encode in-memory episodes into EpisodeTensors.
 
     Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side), `actions` (L, A) and
-    `states` (L, S) already normalised, `task_index` int, optional `has_actions` bool (default True).
-    Actions narrower than `action_dim` are zero-padded and their padding masked out of the loss.
+    `states` (L, S) already normalised, `task_index` int, optional `has_actions` bool (default True) and
+    `source` int (its dataset in a mixture sampled with `weights`; episodes must come grouped by it).
+    Actions narrower than `action_dim` are zero-padded and their padding masked out of the loss; states
+    narrower than `state_dim` are zero-padded (another robot's proprioception is simply shorter).
     """
     if not episodes:
         raise ValueError("no episodes to train on")
     A = action_dim or max(e["actions"].shape[1] for e in episodes)
+    S = state_dim if state_dim is not None else max(e["states"].shape[1] for e in episodes)
+    source = torch.tensor([int(e.get("source", 0)) for e in episodes])
+    if weights is not None and bool((source[1:] < source[:-1]).any()):
+        raise ValueError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
     lengths = torch.tensor([len(e["frames"]) for e in episodes])
     for e in episodes:
         if len(e["actions"]) != len(e["frames"]) or len(e["states"]) != len(e["frames"]):
@@ -148,13 +176,19 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
         acts[row:row + len(a), :a.shape[1]] = a
         dim_mask[i, :a.shape[1]] = True
         row += len(a)
-    states = torch.cat([torch.as_tensor(np.asarray(e["states"]), dtype=torch.float32) for e in episodes])
+    states = torch.zeros(int(lengths.sum()), S)
+    row = 0
+    for e in episodes:
+        st = torch.as_tensor(np.asarray(e["states"]), dtype=torch.float32)
+        states[row:row + len(st), :st.shape[1]] = st
+        row += len(st)
     return EpisodeTensors(
         latents=latents, actions=acts, states=states,
         starts=torch.cumsum(lengths, 0) - lengths, lengths=lengths,
         task=torch.tensor([int(e["task_index"]) for e in episodes]),
         has_actions=torch.tensor([bool(e.get("has_actions", True)) for e in episodes]),
         action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
+        source=source, weights=weights,
     )
 
 
@@ -223,10 +257,12 @@ def make_state(cfg: ModelConfig, tc: TrainConfig) -> FitState:
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, position embeddings and tables."""
+    """AdamW over the trainable parameters (a frozen base under adapters gets no optimizer state); no weight
+    decay on biases, norms, position embeddings and tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or "pos" in name or "table" in name else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 or "pos" in name or "table" in name else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
 
@@ -336,8 +372,6 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     precision = resolve_precision(tc.precision, device_type)
     if dist.enabled:  # "auto" measures the machine: every process takes rank 0's verdict
         precision = dist.from_main(precision)
-    ep_of, step_of = data.window_index()
-    n = len(ep_of)
     model.train()
     bar = None
     if progress and dist.main:
@@ -346,8 +380,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     t0, samples, acc = time.perf_counter(), 0, {}
     while state.step < until:
         g = step_generator(tc.seed, state.step)
-        idx = torch.randint(0, n, (tc.batch_size,), generator=g)
-        batch = data.gather(ep_of[idx], step_of[idx], cfg)
+        batch = data.gather(*data.sample(tc.batch_size, g), cfg)
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, tc)
         with autocast_context(precision, device_type):
@@ -399,15 +432,21 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
 @torch.no_grad()
 def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, batch_size: int = 64,
                       seed: int = 1234) -> dict[str, float]:
-    """Flow-matching loss of each mode on windows of `data` (fixed windows and noise)."""
+    """Flow-matching loss of each mode on windows of `data` (fixed windows and noise); modes that give
+    or generate actions use only the windows that have actions."""
     model.eval()
     ep_of, step_of = data.window_index()
+    with_actions = data.has_actions[ep_of].nonzero()[:, 0]
     out: dict[str, float] = {}
     for name in modes.MODES:
+        pool = None if modes.MODES[name].actions == modes.OMIT or len(with_actions) == len(ep_of) else with_actions
+        if pool is not None and len(pool) == 0:
+            continue
         total = 0.0
         for b in range(batches):
             g = torch.Generator().manual_seed(seed + b)
-            idx = torch.randint(0, len(ep_of), (batch_size,), generator=g)
+            idx = torch.randint(0, len(ep_of) if pool is None else len(pool), (batch_size,), generator=g)
+            idx = idx if pool is None else pool[idx]
             batch = data.gather(ep_of[idx], step_of[idx], model.cfg)
             total += float(modes.mode_loss(model, batch, name, generator=g))
         out[name] = total / batches
@@ -453,6 +492,21 @@ class JsonlLogger:
 # ---- the run: a LeRobot dataset in, a checkpoint directory out ------------------------------------
 
 
+def _tokenizer_from(path, tok):
+    """`tok` with the weights of the tokenizer saved in checkpoint `path` (same architecture required)."""
+    from safetensors.torch import load_file
+
+    f = Path(path) / "tokenizer.safetensors"
+    if not f.is_file():
+        raise RunError(f"--tokenizer-from {path}: {f} does not exist; give a checkpoint directory written by wam train")
+    try:
+        tok.load_state_dict(load_file(f))
+    except RuntimeError as e:
+        raise RunError(f"--tokenizer-from {path}: its tokenizer does not fit this model's settings (image size, "
+                       f"latent channels, tokenizer width): {str(e).splitlines()[0]}") from e
+    return tok
+
+
 class RunError(ValueError):
     """A problem with the run's inputs (dataset, output directory, settings), worded for the user."""
 
@@ -469,9 +523,13 @@ class LoadedEpisodes:
 
 
 def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
-                  normalizer=None, episodes: list[int] | None = None, progress: bool = False) -> LoadedEpisodes:
+                  normalizer=None, episodes: list[int] | None = None, progress: bool = False,
+                  actions: bool = True) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
-    actions and states normalised with the dataset's statistics (or a given Normalizer)."""
+    actions and states normalised with the dataset's statistics (or a given Normalizer).
+
+    actions=False reads the episodes as action-free videos (the dataset need not have actions): their
+    `actions` are (L, 0) and they train the video stream only."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
 
@@ -483,28 +541,126 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
         cams = resolve_cameras(ds, cameras)
     except ValueError as e:
         raise RunError(str(e)) from e
-    if "action" not in ds.data:
-        raise RunError(f"{dataset} has no 'action' feature; a WAM needs actions (action-free data is not yet supported)")
-    norm = normalizer or Normalizer(ds.stats)
+    if actions and "action" not in ds.data:
+        raise RunError(f"{dataset} has no 'action' feature; train on it as action-free videos with "
+                       f"--dataset {dataset}:no-actions")
+    try:
+        norm = normalizer or Normalizer(ds.stats, require_action=actions)
+    except ValueError as e:
+        raise RunError(f"{dataset}: {e}") from e
     state = ds.data.get("observation.state")
     positions = range(ds.num_episodes) if episodes is None else [ds.position_of(i) for i in episodes]
     it = positions
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(positions, desc="loading episodes", unit="ep", dynamic_ncols=True)
+        it = tqdm(positions, desc=f"loading {Path(dataset).name}", unit="ep", dynamic_ncols=True)
     out = []
     for pos in it:
         ep = ds.episodes[pos]
         rows = slice(ep.start, ep.stop)
         views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
         frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (L, h, w * n_cams, 3)
-        actions = np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32)
+        acts = (np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32) if actions
+                else np.zeros((ep.length, 0), np.float32))
         states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
                   np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
         task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        out.append({"frames": np.ascontiguousarray(frames), "actions": actions, "states": states,
-                    "task_index": task_index, "episode_index": ep.episode_index})
+        out.append({"frames": np.ascontiguousarray(frames), "actions": acts, "states": states,
+                    "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions})
     return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions]` on the command line."""
+
+    path: str
+    weight: float | None = None  # relative share of the batches; None: by its number of windows (or 1.0
+    # when another dataset of the mixture has a weight)
+    actions: bool = True  # False: action-free videos, which train the video stream only
+
+    @classmethod
+    def parse(cls, spec: str | Path | DatasetSpec) -> DatasetSpec:
+        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2' -> DatasetSpec."""
+        if isinstance(spec, DatasetSpec):
+            return spec
+        parts = str(spec).split(":")
+        weight, actions = None, True
+        while len(parts) > 1:
+            opt = parts[-1].strip()
+            if opt in ("no-actions", "noactions", "videos"):
+                actions = False
+            else:
+                try:
+                    weight = float(opt)
+                except ValueError:
+                    break  # part of the path
+                if not weight > 0:
+                    raise RunError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
+            parts.pop()
+        return cls(":".join(parts), weight, actions)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "weight": self.weight, "actions": self.actions}
+
+
+@dataclass
+class Mixture:
+    """Several datasets' episodes in one task list, each dataset normalised with its own statistics."""
+
+    episodes: list[dict]  # as LoadedEpisodes, plus "source" (dataset position); task_index into `tasks`
+    normalizers: list  # one wam.data.Normalizer per dataset
+    specs: list[DatasetSpec]
+    tasks: list[str]  # the union of the datasets' tasks, in order of first appearance
+    dataset_tasks: list[list[str]]  # each dataset's own tasks
+    cameras: list[str]  # the first dataset's camera keys
+    fps: int
+
+    @property
+    def action_dim(self) -> int:
+        return max([n.action_dim for n, s in zip(self.normalizers, self.specs) if s.actions] or [0])
+
+    @property
+    def state_dim(self) -> int:
+        return max(n.state_dim for n in self.normalizers)
+
+
+def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str] | None = None,
+                 normalizers: list | None = None, progress: bool = False) -> Mixture:
+    """Load every dataset of a mixture; task indices are remapped into the union of their tasks."""
+    if not specs:
+        raise RunError("no dataset given; pass --dataset PATH")
+    if not any(s.actions for s in specs):
+        raise RunError("every dataset is action-free; at least one must have actions to train a policy")
+    loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
+                            normalizer=None if normalizers is None else normalizers[i], progress=progress,
+                            actions=s.actions) for i, s in enumerate(specs)]
+    n_cams = {len(d.cameras) for d in loaded}
+    if len(n_cams) > 1:
+        raise RunError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same number "
+                       f"with --cameras or train on datasets with as many cameras each")
+    tasks: list[str] = []
+    episodes = []
+    for i, d in enumerate(loaded):
+        for t in d.tasks:
+            if t not in tasks:
+                tasks.append(t)
+        remap = [tasks.index(t) for t in d.tasks]
+        for e in d.episodes:
+            e["task_index"] = remap[e["task_index"]] if e["task_index"] < len(remap) else e["task_index"]
+            e["source"] = i
+            episodes.append(e)
+    return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
+                   loaded[0].cameras, loaded[0].fps)
+
+
+def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tensor | None:
+    """Sampling probability of each dataset, or None for uniform over all windows (no weight given)."""
+    if len(specs) < 2 or all(s.weight is None for s in specs):
+        return None
+    w = torch.tensor([1.0 if s.weight is None else s.weight for s in specs], dtype=torch.float64)
+    w = w * torch.tensor([n > 0 for n in windows], dtype=torch.float64)
+    return w / w.sum()
 
 
 def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
@@ -523,27 +679,35 @@ def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict
 def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", model_changes: dict | None = None,
           tc: TrainConfig | None = None, lc: LossConfig | None = None, cameras: list[str] | None = None,
           val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, tokenizer_from: str | Path | None = None) -> Path:
     """Train a WAM on a LeRobot dataset; returns the checkpoint directory `out/checkpoint`.
 
     Layout of `out`: `checkpoint/` (the latest checkpoint: EMA weights in model.safetensors, the raw
     weights, optimizer and step in train_state/), `log.jsonl`, `tb/` (TensorBoard events),
     `run.json` (the settings). `resume=True` continues from `out/checkpoint` exactly where it stopped,
     with the checkpoint's settings unless `tc` / `lc` are given (give a larger `tc.steps` to extend).
+
+    `dataset`: one path, or a list of paths / `DatasetSpec`s ("PATH[:WEIGHT][:no-actions]") for a mixture:
+    action-free videos train the video stream only, datasets with fewer action dimensions (other robots)
+    are zero-padded and their padding masked out of the loss, each dataset normalised with its own statistics.
+    `tokenizer_from`: a checkpoint whose frame tokenizer is the starting point (tc.tokenizer_steps 0: used as is).
     """
     from wam.distributed import setup, teardown
 
     dist = setup("cuda" if torch.cuda.is_available() and os.environ.get("WORLD_SIZE") else "cpu")
     try:
         return _train(dataset, out, preset=preset, model_changes=model_changes, tc=tc, lc=lc, cameras=cameras,
-                      val_fraction=val_fraction, resume=resume, overwrite=overwrite, progress=progress, dist=dist)
+                      val_fraction=val_fraction, resume=resume, overwrite=overwrite, progress=progress, dist=dist,
+                      tokenizer_from=tokenizer_from)
     finally:
         teardown(dist)
 
 
-def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist):
+def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist,
+           tokenizer_from=None):
     from wam.checkpoint import load_checkpoint, save_checkpoint
     from wam.config import PRESETS, from_dict, replace, to_dict
+    from wam.data import Normalizer
     from wam.tokenizer import make_tokenizer, train_tokenizer
 
     out = Path(out)
@@ -556,47 +720,70 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     if not resume and ckpt_dir.exists() and not overwrite:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
     dist.barrier()  # every process has checked the directory before rank 0 writes into it
+    specs = [DatasetSpec.parse(d) for d in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
 
     saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume else None
+    normalizers = None
     if saved is not None:
         cfg = saved.model.cfg
         run = saved.config.get("run", {})
         cameras = run.get("cameras", cameras)
         tc = tc or from_dict(TrainConfig, run["train"])
         lc = lc or from_dict(LossConfig, run["loss"])
-        from wam.data import Normalizer
-        normalizer = Normalizer.from_dict(saved.stats)
+        saved_sets = run.get("datasets") or [{"stats": saved.stats}]
+        if len(saved_sets) != len(specs):
+            raise RunError(f"the run in {out} was trained on {len(saved_sets)} dataset(s); resume it with the same "
+                           f"--dataset arguments ({', '.join(d.get('path', '?') for d in saved_sets)})")
+        normalizers = [Normalizer.from_dict(d["stats"]) for d in saved_sets]
         val_fraction = run.get("val_fraction", val_fraction)
     else:
-        cfg, normalizer = None, None
+        cfg = None
     tc, lc = tc or TrainConfig(), lc or LossConfig()
 
+    changes = dict(model_changes or {})
+    if changes.get("text_encoder") and "text_dim" not in changes:
+        from wam.config import TEXT_ENCODERS
+
+        changes["text_dim"] = TEXT_ENCODERS.get(changes["text_encoder"], 0)
     try:
-        base = replace(PRESETS[preset], **(model_changes or {})) if cfg is None else cfg
+        base = replace(PRESETS[preset], **changes) if cfg is None else cfg
     except (TypeError, ValueError) as e:
         raise RunError(f"invalid model settings: {e}") from e
-    data = load_episodes(dataset, image_size=base.image_size, cameras=cameras, normalizer=normalizer,
-                         progress=progress)
-    norm = data.normalizer
+    mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress)
+    primary = next(i for i, sp in enumerate(specs) if sp.actions)
+    norm = mix.normalizers[primary]  # stats.json: what a single-dataset reader expects
     if cfg is None:
         try:
-            cfg = replace(base, action_dim=norm.action_dim, state_dim=norm.state_dim, n_cameras=len(data.cameras),
-                          n_tasks=max(base.n_tasks, len(data.tasks)))
+            cfg = replace(base, action_dim=mix.action_dim, state_dim=mix.state_dim, n_cameras=len(mix.cameras),
+                          n_tasks=max(base.n_tasks, len(mix.tasks)))
         except (TypeError, ValueError) as e:
             raise RunError(f"invalid model settings: {e}") from e
-    elif norm.action_dim > cfg.action_dim or norm.state_dim != cfg.state_dim:
-        raise RunError(f"the dataset's action/state sizes ({norm.action_dim}/{norm.state_dim}) do not match the "
+    elif mix.action_dim > cfg.action_dim or mix.state_dim > cfg.state_dim:
+        raise RunError(f"the datasets' action/state sizes ({mix.action_dim}/{mix.state_dim}) do not fit the "
                        f"checkpoint's ({cfg.action_dim}/{cfg.state_dim})")
-    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
+    if len(mix.tasks) > cfg.n_tasks:
+        raise RunError(f"the datasets hold {len(mix.tasks)} tasks but the model has {cfg.n_tasks} task rows; "
+                       f"raise it with --model n_tasks={len(mix.tasks)}")
+    train_eps, val_eps = split_episodes(mix.episodes, val_fraction)
+    train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
+    val_eps.sort(key=lambda e: e["source"])
+    windows = [sum(len(e["frames"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
+    weights = mixture_weights(specs, windows)
     if dist.enabled and tc.batch_size % dist.world:
         raise RunError(f"--batch-size {tc.batch_size} is the global batch and must be divisible by the "
                        f"{dist.world} processes")
     logger = JsonlLogger(out, resume=resume) if dist.main else None
-    run_info = {"dataset": str(dataset), "preset": preset, "cameras": [c.removeprefix("observation.images.")
-                for c in data.cameras], "tasks": data.tasks, "fps": data.fps, "val_fraction": val_fraction,
+    run_info = {"dataset": specs[primary].path, "preset": preset, "cameras": [c.removeprefix("observation.images.")
+                for c in mix.cameras], "tasks": mix.tasks, "fps": mix.fps, "val_fraction": val_fraction,
                 "train_episodes": [e["episode_index"] for e in train_eps],
                 "val_episodes": [e["episode_index"] for e in val_eps],
                 "train": to_dict(tc), "loss": to_dict(lc)}
+    if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's
+        run_info["datasets"] = [{**sp.to_dict(), "tasks": mix.dataset_tasks[i], "stats": mix.normalizers[i].to_dict(),
+                                 "action_dim": mix.normalizers[i].action_dim if sp.actions else 0,
+                                 "state_dim": mix.normalizers[i].state_dim, "train_windows": windows[i],
+                                 "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i]}
+                                for i, sp in enumerate(specs)]
     if dist.main:
         (out / "run.json").write_text(json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
 
@@ -609,7 +796,9 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     else:
         torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
         tok = make_tokenizer(cfg)
-        if cfg.tokenizer == "conv":
+        if tokenizer_from is not None:
+            tok = _tokenizer_from(tokenizer_from, tok)
+        if cfg.tokenizer == "conv" and (tokenizer_from is None or tc.tokenizer_steps > 0):
             frames = torch.cat([to_model_frames(e["frames"]) for e in train_eps])  # (N, 3, H, W)
             bar = None
             if progress:
@@ -634,11 +823,17 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     tok.eval()
 
     # -- WAM stage on cached latents
-    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim)
-    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim) if val_eps else None
+    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim, weights=weights)
+    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
     state = make_state(cfg, tc)
     if saved is not None:
         state.model.load_state_dict(saved.train_state["model"])
+    elif cfg.text_encoder:  # the tasks' text embeddings, fixed, stored in the model beside the projection
+        from wam.text import encode_texts
+
+        emb = torch.as_tensor(encode_texts(mix.tasks, cfg.text_encoder))
+        for m in (state.model, state.ema):
+            m.set_task_embeddings(emb)
     if tc.fsdp and dist.enabled:
         shard_state(state, tc, dist)
     if saved is not None:

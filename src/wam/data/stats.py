@@ -112,15 +112,18 @@ class Normalizer:
     """
 
     def __init__(self, stats: dict[str, dict[str, Any]], action_key: str = "action",
-                 state_key: str = "observation.state"):
+                 state_key: str = "observation.state", require_action: bool = True):
         self.action_key, self.state_key = action_key, state_key
         self.stats = from_json(to_json(stats))  # private float64 copies
-        if action_key not in self.stats or not {"min", "max"} <= set(self.stats[action_key]):
+        if action_key in self.stats and {"min", "max"} <= set(self.stats[action_key]):
+            a = self.stats[action_key]
+            self.action_min = a["min"].reshape(-1)
+            self.action_range = np.maximum(a["max"].reshape(-1) - self.action_min, 0.0) + EPS
+        elif require_action:
             raise ValueError(f"statistics have no min/max for {action_key!r}; "
                              f"found features: {sorted(self.stats)}")
-        a = self.stats[action_key]
-        self.action_min = a["min"].reshape(-1)
-        self.action_range = np.maximum(a["max"].reshape(-1) - self.action_min, 0.0) + EPS
+        else:  # action-free videos: only the state is normalised
+            self.action_min = self.action_range = np.zeros(0)
         s = self.stats.get(state_key)
         if s is not None and {"mean", "std"} <= set(s):
             # floored: a state dimension that hardly varies in the data (an absent object's pose) must not
@@ -160,7 +163,9 @@ class Normalizer:
         return y * self._like(self.state_std, y) + self._like(self.state_mean, y)
 
     def to_dict(self) -> dict:
-        keep = {self.action_key: {k: self.stats[self.action_key][k] for k in ("min", "max")}}
+        keep = {}
+        if self.action_dim:
+            keep[self.action_key] = {k: self.stats[self.action_key][k] for k in ("min", "max")}
         if self.state_mean is not None:
             keep[self.state_key] = {k: self.stats[self.state_key][k] for k in ("mean", "std")}
         return {"action_key": self.action_key, "state_key": self.state_key, "stats": to_json(keep)}
@@ -169,6 +174,7 @@ class Normalizer:
     def from_dict(cls, d: dict) -> Normalizer:
         try:
             return cls(d["stats"], action_key=d.get("action_key", "action"),
-                       state_key=d.get("state_key", "observation.state"))
+                       state_key=d.get("state_key", "observation.state"),
+                       require_action=d.get("action_key", "action") in d["stats"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a normaliser dict (expected keys 'stats', 'action_key', 'state_key'): {e}") from e

