@@ -478,26 +478,30 @@ def _to_unit(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def map_tasks(data, known: list[str], dataset) -> None:
+def map_tasks(data, known: list[str], dataset, unknown_tasks: str = "refuse") -> None:
     """Point loaded episodes' task indices into a checkpoint's task table (`known`, its task strings),
-    for a dataset other than the training one; refuses tasks the checkpoint never saw."""
+    for a dataset other than the training one. Tasks the checkpoint never saw are refused, or with
+    unknown_tasks="drop" marked `no_task` (they get the model's "no task" token)."""
     if known and data.tasks != known:
         unknown = sorted({data.tasks[e["task_index"]] for e in data.episodes} - set(known))
-        if unknown:
+        if unknown and unknown_tasks != "drop":
             raise ValueError(f"{dataset} has tasks the checkpoint was not trained on: {unknown}")
         for e in data.episodes:
-            e["task_index"] = known.index(data.tasks[e["task_index"]])
+            text = data.tasks[e["task_index"]]
+            e["no_task"] = text not in known
+            e["task_index"] = known.index(text) if text in known else 0
 
 
 def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
                          steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, unknown_tasks: str = "refuse") -> dict:
     """Forward/video-mode frame quality and inverse/policy action error on held-out episodes.
 
     Uses the episodes the training run held out (recorded in the checkpoint) unless `episodes` is given.
     Windows are drawn (fixed seed) among those whose future frames all lie inside the episode.
     Returns the dict described in the module docstring; with `out`, also writes real-vs-predicted
-    frame strips as PNGs under out/world_model/."""
+    frame strips as PNGs under out/world_model/. unknown_tasks="drop": episodes of tasks the model never
+    saw are predicted with its "no task" token instead of being refused."""
     from wam.modes import sample
     from wam.data import Normalizer
     from wam.train import episodes_to_tensors, load_episodes
@@ -514,7 +518,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
         raise ValueError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
                          normalizer=Normalizer.from_dict(stats), episodes=eps, progress=progress)
-    map_tasks(data, run.get("tasks") or [], dataset)
+    map_tasks(data, run.get("tasks") or [], dataset, unknown_tasks)
     tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim, cfg.state_dim)
     ep, st = tensors.window_index()
     horizon = cfg.future_frames * cfg.future_stride
@@ -526,6 +530,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(ep), generator=g)[:windows]
     batch = tensors.gather(ep[pick], st[pick], cfg)
+    batch["drop_task"] = torch.tensor([bool(data.episodes[int(e)].get("no_task", False)) for e in ep[pick]])
     n_obs, F = cfg.n_obs_steps, cfg.future_frames
     frames = {}  # all in [0, 1], (B, T, C, H, W)
     true_frames = torch.stack([torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])

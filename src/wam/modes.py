@@ -120,8 +120,8 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
         hist, task, state = two(hist), two(task), two(state)
         given_future, given_actions = two(given_future), two(given_actions)
-    else:
-        two, drop = (lambda a: a), None
+    else:  # batch["drop_task"] (B,) bool: those rows get the "no task" token (tasks the model never saw)
+        two, drop = (lambda a: a), batch.get("drop_task")
     nB = hist.shape[0]
     zeros_hist = torch.zeros(nB, cfg.n_obs_steps, device=device)
     observed = model.observed_kv(hist, task, state, drop) if cache else None
