@@ -492,6 +492,7 @@ def map_tasks(data, known: list[str], dataset, unknown_tasks: str = "refuse") ->
             e["task_index"] = known.index(text) if text in known else 0
 
 
+@torch.no_grad()
 def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
                          steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
                          progress: bool = False, unknown_tasks: str = "refuse") -> dict:

@@ -128,10 +128,14 @@ class WAMPolicy:
         # embodiments: a model trained on a mixture acts in each action dataset's units (its own statistics
         # and action size); a task acts in the units of the first dataset that holds it, a new task in the first's
         self.embodiments = [self.normalizer]
+        self.embodiment_cameras: list[list[str] | None] = [self.cameras]
         self.task_embodiment: dict[str, int] = {}
         sets = [d for d in run.get("datasets", []) if d.get("action_dim")]
         if sets:
             self.embodiments = [Normalizer.from_dict(d["stats"]) for d in sets]
+            # (None: not recorded; then the observation's own camera keys, when there are as many as the model's)
+            self.embodiment_cameras = [[f"observation.images.{c}" for c in d["cameras"]] if d.get("cameras") else None
+                                       for d in sets]
             for i, d in enumerate(sets):
                 for t in d.get("tasks", []):
                     self.task_embodiment.setdefault(t, i)
@@ -226,21 +230,27 @@ class WAMPolicy:
         """LeRobot keys (one observation or a batch) -> model inputs; changes no state."""
         from wam.data.windows import resize_frames
 
-        missing = [k for k in self.cameras if k not in obs]
+        task = obs.get("task", 0)
+        given = [k for k in obs if k.startswith("observation.images.")]
+        if not given:
+            raise KeyError(f"observation has no camera image (observation.images.*); the model was trained on "
+                           f"cameras {self.cameras}")
+        single = np.asarray(obs[given[0]]).ndim == 3
+        emb = self.embodiment_of(task, 1 if single else len(np.asarray(obs[given[0]])))
+        cameras = self.embodiment_cameras[emb]
+        if cameras is None and len(given) == self.cfg.n_cameras:
+            cameras = sorted(given)
+        missing = [k for k in cameras or self.cameras if k not in obs]
         if missing:
-            raise KeyError(f"observation lacks {missing}; the model was trained on cameras {self.cameras}")
-        first = np.asarray(obs[self.cameras[0]])
-        single = first.ndim == 3
+            raise KeyError(f"observation lacks {missing}; the model was trained on cameras {cameras or self.cameras}")
         size = (self.cfg.image_size, self.cfg.image_size)
         views = []
-        for k in self.cameras:
+        for k in cameras:
             img = np.asarray(obs[k])
             img = img[None] if single else img
             views.append(resize_frames(img, size).transpose(0, 2, 3, 1))  # (B, h, w, 3)
         frames = np.concatenate(views, axis=2)  # (B, h, W, 3): cameras side by side
         B = frames.shape[0]
-        task = obs.get("task", 0)
-        emb = self.embodiment_of(task, B)
         state = None
         if self.cfg.state_dim > 0:
             s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)

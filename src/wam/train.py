@@ -615,6 +615,7 @@ class Mixture:
     dataset_tasks: list[list[str]]  # each dataset's own tasks
     cameras: list[str]  # the first dataset's camera keys
     fps: int
+    dataset_cameras: list[list[str]] | None = None  # each dataset's camera keys (robots name cameras differently)
 
     @property
     def action_dim(self) -> int:
@@ -651,7 +652,7 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
             e["source"] = i
             episodes.append(e)
     return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
-                   loaded[0].cameras, loaded[0].fps)
+                   loaded[0].cameras, loaded[0].fps, [d.cameras for d in loaded])
 
 
 def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tensor | None:
@@ -780,6 +781,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                 "train": to_dict(tc), "loss": to_dict(lc)}
     if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's
         run_info["datasets"] = [{**sp.to_dict(), "tasks": mix.dataset_tasks[i], "stats": mix.normalizers[i].to_dict(),
+                                 "cameras": [c.removeprefix("observation.images.") for c in mix.dataset_cameras[i]],
                                  "action_dim": mix.normalizers[i].action_dim if sp.actions else 0,
                                  "state_dim": mix.normalizers[i].state_dim, "train_windows": windows[i],
                                  "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i]}
