@@ -1,14 +1,14 @@
 """A task held out of pre-training, learned from 10 demonstrations: LoRA vs full fine-tuning vs from scratch.
 
-    wam collect metaworld --tasks faucet-open-v3 --episodes 10 --out data/faucet10
-    wam finetune --checkpoint checkpoints/wam-tiny-mt10 --dataset data/faucet10 --out runs/ft-lora \\
+    wam collect metaworld --tasks pick-place-wall-v3 --episodes 10 --out data/ppwall10
+    wam finetune --checkpoint checkpoints/wam-tiny-mt10 --dataset data/ppwall10 --out runs/ft2-lora \\
         --adapter lora --rank 8 --steps 2000
-    wam finetune --checkpoint checkpoints/wam-tiny-mt10 --dataset data/faucet10 --out runs/ft-full \\
+    wam finetune --checkpoint checkpoints/wam-tiny-mt10 --dataset data/ppwall10 --out runs/ft2-full \\
         --adapter full --steps 2000
-    wam train --dataset data/faucet10 --out runs/ft-scratch --preset wam-tiny --steps 2000 --batch-size 32 \\
+    wam train --dataset data/ppwall10 --out runs/ft2-scratch --preset wam-tiny --steps 2000 --batch-size 32 \\
         --lr 1e-3 --tokenizer-steps 1000 --loss p_omit_future=0.3
-    python benchmarks/bench_finetune.py --task faucet-open-v3 --runs runs/ft-lora runs/ft-full runs/ft-scratch \\
-        --out benchmarks/finetune.json
+    python benchmarks/bench_finetune.py --task pick-place-wall-v3 --runs runs/ft2-lora runs/ft2-full \\
+        runs/ft2-scratch --out benchmarks/finetune.json
 
 The base (`checkpoints/wam-tiny-mt10`) never saw the task: it is not one of MT10's. Each run holds out one of
 the 10 demonstrations (its validation episode), so all three train on the same 9. Closed loop: `wam eval`,
