@@ -6,6 +6,9 @@ Runbook:
     wam train --dataset data/mt10 --preset wam-tiny --steps 20000 --out runs/mt10
     # an interrupted run continues exactly where it stopped (same data order, optimizer, RNG)
     wam train --dataset data/mt10 --preset wam-tiny --steps 20000 --out runs/mt10 --resume
+    # a mixture: action-free videos at 30% of each batch, another robot's data, task text through MiniLM
+    wam train --dataset data/mt7 --dataset data/videos:0.3:no-actions --dataset data/other_robot:0.2 \
+        --model text_encoder=minilm --out runs/mix
 
 Why cached latents: the tokenizer is trained first and frozen, every frame of the dataset is encoded
 once, and the WAM stage gathers windows from those tensors by index arithmetic: no video decoding or
