@@ -123,8 +123,9 @@ async def phase(url: str, token: str | None, clients: int, seconds: float, max_r
 def start_server(args: argparse.Namespace, token: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "wam.cli", "serve", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
-           "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-           "--steps", str(args.steps)]
+           "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    if args.steps is not None:
+        cmd += ["--steps", str(args.steps)]
     if args.device:
         cmd += ["--device", args.device]
     proc = subprocess.Popen(cmd, env={**os.environ, TOKEN_ENV: token})
@@ -168,7 +169,8 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap on answers per phase")
     ap.add_argument("--max-batch", type=int, default=32, help="the started server's --max-batch")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the started server's --max-wait-ms")
-    ap.add_argument("--steps", type=int, default=10, help="the started server's denoising steps per chunk")
+    ap.add_argument("--steps", type=int, default=None, help="the started server's denoising steps per chunk "
+                                                            "(default: wam serve's, the library default)")
     ap.add_argument("--device", default=None, help="the started server's --device")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args()
