@@ -352,7 +352,7 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
     from wam.data import Normalizer
     from wam.train import (FitState, JsonlLogger, RunError, TrainConfig, TrainingDiverged, episodes_to_tensors,
                            fit, load_episodes, load_train_state, make_optimizer, model_state, split_episodes,
-                           train_state_dict, validation_losses)
+                           train_state_dict, validate_and_log)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -481,12 +481,7 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
         save_checkpoint(ckpt_dir, export, tok, stats=norm.to_dict(), config={"run": run_info, **extra},
                         train_state=ts)
 
-    def on_validate(s: FitState) -> dict:
-        if val_data is None:
-            return {}
-        losses = validation_losses(s.ema, val_data)
-        logger({"step": s.step, **losses}, prefix="val")
-        return losses
+    on_validate = validate_and_log(val_data, logger)
 
     try:
         fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint, on_validate=on_validate,

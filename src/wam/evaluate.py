@@ -495,14 +495,14 @@ def map_tasks(data, known: list[str], dataset, unknown_tasks: str = "refuse") ->
 @torch.no_grad()
 def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
                          steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
-                         progress: bool = False, unknown_tasks: str = "refuse") -> dict:
+                         progress: bool = False, unknown_tasks: str = "refuse", drop_task: bool = False) -> dict:
     """Forward/video-mode frame quality and inverse/policy action error on held-out episodes.
 
     Uses the episodes the training run held out (recorded in the checkpoint) unless `episodes` is given.
     Windows are drawn (fixed seed) among those whose future frames all lie inside the episode.
     Returns the dict described in the module docstring; with `out`, also writes real-vs-predicted
     frame strips as PNGs under out/world_model/. unknown_tasks="drop": episodes of tasks the model never
-    saw are predicted with its "no task" token instead of being refused."""
+    saw are predicted with its "no task" token instead of being refused; drop_task=True: every window is."""
     from wam.modes import sample
     from wam.data import Normalizer
     from wam.train import episodes_to_tensors, load_episodes
@@ -531,7 +531,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(ep), generator=g)[:windows]
     batch = tensors.gather(ep[pick], st[pick], cfg)
-    batch["drop_task"] = torch.tensor([bool(data.episodes[int(e)].get("no_task", False)) for e in ep[pick]])
+    batch["drop_task"] = torch.tensor([drop_task or data.episodes[int(e)].get("no_task", False) for e in ep[pick]])
     n_obs, F = cfg.n_obs_steps, cfg.future_frames
     frames = {}  # all in [0, 1], (B, T, C, H, W)
     true_frames = torch.stack([torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])

@@ -21,6 +21,7 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -102,21 +103,25 @@ class EpisodeTensors:
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(episode, step) of n windows drawn with replacement: uniformly over all windows, or for a
         weighted mixture a dataset by its weight, then uniformly over that dataset's windows."""
-        ep_of, step_of = self._windows()
+        ep_of, step_of = self._windows
         if self.weights is None:
             idx = torch.randint(0, len(ep_of), (n,), generator=generator)
         else:
-            counts = torch.zeros(len(self.weights), dtype=torch.long).index_add_(0, self.source, self.lengths)
-            offsets = torch.cumsum(counts, 0) - counts
+            counts, offsets = self._dataset_windows
             d = torch.multinomial(self.weights, n, replacement=True, generator=generator)
             u = torch.rand(n, generator=generator, dtype=torch.float64)
             idx = offsets[d] + (u * counts[d]).long().clamp(max=counts[d] - 1)
         return ep_of[idx], step_of[idx]
 
+    @functools.cached_property
     def _windows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "_window_cache", None) is None:
-            self._window_cache = self.window_index()
-        return self._window_cache
+        return self.window_index()
+
+    @functools.cached_property
+    def _dataset_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows per dataset of a mixture, and where each dataset's block of windows starts."""
+        counts = torch.zeros(len(self.weights), dtype=torch.long).index_add_(0, self.source, self.lengths)
+        return counts, torch.cumsum(counts, 0) - counts
 
     def gather(self, ep: torch.Tensor, step: torch.Tensor, cfg: ModelConfig) -> dict:
         """Batch of windows at (episode, step): history frames step-n_obs+1..step, future frames every
@@ -456,6 +461,18 @@ def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, bat
     return out
 
 
+def validate_and_log(val_data: EpisodeTensors | None, logger: Callable) -> Callable[[FitState], dict]:
+    """An on_validate callback for `fit`: the EMA weights' per-mode validation losses, logged as "val"."""
+    def on_validate(s: FitState) -> dict:
+        if val_data is None:
+            return {}
+        losses = validation_losses(s.ema, val_data)
+        logger({"step": s.step, **losses}, prefix="val")
+        return losses
+
+    return on_validate
+
+
 def train_state_dict(state: FitState, tc: TrainConfig) -> dict:
     return {"step": state.step, "optimizer": optimizer_state(state), "ema": state.ema.state_dict(),
             "torch_rng": torch.get_rng_state(), "train_config": tc.__dict__}
@@ -616,9 +633,13 @@ class Mixture:
     specs: list[DatasetSpec]
     tasks: list[str]  # the union of the datasets' tasks, in order of first appearance
     dataset_tasks: list[list[str]]  # each dataset's own tasks
-    cameras: list[str]  # the first dataset's camera keys
-    fps: int
-    dataset_cameras: list[list[str]] | None = None  # each dataset's camera keys (robots name cameras differently)
+    dataset_cameras: list[list[str]]  # each dataset's camera keys (robots name cameras differently)
+    fps: int  # the first dataset's
+
+    @property
+    def cameras(self) -> list[str]:
+        """The first dataset's camera keys."""
+        return self.dataset_cameras[0]
 
     @property
     def action_dim(self) -> int:
@@ -655,7 +676,7 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
             e["source"] = i
             episodes.append(e)
     return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
-                   loaded[0].cameras, loaded[0].fps, [d.cameras for d in loaded])
+                   [d.cameras for d in loaded], loaded[0].fps)
 
 
 def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tensor | None:
@@ -849,13 +870,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         if dist.main:
             save_checkpoint(ckpt_dir, s.ema, tok, stats=norm.to_dict(), config={"run": run_info}, train_state=ts)
 
-    def on_validate(s: FitState) -> dict:
-        if val_data is None:
-            return {}
-        losses = validation_losses(s.ema, val_data)
-        logger({"step": s.step, **losses}, prefix="val")
-        return losses
-
+    on_validate = validate_and_log(val_data, logger)
     if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
     main_only = (lambda f: f) if dist.main else (lambda f: None)  # noqa: E731
