@@ -1,6 +1,6 @@
 """Every mode of a WAM trained on the synthetic dot world, beside its trivial baseline, by training budget.
 
-    python benchmarks/bench_synthetic.py --steps 1500,5000 --out benchmarks/synthetic.json
+    python benchmarks/bench_synthetic.py --steps 2000,5000 --out benchmarks/synthetic.json
 
 For each step count, trains from scratch (seed 0) and prints the held-out errors of `wam.synthetic.
 evaluate_synthetic` with the training time, as JSON.
@@ -18,7 +18,7 @@ from wam.synthetic import SyntheticSetup, evaluate_synthetic, train_synthetic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="1500,5000", help="comma-separated training budgets")
+    ap.add_argument("--steps", default="2000,5000", help="comma-separated training budgets")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
     args = ap.parse_args()

@@ -7,7 +7,7 @@ from wam import MODES, load_checkpoint, sample, save_checkpoint
 from wam.synthetic import SyntheticSetup, evaluate_synthetic, train_synthetic
 from wam.train import TrainConfig, make_state, validation_losses
 
-SETUP = SyntheticSetup(steps=1500)  # about 2 minutes of training on 2 cores
+SETUP = SyntheticSetup()  # 2000 steps: about 2 minutes of training on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,11 @@ def test_training_loss_falls(run):
 
 
 @pytest.mark.slow
-def test_inverse_mode_beats_the_mean_action(metrics):
-    assert metrics["inverse"]["action_mse"] < metrics["baseline_mean_action_mse"]
+def test_inverse_mode_reads_the_action_from_the_next_frame(metrics):
+    # at most a tenth of the error of predicting the mean action; and far below the policy mode, which sees
+    # the same history but not the next frame, so cannot know the expert's exploration noise
+    assert metrics["inverse"]["action_mse"] <= 0.1 * metrics["baseline_mean_action_mse"], metrics
+    assert metrics["inverse"]["action_mse"] < 0.5 * metrics["policy"]["action_mse"], metrics
 
 
 @pytest.mark.slow
@@ -114,7 +117,7 @@ def test_fast_inference_options_keep_the_trained_models_answer(run):
     model = run.state.ema.eval()
     cfg = model.cfg
     ep, step = run.val.window_index()
-    k = cfg.action_horizon // 2
+    k = max(1, cfg.action_horizon // 2)  # the chunk is k steps old when the next one is sampled
     ok = step + k + cfg.action_horizon < run.val.lengths[ep]
     ep, step = ep[ok][:48], step[ok][:48]
     now, later = run.val.gather(ep, step, cfg), run.val.gather(ep, step + k, cfg)

@@ -159,7 +159,7 @@ def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, b
     """Train the autoencoder on frames (N, C, H, W) in [-1, 1]; returns the loss per step.
     Fits the latent standardisation at the end."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0, fused=True)
     warmup = max(1, steps // 10)  # linear warm-up, then cosine decay to zero
 
     def factor(i: int) -> float:

@@ -19,7 +19,9 @@ import numpy as np
 
 SPEED = 0.3  # position change per step at |a| = 1 (about 4.6 pixels at 32x32)
 SUCCESS_RADIUS = 0.15
-BLOB_SIGMA = 1.2  # pixels
+BLOB_SIGMA = 1.2  # the dot's Gaussian sigma in pixels per 32 pixels of image size (2.4 at 64x64) ...
+MIN_BLOB_SIGMA = 2.0  # ... and never under 2 pixels: a narrower dot lights one or two pixels, its position is
+# coarsely encoded, and a WAM on 16x16 frames learned inverse dynamics from it several times more slowly
 TASKS = {"reach-goal": "move the red dot to the green goal"}
 
 
@@ -35,7 +37,7 @@ def render(pos: np.ndarray, goal: np.ndarray, size: int) -> np.ndarray:
 
     scale = size / 32.0
     img = np.zeros((size, size, 3), dtype=np.float32)
-    img[..., 0] = blob(pos, max(BLOB_SIGMA * scale, 0.9))
+    img[..., 0] = blob(pos, max(BLOB_SIGMA * scale, MIN_BLOB_SIGMA))
     img[..., 1] = 0.6 * blob(goal, max(1.8 * scale, 1.2))
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
