@@ -7,7 +7,7 @@ from wam import MODES, load_checkpoint, sample, save_checkpoint
 from wam.synthetic import SyntheticSetup, evaluate_synthetic, train_synthetic
 from wam.train import TrainConfig, make_state, validation_losses
 
-SETUP = SyntheticSetup()  # 2000 steps: about 2 minutes of training on 2 cores
+SETUP = SyntheticSetup()  # 2000 steps: 92-113 s of training on 2 cores
 
 
 @pytest.fixture(scope="module")

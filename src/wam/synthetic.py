@@ -56,7 +56,7 @@ def synthetic_model_config(**changes) -> ModelConfig:
 
 @dataclass(frozen=True)
 class SyntheticSetup:
-    steps: int = 2000  # the test suite's run: about 2 minutes on 2 CPU cores
+    steps: int = 2000  # the test suite's run: under 2 minutes on 2 CPU cores
     batch_size: int = 32
     lr: float = 2e-3
     train_episodes: int = 70
