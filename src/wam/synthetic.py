@@ -7,7 +7,7 @@
 The world: a dot moved by 2-D velocity actions on a 12x12 image. A frame is encoded losslessly
 (`PixelTokenizer`), so every error measured here is the WAM's own. `evaluate_synthetic` reports, on
 held-out episodes:
-    inverse  action MSE given the true next frames, beside the MSE of predicting the mean action
+    inverse  action MSE given the true next frame, beside the MSE of predicting the mean action
     forward  next-frame MSE given the true actions, beside copying the last frame
     policy   action MSE from history alone (the expert's exploration noise is unpredictable, so this is
              bounded below by it), beside the mean action
