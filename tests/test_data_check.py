@@ -174,3 +174,70 @@ def test_the_installed_command_prints_no_traceback(good, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "shorter than its parquet rows" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+# ---- what the check refuses, nothing trains on ---------------------------------------------------------
+
+
+def repeat_timestamp(t):
+    ts = t.column("timestamp").to_numpy().copy()
+    ts[26] = ts[25]  # episode 1, frame 6 at the time of frame 5
+    return set_column(t, "timestamp", pa.array(ts))
+
+
+def last_episode_past_the_end(root):
+    t = pq.read_table(root / EPISODES)
+    pq.write_table(set_column(t, "dataset_to_index", pa.array([20, 40, 70], pa.int64())), root / EPISODES)
+
+
+REFUSED = {"repeated timestamp": (lambda r: rewrite_data(r, repeat_timestamp), "timestamps of episode 1"),
+           "dataset_to_index past the end": (last_episode_past_the_end, "episode 2 has dataset_from_index/to_index")}
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(good, tmp_path_factory):
+    """A tiny untrained checkpoint with the good dataset's sizes, statistics and tasks (for finetune and eval)."""
+    from wam.checkpoint import save_checkpoint
+    from wam.data import LeRobotDataset, Normalizer
+    from wam.model import WAM
+    from wam.tokenizer import make_tokenizer
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(action_dim=2, state_dim=3, n_obs_steps=1)
+    run = {"dataset": str(good), "tasks": ["reach"], "val_episodes": [2], "cameras": ["top"], "preset": "wam-tiny"}
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "checkpoint", WAM(cfg), make_tokenizer(cfg),
+                           stats=Normalizer(LeRobotDataset(good).stats).to_dict(), config={"run": run})
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_train_finetune_and_world_model_eval_refuse_what_the_check_refuses(good, base_checkpoint, tmp_path, capsys,
+                                                                           case):
+    """The same sentences as `wam dataset check`, before any training step (issue: `wam train` used to train on
+    these without a word)."""
+    from wam.checkpoint import load_checkpoint
+    from wam.evaluate import evaluate_world_model
+    from wam.finetune import finetune
+    from wam.train import RunError
+
+    breakage, expected = REFUSED[case]
+    root = tmp_path / "broken"
+    shutil.copytree(good, root)
+    breakage(root)
+    problems = check_dataset(root).problems
+    assert problems and any(expected in p for p in problems)
+
+    rc, out = run_cli(capsys, "train", "--dataset", str(root), "--out", str(tmp_path / "run"), "--steps", "2",
+                      "--quiet", "--model", "width=32", "--model", "depth=1")
+    assert rc == 2 and "fails `wam dataset check`" in out and "Traceback" not in out, out
+    assert all(f"problem: {p}" in out for p in problems), out
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+    with pytest.raises(RunError, match="fails `wam dataset check`") as e:
+        finetune(base_checkpoint, root, tmp_path / "ft", progress=False)
+    assert all(p in str(e.value) for p in problems)
+    with pytest.raises(RunError, match="fails `wam dataset check`"):
+        evaluate_world_model(load_checkpoint(base_checkpoint), root, steps=1)
+    rc, out = run_cli(capsys, "eval", "--checkpoint", str(base_checkpoint), "--world-model", "--dataset", str(root),
+                      "--env", "dot", "--episodes", "1", "--quiet", "--out", str(tmp_path / "eval"))
+    assert rc == 2 and all(f"problem: {p}" in out for p in problems), out

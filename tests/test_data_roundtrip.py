@@ -202,6 +202,12 @@ def test_a_killed_writer_leaves_only_a_hidden_partial_directory(tmp_path):
     assert not (partial[0] / "meta/info.json").exists()
     with pytest.raises(DatasetError, match="interrupted write"):
         LeRobotDataset(partial[0])
+    # the next writer of the same dataset deletes what the dead one left
+    with LeRobotWriter(tmp_path / "k", fps=10) as w:
+        w.add_episode({"observation.images.top": np.zeros((8, 32, 32, 3), np.uint8),
+                       "action": np.zeros((8, 2), np.float32)}, task="t")
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
+    assert LeRobotDataset(tmp_path / "k").num_episodes == 1
 
 
 def test_writer_refuses_inconsistent_episodes(tmp_path):

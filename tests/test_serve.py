@@ -327,3 +327,55 @@ def test_wam_serve_cli_serves_and_stops_on_sigterm(checkpoint):
         if proc.poll() is None:
             proc.kill()
 
+
+
+def test_connections_past_the_limit_are_refused_with_a_reason(checkpoint):
+    """--max-connections: the next connection gets an error naming the limit and is closed (1013); once one
+    closes, a new one is served."""
+    from websockets.exceptions import ConnectionClosed
+
+    server = PolicyServer(local(checkpoint), max_connections=2)
+    with ServerThread(server) as running:
+        a = PolicyClient(running.url, seed=1)
+        with connect(running.url):
+            with pytest.raises(ConnectionRefusedError, match="limit of 2 open connections.*--max-connections"):
+                PolicyClient(running.url)
+            with connect(running.url) as extra:
+                reply = unpack(extra.recv(timeout=30))
+                assert reply["type"] == "error" and "--max-connections" in reply["error"]
+                with pytest.raises(ConnectionClosed):
+                    extra.recv(timeout=30)
+                assert extra.protocol.close_code == 1013
+            assert a.health()["refused_connections"] == 2 and a.health()["open_connections"] == 2
+        deadline = time.time() + 30
+        while server.open_connections > 1 and time.time() < deadline:
+            time.sleep(0.02)
+        with PolicyClient(running.url) as c:
+            assert c.health()["sessions"] == 2
+        a.close()
+    with pytest.raises(ValueError, match="max_connections"):
+        PolicyServer(local(checkpoint), max_connections=0)
+
+
+def test_a_connection_that_never_says_hello_is_closed(checkpoint):
+    """The hello deadline counts from the connection's opening: health checks before hello do not extend it,
+    and a session that did say hello is not affected."""
+    from websockets.exceptions import ConnectionClosed
+
+    server = PolicyServer(local(checkpoint), hello_timeout_s=0.5)
+    with ServerThread(server) as running, PolicyClient(running.url) as greeted, connect(running.url) as silent, \
+            connect(running.url) as chatty:
+        for i in range(3):  # health before hello is answered, but the clock keeps running
+            assert ask(chatty, {"type": "health", "id": i})["ok"]
+            time.sleep(0.1)
+        for ws in (silent, chatty):
+            deadline = time.time() + 30
+            reply = unpack(ws.recv(timeout=30))
+            while reply.get("type") == "health" and time.time() < deadline:
+                reply = unpack(ws.recv(timeout=30))
+            assert reply["type"] == "error" and "no hello within 0.5 s" in reply["error"], reply
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            assert ws.protocol.close_code == 1008
+        time.sleep(0.6)
+        assert greeted.health()["hello_timeouts"] == 2  # the greeted session is still served

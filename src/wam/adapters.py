@@ -1,20 +1,6 @@
-"""Parameter-efficient fine-tuning of a trained WAM: LoRA or bottleneck adapters per stream, the base frozen.
-
-Runbook:
-    # a base run, then fine-tune it on a new task's demonstrations (a new task gets a new row of the task table)
-    wam train --dataset data/mt10 --preset wam-tiny --steps 20000 --out runs/mt10
-    wam collect metaworld --tasks push-wall-v3 --episodes 20 --out data/new
-    wam finetune --checkpoint runs/mt10/checkpoint --dataset data/new --out runs/new --adapter lora --rank 8
-    wam eval --checkpoint runs/new/checkpoint --tasks push-wall-v3
-    # an interrupted fine-tune continues exactly where it stopped
-    wam finetune --out runs/new --resume
-    # bottleneck adapters after each stream's attention instead, or every weight trained
-    wam finetune --checkpoint runs/mt10/checkpoint --dataset data/new --out runs/new-ad --adapter adapter --rank 16
-    wam finetune --checkpoint runs/mt10/checkpoint --dataset data/new --out runs/new-full --adapter full
-
-Output of a fine-tune (`out/`): `adapter/` (adapter.safetensors with only the trained tensors, adapter.json with
-the settings and the hash of the base weights), `checkpoint/` (a normal checkpoint every verb loads: LoRA folded
-into the weights; its train_state/ resumes the fine-tune), `log.jsonl`, `finetune.json`.
+"""LoRA and bottleneck adapters for a trained WAM, per stream, the base frozen: the modules, saving, loading
+and merging. A core module (it knows nothing of training: `load_checkpoint` rebuilds adapters with it); the
+`wam finetune` verb that trains them is `wam.finetune`.
 
 Where the modules go (model.py's StreamLayer, in every block, for each chosen stream):
     lora     qkv, proj (attention output), mlp.0, mlp.2:  y = W x + b + (alpha / rank) B A x   (Hu et al. 2021)
@@ -37,13 +23,11 @@ Library:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from wam.atomic import atomic_dir_replace
 from wam.model import STREAMS
 
 KINDS = ("lora", "adapter")  # parameter-efficient kinds; `finetune` also takes "full"
@@ -232,8 +217,6 @@ def base_weights_hash(model: nn.Module, exclude_task_embedding: bool) -> str:
 def save_adapter(path: str | os.PathLike, model: nn.Module, meta: dict | None = None) -> Path:
     """Write `adapter.safetensors` (adapter_state_dict) and `adapter.json` (settings, parameter counts, the base
     weights' hash, and `meta`, e.g. the base checkpoint's path) to a temporary sibling, then rename it into place."""
-    from wam.checkpoint import atomic_dir_replace
-
     spec, meta = adapter_spec(model), dict(meta or {})
     sd = adapter_state_dict(model)  # (refuses a model without adapters)
     n_adapter = sum(sd[k].numel() for k in adapter_keys(model))
@@ -297,198 +280,3 @@ def merge_adapters(model: nn.Module) -> nn.Module:
             _set_submodule(model, name, m.merge())
     del model._adapter_spec
     return model
-
-
-# ---- fine-tuning a checkpoint on a dataset -----------------------------------------------------------
-
-
-def finetune_config(adapter: str = "lora", **changes):
-    """Fine-tuning's TrainConfig defaults: a short run and warm-up; adapters take a larger learning rate than
-    full fine-tuning, which moves every weight of a model that already works."""
-    from wam.train import TrainConfig
-
-    base = dict(steps=2000, warmup_steps=100, lr=1e-3 if adapter in KINDS else 1e-4, tokenizer_steps=0,
-                val_every=500, checkpoint_every=500)
-    return TrainConfig(**{**base, **changes})
-
-
-def _check_sizes(dataset, norm, checkpoint) -> None:
-    """Refuse a dataset whose action or state size differs from the base's (its statistics would not apply)."""
-    from wam.data.lerobot import DatasetError, read_info
-    from wam.train import RunError
-
-    try:
-        feats = read_info(Path(dataset))["features"]
-    except DatasetError as e:
-        raise RunError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details") from e
-    size = lambda key: math.prod(feats[key]["shape"]) if key in feats else 0  # noqa: E731
-    a, s = size(norm.action_key), size(norm.state_key)
-    if (a and a != norm.action_dim) or (norm.state_dim and s != norm.state_dim):
-        raise RunError(f"the dataset's action/state sizes ({a}/{s}) do not match the base checkpoint's "
-                       f"({norm.action_dim}/{norm.state_dim}, {checkpoint}); fine-tuning needs the same robot")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | None, out: str | os.PathLike, *,
-             adapter: str | None = None, rank: int | None = None, alpha: float | None = None, streams=None,
-             train_task_embedding: bool | None = None, tc=None, lc=None, val_fraction: float = 0.05,
-             resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Fine-tune the checkpoint at `checkpoint` on the LeRobot dataset `dataset`; returns finetune.json's contents.
-
-    adapter "lora" (default) or "adapter": the base frozen, adapters trained (rank: LoRA rank or bottleneck width,
-    default 8; alpha: LoRA scale numerator, default 16); "full": every weight trained. The base's tokenizer and
-    normalisation statistics are kept (frames encoded by the frozen tokenizer); the dataset's tasks missing from
-    the base run's task list are appended to it (new rows of the task table). Trains with `wam.train.fit` from the
-    base's EMA weights (`tc` default: `finetune_config(adapter)`). Writes `out/` as in the module docstring.
-    resume=True continues `out` with its recorded settings (checkpoint and dataset may then be None).
-    Single process only. Raises RunError for bad inputs."""
-    from wam.checkpoint import load_checkpoint, save_checkpoint
-    from wam.config import LossConfig, from_dict, to_dict
-    from wam.data import Normalizer
-    from wam.train import (FitState, JsonlLogger, RunError, TrainConfig, TrainingDiverged, episodes_to_tensors,
-                           fit, load_episodes, load_train_state, make_optimizer, model_state, split_episodes,
-                           train_state_dict, validate_and_log)
-
-    t_start = time.perf_counter()
-    out = Path(out)
-    ckpt_dir, info_file = out / "checkpoint", out / "finetune.json"
-    saved_ts, saved_hash = None, None
-    if resume:
-        if not (ckpt_dir / "train_state" / "state.pt").is_file() or not info_file.is_file():
-            raise RunError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does not "
-                           f"exist; start the fine-tune without --resume")
-        saved = json.loads(info_file.read_text())
-        s, saved_hash = saved["settings"], saved["base_model_hash"]
-        for name, given in (("adapter", adapter), ("rank", rank), ("alpha", alpha), ("streams", streams),
-                            ("train_task_embedding", train_task_embedding)):
-            if given is not None and (list(given) if name == "streams" else given) != s[name]:
-                raise RunError(f"{out} was fine-tuned with {name} {s[name]!r}; --resume cannot change it to {given!r}")
-        adapter, rank, alpha, streams = s["adapter"], s["rank"], s["alpha"], s["streams"]
-        train_task_embedding, val_fraction = s["train_task_embedding"], s["val_fraction"]
-        checkpoint, dataset = checkpoint or s["checkpoint"], dataset or s["dataset"]
-        tc = tc or from_dict(TrainConfig, s["train"])
-        lc = lc or from_dict(LossConfig, s["loss"])
-        saved_ts = torch.load(ckpt_dir / "train_state" / "state.pt", map_location="cpu", weights_only=False)
-    elif ckpt_dir.exists() and not overwrite:
-        raise RunError(f"{out} already holds a fine-tune; pass --resume to continue it or --overwrite to start over")
-    adapter = adapter or "lora"
-    if adapter not in (*KINDS, "full"):
-        raise RunError(f"unknown --adapter {adapter!r}; choose lora, adapter or full")
-    rank, alpha = 8 if rank is None else int(rank), 16.0 if alpha is None else float(alpha)
-    streams = list(STREAMS if streams is None else streams)
-    train_task_embedding = True if train_task_embedding is None else bool(train_task_embedding)
-    if rank < 1:
-        raise RunError(f"--rank must be at least 1, got {rank}")
-    if bad := [s for s in streams if s not in STREAMS]:
-        raise RunError(f"unknown streams {bad}; choose among: {', '.join(STREAMS)}")
-    if checkpoint is None or dataset is None:
-        raise RunError("pass --checkpoint DIR (the base) and --dataset PATH")
-    tc, lc = tc or finetune_config(adapter), lc or LossConfig()
-
-    # -- the base: EMA weights, frozen tokenizer, normalisation statistics, task list
-    try:
-        base = load_checkpoint(checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise RunError(str(e)) from None
-    if base.tokenizer is None:
-        raise RunError(f"{checkpoint} has no tokenizer.safetensors; fine-tuning encodes frames with the base's")
-    if adapter in KINDS and adapter_spec(base.model) is not None:
-        raise RunError(f"{checkpoint} carries unmerged bottleneck adapters; fine-tune its own base, or this one "
-                       f"with --adapter full")
-    base_hash = base.model_hash
-    if saved_hash is not None and base_hash != saved_hash:
-        raise RunError(f"{checkpoint} is not the base {out} was fine-tuned from (model {base_hash}, expected "
-                       f"{saved_hash})")
-    cfg, run0 = base.model.cfg, base.config.get("run", {})
-    norm = Normalizer.from_dict(base.stats)
-    _check_sizes(dataset, norm, checkpoint)
-    data = load_episodes(dataset, image_size=cfg.image_size, cameras=run0.get("cameras"), normalizer=norm,
-                         progress=progress)
-    if len(data.cameras) != cfg.n_cameras:
-        raise RunError(f"the dataset gives {len(data.cameras)} cameras, the base model takes {cfg.n_cameras}")
-    base_tasks = list(run0.get("tasks", []))
-    used = sorted({e["task_index"] for e in data.episodes})
-    new_tasks = [data.tasks[i] for i in used if data.tasks[i] not in base_tasks]
-    tasks = base_tasks + new_tasks
-    if len(tasks) > cfg.n_tasks:
-        raise RunError(f"the base model's task table has {cfg.n_tasks} rows and its run used {len(base_tasks)}; "
-                       f"the {len(new_tasks)} new task(s) of {dataset} do not fit")
-    if new_tasks and adapter in KINDS and not train_task_embedding:
-        raise RunError(f"new tasks {new_tasks} need their task-table rows trained: keep train_task_embedding")
-    for e in data.episodes:
-        e["task_index"] = tasks.index(data.tasks[e["task_index"]])
-    if new_tasks and getattr(cfg, "text_encoder", ""):  # a text-conditioned model stores its tasks' embeddings
-        from wam.text import encode_texts
-
-        base.model.set_task_embeddings(torch.as_tensor(encode_texts(new_tasks, cfg.text_encoder)), len(base_tasks))
-    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
-    tok = base.tokenizer.eval().requires_grad_(False)
-    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim)
-    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
-
-    # -- the model: adapters on the base (or every weight trainable), an EMA copy, an optimizer of what trains
-    torch.manual_seed(tc.seed)  # the adapters' initial weights: the same command gives the same run
-    model = base.model
-    if adapter == "full":
-        model.requires_grad_(True)
-    else:
-        add_adapters(model, adapter, rank=rank, alpha=alpha, streams=streams,
-                     train_task_embedding=train_task_embedding)
-    weights_hash = base_weights_hash(model, train_task_embedding) if adapter in KINDS else None
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    state = FitState(model, ema, make_optimizer(model, tc))
-    if saved_ts is not None:
-        model.load_state_dict(saved_ts["model"])
-        load_train_state(state, saved_ts)
-    n_train, n_total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
-    if progress:
-        print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
-
-    settings = {"checkpoint": str(checkpoint), "dataset": str(dataset), "adapter": adapter, "rank": rank,
-                "alpha": alpha, "streams": streams, "train_task_embedding": train_task_embedding,
-                "val_fraction": val_fraction, "train": to_dict(tc), "loss": to_dict(lc)}
-    summary = {"settings": settings, "base_model_hash": base_hash, "tasks": tasks, "new_tasks": new_tasks,
-               "trainable_parameters": n_train, "total_parameters": n_total,
-               "trainable_fraction": n_train / n_total, "resumed_at_step": state.step if resume else None}
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.rmtree(out / "adapter", ignore_errors=True)  # (an overwritten fine-tune's, perhaps of another kind)
-    _write_json(info_file, summary)
-    run_info = {"dataset": str(dataset), "preset": run0.get("preset"), "cameras": [c.removeprefix(
-                "observation.images.") for c in data.cameras], "tasks": tasks, "fps": data.fps,
-                "val_fraction": val_fraction, "train_episodes": [e["episode_index"] for e in train_eps],
-                "val_episodes": [e["episode_index"] for e in val_eps], "train": to_dict(tc), "loss": to_dict(lc),
-                "finetune": {"base_checkpoint": str(checkpoint), "base_model_hash": base_hash, "adapter": adapter,
-                             "rank": rank, "alpha": alpha, "streams": streams, "base_tasks": base_tasks}}
-    logger = JsonlLogger(out, resume=resume)
-
-    def on_checkpoint(s: FitState) -> None:
-        ts = {**train_state_dict(s, tc), "model": model_state(s)}
-        extra = {}
-        export = s.ema
-        if adapter in KINDS:
-            save_adapter(out / "adapter", s.ema, {"base_checkpoint": str(checkpoint), "base_model_hash": base_hash,
-                                                  "base_weights_hash": weights_hash, "tasks": tasks, "step": s.step})
-        if adapter_spec(export) is not None and adapter_spec(export)["kind"] == "lora":
-            export = merge_adapters(copy.deepcopy(export))
-        elif adapter_spec(export) is not None:  # bottleneck adapters stay modules; load_checkpoint rebuilds them
-            extra = {"adapter": adapter_spec(export)}
-        save_checkpoint(ckpt_dir, export, tok, stats=norm.to_dict(), config={"run": run_info, **extra},
-                        train_state=ts)
-
-    on_validate = validate_and_log(val_data, logger)
-
-    try:
-        fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint, on_validate=on_validate,
-            progress=progress)
-    except TrainingDiverged as e:
-        raise RunError(str(e)) from e
-    summary.update(steps=state.step, wall_time_s=round(time.perf_counter() - t_start, 2),
-                   checkpoint_dir=str(ckpt_dir), adapter_dir=str(out / "adapter") if adapter in KINDS else None)
-    _write_json(info_file, summary)
-    return summary

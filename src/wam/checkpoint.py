@@ -9,7 +9,11 @@
 
 A reader never sees a half-written checkpoint: the new directory is complete before it replaces the
 old one, and a crash between the two renames leaves the old one under `<name>.old-*` (never deleted
-before the new one is in place).
+before the new one is in place), which `load_checkpoint` reads when `<name>` is missing and a resumed
+run puts back (wam.atomic).
+
+Loading a checkpoint needs only the core modules (config, model, tokenizer, adapters): never the
+training code.
 """
 
 from __future__ import annotations
@@ -25,25 +29,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from wam.adapters import add_adapters
+from wam.atomic import atomic_dir_replace, set_aside
 from wam.config import ModelConfig, from_dict, to_dict
 from wam.model import WAM
 from wam.tokenizer import FrameTokenizer, make_tokenizer
 
+__all__ = ["Checkpoint", "atomic_dir_replace", "file_hash", "load_checkpoint", "save_checkpoint"]
+
 
 def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-
-
-def atomic_dir_replace(tmp: Path, final: Path) -> None:
-    """Move a finished directory `tmp` to `final`, replacing what is there without a window where
-    `final` is missing or partial."""
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def save_checkpoint(path: str | os.PathLike, model: WAM, tokenizer: FrameTokenizer | None = None, *,
@@ -94,6 +90,7 @@ def file_hash(path: Path) -> str:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     with_train_state: bool = False) -> Checkpoint:
     root = Path(path)
+    root = set_aside(root) or root  # a writer killed between its two renames: the complete previous checkpoint
     if not (root / "model.safetensors").is_file() or not (root / "config.json").is_file():
         raise FileNotFoundError(f"{root} is not a wam checkpoint (model.safetensors and config.json expected); "
                                 f"point --checkpoint at a directory written by `wam train`")
@@ -101,8 +98,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     mcfg = from_dict(ModelConfig, config["model"])
     model = WAM(mcfg)
     if config.get("adapter"):  # unmerged adapter modules (bottleneck adapters cannot fold into the weights)
-        from wam.adapters import add_adapters
-
         add_adapters(model, **config["adapter"])
     tokenizer = make_tokenizer(mcfg) if (root / "tokenizer.safetensors").is_file() else None
     for module, file in ((model, "model.safetensors"), (tokenizer, "tokenizer.safetensors")):

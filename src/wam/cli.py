@@ -184,6 +184,10 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
     p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
+    p.add_argument("--state", default=None, choices=("proprio", "full"),
+                   help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
+                        "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
+                        "39-D vector is always stored as observation.environment_state")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=_run_collect)
 
@@ -196,7 +200,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
                 cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
                 after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
-                crf=args.crf, overwrite=args.overwrite)
+                crf=args.crf, state=args.state, overwrite=args.overwrite)
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
         raise UserError(str(e)) from None
     return 0
@@ -247,8 +251,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     for name in _TRAIN_FLAGS:
         default = getattr(d, name)
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
-                       help=f"(default {default}; on --resume, the run's own)")
+        shown = "a fifth of --steps, at most 2000" if name == "tokenizer_steps" else default
+        p.add_argument("--" + name.replace("_", "-"), type=int if default is None else type(default), default=None,
+                       help=f"(default {shown}; on --resume, the run's own)")
     p.add_argument("--tokenizer-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's frame tokenizer (trained further for --tokenizer-steps; 0 "
                         "keeps it as it is) instead of a new one")
@@ -385,6 +390,8 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
+    p.add_argument("--blind", action="store_true", help="black out every camera image before the policy sees it "
+                                                        "(how much of the success comes from seeing)")
     p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (results do not "
                                                           "depend on it)")
     p.add_argument("--num-envs", type=int, default=1, help="environments of a task run at once, each in its own "
@@ -407,12 +414,14 @@ def _run_eval(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
+    if args.blind and args.server is not None:
+        raise UserError("--blind applies to a local --checkpoint; a served policy sees what its clients send")
     if args.server is None:
         from wam.policy import WAMPolicy
 
         try:
             policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                               seed=args.seed, **_inference_overrides(args))
+                               seed=args.seed, blind=args.blind, **_inference_overrides(args))
         except (ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
         return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
@@ -579,6 +588,10 @@ def _serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for more requests after the first "
                                                                  "of a batch")
     p.add_argument("--max-message-bytes", type=int, default=8 * 2**20, help="larger messages close their connection")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections at once; one more is told so "
+                                                                   "and closed (default 64)")
+    p.add_argument("--hello-timeout", type=float, default=10.0, help="seconds a new connection has to say hello "
+                                                                     "before it is closed (default 10)")
     p.add_argument("--mode", default="policy", help="default acting mode (clients may ask for any of policy, "
                                                     "joint, inverse)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions per chunk a client executes, told to "
@@ -611,7 +624,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     try:
         run_server(policy, args.host, args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
-                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes)
+                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes,
+                   max_connections=args.max_connections, hello_timeout_s=args.hello_timeout)
     except OSError as e:  # the port is taken, or the address is not this machine's
         raise UserError(f"cannot listen on {args.host}:{args.port} ({e})") from None
     return 0
@@ -622,7 +636,7 @@ _FINETUNE_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", 
 
 
 def _finetune(sub: argparse._SubParsersAction) -> None:
-    from wam.adapters import finetune_config
+    from wam.finetune import finetune_config
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on a new dataset: LoRA, bottleneck adapters or "
                                         "every weight",
@@ -660,7 +674,7 @@ def _finetune(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wam.adapters import finetune, finetune_config
+    from wam.finetune import finetune, finetune_config
     from wam.config import LossConfig, from_dict
     from wam.train import RunError, TrainConfig
 

@@ -172,8 +172,11 @@ class PolicyClient:
                                  f"{self.image_size}x{self.image_size}) or fewer environments per request")
             payloads.append(data)
         try:
-            for data in payloads:
-                self._ws.send(data)
+            try:
+                for data in payloads:
+                    self._ws.send(data)
+            except ConnectionClosed:  # the server closed first (a refused connection): its reason may be queued
+                pass
             replies = [unpack(self._ws.recv(timeout=self.timeout)) for _ in messages]
         except TimeoutError:
             self.close()  # an answer may still come: this connection can no longer pair answers with requests

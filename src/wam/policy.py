@@ -286,7 +286,7 @@ class WAMPolicy:
     @torch.no_grad()
     def _encode_history(self, states: list[PolicyState]) -> None:
         """Encode every history frame of `states` not encoded yet, in one tokenizer call."""
-        from wam.train import to_model_frames
+        from wam.tokenizer import to_model_frames
 
         todo = list({id(e): e for s in states for e in s.history if e[1] is None}.values())
         if not todo:

@@ -341,7 +341,9 @@ def _write_page(out: Path, title: str, body: list[str]) -> Path:
 
 def build_index(out, entries: list[dict], *, title: str = "wam quickstart", notes: list[str] | None = None) -> Path:
     """`out/report.html` linking several evaluations: one row per entry {"name", "report" (path of its
-    report.html), "eval_info" (dict or None), "world_model" (dict or None)}, with the headline numbers."""
+    report.html: absolute, or relative to the current directory like any path given to a function; the page
+    links it relative to `out`), "eval_info" (dict or None), "world_model" (dict or None)}, with the headline
+    numbers."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -349,7 +351,9 @@ def build_index(out, entries: list[dict], *, title: str = "wam quickstart", note
         info, wm = e.get("eval_info") or {}, e.get("world_model") or {}
         expert = info.get("expert") or {}
         first = lambda d: (d.get("psnr") or [None])[0] if isinstance(d, dict) else None  # noqa: E731
-        link = f'<a href="{_src(e["report"], out)}">{_esc(e["name"])}</a>'
+        # (a relative path taken as relative to `out` linked runs/quickstart/eval-x/report.html from inside
+        # runs/quickstart/: a dead link)
+        link = f'<a href="{_src(Path(e["report"]).resolve(), out.resolve())}">{_esc(e["name"])}</a>'
         cells = [_pct_ci(info.get("pc_success"), info.get("ci95")), _pct_ci(expert.get("pc_success"), expert.get("ci95")),
                  _fmt(info.get("n_episodes"), "d") if isinstance(info.get("n_episodes"), int) else "–",
                  _fmt(first(wm.get("forward"))), _fmt(first(wm.get("copy_last_frame")))]

@@ -22,8 +22,11 @@ generator, so a batched answer equals the unbatched one up to float rounding (ab
 differ with the batch size). Requests with different modes run as separate passes.
 
 Safety: binds 127.0.0.1 unless told otherwise; with a token (--token or $WAM_SERVE_TOKEN), a hello with
-another token is answered with an error and the connection closed (compared in constant time);
-a session must say hello within 10 s. Messages larger than --max-message-bytes close that connection
+another token is answered with an error and the connection closed (compared in constant time).
+A connection must say hello within --hello-timeout seconds of opening (10 by default; other messages, health
+checks included, do not extend it), else it gets an error and is closed (code 1008). At most
+--max-connections connections (64 by default) are open at once: one more gets an error reply saying so and
+is closed (code 1013, try again later) before anything else is read. Messages larger than --max-message-bytes close that connection
 (code 1009, the websockets limit); any other malformed request gets an error reply naming the problem,
 and the connection stays open. A client that disconnects while its request waits or runs costs nothing:
 its result is dropped.
@@ -49,7 +52,8 @@ from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, ProtocolError, pack, unpac
 
 log = logging.getLogger("wam.serve")
 
-HELLO_TIMEOUT_S = 10.0
+HELLO_TIMEOUT_S = 10.0  # a connection must say hello this soon after opening
+DEFAULT_MAX_CONNECTIONS = 64  # open connections at once (greeted or not); a robot uses one per environment process
 MAX_IMAGE_SIDE = 4096
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20
 REQUEST_TYPES = ("hello", "infer", "observe", "reset", "health")
@@ -81,17 +85,24 @@ class PolicyServer:
     """Serves one WAMPolicy (its model, settings and default mode) to many sessions; see the module docstring."""
 
     def __init__(self, policy: WAMPolicy, *, token: str | None = None, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_wait_ms: float = 5.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, hello_timeout_s: float = HELLO_TIMEOUT_S):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if not hello_timeout_s > 0:
+            raise ValueError(f"hello_timeout_s must be > 0, got {hello_timeout_s}")
         self.policy, self.token = policy, token or None
         self.max_batch, self.max_wait_s, self.max_message_bytes = max_batch, max_wait_ms / 1000, max_message_bytes
+        self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
         self.model_hash = policy.checkpoint.model_hash
         self.sessions: dict[int, Session] = {}
+        self.open_connections = 0
         self.counters = {"connections": 0, "requests": 0, "rows": 0, "forward_passes": 0, "errors": 0,
-                         "dropped": 0}
+                         "dropped": 0, "refused_connections": 0, "hello_timeouts": 0}
         self.started = time.time()
         self._next_session = 0
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -108,13 +119,15 @@ class PolicyServer:
                 "tasks": p.tasks, "fps": p.fps, "action_horizon": cfg.action_horizon, "n_obs_steps": cfg.n_obs_steps,
                 "n_action_steps": p.n_action_steps, "modes": list(ACTING_MODES), "mode": p.mode,
                 "sampling": p.inference.to_dict(),
-                "max_batch": self.max_batch, "max_message_bytes": self.max_message_bytes, "device": str(p.device)}
+                "max_batch": self.max_batch, "max_message_bytes": self.max_message_bytes,
+                "max_connections": self.max_connections, "device": str(p.device)}
 
     def health(self, session: Session | None) -> dict:
         out = {"type": "health", "ok": True, "protocol": PROTOCOL_VERSION}
         if session is not None:  # counters only for a greeted session
             c = self.counters
             out.update(c, uptime_s=time.time() - self.started, sessions=len(self.sessions),
+                       open_connections=self.open_connections,
                        queued=self._queue.qsize() if self._queue is not None else 0,
                        mean_batch=c["rows"] / c["forward_passes"] if c["forward_passes"] else 0.0)
         return out
@@ -249,16 +262,34 @@ class PolicyServer:
         """One connection: messages are answered in order, one at a time."""
         from websockets.exceptions import ConnectionClosed
 
+        if self.open_connections >= self.max_connections:
+            self.counters["refused_connections"] += 1
+            log.warning("refused a connection from %s: %d connections are open (--max-connections)",
+                        ws.remote_address, self.open_connections)
+            try:
+                await ws.send(pack({"type": "error", "id": None, "error": f"this server is at its limit of "
+                                    f"{self.max_connections} open connections (--max-connections); close another "
+                                    f"connection or retry later, or start the server with a higher "
+                                    f"--max-connections"}))
+                await ws.close(1013, f"at the limit of {self.max_connections} connections (--max-connections)")
+            except ConnectionClosed:
+                pass
+            return
+        self.open_connections += 1
         self.counters["connections"] += 1
         session = None
         closed = asyncio.ensure_future(ws.wait_closed())
+        hello_by = time.monotonic() + self.hello_timeout_s  # (other messages before hello do not extend it)
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S if session is None else None)
+                    wait = None if session is not None else max(0.0, hello_by - time.monotonic())
+                    raw = await asyncio.wait_for(ws.recv(), wait)
                 except asyncio.TimeoutError:
+                    self.counters["hello_timeouts"] += 1
                     await ws.send(pack({"type": "error", "id": None, "error": f"no hello within "
-                                        f"{HELLO_TIMEOUT_S:.0f} s of connecting; closing"}))
+                                        f"{self.hello_timeout_s:g} s of connecting; closing (send "
+                                        f"{{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, ...}} first)"}))
                     await ws.close(1008, "no hello")
                     return
                 arrived = time.perf_counter()
@@ -288,6 +319,7 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
+            self.open_connections -= 1
             closed.cancel()
             if session is not None:
                 self.sessions.pop(session.id, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -145,6 +146,22 @@ class ConvAutoencoder(FrameTokenizer):
         loss = mse + F.l1_loss(rec, frames) + latent_penalty * z.pow(2).mean()
         psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
         return loss, {"mse": mse.detach(), "psnr": psnr}
+
+
+def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(frames_uint8))
+    return x.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def encode_frames(tokenizer: FrameTokenizer, frames_uint8: np.ndarray | torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames -> (N, c, h, w) latents, in batches."""
+    out = []
+    for i in range(0, len(frames_uint8), batch):
+        x = to_model_frames(frames_uint8[i:i + batch])
+        out.append(tokenizer.encode(x[:, None])[:, 0].float())
+    return torch.cat(out)
 
 
 def make_tokenizer(cfg: ModelConfig) -> FrameTokenizer:

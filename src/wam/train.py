@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from wam import modes
+from wam.atomic import recover_dir, write_text_atomic
 from wam.config import LossConfig, ModelConfig
 from wam.inference.precision import autocast_context, resolve_precision
 from wam.model import WAM
+from wam.tokenizer import encode_frames, to_model_frames  # noqa: F401  (to_model_frames: re-exported)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class TrainConfig:
     ema_decay: float = 0.999  # exponential moving average of the weights (used for inference)
     precision: str = "auto"  # "auto" (bf16 autocast where measured faster), "bf16" or "fp32"
     seed: int = 0
-    tokenizer_steps: int = 2000  # autoencoder steps of the tokenizer stage (0: keep a given tokenizer)
+    tokenizer_steps: int | None = None  # autoencoder steps of the tokenizer stage; None: steps // 5, at most 2000
+    # (a short run stays short); 0 keeps a given tokenizer (--tokenizer-from)
     tokenizer_batch_size: int = 64
     tokenizer_lr: float = 2e-3
     log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
@@ -61,6 +64,12 @@ class TrainConfig:
     checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
     fsdp: bool = False  # several processes: shard weights, gradients and optimizer state over them (FSDP2),
     # for models too large for one device; otherwise every process holds a full copy (DDP)
+
+
+def tokenizer_budget(tc: TrainConfig) -> int:
+    """Steps of the tokenizer stage: tc.tokenizer_steps when set, else a fifth of the WAM stage's, at most 2000
+    (1500 WAM steps train the tokenizer for 300, 10000 and more for 2000)."""
+    return tc.tokenizer_steps if tc.tokenizer_steps is not None else min(2000, tc.steps // 5)
 
 
 # ---- episodes in latent space --------------------------------------------------------------------
@@ -198,22 +207,6 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
         action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
         source=source, weights=weights,
     )
-
-
-@torch.no_grad()
-def encode_frames(tokenizer, frames_uint8: np.ndarray | torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """(N, H, W, 3) uint8 frames -> (N, c, h, w) latents, in batches."""
-    out = []
-    for i in range(0, len(frames_uint8), batch):
-        x = to_model_frames(frames_uint8[i:i + batch])
-        out.append(tokenizer.encode(x[:, None])[:, 0].float())
-    return torch.cat(out)
-
-
-def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(frames_uint8))
-    return x.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
 # ---- schedule, EMA ---------------------------------------------------------------------------------
@@ -529,6 +522,85 @@ def _tokenizer_from(path, tok):
     return tok
 
 
+def _seconds_per_step(fn, steps: int = 3) -> float:
+    """Median wall time of fn() over `steps` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def measure_step_seconds(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, world: int = 1) -> tuple[float, float]:
+    """(tokenizer step, WAM step) wall time on this machine, measured on throwaway models and random data of the
+    run's shapes (about 8 steps in all). Leaves every random generator as it found it."""
+    from wam.tokenizer import make_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tok = make_tokenizer(cfg)
+        x = torch.rand(tc.tokenizer_batch_size, 3, cfg.image_size, cfg.image_size * cfg.n_cameras) * 2 - 1
+        opt = torch.optim.AdamW(tok.parameters(), lr=1e-4)
+
+        def tok_step():
+            loss, _ = tok.loss(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t_tok = _seconds_per_step(tok_step) if cfg.tokenizer == "conv" else 0.0
+        n = 4 * (cfg.future_frames * cfg.future_stride + cfg.action_horizon + cfg.n_obs_steps)
+        data = EpisodeTensors(latents=torch.randn(n, cfg.latent_channels, cfg.latent_size,
+                                                  cfg.latent_size * cfg.n_cameras),
+                              actions=torch.rand(n, cfg.action_dim) * 2 - 1, states=torch.randn(n, cfg.state_dim),
+                              starts=torch.tensor([0]), lengths=torch.tensor([n]), task=torch.tensor([0]),
+                              has_actions=torch.tensor([True]))
+        state = make_state(cfg, tc)
+        precision = resolve_precision(tc.precision, "cpu")
+        rows = max(1, tc.batch_size // world)
+
+        def wam_step():
+            g = step_generator(tc.seed, 0)
+            batch = data.gather(*data.sample(rows, g), cfg)
+            with autocast_context(precision, "cpu"):
+                loss, _ = modes.training_loss(state.model, batch, lc, generator=g)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            ema_update(state.ema, state.model, tc.ema_decay)
+
+        return t_tok, _seconds_per_step(wam_step)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_text(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tokenizer_steps: int, done: int, windows: int,
+              world: int = 1) -> str:
+    """What a run will do and about how long each stage takes, from a few steps of each measured here."""
+    t_tok, t_wam = measure_step_seconds(cfg, tc, lc, world)
+    lines = [f"plan ({windows:,} training windows; times from a few steps of each measured on this machine):"]
+    if tokenizer_steps:
+        lines.append(f"  1. tokenizer stage: {tokenizer_steps:,} step{'s' * (tokenizer_steps != 1)} at batch "
+                     f"{tc.tokenizer_batch_size}, "
+                     f"about {_duration(tokenizer_steps * t_tok)} (--tokenizer-steps to change)")
+    else:
+        lines.append("  1. tokenizer stage: none (the tokenizer is given or already trained)")
+    left = max(0, tc.steps - done)
+    resumed = f", resuming at step {done:,}" if done else ""
+    val = f"every {tc.val_every:,} steps and at the end" if 0 < tc.val_every < tc.steps else "at the end"
+    lines.append(f"  2. WAM stage: {left:,} step{'s' * (left != 1)} at batch {tc.batch_size}{resumed}, about "
+                 f"{_duration(left * t_wam)}, plus encoding the frames once and validation {val}")
+    return "\n".join(lines)
+
+
 class RunError(ValueError):
     """A problem with the run's inputs (dataset, output directory, settings), worded for the user."""
 
@@ -544,17 +616,34 @@ class LoadedEpisodes:
     fps: int
 
 
+def require_valid_dataset(dataset: str | Path) -> None:
+    """Run `wam dataset check`'s checks (wam.data.check, first frame of each video decoded) and raise RunError
+    with its sentences when it finds a problem: nothing trains on, or is evaluated against, a dataset the check
+    rejects. Warnings pass."""
+    from wam.data.check import check_dataset
+
+    report = check_dataset(dataset)
+    if not report.ok:
+        problems = "\n".join(f"problem: {p}" for p in report.problems)
+        raise RunError(f"{dataset} fails `wam dataset check` ({len(report.problems)} problem(s)):\n{problems}\n"
+                       f"Repair the dataset (or collect it again) until `wam dataset check {dataset}` reports no "
+                       f"problem")
+
+
 def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
                   normalizer=None, episodes: list[int] | None = None, progress: bool = False,
-                  actions: bool = True) -> LoadedEpisodes:
+                  actions: bool = True, check: bool = True) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
     actions and states normalised with the dataset's statistics (or a given Normalizer).
 
     actions=False reads the episodes as action-free videos (the dataset need not have actions): their
-    `actions` are (L, 0) and they train the video stream only."""
+    `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
+    that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`)."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
 
+    if check:
+        require_valid_dataset(dataset)
     try:
         ds = LeRobotDataset(dataset)
     except (DatasetError, FileNotFoundError) as e:
@@ -718,6 +807,7 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
     action-free videos train the video stream only, datasets with fewer action dimensions (other robots)
     are zero-padded and their padding masked out of the loss, each dataset normalised with its own statistics.
     `tokenizer_from`: a checkpoint whose frame tokenizer is the starting point (tc.tokenizer_steps 0: used as is).
+    With `progress`, prints first what will run and about how long (`plan_text`).
     """
     from wam.distributed import setup, teardown
 
@@ -741,6 +831,8 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     ckpt_dir = out / "checkpoint"
     if preset not in PRESETS:
         raise RunError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if dist.main:  # (the run's only writer) a checkpoint write killed half-way: put back the last one, drop the rest
+        recover_dir(ckpt_dir)
     if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
         raise RunError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
                        f"start the run without --resume")
@@ -813,7 +905,14 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                                  "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i]}
                                 for i, sp in enumerate(specs)]
     if dist.main:
-        (out / "run.json").write_text(json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+        write_text_atomic(out / "run.json", json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+
+    tok_steps = tokenizer_budget(tc)
+    train_tok = (saved is None or saved.tokenizer is None) and cfg.tokenizer == "conv" \
+        and (tokenizer_from is None or tok_steps > 0)
+    if progress and dist.main:
+        done = int(saved.train_state["step"]) if saved is not None else 0
+        print(plan_text(cfg, tc, lc, tok_steps if train_tok else 0, done, sum(windows), dist.world), flush=True)
 
     # -- tokenizer stage (rank 0 trains it; the other processes take its weights)
     if saved is not None and saved.tokenizer is not None:
@@ -826,19 +925,19 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         tok = make_tokenizer(cfg)
         if tokenizer_from is not None:
             tok = _tokenizer_from(tokenizer_from, tok)
-        if cfg.tokenizer == "conv" and (tokenizer_from is None or tc.tokenizer_steps > 0):
+        if train_tok:
             frames = torch.cat([to_model_frames(e["frames"]) for e in train_eps])  # (N, 3, H, W)
             bar = None
             if progress:
                 from tqdm.auto import tqdm
-                bar = tqdm(total=tc.tokenizer_steps, desc="tokenizer", unit="step", dynamic_ncols=True)
+                bar = tqdm(total=tok_steps, desc="tokenizer", unit="step", dynamic_ncols=True)
 
             def tick(loss: float) -> None:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
 
-            losses = train_tokenizer(tok, frames, steps=tc.tokenizer_steps, batch_size=tc.tokenizer_batch_size,
+            losses = train_tokenizer(tok, frames, steps=tok_steps, batch_size=tc.tokenizer_batch_size,
                                      lr=tc.tokenizer_lr, seed=tc.seed, progress=tick)
             if bar is not None:
                 bar.close()

@@ -17,7 +17,8 @@ statistics in meta/stats.json.
 Why atomic: a collection can be killed at any point. Everything is written into a hidden sibling
 directory (`.NAME.partial-XXXX`), `meta/info.json` last, and the directory is renamed to NAME only
 when complete. A dataset at NAME is therefore always whole; an interrupted write leaves only the
-hidden directory (safe to delete).
+hidden directory, which the next writer of NAME deletes once the process that wrote it is gone (its
+process id is in `.writer-pid`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class LeRobotWriter:
         self.features = self._with_defaults(features) if features is not None else None
         self.tmp = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
+        (self.tmp / ".writer-pid").write_text(str(os.getpid()))
+        _remove_abandoned(self.root)
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []  # metadata rows
         self.episode_stats: list[dict] = []
@@ -449,6 +452,7 @@ class LeRobotWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self.tmp, self.root)
+        (self.root / ".writer-pid").unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop everything written so far (the target path is left untouched)."""
@@ -469,6 +473,24 @@ class LeRobotWriter:
             self.finalize()
         else:
             self.abort()
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete the hidden partial directories of `root` whose writing process is gone (killed mid-write), and
+    set-aside old copies left by a writer killed between its two renames while `root` exists."""
+    for d in root.parent.glob(f".{root.name}.partial-*"):
+        try:
+            pid = int((d / ".writer-pid").read_text())
+            os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
+            continue  # its writer is alive: not ours to delete
+        except ProcessLookupError:
+            pass  # the writer is gone
+        except (OSError, ValueError):  # no pid file (an older wam, or killed before writing it), or not ours
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+    if root.exists():
+        for d in root.parent.glob(f".{root.name}.old-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def write_dataset(root: str | Path, episodes: Iterable[dict[str, Any]], *, fps: int, **kwargs) -> Path:
