@@ -101,3 +101,31 @@ def test_validation_losses_per_mode():
     out = validation_losses(state.model, data, batches=1, batch_size=4)
     assert set(out) == {"policy", "forward", "inverse", "video", "joint"}
     assert all(np.isfinite(v) for v in out.values())
+
+
+def test_the_tokenizer_budget_follows_the_steps_unless_set():
+    """A 5-step run used to train the tokenizer for 2000 steps first; now a fifth of --steps, at most 2000."""
+    from wam.train import tokenizer_budget
+
+    assert tokenizer_budget(TrainConfig(steps=5)) == 1
+    assert tokenizer_budget(TrainConfig(steps=1500)) == 300
+    assert tokenizer_budget(TrainConfig(steps=20000)) == 2000
+    assert tokenizer_budget(TrainConfig(steps=5, tokenizer_steps=50)) == 50
+    assert tokenizer_budget(TrainConfig(steps=5000, tokenizer_steps=0)) == 0
+
+
+def test_the_plan_names_both_stages_and_leaves_the_random_state_alone(monkeypatch):
+    import wam.train as train_mod
+    from wam.config import LossConfig
+    from wam.train import plan_text
+
+    cfg, tc = tiny_config(image_size=16), TrainConfig(steps=40, batch_size=4, tokenizer_batch_size=4, precision="fp32")
+    before = torch.get_rng_state()
+    text = plan_text(cfg, tc, LossConfig(), 8, 0, 100)
+    assert torch.equal(before, torch.get_rng_state())  # (the measurement must not change the run)
+    assert "tokenizer stage: 8 steps" in text and "WAM stage: 40 steps" in text and "about" in text
+    monkeypatch.setattr(train_mod, "measure_step_seconds", lambda *a, **k: (0.5, 3.0))
+    resumed = plan_text(cfg, tc, LossConfig(), 0, 30, 100)
+    assert "tokenizer stage: none" in resumed and "10 steps" in resumed and "resuming at step 30" in resumed
+    assert "about 30 s" in resumed
+    assert "about 4 s" in plan_text(cfg, tc, LossConfig(), 8, 39, 100)  # 8 x 0.5 s
