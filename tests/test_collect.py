@@ -63,7 +63,11 @@ def test_collect_metaworld_reach(tmp_path, capsys):
     ds = LeRobotDataset(out)
     assert ds.num_episodes == 2 and ds.fps == 80 and ds.info["robot_type"] == "sawyer"
     assert ds.camera_keys == ["observation.images.corner4"]
-    assert ds.features["observation.state"]["shape"] == [39] and len(ds.features["observation.state"]["names"]) == 39
+    assert ds.features["observation.state"]["shape"] == [4]  # camera + proprioception, the vision protocol
+    assert ds.features["observation.state"]["names"] == ["hand_x", "hand_y", "hand_z", "gripper_opening"]
+    env_state = ds.features["observation.environment_state"]
+    assert env_state["shape"] == [39] and len(env_state["names"]) == 39 and "goal_x" in env_state["names"]
+    assert np.array_equal(ds.data["observation.state"], ds.data["observation.environment_state"][:, :4])
     assert ds.tasks == ["move the gripper to the goal position"]
     for s, t in ds.episode_ranges:
         success = ds.data["next.success"][s:t]
@@ -73,5 +77,18 @@ def test_collect_metaworld_reach(tmp_path, capsys):
     w = WindowDataset(ds, n_obs_steps=cfg.n_obs_steps, future_frames=cfg.future_frames,
                       future_stride=cfg.future_stride, action_horizon=cfg.action_horizon, image_size=cfg.image_size)
     item = w[0]
-    assert item["frames"].shape == (3, 3, 64, 64) and item["action"].shape == (8, 4) and item["state"].shape == (1, 39)
+    assert item["frames"].shape == (3, 3, 64, 64) and item["action"].shape == (8, 4) and item["state"].shape == (1, 4)
     assert check_dataset(out).ok
+
+
+@pytest.mark.sim
+def test_collect_metaworld_full_state_for_ablations(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    out = tmp_path / "full"
+    assert main(["collect", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--state", "full",
+                 "--out", str(out), "--max-steps", "20", "--keep-failed"]) == 0
+    ds = LeRobotDataset(out)
+    assert ds.features["observation.state"]["shape"] == [39]
+    assert np.array_equal(ds.data["observation.state"], ds.data["observation.environment_state"])
+    with pytest.raises(ValueError, match="single kind of state"):
+        collect("dot", episodes=1, out=tmp_path / "dot", state="full", progress=False)

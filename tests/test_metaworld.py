@@ -32,15 +32,59 @@ def test_task_sets_and_descriptions():
 
 def test_observation_layout(env):
     obs, info = env.reset(seed=0)
-    assert set(obs) == {"observation.images.corner4", "observation.images.topview", "observation.state"}
+    assert set(obs) == {"observation.images.corner4", "observation.images.topview", "observation.state",
+                        "observation.environment_state"}
     image = obs["observation.images.corner4"]
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-    assert obs["observation.state"].shape == (39,) and obs["observation.state"].dtype == np.float32
+    # the robot's own reading (hand xyz + gripper) is the state; object and goal poses are the environment's
+    state, full = obs["observation.state"], obs["observation.environment_state"]
+    assert state.shape == (4,) and state.dtype == np.float32 and full.shape == (39,) and full.dtype == np.float32
+    assert np.array_equal(state, full[:4]) and env.state_names == ["hand_x", "hand_y", "hand_z", "gripper_opening"]
     assert env.observation_space.contains(obs) and info == {"success": False}
     assert (env.fps, env.max_episode_steps, env.task_description) == (80, 500, "move the gripper to the goal position")
     assert env.camera_names == ("corner4", "topview")
-    goal = obs["observation.state"][36:]
-    assert np.allclose(goal, env._env._target_pos, atol=1e-5)  # the goal is part of the state
+    assert np.allclose(full[36:], env._env._target_pos, atol=1e-5)  # the goal is only in the environment state
+
+
+def test_full_state_for_ablations():
+    e = mw.make_env("push-v3", state="full")
+    obs, _ = e.reset(seed=0)
+    assert obs["observation.state"].shape == (39,) and np.array_equal(obs["observation.state"],
+                                                                       obs["observation.environment_state"])
+    assert e.observation_space.contains(obs) and len(e.state_names) == 39
+    e.close()
+    assert mw.state_mode(4) == "proprio" and mw.state_mode(39) == "full"
+    with pytest.raises(ValueError, match="4 values.*or 39"):
+        mw.state_mode(7)
+    with pytest.raises(ValueError, match="unknown state 'joints'.*proprio"):
+        mw.make_env("push-v3", state="joints")
+
+
+def test_the_expert_reads_the_environment_state_whatever_the_policy_is_given(env):
+    expert = mw.make_expert("reach-v3")
+    obs, _ = env.reset(seed=3)
+    full = {**obs, "observation.state": obs["observation.environment_state"]}
+    full.pop("observation.environment_state")
+    assert np.array_equal(expert(obs), expert(full))
+    with pytest.raises(ValueError, match="39-D observation"):
+        expert({"observation.state": obs["observation.state"]})
+
+
+def test_goal_markers_show_goals_that_nothing_else_shows():
+    # reach-v3's goal is a point in the air: drawn as a 4 cm sphere, it covers several pixels at 64 px;
+    # with MetaWorld's own 2 cm marker far fewer; in a task whose goal is a visible object nothing changes
+    def pixels_changed(task, seed=0):
+        images = []
+        for marker in (0.0, mw.GOAL_MARKER):
+            e = mw.make_env(task, image_size=64, goal_marker=marker)
+            obs, _ = e.reset(seed=seed)
+            images.append(obs["observation.images.corner4"].astype(int))
+            e.close()
+        return int((np.abs(images[0] - images[1]).sum(-1) > 30).sum())
+
+    assert "reach-v3" in mw.GOAL_MARKER_TASKS and "button-press-v3" not in mw.GOAL_MARKER_TASKS
+    assert pixels_changed("reach-v3") >= 6
+    assert pixels_changed("button-press-v3") == 0
 
 
 def test_corner_cameras_are_turned_upright(env):
@@ -70,7 +114,7 @@ def test_seeding_reproduces_episodes_exactly(env):
     b, _ = env.reset(seed=5)
     c, _ = env.reset(seed=6)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.allclose(a["observation.state"][36:], c["observation.state"][36:])
+    assert not np.allclose(a["observation.environment_state"][36:], c["observation.environment_state"][36:])
 
 
 def test_expert_reaches_success_and_frames_survive_the_codec(env, tmp_path):

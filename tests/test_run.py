@@ -133,6 +133,51 @@ def test_policy_queues_actions_and_predicts_chunks(run):
         WAMPolicy.from_checkpoint(run / "checkpoint", mode="forward")
 
 
+def test_policy_reads_only_the_keys_it_was_trained_on(run):
+    from wam.envs.dot import make_env
+
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", steps=1)
+    env = make_env(image_size=32)
+    obs, _ = env.reset(seed=0)
+    obs = {**obs, "task": env.task_description}
+    extra = {**obs, "observation.environment_state": np.full(39, np.nan, np.float32)}  # never read
+    chunks = []
+    for o in (obs, extra):
+        policy.reset()  # the same sampling noise for both
+        chunks.append(policy.predict_action_chunk(o))
+    assert np.array_equal(*chunks)
+    no_state = {k: v for k, v in obs.items() if k != "observation.state"}
+    with pytest.raises(KeyError, match="lacks 'observation.state'.*4 values"):
+        policy.predict_action_chunk(no_state)
+    with pytest.raises(ValueError, match="observation.state has 39 values; the model was trained on 4"):
+        policy.predict_action_chunk({**obs, "observation.state": np.zeros(39, np.float32)})
+    with pytest.raises(KeyError, match="lacks.*observation.images.top"):
+        policy.predict_action_chunk({"observation.images.side": obs["observation.images.top"],
+                                     "observation.images.front": obs["observation.images.top"],
+                                     "observation.state": obs["observation.state"], "task": obs["task"]})
+    assert policy.state_size() == 4
+
+
+def test_blind_policy_sees_black_frames(run):
+    from wam.envs.dot import make_env
+
+    env = make_env(image_size=32)
+    obs, _ = env.reset(seed=0)
+    obs = {**obs, "task": env.task_description}
+    blind = WAMPolicy.from_checkpoint(run / "checkpoint", steps=1, blind=True)
+    seeing = WAMPolicy.from_checkpoint(run / "checkpoint", steps=1)
+    black = {**obs, "observation.images.top": np.zeros_like(obs["observation.images.top"])}
+
+    def chunk(policy, o):
+        policy.reset()  # the same sampling noise every time
+        return policy.predict_action_chunk(o)
+
+    assert np.array_equal(chunk(blind, obs), chunk(seeing, black))
+    assert not np.array_equal(chunk(seeing, obs), chunk(seeing, black))
+    assert blind.settings["blind"] is True and "blind" not in seeing.settings
+    assert dict(blind.spec[1])["blind"] is True  # rebuilt blind in evaluation workers
+
+
 @pytest.mark.parametrize("mode", ["inverse", "joint"])
 def test_policy_acts_in_planning_modes(run, mode):
     policy = WAMPolicy.from_checkpoint(run / "checkpoint", mode=mode, steps=2)

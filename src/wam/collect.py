@@ -5,6 +5,7 @@ Runbook:
     wam collect metaworld --tasks mt10 --episodes 50 --out data/mt10       # 50 successful episodes per task
     wam collect metaworld --tasks reach-v3,push-v3 --episodes 10 --out data/two --image-size 96
     wam collect metaworld --tasks easy --episodes 20 --cameras corner4,topview --out data/easy
+    wam collect metaworld --tasks mt10 --episodes 50 --state full --out data/mt10-full   # 39-D observation.state
     wam collect dot --episodes 20 --out data/dot                           # the synthetic test world
 
 Works for any adapter in `wam.envs.ENVS` (make_env, make_expert, resolve_tasks, describe).
@@ -13,6 +14,9 @@ Each episode runs the expert from a seed derived from (--seed, task name, attemp
 same command gives the same dataset, whatever the number of worker processes. An episode records
 observation k and the action taken at k on row k (LeRobot's convention: the observation after the
 last action is not stored); `next.reward`, `next.success` and `next.done` describe the step's outcome.
+`observation.state` is the robot's own reading (MetaWorld: hand xyz + gripper, 4-D) unless `--state
+full`; what only the simulator knows (object and goal poses) is `observation.environment_state`,
+stored for analysis.
 It ends `--after-success` steps after the first success (success does not persist in MetaWorld, so
 it is counted at any step), when the environment ends it, or at the step limit.
 
@@ -55,13 +59,13 @@ def episode_seed(seed: int, task: str, attempt: int) -> int:
 
 
 def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                after_success: int = 10, max_steps: int | None = None) -> dict[str, Any]:
+                after_success: int = 10, max_steps: int | None = None, state: str | None = None) -> dict[str, Any]:
     """Run the scripted expert for one episode and return its arrays (see the module docstring)."""
     adapter = get_adapter(env_name)
-    key = (env_name, task, image_size, tuple(cameras) if cameras else None)
+    key = (env_name, task, image_size, tuple(cameras) if cameras else None, state)
     env = _ENV_CACHE.pop(key, None)
     if env is None:
-        env = adapter.make_env(task, image_size=image_size, cameras=cameras)
+        env = adapter.make_env(task, image_size=image_size, cameras=cameras, **({"state": state} if state else {}))
     _ENV_CACHE[key] = env  # (re)inserted last: the dict's order is the order of use
     while len(_ENV_CACHE) > _ENV_CACHE_SIZE:
         _ENV_CACHE.pop(next(iter(_ENV_CACHE))).close()
@@ -71,13 +75,15 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
     cams = [f"observation.images.{c}" for c in env.camera_names]
     frames: dict[str, list] = {c: [] for c in cams}
-    states, actions, rewards, successes = [], [], [], []
+    states, env_states, actions, rewards, successes = [], [], [], [], []
     first_success = -1
     for step in range(limit):
         action = np.asarray(expert(obs), dtype=np.float32)
         for c in cams:
             frames[c].append(obs[c])
         states.append(obs["observation.state"])
+        if "observation.environment_state" in obs:
+            env_states.append(obs["observation.environment_state"])
         obs, reward, terminated, truncated, info = env.step(action)
         actions.append(action)
         rewards.append(reward)
@@ -92,6 +98,7 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     data = {c: np.stack(frames[c]) for c in cams}
     data.update({
         "observation.state": np.stack(states).astype(np.float32),
+        **({"observation.environment_state": np.stack(env_states).astype(np.float32)} if env_states else {}),
         "action": np.stack(actions).astype(np.float32),
         "next.reward": np.asarray(rewards, np.float32),
         "next.success": np.asarray(successes, bool),
@@ -101,7 +108,8 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
         "data": data, "task": task, "description": env.task_description, "seed": seed,
         "success": first_success >= 0, "first_success": first_success, "length": n, "fps": env.fps,
         "robot_type": getattr(env, "robot_type", env_name),
-        "names": {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None)},
+        "names": {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
+                  "observation.environment_state": getattr(env, "environment_state_names", None)},
     }
 
 
@@ -118,11 +126,12 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
             image_size: int = 64, cameras: Sequence[str] | None = None, workers: int | None = None,
             keep_failed: bool = False, max_attempts: int | None = None, after_success: int = 10,
             max_steps: int | None = None, seed: int = 0, codec: str = "h264", crf: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            state: str | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
     rate, kept episodes and mean length, and the settings. Raises ValueError for bad settings.
+    `state` is the environment's `observation.state` setting (MetaWorld: "proprio", the default, or "full").
     """
     from tqdm.auto import tqdm
 
@@ -143,8 +152,12 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     if max_attempts < episodes:
         raise ValueError(f"--max-attempts ({max_attempts}) must be at least --episodes ({episodes})")
     workers = max(1, workers or os.cpu_count() or 1)
+    modes = getattr(adapter, "STATE_MODES", None)
+    if state is not None and (modes is None or state not in modes):
+        raise ValueError(f"unknown --state {state!r} for {env}; " + (f"choose one of: {', '.join(modes)}" if modes
+                         else f"{env} has a single kind of state, leave --state out"))
     kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
-              "after_success": after_success, "max_steps": max_steps}
+              "after_success": after_success, "max_steps": max_steps, "state": state}
     stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
     kept_episodes: list[dict] = []
     next_attempt = {t: 0 for t in task_list}

@@ -318,23 +318,26 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed: int = 0,
                   max_steps: int | None = None, after_success: int = 0, expert: bool = True,
                   videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
-                  num_envs: int = 1, progress: Callable[[], None] | None = None) -> dict:
+                  num_envs: int = 1, progress: Callable[[], None] | None = None,
+                  env_options: dict | None = None) -> dict:
     """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row.
-    num_envs > 1 steps that many environments in parallel processes (`rollout_vector`)."""
+    num_envs > 1 steps that many environments in parallel processes (`rollout_vector`). `env_options` go to
+    the adapter's make_env (e.g. MetaWorld's state="full"); by default they follow the policy (`env_options_for`)."""
     import functools
 
     from wam.envs import get_adapter
 
     adapter = get_adapter(env)
     seeds = eval_seeds(seed, task, episodes)
+    opts = env_options_for(policy, env, task) if env_options is None else env_options
     kw = dict(max_steps=max_steps, after_success=after_success, progress=progress)
     if num_envs > 1:
-        env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras)
+        env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras, **opts)
         res = rollout_vector(env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task, **kw)
         ref = rollout_vector(env_fn, ExpertPolicy(env, task), seeds, num_envs=num_envs, **kw) if expert else None
         description = adapter.describe(task)
     else:
-        e = adapter.make_env(task, image_size=image_size, cameras=cameras)
+        e = adapter.make_env(task, image_size=image_size, cameras=cameras, **opts)
         try:
             res = rollout(e, policy, seeds, record=videos_per_task, **kw)
             ref = rollout(e, ExpertPolicy(env, task), seeds, **kw) if expert else None
@@ -347,6 +350,21 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
         write_video(out / rel, frames)
         paths.append(rel)
     return _task_row(task, description, seeds, res, ref, paths)
+
+
+def env_options_for(policy, env: str, task: str) -> dict:
+    """Environment settings that give `policy` the observation keys and sizes it was trained on: for
+    MetaWorld, `state="proprio"` (4-D) or `"full"` (39-D) by the size of the state the policy reads."""
+    from wam.envs import get_adapter
+
+    adapter, size_of = get_adapter(env), getattr(policy, "state_size", None)
+    if not hasattr(adapter, "state_mode") or size_of is None:
+        return {}
+    try:
+        size = size_of(adapter.describe(task))
+    except (KeyError, ValueError):
+        size = size_of()
+    return {"state": adapter.state_mode(size)} if size else {}
 
 
 _WORKER_POLICY: dict = {}  # per worker process: the policy, built once from its checkpoint

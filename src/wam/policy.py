@@ -94,10 +94,12 @@ class WAMPolicy:
     """A WAM checkpoint as a closed-loop policy (see the module docstring for the timing)."""
 
     def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
-                 inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", **sampling):
+                 inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", blind: bool = False,
+                 **sampling):
         """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
         checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
-        schedule=, cfg_scale=, warm_start=, ...) change single settings of it."""
+        schedule=, cfg_scale=, warm_start=, ...) change single settings of it. `blind` replaces every camera
+        image by a black one before the model sees it (the ablation that shows how much the policy looks)."""
         import dataclasses
 
         from wam.data import Normalizer
@@ -145,10 +147,11 @@ class WAMPolicy:
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
             raise ValueError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
                              f"got {self.n_action_steps}")
-        self.mode, self.seed, self.device = mode, seed, torch.device(device)
+        self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
-            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device).items())))
+            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
+            blind=self.blind).items())))
         self.reset()
 
     # the sampling settings most callers ask about
@@ -169,7 +172,15 @@ class WAMPolicy:
         return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": self.cfg.action_horizon,
                 "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
-                "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict()}
+                "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
+                **({"blind": True} if self.blind else {})}
+
+    def state_size(self, task: Any = None) -> int:
+        """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
+        policy reads only the keys it was trained on: its cameras and this state, nothing else."""
+        if self.cfg.state_dim <= 0:
+            return 0
+        return self.embodiments[self.embodiment_of(task, 1) if task is not None else 0].state_dim
 
     def new_state(self, seed: int | None = None) -> PolicyState:
         """A fresh closed loop: empty history and queue, a generator seeded with `seed` (default: the policy's)."""
@@ -250,15 +261,24 @@ class WAMPolicy:
             img = img[None] if single else img
             views.append(resize_frames(img, size).transpose(0, 2, 3, 1))  # (B, h, w, 3)
         frames = np.concatenate(views, axis=2)  # (B, h, W, 3): cameras side by side
+        if self.blind:
+            frames = np.zeros_like(frames)
         B = frames.shape[0]
         state = None
-        if self.cfg.state_dim > 0:
+        want = self.embodiments[emb].state_dim if self.cfg.state_dim > 0 else 0
+        if self.cfg.state_dim > 0 and want == 0:  # an embodiment without a state: zeros, as in training
+            state = torch.zeros(B, self.cfg.state_dim, device=self.device)
+        elif self.cfg.state_dim > 0:
+            if "observation.state" not in obs:
+                raise KeyError(f"observation lacks 'observation.state'; the model was trained on a state of {want} "
+                               f"values (and cameras {cameras or self.cameras})")
             s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
+            if s.shape[-1] != want:
+                raise ValueError(f"observation.state has {s.shape[-1]} values; the model was trained on {want}. "
+                                 f"Give the environment the state the training data had (wam eval does: "
+                                 f"e.g. MetaWorld's state='proprio' is 4-D, state='full' 39-D)")
             state = self.embodiments[emb].normalize_state(s)
-            if state.shape[-1] > self.cfg.state_dim:
-                raise ValueError(f"observation.state has {state.shape[-1]} values; the model takes at most "
-                                 f"{self.cfg.state_dim}")
             if state.shape[-1] < self.cfg.state_dim:  # another embodiment's shorter state, zero-padded as in training
                 state = torch.nn.functional.pad(state, (0, self.cfg.state_dim - state.shape[-1]))
         return Observation(frames, state, self.task_index(task, B), single, emb)

@@ -2,13 +2,25 @@
 
     env = make_env("push-v3", image_size=64, cameras=["corner4"], seed=0)
     obs, info = env.reset(seed=0)           # obs["observation.images.corner4"]: (64, 64, 3) uint8
-    expert = make_expert("push-v3")         # obs["observation.state"]: (39,) float32
+    expert = make_expert("push-v3")         # obs["observation.state"]: (4,) float32, hand xyz + gripper
     obs, reward, terminated, truncated, info = env.step(expert(obs))    # info["success"]: bool
 
-Observations use LeRobot's keys. The state is MetaWorld's full 39-D observation: hand position and
-gripper opening (4), first and second object position and quaternion (14), the same 18 values one
-step earlier, and the goal position (3). The goal is included (the goal-observable variants), so the
-scripted experts can act on it and a policy can see where to go.
+Observations use LeRobot's keys and the vision protocol of LeRobot's MetaWorld environment and its
+`metaworld_mt50` dataset: `observation.state` is what the robot knows about itself, the hand position
+and gripper opening (4-D, the first 4 values of MetaWorld's observation). What only the simulator knows
+is `observation.environment_state`, MetaWorld's full 39-D observation: hand and gripper (4), first and
+second object position and quaternion (14), the same 18 values one step earlier, and the goal position
+(3). It is always there, for the scripted experts and for analysis; a policy trained on camera +
+proprioception never reads it. `state="full"` puts the 39-D vector in `observation.state` too (the
+privileged-state setting, for ablations and for models trained that way).
+
+Goal markers: in eleven tasks (`GOAL_MARKER_TASKS`) the goal is a point in space that no object marks
+(reach, push and pick-place and their variants, the mug's place in coffee-pull, the plate's place in
+the plate-slide-back tasks, the lifted puck's height in pick-out-of-hole). MetaWorld draws it as a
+2 cm sphere, one or two pixels at 64 px: a policy that only sees could not tell where to go. These
+environments draw it as a `goal_marker`-sized sphere (default 4 cm radius; rendering only, physics is
+untouched); `goal_marker=0` keeps MetaWorld's own. In every other task the goal follows from what is
+visible (the button, the drawer, the door, the shelf, the hole, ...).
 
 Rendering: MuJoCo renders offscreen through EGL (`MUJOCO_GL=egl`, set here unless already set;
 `osmesa` works too). MetaWorld's scenes default to 4x multisampling, 4096 px shadow maps, reflections
@@ -115,9 +127,24 @@ DIFFICULTY: dict[str, tuple[str, ...]] = {
 }
 
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+STATE_MODES = ("proprio", "full")  # observation.state: hand xyz + gripper (4-D), or the full 39-D observation
+GOAL_MARKER = 0.04  # radius (m) of the drawn goal sphere in GOAL_MARKER_TASKS
+GOAL_MARKER_TASKS = ("reach-v3", "reach-wall-v3", "push-v3", "push-wall-v3", "push-back-v3", "pick-place-v3",
+                     "pick-place-wall-v3", "pick-out-of-hole-v3", "coffee-pull-v3", "plate-slide-back-v3",
+                     "plate-slide-back-side-v3")
 _OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
 _NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
-STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]
+STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]  # the 39-D observation
+PROPRIO_NAMES = STATE_NAMES[:4]
+
+
+def state_mode(size: int) -> str:
+    """The `state` setting whose observation.state has `size` values (a checkpoint records only the size)."""
+    modes = {len(PROPRIO_NAMES): "proprio", len(STATE_NAMES): "full"}
+    if size not in modes:
+        raise ValueError(f"a MetaWorld observation.state has 4 values (state='proprio') or 39 (state='full'); "
+                         f"the policy expects {size}")
+    return modes[size]
 
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
 _CLOSE_AT_EXIT: list[bool] = []
@@ -173,12 +200,12 @@ def describe(task: str) -> str:
 
 
 class MetaWorldEnv(gym.Env):
-    """One MetaWorld v3 task with camera images and the 39-D state (see the module docstring)."""
+    """One MetaWorld v3 task with camera images, proprioception and the simulator's state (module docstring)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, task: str, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                 max_episode_steps: int | None = None):
+                 max_episode_steps: int | None = None, state: str = "proprio", goal_marker: float = GOAL_MARKER):
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
@@ -193,13 +220,21 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+        if state not in STATE_MODES:
+            raise ValueError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
+                             f"(MetaWorld's 39-D observation with object and goal poses)")
+        if goal_marker < 0:
+            raise ValueError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
+        self.state_mode = state
         self.task = task
         self.task_description = DESCRIPTIONS[task]
         self.camera_names = cameras
         self.image_size = int(image_size)
         self.fps = FPS
         self.robot_type = "sawyer"
-        self.action_names, self.state_names = ACTION_NAMES, STATE_NAMES
+        self.action_names = ACTION_NAMES
+        self.state_names = STATE_NAMES if state == "full" else PROPRIO_NAMES
+        self.environment_state_names = STATE_NAMES
         self.render_mode = "rgb_array"
         self._mujoco = mujoco
 
@@ -208,6 +243,11 @@ class MetaWorldEnv(gym.Env):
         self._env.seeded_rand_vec = True  # ... from the env's own seeded generator
         self.max_episode_steps = min(int(max_episode_steps or self._env.max_path_length), self._env.max_path_length)
         model, data = self._env.model, self._env.data
+        if goal_marker and task in GOAL_MARKER_TASKS:  # draw the goal where nothing else shows it (docstring)
+            for name, _ in self._env._target_site_config:
+                sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, name)
+                if sid >= 0:
+                    model.site_size[sid, 0] = max(float(model.site_size[sid, 0]), goal_marker)
         model.vis.quality.offsamples = 0  # no multisampling; must be set before the renderer exists
         try:
             self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
@@ -228,7 +268,8 @@ class MetaWorldEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         spaces = {f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
                   for c in cameras}
-        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
+        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (len(self.state_names),), np.float32)
+        spaces["observation.environment_state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
         self._steps = 0
         _OPEN_ENVS.add(self)
@@ -247,7 +288,9 @@ class MetaWorldEnv(gym.Env):
 
     def _obs(self, state: np.ndarray) -> dict:
         obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
-        obs["observation.state"] = np.asarray(state, dtype=np.float32)
+        full = np.asarray(state, dtype=np.float32)
+        obs["observation.state"] = full if self.state_mode == "full" else full[:len(PROPRIO_NAMES)].copy()
+        obs["observation.environment_state"] = full
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -288,15 +331,18 @@ class MetaWorldEnv(gym.Env):
 
 
 def make_env(task: str | None = None, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-             seed: int | None = None, max_episode_steps: int | None = None, **_: object) -> MetaWorldEnv:
-    env = MetaWorldEnv(task or "reach-v3", image_size=image_size, cameras=cameras, max_episode_steps=max_episode_steps)
+             seed: int | None = None, max_episode_steps: int | None = None, state: str = "proprio",
+             goal_marker: float = GOAL_MARKER, **_: object) -> MetaWorldEnv:
+    env = MetaWorldEnv(task or "reach-v3", image_size=image_size, cameras=cameras, max_episode_steps=max_episode_steps,
+                       state=state, goal_marker=goal_marker)
     if seed is not None:
         env.reset(seed=seed)
     return env
 
 
 def make_expert(task: str) -> Callable[[dict], np.ndarray]:
-    """MetaWorld's scripted policy for `task`, acting on an observation dict."""
+    """MetaWorld's scripted policy for `task`, acting on an observation dict (it reads the simulator's
+    39-D `observation.environment_state`, or a 39-D `observation.state` where that is absent)."""
     from metaworld.policies import ENV_POLICY_MAP
 
     if task not in ENV_POLICY_MAP:
@@ -304,7 +350,10 @@ def make_expert(task: str) -> Callable[[dict], np.ndarray]:
     policy = ENV_POLICY_MAP[task]()
 
     def act(obs: dict) -> np.ndarray:
-        state = np.asarray(obs["observation.state"], dtype=np.float64)
+        state = np.asarray(obs.get("observation.environment_state", obs["observation.state"]), dtype=np.float64)
+        if state.shape[-1] != len(STATE_NAMES):
+            raise ValueError(f"the scripted expert needs MetaWorld's 39-D observation (observation.environment_state); "
+                             f"got {state.shape[-1]} values")
         with warnings.catch_warnings():  # the experts warn whenever their gains saturate, which is expected
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
             action = policy.get_action(state)
