@@ -5,7 +5,9 @@
     wam bench --checkpoint checkpoints/wam-tiny-mt10 --mode forward --steps 4
 
 The reference path is joint mode, 50 Euler steps, no caches, fp32 (`wam.inference.REFERENCE`). Both run on
-the same inputs, the checkpoint's held-out episodes, and the same noise:
+the same inputs, the checkpoint's held-out episodes, and the same noise. When the training dataset is not on
+this machine (a shipped checkpoint), the environment's scripted expert collects a few fresh episodes of the
+checkpoint's tasks first, once, into a cache (`expert_episodes`; it says so), and both replay those:
 
 - acting modes (policy, joint, inverse) replay each episode's recorded observations through a
   `WAMPolicy`, one chunk every n_action_steps control steps, exactly as in closed loop (encoding the new
@@ -20,10 +22,14 @@ and frame PSNR against the reference path's output, and each path's own error ag
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,15 +78,20 @@ class Bench:
         self.ckpt, self.seed, self.warmup, self.windows = checkpoint, seed, warmup, windows
         self.cfg = checkpoint.model.cfg
         run = checkpoint.config.get("run", {})
+        given = dataset is not None
         dataset = dataset or run.get("dataset")
-        if not dataset:
-            raise ValueError("the checkpoint records no dataset; pass --dataset PATH (episodes to replay)")
-        val = run.get("val_episodes") or []
-        if not val:
-            raise ValueError("the checkpoint records no held-out episodes to replay")
-        # spread the episodes over tasks: the held-out list holds a few per task, in task order
-        per_task = max(1, len(val) // max(1, len(run.get("tasks") or [1])))
-        chosen = (val[::per_task] + [e for i, e in enumerate(val) if i % per_task])[:episodes]
+        if given and not Path(dataset).exists():
+            raise ValueError(f"--dataset {dataset} does not exist; give a LeRobot dataset directory, or leave "
+                             f"--dataset out to replay the training dataset's held-out episodes")
+        if not dataset or not Path(dataset).exists():  # (a shipped checkpoint without its training data)
+            dataset, chosen = expert_episodes(checkpoint, episodes, seed=seed, progress=progress)
+        else:
+            val = run.get("val_episodes") or []
+            if not val:
+                raise ValueError("the checkpoint records no held-out episodes to replay; pass --dataset PATH")
+            # spread the episodes over tasks: the held-out list holds a few per task, in task order
+            per_task = max(1, len(val) // max(1, len(run.get("tasks") or [1])))
+            chosen = (val[::per_task] + [e for i, e in enumerate(val) if i % per_task])[:episodes]
         try:
             data = load_episodes(dataset, image_size=self.cfg.image_size, cameras=run.get("cameras"),
                                  normalizer=Normalizer.from_dict(checkpoint.stats), episodes=chosen,
@@ -235,6 +246,63 @@ class Bench:
         return {"machine": platform.machine(), "processor": platform.processor() or None,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "peak_fp32_GFLOPs": round(matmul_peak(torch.float32) * 1e-9, 1)}
+
+
+def episodes_cache(checkpoint) -> Path:
+    """Where `expert_episodes` keeps what it collected for a checkpoint: $WAM_CACHE or ~/.cache/wam, then
+    bench-episodes/<model hash>."""
+    root = Path(os.environ.get("WAM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wam")
+    return root / "bench-episodes" / checkpoint.model_hash
+
+
+def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool = False) -> tuple[str, list[int]]:
+    """Episodes to replay when the checkpoint's training dataset is not on this machine: the scripted expert of
+    the environment family whose tasks the checkpoint knows runs `episodes` fresh episodes (one task after
+    another, seeds no collection with --seed 0..999 uses), at the checkpoint's image size, cameras and state
+    size, written as a LeRobot dataset under `episodes_cache` (collected once, then reused); returns its path
+    and the episode indices. The setting under test and the reference replay the same ones."""
+    from wam.collect import collect
+    from wam.data.lerobot import DatasetError, read_meta
+    from wam.envs import ENVS, get_adapter
+
+    cfg, run = checkpoint.model.cfg, checkpoint.config.get("run", {})
+    tasks = list(run.get("tasks") or [])
+    found = None
+    for family in ENVS:
+        try:
+            adapter = get_adapter(family)
+            names = {adapter.describe(t): t for t in adapter.resolve_tasks("all")}
+        except Exception:  # noqa: BLE001 (an environment whose extra is missing cannot be the one)
+            continue
+        if tasks and all(t in names for t in tasks):
+            found = family, adapter, [names[t] for t in tasks]
+            break
+    if found is None:
+        raise ValueError(f"the checkpoint's training dataset {run.get('dataset')!r} is not here and no installed "
+                         f"environment's scripted expert knows its tasks ({', '.join(tasks[:3]) or 'none recorded'}); "
+                         f"pass --dataset PATH with episodes to replay")
+    family, adapter, names = found
+    n_tasks = min(episodes, len(names))
+    out = episodes_cache(checkpoint) / f"{family}-{episodes}ep-seed{seed}"
+    try:
+        read_meta(out, with_stats=False)
+        print(f"[bench] the training dataset {run.get('dataset')!r} is not here: replaying {episodes} scripted-expert "
+              f"episodes collected earlier in {out}", file=sys.stderr)
+    except (DatasetError, FileNotFoundError):
+        print(f"[bench] the training dataset {run.get('dataset')!r} is not here: collecting {episodes} fresh "
+              f"episodes of {family}'s scripted expert ({', '.join(names[:n_tasks])}) into {out}", file=sys.stderr)
+        state = getattr(adapter, "state_mode", None)
+        cams = run.get("cameras")
+        collect(family, tasks=",".join(names[:n_tasks]), episodes=math.ceil(episodes / n_tasks), out=out,
+                image_size=cfg.image_size, cameras=cams if family != "dot" else None, workers=1,
+                seed=1000 + seed, state=state(cfg.state_dim) if state and cfg.state_dim else None, overwrite=True,
+                progress=progress)
+    meta = read_meta(out, with_stats=False)
+    by_task: dict[str, list[int]] = {}
+    for ep in meta.episodes:
+        by_task.setdefault(ep.tasks[0] if ep.tasks else "", []).append(ep.episode_index)
+    rounds = [eps[i] for i in range(max(map(len, by_task.values()))) for eps in by_task.values() if i < len(eps)]
+    return str(out), rounds[:episodes]
 
 
 def _latency(times: list[float]) -> dict:
