@@ -51,8 +51,11 @@ class FrameTokenizer(nn.Module):
 
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor, batch: int = 256) -> None:
-        """Set the per-channel standardisation from frames (N, C, H, W)."""
-        zs = torch.cat([self._encode_raw(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+        """Set the per-channel standardisation from frames: (N, C, H, W) floats in [-1, 1], or (N, H, W, 3)
+        uint8 (converted one batch at a time, so a large dataset never exists as floats)."""
+        convert = _is_uint8_frames(frames)
+        zs = torch.cat([self._encode_raw(to_model_frames(frames[i:i + batch]) if convert else frames[i:i + batch])
+                        for i in range(0, len(frames), batch)])
         self.latent_shift.copy_(zs.mean(dim=(0, 2, 3)))
         self.latent_scale.copy_(zs.std(dim=(0, 2, 3)).clamp_min(1e-2))
 
@@ -148,6 +151,11 @@ class ConvAutoencoder(FrameTokenizer):
         return loss, {"mse": mse.detach(), "psnr": psnr}
 
 
+def _is_uint8_frames(frames) -> bool:
+    return (frames.dtype == torch.uint8 if torch.is_tensor(frames) else np.asarray(frames).dtype == np.uint8) \
+        and frames.shape[-1] in (1, 3) and frames.ndim == 4
+
+
 def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
     x = torch.as_tensor(np.asarray(frames_uint8))
@@ -173,7 +181,8 @@ def make_tokenizer(cfg: ModelConfig) -> FrameTokenizer:
 
 def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, batch_size: int = 64,
                     lr: float = 2e-3, seed: int = 0, autocast: bool = False, progress=None) -> list[float]:
-    """Train the autoencoder on frames (N, C, H, W) in [-1, 1]; returns the loss per step.
+    """Train the autoencoder on frames (N, C, H, W) in [-1, 1], or (N, H, W, 3) uint8 (each batch converted
+    when drawn: a float copy of 200,000 frames at 96 px would take 22 GB); returns the loss per step.
     Fits the latent standardisation at the end."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0, fused=True)
@@ -184,11 +193,12 @@ def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, b
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     losses = []
+    convert = _is_uint8_frames(frames)
     tok.train()
     for _ in range(steps):
         idx = torch.randint(0, len(frames), (batch_size,), generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss, _ = tok.loss(frames[idx])
+            loss, _ = tok.loss(to_model_frames(frames[idx]) if convert else frames[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

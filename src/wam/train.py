@@ -926,7 +926,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         if tokenizer_from is not None:
             tok = _tokenizer_from(tokenizer_from, tok)
         if train_tok:
-            frames = torch.cat([to_model_frames(e["frames"]) for e in train_eps])  # (N, 3, H, W)
+            frames = torch.cat([torch.as_tensor(e["frames"]) for e in train_eps])  # (N, H, W, 3) uint8
             bar = None
             if progress:
                 from tqdm.auto import tqdm
