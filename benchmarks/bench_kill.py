@@ -8,7 +8,9 @@ process short, so most of its life is spent starting, saving and loading: where 
 
 - an uninterrupted run first: its timing bounds the kill moments, its result is the reference;
 - then a chain: start, SIGKILL (the whole process group, as a job scheduler does) at a uniform random moment
-  between a second before the uninterrupted run first wrote its checkpoint (or dataset) and its end, check what is on disk, continue (train/finetune: --resume when a
+  between a second before the uninterrupted run first wrote its checkpoint (or dataset) and its end (for a
+  resumed run: the end of what it has left; the window shrinks when a run finishes before its kill, as
+  happens when the machine's load drops), check what is on disk, continue (train/finetune: --resume when a
   checkpoint exists, else a fresh start; collect: the same command again with --overwrite), until --kills
   kills were made; a process that finishes before its kill starts the chain over;
 - after each kill: the checkpoint loads with its train state (train: run.json too; finetune: the adapter
@@ -137,6 +139,7 @@ def kill_chain(name: str, first: list[str], resume: list[str] | None, again: lis
     res = {"kills": 0, "resumes": 0, "clean_resumes": 0, "restarts": 0, "finished_before_kill": 0,
            "lost": 0, "corrupt": 0, "failed_resumes": 0, "details": []}
     cmd, seen, resumed, done_steps = first, False, False, 0
+    pace = 1.0  # how much slower than the uninterrupted run processes are now (the machine's load changes)
     i = 0
     while res["kills"] < kills and time.time() < deadline:
         i += 1
@@ -146,7 +149,9 @@ def kill_chain(name: str, first: list[str], resume: list[str] | None, again: lis
             # run starts sooner: no tokenizer stage)
             hi = lo + 1.0 + (hi - lo - 1.0) * max(0.0, 1 - done_steps / total_steps)
             lo = max(0.3, 0.6 * lo)
-        t = rng.uniform(lo, max(lo, hi))
+        lo, hi = lo * pace, max(lo, hi) * pace
+        t = rng.uniform(lo, hi)
+        t0 = time.time()
         p = start(cmd, log)
         try:
             rc = p.wait(t)
@@ -154,6 +159,8 @@ def kill_chain(name: str, first: list[str], resume: list[str] | None, again: lis
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             rc = None
+        if rc == 0:  # it finished before its kill: the expected end was too late, aim earlier from now on
+            pace = max(0.2, min(5.0, pace * 0.8 * (time.time() - t0) / hi))
         if rc is None:
             res["kills"] += 1
             if resumed:
@@ -269,9 +276,8 @@ def main() -> int:
             r["leftover_temporaries"] = sorted(p.name for p in work.iterdir() if p.name.startswith(".col."))
         else:
             raise SystemExit(f"unknown verb {verb!r}")
-        if final_resume:  # the last continuation, run to its end (run_to_end raises if it fails)
-            r["resumes"] += 1
-            r["clean_resumes"] += 1
+        if final_resume:  # the last continuation (counted in resumes when chosen), run to its end (run_to_end
+            r["clean_resumes"] += 1  # raises if it fails)
         r.pop("continue_with", None)
         r["wall_s"] = round(time.time() - t0, 1)
         r["kill_window_s"] = [round(x, 2) for x in window(first_write, duration)]
