@@ -504,6 +504,18 @@ def print_eval(info: dict) -> None:
     lo, hi = info["ci95"]
     expert = "" if not info.get("expert") else f"{info['expert']['pc_success']:.1f}%"
     print(f"{'overall':<28} {info['pc_success']:>7.1f}% {f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
+    groups = info.get("groups") or {}
+    if len(groups) > 1 or (groups and len(info["per_task"]) > len(next(iter(groups.values()))["tasks"])):
+        for name, g in groups.items():
+            lo, hi = g["ci95"]
+            expert = f"{g['expert_pc_success']:.1f}%" if "expert_pc_success" in g else ""
+            label = f"group {name} ({len(g['tasks'])})"
+            print(f"{label:<28} {g['pc_success']:>7.1f}% "
+                  f"{f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
+        gm = info["group_mean"]
+        lo, hi = gm["ci95"]
+        expert = f"{gm['expert_pc_success']:.1f}%" if "expert_pc_success" in gm else ""
+        print(f"{'mean of group means':<28} {gm['pc_success']:>7.1f}% {f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
     wm = info.get("world_model")
     if wm:
         print("world model (PSNR dB at horizons " + ", ".join(map(str, wm["horizons"])) + " steps):")

@@ -309,6 +309,41 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
+def group_results(rows: list[dict], groups: dict[str, Sequence[str]]) -> dict:
+    """Success per task group (e.g. MetaWorld's difficulty groups), two ways: `pc_success` over the group's
+    episodes with its Wilson interval, and the `group_mean` over groups (the published MT50 convention:
+    the mean of the group means), with a normal-approximation interval. Only groups with evaluated tasks
+    count; `groups_evaluated` names them."""
+    by_task = {r["task"]: r for r in rows}
+    out: dict[str, Any] = {"groups": {}}
+    variance = []
+    for name, tasks in groups.items():
+        present = [by_task[t] for t in tasks if t in by_task]
+        if not present:
+            continue
+        succ = [s for r in present for s in r["successes"]]
+        n, k = len(succ), int(sum(succ))
+        lo, hi = wilson_interval(k, n)
+        g = {"tasks": [r["task"] for r in present], "n_episodes": n, "pc_success": 100.0 * k / n,
+             "ci95": [100 * lo, 100 * hi], "task_mean": float(np.mean([r["pc_success"] for r in present]))}
+        if all(r.get("expert_successes") is not None for r in present):
+            es = [s for r in present for s in r["expert_successes"]]
+            g["expert_pc_success"] = 100.0 * sum(es) / n
+        out["groups"][name] = g
+        p = k / n
+        variance.append(p * (1 - p) / n)
+    if out["groups"]:
+        G = len(out["groups"])
+        mean = float(np.mean([g["pc_success"] for g in out["groups"].values()]))
+        half = 100 * 1.96 * float(np.sqrt(sum(variance))) / G
+        out["group_mean"] = {"pc_success": mean, "ci95": [max(0.0, mean - half), min(100.0, mean + half)],
+                             "groups_evaluated": list(out["groups"])}
+        if all("expert_pc_success" in g for g in out["groups"].values()):
+            out["group_mean"]["expert_pc_success"] = float(np.mean([g["expert_pc_success"]
+                                                                    for g in out["groups"].values()]))
+    return out
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -446,8 +481,9 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    info = {**aggregate(rows), "eval_s": elapsed, "eval_ep_s": elapsed / max(1, len(rows) * episodes),
-            "per_task": rows,
+    groups = getattr(get_adapter(env), "DIFFICULTY", None)
+    info = {**aggregate(rows), **(group_results(rows, groups) if groups else {}), "eval_s": elapsed,
+            "eval_ep_s": elapsed / max(1, len(rows) * episodes), "per_task": rows,
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
                          "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
                          "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}

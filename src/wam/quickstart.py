@@ -2,13 +2,17 @@
 
     bash scripts/quickstart.sh          # sets up .venv, then runs: wam quickstart
 
-What it runs, with progress shown throughout (about 12 minutes on 2 CPU cores; see README):
-  1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset);
+What it runs, with progress shown throughout (about 12 minutes on 2 CPU cores; see README), all on the
+vision protocol: the policy sees one camera and the robot's own hand position and gripper opening, never
+the objects' or the goal's positions:
+  1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset,
+     96x96 `corner4` frames, 4-D `observation.state`, the simulator's 39-D state kept apart);
   2. trains wam-tiny on them briefly (tokenizer stage, then the WAM stage);
   3. evaluates that model in every mode: forward and video mode frame PSNR/SSIM and inverse-mode action
      error on its held-out episodes, and closed-loop success in policy, joint and inverse mode;
-  4. evaluates the reference checkpoint shipped with wam (trained on MT10 for about an hour on this
-     kind of machine) closed-loop on all ten MT10 tasks, and as a world model on the new episodes;
+  4. evaluates the MT50 reference checkpoint shipped with wam (camera + proprioception, trained on 50
+     demonstrations of each MetaWorld task on this kind of machine) closed-loop on the ten MT10 tasks,
+     and as a world model on the new episodes;
   5. writes report.html linking one report per evaluation (each with its eval_info.json).
 A briefly trained model is far from the reference: the point of step 2-3 is the whole pipeline on
 your machine, the point of step 4 is what the same pipeline gives with more training.
@@ -19,12 +23,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "wam-tiny-mt10"  # in the source tree
+REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "wam-tiny-mt50"  # in the source tree
 
 
 def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
                tasks: str = "reach-v3,button-press-topdown-v3,drawer-close-v3", episodes: int = 12,
                steps: int = 1500, tokenizer_steps: int = 300, eval_episodes: int = 3, max_steps: int = 150,
+               image_size: int = 96,
                reference: str | Path | None = REFERENCE, reference_tasks: str = "mt10", reference_episodes: int = 2,
                model_changes: dict | None = None, workers: int | None = None) -> dict:
     from wam.checkpoint import load_checkpoint
@@ -44,7 +49,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     entries, summary = [], {}
 
     print(f"[1/5] collecting demonstrations: {tasks}, {episodes} episodes each")
-    collect("metaworld", tasks=tasks, episodes=episodes, out=data, seed=seed, overwrite=True)
+    collect("metaworld", tasks=tasks, episodes=episodes, out=data, seed=seed, image_size=image_size, overwrite=True)
 
     print(f"\n[2/5] training wam-tiny for {steps} steps (tokenizer: {tokenizer_steps} steps)")
     tc = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(200, steps // 5),
@@ -81,7 +86,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
                         world_model=ref_world, settings={"checkpoint": str(reference)},
                         log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None)
         _print_success(info)
-        entries.insert(0, {"name": "reference checkpoint (MT10), policy mode",
+        entries.insert(0, {"name": f"reference checkpoint ({Path(reference).name}), policy mode",
                            "report": root / "eval-reference" / "report.html", "eval_info": info,
                            "world_model": ref_world})
         summary["reference"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
@@ -92,7 +97,8 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     index = build_index(root, entries, notes=[
         f"Trained here: wam-tiny, {steps} steps on {episodes} demonstrations per task of {tasks}; closed loop "
         f"capped at {max_steps} steps per episode.",
-        "Reference: the checkpoint shipped with wam; see the README for how it was trained and its full evaluation."])
+        "Reference: the MT50 checkpoint shipped with wam (camera + hand/gripper state, like every model here); "
+        "see the README for how it was trained and its full evaluation."])
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nreport: {index.resolve()}")
     return summary

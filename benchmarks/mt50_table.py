@@ -1,0 +1,74 @@
+"""The README's MT50 tables from `wam eval` outputs: per difficulty group and overall, seeing and blind.
+
+    wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --out runs/eval-mt50
+    wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --blind --no-expert \\
+        --out runs/eval-mt50-blind
+    python benchmarks/mt50_table.py runs/eval-mt50/eval_info.json --blind runs/eval-mt50-blind/eval_info.json
+
+Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 5 tasks); "mean of group
+means" is the published convention, "per episode" weighs every episode alike. Intervals: Wilson 95% per
+group and per episode; normal approximation for the mean of group means (`wam.evaluate.group_results`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def fmt(pc: float, ci: list[float] | None = None) -> str:
+    return f"{pc:.1f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_info", help="eval_info.json of the evaluation")
+    ap.add_argument("--blind", default=None, help="eval_info.json of the same evaluation with --blind")
+    ap.add_argument("--tasks", action="store_true", help="also print the per-task table")
+    args = ap.parse_args()
+    info = json.load(open(args.eval_info))
+    blind = json.load(open(args.blind)) if args.blind else None
+    head = "| | tasks | episodes | wam success % [95% CI] | scripted expert % |"
+    sep = "|---|---|---|---|---|"
+    if blind:
+        head += " camera blacked out % [95% CI] | drop (points) |"
+        sep += "---|---|"
+    print(head)
+    print(sep)
+    names = {"easy": "easy", "medium": "medium", "hard": "hard", "very_hard": "very hard"}
+    for key, g in info["groups"].items():
+        row = (f"| {names.get(key, key)} | {len(g['tasks'])} | {g['n_episodes']} | {fmt(g['pc_success'], g['ci95'])} | "
+               f"{g.get('expert_pc_success', float('nan')):.1f} |")
+        if blind:
+            b = blind["groups"][key]
+            row += f" {fmt(b['pc_success'], b['ci95'])} | {g['pc_success'] - b['pc_success']:.1f} |"
+        print(row)
+    gm = info["group_mean"]
+    row = (f"| **mean of group means** | {sum(len(g['tasks']) for g in info['groups'].values())} | {info['n_episodes']} | "
+           f"**{fmt(gm['pc_success'], gm['ci95'])}** | {gm.get('expert_pc_success', float('nan')):.1f} |")
+    if blind:
+        bg = blind["group_mean"]
+        row += f" {fmt(bg['pc_success'], bg['ci95'])} | {gm['pc_success'] - bg['pc_success']:.1f} |"
+    print(row)
+    ex = info.get("expert") or {}
+    row = (f"| per episode | | {info['n_episodes']} | {fmt(info['pc_success'], info['ci95'])} | "
+           f"{ex.get('pc_success', float('nan')):.1f} |")
+    if blind:
+        row += f" {fmt(blind['pc_success'], blind['ci95'])} | {info['pc_success'] - blind['pc_success']:.1f} |"
+    print(row)
+    if args.tasks:
+        print()
+        print("| task | group | success % | expert % |" + (" blind % |" if blind else ""))
+        print("|---|---|---|---|" + ("---|" if blind else ""))
+        group_of = {t: k for k, g in info["groups"].items() for t in g["tasks"]}
+        btask = {r["task"]: r for r in blind["per_task"]} if blind else {}
+        for r in info["per_task"]:
+            line = (f"| {r['task']} | {names.get(group_of.get(r['task']), '')} | {r['pc_success']:.0f} | "
+                    f"{r['expert_pc_success']:.0f} |")
+            if blind:
+                line += f" {btask[r['task']]['pc_success']:.0f} |" if r["task"] in btask else " |"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
