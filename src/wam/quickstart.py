@@ -2,7 +2,7 @@
 
     bash scripts/quickstart.sh          # sets up .venv, then runs: wam quickstart
 
-What it runs, with progress shown throughout (about 12 minutes on 2 CPU cores; see README), all on the
+What it runs, with progress shown throughout (about 8 minutes on 2 CPU cores; see README), all on the
 vision protocol: the policy sees one camera and the robot's own hand position and gripper opening, never
 the objects' or the goal's positions:
   1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset,

@@ -152,8 +152,8 @@ class ConvAutoencoder(FrameTokenizer):
 
 
 def _is_uint8_frames(frames) -> bool:
-    return (frames.dtype == torch.uint8 if torch.is_tensor(frames) else np.asarray(frames).dtype == np.uint8) \
-        and frames.shape[-1] in (1, 3) and frames.ndim == 4
+    """uint8 frames are (N, H, W, 3) as stored; model frames (N, C, H, W) are floats."""
+    return frames.dtype in (torch.uint8, np.uint8)
 
 
 def to_model_frames(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
