@@ -1,0 +1,149 @@
+"""Measure a trained LeRobot peer with wam's own harness: serve its checkpoint with lerobot_server.py (in
+LeRobot's venv), run `wam eval --server` on it (same seeds, step limits and success rule as any wam
+policy), and write benchmarks/peers/<peer>_<tasks>.json with the success table, the policy's latency per
+action chunk (median and p90 of the server's server_ms, which spans decoding, preprocessing, the forward
+pass and postprocessing) and the training record train.py left beside the checkpoint.
+
+Runbook (run it with wam's venv; the server runs with .venv-lerobot/bin/python):
+    python benchmarks/peers/run.py --peer dp --checkpoint runs/peers/dp/checkpoints/last/pretrained_model \\
+        --tasks mt10 --episodes 20
+    python benchmarks/peers/run.py --peer act --checkpoint runs/peers/act/checkpoints/last/pretrained_model \\
+        --tasks reach-v3 --episodes 1 --max-steps 50        # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def start_server(args, ready: Path, stats: Path, log) -> subprocess.Popen:
+    python = Path(args.venv) / "bin" / "python"
+    cmd = [str(python), str(HERE / "lerobot_server.py"), "--checkpoint", str(args.checkpoint), "--port", "0",
+           "--ready-file", str(ready), "--stats-file", str(stats), "--threads", str(args.threads)]
+    if args.n_action_steps is not None:
+        cmd += ["--n-action-steps", str(args.n_action_steps)]
+    if args.num_inference_steps is not None:
+        cmd += ["--num-inference-steps", str(args.num_inference_steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + args.start_timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"the peer server did not start (exit {proc.poll()}); see {log.name}")
+        time.sleep(0.2)
+    return proc
+
+
+def latency(ms: list[float]) -> dict:
+    """Median and p90 of server_ms, over all chunks and without the first (warm-up) one."""
+    out = {"n_chunks": len(ms)}
+    if ms:
+        out.update(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), first_ms=ms[0])
+    if len(ms) > 1:
+        out.update(median_ms_after_first=float(np.median(ms[1:])), p90_ms_after_first=float(np.percentile(ms[1:], 90)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--peer", required=True, help="name of the peer in the result file (e.g. dp, act)")
+    p.add_argument("--checkpoint", required=True, help="the pretrained_model directory lerobot-train wrote")
+    p.add_argument("--tasks", required=True, help="wam eval --tasks (a task set or comma-separated tasks)")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--n-action-steps", type=int, default=None, help="override the checkpoint's n_action_steps")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="diffusion: fewer denoising steps than the checkpoint's (not LeRobot's default; recorded)")
+    p.add_argument("--videos", type=int, default=0)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
+                   help="torch threads of the server")
+    p.add_argument("--venv", default=str(ROOT / ".venv-lerobot"))
+    p.add_argument("--out", default=None, help="result JSON (default: benchmarks/peers/<peer>_<tasks>.json)")
+    p.add_argument("--eval-out", default=None, help="wam eval's output directory (default: runs/peers/eval-...)")
+    p.add_argument("--start-timeout", type=float, default=300)
+    args = p.parse_args(argv)
+
+    args.checkpoint = Path(args.checkpoint).resolve()
+    tag = args.tasks.replace(",", "+")
+    out = Path(args.out or HERE / f"{args.peer}_{tag}.json")
+    eval_out = Path(args.eval_out or ROOT / "runs" / "peers" / f"eval-{args.peer}-{tag}")
+    wam = shutil.which("wam") or str(ROOT / ".venv" / "bin" / "wam")
+    work = Path(tempfile.mkdtemp(prefix="peers-run-"))
+    ready, stats, log_path = work / "ready.json", work / "stats.json", eval_out.with_name(eval_out.name + "-server.log")
+    eval_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        server = start_server(args, ready, stats, log)
+        startup = time.perf_counter() - t0
+        url = json.loads(ready.read_text())["url"]
+        try:
+            from wam.client import PolicyClient
+
+            with PolicyClient(url) as client:
+                hello = dict(client.metadata)
+            cmd = [wam, "eval", "--server", url, "--env", "metaworld", "--tasks", args.tasks, "--episodes",
+                   str(args.episodes), "--seed", str(args.seed), "--no-expert", "--videos", str(args.videos),
+                   "--out", str(eval_out)]
+            if args.max_steps is not None:
+                cmd += ["--max-steps", str(args.max_steps)]
+            if args.n_action_steps is not None:
+                cmd += ["--n-action-steps", str(args.n_action_steps)]
+            print("[peers]", shlex.join(cmd), flush=True)
+            t1 = time.perf_counter()
+            rc = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+            eval_s = time.perf_counter() - t1
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    served = json.loads(stats.read_text()) if stats.exists() else {"server_ms": []}
+    shutil.rmtree(work, ignore_errors=True)
+    if rc != 0:
+        raise SystemExit(f"wam eval failed (exit {rc}); the server's log is {log_path}")
+    info = json.loads((eval_out / "eval_info.json").read_text())
+    train_record = args.checkpoint.parents[2] / "peer_train.json"  # <out>/checkpoints/last/pretrained_model
+    result = {
+        "peer": args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
+        "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
+        "num_inference_steps_override": args.num_inference_steps,
+        "eval_command": shlex.join(cmd), "eval_wall_s": eval_s, "server_startup_s": startup,
+        "server_threads": args.threads, "eval_info": str(eval_out / "eval_info.json"),
+        "pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
+        "groups": info.get("groups"), "group_mean": info.get("group_mean"),
+        "per_task": [{k: r[k] for k in ("task", "pc_success", "ci95", "n_episodes", "avg_steps")}
+                     for r in info["per_task"]],
+        "latency_per_chunk": latency(served["server_ms"]),
+        "chunk": {k: hello.get(k) for k in ("action_horizon", "n_action_steps", "n_obs_steps", "sampling")},
+        "parameters": hello.get("parameters"), "model_hash": hello.get("model_hash"),
+        "checkpoint_bytes": sum(f.stat().st_size for f in args.checkpoint.iterdir() if f.is_file()),
+        "train": json.loads(train_record.read_text()) if train_record.is_file() else None,
+    }
+    out.write_text(json.dumps(result, indent=2))
+    lat = result["latency_per_chunk"]
+    print(f"[peers] {args.peer} on {args.tasks}: {info['pc_success']:.1f}% over {info['n_episodes']} episodes; "
+          f"chunk latency median {lat.get('median_ms', float('nan')):.1f} ms, p90 {lat.get('p90_ms', float('nan')):.1f} ms "
+          f"over {lat['n_chunks']} chunks; wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
