@@ -50,6 +50,10 @@ def test_dataset_specs_parse_weights_and_the_action_free_flag():
     assert DatasetSpec.parse("data/v:0.5:no-actions") == DatasetSpec("data/v", 0.5, False)
     assert DatasetSpec.parse("data/v:no-actions:2") == DatasetSpec("data/v", 2.0, False)
     assert DatasetSpec.parse("C:/x/data") == DatasetSpec("C:/x/data")
+    assert DatasetSpec.parse("data/mt50:2:tasks=mt10, 3") == DatasetSpec("data/mt50", 2.0, True, ("mt10", "3"))
+    assert DatasetSpec.parse("d:tasks=0:no-actions") == DatasetSpec("d", None, False, ("0",))
+    with pytest.raises(RunError, match="empty task list"):
+        DatasetSpec.parse("data/v:tasks=")
     with pytest.raises(RunError, match="weight must be > 0"):
         DatasetSpec.parse("data/v:0")
     specs = [DatasetSpec("a", 3.0), DatasetSpec("b")]
@@ -103,6 +107,46 @@ def test_action_free_videos_and_another_robot_train_one_model(dot, arm, tmp_path
         policy.reset()
         policy.predict_action_chunk({cam: np.stack([obs[cam]] * 2), "observation.state": np.zeros((2, 4), np.float32),
                                      "task": ["move the red dot to the green goal", "steer the arm to the green goal"]})
+
+
+@pytest.fixture(scope="module")
+def two_tasks(dot, tmp_path_factory):
+    """The dot world's episodes under two task names, alternating."""
+    out = tmp_path_factory.mktemp("data") / "two"
+    ds = LeRobotDataset(dot)
+    cam = ds.camera_keys[0]
+    with LeRobotWriter(out, fps=int(ds.fps)) as w:
+        for pos in range(ds.num_episodes):
+            ep = ds.episodes[pos]
+            w.add_episode({cam: ds.episode_frames(pos, cam), "action": ds.data["action"][ep.start:ep.stop],
+                           "observation.state": ds.data["observation.state"][ep.start:ep.stop]},
+                          task=["go left", "go right"][pos % 2])
+    return out
+
+
+def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys):
+    from wam.train import load_episodes
+
+    every = load_episodes(two_tasks, image_size=32).episodes
+    right = load_episodes(two_tasks, image_size=32, tasks=("go right",)).episodes
+    assert [e["episode_index"] for e in right] == [e["episode_index"] for e in every if e["task_index"] == 1]
+    assert len(right) == 3 and {e["task_index"] for e in right} == {1}
+    by_index = load_episodes(two_tasks, image_size=32, tasks=("0",)).episodes
+    assert [e["episode_index"] for e in by_index] == [0, 2, 4]
+    with pytest.raises(RunError, match="has no task 'go up'"):
+        load_episodes(two_tasks, image_size=32, tasks=("go up",))
+    with pytest.raises(RunError, match="there is no task 7"):
+        load_episodes(two_tasks, image_size=32, tasks=("7",))
+    # train on one task's actions and the other's videos; the run records what it read
+    out = tmp_path / "r"
+    assert main(["train", "--dataset", f"{two_tasks}:tasks=0", "--dataset", f"{two_tasks}:no-actions:tasks=1",
+                 "--out", str(out), "--steps", "2", *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert [d["task_filter"] for d in run["dataset_specs"]] == [["0"], ["1"]]
+    sets = run["datasets"]
+    assert set(sets[0]["val_episodes"]) <= {0, 2, 4} and set(sets[1]["val_episodes"]) <= {1, 3, 5}
+    assert sorted(run["train_episodes"] + run["val_episodes"]) == [0, 1, 2, 3, 4, 5]
+    assert [d["tasks"] for d in sets] == [["go left", "go right"]] * 2
 
 
 def test_every_dataset_action_free_is_refused(dot, tmp_path, capsys):

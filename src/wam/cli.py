@@ -235,11 +235,12 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
                        description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
                                    "--preset wam-tiny --steps 20000 --out runs/mt10")
-    p.add_argument("--dataset", required=True, action="append", metavar="PATH[:WEIGHT][:no-actions]",
+    p.add_argument("--dataset", required=True, action="append", metavar="PATH[:WEIGHT][:no-actions][:tasks=A,B]",
                    help="LeRobot dataset directory (v3.0 or v2.1). Repeat to train on a mixture: WEIGHT is the "
                         "dataset's relative share of each batch (default: by its size), no-actions trains on its "
-                        "videos only (action-free co-training); datasets with other action sizes (other robots) "
-                        "are padded and masked")
+                        "videos only (action-free co-training), tasks= reads only those tasks' episodes (task "
+                        "indices, exact task texts, or MetaWorld names and sets such as mt10); datasets with other "
+                        "action sizes (other robots) are padded and masked")
     p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",

@@ -632,13 +632,14 @@ def require_valid_dataset(dataset: str | Path) -> None:
 
 def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
                   normalizer=None, episodes: list[int] | None = None, progress: bool = False,
-                  actions: bool = True, check: bool = True) -> LoadedEpisodes:
+                  actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
     actions and states normalised with the dataset's statistics (or a given Normalizer).
 
     actions=False reads the episodes as action-free videos (the dataset need not have actions): their
     `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
-    that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`)."""
+    that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`). tasks: only the
+    episodes of these tasks (`select_tasks`)."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
 
@@ -661,6 +662,11 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
         raise RunError(f"{dataset}: {e}") from e
     state = ds.data.get("observation.state")
     positions = range(ds.num_episodes) if episodes is None else [ds.position_of(i) for i in episodes]
+    if tasks is not None:  # only the episodes of these tasks
+        keep = set(select_tasks(list(ds.tasks), tasks, str(dataset)))
+        if "task_index" not in ds.data:
+            raise RunError(f"{dataset} has no task_index column, so its episodes cannot be chosen by task")
+        positions = [p for p in positions if int(ds.data["task_index"][ds.episodes[p].start]) in keep]
     it = positions
     if progress:
         from tqdm.auto import tqdm
@@ -683,24 +689,29 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions]` on the command line."""
+    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions][:tasks=A,B,...]` on the command line."""
 
     path: str
     weight: float | None = None  # relative share of the batches; None: by its number of windows (or 1.0
     # when another dataset of the mixture has a weight)
     actions: bool = True  # False: action-free videos, which train the video stream only
+    tasks: tuple[str, ...] | None = None  # only these tasks' episodes (see `select_tasks`); None: all
 
     @classmethod
     def parse(cls, spec: str | Path | DatasetSpec) -> DatasetSpec:
-        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2' -> DatasetSpec."""
+        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2', 'data/mt50:tasks=mt10' -> DatasetSpec."""
         if isinstance(spec, DatasetSpec):
             return spec
         parts = str(spec).split(":")
-        weight, actions = None, True
+        weight, actions, tasks = None, True, None
         while len(parts) > 1:
             opt = parts[-1].strip()
             if opt in ("no-actions", "noactions", "videos"):
                 actions = False
+            elif opt.startswith("tasks="):
+                tasks = tuple(t.strip() for t in opt.removeprefix("tasks=").split(",") if t.strip())
+                if not tasks:
+                    raise RunError(f"empty task list in {spec!r}; write e.g. {parts[0]}:tasks=0,3 or :tasks=mt10")
             else:
                 try:
                     weight = float(opt)
@@ -709,10 +720,40 @@ class DatasetSpec:
                 if not weight > 0:
                     raise RunError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
             parts.pop()
-        return cls(":".join(parts), weight, actions)
+        return cls(":".join(parts), weight, actions, tasks)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "weight": self.weight, "actions": self.actions}
+        return {"path": self.path, "weight": self.weight, "actions": self.actions,
+                "task_filter": None if self.tasks is None else list(self.tasks)}
+
+
+def select_tasks(dataset_tasks: list[str], wanted: tuple[str, ...] | list[str], dataset: str = "") -> list[int]:
+    """The dataset's task indices named by `wanted`. Each item is a task index of the dataset (as `wam dataset
+    info` lists them), a task text exactly as stored, or, for datasets collected from MetaWorld, a MetaWorld
+    task name or set (`reach-v3`, `reach`, `mt10`, `easy`), read as those tasks' instructions."""
+    out: list[int] = []
+    for item in wanted:
+        if item.isdigit():
+            idx = [int(item)]
+            if idx[0] >= len(dataset_tasks):
+                raise RunError(f"{dataset} has {len(dataset_tasks)} tasks (0 to {len(dataset_tasks) - 1}); "
+                               f"there is no task {item}")
+        elif item in dataset_tasks:
+            idx = [dataset_tasks.index(item)]
+        else:
+            try:
+                from wam.envs.metaworld import describe, resolve_tasks
+
+                texts = [describe(t) for t in resolve_tasks(item)]
+            except (ImportError, ValueError):
+                texts = []
+            idx = [dataset_tasks.index(t) for t in texts if t in dataset_tasks]
+            if not idx:
+                raise RunError(f"{dataset} has no task {item!r}; name tasks by index (0 to {len(dataset_tasks) - 1}), "
+                               f"by their exact text or by a MetaWorld task name or set (`wam dataset info "
+                               f"{dataset}` lists them)")
+        out += [i for i in idx if i not in out]
+    return out
 
 
 @dataclass
@@ -750,7 +791,7 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
         raise RunError("every dataset is action-free; at least one must have actions to train a policy")
     loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
                             normalizer=None if normalizers is None else normalizers[i], progress=progress,
-                            actions=s.actions) for i, s in enumerate(specs)]
+                            actions=s.actions, tasks=s.tasks) for i, s in enumerate(specs)]
     n_cams = {len(d.cameras) for d in loaded}
     if len(n_cams) > 1:
         raise RunError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same number "
@@ -897,6 +938,8 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                 "train_episodes": [e["episode_index"] for e in train_eps],
                 "val_episodes": [e["episode_index"] for e in val_eps],
                 "train": to_dict(tc), "loss": to_dict(lc)}
+    if any(sp.tasks is not None for sp in specs):  # which episodes the run read
+        run_info["dataset_specs"] = [sp.to_dict() for sp in specs]
     if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's
         run_info["datasets"] = [{**sp.to_dict(), "tasks": mix.dataset_tasks[i], "stats": mix.normalizers[i].to_dict(),
                                  "cameras": [c.removeprefix("observation.images.") for c in mix.dataset_cameras[i]],

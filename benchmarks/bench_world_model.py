@@ -1,0 +1,177 @@
+"""What the world model adds to the policy: the same network trained three ways on the same data and steps,
+then evaluated closed loop on the same seeds.
+
+    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt50 --tasks mt10 --steps 4000 \\
+        --episodes 20 --out benchmarks/world_model.json
+
+    (a) policy   the actions only: future frames never in the sequence, no video loss
+                 (--loss p_omit_future=1 p_clean_future=0 p_clean_action=0 p_omit_action=0)
+    (b) wam      the full WAM: joint video + action denoising with independent noise levels
+                 (--loss p_omit_future=0.3, the reference recipe)
+    (c) wam+videos  (b) plus action-free videos of every other task of the dataset, whose actions the model
+                 never sees (a quarter of each batch: `--dataset D:3:tasks=T --dataset D:1:no-actions:tasks=rest`)
+
+Equal compute means the same network (wam-tiny at 96 px, 3x3 latent patches, the frozen frame tokenizer of
+checkpoints/wam-tiny-mt50), the same optimizer steps, batch size, learning rate and seed; the JSON records each
+run's training wall-clock beside it (the policy-only run is cheaper per step: it has no future-frame tokens).
+Evaluation: `wam eval` in policy mode, default inference settings, `--episodes` per task on the evaluation
+seeds, Wilson intervals. Runs already finished in --runs are reused (an interrupted one resumes), so the
+script can be stopped and started again. Each training process uses --threads threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPES = {
+    "policy": {"loss": ["p_omit_future=1", "p_clean_future=0", "p_clean_action=0", "p_omit_action=0"],
+               "videos": False},
+    "wam": {"loss": ["p_omit_future=0.3"], "videos": False},
+    "wam+videos": {"loss": ["p_omit_future=0.3"], "videos": True},
+}
+
+
+def other_tasks(dataset: str, tasks: str) -> list[str]:
+    """The dataset's task indices outside `tasks`, as strings for `tasks=`."""
+    from wam.data import LeRobotDataset
+    from wam.train import select_tasks
+
+    texts = list(LeRobotDataset(dataset).tasks)
+    chosen = set(select_tasks(texts, tuple(tasks.split(",")), dataset))
+    return [str(i) for i in range(len(texts)) if i not in chosen]
+
+
+def steps_done(run: Path) -> int:
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
+def train(name: str, args, run: Path, env: dict) -> dict:
+    recipe = RECIPES[name]
+    data = [f"{args.dataset}:3:tasks={args.tasks}" if recipe["videos"] else f"{args.dataset}:tasks={args.tasks}"]
+    if recipe["videos"]:
+        data.append(f"{args.dataset}:1:no-actions:tasks={','.join(other_tasks(args.dataset, args.tasks))}")
+    cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
+           "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
+           "--tokenizer-steps", "0", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--lr", str(args.lr), "--val-every", str(args.steps), "--checkpoint-every", "1000", "--quiet"]
+    for d in data:
+        cmd += ["--dataset", d]
+    for kv in recipe["loss"]:
+        cmd += ["--loss", kv]
+    if (run / "checkpoint").exists():
+        cmd.append("--resume")
+    if steps_done(run) < args.steps:
+        t0 = time.time()
+        print(f"[{name}] training: {' '.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, check=True, env=env)
+        (run / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")  # this invocation's wall-clock
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    trains = [r for r in rows if r.get("kind") == "train"]
+    last = trains[-1]
+    sps = [r["samples_per_s"] for r in trains if "samples_per_s" in r]
+    return {"command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""), "steps": last["step"],
+            "final_loss_action": last.get("loss_action"), "final_loss_video": last.get("loss_video"),
+            "median_samples_per_s": sorted(sps)[len(sps) // 2] if sps else None,
+            "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None}
+
+
+def evaluate(name: str, args, run: Path, env: dict) -> dict:
+    out = run.parent / f"{run.name}-eval"
+    info = out / "eval_info.json"
+    cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env", "metaworld",
+           "--tasks", args.tasks, "--episodes", str(args.episodes), "--mode", "policy", "--workers",
+           str(args.workers), "--videos", "0", "--quiet", "--out", str(out)]
+    if name != "policy":
+        cmd.append("--no-expert")  # the expert runs once, beside the first run
+    if not info.is_file():
+        print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    r = json.loads(info.read_text())
+    res = {"command": "wam " + " ".join(cmd[3:]), "pc_success": r["pc_success"], "ci95": r.get("ci95"),
+           "n_episodes": r["n_episodes"], "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
+    if "expert" in r:
+        res["expert_pc_success"] = r["expert"].get("pc_success")
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="data/mt50")
+    p.add_argument("--tasks", default="mt10", help="the tasks with actions, which are evaluated")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--tokenizer-from", default="checkpoints/wam-tiny-mt50")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="threads of each training process")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, from " + ", ".join(RECIPES))
+    p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
+    p.add_argument("--out", default="benchmarks/world_model.json")
+    p.add_argument("--table", action="store_true", help="print the README table of --out and stop")
+    args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env.setdefault("MUJOCO_GL", "egl")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result.update({"dataset": args.dataset, "tasks": args.tasks, "steps": args.steps, "batch_size": args.batch_size,
+                   "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
+                   "cpu": _cpu(), "runs": result.get("runs", {})})
+    for name in args.recipes.split(","):
+        run = Path(args.runs) / name.replace("+", "-")
+        entry = {"train": train(name, args, run, env)}
+        entry["eval"] = evaluate(name, args, run, env)
+        result["runs"][name] = entry
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+        e = entry["eval"]
+        print(f"[{name}] {e['pc_success']:.1f}% {e.get('ci95')} over {e['n_episodes']} episodes", flush=True)
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per recipe, then success per task."""
+    runs = result["runs"]
+    lines = ["| recipe | success % [95% CI] | training wall-clock | samples/s | final action loss |",
+             "|---|---|---|---|---|"]
+    for name, r in runs.items():
+        e, t = r["eval"], r["train"]
+        lo, hi = e["ci95"]
+        wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
+        lines.append(f"| {name} | {e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {wall} | "
+                     f"{t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
+    tasks = list(next(iter(runs.values()))["eval"]["per_task"])
+    lines += ["", "| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for task in tasks:
+        lines.append(f"| {task} | " + " | ".join(f"{r['eval']['per_task'].get(task, float('nan')):.0f}"
+                                                 for r in runs.values()) + " |")
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                return line.split(":", 1)[1].strip() + (" (AVX-512 bf16)" if "avx512_bf16" in flags else "")
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
