@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-inference-steps", type=int, default=None,
                    help="diffusion: fewer denoising steps than the checkpoint's (not LeRobot's default; recorded)")
     p.add_argument("--videos", type=int, default=0)
+    p.add_argument("--server-timeout", type=float, default=600,
+                   help="seconds wam eval waits for each chunk (Diffusion Policy's 100 steps take tens of seconds)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
                    help="torch threads of the server")
     p.add_argument("--venv", default=str(ROOT / ".venv-lerobot"))
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 hello = dict(client.metadata)
             cmd = [wam, "eval", "--server", url, "--env", "metaworld", "--tasks", args.tasks, "--episodes",
                    str(args.episodes), "--seed", str(args.seed), "--no-expert", "--videos", str(args.videos),
-                   "--out", str(eval_out)]
+                   "--server-timeout", str(args.server_timeout), "--out", str(eval_out)]
             if args.max_steps is not None:
                 cmd += ["--max-steps", str(args.max_steps)]
             if args.n_action_steps is not None:

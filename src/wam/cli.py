@@ -379,6 +379,8 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default=None, metavar="URL", help="evaluate the policy served by `wam serve` at URL "
                                                                  "(ws://HOST:PORT) instead of a local checkpoint")
     p.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
+    p.add_argument("--server-timeout", type=float, default=30.0, metavar="S",
+                   help="with --server: seconds to wait for each answer (default 30; slow policies need more)")
     p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task")
@@ -440,7 +442,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
     try:
         client = PolicyClient(args.server, token=args.token, seed=args.seed, mode=args.mode,
-                              n_action_steps=args.n_action_steps)
+                              n_action_steps=args.n_action_steps, timeout=args.server_timeout)
     except (OSError, ValueError) as e:  # unreachable, refused, or a setting the server does not offer
         raise UserError(str(e)) from None
     with client:
