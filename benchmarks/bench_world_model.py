@@ -85,22 +85,23 @@ def train(name: str, args, run: Path, env: dict) -> dict:
             "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None}
 
 
-def evaluate(name: str, args, run: Path, env: dict) -> dict:
-    out = run.parent / f"{run.name}-eval"
+def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy") -> dict:
+    out = run.parent / (f"{run.name}-eval" if mode == "policy" else f"{run.name}-eval-{mode}")
     info = out / "eval_info.json"
     cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env", "metaworld",
-           "--tasks", args.tasks, "--episodes", str(args.episodes), "--mode", "policy", "--workers",
+           "--tasks", args.tasks, "--episodes", str(args.episodes), "--mode", mode, "--workers",
            str(args.workers), "--videos", "0", "--quiet", "--out", str(out)]
-    if name != "policy":
+    if name != "policy" or mode != "policy":
         cmd.append("--no-expert")  # the expert runs once, beside the first run
     if not info.is_file():
         print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     r = json.loads(info.read_text())
-    res = {"command": "wam " + " ".join(cmd[3:]), "pc_success": r["pc_success"], "ci95": r.get("ci95"),
-           "n_episodes": r["n_episodes"], "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
-    if "expert" in r:
-        res["expert_pc_success"] = r["expert"].get("pc_success")
+    res = {"command": "wam " + " ".join(cmd[3:]), "mode": mode, "pc_success": r["pc_success"],
+           "ci95": r.get("ci95"), "n_episodes": r["n_episodes"],
+           "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
+    if r.get("expert"):
+        res["expert_pc_success"] = r["expert"]["pc_success"]
     return res
 
 
@@ -115,6 +116,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="threads of each training process")
+    p.add_argument("--modes", default="policy", help="acting modes to evaluate, e.g. policy,joint (joint: the "
+                   "actions denoised together with the future frames; not for the policy-only run)")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, from " + ", ".join(RECIPES))
     p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
     p.add_argument("--out", default="benchmarks/world_model.json")
@@ -133,9 +136,11 @@ def main() -> None:
                    "cpu": _cpu(), "runs": result.get("runs", {})})
     for name in args.recipes.split(","):
         run = Path(args.runs) / name.replace("+", "-")
-        entry = {"train": train(name, args, run, env)}
-        entry["eval"] = evaluate(name, args, run, env)
-        result["runs"][name] = entry
+        entry = result["runs"].setdefault(name, {})
+        entry["train"] = train(name, args, run, env)
+        for mode in args.modes.split(","):
+            if mode == "policy" or name != "policy":  # the policy-only network has no future frames to generate
+                entry["eval" if mode == "policy" else f"eval_{mode}"] = evaluate(name, args, run, env, mode)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
@@ -146,13 +151,13 @@ def main() -> None:
 def table(result: dict) -> str:
     """Markdown: one row per recipe, then success per task."""
     runs = result["runs"]
-    lines = ["| recipe | success % [95% CI] | training wall-clock | samples/s | final action loss |",
-             "|---|---|---|---|---|"]
+    ci = lambda e: f"{e['pc_success']:.1f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]" if e else "-"  # noqa: E731
+    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | training wall-clock | "
+             "samples/s | final action loss |", "|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        e, t = r["eval"], r["train"]
-        lo, hi = e["ci95"]
+        t = r["train"]
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
-        lines.append(f"| {name} | {e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {wall} | "
+        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {wall} | "
                      f"{t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
     tasks = list(next(iter(runs.values()))["eval"]["per_task"])
     lines += ["", "| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
