@@ -2,7 +2,8 @@
 then evaluated closed loop on the same seeds.
 
     MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt50 --tasks mt10 --steps 4000 \\
-        --episodes 20 --out benchmarks/world_model.json
+        --episodes 20 --modes policy,joint --out benchmarks/world_model.json
+    python benchmarks/bench_world_model.py --table        # the README's tables
 
     (a) policy   the actions only: future frames never in the sequence, no video loss
                  (--loss p_omit_future=1 p_clean_future=0 p_clean_action=0 p_omit_action=0)
