@@ -102,13 +102,14 @@ def test_malformed_messages_get_error_replies(server):
         assert garbage["type"] == "error" and garbage["id"] is None and "msgpack" in garbage["error"]
         assert _ask(ws, {"type": "dance", "id": 2})["type"] == "error"
         _ask(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "seed": 0})
-        bad = [{**_obs(), "observation.images.top": np.zeros((SIZE, SIZE, 3), np.float32)},  # not uint8
-               {**_obs(), "observation.state": np.zeros(STATE_DIM + 1, np.float32)},  # wrong size
-               {**_obs(), "observation.state": np.full(STATE_DIM, np.nan, np.float32)},
-               {"task": TASK}]  # no camera
-        for i, obs in enumerate(bad):
+        bad = [({**_obs(), "observation.images.top": np.zeros((SIZE, SIZE, 3), np.float32)}, "uint8"),
+               ({**_obs(), "observation.state": np.zeros(STATE_DIM + 1, np.float32)}, f"takes [{STATE_DIM}]"),
+               ({**_obs(), "observation.state": np.full(STATE_DIM, np.nan, np.float32)}, "NaN"),
+               ({**_obs(), "task": "fly to the moon"}, "not in the training data"),
+               ({"task": TASK}, "obs lacks 'observation.images.top'")]  # no camera
+        for i, (obs, says) in enumerate(bad):  # the same checks, and words, as wam.serve (wam.protocol's)
             reply = _ask(ws, {"type": "infer", "id": 100 + i, "obs": obs})
-            assert reply["type"] == "error" and reply["id"] == 100 + i, reply
+            assert reply["type"] == "error" and reply["id"] == 100 + i and says in reply["error"], reply
         assert _ask(ws, {"type": "infer", "id": 5, "obs": _obs(), "mode": "joint"})["type"] == "error"
         assert _ask(ws, {"type": "infer", "id": 6, "obs": _obs()})["type"] == "action_chunk"  # still serving
 

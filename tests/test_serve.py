@@ -170,7 +170,7 @@ def test_every_malformed_request_gets_an_error_reply_and_the_next_one_succeeds(s
             ({"type": "infer", "id": 13, "obs": without(state)}, "lacks 'observation.state'"),
             ({"type": "infer", "id": 14, "obs": {**good, state: np.array([0, np.nan, 0, 0], np.float32)}}, "NaN"),
             ({"type": "infer", "id": 15, "obs": {**good, state: np.array([0, 0, np.inf, 0])}}, "NaN or inf"),
-            ({"type": "infer", "id": 16, "obs": {**good, state: np.zeros(3, np.float32)}}, "the model takes [4]"),
+            ({"type": "infer", "id": 16, "obs": {**good, state: np.zeros(3, np.float32)}}, "the policy takes [4]"),
             ({"type": "infer", "id": 17, "obs": {**good, "task": "juggle"}}, "not in the training data"),
             ({"type": "infer", "id": 18, "obs": {**good, "task": 5}}, "out of range"),
             ({"type": "infer", "id": 19, "obs": good, "mode": "forward"}, "does not act"),

@@ -60,9 +60,7 @@ def load_protocol(path: Path = ROOT / "src" / "wam" / "protocol.py"):
 
 protocol = load_protocol()
 ProtocolError, pack, unpack = protocol.ProtocolError, protocol.pack, protocol.unpack
-PROTOCOL_VERSION = protocol.PROTOCOL_VERSION
-REQUEST_TYPES = ("hello", "infer", "observe", "reset", "health")
-MAX_IMAGE_SIDE = 4096
+PROTOCOL_VERSION, REQUEST_TYPES = protocol.PROTOCOL_VERSION, protocol.REQUEST_TYPES
 MAX_MESSAGE_BYTES = 8 * 2**20
 HELLO_TIMEOUT_S = 10.0
 
@@ -266,10 +264,6 @@ class Session:
         self.state = policy.new_state(seed)
 
 
-def _plain_id(value: Any) -> int | str | None:
-    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
-
-
 class PeerServer:
     """wam's protocol version 1 in front of any policy with the interface above (see the module docstring)."""
 
@@ -299,42 +293,18 @@ class PeerServer:
         return out
 
     def check_observation(self, msg: dict) -> dict:
-        """The protocol's checks; returns the observation with a leading batch axis on every array."""
+        """wam's own checks (wam.protocol.check_observation); returns the observation with a leading batch axis
+        on every array."""
         p = self.policy
-        obs = msg.get("obs")
-        if not isinstance(obs, dict):
-            raise ProtocolError(f"{msg.get('type')} needs 'obs': a map of {p.cameras + ['observation.state', 'task']}")
-        batch = None
-        for i, key in enumerate(p.cameras):
-            img = obs.get(key)
-            if not isinstance(img, np.ndarray):
-                raise ProtocolError(f"obs[{key!r}] must be a uint8 RGB array (H, W, 3) or (B, H, W, 3), got "
-                                    f"{type(img).__name__}; the policy takes cameras {p.cameras}")
-            if img.dtype != np.uint8:
-                raise ProtocolError(f"obs[{key!r}] has dtype {img.dtype}; send uint8 RGB values 0..255")
-            if img.ndim not in (3, 4) or img.shape[-1] != 3 or 0 in img.shape or max(img.shape[-3:-1]) > MAX_IMAGE_SIDE:
-                raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)}; send (H, W, 3) RGB, or (B, H, W, 3) "
-                                    f"for B environments")
-            b = None if img.ndim == 3 else img.shape[0]
-            if i > 0 and b != batch:
-                raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)}: every camera needs the same batch")
-            batch = b
-        if (batch or 1) > self.max_batch:
-            raise ProtocolError(f"obs holds {batch} environments; this server takes at most {self.max_batch}")
+        obs, batch = protocol.check_observation(msg, cameras=p.cameras, state_dim=p.state_dim,
+                                                max_batch=self.max_batch, tasks=p.info.get("tasks") or None)
         out = {k: (obs[k] if batch is not None else obs[k][None]) for k in p.cameras}
         if p.state_dim:
-            st = obs.get("observation.state")
-            want = [p.state_dim] if batch is None else [batch, p.state_dim]
-            if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu" or list(st.shape) != want:
-                raise ProtocolError(f"obs['observation.state'] must be a numeric array of shape {want}, got "
-                                    f"{list(st.shape) if isinstance(st, np.ndarray) else type(st).__name__}")
-            if not np.isfinite(st).all():
-                raise ProtocolError("obs['observation.state'] holds NaN or inf; send finite values")
-            out["observation.state"] = st.reshape(batch or 1, p.state_dim)
-        task = obs.get("task", "")
-        if batch is not None and isinstance(task, list) and len(task) != batch:
-            raise ProtocolError(f"obs['task'] must be one task or a list of {batch}")
-        out["task"] = task
+            out["observation.state"] = obs["observation.state"].reshape(batch or 1, p.state_dim)
+        known = p.info.get("tasks") or []
+        name = lambda t: known[t] if isinstance(t, int) and known else t  # noqa: E731 (an index names a known task)
+        task = obs.get("task", 0)
+        out["task"] = [name(t) for t in task] if isinstance(task, list) else name(task)
         return out
 
     async def dispatch(self, session: Session | None, msg: dict, arrived: float) -> tuple[dict, Session | None]:
@@ -349,9 +319,7 @@ class PeerServer:
             if msg.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
                 raise ProtocolError(f"this server speaks protocol {PROTOCOL_VERSION}, the client "
                                     f"{msg.get('protocol')!r}")
-            seed = msg.get("seed", 0)
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-                raise ProtocolError(f"seed must be an int in [0, 2**63), got {seed!r}")
+            seed = protocol.hello_seed(msg)
             self._next += 1
             session = Session(self._next, seed, self.policy)
             self.sessions[session.id] = session
@@ -396,13 +364,13 @@ class PeerServer:
                 msg_id = None
                 try:
                     msg = unpack(raw)
-                    msg_id = _plain_id(msg.get("id"))
+                    msg_id = protocol.plain_id(msg.get("id"))
                     if msg_id is None and msg.get("id") is not None:
                         raise ProtocolError("'id' must be an int or a string")
                     reply, session = await self.dispatch(session, msg, arrived)
                 except ProtocolError as e:
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id if msg_id is not None else _plain_id(e.id), "error": str(e)}
+                    reply = {"type": "error", "id": msg_id if msg_id is not None else protocol.plain_id(e.id), "error": str(e)}
                 except Exception as e:  # the policy failed on this request: say so, stay up
                     log.exception("request failed")
                     self.counters["errors"] += 1

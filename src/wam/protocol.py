@@ -109,3 +109,90 @@ def unpack(data: bytes | str) -> dict:
         raise ProtocolError(str(e), id=msg_id) from None
     except RecursionError:
         raise ProtocolError("message is nested too deeply", id=msg_id) from None
+
+
+# ---- the checks every server of this protocol makes (wam.serve, and the peers' server in benchmarks/peers) ----
+
+REQUEST_TYPES = ("hello", "infer", "observe", "reset", "health")
+MAX_IMAGE_SIDE = 4096
+
+
+def plain_id(value: Any) -> int | str | None:
+    """A request id that can be echoed back: an int or a string, else None."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def hello_seed(msg: dict) -> int:
+    """The seed of a hello message (default 0); ProtocolError when it is not an int in [0, 2**63)."""
+    seed = msg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ProtocolError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_observation(msg: dict, *, cameras: list[str], state_dim: int, max_batch: int,
+                      tasks: list[str] | None = None, image_size: int | None = None) -> tuple[dict, int | None]:
+    """The protocol's checks of an observe/infer message's 'obs', each failure saying how to fix it.
+
+    cameras: the observation.images.<camera> keys the policy reads; state_dim: the size of observation.state
+    (0: none); tasks: the known task strings (None: any task is passed on unchecked); image_size: the side the
+    policy resizes to (only named in errors). Returns (obs, batch): batch is None for one environment, else B.
+    """
+    if "obs" not in msg:
+        raise ProtocolError(f"{msg.get('type')} needs 'obs': a map of {list(cameras) + ['observation.state', 'task']}")
+    obs = msg["obs"]
+    if not isinstance(obs, dict):
+        raise ProtocolError(f"'obs' must be a map of LeRobot keys, got a {type(obs).__name__}")
+    batch = None  # None: unbatched; else the number of environments
+    for i, key in enumerate(cameras):
+        if key not in obs:
+            raise ProtocolError(f"obs lacks {key!r}; the policy takes cameras {list(cameras)}, each a uint8 RGB "
+                                f"array (H, W, 3)")
+        img = obs[key]
+        if not isinstance(img, np.ndarray):
+            raise ProtocolError(f"obs[{key!r}] must be an array (the {{'__nd__': True, ...}} map of "
+                                f"wam.protocol), got a {type(img).__name__}")
+        if img.dtype != np.uint8:
+            raise ProtocolError(f"obs[{key!r}] has dtype {img.dtype}; send uint8 RGB values 0..255")
+        if img.ndim not in (3, 4) or img.shape[-1] != 3 or 0 in img.shape or max(img.shape[-3:-1]) > MAX_IMAGE_SIDE:
+            takes = f" (the policy takes {image_size}x{image_size}; other sizes are resized)" if image_size else ""
+            raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)}; send (H, W, 3) RGB, or (B, H, W, 3) "
+                                f"for B environments, sides up to {MAX_IMAGE_SIDE}{takes}")
+        b = None if img.ndim == 3 else img.shape[0]
+        if i > 0 and b != batch:
+            raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)} but obs[{cameras[0]!r}] has "
+                                f"{list(obs[cameras[0]].shape)}: every camera needs the same batch")
+        batch = b
+    rows = batch or 1
+    if rows > max_batch:
+        raise ProtocolError(f"obs holds {rows} environments; this server takes at most {max_batch} per request "
+                            f"(--max-batch)")
+    if state_dim > 0:
+        key = "observation.state"
+        if key not in obs:
+            raise ProtocolError(f"obs lacks {key!r}: the policy takes a robot state of {state_dim} numbers")
+        st = obs[key]
+        if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu":
+            raise ProtocolError(f"obs[{key!r}] must be a numeric array, got "
+                                f"{st.dtype if isinstance(st, np.ndarray) else type(st).__name__}")
+        want = [state_dim] if batch is None else [batch, state_dim]
+        if list(st.shape) != want:
+            raise ProtocolError(f"obs[{key!r}] has shape {list(st.shape)}; the policy takes {want}")
+        if not np.isfinite(st).all():
+            bad = np.argwhere(~np.isfinite(st))[0].tolist()
+            raise ProtocolError(f"obs[{key!r}] holds NaN or inf (first at index {bad}); send finite values")
+    task = obs.get("task", 0)
+    items = [task] if batch is None or isinstance(task, (str, int)) else task
+    if not isinstance(items, list) or (batch is not None and not isinstance(task, (str, int))
+                                       and len(items) != batch):
+        raise ProtocolError(f"obs['task'] must be a task string (or index), or a list of {batch} of them")
+    for t in items:
+        if isinstance(t, bool) or not isinstance(t, (str, int)):
+            raise ProtocolError(f"obs['task'] entries must be strings or ints, got {type(t).__name__}")
+        if tasks is None:
+            continue
+        if isinstance(t, int) and not 0 <= t < max(1, len(tasks)):
+            raise ProtocolError(f"task index {t} is out of range; known tasks: {tasks}")
+        if isinstance(t, str) and t not in tasks:
+            raise ProtocolError(f"task {t!r} was not in the training data; known tasks: {tasks}")
+    return obs, batch

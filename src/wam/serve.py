@@ -48,15 +48,14 @@ import numpy as np
 import torch
 
 from wam.policy import ACTING_MODES, WAMPolicy
-from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, ProtocolError, pack, unpack
+from wam.protocol import (PROTOCOL_VERSION, REQUEST_TYPES, TOKEN_ENV, ProtocolError, check_observation, hello_seed,
+                          pack, plain_id, unpack)
 
 log = logging.getLogger("wam.serve")
 
 HELLO_TIMEOUT_S = 10.0  # a connection must say hello this soon after opening
 DEFAULT_MAX_CONNECTIONS = 64  # open connections at once (greeted or not); a robot uses one per environment process
-MAX_IMAGE_SIDE = 4096
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20
-REQUEST_TYPES = ("hello", "infer", "observe", "reset", "health")
 
 
 class _Refused(Exception):
@@ -135,65 +134,10 @@ class PolicyServer:
     # -- requests
 
     def _check_observation(self, msg: dict) -> dict:
-        """The protocol's checks of an observation, each failure saying how to fix it; returns obs."""
-        p, cfg = self.policy, self.policy.cfg
-        if "obs" not in msg:
-            raise ProtocolError(f"{msg['type']} needs 'obs': a map of {p.cameras + ['observation.state', 'task']}")
-        obs = msg["obs"]
-        if not isinstance(obs, dict):
-            raise ProtocolError(f"'obs' must be a map of LeRobot keys, got a {type(obs).__name__}")
-        size = cfg.image_size
-        batch = None  # None: unbatched; else the number of environments
-        for i, key in enumerate(p.cameras):
-            if key not in obs:
-                raise ProtocolError(f"obs lacks {key!r}; the model takes cameras {p.cameras}, each a uint8 RGB "
-                                    f"array (H, W, 3)")
-            img = obs[key]
-            if not isinstance(img, np.ndarray):
-                raise ProtocolError(f"obs[{key!r}] must be an array (the {{'__nd__': True, ...}} map of "
-                                    f"wam.protocol), got a {type(img).__name__}")
-            if img.dtype != np.uint8:
-                raise ProtocolError(f"obs[{key!r}] has dtype {img.dtype}; send uint8 RGB values 0..255")
-            if (img.ndim not in (3, 4) or img.shape[-1] != 3 or 0 in img.shape
-                    or max(img.shape[-3:-1]) > MAX_IMAGE_SIDE):
-                raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)}; send (H, W, 3) RGB, or (B, H, W, 3) "
-                                    f"for B environments, sides up to {MAX_IMAGE_SIDE} (the model takes {size}x{size}; "
-                                    f"other sizes are resized)")
-            b = None if img.ndim == 3 else img.shape[0]
-            if i > 0 and b != batch:
-                raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)} but obs[{p.cameras[0]!r}] has "
-                                    f"{list(obs[p.cameras[0]].shape)}: every camera needs the same batch")
-            batch = b
-        rows = batch or 1
-        if rows > self.max_batch:
-            raise ProtocolError(f"obs holds {rows} environments; this server takes at most {self.max_batch} "
-                                f"per request (--max-batch)")
-        if cfg.state_dim > 0:
-            key = "observation.state"
-            if key not in obs:
-                raise ProtocolError(f"obs lacks {key!r}: the model takes a robot state of {cfg.state_dim} numbers")
-            st = obs[key]
-            if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu":
-                raise ProtocolError(f"obs[{key!r}] must be a numeric array, got "
-                                    f"{st.dtype if isinstance(st, np.ndarray) else type(st).__name__}")
-            want = [cfg.state_dim] if batch is None else [batch, cfg.state_dim]
-            if list(st.shape) != want:
-                raise ProtocolError(f"obs[{key!r}] has shape {list(st.shape)}; the model takes {want}")
-            if not np.isfinite(st).all():
-                bad = np.argwhere(~np.isfinite(st))[0].tolist()
-                raise ProtocolError(f"obs[{key!r}] holds NaN or inf (first at index {bad}); send finite values")
-        task = obs.get("task", 0)
-        items = [task] if batch is None or isinstance(task, (str, int)) else task
-        if not isinstance(items, list) or (batch is not None and not isinstance(task, (str, int))
-                                           and len(items) != batch):
-            raise ProtocolError(f"obs['task'] must be a task string (or index), or a list of {batch} of them")
-        for t in items:
-            if isinstance(t, bool) or not isinstance(t, (str, int)):
-                raise ProtocolError(f"obs['task'] entries must be strings or ints, got {type(t).__name__}")
-            if isinstance(t, int) and not 0 <= t < max(1, len(p.tasks)):
-                raise ProtocolError(f"task index {t} is out of range; known tasks: {p.tasks}")
-            if isinstance(t, str) and t not in p.tasks:
-                raise ProtocolError(f"task {t!r} was not in the training data; known tasks: {p.tasks}")
+        """The protocol's checks of an observation (wam.protocol.check_observation); returns obs."""
+        p = self.policy
+        obs, _ = check_observation(msg, cameras=p.cameras, state_dim=p.cfg.state_dim, max_batch=self.max_batch,
+                                   tasks=p.tasks, image_size=p.cfg.image_size)
         return obs
 
     def _push(self, session: Session, msg: dict):
@@ -240,9 +184,7 @@ class PolicyServer:
                 if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
                     raise _Refused("wrong or missing token; pass the server's token (PolicyClient(token=...), "
                                    f"--token, or ${TOKEN_ENV})")
-            seed = msg.get("seed", 0)
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-                raise ProtocolError(f"seed must be an int in [0, 2**63), got {seed!r}")
+            seed = hello_seed(msg)
             self._next_session += 1
             session = Session(self._next_session, seed, self.policy)
             self.sessions[session.id] = session
@@ -296,7 +238,7 @@ class PolicyServer:
                 msg_id = None
                 try:
                     msg = unpack(raw)
-                    msg_id = _plain_id(msg.get("id"))
+                    msg_id = plain_id(msg.get("id"))
                     if msg_id is None and msg.get("id") is not None:
                         raise ProtocolError("'id' must be an int or a string")
                     reply, session = await self._dispatch(session, msg, arrived, closed)
@@ -307,7 +249,7 @@ class PolicyServer:
                     return
                 except ProtocolError as e:
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id if msg_id is not None else _plain_id(e.id), "error": str(e)}
+                    reply = {"type": "error", "id": msg_id if msg_id is not None else plain_id(e.id), "error": str(e)}
                 except Exception as e:  # a bug or a failed forward pass: this request fails, the server stays up
                     log.exception("request failed")
                     self.counters["errors"] += 1
@@ -407,11 +349,6 @@ class PolicyServer:
         finally:
             batcher.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _plain_id(value: Any) -> int | str | None:
-    """A request id that can be echoed back: an int or a string, else None."""
-    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 def _url_host(host: str) -> str:
