@@ -293,6 +293,9 @@ def test_wam_eval_through_the_server_equals_local_eval(checkpoint, server, tmp_p
     for key in ("seeds", "successes", "steps", "sum_rewards"):
         assert here["per_task"][0][key] == there["per_task"][0][key], key
     assert there["settings"]["server"] == server.url and there["settings"]["sampling_steps"] == 2
+    # the server's time per chunk is recorded: 2 episodes x ceil(12 steps / 2 actions per chunk) chunks
+    assert "server_ms" not in here and there["server_ms"]["n_chunks"] == 2 * 6
+    assert 0 < there["server_ms"]["median"] <= there["server_ms"]["p90"]
     assert main(["eval", "--server", server.url, "--steps", "4", *common]) == 2  # a server setting
     with pytest.raises(ServerError):
         with PolicyClient(server.url) as client:

@@ -9,6 +9,10 @@ Runbook (run it with wam's venv; the server runs with .venv-lerobot/bin/python):
         --tasks mt10 --episodes 20
     python benchmarks/peers/run.py --peer act --checkpoint runs/peers/act/checkpoints/last/pretrained_model \\
         --tasks reach-v3 --episodes 1 --max-steps 50        # a smoke run
+    python benchmarks/peers/run.py --peer wam --checkpoint runs/wm/policy/checkpoint --tasks mt10 --episodes 20
+
+--peer wam measures a wam checkpoint the same way: `wam serve`'s PolicyServer in this process (with --threads
+torch threads), the same `wam eval --server` command, the same latency (the server_ms of every chunk).
 """
 
 from __future__ import annotations
@@ -48,6 +52,32 @@ def start_server(args, ready: Path, stats: Path, log) -> subprocess.Popen:
             raise SystemExit(f"the peer server did not start (exit {proc.poll()}); see {log.name}")
         time.sleep(0.2)
     return proc
+
+
+def start_wam_server(args):
+    """wam's own server for a wam checkpoint, in this process, at the same --threads as a peer's server."""
+    import torch
+
+    from wam.policy import WAMPolicy
+    from wam.serve import PolicyServer, ServerThread
+
+    torch.set_num_threads(args.threads)
+    policy = WAMPolicy.from_checkpoint(args.checkpoint, **({"n_action_steps": args.n_action_steps}
+                                                           if args.n_action_steps is not None else {}))
+    # max_wait_ms 0: one client, nothing to batch with (LeRobot's server does not wait either)
+    return ServerThread(PolicyServer(policy, max_wait_ms=0), port=0).start()
+
+
+def wam_parameters(checkpoint: Path) -> int:
+    """Parameters of a wam checkpoint: the network and its frame tokenizer."""
+    from safetensors import safe_open
+
+    total = 0
+    for name in ("model.safetensors", "tokenizer.safetensors"):
+        if (checkpoint / name).is_file():
+            with safe_open(str(checkpoint / name), "np") as f:
+                total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    return total
 
 
 def latency(ms: list[float]) -> dict:
@@ -92,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_out.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
-        server = start_server(args, ready, stats, log)
+        server = start_wam_server(args) if args.peer == "wam" else start_server(args, ready, stats, log)
         startup = time.perf_counter() - t0
-        url = json.loads(ready.read_text())["url"]
+        url = server.url if args.peer == "wam" else json.loads(ready.read_text())["url"]
         try:
             from wam.client import PolicyClient
 
@@ -112,17 +142,23 @@ def main(argv: list[str] | None = None) -> int:
             rc = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
             eval_s = time.perf_counter() - t1
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            if args.peer == "wam":
+                server.stop()
+            else:
+                server.terminate()
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
     served = json.loads(stats.read_text()) if stats.exists() else {"server_ms": []}
     shutil.rmtree(work, ignore_errors=True)
     if rc != 0:
         raise SystemExit(f"wam eval failed (exit {rc}); the server's log is {log_path}")
     info = json.loads((eval_out / "eval_info.json").read_text())
-    train_record = args.checkpoint.parents[2] / "peer_train.json"  # <out>/checkpoints/last/pretrained_model
+    if not served["server_ms"] and info.get("server_ms"):  # wam's server: wam eval recorded every chunk's time
+        served = {"server_ms": None, "summary": info["server_ms"]}
+    train_record = (args.checkpoint.parent / "peer_train.json" if args.peer == "wam"  # <out>/checkpoint
+                    else args.checkpoint.parents[2] / "peer_train.json")  # <out>/checkpoints/last/pretrained_model
     result = {
         "peer": args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
         "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
@@ -133,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         "groups": info.get("groups"), "group_mean": info.get("group_mean"),
         "per_task": [{k: r[k] for k in ("task", "pc_success", "ci95", "n_episodes", "avg_steps")}
                      for r in info["per_task"]],
-        "latency_per_chunk": latency(served["server_ms"]),
+        "latency_per_chunk": (latency(served["server_ms"]) if served["server_ms"] is not None else
+                              {"n_chunks": served["summary"]["n_chunks"], "median_ms": served["summary"]["median"],
+                               "p90_ms": served["summary"]["p90"], "first_ms": served["summary"]["first"]}),
         "chunk": {k: hello.get(k) for k in ("action_horizon", "n_action_steps", "n_obs_steps", "sampling")},
-        "parameters": hello.get("parameters"), "model_hash": hello.get("model_hash"),
+        "parameters": wam_parameters(args.checkpoint) if args.peer == "wam" else hello.get("parameters"), "model_hash": hello.get("model_hash"),
         "checkpoint_bytes": sum(f.stat().st_size for f in args.checkpoint.iterdir() if f.is_file()),
         "train": json.loads(train_record.read_text()) if train_record.is_file() else None,
     }

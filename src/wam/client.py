@@ -81,6 +81,7 @@ class PolicyClient:
                              f"{', '.join(self.metadata['modes'])}")
         self._actions: deque[np.ndarray] = deque()
         self._unsent: deque[dict] = deque(maxlen=self.metadata["n_obs_steps"] - 1)
+        self.server_ms: list[float] = []  # the server's time for each chunk it answered (its "server_ms")
 
     # -- what the server told
 
@@ -152,7 +153,10 @@ class PolicyClient:
         messages = [{"type": "observe", "obs": o} for o in self._unsent]
         self._unsent.clear()
         messages.append({"type": "infer", "obs": self._wire(obs), "mode": self.mode})
-        return self._call(messages)[-1]["actions"]
+        reply = self._call(messages)[-1]
+        if isinstance(reply.get("server_ms"), (int, float)):
+            self.server_ms.append(float(reply["server_ms"]))
+        return reply["actions"]
 
     def _call(self, messages: list[dict]) -> list[dict]:
         """Send messages in one flight and read their answers (in order); ServerError for an error answer."""

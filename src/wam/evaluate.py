@@ -487,6 +487,10 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
                          "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
                          "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}
+    served = getattr(policy, "server_ms", None)
+    if served:  # through a policy server: how long it took per chunk (decode, forward pass, encode)
+        info["server_ms"] = {"n_chunks": len(served), "median": float(np.median(served)),
+                             "p90": float(np.percentile(served, 90)), "first": served[0]}
     if world_model is not None:
         info["world_model"] = world_model
     write_json_atomic(out / "eval_info.json", info)
