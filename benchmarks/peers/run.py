@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", required=True, help="name of the peer in the result file (e.g. dp, act)")
     p.add_argument("--checkpoint", required=True, help="the pretrained_model directory lerobot-train wrote")
     p.add_argument("--tasks", required=True, help="wam eval --tasks (a task set or comma-separated tasks)")
+    p.add_argument("--label", default=None, help="the method's name in the table (default: --peer)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     train_record = (args.checkpoint.parent / "peer_train.json" if args.peer == "wam"  # <out>/checkpoint
                     else args.checkpoint.parents[2] / "peer_train.json")  # <out>/checkpoints/last/pretrained_model
     result = {
-        "peer": args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
+        "peer": args.peer, "label": args.label or args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
         "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
         "num_inference_steps_override": args.num_inference_steps,
         "eval_command": shlex.join(cmd), "eval_wall_s": eval_s, "server_startup_s": startup,
