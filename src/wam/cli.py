@@ -345,6 +345,48 @@ _INFERENCE_FLAGS = (
 )
 
 
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", type=int, default=1, metavar="N",
+                   help="test-time planning: imagine N joint futures (frames and actions) per chunk and act on the "
+                        "one the critic scores highest (needs --mode joint or inverse, and a critic: `wam critic`)")
+    p.add_argument("--critic", default=None, metavar="DIR",
+                   help="the critic --plan scores with (default: <checkpoint>/critic, written by `wam critic`)")
+
+
+def _critic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("critic", help="train the outcome model that scores imagined futures (for --plan)",
+                       description="Train a checkpoint's critic: from one frame's latents (the checkpoint's own "
+                                   "tokenizer) and the task, the task's progress (the dataset's reward, scaled to "
+                                   "[0, 1]) and whether it is done (next.success). --plan N scores imagined futures "
+                                   "with it. Example: wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset "
+                                   "data/mt50 --dataset data/mt50-noisy")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
+    p.add_argument("--dataset", action="append", required=True,
+                   help="dataset with next.reward and next.success (repeat for several)")
+    p.add_argument("--out", default=None, help="where to write it (default: <checkpoint>/critic)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_critic)
+
+
+def _run_critic(args: argparse.Namespace) -> int:
+    import json
+
+    from wam.critic import train_critic
+    from wam.train import RunError
+
+    try:
+        metrics = train_critic(args.checkpoint, args.dataset, out=args.out, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _add_inference_flags(p: argparse.ArgumentParser, note: str = "") -> None:
     import dataclasses
 
@@ -388,6 +430,7 @@ def _eval(sub: argparse._SubParsersAction) -> None:
                                                 "or inverse")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per predicted chunk "
                                                                     "(default: half the horizon)")
+    _add_plan_flags(p)
     _add_inference_flags(p, note="; with --server, the server's")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode layouts and sampling noise)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
@@ -424,8 +467,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         try:
             policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                               seed=args.seed, blind=args.blind, **_inference_overrides(args))
-        except (ValueError, RuntimeError) as e:
+                               seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
+                               **_inference_overrides(args))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
         return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
                             {"checkpoint": str(args.checkpoint)})
@@ -434,6 +478,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
+    if args.plan != 1 or args.critic is not None:
+        raise UserError("--plan and --critic are the server's settings with --server; pass them to `wam serve`")
     if args.workers > 1:
         raise UserError("--server evaluates through one connection; use --workers 1")
     try:
@@ -611,6 +657,7 @@ def _serve(sub: argparse._SubParsersAction) -> None:
                                                     "joint, inverse)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions per chunk a client executes, told to "
                                                                     "clients (default: half the horizon)")
+    _add_plan_flags(p)
     _add_inference_flags(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=_run_serve)
@@ -634,7 +681,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
-                           n_action_steps=args.n_action_steps, device=device, **_inference_overrides(args))
+                           n_action_steps=args.n_action_steps, device=device, plan=args.plan, critic=args.critic,
+                           **_inference_overrides(args))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
     try:
@@ -726,7 +774,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _eval, _serve, _bench]
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _eval, _serve, _bench]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

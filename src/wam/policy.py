@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,8 @@ class PolicyState:
     generator  the sampling noise's source, seeded at creation
     last_plan  the latest chunk's predicted frames {"latents": (B, n_obs + F, c, h, w)}, in modes that plan
     last_chunk the latest chunk, normalised (B, H, A), and the observations pushed since it (warm start)
+    last_scores the critic's scores (B, N) of the latest chunk's N imagined futures (plan N > 1), and
+               last_candidates their normalised action chunks (B, N, H, A)
     """
 
     def __init__(self, n_obs_steps: int, seed: int = 0, device: str | torch.device = "cpu"):
@@ -68,6 +71,8 @@ class PolicyState:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.last_plan: dict[str, torch.Tensor] | None = None
         self.last_chunk: torch.Tensor | None = None
+        self.last_scores: torch.Tensor | None = None
+        self.last_candidates: torch.Tensor | None = None
         self.since_chunk = 0
         self.embodiment = 0  # which dataset's action space the loop acts in (a mixture's models have several)
 
@@ -95,11 +100,14 @@ class WAMPolicy:
 
     def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
                  inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", blind: bool = False,
-                 **sampling):
+                 plan: int = 1, critic=None, **sampling):
         """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
         checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
         schedule=, cfg_scale=, warm_start=, ...) change single settings of it. `blind` replaces every camera
-        image by a black one before the model sees it (the ablation that shows how much the policy looks)."""
+        image by a black one before the model sees it (the ablation that shows how much the policy looks).
+        `plan` N > 1 samples N joint futures (frames and actions) per chunk and acts on the one whose last
+        predicted frame the `critic` scores highest (`wam.critic`; a Critic, its directory, or by default
+        <checkpoint>/critic); it needs a mode that predicts frames (joint or inverse)."""
         import dataclasses
 
         from wam.data import Normalizer
@@ -148,10 +156,29 @@ class WAMPolicy:
             raise ValueError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
                              f"got {self.n_action_steps}")
         self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
+        self.plan, self.critic = int(plan), None
+        if self.plan < 1:
+            raise ValueError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
+        if self.plan > 1:
+            if mode == "policy":
+                raise ValueError("plan N > 1 chooses between imagined futures, which policy mode does not predict; "
+                                 "use mode 'joint' (or 'inverse')")
+            from wam.critic import Critic, load_critic
+
+            self.critic = (critic if isinstance(critic, Critic) else
+                           load_critic(critic if critic is not None else checkpoint.path / "critic")).to(device)
+            if self.critic.cfg.model_hash and self.critic.cfg.model_hash != checkpoint.model_hash:
+                import warnings
+
+                warnings.warn(f"the critic was trained on the latents of model {self.critic.cfg.model_hash}, "
+                              f"not of this checkpoint ({checkpoint.model_hash}); its scores may not fit",
+                              stacklevel=2)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind).items())))
+            blind=self.blind, plan=self.plan,  # (a Critic object is found again at its directory, or the default)
+            critic=getattr(self.critic, "path", None) if critic is not None and not isinstance(critic, (str, Path))
+            else (None if critic is None else str(critic))).items())))
         self.reset()
 
     # the sampling settings most callers ask about
@@ -173,7 +200,7 @@ class WAMPolicy:
                 "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
                 "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
-                **({"blind": True} if self.blind else {})}
+                **({"blind": True} if self.blind else {}), **({"plan": self.plan} if self.plan > 1 else {})}
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
@@ -343,8 +370,15 @@ class WAMPolicy:
         if self.cfg.state_dim > 0:
             batch["state"] = torch.cat([torch.stack(list(s.states), 1) for s in states])  # (B, n_obs, S)
         sizes = [len(t) for t in tasks]
+        N = self.plan  # futures imagined per row: rows b * N .. b * N + N - 1 are row b's candidates
+        if N > 1:
+            if mode == "policy":
+                raise ValueError("plan N > 1 needs a mode that predicts frames: joint or inverse")
+            if batch["task"].is_floating_point():
+                raise ValueError("plan N > 1 scores futures per task index; a new instruction has none")
+            batch = {k: v.repeat_interleave(N, 0) for k, v in batch.items()}
         latent_shape = tuple(batch["latents"].shape[2:])
-        noises = [self._noise(s, n, mode, latent_shape) for s, n in zip(states, sizes)]
+        noises = [self._noise(s, n * N, mode, latent_shape) for s, n in zip(states, sizes)]
         noise = {m: {k: torch.cat([nz[m][k] for nz in noises]) for k in noises[0][m]} for m in noises[0]}
         ic = self.inference
         kw = ic.sample_kwargs()
@@ -357,6 +391,16 @@ class WAMPolicy:
             else:
                 out = sample(self.model, batch, mode, noise=noise[mode], **kw)
                 plan = out.get("latents")
+        if N > 1:  # keep each row's best-scored future
+            scores = self.critic.score(plan[:, -1], batch["task"]).view(-1, N)  # (B, N)
+            best = scores.argmax(1) + torch.arange(len(scores), device=scores.device) * N  # (B,)
+            candidates = out["actions"].view(len(scores), N, *out["actions"].shape[1:])  # (B, N, H, A)
+            start = 0
+            for s, n in zip(states, sizes):
+                s.last_scores = scores[start:start + n].float().cpu()
+                s.last_candidates = candidates[start:start + n].float().cpu()
+                start += n
+            out, plan = {"actions": out["actions"][best]}, plan[best]
         start = 0
         for s, n in zip(states, sizes):
             s.last_chunk, s.since_chunk = out["actions"][start:start + n].float(), 0

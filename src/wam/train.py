@@ -609,7 +609,8 @@ class RunError(ValueError):
 class LoadedEpisodes:
     """A dataset's episodes in memory, normalised, with what a checkpoint must record about them."""
 
-    episodes: list[dict]  # {"frames", "actions", "states", "task_index", "episode_index"}
+    episodes: list[dict]  # {"frames", "actions", "states", "task_index", "episode_index"} (+ "rewards",
+    # "successes" (L,) when the dataset has next.reward / next.success)
     normalizer: Any  # wam.data.Normalizer
     cameras: list[str]
     tasks: list[str]
@@ -682,8 +683,12 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
         states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
                   np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
         task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        out.append({"frames": np.ascontiguousarray(frames), "actions": acts, "states": states,
-                    "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions})
+        item = {"frames": np.ascontiguousarray(frames), "actions": acts, "states": states,
+                "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions}
+        for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
+            if key in ds.data:
+                item[name] = np.asarray(ds.data[key][rows], np.float32).reshape(ep.length)
+        out.append(item)
     return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
 
 

@@ -1,0 +1,242 @@
+"""The outcome model ("critic"): from one frame, how far along its task the robot is and whether it is done.
+
+It scores imagined futures: `--plan N` samples N joint video+action futures for a chunk and acts on the one
+whose last predicted frame scores highest. It reads what the world model predicts (one frame's latents, from
+the checkpoint's own frozen tokenizer) and the task, and predicts
+
+    progress   the dataset's reward of the frame, mapped from the data's reward range to [0, 1] (MetaWorld's
+               dense reward measures stage by stage how far the task is done: reach, grasp, move, place)
+    success    the probability that the frame shows the task done (the dataset's next.success flag)
+
+No robot state: an imagined future has frames but no proprioception, and the hand is in the picture.
+Outcomes are per frame, so successful demonstrations already hold both classes (every frame before the
+success is "not done"); datasets with failed or perturbed episodes (`wam collect --action-noise`) add states
+that demonstrations never visit.
+
+Runbook:
+    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # -> <checkpoint>/critic
+    wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks hard --mode joint --plan 4
+
+Row convention (LeRobot's): row i holds the frame at step i and next.reward / next.success after action i, so
+the outcome of frame i + 1 is row i's; the first frame of an episode has no outcome and is not trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    latent_channels: int  # channels of the tokenizer's latent grid
+    grid: tuple[int, int]  # (h, w) of one frame's latent grid (cameras side by side)
+    n_tasks: int  # task indices of the checkpoint it scores for
+    width: int = 64  # channels of the first convolution (the second has twice as many)
+    task_dim: int = 64  # task embedding size
+    hidden: int = 256  # the head's hidden size
+    reward_range: tuple[float, float] = (0.0, 1.0)  # progress = (reward - lo) / (hi - lo), the training data's range
+    model_hash: str = ""  # the checkpoint whose tokenizer made the latents
+    tasks: list[str] = field(default_factory=list)  # the checkpoint's tasks, by index
+
+
+class Critic(nn.Module):
+    """(B, c, h, w) latents and (B,) task indices -> progress in [0, 1] and the success logit, each (B,)."""
+
+    def __init__(self, cfg: CriticConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.conv = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU())
+        h, wd = (math.ceil(math.ceil(n / 2) / 2) for n in cfg.grid)
+        self.task = nn.Embedding(max(1, cfg.n_tasks), cfg.task_dim)
+        self.head = nn.Sequential(nn.Linear(2 * w * h * wd + cfg.task_dim, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 2))
+
+    def forward(self, latents: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(latents.float()).flatten(1)  # (B, 2w * h/4 * w/4)
+        out = self.head(torch.cat([x, self.task(task.long())], 1))  # (B, 2)
+        return torch.sigmoid(out[:, 0]), out[:, 1]
+
+    @torch.no_grad()
+    def score(self, latents: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """What planning maximises, (B,): progress plus the probability of being done, in [0, 2]."""
+        progress, logit = self(latents, task)
+        return progress + torch.sigmoid(logit)
+
+
+def save_critic(critic: Critic, out: str | Path, metrics: dict | None = None) -> Path:
+    """Write critic.safetensors and critic.json to `out`, atomically (a temporary directory renamed into place)."""
+    from wam.atomic import atomic_dir_replace
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, tmp / "critic.safetensors")
+        (tmp / "critic.json").write_text(json.dumps({"config": asdict(critic.cfg), "metrics": metrics or {}},
+                                                    indent=2))
+        atomic_dir_replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
+    path = Path(path)
+    if not (path / "critic.safetensors").is_file() or not (path / "critic.json").is_file():
+        raise FileNotFoundError(f"{path} holds no critic (critic.safetensors and critic.json expected); train one "
+                                f"with `wam critic --checkpoint CHECKPOINT --dataset DATASET`")
+    meta = json.loads((path / "critic.json").read_text())
+    cfg = dict(meta["config"])
+    cfg["grid"], cfg["reward_range"] = tuple(cfg["grid"]), tuple(cfg["reward_range"])
+    critic = Critic(CriticConfig(**cfg))
+    critic.load_state_dict(load_file(path / "critic.safetensors"))
+    critic.metrics, critic.path = meta.get("metrics", {}), str(path)
+    return critic.to(device).eval()
+
+
+# ---- training ----------------------------------------------------------------------------------------
+
+
+def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np.ndarray]:
+    """Every frame with an outcome: (episode position, row in the episode, checkpoint task, reward, success).
+    Episodes without next.reward / next.success, or of a task the checkpoint does not know, are left out."""
+    ep, row, task, reward, success = [], [], [], [], []
+    for i, e in enumerate(episodes):
+        if "rewards" not in e or e["task_index"] not in task_map or len(e["frames"]) < 2:
+            continue
+        n = len(e["frames"]) - 1
+        ep.append(np.full(n, i))
+        row.append(np.arange(1, n + 1))
+        task.append(np.full(n, task_map[e["task_index"]]))
+        reward.append(e["rewards"][:-1])
+        success.append(e["successes"][:-1] if "successes" in e else np.zeros(n, np.float32))
+    if not ep:
+        raise ValueError("no episode with next.reward (and a task the checkpoint knows); the critic learns from "
+                         "the rewards and success flags `wam collect` writes")
+    cat = np.concatenate
+    return {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
+            "success": cat(success).astype(np.float32)}
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (the probability that a done frame outscores a not-done one)."""
+    pos, neg = labels > 0.5, labels <= 0.5
+    if not pos.any() or not neg.any():
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else float("nan")
+
+
+def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
+                 steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                 val_fraction: float = 0.05, success_weight: float = 1.0, progress: bool = True) -> dict:
+    """Train a critic on the frames of `datasets`, encoded by the checkpoint's tokenizer; write it to `out`
+    (default: <checkpoint>/critic). Returns its metrics on held-out episodes (a seeded split by episode)."""
+    from wam.checkpoint import load_checkpoint
+    from wam.data import Normalizer
+    from wam.tokenizer import encode_frames
+    from wam.train import RunError, load_episodes
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.tokenizer is None:
+        raise RunError(f"{checkpoint} has no tokenizer.safetensors; the critic reads the latents of its tokenizer")
+    cfg, run = ckpt.model.cfg, ckpt.config.get("run", {})
+    tasks = list(run.get("tasks", []))
+    t0 = time.perf_counter()
+    episodes, ds_tasks = [], []
+    for d in datasets:
+        loaded = load_episodes(d, image_size=cfg.image_size, cameras=run.get("cameras") or None,
+                               normalizer=Normalizer.from_dict(ckpt.stats), progress=progress)
+        offset = len(ds_tasks)
+        ds_tasks += loaded.tasks
+        for e in loaded.episodes:
+            episodes.append({**e, "task_index": e["task_index"] + offset})
+    task_map = {i: tasks.index(t) for i, t in enumerate(ds_tasks) if t in tasks}
+    if not task_map:
+        raise RunError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the critic "
+                       f"scores the checkpoint's tasks")
+    rows = outcome_rows(episodes, task_map)
+    with torch.no_grad():
+        latents = [encode_frames(ckpt.tokenizer, e["frames"]) for e in episodes]  # (L, c, h, w) each
+    load_s = time.perf_counter() - t0
+    starts = np.cumsum([0] + [len(z) for z in latents])[:-1]
+    all_latents = torch.cat(latents)
+    index = torch.as_tensor(starts[rows["episode"]] + rows["row"])
+    lo, hi = float(rows["reward"].min()), float(rows["reward"].max())
+    hi = hi if hi > lo else lo + 1.0
+
+    g = np.random.default_rng(seed)
+    n_ep = len(episodes)
+    val_eps = set(g.permutation(n_ep)[:max(1, int(round(val_fraction * n_ep)))].tolist()) if n_ep > 1 else set()
+    is_val = np.isin(rows["episode"], list(val_eps))
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(train_idx) == 0:
+        raise RunError("every episode went to validation; give the critic more episodes")
+
+    torch.manual_seed(seed)
+    critic = Critic(CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
+                                 n_tasks=max(1, len(tasks)), reward_range=(lo, hi), model_hash=ckpt.model_hash,
+                                 tasks=tasks))
+    opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
+    target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
+    target_s = torch.as_tensor(rows["success"])
+    task_t = torch.as_tensor(rows["task"])
+    gen = torch.Generator().manual_seed(seed)
+    pos_weight = torch.tensor(float((1 - target_s[train_idx]).sum() / target_s[train_idx].sum().clamp(min=1)))
+    pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
+    t1 = time.perf_counter()
+    critic.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        pick = torch.as_tensor(train_idx)[torch.randint(0, len(train_idx), (batch_size,), generator=gen)]
+        p, logit = critic(all_latents[index[pick]], task_t[pick])
+        loss = (F.mse_loss(p, target_p[pick])
+                + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    critic.eval()
+    metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
+               "episodes": n_ep, "val_episodes": len(val_eps), "reward_range": [lo, hi], "load_s": load_s,
+               "train_s": time.perf_counter() - t1, "datasets": [str(d) for d in datasets],
+               "done_fraction": float(target_s.mean())}
+    with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
+        ti = torch.as_tensor(train_idx[:4096])
+        p, _ = critic(all_latents[index[ti]], task_t[ti])
+    metrics["train_progress_spearman"] = _spearman(p.numpy(), target_p[ti].numpy())
+    if len(val_idx):
+        with torch.no_grad():
+            vi = torch.as_tensor(val_idx)
+            p, logit = critic(all_latents[index[vi]], task_t[vi])
+        prob = torch.sigmoid(logit).numpy()
+        metrics.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
+                       val_progress_spearman=_spearman(p.numpy(), target_p[vi].numpy()),
+                       val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),
+                       val_success_auc=_auc(prob, target_s[vi].numpy()))
+    save_critic(critic, out or Path(checkpoint) / "critic", metrics)
+    return metrics
