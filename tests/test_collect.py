@@ -53,6 +53,22 @@ def test_parallel_collection_gives_the_same_dataset(tmp_path):
     assert np.array_equal(a.episode_frames(5, "observation.images.top"), b.episode_frames(5, "observation.images.top"))
 
 
+def test_action_noise_perturbs_the_expert_deterministically(tmp_path):
+    kw = dict(episodes=4, image_size=16, progress=False, workers=1, keep_failed=True, max_steps=12)
+    collect("dot", out=tmp_path / "clean", **kw)
+    collect("dot", out=tmp_path / "noisy", action_noise=0.5, **kw)
+    collect("dot", out=tmp_path / "again", action_noise=0.5, **kw)
+    clean, noisy, again = (LeRobotDataset(tmp_path / d) for d in ("clean", "noisy", "again"))
+    assert np.array_equal(noisy.data["action"], again.data["action"])  # same seed, same noise
+    first = lambda ds: ds.data["action"][ds.episode_ranges[0][0]]  # noqa: E731 (the same start state)
+    assert not np.allclose(first(clean), first(noisy))
+    assert np.abs(noisy.data["action"]).max() <= 1.0  # clipped to the action space
+    summary = json.loads((tmp_path / "noisy" / "meta/collection.json").read_text())
+    assert summary["settings"]["action_noise"] == 0.5
+    with pytest.raises(ValueError, match="action-noise"):
+        collect("dot", out=tmp_path / "bad", action_noise=-1, **kw)
+
+
 @pytest.mark.sim
 def test_collect_metaworld_reach(tmp_path, capsys):
     pytest.importorskip("metaworld")

@@ -188,6 +188,9 @@ def _collect(sub: argparse._SubParsersAction) -> None:
                    help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
                         "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
                         "39-D vector is always stored as observation.environment_state")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this standard deviation to the expert's actions (with --keep-failed: "
+                        "failed and partial episodes, for `wam critic`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=_run_collect)
 
@@ -200,6 +203,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
                 cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
                 after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
+                action_noise=args.action_noise,
                 crf=args.crf, state=args.state, overwrite=args.overwrite)
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
         raise UserError(str(e)) from None

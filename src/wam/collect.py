@@ -7,6 +7,7 @@ Runbook:
     wam collect metaworld --tasks easy --episodes 20 --cameras corner4,topview --out data/easy
     wam collect metaworld --tasks mt10 --episodes 50 --state full --out data/mt10-full   # 39-D observation.state
     wam collect dot --episodes 20 --out data/dot                           # the synthetic test world
+    wam collect metaworld --tasks mt50 --episodes 10 --action-noise 0.5 --keep-failed --out data/mt50-noisy
 
 Works for any adapter in `wam.envs.ENVS` (make_env, make_expert, resolve_tasks, describe).
 
@@ -59,8 +60,11 @@ def episode_seed(seed: int, task: str, attempt: int) -> int:
 
 
 def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                after_success: int = 10, max_steps: int | None = None, state: str | None = None) -> dict[str, Any]:
-    """Run the scripted expert for one episode and return its arrays (see the module docstring)."""
+                after_success: int = 10, max_steps: int | None = None, state: str | None = None,
+                action_noise: float = 0.0) -> dict[str, Any]:
+    """Run the scripted expert for one episode and return its arrays (see the module docstring).
+    action_noise > 0 adds Gaussian noise of that standard deviation to every action the expert chooses (the
+    noisy action is executed and recorded, clipped to the action space), from a generator seeded by `seed`."""
     adapter = get_adapter(env_name)
     key = (env_name, task, image_size, tuple(cameras) if cameras else None, state)
     env = _ENV_CACHE.pop(key, None)
@@ -77,8 +81,13 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     frames: dict[str, list] = {c: [] for c in cams}
     states, env_states, actions, rewards, successes = [], [], [], [], []
     first_success = -1
+    noise = np.random.default_rng([seed, 1]) if action_noise > 0 else None
+    space = getattr(env, "action_space", None)
+    low, high = (space.low, space.high) if space is not None and hasattr(space, "low") else (-1.0, 1.0)
     for step in range(limit):
         action = np.asarray(expert(obs), dtype=np.float32)
+        if noise is not None:  # a perturbed expert: it sees where the noise took it and corrects from there
+            action = np.clip(action + noise.normal(0.0, action_noise, action.shape), low, high).astype(np.float32)
         for c in cams:
             frames[c].append(obs[c])
         states.append(obs["observation.state"])
@@ -126,12 +135,15 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
             image_size: int = 64, cameras: Sequence[str] | None = None, workers: int | None = None,
             keep_failed: bool = False, max_attempts: int | None = None, after_success: int = 10,
             max_steps: int | None = None, seed: int = 0, codec: str = "h264", crf: int | None = None,
-            state: str | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            state: str | None = None, action_noise: float = 0.0, overwrite: bool = False,
+            progress: bool = True) -> dict[str, Any]:
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
     rate, kept episodes and mean length, and the settings. Raises ValueError for bad settings.
     `state` is the environment's `observation.state` setting (MetaWorld: "proprio", the default, or "full").
+    `action_noise` perturbs the expert (see `run_episode`): with `keep_failed`, episodes that fail, stall or
+    succeed late, the outcomes an outcome model (`wam critic`) must tell apart.
     """
     from tqdm.auto import tqdm
 
@@ -141,6 +153,8 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
 
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    if not action_noise >= 0:
+        raise ValueError(f"--action-noise must be >= 0 (a standard deviation in action units), got {action_noise}")
     if codec not in CODECS:
         raise ValueError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
     adapter = get_adapter(env)
@@ -157,7 +171,7 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
         raise ValueError(f"unknown --state {state!r} for {env}; " + (f"choose one of: {', '.join(modes)}" if modes
                          else f"{env} has a single kind of state, leave --state out"))
     kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
-              "after_success": after_success, "max_steps": max_steps, "state": state}
+              "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise}
     stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
     kept_episodes: list[dict] = []
     next_attempt = {t: 0 for t in task_list}
