@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="result JSON (default: benchmarks/peers/<peer>_<tasks>.json)")
     p.add_argument("--eval-out", default=None, help="wam eval's output directory (default: runs/peers/eval-...)")
     p.add_argument("--start-timeout", type=float, default=300)
+    p.add_argument("--success-from", default=None, metavar="EVAL_INFO",
+                   help="--peer wam: take the success table from this eval_info.json (a local `wam eval` of the same "
+                        "checkpoint on the same tasks and seeds, whose actions the server path reproduces exactly; "
+                        "tests/test_serve.py) and run the server only long enough to measure the latency")
     args = p.parse_args(argv)
 
     args.checkpoint = Path(args.checkpoint).resolve()
@@ -156,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         raise SystemExit(f"wam eval failed (exit {rc}); the server's log is {log_path}")
     info = json.loads((eval_out / "eval_info.json").read_text())
+    served_eval = None
+    if args.success_from:
+        if args.peer != "wam":
+            raise SystemExit("--success-from is for --peer wam (a peer is measured by its own run)")
+        local = json.loads(Path(args.success_from).read_text())
+        want = {r["task"]: r["seeds"][:args.episodes] for r in info["per_task"]}
+        have = {r["task"]: r["seeds"][:args.episodes] for r in local["per_task"]}
+        if any(have.get(t) != s for t, s in want.items()) or local["settings"].get("model_hash") != hello.get("model_hash"):
+            raise SystemExit(f"{args.success_from} is not an evaluation of this checkpoint on these tasks and seeds")
+        served_eval = {k: info[k] for k in ("pc_success", "n_episodes", "ci95")}
+        info = {**local, "server_ms": info.get("server_ms")}
     if not served["server_ms"] and info.get("server_ms"):  # wam's server: wam eval recorded every chunk's time
         served = {"server_ms": None, "summary": info["server_ms"]}
     train_record = (args.checkpoint.parent / "peer_train.json" if args.peer == "wam"  # <out>/checkpoint
@@ -164,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "peer": args.peer, "label": args.label or args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
         "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
         "num_inference_steps_override": args.num_inference_steps,
-        "eval_command": shlex.join(cmd), "eval_wall_s": eval_s, "server_startup_s": startup,
-        "server_threads": args.threads, "eval_info": str(eval_out / "eval_info.json"),
+        "eval_command": shlex.join(cmd), "eval_wall_s": eval_s,
+        "success_from": args.success_from, "latency_run": served_eval, "server_startup_s": startup,
+        "server_threads": args.threads, "eval_info": args.success_from or str(eval_out / "eval_info.json"),
         "pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
         "groups": info.get("groups"), "group_mean": info.get("group_mean"),
         "per_task": [{k: r[k] for k in ("task", "pc_success", "ci95", "n_episodes", "avg_steps")}
