@@ -75,8 +75,9 @@ def test_train_critic_learns_progress_and_writes_it_atomically(checkpoint, dot_d
     critic = load_critic(out)
     assert critic.cfg.model_hash and list(critic.cfg.reward_range) == metrics["reward_range"]
     z = torch.randn(3, *((critic.cfg.latent_channels,) + critic.cfg.grid))
-    p, logit = critic(z, torch.zeros(3, dtype=torch.long))
+    p, logit, state = critic(z, torch.zeros(3, dtype=torch.long))
     assert p.shape == logit.shape == (3,) and bool(((p >= 0) & (p <= 1)).all())
+    assert critic.cfg.state_dim == 4 and state.shape == (3, 4) and "val_state_mae" in metrics
     with pytest.raises(FileNotFoundError, match="wam critic"):
         load_critic(tmp_path / "nothing")
 
@@ -93,7 +94,7 @@ def _policy(checkpoint, **kw):
 
     ck = load_checkpoint(checkpoint)
     cfg = ck.model.cfg
-    critic = Ranked(CriticConfig(latent_channels=cfg.latent_channels, grid=(SIZE // 8, SIZE // 8), n_tasks=cfg.n_tasks))
+    critic = Ranked(CriticConfig(latent_channels=cfg.latent_channels, grid=(SIZE // 4, SIZE // 4), n_tasks=cfg.n_tasks))
     return WAMPolicy(ck, mode="joint", steps=2, critic=critic, **kw)
 
 

@@ -376,6 +376,103 @@ def _critic(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_critic)
 
 
+def _imagine(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("imagine", help="evaluate a policy inside the world model: imagined episodes from real "
+                                       "start frames, scored by the critic",
+                       description="Policy evaluation in imagination: from real start frames (the simulator's for "
+                                   "wam eval's seeds, or held-out episodes'), a policy acts on frames the world "
+                                   "model imagines (forward mode) and the critic scores each (progress, done). "
+                                   "Writes imagine_info.json (wam eval's format), videos and report.html. Example: "
+                                   "wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5")
+    p.add_argument("--checkpoint", required=True, help="the world model: a checkpoint directory with a critic")
+    p.add_argument("--critic", default=None, metavar="DIR", help="its critic (default: <checkpoint>/critic)")
+    p.add_argument("--policy", default=None, metavar="CHECKPOINT",
+                   help="the policy evaluated (default: the world model's own checkpoint, as a policy)")
+    p.add_argument("--server", default=None, metavar="URL", help="evaluate the policy served at URL instead "
+                                                                 "(wam serve, or the peers' server)")
+    p.add_argument("--server-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--env", default="metaworld", help="environment family of the tasks (start frames, limits)")
+    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
+    p.add_argument("--episodes", type=int, default=5, help="imagined episodes per task")
+    p.add_argument("--start", default="sim", choices=("sim", "dataset"),
+                   help="start frames: sim (the simulator's first frame for wam eval's seeds) or dataset (the "
+                        "world model's held-out episodes)")
+    p.add_argument("--dataset", default=None, help="--start dataset: the dataset (default: the training dataset)")
+    p.add_argument("--mode", default=None, help="the policy's acting mode (policy, joint or inverse)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="the policy's actions per chunk")
+    p.add_argument("--blind", action="store_true", help="black out the policy's camera (a policy that cannot see)")
+    _add_inference_flags(p, note=" (the policy's)")
+    p.add_argument("--world-steps", type=int, default=2, help="denoising steps of each imagined frame")
+    p.add_argument("--threshold", type=float, default=0.5, help="critic probability that counts as done")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
+    p.add_argument("--videos", type=int, default=2, help="imagined episodes saved as video per task")
+    p.add_argument("--compare", default=None, metavar="EVAL_INFO",
+                   help="a simulated evaluation (eval_info.json) to print beside the imagined one")
+    p.add_argument("--out", default="runs/imagine", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_imagine)
+
+
+def _run_imagine(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from wam.checkpoint import load_checkpoint
+    from wam.critic import load_critic
+    from wam.imagine import compare, imagine
+
+    try:
+        world = load_checkpoint(args.checkpoint)
+        critic = load_critic(args.critic or Path(args.checkpoint) / "critic")
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.server is not None:
+        if args.policy is not None:
+            raise UserError("pass --policy CHECKPOINT or --server URL, not both")
+        from wam.client import PolicyClient
+
+        try:
+            policy = PolicyClient(args.server, seed=args.seed, mode=args.mode, n_action_steps=args.n_action_steps,
+                                  timeout=args.server_timeout)
+        except (OSError, ValueError) as e:
+            raise UserError(str(e)) from None
+        source = {"server": args.server}
+    else:
+        from wam.policy import WAMPolicy
+
+        try:
+            ckpt = load_checkpoint(args.policy) if args.policy else world
+            policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
+                               seed=args.seed, blind=args.blind, **_inference_overrides(args))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            raise UserError(str(e)) from None
+        source = {"policy_checkpoint": str(args.policy or args.checkpoint)}
+    tasks = args.tasks
+    if tasks is None:
+        from wam.envs import get_adapter
+
+        known = set(world.config.get("run", {}).get("tasks", []))
+        adapter = get_adapter(args.env)
+        tasks = [t for t in adapter.resolve_tasks(None) if adapter.describe(t) in known] or None
+    try:
+        info = imagine(world, critic, policy, env=args.env, tasks=tasks, episodes=args.episodes, start=args.start,
+                       dataset=args.dataset, seed=args.seed, max_steps=args.max_steps,
+                       sampling_steps=args.world_steps, threshold=args.threshold, videos_per_task=args.videos,
+                       out=args.out, settings=source, progress=not args.quiet)
+    finally:
+        if args.server is not None:
+            policy.close()
+    print(f"imagined success {info['pc_success']:.1f}% [{info['ci95'][0]:.0f}, {info['ci95'][1]:.0f}] over "
+          f"{info['n_episodes']} episodes; {Path(args.out) / 'imagine_info.json'}, {Path(args.out) / 'report.html'}")
+    if args.compare:
+        both = compare(info, json.loads(Path(args.compare).read_text()))
+        for r in both["tasks"]:
+            print(f"  {r['task']:<28} imagined {r['imagined']:5.1f}%   simulated {r['simulated']:5.1f}%")
+        print(f"  {'all':<28} imagined {both['imagined']:5.1f}%   simulated {both['simulated']:5.1f}%")
+    return 0
+
+
 def _run_critic(args: argparse.Namespace) -> int:
     import json
 
@@ -778,7 +875,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _eval, _serve, _bench]
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _imagine, _eval, _serve, _bench]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class CriticConfig:
     latent_channels: int  # channels of the tokenizer's latent grid
     grid: tuple[int, int]  # (h, w) of one frame's latent grid (cameras side by side)
     n_tasks: int  # task indices of the checkpoint it scores for
+    state_dim: int = 0  # size of the robot state it also reads off the frame (normalised; 0: none)
     width: int = 64  # channels of the first convolution (the second has twice as many)
     task_dim: int = 64  # task embedding size
     hidden: int = 256  # the head's hidden size
@@ -52,7 +53,9 @@ class CriticConfig:
 
 
 class Critic(nn.Module):
-    """(B, c, h, w) latents and (B,) task indices -> progress in [0, 1] and the success logit, each (B,)."""
+    """(B, c, h, w) latents and (B,) task indices -> progress in [0, 1] and the success logit, each (B,), and
+    the robot state (B, state_dim) the frame shows (normalised; what an imagined observation's
+    proprioception is taken to be, `wam imagine`)."""
 
     def __init__(self, cfg: CriticConfig):
         super().__init__()
@@ -65,17 +68,18 @@ class Critic(nn.Module):
         h, wd = (math.ceil(math.ceil(n / 2) / 2) for n in cfg.grid)
         self.task = nn.Embedding(max(1, cfg.n_tasks), cfg.task_dim)
         self.head = nn.Sequential(nn.Linear(2 * w * h * wd + cfg.task_dim, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 2))
+                                  nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, 2 + cfg.state_dim))
 
-    def forward(self, latents: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, latents: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.conv(latents.float()).flatten(1)  # (B, 2w * h/4 * w/4)
-        out = self.head(torch.cat([x, self.task(task.long())], 1))  # (B, 2)
-        return torch.sigmoid(out[:, 0]), out[:, 1]
+        out = self.head(torch.cat([x, self.task(task.long())], 1))  # (B, 2 + S)
+        return torch.sigmoid(out[:, 0]), out[:, 1], out[:, 2:]
 
     @torch.no_grad()
     def score(self, latents: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """What planning maximises, (B,): progress plus the probability of being done, in [0, 2]."""
-        progress, logit = self(latents, task)
+        progress, logit, _ = self(latents, task)
         return progress + torch.sigmoid(logit)
 
 
@@ -131,8 +135,12 @@ def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np
         raise ValueError("no episode with next.reward (and a task the checkpoint knows); the critic learns from "
                          "the rewards and success flags `wam collect` writes")
     cat = np.concatenate
-    return {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
-            "success": cat(success).astype(np.float32)}
+    out = {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
+           "success": cat(success).astype(np.float32)}
+    kept = [i for i, e in enumerate(episodes) if "rewards" in e and e["task_index"] in task_map and len(e["frames"]) > 1]
+    if all(episodes[i].get("states") is not None and episodes[i]["states"].shape[1] > 0 for i in kept):
+        out["state"] = cat([episodes[i]["states"][1:] for i in kept]).astype(np.float32)
+    return out
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -198,8 +206,9 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
         raise RunError("every episode went to validation; give the critic more episodes")
 
     torch.manual_seed(seed)
+    target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
     critic = Critic(CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
-                                 n_tasks=max(1, len(tasks)), reward_range=(lo, hi), model_hash=ckpt.model_hash,
+                                 n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1], reward_range=(lo, hi), model_hash=ckpt.model_hash,
                                  tasks=tasks))
     opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
     target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
@@ -214,9 +223,11 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         pick = torch.as_tensor(train_idx)[torch.randint(0, len(train_idx), (batch_size,), generator=gen)]
-        p, logit = critic(all_latents[index[pick]], task_t[pick])
+        p, logit, x = critic(all_latents[index[pick]], task_t[pick])
         loss = (F.mse_loss(p, target_p[pick])
                 + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
+        if target_x is not None:
+            loss = loss + F.mse_loss(x, target_x[pick])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -227,13 +238,15 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
                "done_fraction": float(target_s.mean())}
     with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
         ti = torch.as_tensor(train_idx[:4096])
-        p, _ = critic(all_latents[index[ti]], task_t[ti])
+        p, _, _ = critic(all_latents[index[ti]], task_t[ti])
     metrics["train_progress_spearman"] = _spearman(p.numpy(), target_p[ti].numpy())
     if len(val_idx):
         with torch.no_grad():
             vi = torch.as_tensor(val_idx)
-            p, logit = critic(all_latents[index[vi]], task_t[vi])
+            p, logit, x = critic(all_latents[index[vi]], task_t[vi])
         prob = torch.sigmoid(logit).numpy()
+        if target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
+            metrics["val_state_mae"] = float((x - target_x[vi]).abs().mean())
         metrics.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
                        val_progress_spearman=_spearman(p.numpy(), target_p[vi].numpy()),
                        val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),

@@ -1,0 +1,246 @@
+"""Policy evaluation in imagination: a policy acts on frames the world model imagines, from real start frames.
+
+`ImaginedEnv` is an environment inside a WAM checkpoint, with the interface `wam.evaluate.rollout` drives
+(reset(seed), step(action), camera_names, task_description, max_episode_steps), so an imagined evaluation runs
+through the same loop, the same per-task rows and the same report as a simulated one:
+
+    reset(seed)  a real start: the first frame and robot state of a held-out episode (start="dataset") or of
+                 the simulator reset with wam eval's seed (start="sim", the very episodes `wam eval` runs)
+    step(a)      queues the action; every future_stride actions the model imagines the frame that follows
+                 (forward mode: the history frames clean, the queued actions given, padded to the horizon
+                 with the last one; the observed tokens' keys and values computed once, exactly), and the
+                 critic (`wam.critic`) reads off it the task's progress, whether it is done, and the robot
+                 state the next observation carries. Between two imagined frames the policy sees the last one.
+    reward       the critic's progress in [0, 1]; info["success"]: its probability of "done" >= threshold
+
+Runbook:
+    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5 --start sim --out runs/imagine
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --policy runs/wm/policy/checkpoint --tasks mt10 ...
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --server ws://127.0.0.1:8766 --tasks mt10 ...  # any served policy
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from wam.modes import sample
+
+
+class ImaginedEnv:
+    """One task's environment inside a world model (see the module docstring)."""
+
+    def __init__(self, world, critic, starts: Sequence[dict], task: str, description: str, *,
+                 max_steps: int = 500, sampling_steps: int = 2, threshold: float = 0.5, fps: int | None = None,
+                 cache: bool | None = None, device: str | torch.device = "cpu"):
+        from wam.data import Normalizer
+
+        if not starts:
+            raise ValueError(f"no start frame for task {task!r}")
+        self.model, self.tokenizer, self.critic = world.model.eval(), world.tokenizer.eval(), critic.eval()
+        self.cfg = self.model.cfg
+        run = world.config.get("run", {})
+        self.camera_names = list(run.get("cameras") or ["camera"])
+        self.normalizer = Normalizer.from_dict(world.stats)
+        tasks = list(run.get("tasks", []))
+        if description not in tasks:
+            raise ValueError(f"the world model was not trained on task {description!r}; it knows: {tasks}")
+        self.task_index = torch.tensor([tasks.index(description)])
+        self.starts, self.task, self.task_description = list(starts), task, description
+        self.max_episode_steps, self.sampling_steps, self.threshold = max_steps, sampling_steps, threshold
+        self.fps, self.device = fps, torch.device(device)
+        # the observed tokens' keys and values once per imagined frame (exact; not for "full" attention)
+        self.cache = self.cfg.attention != "full" if cache is None else bool(cache)
+
+    def _obs(self) -> dict:
+        frame = self.frame  # (H, W * n_cams, 3) uint8, cameras side by side
+        views = np.split(frame, len(self.camera_names), axis=1)
+        obs = {f"observation.images.{c}": v for c, v in zip(self.camera_names, views)}
+        if self.state is not None:
+            obs["observation.state"] = self.state
+        return obs
+
+    @torch.no_grad()
+    def reset(self, seed: int | None = None) -> tuple[dict, dict]:
+        from wam.tokenizer import encode_frames
+
+        seed = 0 if seed is None else int(seed)
+        start = self.starts[seed % len(self.starts)]
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.frame = np.asarray(start["frame"], np.uint8)
+        z = encode_frames(self.tokenizer, self.frame[None]).to(self.device)  # (1, c, h, w)
+        self.history = [z] * self.cfg.n_obs_steps
+        self.state = None if start.get("state") is None else np.asarray(start["state"], np.float32)
+        norm_state = (None if self.state is None or self.cfg.state_dim == 0 else
+                      torch.as_tensor(np.asarray(self.normalizer.normalize_state(self.state[None]), np.float32)))
+        self.states = [norm_state] * self.cfg.n_obs_steps
+        self.pending: list[np.ndarray] = []
+        self.progress, self.p_success = self._judge(z)[:2]
+        return self._obs(), {"success": self.p_success >= self.threshold}
+
+    def _judge(self, z: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+        p, logit, state = self.critic(z.float(), self.task_index.to(z.device))
+        return float(p[0]), float(torch.sigmoid(logit[0])), state
+
+    @torch.no_grad()
+    def _imagine(self) -> None:
+        """Advance the world by future_stride steps: the queued actions -> the next frame, state and outcome."""
+        cfg = self.cfg
+        acts = np.asarray(self.normalizer.normalize_action(np.stack(self.pending)[None]), np.float32)  # (1, k, A)
+        acts = np.concatenate([acts, np.repeat(acts[:, -1:], cfg.action_horizon - acts.shape[1], 1)], 1)
+        hist = torch.stack(self.history, 1)  # (1, n_obs, c, h, w)
+        future = torch.zeros(1, cfg.future_frames, *hist.shape[2:])
+        batch = {"latents": torch.cat([hist, future], 1), "task": self.task_index,
+                 "actions": torch.as_tensor(acts[:, :, :cfg.action_dim])}
+        if cfg.state_dim > 0:
+            batch["state"] = torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
+        out = sample(self.model, batch, "forward", steps=self.sampling_steps, generator=self.generator,
+                     cache=self.cache)
+        z = out["latents"][:, cfg.n_obs_steps].float()  # (1, c, h, w): the frame future_stride steps ahead
+        frame = self.tokenizer.decode(z[:, None])[:, 0]  # (1, 3, H, W) in [-1, 1]
+        self.frame = ((frame[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        self.progress, self.p_success, state = self._judge(z)
+        self.history = self.history[1:] + [z]
+        if self.state is not None and state.shape[1] > 0:
+            self.state = np.asarray(self.normalizer.unnormalize_state(state[:, :len(self.state)]), np.float32)[0]
+            self.states = self.states[1:] + [state[:, :cfg.state_dim].float()]
+        self.pending = []
+
+    def step(self, action) -> tuple[dict, float, bool, bool, dict]:
+        self.pending.append(np.asarray(action, np.float32).reshape(-1))
+        if len(self.pending) == self.cfg.future_stride:
+            self._imagine()
+        success = self.p_success >= self.threshold
+        return self._obs(), self.progress, False, False, {"success": success, "p_success": self.p_success}
+
+    def close(self) -> None:
+        pass
+
+
+def dataset_starts(world, dataset: str | Path, episodes: Sequence[int] | None = None) -> dict[str, list[dict]]:
+    """First frame and robot state (environment units) of each held-out episode, by task text."""
+    from wam.data import LeRobotDataset
+    from wam.data.windows import resize_frames
+
+    run = world.config.get("run", {})
+    eps = list(episodes) if episodes is not None else list(run.get("val_episodes") or [])
+    if not eps:
+        raise ValueError("the checkpoint records no held-out episodes; pass the episodes to start from")
+    ds = LeRobotDataset(dataset)
+    size = world.model.cfg.image_size
+    cams = [f"observation.images.{c}" for c in run.get("cameras", [])] or ds.camera_keys[:1]
+    out: dict[str, list[dict]] = {}
+    for e in eps:
+        pos = ds.position_of(int(e))
+        ep = ds.episodes[pos]
+        rows = np.arange(ep.start, ep.start + 1)
+        views = [resize_frames(ds.episode_frames(pos, k, rows=np.zeros(1, int)), (size, size)) for k in cams]
+        frame = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)[0]  # (h, w * n_cams, 3)
+        state = ds.data["observation.state"][rows][0] if "observation.state" in ds.data else None
+        task = ds.tasks[int(ds.data["task_index"][ep.start])] if "task_index" in ds.data else ds.tasks[0]
+        out.setdefault(task, []).append({"frame": frame, "state": state, "episode_index": int(e)})
+    return out
+
+
+def sim_starts(env: str, task: str, seeds: Sequence[int], *, image_size: int, cameras: list[str] | None,
+               state_size: int | None) -> tuple[list[dict], int]:
+    """The simulator's first observation for each seed (the episodes `wam eval` runs with these seeds), and
+    the task's step limit."""
+    from wam.envs import get_adapter
+
+    adapter = get_adapter(env)
+    opts = {"state": adapter.state_mode(state_size)} if state_size and hasattr(adapter, "state_mode") else {}
+    e = adapter.make_env(task, image_size=image_size, cameras=cameras, **opts)
+    try:
+        starts = []
+        for s in seeds:
+            obs, _ = e.reset(seed=int(s))
+            frame = np.concatenate([obs[f"observation.images.{c}"] for c in e.camera_names], axis=1)
+            starts.append({"frame": frame, "state": obs.get("observation.state"), "seed": int(s)})
+        return starts, int(e.max_episode_steps)
+    finally:
+        e.close()
+
+
+def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10",
+            episodes: int = 5, start: str = "sim", dataset: str | Path | None = None, seed: int = 0,
+            max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, videos_per_task: int = 2,
+            out: str | Path = "runs/imagine", settings: dict | None = None, progress: bool = True) -> dict:
+    """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
+    Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
+    "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
+    from wam.envs import get_adapter
+    from wam.evaluate import _task_row, aggregate, eval_seeds, group_results, rollout, write_json_atomic, write_video
+    from wam.report import build_report
+
+    if start not in ("sim", "dataset"):
+        raise ValueError(f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
+                         f"(held-out episodes' first frames), got {start!r}")
+    adapter = get_adapter(env)
+    task_names = adapter.resolve_tasks(",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = world.config.get("run", {})
+    cfg = world.model.cfg
+    by_text = dataset_starts(world, dataset or run.get("dataset")) if start == "dataset" else None
+    size_of = getattr(policy, "state_size", None)
+    rows, t0 = [], time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(task_names) * episodes, desc="imagining", unit="ep", dynamic_ncols=True)
+    for task in task_names:
+        description = adapter.describe(task)
+        seeds = eval_seeds(seed, task, episodes)
+        state_size = size_of(description) if size_of is not None else cfg.state_dim
+        if by_text is not None:
+            starts = by_text.get(description, [])
+            if not starts:
+                raise ValueError(f"no held-out episode of {task} ({description!r}) to start from")
+            _, limit = sim_starts(env, task, seeds[:1], image_size=cfg.image_size, cameras=run.get("cameras"),
+                                  state_size=state_size)
+        else:
+            starts, limit = sim_starts(env, task, seeds, image_size=cfg.image_size, cameras=run.get("cameras"),
+                                       state_size=state_size)
+        limit = min(max_steps or limit, limit)
+        world_env = ImaginedEnv(world, critic, starts, task, description, max_steps=limit,
+                                sampling_steps=sampling_steps, threshold=threshold)
+        episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
+        res = rollout(world_env, policy, episode_ids, record=videos_per_task,
+                      progress=(lambda: bar.update(1)) if bar is not None else None)
+        paths = []
+        for i, frames in enumerate(res["frames"]):
+            rel = f"videos/{task}/imagined_{i:03d}.mp4"
+            write_video(out / rel, frames, fps=10)
+            paths.append(rel)
+        row = _task_row(task, description, seeds if by_text is None else [s.get("episode_index") for s in
+                                                                             (starts * episodes)[:episodes]],
+                        res, None, paths)
+        rows.append(row)
+    if bar is not None:
+        bar.close()
+    groups = getattr(adapter, "DIFFICULTY", None)
+    info = {**aggregate(rows), **(group_results(rows, groups) if groups else {}), "imagined": True,
+            "eval_s": time.perf_counter() - t0, "per_task": rows,
+            "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed, "start": start,
+                         "max_steps": max_steps, "world_model": str(world.path), "world_model_hash": world.model_hash,
+                         "critic": getattr(critic, "path", None), "world_sampling_steps": sampling_steps,
+                         "threshold": threshold, **getattr(policy, "settings", {}), **(settings or {})}}
+    write_json_atomic(out / "imagine_info.json", info)
+    build_report(out, info, title="wam imagine: the policy evaluated inside the world model")
+    return info
+
+
+def compare(imagined: dict, simulated: dict) -> dict:
+    """Imagined against simulated success per task (both eval_info-like dicts): the rows side by side."""
+    sim = {r["task"]: r for r in simulated["per_task"]}
+    rows = [{"task": r["task"], "imagined": r["pc_success"], "simulated": sim[r["task"]]["pc_success"]}
+            for r in imagined["per_task"] if r["task"] in sim]
+    return {"tasks": rows, "imagined": imagined["pc_success"], "simulated": simulated["pc_success"]}
+

@@ -1,0 +1,103 @@
+"""`wam imagine`: an environment inside the world model, driven by the same rollout loop as the simulator; its
+imagined frames come every future_stride actions, deterministically, with the exact cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wam.checkpoint import load_checkpoint, save_checkpoint
+from wam.critic import load_critic, train_critic
+from wam.imagine import ImaginedEnv, dataset_starts, imagine, sim_starts
+from wam.model import WAM
+from wam.policy import WAMPolicy
+from wam.tokenizer import make_tokenizer
+
+from conftest import tiny_config
+from test_critic import SIZE, dot_data  # noqa: F401  (the module's dot dataset fixture)
+
+STRIDE = 2
+
+
+@pytest.fixture(scope="module")
+def world(dot_data, tmp_path_factory):  # noqa: F811
+    """A random-weight tiny WAM over the dot world (frames every 2 steps) and a critic trained on the data."""
+    from wam.data import LeRobotDataset
+
+    ds = LeRobotDataset(dot_data)
+    cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1,
+                      future_frames=2, future_stride=STRIDE, n_tasks=len(ds.tasks), attention="prefix")
+    torch.manual_seed(0)
+    model, tok = WAM(cfg), make_tokenizer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    stats = {"action_key": "action", "state_key": "observation.state",
+             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
+                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
+    path = save_checkpoint(tmp_path_factory.mktemp("imagine") / "ck", model, tok, stats=stats,
+                           config={"run": {"tasks": list(ds.tasks), "cameras": ["top"], "fps": 10,
+                                           "dataset": str(dot_data), "val_episodes": [0, 1, 2]}})
+    train_critic(path, [dot_data], steps=30, batch_size=32, progress=False)
+    return path
+
+
+def _env(world, **kw):
+    ck = load_checkpoint(world)
+    starts, limit = sim_starts("dot", "reach-goal", [11, 12], image_size=SIZE, cameras=["top"], state_size=4)
+    return ImaginedEnv(ck, load_critic(world / "critic"), starts, "reach-goal", ck.config["run"]["tasks"][0],
+                       max_steps=limit, **kw)
+
+
+def test_imagined_frames_come_every_future_stride_actions(world):
+    env = _env(world)
+    obs, info = env.reset(seed=0)
+    assert obs["observation.images.top"].shape == (SIZE, SIZE, 3) and obs["observation.state"].shape == (4,)
+    first = obs["observation.images.top"].copy()
+    obs, reward, terminated, truncated, info = env.step(np.array([0.5, -0.5]))
+    assert np.array_equal(obs["observation.images.top"], first)  # one action queued: nothing imagined yet
+    obs, reward, _, _, info = env.step(np.array([0.5, -0.5]))
+    assert not np.array_equal(obs["observation.images.top"], first)  # STRIDE actions: the next frame
+    assert 0 <= reward <= 1 and 0 <= info["p_success"] <= 1 and isinstance(info["success"], bool)
+
+
+def _run(env, seed=3, n=3):
+    frames = [env.reset(seed=seed)[0]["observation.images.top"]]
+    for i in range(n * STRIDE):
+        frames.append(env.step(np.array([np.sin(i), np.cos(i)]))[0]["observation.images.top"])
+    return np.stack(frames), torch.stack(env.history)
+
+
+def test_imagination_is_deterministic_and_the_cache_exact(world):
+    a, za = _run(_env(world))
+    b, zb = _run(_env(world))
+    assert np.array_equal(a, b) and torch.equal(za, zb)  # same seed, same imagined episode
+    c, zc = _run(_env(world, cache=False))  # every step recomputes the observed tokens
+    torch.testing.assert_close(za, zc, atol=1e-4, rtol=1e-4)
+    d, _ = _run(_env(world), seed=4)
+    assert not np.array_equal(a, d)  # another seed, other noise
+
+
+def test_imagine_writes_eval_info_videos_and_report(world, tmp_path):
+    ck = load_checkpoint(world)
+    policy = WAMPolicy(ck, steps=2)
+    info = imagine(ck, load_critic(world / "critic"), policy, env="dot", tasks=["reach-goal"], episodes=2,
+                   max_steps=6, videos_per_task=1, out=tmp_path / "im", progress=False)
+    saved = json.loads((tmp_path / "im" / "imagine_info.json").read_text())
+    assert saved["imagined"] and saved["n_episodes"] == 2 and saved["per_task"][0]["steps"] <= [6, 6]
+    assert (tmp_path / "im" / "videos" / "reach-goal" / "imagined_000.mp4").is_file()
+    assert (tmp_path / "im" / "report.html").is_file() and info["settings"]["start"] == "sim"
+    starts = dataset_starts(ck, ck.config["run"]["dataset"])
+    assert sum(len(v) for v in starts.values()) == 3  # the three held-out episodes' first frames
+
+
+def test_cli_imagine(world, tmp_path, capsys):
+    from wam.cli import main
+
+    common = ["imagine", "--checkpoint", str(world), "--env", "dot", "--episodes", "1", "--max-steps", "4",
+              "--videos", "0", "--quiet", "--steps", "2"]
+    assert main([*common, "--start", "dataset", "--out", str(tmp_path / "a")]) == 0
+    assert "imagined success" in capsys.readouterr().out
+    assert main([*common, "--critic", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    assert "wam critic" in capsys.readouterr().err
