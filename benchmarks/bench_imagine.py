@@ -1,0 +1,138 @@
+"""Does imagination rank policies as the simulator does? Several policies, each evaluated twice on the same
+seeds: in the simulator (`wam eval`) and inside the world model (`wam imagine --start sim`, the simulator's
+own first frames); then the Spearman rank correlation between imagined and simulated success over the
+policies, overall and per task group.
+
+Runbook:
+    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # once: <checkpoint>/critic
+    python benchmarks/bench_imagine.py --world checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5 \\
+        --out benchmarks/imagine.json
+    python benchmarks/bench_imagine.py --table benchmarks/imagine.json
+
+The policies (POLICIES below) differ in checkpoint, training recipe and inference setting, and one cannot
+see (--blind), so that their true success spreads out. A policy whose checkpoint is missing is skipped
+and named in the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = "checkpoints/wam-tiny-mt50"
+POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
+    ("reference", REF, []),
+    ("reference, blind", REF, ["--blind"]),
+    ("reference, 1 denoising step", REF, ["--steps", "1"]),
+    ("reference, 8 actions per chunk", REF, ["--n-action-steps", "8"]),
+    ("MT10 policy-only, 4k steps", "runs/wm/policy/checkpoint", []),
+    ("MT10 WAM, 4k steps", "runs/wm/wam/checkpoint", []),
+    ("MT10 WAM + videos, 4k steps", "runs/wm/wam-videos/checkpoint", []),
+]
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their mean rank."""
+    r = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation (None for fewer than 3 points or a constant side)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+
+
+def wam() -> str:
+    local = ROOT / ".venv" / "bin" / "wam"
+    return str(local) if local.exists() else "wam"
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def summary(info: dict) -> dict:
+    return {"pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
+            "groups": {g: v["pc_success"] for g, v in (info.get("groups") or {}).items()},
+            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
+
+
+def correlations(rows: list[dict]) -> dict:
+    out = {"overall": spearman([r["simulated"]["pc_success"] for r in rows], [r["imagined"]["pc_success"] for r in rows])}
+    groups = sorted({g for r in rows for g in r["simulated"]["groups"]})
+    for g in groups:
+        have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"]["groups"]]
+        out[g] = spearman([r["simulated"]["groups"][g] for r in have], [r["imagined"]["groups"][g] for r in have])
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["| policy | simulated success % | imagined success % |", "|---|---|---|"]
+    for r in result["policies"]:
+        lines.append(f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} |")
+    c = result["spearman"]
+    lines.append("")
+    lines.append("Spearman rank correlation over the policies: " + ", ".join(
+        f"{k.replace('_', ' ')} {v:.2f}" if v is not None else f"{k.replace('_', ' ')} n/a" for k, v in c.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", default=REF, help="the world model (a checkpoint with a critic)")
+    p.add_argument("--tasks", default="mt10")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
+    p.add_argument("--out", default="benchmarks/imagine.json")
+    p.add_argument("--runs", default="runs/bench-imagine")
+    p.add_argument("--table", default=None, metavar="JSON")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if not (Path(args.world) / "critic" / "critic.json").is_file():
+        raise SystemExit(f"{args.world} has no critic; first: wam critic --checkpoint {args.world} --dataset DATASET")
+    result = {"world": args.world, "tasks": args.tasks, "episodes_per_task": args.episodes, "policies": [],
+              "skipped": []}
+    for i, (name, ckpt, flags) in enumerate(POLICIES):
+        if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
+            result["skipped"].append({"name": name, "checkpoint": ckpt})
+            continue
+        sim_out, im_out = Path(args.runs) / f"{i}-sim", Path(args.runs) / f"{i}-imagined"
+        common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
+        sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
+                   "--out", str(sim_out), *common]
+        im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--policy", ckpt, "--start", "sim",
+                  "--out", str(im_out), *common]
+        sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
+        im_s = run(im_cmd)
+        row = {"name": name, "checkpoint": ckpt, "flags": flags,
+               "simulated": summary(json.loads((sim_out / "eval_info.json").read_text())),
+               "imagined": summary(json.loads((im_out / "imagine_info.json").read_text())),
+               "commands": [shlex.join(sim_cmd), shlex.join(im_cmd)], "wall_s": {"simulated": sim_s, "imagined": im_s}}
+        result["policies"].append(row)
+        print(f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
+              f"{row['imagined']['pc_success']:.1f}%", flush=True)
+        result["spearman"] = correlations(result["policies"])
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Test-time planning: closed-loop success and chunk latency at --plan N = 1, 4, 16 (joint mode, best of N
+imagined futures by the critic), on the same seeds, beside policy mode.
+
+Runbook:
+    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # once: <checkpoint>/critic
+    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50 --tasks hard,very_hard \\
+        --episodes 10 --plans 1,4,16 --out benchmarks/plan.json
+    python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
+
+Each setting is one `wam eval` (same seeds, same step limits, no expert: its rate is in the reference
+evaluation). Latency: the median and p90 of `predict_action_chunk` on observations of the tasks' first
+frames, measured in this process at the same torch threads, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, repeats: int = 20) -> dict:
+    """Median / p90 milliseconds of one fresh chunk (batch 1) at this setting, on real first frames."""
+    import torch
+
+    from wam.envs import get_adapter, make_env
+    from wam.policy import WAMPolicy
+
+    policy = WAMPolicy.from_checkpoint(checkpoint, mode=mode, plan=plan)
+    task = get_adapter("metaworld").resolve_tasks(tasks)[0]
+    env = make_env("metaworld", task, image_size=policy.cfg.image_size,
+                   cameras=[c.removeprefix("observation.images.") for c in policy.cameras])
+    try:
+        obs, _ = env.reset(seed=0)
+        obs = {**obs, "task": env.task_description}
+        ms = []
+        with torch.no_grad():
+            for i in range(repeats + 2):
+                policy.reset()
+                t0 = time.perf_counter()
+                policy.predict_action_chunk(obs)
+                if i >= 2:
+                    ms.append(1000 * (time.perf_counter() - t0))
+    finally:
+        env.close()
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "repeats": repeats}
+
+
+def run_eval(args, mode: str, plan: int, out: Path) -> dict:
+    wam = str(ROOT / ".venv" / "bin" / "wam") if (ROOT / ".venv" / "bin" / "wam").exists() else "wam"
+    cmd = [wam, "eval", "--checkpoint", args.checkpoint, "--tasks", args.tasks, "--episodes", str(args.episodes),
+           "--mode", mode, "--plan", str(plan), "--workers", str(args.workers), "--videos", "0", "--no-expert",
+           "--quiet", "--out", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    info = json.loads((out / "eval_info.json").read_text())
+    return {"command": shlex.join(cmd), "wall_s": time.perf_counter() - t0, "pc_success": info["pc_success"],
+            "ci95": info["ci95"], "n_episodes": info["n_episodes"], "groups": info.get("groups"),
+            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
+
+
+def table(result: dict) -> str:
+    groups = sorted({g for r in result["runs"] for g in (r["eval"].get("groups") or {})},
+                    key=["easy", "medium", "hard", "very_hard"].index)
+    head = ["setting", "success % [95% CI]"] + [g.replace("_", " ") for g in groups] + ["chunk latency median / p90 (ms)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["runs"]:
+        e, lat = r["eval"], r["latency"]
+        cells = [r["name"], f"**{e['pc_success']:.1f}** [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]"]
+        cells += [f"{e['groups'][g]['pc_success']:.0f}" if g in (e.get("groups") or {}) else "-" for g in groups]
+        cells.append(f"{lat['median_ms']:.0f} / {lat['p90_ms']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/wam-tiny-mt50")
+    p.add_argument("--tasks", default="hard,very_hard")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--plans", default="1,4,16", help="comma-separated N (joint mode); policy mode is run beside")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/plan.json")
+    p.add_argument("--runs", default="runs/bench-plan", help="where the evaluations are written")
+    p.add_argument("--table", default=None, metavar="JSON", help="print the README table of a result file")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if not (Path(args.checkpoint) / "critic" / "critic.json").is_file():
+        raise SystemExit(f"{args.checkpoint} has no critic; train one first: wam critic --checkpoint "
+                         f"{args.checkpoint} --dataset DATASET")
+    import torch
+
+    settings = [("policy", 1, "policy mode")] + [("joint", int(n), f"joint, plan {n}") for n in args.plans.split(",")]
+    result = {"checkpoint": args.checkpoint, "tasks": args.tasks, "episodes_per_task": args.episodes,
+              "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
+    for mode, n, name in settings:
+        ev = run_eval(args, mode, n, Path(args.runs) / f"{mode}-plan{n}")
+        lat = chunk_latency(args.checkpoint, args.tasks, n, mode)
+        result["runs"].append({"name": name, "mode": mode, "plan": n, "eval": ev, "latency": lat})
+        print(f"[plan] {name}: {ev['pc_success']:.1f}% [{ev['ci95'][0]:.0f}, {ev['ci95'][1]:.0f}], chunk "
+              f"{lat['median_ms']:.0f} ms", flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
