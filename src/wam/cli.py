@@ -366,7 +366,7 @@ def _critic(sub: argparse._SubParsersAction) -> None:
                                    "data/mt50 --dataset data/mt50-noisy")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
     p.add_argument("--dataset", action="append", required=True,
-                   help="dataset with next.reward and next.success (repeat for several)")
+                   help="dataset with next.reward and next.success, PATH or PATH:tasks=A,B (repeat for several)")
     p.add_argument("--out", default=None, help="where to write it (default: <checkpoint>/critic)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=256)

@@ -162,12 +162,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
                  steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                  val_fraction: float = 0.05, success_weight: float = 1.0, progress: bool = True) -> dict:
-    """Train a critic on the frames of `datasets`, encoded by the checkpoint's tokenizer; write it to `out`
-    (default: <checkpoint>/critic). Returns its metrics on held-out episodes (a seeded split by episode)."""
+    """Train a critic on the frames of `datasets` (paths, or `PATH:tasks=A,B` as for wam train), encoded by the
+    checkpoint's tokenizer one episode at a time; write it to `out` (default: <checkpoint>/critic). Returns its
+    metrics on held-out episodes (a seeded split by episode)."""
     from wam.checkpoint import load_checkpoint
     from wam.data import Normalizer
     from wam.tokenizer import encode_frames
-    from wam.train import RunError, load_episodes
+    from wam.train import DatasetSpec, RunError, load_episodes
 
     ckpt = load_checkpoint(checkpoint)
     if ckpt.tokenizer is None:
@@ -175,21 +176,29 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     cfg, run = ckpt.model.cfg, ckpt.config.get("run", {})
     tasks = list(run.get("tasks", []))
     t0 = time.perf_counter()
-    episodes, ds_tasks = [], []
-    for d in datasets:
-        loaded = load_episodes(d, image_size=cfg.image_size, cameras=run.get("cameras") or None,
-                               normalizer=Normalizer.from_dict(ckpt.stats), progress=progress)
+    episodes, latents, ds_tasks = [], [], []  # episodes keep their outcomes and states, not their frames
+    for spec in datasets:
+        spec = DatasetSpec.parse(spec)
+        loaded = load_episodes(spec.path, image_size=cfg.image_size, cameras=run.get("cameras") or None,
+                               normalizer=Normalizer.from_dict(ckpt.stats), progress=progress, tasks=spec.tasks,
+                               lazy_frames=True)
         offset = len(ds_tasks)
         ds_tasks += loaded.tasks
-        for e in loaded.episodes:
+        it = loaded.episodes
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=f"encoding {Path(spec.path).name}", unit="ep", dynamic_ncols=True)
+        for e in it:
+            with torch.no_grad():  # one episode's frames at a time: a large dataset never sits in memory as pixels
+                latents.append(encode_frames(ckpt.tokenizer, e.pop("frames")()).half())  # (L, c, h, w)
+            e["frames"] = np.empty((len(latents[-1]), 0))  # (only its length is read below)
             episodes.append({**e, "task_index": e["task_index"] + offset})
     task_map = {i: tasks.index(t) for i, t in enumerate(ds_tasks) if t in tasks}
     if not task_map:
         raise RunError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the critic "
                        f"scores the checkpoint's tasks")
     rows = outcome_rows(episodes, task_map)
-    with torch.no_grad():
-        latents = [encode_frames(ckpt.tokenizer, e["frames"]) for e in episodes]  # (L, c, h, w) each
     load_s = time.perf_counter() - t0
     starts = np.cumsum([0] + [len(z) for z in latents])[:-1]
     all_latents = torch.cat(latents)

@@ -633,14 +633,16 @@ def require_valid_dataset(dataset: str | Path) -> None:
 
 def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
                   normalizer=None, episodes: list[int] | None = None, progress: bool = False,
-                  actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None) -> LoadedEpisodes:
+                  actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None,
+                  lazy_frames: bool = False) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
     actions and states normalised with the dataset's statistics (or a given Normalizer).
 
     actions=False reads the episodes as action-free videos (the dataset need not have actions): their
     `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
     that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`). tasks: only the
-    episodes of these tasks (`select_tasks`)."""
+    episodes of these tasks (`select_tasks`). lazy_frames=True: each episode's "frames" is a function that
+    decodes them when called (for passes that encode one episode at a time)."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
 
@@ -676,14 +678,16 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
     for pos in it:
         ep = ds.episodes[pos]
         rows = slice(ep.start, ep.stop)
-        views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
-        frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (L, h, w * n_cams, 3)
+        def read(pos=pos) -> np.ndarray:
+            views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
+            return np.ascontiguousarray(np.concatenate(views, axis=-1).transpose(0, 2, 3, 1))  # (L, h, w * n_cams, 3)
+
         acts = (np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32) if actions
                 else np.zeros((ep.length, 0), np.float32))
         states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
                   np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
         task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        item = {"frames": np.ascontiguousarray(frames), "actions": acts, "states": states,
+        item = {"frames": read if lazy_frames else read(), "actions": acts, "states": states,
                 "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions}
         for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
             if key in ds.data:
