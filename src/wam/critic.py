@@ -193,7 +193,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
             with torch.no_grad():  # one episode's frames at a time: a large dataset never sits in memory as pixels
                 latents.append(encode_frames(ckpt.tokenizer, e.pop("frames")()).half())  # (L, c, h, w)
             e["frames"] = np.empty((len(latents[-1]), 0))  # (only its length is read below)
-            episodes.append({**e, "task_index": e["task_index"] + offset})
+            episodes.append({**e, "task_index": e["task_index"] + offset, "dataset": str(Path(spec.path).resolve())})
     task_map = {i: tasks.index(t) for i, t in enumerate(ds_tasks) if t in tasks}
     if not task_map:
         raise RunError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the critic "
@@ -206,9 +206,16 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     lo, hi = float(rows["reward"].min()), float(rows["reward"].max())
     hi = hi if hi > lo else lo + 1.0
 
-    g = np.random.default_rng(seed)
     n_ep = len(episodes)
-    val_eps = set(g.permutation(n_ep)[:max(1, int(round(val_fraction * n_ep)))].tolist()) if n_ep > 1 else set()
+    # validation: the episodes the world model held out, when its dataset is here; else a seeded share
+    trained_on = str(Path(run["dataset"]).resolve()) if run.get("dataset") else None
+    held_out = set(run.get("val_episodes") or [])
+    val_eps = {i for i, e in enumerate(episodes) if e["dataset"] == trained_on and e["episode_index"] in held_out}
+    validation = "the world model's held-out episodes"
+    if not val_eps and n_ep > 1:
+        validation = f"a seeded {val_fraction:.0%} of the episodes"
+        g = np.random.default_rng(seed)
+        val_eps = set(g.permutation(n_ep)[:max(1, int(round(val_fraction * n_ep)))].tolist())
     is_val = np.isin(rows["episode"], list(val_eps))
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(train_idx) == 0:
@@ -217,13 +224,14 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     torch.manual_seed(seed)
     target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
     critic = Critic(CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
-                                 n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1], reward_range=(lo, hi), model_hash=ckpt.model_hash,
-                                 tasks=tasks))
+                                 n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
+                                 reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks))
     opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
     target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
     target_s = torch.as_tensor(rows["success"])
     task_t = torch.as_tensor(rows["task"])
     gen = torch.Generator().manual_seed(seed)
+    train_rows = torch.as_tensor(train_idx)
     pos_weight = torch.tensor(float((1 - target_s[train_idx]).sum() / target_s[train_idx].sum().clamp(min=1)))
     pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
     t1 = time.perf_counter()
@@ -231,7 +239,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-        pick = torch.as_tensor(train_idx)[torch.randint(0, len(train_idx), (batch_size,), generator=gen)]
+        pick = train_rows[torch.randint(0, len(train_rows), (batch_size,), generator=gen)]
         p, logit, x = critic(all_latents[index[pick]], task_t[pick])
         loss = (F.mse_loss(p, target_p[pick])
                 + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
@@ -244,7 +252,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
                "episodes": n_ep, "val_episodes": len(val_eps), "reward_range": [lo, hi], "load_s": load_s,
                "train_s": time.perf_counter() - t1, "datasets": [str(d) for d in datasets],
-               "done_fraction": float(target_s.mean())}
+               "done_fraction": float(target_s.mean()), "validation": validation}
     with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
         ti = torch.as_tensor(train_idx[:4096])
         p, _, _ = critic(all_latents[index[ti]], task_t[ti])
