@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args.checkpoint = Path(args.checkpoint).resolve()
     tag = args.tasks.replace(",", "+")
     out = Path(args.out or HERE / f"{args.peer}_{tag}.json")
-    eval_out = Path(args.eval_out or ROOT / "runs" / "peers" / f"eval-{args.peer}-{tag}")
+    eval_out = Path(args.eval_out or ROOT / "runs" / "peers" / f"eval-{out.stem}")  # one per result file
     wam = shutil.which("wam") or str(ROOT / ".venv" / "bin" / "wam")
     work = Path(tempfile.mkdtemp(prefix="peers-run-"))
     ready, stats, log_path = work / "ready.json", work / "stats.json", eval_out.with_name(eval_out.name + "-server.log")
