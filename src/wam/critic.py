@@ -48,7 +48,8 @@ class CriticConfig:
     task_dim: int = 64  # task embedding size
     hidden: int = 256  # the head's hidden size
     reward_range: tuple[float, float] = (0.0, 1.0)  # progress = (reward - lo) / (hi - lo), the training data's range
-    model_hash: str = ""  # the checkpoint whose tokenizer made the latents
+    model_hash: str = ""  # the checkpoint it was trained with
+    tokenizer_hash: str = ""  # the tokenizer whose latents it reads (any checkpoint sharing it may use the critic)
     tasks: list[str] = field(default_factory=list)  # the checkpoint's tasks, by index
 
 
@@ -165,7 +166,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     """Train a critic on the frames of `datasets` (paths, or `PATH:tasks=A,B` as for wam train), encoded by the
     checkpoint's tokenizer one episode at a time; write it to `out` (default: <checkpoint>/critic). Returns its
     metrics on held-out episodes (a seeded split by episode)."""
-    from wam.checkpoint import load_checkpoint
+    from wam.checkpoint import file_hash, load_checkpoint
     from wam.data import Normalizer
     from wam.tokenizer import encode_frames
     from wam.train import DatasetSpec, RunError, load_episodes
@@ -225,7 +226,8 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
     critic = Critic(CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
                                  n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
-                                 reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks))
+                                 reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
+                                 tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors")))
     opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
     target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
     target_s = torch.as_tensor(rows["success"])

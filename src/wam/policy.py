@@ -167,12 +167,17 @@ class WAMPolicy:
 
             self.critic = (critic if isinstance(critic, Critic) else
                            load_critic(critic if critic is not None else checkpoint.path / "critic")).to(device)
-            if self.critic.cfg.model_hash and self.critic.cfg.model_hash != checkpoint.model_hash:
+            from wam.checkpoint import file_hash
+
+            c = self.critic.cfg
+            tokenizer_file = Path(checkpoint.path) / "tokenizer.safetensors"
+            fits = (c.tokenizer_hash == file_hash(tokenizer_file) if c.tokenizer_hash and tokenizer_file.is_file()
+                    else not c.model_hash or c.model_hash == checkpoint.model_hash)
+            if not fits:
                 import warnings
 
-                warnings.warn(f"the critic was trained on the latents of model {self.critic.cfg.model_hash}, "
-                              f"not of this checkpoint ({checkpoint.model_hash}); its scores may not fit",
-                              stacklevel=2)
+                warnings.warn("the critic was trained on the latents of another frame tokenizer than this "
+                              "checkpoint's; its scores may not fit (train one: wam critic)", stacklevel=2)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
