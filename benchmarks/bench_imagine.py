@@ -39,20 +39,12 @@ POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
 ]
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, tied values sharing their mean rank."""
-    r = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
-    for v in np.unique(x):
-        r[x == v] = r[x == v].mean()
-    return r
-
-
 def spearman(a, b) -> float | None:
-    """Spearman's rank correlation (None for fewer than 3 points or a constant side)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+    """Spearman's rank correlation over the policies (None for fewer than 3 points or a constant side)."""
+    from wam.critic import spearman as rank_correlation
+
+    r = rank_correlation(a, b) if len(a) >= 3 else float("nan")
+    return None if np.isnan(r) else r
 
 
 def wam() -> str:

@@ -23,6 +23,24 @@ def tiny_config(**changes) -> ModelConfig:
     return ModelConfig(**base)
 
 
+def random_dot_checkpoint(path, cfg: ModelConfig, run: dict):
+    """A random-weight WAM for the dot world (2-D actions, 4-D state, identity normalisation) saved at `path`;
+    weights far from adaLN-zero's zero output, so that its samples depend on the history and the noise."""
+    from wam.checkpoint import save_checkpoint
+    from wam.model import WAM
+    from wam.tokenizer import make_tokenizer
+
+    torch.manual_seed(0)
+    model, tok = WAM(cfg), make_tokenizer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    stats = {"action_key": "action", "state_key": "observation.state",
+             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
+                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
+    return save_checkpoint(path, model, tok, stats=stats, config={"run": run})
+
+
 def random_batch(cfg: ModelConfig, B: int = 2, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {

@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from wam.checkpoint import save_checkpoint
-from wam.critic import Critic, CriticConfig, _auc, load_critic, outcome_rows, save_critic, train_critic
-from wam.model import WAM
+from wam.critic import Critic, CriticConfig, _auc, load_critic, outcome_rows, train_critic
 from wam.policy import WAMPolicy
-from wam.tokenizer import make_tokenizer
 
-from conftest import tiny_config
+from conftest import random_dot_checkpoint, tiny_config
 
 SIZE = 32
 
@@ -38,16 +35,8 @@ def checkpoint(dot_data, tmp_path_factory):
     tasks = list(ds.tasks)
     cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1,
                       n_tasks=len(tasks))
-    torch.manual_seed(0)
-    model, tok = WAM(cfg), make_tokenizer(cfg)
-    with torch.no_grad():  # far from adaLN-zero's zero output, so that the samples depend on the noise
-        for p in model.parameters():
-            p.copy_(0.2 * torch.randn_like(p))
-    stats = {"action_key": "action", "state_key": "observation.state",
-             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
-                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
-    return save_checkpoint(tmp_path_factory.mktemp("critic-ck") / "ck", model, tok, stats=stats,
-                           config={"run": {"tasks": tasks, "cameras": [camera], "fps": 10}})
+    return random_dot_checkpoint(tmp_path_factory.mktemp("critic-ck") / "ck", cfg,
+                                 {"tasks": tasks, "cameras": [camera], "fps": 10})
 
 
 def test_outcome_rows_pair_each_frame_with_the_step_that_reached_it():

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from wam.checkpoint import load_checkpoint, save_checkpoint
+from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
 from wam.imagine import ImaginedEnv, dataset_starts, imagine, sim_starts
-from wam.model import WAM
 from wam.policy import WAMPolicy
-from wam.tokenizer import make_tokenizer
 
-from conftest import tiny_config
+from conftest import random_dot_checkpoint, tiny_config
 from test_critic import SIZE, dot_data  # noqa: F401  (the module's dot dataset fixture)
 
 STRIDE = 2
@@ -28,17 +26,9 @@ def world(dot_data, tmp_path_factory):  # noqa: F811
     ds = LeRobotDataset(dot_data)
     cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1,
                       future_frames=2, future_stride=STRIDE, n_tasks=len(ds.tasks), attention="prefix")
-    torch.manual_seed(0)
-    model, tok = WAM(cfg), make_tokenizer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.2 * torch.randn_like(p))
-    stats = {"action_key": "action", "state_key": "observation.state",
-             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
-                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
-    path = save_checkpoint(tmp_path_factory.mktemp("imagine") / "ck", model, tok, stats=stats,
-                           config={"run": {"tasks": list(ds.tasks), "cameras": ["top"], "fps": 10,
-                                           "dataset": str(dot_data), "val_episodes": [0, 1, 2]}})
+    path = random_dot_checkpoint(tmp_path_factory.mktemp("imagine") / "ck", cfg,
+                                 {"tasks": list(ds.tasks), "cameras": ["top"], "fps": 10, "dataset": str(dot_data),
+                                  "val_episodes": [0, 1, 2]})
     train_critic(path, [dot_data], steps=30, batch_size=32, progress=False)
     return path
 

@@ -12,15 +12,12 @@ import torch
 pytest.importorskip("websockets")
 pytest.importorskip("msgpack")
 
-from conftest import tiny_config  # noqa: E402
-from wam.checkpoint import save_checkpoint  # noqa: E402
+from conftest import random_dot_checkpoint, tiny_config  # noqa: E402
 from wam.client import PolicyClient, ServerError  # noqa: E402
 from wam.envs.dot import TASKS, make_env  # noqa: E402
-from wam.model import WAM  # noqa: E402
 from wam.policy import WAMPolicy  # noqa: E402
 from wam.protocol import pack, unpack  # noqa: E402
 from wam.serve import PolicyServer, ServerThread  # noqa: E402
-from wam.tokenizer import make_tokenizer  # noqa: E402
 
 SIZE = 16
 TASK = TASKS["reach-goal"]
@@ -41,16 +38,8 @@ def one_thread():
 def checkpoint(tmp_path_factory):
     """A random-weight tiny WAM for the dot world (identity normalisation, as in test_synthetic)."""
     cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=2, n_tasks=1)
-    torch.manual_seed(0)
-    model, tok = WAM(cfg), make_tokenizer(cfg)
-    with torch.no_grad():  # far from adaLN-zero's zero output, so that the actions depend on the history
-        for p in model.parameters():
-            p.copy_(0.2 * torch.randn_like(p))
-    stats = {"action_key": "action", "state_key": "observation.state",
-             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
-                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
-    return save_checkpoint(tmp_path_factory.mktemp("serve") / "ck", model, tok, stats=stats,
-                           config={"run": {"tasks": [TASK], "cameras": ["top"], "fps": 10}})
+    return random_dot_checkpoint(tmp_path_factory.mktemp("serve") / "ck", cfg,
+                                 {"tasks": [TASK], "cameras": ["top"], "fps": 10})
 
 
 def local(checkpoint, **kw) -> WAMPolicy:

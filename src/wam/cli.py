@@ -448,13 +448,7 @@ def _run_imagine(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
         source = {"policy_checkpoint": str(args.policy or args.checkpoint)}
-    tasks = args.tasks
-    if tasks is None:
-        from wam.envs import get_adapter
-
-        known = set(world.config.get("run", {}).get("tasks", []))
-        adapter = get_adapter(args.env)
-        tasks = [t for t in adapter.resolve_tasks(None) if adapter.describe(t) in known] or None
+    tasks = args.tasks or _training_tasks(args.env, world.config.get("run", {}).get("tasks"))
     try:
         info = imagine(world, critic, policy, env=args.env, tasks=tasks, episodes=args.episodes, start=args.start,
                        dataset=args.dataset, seed=args.seed, max_steps=args.max_steps,
@@ -602,6 +596,15 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"the server refused a request: {e}") from None
 
 
+def _training_tasks(env: str, known_tasks: list[str] | None) -> list[str] | None:
+    """The environment's task names of a checkpoint's training tasks (stored as their text); None: unknown."""
+    from wam.envs import get_adapter
+
+    adapter = get_adapter(env)
+    by_text = {adapter.describe(name): name for name in adapter.resolve_tasks(None)}
+    return [by_text[t] for t in known_tasks or [] if t in by_text] or None
+
+
 def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] | None, settings: dict) -> int:
     """The rest of `wam eval` for a local or a remote policy."""
     from pathlib import Path
@@ -610,12 +613,8 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
 
     run = ckpt.config.get("run", {}) if ckpt is not None else {}
     tasks = args.tasks
-    if tasks is None:
-        if args.env == "metaworld" and known_tasks:
-            from wam.envs.metaworld import DESCRIPTIONS
-
-            by_text = {v: k for k, v in DESCRIPTIONS.items()}
-            tasks = [by_text[t] for t in known_tasks if t in by_text] or None
+    if tasks is None and args.env == "metaworld":
+        tasks = _training_tasks(args.env, known_tasks)
     out = Path(args.out or f"runs/eval-{policy.mode}")
     world = None
     if args.world_model:

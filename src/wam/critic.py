@@ -155,9 +155,19 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else float("nan")
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of x, tied values sharing their mean rank."""
+    x = np.asarray(x, float)
+    r = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (nan for fewer than two points or a constant side)."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(ra) > 1 and ra.std() > 0 and rb.std() > 0 else float("nan")
 
 
 def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
@@ -258,7 +268,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
         ti = torch.as_tensor(train_idx[:4096])
         p, _, _ = critic(all_latents[index[ti]], task_t[ti])
-    metrics["train_progress_spearman"] = _spearman(p.numpy(), target_p[ti].numpy())
+    metrics["train_progress_spearman"] = spearman(p.numpy(), target_p[ti].numpy())
     if len(val_idx):
         with torch.no_grad():
             vi = torch.as_tensor(val_idx)
@@ -267,7 +277,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
         if target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
             metrics["val_state_mae"] = float((x - target_x[vi]).abs().mean())
         metrics.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
-                       val_progress_spearman=_spearman(p.numpy(), target_p[vi].numpy()),
+                       val_progress_spearman=spearman(p.numpy(), target_p[vi].numpy()),
                        val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),
                        val_success_auc=_auc(prob, target_s[vi].numpy()))
     save_critic(critic, out or Path(checkpoint) / "critic", metrics)

@@ -181,9 +181,8 @@ class WAMPolicy:
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan,  # (a Critic object is found again at its directory, or the default)
-            critic=getattr(self.critic, "path", None) if critic is not None and not isinstance(critic, (str, Path))
-            else (None if critic is None else str(critic))).items())))
+            blind=self.blind, plan=self.plan,  # (a Critic object is found again at the directory it was loaded from)
+            critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
         self.reset()
 
     # the sampling settings most callers ask about
