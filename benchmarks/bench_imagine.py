@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--policy", ckpt, "--start", "sim",
                   "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
-        im_s = run(im_cmd)
+        im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
         row = {"name": name, "checkpoint": ckpt, "flags": flags,
                "simulated": summary(json.loads((sim_out / "eval_info.json").read_text())),
                "imagined": summary(json.loads((im_out / "imagine_info.json").read_text())),
@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
               f"{row['imagined']['pc_success']:.1f}%", flush=True)
         result["spearman"] = correlations(result["policies"])
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(args.out)
     print(table(result))
     return 0
 

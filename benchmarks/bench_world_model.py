@@ -1,4 +1,4 @@
-"""What the world model adds to the policy: the same network trained three ways on the same data and steps,
+"""What the world model adds to the policy: the same network trained several ways on the same data and steps,
 then evaluated closed loop on the same seeds.
 
     MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt50 --tasks mt10 --steps 4000 \\
@@ -11,6 +11,19 @@ then evaluated closed loop on the same seeds.
                  (--loss p_omit_future=0.3, the reference recipe)
     (c) wam+videos  (b) plus action-free videos of every other task of the dataset, whose actions the model
                  never sees (a quarter of each batch: `--dataset D:3:tasks=T --dataset D:1:no-actions:tasks=rest`)
+    (d) wam+task-videos  with --demos N only: (b) on the first N demonstrations of every task, plus the same
+                 tasks' other episodes as action-free videos (a quarter of each batch:
+                 `--dataset D:3:tasks=T:per-task=..N --dataset D:1:no-actions:tasks=T:per-task=N..`)
+    (e) wam-aux  (b) with the policy's own problem kept frequent: the future frames left out of 60% of the
+                 examples (action-only, as the policy acts) and the actions noised in 90% (not 70%), so the video
+                 loss works as an auxiliary task beside the policy rather than in its place
+                 (--loss p_omit_future=0.6 p_omit_action=0.05 p_clean_action=0.05)
+
+--demos N trains every recipe on the first N demonstrations of each task only (the few-demonstrations regime,
+where a video loss has the most to add); run it into its own --runs and --out:
+
+    MUJOCO_GL=egl python benchmarks/bench_world_model.py --demos 10 --recipes policy,wam,wam+task-videos \
+        --runs runs/wm10 --out benchmarks/world_model_10demos.json
 
 Equal compute means the same network (wam-tiny at 96 px, 3x3 latent patches, the frozen frame tokenizer of
 checkpoints/wam-tiny-mt50), the same optimizer steps, batch size, learning rate and seed; the JSON records each
@@ -35,6 +48,8 @@ RECIPES = {
                "videos": False},
     "wam": {"loss": ["p_omit_future=0.3"], "videos": False},
     "wam+videos": {"loss": ["p_omit_future=0.3"], "videos": True},
+    "wam+task-videos": {"loss": ["p_omit_future=0.3"], "videos": "task"},
+    "wam-aux": {"loss": ["p_omit_future=0.6", "p_omit_action=0.05", "p_clean_action=0.05"], "videos": False},
 }
 
 
@@ -58,8 +73,13 @@ def steps_done(run: Path) -> int:
 
 def train(name: str, args, run: Path, env: dict) -> dict:
     recipe = RECIPES[name]
-    data = [f"{args.dataset}:3:tasks={args.tasks}" if recipe["videos"] else f"{args.dataset}:tasks={args.tasks}"]
-    if recipe["videos"]:
+    demos = f":per-task=..{args.demos}" if args.demos else ""
+    data = [f"{args.dataset}:{'3:' if recipe['videos'] else ''}tasks={args.tasks}{demos}"]
+    if recipe["videos"] == "task":
+        if not args.demos:
+            raise SystemExit(f"{name} needs --demos N: the tasks' episodes after the first N are its videos")
+        data.append(f"{args.dataset}:1:no-actions:tasks={args.tasks}:per-task={args.demos}..")
+    elif recipe["videos"]:
         data.append(f"{args.dataset}:1:no-actions:tasks={','.join(other_tasks(args.dataset, args.tasks))}")
     cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
            "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
@@ -110,6 +130,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="data/mt50")
     p.add_argument("--tasks", default="mt10", help="the tasks with actions, which are evaluated")
+    p.add_argument("--demos", type=int, default=0, help="train on the first N demonstrations of every task only "
+                   "(0: all of them)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -132,7 +154,8 @@ def main() -> None:
     env.setdefault("MUJOCO_GL", "egl")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
-    result.update({"dataset": args.dataset, "tasks": args.tasks, "steps": args.steps, "batch_size": args.batch_size,
+    result.update({"dataset": args.dataset, "tasks": args.tasks, "demos_per_task": args.demos or "all",
+                   "steps": args.steps, "batch_size": args.batch_size,
                    "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
                    "cpu": _cpu(), "runs": result.get("runs", {})})
     for name in args.recipes.split(","):
@@ -142,7 +165,9 @@ def main() -> None:
         for mode in args.modes.split(","):
             if mode == "policy" or name != "policy":  # the policy-only network has no future frames to generate
                 entry["eval" if mode == "policy" else f"eval_{mode}"] = evaluate(name, args, run, env, mode)
-        tmp = out.with_suffix(".tmp")
+        if out.is_file():  # another invocation (other --recipes, run beside this one) may have written its rows
+            result["runs"] = {**json.loads(out.read_text()).get("runs", {}), name: entry}
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
         e = entry["eval"]

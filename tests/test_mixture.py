@@ -52,6 +52,12 @@ def test_dataset_specs_parse_weights_and_the_action_free_flag():
     assert DatasetSpec.parse("C:/x/data") == DatasetSpec("C:/x/data")
     assert DatasetSpec.parse("data/mt50:2:tasks=mt10, 3") == DatasetSpec("data/mt50", 2.0, True, ("mt10", "3"))
     assert DatasetSpec.parse("d:tasks=0:no-actions") == DatasetSpec("d", None, False, ("0",))
+    assert DatasetSpec.parse("d:tasks=mt10:per-task=10") == DatasetSpec("d", None, True, ("mt10",), (None, 10))
+    assert DatasetSpec.parse("d:no-actions:per-task=10..").per_task == (10, None)
+    assert DatasetSpec.parse("d:per-task=5..15").per_task == (5, 15)
+    for bad in ("..", "x", "5..5", "-2", "9..3"):
+        with pytest.raises(RunError, match="bad per-task range"):
+            DatasetSpec.parse(f"d:per-task={bad}")
     with pytest.raises(RunError, match="empty task list"):
         DatasetSpec.parse("data/v:tasks=")
     with pytest.raises(RunError, match="weight must be > 0"):
@@ -147,6 +153,29 @@ def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys
     assert set(sets[0]["val_episodes"]) <= {0, 2, 4} and set(sets[1]["val_episodes"]) <= {1, 3, 5}
     assert sorted(run["train_episodes"] + run["val_episodes"]) == [0, 1, 2, 3, 4, 5]
     assert [d["tasks"] for d in sets] == [["go left", "go right"]] * 2
+
+
+def test_a_dataset_can_be_read_for_a_slice_of_every_task(two_tasks, tmp_path, capsys):
+    """per-task=..2: each task's first two episodes; per-task=2..: the rest. Few demonstrations with actions plus
+    the other episodes as action-free videos, each dataset holding out its own validation episodes."""
+    from wam.train import load_episodes
+
+    first = load_episodes(two_tasks, image_size=32, per_task=(None, 2)).episodes
+    assert [e["episode_index"] for e in first] == [0, 1, 2, 3]
+    rest = load_episodes(two_tasks, image_size=32, per_task=(2, None)).episodes
+    assert [e["episode_index"] for e in rest] == [4, 5]
+    one = load_episodes(two_tasks, image_size=32, tasks=("1",), per_task=(1, 2)).episodes
+    assert [e["episode_index"] for e in one] == [3]
+    with pytest.raises(RunError, match="no episode at per-task positions 5.."):
+        load_episodes(two_tasks, image_size=32, per_task=(5, None))
+    out = tmp_path / "r"
+    assert main(["train", "--dataset", f"{two_tasks}:per-task=..2", "--dataset", f"{two_tasks}:no-actions:per-task=2..",
+                 "--out", str(out), "--steps", "2", *TINY[:-3], "--val-fraction", "0.5", "--quiet"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert [d.get("per_task") for d in run["dataset_specs"]] == [[None, 2], [2, None]]
+    sets = run["datasets"]
+    # the demonstrations dataset keeps one of its two episodes of each task; the videos have one per task: none held out
+    assert sorted(sets[0]["val_episodes"]) == [2, 3] and sets[1]["val_episodes"] == []
 
 
 def test_every_dataset_action_free_is_refused(dot, tmp_path, capsys):

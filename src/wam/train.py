@@ -634,6 +634,7 @@ def require_valid_dataset(dataset: str | Path) -> None:
 def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
                   normalizer=None, episodes: list[int] | None = None, progress: bool = False,
                   actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None,
+                  per_task: tuple[int | None, int | None] | None = None,
                   lazy_frames: bool = False) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
     actions and states normalised with the dataset's statistics (or a given Normalizer).
@@ -641,7 +642,8 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
     actions=False reads the episodes as action-free videos (the dataset need not have actions): their
     `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
     that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`). tasks: only the
-    episodes of these tasks (`select_tasks`). lazy_frames=True: each episode's "frames" is a function that
+    episodes of these tasks (`select_tasks`). per_task=(start, stop): of each task's episodes, in dataset order, only
+    those at positions start <= i < stop (a Python slice; None for an open end). lazy_frames=True: each episode's "frames" is a function that
     decodes them when called (for passes that encode one episode at a time)."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
@@ -670,6 +672,16 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
         if "task_index" not in ds.data:
             raise RunError(f"{dataset} has no task_index column, so its episodes cannot be chosen by task")
         positions = [p for p in positions if int(ds.data["task_index"][ds.episodes[p].start]) in keep]
+    if per_task is not None:  # the same slice of every task's episodes
+        by_task: dict[int, list[int]] = {}
+        for p in positions:
+            t = int(ds.data["task_index"][ds.episodes[p].start]) if "task_index" in ds.data else 0
+            by_task.setdefault(t, []).append(p)
+        chosen = {p for ps in by_task.values() for p in ps[slice(*per_task)]}
+        positions = [p for p in positions if p in chosen]
+        if not positions:
+            raise RunError(f"{dataset}: no episode at per-task positions {format_per_task(per_task)} (its tasks have "
+                           f"{sorted({len(ps) for ps in by_task.values()})} episodes each)")
     it = positions
     if progress:
         from tqdm.auto import tqdm
@@ -698,21 +710,25 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions][:tasks=A,B,...]` on the command line."""
+    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions][:tasks=A,B,...][:per-task=A..B]` on the
+    command line."""
 
     path: str
     weight: float | None = None  # relative share of the batches; None: by its number of windows (or 1.0
     # when another dataset of the mixture has a weight)
     actions: bool = True  # False: action-free videos, which train the video stream only
     tasks: tuple[str, ...] | None = None  # only these tasks' episodes (see `select_tasks`); None: all
+    per_task: tuple[int | None, int | None] | None = None  # (start, stop): only each task's episodes at these
+    # positions (`per-task=..10`: the first ten of every task; `per-task=10..`: all but the first ten)
 
     @classmethod
     def parse(cls, spec: str | Path | DatasetSpec) -> DatasetSpec:
-        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2', 'data/mt50:tasks=mt10' -> DatasetSpec."""
+        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2', 'data/mt50:tasks=mt10:per-task=..10' ->
+        DatasetSpec."""
         if isinstance(spec, DatasetSpec):
             return spec
         parts = str(spec).split(":")
-        weight, actions, tasks = None, True, None
+        weight, actions, tasks, per_task = None, True, None, None
         while len(parts) > 1:
             opt = parts[-1].strip()
             if opt in ("no-actions", "noactions", "videos"):
@@ -721,6 +737,8 @@ class DatasetSpec:
                 tasks = tuple(t.strip() for t in opt.removeprefix("tasks=").split(",") if t.strip())
                 if not tasks:
                     raise RunError(f"empty task list in {spec!r}; write e.g. {parts[0]}:tasks=0,3 or :tasks=mt10")
+            elif opt.startswith("per-task="):
+                per_task = parse_per_task(opt.removeprefix("per-task="), str(spec))
             else:
                 try:
                     weight = float(opt)
@@ -729,11 +747,33 @@ class DatasetSpec:
                 if not weight > 0:
                     raise RunError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
             parts.pop()
-        return cls(":".join(parts), weight, actions, tasks)
+        return cls(":".join(parts), weight, actions, tasks, per_task)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "weight": self.weight, "actions": self.actions,
-                "task_filter": None if self.tasks is None else list(self.tasks)}
+        d = {"path": self.path, "weight": self.weight, "actions": self.actions,
+             "task_filter": None if self.tasks is None else list(self.tasks)}
+        if self.per_task is not None:
+            d["per_task"] = list(self.per_task)
+        return d
+
+
+def parse_per_task(text: str, spec: str = "") -> tuple[int | None, int | None]:
+    """'10' or '..10' -> (None, 10): the first ten episodes of every task; '10..' -> (10, None); '5..15' -> (5, 15)."""
+    try:
+        a, b = text.split("..", 1) if ".." in text else ("", text)
+        start, stop = (int(a) if a.strip() else None), (int(b) if b.strip() else None)
+    except ValueError:
+        start = stop = -1
+    if (start is None and stop is None) or any(v is not None and v < 0 for v in (start, stop)) or (
+            start is not None and stop is not None and stop <= start):
+        raise RunError(f"bad per-task range {text!r} in {spec!r}; write per-task=10 (the first ten episodes of "
+                       f"every task), per-task=10.. (all but the first ten) or per-task=5..15")
+    return start, stop
+
+
+def format_per_task(per_task: tuple[int | None, int | None]) -> str:
+    a, b = per_task
+    return f"{'' if a is None else a}..{'' if b is None else b}"
 
 
 def select_tasks(dataset_tasks: list[str], wanted: tuple[str, ...] | list[str], dataset: str = "") -> list[int]:
@@ -800,7 +840,7 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
         raise RunError("every dataset is action-free; at least one must have actions to train a policy")
     loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
                             normalizer=None if normalizers is None else normalizers[i], progress=progress,
-                            actions=s.actions, tasks=s.tasks) for i, s in enumerate(specs)]
+                            actions=s.actions, tasks=s.tasks, per_task=s.per_task) for i, s in enumerate(specs)]
     n_cams = {len(d.cameras) for d in loaded}
     if len(n_cams) > 1:
         raise RunError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same number "
@@ -830,10 +870,11 @@ def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tenso
 
 
 def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
-    """Hold out the last ceil(val_fraction * n) episodes of every task (none when a task has one)."""
-    by_task: dict[int, list[dict]] = {}
+    """Hold out the last ceil(val_fraction * n) episodes of every task of every dataset of the mixture (none where
+    a dataset has one episode of a task): each dataset keeps its own share of every task for training."""
+    by_task: dict[tuple[int, int], list[dict]] = {}
     for e in episodes:
-        by_task.setdefault(e["task_index"], []).append(e)
+        by_task.setdefault((e.get("source", 0), e["task_index"]), []).append(e)
     train, val = [], []
     for eps in by_task.values():
         k = math.ceil(val_fraction * len(eps)) if len(eps) > 1 and val_fraction > 0 else 0
@@ -947,7 +988,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                 "train_episodes": [e["episode_index"] for e in train_eps],
                 "val_episodes": [e["episode_index"] for e in val_eps],
                 "train": to_dict(tc), "loss": to_dict(lc)}
-    if any(sp.tasks is not None for sp in specs):  # which episodes the run read
+    if any(sp.tasks is not None or sp.per_task is not None for sp in specs):  # which episodes the run read
         run_info["dataset_specs"] = [sp.to_dict() for sp in specs]
     if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's
         run_info["datasets"] = [{**sp.to_dict(), "tasks": mix.dataset_tasks[i], "stats": mix.normalizers[i].to_dict(),
