@@ -1,0 +1,174 @@
+"""Which frame tokenizer? Candidate autoencoders trained on the same frames for the same steps, measured by how
+well they reconstruct held-out episodes (the ceiling of every predicted frame) and what they cost.
+
+    python benchmarks/bench_tokenizer.py --dataset data/mt50 --tasks mt10 --out benchmarks/tokenizer.json
+    python benchmarks/bench_tokenizer.py --table benchmarks/tokenizer.json
+
+Training frames: every --stride-th frame of each task's episodes before the last --held-out ones (the same
+held-out episodes as `wam train`'s default validation split of 50 demonstrations per task); test frames:
+every frame of those held-out episodes. A candidate is `NAME=WIDTH:LATENT_CHANNELS:STEPS`, all at the model's
+8x downsampling (96 px -> 12 x 12 latent cells, so the WAM's token count does not change); `w16`
+is the architecture of checkpoints/wam-tiny-mt50's tokenizer at its training budget. The shipped tokenizer
+itself is measured on the same test frames beside them (`--reference`). Costs: parameters, training
+seconds per step, and encode + decode milliseconds per frame (batch 64), at --threads threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+CANDIDATES = "w16=16:8:2000,w32=32:8:2000,w48=48:8:2000,w32c16=32:16:2000"
+
+
+def parse_candidates(text: str) -> list[tuple[str, int, int, int]]:
+    out = []
+    for item in text.split(","):
+        name, _, spec = item.partition("=")
+        try:
+            width, channels, steps = (int(v) for v in spec.split(":"))
+        except ValueError:
+            raise SystemExit(f"bad candidate {item!r}; write NAME=WIDTH:LATENT_CHANNELS:STEPS, e.g. w32=32:8:2000")
+        out.append((name, width, channels, steps))
+    return out
+
+
+def measure(tok, test, batch: int = 64) -> dict:
+    """Reconstruction PSNR / SSIM over the test frames, and encode + decode ms per frame."""
+    import torch
+
+    from wam.evaluate import _to_unit, psnr, ssim
+    from wam.tokenizer import to_model_frames
+
+    ps, ss, secs = [], [], 0.0
+    with torch.no_grad():
+        for i in range(0, len(test), batch):
+            x = to_model_frames(test[i:i + batch])[:, None]
+            t0 = time.perf_counter()
+            rec = tok.decode(tok.encode(x))
+            secs += time.perf_counter() - t0
+            rec, real = _to_unit(rec[:, 0]), _to_unit(x[:, 0])  # [0, 1], 8-bit, as `wam eval --world-model`
+            ps.append(psnr(rec, real))
+            ss.append(ssim(rec, real))
+    return {"psnr": float(torch.cat(ps).mean()), "ssim": float(torch.cat(ss).mean()),
+            "ms_per_frame": 1000 * secs / len(test)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="data/mt50")
+    p.add_argument("--tasks", default="mt10")
+    p.add_argument("--held-out", type=int, default=3, help="the last N episodes of every task are the test set")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--stride", type=int, default=2, help="every Nth frame of the training episodes")
+    p.add_argument("--candidates", default=CANDIDATES, help="NAME=WIDTH:LATENT_CHANNELS:STEPS, comma-separated")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--reference", default="checkpoints/wam-tiny-mt50", help="a checkpoint whose tokenizer is "
+                   "measured beside the candidates ('' for none)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fast only on CPUs with AVX-512 "
+                   "bf16 or AMX, and on GPUs)")
+    p.add_argument("--save", default="runs/tokenizers", help="each candidate's weights go to SAVE/NAME.safetensors")
+    p.add_argument("--out", default="benchmarks/tokenizer.json")
+    p.add_argument("--table", default=None, metavar="JSON")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from wam.tokenizer import ConvAutoencoder, train_tokenizer
+
+    torch.set_num_threads(args.threads)
+    import numpy as np
+
+    from wam.train import load_episodes
+
+    t0 = time.perf_counter()  # the split: every task's episodes but its last --held-out train, those test
+    eps = load_episodes(args.dataset, image_size=args.image_size, tasks=tuple(args.tasks.split(",")),
+                        lazy_frames=True).episodes
+    by_task: dict[int, list[dict]] = {}
+    for e in eps:
+        by_task.setdefault(e["task_index"], []).append(e)
+    train_eps = [e for es in by_task.values() for e in es[:len(es) - args.held_out]]
+    test_eps = [e for es in by_task.values() for e in es[len(es) - args.held_out:]]
+    train = np.concatenate([e["frames"]()[::args.stride] for e in train_eps])
+    test = np.concatenate([e["frames"]() for e in test_eps])
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result.update({"dataset": args.dataset, "tasks": args.tasks, "image_size": args.image_size,
+                   "train_episodes": len(train_eps), "train_frames": int(len(train)), "test_episodes": len(test_eps),
+                   "test_frames": int(len(test)), "batch_size": args.batch_size, "threads": args.threads,
+                   "bf16": args.bf16,
+                   "cpu": _cpu(), "load_s": round(time.perf_counter() - t0, 1)})
+    rows = result.setdefault("candidates", {})
+    print(f"{len(train)} training frames from {len(train_eps)} episodes, {len(test)} test frames from "
+          f"{len(test_eps)} held-out episodes", flush=True)
+    if args.reference:
+        from wam.checkpoint import load_checkpoint
+
+        ref = load_checkpoint(args.reference).tokenizer.eval()
+        result["reference"] = {"checkpoint": args.reference, **measure(ref, test),
+                               "params": sum(p.numel() for p in ref.parameters())}
+        print(f"[reference] {result['reference']['psnr']:.2f} dB", flush=True)
+    Path(args.save).mkdir(parents=True, exist_ok=True)
+    for name, width, channels, steps in parse_candidates(args.candidates):
+        weights = Path(args.save) / f"{name}.safetensors"
+        torch.manual_seed(0)
+        tok = ConvAutoencoder(3, channels, 8, width)
+        if name in rows and weights.is_file() and rows[name].get("steps") == steps:
+            tok.load_state_dict(load_file(weights))  # measured before: re-measured, not retrained
+            train_s = rows[name]["train_s_per_step"] * steps
+        else:
+            t1 = time.perf_counter()
+            losses = train_tokenizer(tok, train, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=0,
+                                     autocast=args.bf16)
+            train_s = time.perf_counter() - t1
+            tmp = weights.with_suffix(".tmp")
+            save_file(tok.state_dict(), tmp)
+            tmp.replace(weights)
+            rows.setdefault(name, {})["final_loss"] = losses[-1]
+        tok.eval()
+        rows[name] = {**rows.get(name, {}), "width": width, "latent_channels": channels, "steps": steps,
+                      "params": sum(p.numel() for p in tok.parameters()), "train_s_per_step": train_s / steps,
+                      **measure(tok, test), "weights": str(weights)}
+        print(f"[{name}] {rows[name]['psnr']:.2f} dB, SSIM {rows[name]['ssim']:.3f}, "
+              f"{rows[name]['train_s_per_step']:.3f} s/step", flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+    print(table(result))
+    return 0
+
+
+def table(result: dict) -> str:
+    lines = ["| tokenizer | width | latent channels | steps | parameters | held-out PSNR / SSIM | train s/step | "
+             "encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|"]
+    ref = result.get("reference")
+    if ref:
+        lines.append(f"| shipped ({ref['checkpoint']}) | | | | {ref['params']:,} | {ref['psnr']:.2f} / "
+                     f"{ref['ssim']:.3f} | | {ref['ms_per_frame']:.2f} |")
+    for name, r in result["candidates"].items():
+        lines.append(f"| {name} | {r['width']} | {r['latent_channels']} | {r['steps']:,} | {r['params']:,} | "
+                     f"{r['psnr']:.2f} / {r['ssim']:.3f} | {r['train_s_per_step']:.3f} | {r['ms_per_frame']:.2f} |")
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "unknown")
+    return model + (" (AVX-512 bf16)" if "avx512_bf16" in info else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
