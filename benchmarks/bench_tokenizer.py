@@ -6,9 +6,12 @@ well they reconstruct held-out episodes (the ceiling of every predicted frame) a
 
 Training frames: every --stride-th frame of each task's episodes before the last --held-out ones (the same
 held-out episodes as `wam train`'s default validation split of 50 demonstrations per task); test frames:
-every frame of those held-out episodes. A candidate is `NAME=WIDTH:LATENT_CHANNELS:STEPS`, all at the model's
-8x downsampling (96 px -> 12 x 12 latent cells, so the WAM's token count does not change); `w16`
-is the architecture of checkpoints/wam-tiny-mt50's tokenizer at its training budget. The shipped tokenizer
+every frame of those held-out episodes. A candidate is `NAME=WIDTH:LATENT_CHANNELS:STEPS[:DOWNSAMPLE[:DETAIL]]`
+(downsampling 8 by default: 96 px -> 12 x 12 latent cells; DETAIL: the detail weight of the loss, 0 by default,
+see `wam.tokenizer.ConvAutoencoder.loss`); `w16` is the architecture of checkpoints/wam-tiny-mt50's tokenizer
+at its training budget. Besides PSNR over whole frames, "detail PSNR" is measured on each frame's 2% of pixels
+that differ most from their neighbourhood: small objects and goal markers, which a blurry reconstruction
+loses first while whole-frame PSNR barely moves. The shipped tokenizer
 itself is measured on the same test frames beside them (`--reference`). Costs: parameters, training
 seconds per step, and encode + decode milliseconds per frame (batch 64), at --threads threads.
 """
@@ -24,26 +27,46 @@ from pathlib import Path
 CANDIDATES = "w16=16:8:2000,w32=32:8:2000,w48=48:8:2000,w32c16=32:16:2000"
 
 
-def parse_candidates(text: str) -> list[tuple[str, int, int, int]]:
+def parse_candidates(text: str) -> list[tuple[str, int, int, int, int, float]]:
+    """'w32=32:8:2000' -> (name, width, latent channels, steps, downsample 8, detail weight 0); a fourth number
+    is the downsampling, a fifth the detail weight of the loss (`ConvAutoencoder.loss`)."""
     out = []
     for item in text.split(","):
         name, _, spec = item.partition("=")
         try:
-            width, channels, steps = (int(v) for v in spec.split(":"))
+            values = spec.split(":")
+            if len(values) not in (3, 4, 5):
+                raise ValueError
+            width, channels, steps = (int(v) for v in values[:3])
+            downsample = int(values[3]) if len(values) > 3 else 8
+            detail = float(values[4]) if len(values) > 4 else 0.0
         except ValueError:
-            raise SystemExit(f"bad candidate {item!r}; write NAME=WIDTH:LATENT_CHANNELS:STEPS, e.g. w32=32:8:2000")
-        out.append((name, width, channels, steps))
+            raise SystemExit(f"bad candidate {item!r}; write NAME=WIDTH:LATENT_CHANNELS:STEPS[:DOWNSAMPLE[:DETAIL]], "
+                             f"e.g. w32=32:8:2000")
+        out.append((name, width, channels, steps, downsample, detail))
     return out
 
 
+def detail_mask(real, share: float = 0.02):
+    """(N, 3, H, W) in [0, 1] -> (N, 1, H, W) bool: each frame's `share` of pixels that differ most from their
+    7 x 7 neighbourhood (small objects, goal markers, edges: what a blurry reconstruction loses first)."""
+    import torch.nn.functional as F
+
+    contrast = (real - F.avg_pool2d(real, 7, 1, 3, count_include_pad=False)).abs().sum(1, keepdim=True)
+    k = max(1, int(share * contrast[0].numel()))
+    cut = contrast.flatten(1).topk(k, dim=1).values[:, -1]
+    return contrast >= cut[:, None, None, None]
+
+
 def measure(tok, test, batch: int = 64) -> dict:
-    """Reconstruction PSNR / SSIM over the test frames, and encode + decode ms per frame."""
+    """Reconstruction PSNR / SSIM over the test frames, PSNR on each frame's 2% most detailed pixels, and
+    encode + decode ms per frame."""
     import torch
 
     from wam.evaluate import _to_unit, psnr, ssim
     from wam.tokenizer import to_model_frames
 
-    ps, ss, secs = [], [], 0.0
+    ps, ss, detail, secs = [], [], [], 0.0
     with torch.no_grad():
         for i in range(0, len(test), batch):
             x = to_model_frames(test[i:i + batch])[:, None]
@@ -53,8 +76,30 @@ def measure(tok, test, batch: int = 64) -> dict:
             rec, real = _to_unit(rec[:, 0]), _to_unit(x[:, 0])  # [0, 1], 8-bit, as `wam eval --world-model`
             ps.append(psnr(rec, real))
             ss.append(ssim(rec, real))
+            m = detail_mask(real).expand_as(real)
+            detail.append(((rec - real).pow(2) * m).flatten(1).sum(1) / m.flatten(1).sum(1))
+    detail_mse = torch.cat(detail).clamp_min(1e-10)
     return {"psnr": float(torch.cat(ps).mean()), "ssim": float(torch.cat(ss).mean()),
-            "ms_per_frame": 1000 * secs / len(test)}
+            "detail_psnr": float((10 * torch.log10(1 / detail_mse)).mean()), "ms_per_frame": 1000 * secs / len(test)}
+
+
+def montage(toks: dict, test, path: Path, n: int = 6) -> None:
+    """A PNG: n held-out frames (top row), then each tokenizer's reconstruction of them, one row each."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from wam.tokenizer import to_model_frames
+
+    frames = test[np.linspace(0, len(test) - 1, n).astype(int)]
+    rows = [np.concatenate(list(frames), 1)]
+    with torch.no_grad():
+        for tok in toks.values():
+            rec = tok.decode(tok.encode(to_model_frames(frames)[:, None]))[:, 0]
+            rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            rows.append(np.concatenate(list(rec), 1))
+    img = np.concatenate(rows, 0)
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fast only on CPUs with AVX-512 "
                    "bf16 or AMX, and on GPUs)")
-    p.add_argument("--save", default="runs/tokenizers", help="each candidate's weights go to SAVE/NAME.safetensors")
+    p.add_argument("--save", default="runs/tokenizers", help="each candidate's weights go to "
+                   "SAVE/NAME/tokenizer.safetensors (so `wam train --tokenizer-from SAVE/NAME` takes it)")
     p.add_argument("--out", default="benchmarks/tokenizer.json")
     p.add_argument("--table", default=None, metavar="JSON")
     args = p.parse_args(argv)
@@ -110,53 +156,64 @@ def main(argv: list[str] | None = None) -> int:
     rows = result.setdefault("candidates", {})
     print(f"{len(train)} training frames from {len(train_eps)} episodes, {len(test)} test frames from "
           f"{len(test_eps)} held-out episodes", flush=True)
+    toks = {}
     if args.reference:
         from wam.checkpoint import load_checkpoint
 
-        ref = load_checkpoint(args.reference).tokenizer.eval()
+        ref = toks["shipped"] = load_checkpoint(args.reference).tokenizer.eval()
         result["reference"] = {"checkpoint": args.reference, **measure(ref, test),
                                "params": sum(p.numel() for p in ref.parameters())}
         print(f"[reference] {result['reference']['psnr']:.2f} dB", flush=True)
     Path(args.save).mkdir(parents=True, exist_ok=True)
-    for name, width, channels, steps in parse_candidates(args.candidates):
-        weights = Path(args.save) / f"{name}.safetensors"
+    for name, width, channels, steps, downsample, detail in parse_candidates(args.candidates):
+        weights = Path(args.save) / name / "tokenizer.safetensors"
+        weights.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        tok = ConvAutoencoder(3, channels, 8, width)
-        if name in rows and weights.is_file() and rows[name].get("steps") == steps:
+        tok = ConvAutoencoder(3, channels, downsample, width)
+        if name in rows and weights.is_file() and (rows[name].get("steps"), rows[name].get("detail_weight", 0.0),
+                                                   rows[name].get("downsample", 8)) == (steps, detail, downsample):
             tok.load_state_dict(load_file(weights))  # measured before: re-measured, not retrained
             train_s = rows[name]["train_s_per_step"] * steps
         else:
             t1 = time.perf_counter()
             losses = train_tokenizer(tok, train, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=0,
-                                     autocast=args.bf16)
+                                     autocast=args.bf16, detail_weight=detail)
             train_s = time.perf_counter() - t1
             tmp = weights.with_suffix(".tmp")
             save_file(tok.state_dict(), tmp)
             tmp.replace(weights)
             rows.setdefault(name, {})["final_loss"] = losses[-1]
-        tok.eval()
-        rows[name] = {**rows.get(name, {}), "width": width, "latent_channels": channels, "steps": steps,
+        toks[name] = tok.eval()
+        rows[name] = {**rows.get(name, {}), "width": width, "latent_channels": channels, "downsample": downsample,
+                      "detail_weight": detail, "latent_numbers": channels * (args.image_size // downsample) ** 2,
+                      "steps": steps,
                       "params": sum(p.numel() for p in tok.parameters()), "train_s_per_step": train_s / steps,
                       **measure(tok, test), "weights": str(weights)}
-        print(f"[{name}] {rows[name]['psnr']:.2f} dB, SSIM {rows[name]['ssim']:.3f}, "
+        print(f"[{name}] {rows[name]['psnr']:.2f} dB (detail {rows[name]['detail_psnr']:.2f}), SSIM "
+              f"{rows[name]['ssim']:.3f}, "
               f"{rows[name]['train_s_per_step']:.3f} s/step", flush=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
+    montage(toks, test, Path(args.save) / "montage.png")
     print(table(result))
+    print(f"held-out frames and their reconstructions (top row: real; then {', '.join(toks)}): "
+          f"{Path(args.save) / 'montage.png'}")
     return 0
 
 
 def table(result: dict) -> str:
-    lines = ["| tokenizer | width | latent channels | steps | parameters | held-out PSNR / SSIM | train s/step | "
-             "encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| tokenizer | width | latent (channels x cells) | steps | parameters | held-out PSNR / SSIM | "
+             "detail PSNR | train s/step | encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|---|"]
     ref = result.get("reference")
     if ref:
         lines.append(f"| shipped ({ref['checkpoint']}) | | | | {ref['params']:,} | {ref['psnr']:.2f} / "
-                     f"{ref['ssim']:.3f} | | {ref['ms_per_frame']:.2f} |")
+                     f"{ref['ssim']:.3f} | {ref.get('detail_psnr', float('nan')):.2f} | | {ref['ms_per_frame']:.2f} |")
     for name, r in result["candidates"].items():
-        lines.append(f"| {name} | {r['width']} | {r['latent_channels']} | {r['steps']:,} | {r['params']:,} | "
-                     f"{r['psnr']:.2f} / {r['ssim']:.3f} | {r['train_s_per_step']:.3f} | {r['ms_per_frame']:.2f} |")
+        cells = result["image_size"] // r.get("downsample", 8)
+        lines.append(f"| {name} | {r['width']} | {r['latent_channels']} x {cells}x{cells} | {r['steps']:,} | "
+                     f"{r['params']:,} | {r['psnr']:.2f} / {r['ssim']:.3f} | {r['detail_psnr']:.2f} | "
+                     f"{r['train_s_per_step']:.3f} | {r['ms_per_frame']:.2f} |")
     return "\n".join(lines)
 
 

@@ -83,8 +83,9 @@ def train(name: str, args, run: Path, env: dict) -> dict:
         data.append(f"{args.dataset}:1:no-actions:tasks={','.join(other_tasks(args.dataset, args.tasks))}")
     cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
            "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
-           "--tokenizer-steps", "0", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--val-every", str(args.steps), "--checkpoint-every", "1000", "--quiet"]
+           "--tokenizer-steps", "0", *[a for kv in args.model for a in ("--model", kv)], "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--val-every", str(args.steps),
+           "--checkpoint-every", "1000", "--quiet"]
     for d in data:
         cmd += ["--dataset", d]
     for kv in recipe["loss"]:
@@ -136,6 +137,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tokenizer-from", default="checkpoints/wam-tiny-mt50")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model setting the tokenizer needs (e.g. latent_channels=16), repeatable")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="threads of each training process")
@@ -155,6 +158,7 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     result.update({"dataset": args.dataset, "tasks": args.tasks, "demos_per_task": args.demos or "all",
+                   "tokenizer_from": args.tokenizer_from, "model": args.model,
                    "steps": args.steps, "batch_size": args.batch_size,
                    "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
                    "cpu": _cpu(), "runs": result.get("runs", {})})

@@ -230,7 +230,7 @@ def _parse_settings(pairs: list[str] | None, cls: type) -> dict:
 
 
 _TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "precision",
-                "seed", "tokenizer_steps", "log_every", "val_every", "checkpoint_every")
+                "seed", "tokenizer_steps", "tokenizer_detail_weight", "log_every", "val_every", "checkpoint_every")
 
 
 def _train(sub: argparse._SubParsersAction) -> None:

@@ -59,6 +59,8 @@ class TrainConfig:
     # (a short run stays short); 0 keeps a given tokenizer (--tokenizer-from)
     tokenizer_batch_size: int = 64
     tokenizer_lr: float = 2e-3
+    tokenizer_detail_weight: float = 0.0  # extra weight of each pixel's error by its local contrast, so that small
+    # objects and goal markers survive the autoencoder (wam.tokenizer.ConvAutoencoder.loss); 0: a plain pixel loss
     log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
     val_every: int = 1000  # steps between validation passes (0: only at the end)
     checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
@@ -1031,7 +1033,8 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                     bar.set_postfix(loss=f"{loss:.4f}")
 
             losses = train_tokenizer(tok, frames, steps=tok_steps, batch_size=tc.tokenizer_batch_size,
-                                     lr=tc.tokenizer_lr, seed=tc.seed, progress=tick)
+                                     lr=tc.tokenizer_lr, seed=tc.seed, detail_weight=tc.tokenizer_detail_weight,
+                                     progress=tick)
             if bar is not None:
                 bar.close()
             for i in range(0, len(losses), tc.log_every):
