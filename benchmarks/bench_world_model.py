@@ -179,8 +179,9 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
-    """Markdown: one row per recipe, then success per task."""
-    runs = result["runs"]
+    """Markdown: one row per recipe (in RECIPES' order), then success per task."""
+    order = list(RECIPES)
+    runs = dict(sorted(result["runs"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     ci = lambda e: f"{e['pc_success']:.1f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]" if e else "-"  # noqa: E731
     lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | wall-clock (loading included, shared cores) | "
              "samples/s | final action loss |", "|---|---|---|---|---|---|"]
