@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from wam.inference.precision import cpu_description
     from wam.tokenizer import ConvAutoencoder, train_tokenizer
 
     torch.set_num_threads(args.threads)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                    "train_episodes": len(train_eps), "train_frames": int(len(train)), "test_episodes": len(test_eps),
                    "test_frames": int(len(test)), "batch_size": args.batch_size, "threads": args.threads,
                    "bf16": args.bf16,
-                   "cpu": _cpu(), "load_s": round(time.perf_counter() - t0, 1)})
+                   "cpu": cpu_description(), "load_s": round(time.perf_counter() - t0, 1)})
     rows = result.setdefault("candidates", {})
     print(f"{len(train)} training frames from {len(train_eps)} episodes, {len(test)} test frames from "
           f"{len(test_eps)} held-out episodes", flush=True)
@@ -215,16 +216,6 @@ def table(result: dict) -> str:
                      f"{r['params']:,} | {r['psnr']:.2f} / {r['ssim']:.3f} | {r['detail_psnr']:.2f} | "
                      f"{r['train_s_per_step']:.3f} | {r['ms_per_frame']:.2f} |")
     return "\n".join(lines)
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "unknown")
-    return model + (" (AVX-512 bf16)" if "avx512_bf16" in info else "")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ def main() -> None:
         print(table(json.loads(Path(args.out).read_text())))
         return
 
+    from wam.inference.precision import cpu_description
+
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env.setdefault("MUJOCO_GL", "egl")
     out = Path(args.out)
@@ -161,7 +163,7 @@ def main() -> None:
                    "tokenizer_from": args.tokenizer_from, "model": args.model,
                    "steps": args.steps, "batch_size": args.batch_size,
                    "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
-                   "cpu": _cpu(), "runs": result.get("runs", {})})
+                   "cpu": cpu_description(), "runs": result.get("runs", {})})
     for name in args.recipes.split(","):
         run = Path(args.runs) / name.replace("+", "-")
         entry = result["runs"].setdefault(name, {})
@@ -196,17 +198,6 @@ def table(result: dict) -> str:
         lines.append(f"| {task} | " + " | ".join(f"{r['eval']['per_task'].get(task, float('nan')):.0f}"
                                                  for r in runs.values()) + " |")
     return "\n".join(lines)
-
-
-def _cpu() -> str:
-    """The CPU model, and whether it has AVX-512 bf16 (training speed depends on it)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "unknown")
-    return model + (" (AVX-512 bf16)" if "avx512_bf16" in info else "")
 
 
 if __name__ == "__main__":

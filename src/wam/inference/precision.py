@@ -51,3 +51,17 @@ def autocast_context(precision: str, device_type: str = "cpu"):
     if resolve_precision(precision, device_type) == "bf16":
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_description() -> str:
+    """The CPU's model name, with " (AVX-512 bf16)" where it has native bf16: what a recorded speed came from."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "unknown")
+    return model + (" (AVX-512 bf16)" if "avx512_bf16" in info else "")
