@@ -127,6 +127,23 @@ def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy") -> dic
     return res
 
 
+def world_model(run: Path, args) -> dict:
+    """Forward / video-mode PSNR of the run's predicted frames on its held-out episodes, beside copying the last
+    frame and the tokenizer's own reconstruction (the ceiling): `wam eval --world-model`'s numbers."""
+    import torch
+
+    from wam.checkpoint import load_checkpoint
+    from wam.evaluate import evaluate_world_model
+
+    torch.set_num_threads(args.threads)
+    r = evaluate_world_model(load_checkpoint(run / "checkpoint"), args.dataset)
+    n_eps = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
+    return {"horizons": r["horizons"], "windows": r["windows"], "episodes": n_eps,
+            "sampling_steps": r["sampling_steps"], "forward_psnr": r["forward"]["psnr"],
+            "video_psnr": r["video"]["psnr"], "copy_last_frame_psnr": r["copy_last_frame"]["psnr"],
+            "tokenizer_psnr": r["tokenizer_reconstruction"]["psnr"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="data/mt50")
@@ -171,6 +188,8 @@ def main() -> None:
         for mode in args.modes.split(","):
             if mode == "policy" or name != "policy":  # the policy-only network has no future frames to generate
                 entry["eval" if mode == "policy" else f"eval_{mode}"] = evaluate(name, args, run, env, mode)
+        if name != "policy" and "world_model" not in entry:
+            entry["world_model"] = world_model(run, args)
         if out.is_file():  # another invocation (other --recipes, run beside this one) may have written its rows
             result["runs"] = {**json.loads(out.read_text()).get("runs", {}), name: entry}
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -185,12 +204,18 @@ def table(result: dict) -> str:
     order = list(RECIPES)
     runs = dict(sorted(result["runs"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     ci = lambda e: f"{e['pc_success']:.1f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]" if e else "-"  # noqa: E731
-    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | wall-clock (loading included, shared cores) | "
-             "samples/s | final action loss |", "|---|---|---|---|---|---|"]
+    def frames(r: dict) -> str:  # the last horizon: forward-mode PSNR (copy the last frame / tokenizer ceiling)
+        w = r.get("world_model")
+        return (f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f})"
+                if w else "-")
+
+    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, 8 steps "
+             "ahead (copy last frame / tokenizer ceiling) | wall-clock (loading included, shared cores) | samples/s | "
+             "final action loss |", "|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         t = r["train"]
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
-        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {wall} | "
+        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {wall} | "
                      f"{t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
     tasks = list(next(iter(runs.values()))["eval"]["per_task"])
     lines += ["", "| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
