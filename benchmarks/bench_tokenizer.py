@@ -161,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         from wam.checkpoint import load_checkpoint
 
-        ref = toks["shipped"] = load_checkpoint(args.reference).tokenizer.eval()
+        ck = load_checkpoint(args.reference)
+        ref = toks["shipped"] = ck.tokenizer.eval()
+        cfg = ck.model.cfg
         result["reference"] = {"checkpoint": args.reference, **measure(ref, test),
-                               "params": sum(p.numel() for p in ref.parameters())}
+                               "params": sum(p.numel() for p in ref.parameters()), "width": cfg.tokenizer_width,
+                               "latent_channels": cfg.latent_channels, "downsample": cfg.tokenizer_downsample}
         print(f"[reference] {result['reference']['psnr']:.2f} dB", flush=True)
     Path(args.save).mkdir(parents=True, exist_ok=True)
     for name, width, channels, steps, downsample, detail in parse_candidates(args.candidates):
@@ -204,15 +207,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(result: dict) -> str:
-    lines = ["| tokenizer | width | latent (channels x cells) | steps | parameters | held-out PSNR / SSIM | "
-             "detail PSNR | train s/step | encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| tokenizer | width | latent (channels x cells) | detail weight | steps | parameters | held-out PSNR / "
+             "SSIM | detail PSNR | train s/step | encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
     ref = result.get("reference")
     if ref:
-        lines.append(f"| shipped ({ref['checkpoint']}) | | | | {ref['params']:,} | {ref['psnr']:.2f} / "
+        cells = result["image_size"] // ref.get("downsample", 8)
+        lines.append(f"| shipped ({ref['checkpoint']}) | {ref.get('width', '')} | {ref.get('latent_channels', '')} x "
+                     f"{cells}x{cells} | 0 | | {ref['params']:,} | {ref['psnr']:.2f} / "
                      f"{ref['ssim']:.3f} | {ref.get('detail_psnr', float('nan')):.2f} | | {ref['ms_per_frame']:.2f} |")
     for name, r in result["candidates"].items():
         cells = result["image_size"] // r.get("downsample", 8)
-        lines.append(f"| {name} | {r['width']} | {r['latent_channels']} x {cells}x{cells} | {r['steps']:,} | "
+        lines.append(f"| {name} | {r['width']} | {r['latent_channels']} x {cells}x{cells} | {r['detail_weight']:g} | "
+                     f"{r['steps']:,} | "
                      f"{r['params']:,} | {r['psnr']:.2f} / {r['ssim']:.3f} | {r['detail_psnr']:.2f} | "
                      f"{r['train_s_per_step']:.3f} | {r['ms_per_frame']:.2f} |")
     return "\n".join(lines)
