@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-CANDIDATES = "w16=16:8:2000,w32=32:8:2000,w48=48:8:2000,w32c16=32:16:2000"
+CANDIDATES = "s16=16:8:600,det=16:8:600:8:4,c16det=16:16:600:8:4,c16det-3k=16:16:3000:8:4"
 
 
 def parse_candidates(text: str) -> list[tuple[str, int, int, int, int, float]]:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--held-out", type=int, default=3, help="the last N episodes of every task are the test set")
     p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--stride", type=int, default=2, help="every Nth frame of the training episodes")
+    p.add_argument("--stride", type=int, default=4, help="every Nth frame of the training episodes")
     p.add_argument("--candidates", default=CANDIDATES, help="NAME=WIDTH:LATENT_CHANNELS:STEPS, comma-separated")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
