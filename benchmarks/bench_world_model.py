@@ -161,7 +161,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="threads of each training process")
     p.add_argument("--modes", default="policy", help="acting modes to evaluate, e.g. policy,joint (joint: the "
                    "actions denoised together with the future frames; not for the policy-only run)")
-    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, from " + ", ".join(RECIPES))
+    p.add_argument("--recipes", default="policy,wam,wam+videos",
+                   help="comma-separated, from " + ", ".join(RECIPES) + " (wam+task-videos needs --demos)")
     p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
     p.add_argument("--out", default="benchmarks/world_model.json")
     p.add_argument("--table", action="store_true", help="print the README table of --out and stop")

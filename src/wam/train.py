@@ -59,8 +59,8 @@ class TrainConfig:
     # (a short run stays short); 0 keeps a given tokenizer (--tokenizer-from)
     tokenizer_batch_size: int = 64
     tokenizer_lr: float = 2e-3
-    tokenizer_detail_weight: float = 0.0  # extra weight of each pixel's error by its local contrast, so that small
-    # objects and goal markers survive the autoencoder (wam.tokenizer.ConvAutoencoder.loss); 0: a plain pixel loss
+    tokenizer_detail_weight: float = 4.0  # extra weight of each pixel's error by its local contrast, so that small
+    # objects and goal markers survive the autoencoder (wam.tokenizer.ConvAutoencoder.loss, bench_tokenizer); 0: plain
     log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
     val_every: int = 1000  # steps between validation passes (0: only at the end)
     checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
