@@ -8,12 +8,12 @@ Training frames: every --stride-th frame of each task's episodes before the last
 held-out episodes as `wam train`'s default validation split of 50 demonstrations per task); test frames:
 every frame of those held-out episodes. A candidate is `NAME=WIDTH:LATENT_CHANNELS:STEPS[:DOWNSAMPLE[:DETAIL]]`
 (downsampling 8 by default: 96 px -> 12 x 12 latent cells; DETAIL: the detail weight of the loss, 0 by default,
-see `wam.tokenizer.ConvAutoencoder.loss`); `w16` is the architecture of checkpoints/wam-tiny-mt50's tokenizer
-at its training budget. Besides PSNR over whole frames, "detail PSNR" is measured on each frame's 2% of pixels
-that differ most from their neighbourhood: small objects and goal markers, which a blurry reconstruction
-loses first while whole-frame PSNR barely moves. The shipped tokenizer
-itself is measured on the same test frames beside them (`--reference`). Costs: parameters, training
-seconds per step, and encode + decode milliseconds per frame (batch 64), at --threads threads.
+see `wam.tokenizer.ConvAutoencoder.loss`); `s16` is the architecture and loss of checkpoints/wam-tiny-mt50's
+tokenizer. Besides PSNR over whole frames, "detail PSNR" is measured on each frame's 2% of pixels that differ
+most from their neighbourhood: small objects and goal markers, which a blurry reconstruction loses first while
+whole-frame PSNR barely moves. The shipped tokenizer itself is measured on the same test frames beside them
+(`--reference`). Costs: parameters, training seconds per step, and encode + decode milliseconds per frame
+(batch 64), at --threads threads.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def parse_candidates(text: str) -> list[tuple[str, int, int, int, int, float]]:
 
 
 def detail_mask(real, share: float = 0.02):
-    """(N, 3, H, W) in [0, 1] -> (N, 1, H, W) bool: each frame's `share` of pixels that differ most from their
-    7 x 7 neighbourhood (small objects, goal markers, edges: what a blurry reconstruction loses first)."""
-    import torch.nn.functional as F
+    """(N, 3, H, W) -> (N, 1, H, W) bool: each frame's `share` of pixels that differ most from their 7 x 7
+    neighbourhood (`wam.tokenizer.detail_map`, uncapped: small objects, goal markers, edges)."""
+    from wam.tokenizer import detail_map
 
-    contrast = (real - F.avg_pool2d(real, 7, 1, 3, count_include_pad=False)).abs().sum(1, keepdim=True)
+    contrast = detail_map(real, cap=float("inf"))
     k = max(1, int(share * contrast[0].numel()))
     cut = contrast.flatten(1).topk(k, dim=1).values[:, -1]
     return contrast >= cut[:, None, None, None]
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", type=int, default=3, help="the last N episodes of every task are the test set")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--stride", type=int, default=4, help="every Nth frame of the training episodes")
-    p.add_argument("--candidates", default=CANDIDATES, help="NAME=WIDTH:LATENT_CHANNELS:STEPS, comma-separated")
+    p.add_argument("--candidates", default=CANDIDATES,
+                   help="NAME=WIDTH:LATENT_CHANNELS:STEPS[:DOWNSAMPLE[:DETAIL]], comma-separated")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--reference", default="checkpoints/wam-tiny-mt50", help="a checkpoint whose tokenizer is "
@@ -126,17 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
 
+    import numpy as np
     import torch
     from safetensors.torch import load_file, save_file
 
     from wam.inference.precision import cpu_description
     from wam.tokenizer import ConvAutoencoder, train_tokenizer
-
-    torch.set_num_threads(args.threads)
-    import numpy as np
-
     from wam.train import load_episodes
 
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()  # the split: every task's episodes but its last --held-out train, those test
     eps = load_episodes(args.dataset, image_size=args.image_size, tasks=tuple(args.tasks.split(",")),
                         lazy_frames=True).episodes
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"dataset": args.dataset, "tasks": args.tasks, "image_size": args.image_size,
                    "train_episodes": len(train_eps), "train_frames": int(len(train)), "test_episodes": len(test_eps),
                    "test_frames": int(len(test)), "batch_size": args.batch_size, "threads": args.threads,
-                   "bf16": args.bf16,
-                   "cpu": cpu_description(), "load_s": round(time.perf_counter() - t0, 1)})
+                   "bf16": args.bf16, "cpu": cpu_description(), "load_s": round(time.perf_counter() - t0, 1)})
     rows = result.setdefault("candidates", {})
     print(f"{len(train)} training frames from {len(train_eps)} episodes, {len(test)} test frames from "
           f"{len(test_eps)} held-out episodes", flush=True)

@@ -210,9 +210,11 @@ def table(result: dict) -> str:
         return (f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f})"
                 if w else "-")
 
-    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, 8 steps "
-             "ahead (copy last frame / tokenizer ceiling) | wall-clock (loading included, shared cores) | samples/s | "
-             "final action loss |", "|---|---|---|---|---|---|---|"]
+    ahead = next((r["world_model"]["horizons"][-1] for r in runs.values() if r.get("world_model")), None)
+    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, "
+             f"{f'{ahead} steps ahead' if ahead else 'the last predicted frame'} (copy last frame / tokenizer "
+             "ceiling) | wall-clock (loading included, shared cores) | samples/s | final action loss |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         t = r["train"]
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"

@@ -644,9 +644,10 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
     actions=False reads the episodes as action-free videos (the dataset need not have actions): their
     `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
     that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`). tasks: only the
-    episodes of these tasks (`select_tasks`). per_task=(start, stop): of each task's episodes, in dataset order, only
-    those at positions start <= i < stop (a Python slice; None for an open end). lazy_frames=True: each episode's "frames" is a function that
-    decodes them when called (for passes that encode one episode at a time)."""
+    episodes of these tasks (`select_tasks`). per_task=(start, stop): of each task's episodes, in dataset order,
+    only those at positions start <= i < stop (a Python slice; None for an open end). lazy_frames=True: each
+    episode's "frames" is a function that decodes them when called (for passes that encode one episode at a
+    time)."""
     from wam.data import DatasetError, LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames, resolve_cameras
 
