@@ -36,6 +36,9 @@ POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("MT10 policy-only, 4k steps", "runs/wm/policy/checkpoint", []),
     ("MT10 WAM, 4k steps", "runs/wm/wam/checkpoint", []),
     ("MT10 WAM + videos, 4k steps", "runs/wm/wam-videos/checkpoint", []),
+    ("MT10 policy-only, 4k steps, blind", "runs/wm/policy/checkpoint", ["--blind"]),
+    ("MT10 policy-only, sharp tokenizer", "runs/wm-sharp/policy/checkpoint", []),
+    ("MT10 WAM, sharp tokenizer, joint mode", "runs/wm-sharp/wam/checkpoint", ["--mode", "joint"]),
 ]
 
 
@@ -65,7 +68,8 @@ def summary(info: dict) -> dict:
 
 
 def correlations(rows: list[dict]) -> dict:
-    out = {"overall": spearman([r["simulated"]["pc_success"] for r in rows], [r["imagined"]["pc_success"] for r in rows])}
+    out = {"overall": spearman([r["simulated"]["pc_success"] for r in rows],
+                               [r["imagined"]["pc_success"] for r in rows])}
     groups = sorted({g for r in rows for g in r["simulated"]["groups"]})
     for g in groups:
         have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"]["groups"]]
@@ -87,6 +91,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default=REF, help="the world model (a checkpoint with a critic)")
+    p.add_argument("--critic", default=None, help="the world model's critic (default: <world>/critic)")
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
@@ -97,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
-    if not (Path(args.world) / "critic" / "critic.json").is_file():
-        raise SystemExit(f"{args.world} has no critic; first: wam critic --checkpoint {args.world} --dataset DATASET")
-    result = {"world": args.world, "tasks": args.tasks, "episodes_per_task": args.episodes, "policies": [],
-              "skipped": []}
+    critic = Path(args.critic) if args.critic else Path(args.world) / "critic"
+    if not (critic / "critic.json").is_file():
+        raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
+                         f"--out {critic}")
+    result = {"world": args.world, "critic": str(critic), "tasks": args.tasks, "episodes_per_task": args.episodes,
+              "policies": [], "skipped": []}
     for i, (name, ckpt, flags) in enumerate(POLICIES):
         if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
             result["skipped"].append({"name": name, "checkpoint": ckpt})
@@ -109,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
-        im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--policy", ckpt, "--start", "sim",
-                  "--out", str(im_out), *common]
+        im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,
+                  "--start", "sim", "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
         im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
         row = {"name": name, "checkpoint": ckpt, "flags": flags,

@@ -7,7 +7,8 @@ Runbook:
         --episodes 10 --plans 1,4,16 --out benchmarks/plan.json
     python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
 
-Each setting is one `wam eval` (same seeds, same step limits, no expert: its rate is in the reference
+With --critic DIR the critic is read from DIR instead (`wam critic --out DIR`). A setting whose evaluation
+is already in --runs is reused, so the benchmark resumes. Each setting is one `wam eval` (same seeds, same step limits, no expert: its rate is in the reference
 evaluation). Latency: the median and p90 of `predict_action_chunk` on observations of the tasks' first
 frames, measured in this process at the same torch threads, after a warm-up.
 """
@@ -28,14 +29,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, repeats: int = 20) -> dict:
+def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, critic: str | None = None,
+                  repeats: int = 20) -> dict:
     """Median / p90 milliseconds of one fresh chunk (batch 1) at this setting, on real first frames."""
     import torch
 
     from wam.envs import get_adapter, make_env
     from wam.policy import WAMPolicy
 
-    policy = WAMPolicy.from_checkpoint(checkpoint, mode=mode, plan=plan)
+    policy = WAMPolicy.from_checkpoint(checkpoint, mode=mode, plan=plan, critic=critic if plan > 1 else None)
     task = get_adapter("metaworld").resolve_tasks(tasks)[0]
     env = make_env("metaworld", task, image_size=policy.cfg.image_size,
                    cameras=[c.removeprefix("observation.images.") for c in policy.cameras])
@@ -59,9 +61,10 @@ def run_eval(args, mode: str, plan: int, out: Path) -> dict:
     wam = str(ROOT / ".venv" / "bin" / "wam") if (ROOT / ".venv" / "bin" / "wam").exists() else "wam"
     cmd = [wam, "eval", "--checkpoint", args.checkpoint, "--tasks", args.tasks, "--episodes", str(args.episodes),
            "--mode", mode, "--plan", str(plan), "--workers", str(args.workers), "--videos", "0", "--no-expert",
-           "--quiet", "--out", str(out)]
+           "--quiet", "--out", str(out), *(["--critic", args.critic] if args.critic and plan > 1 else [])]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    if not (out / "eval_info.json").is_file():  # a finished evaluation is reused: the benchmark resumes
+        subprocess.run(cmd, check=True)
     info = json.loads((out / "eval_info.json").read_text())
     return {"command": shlex.join(cmd), "wall_s": time.perf_counter() - t0, "pc_success": info["pc_success"],
             "ci95": info["ci95"], "n_episodes": info["n_episodes"], "groups": info.get("groups"),
@@ -85,6 +88,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/wam-tiny-mt50")
+    p.add_argument("--critic", default=None, help="the critic --plan scores with (default: <checkpoint>/critic)")
     p.add_argument("--tasks", default="hard,very_hard")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--plans", default="1,4,16", help="comma-separated N (joint mode); policy mode is run beside")
@@ -96,17 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
-    if not (Path(args.checkpoint) / "critic" / "critic.json").is_file():
-        raise SystemExit(f"{args.checkpoint} has no critic; train one first: wam critic --checkpoint "
-                         f"{args.checkpoint} --dataset DATASET")
+    critic = Path(args.critic) if args.critic else Path(args.checkpoint) / "critic"
+    if not (critic / "critic.json").is_file():
+        raise SystemExit(f"no critic at {critic}; train one first: wam critic --checkpoint {args.checkpoint} "
+                         f"--dataset DATASET --out {critic}")
     import torch
 
     settings = [("policy", 1, "policy mode")] + [("joint", int(n), f"joint, plan {n}") for n in args.plans.split(",")]
-    result = {"checkpoint": args.checkpoint, "tasks": args.tasks, "episodes_per_task": args.episodes,
+    result = {"checkpoint": args.checkpoint, "critic": str(critic), "tasks": args.tasks,
+              "episodes_per_task": args.episodes,
               "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
     for mode, n, name in settings:
         ev = run_eval(args, mode, n, Path(args.runs) / f"{mode}-plan{n}")
-        lat = chunk_latency(args.checkpoint, args.tasks, n, mode)
+        lat = chunk_latency(args.checkpoint, args.tasks, n, mode, str(critic))
         result["runs"].append({"name": name, "mode": mode, "plan": n, "eval": ev, "latency": lat})
         print(f"[plan] {name}: {ev['pc_success']:.1f}% [{ev['ci95'][0]:.0f}, {ev['ci95'][1]:.0f}], chunk "
               f"{lat['median_ms']:.0f} ms", flush=True)
