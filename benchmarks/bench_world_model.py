@@ -18,6 +18,10 @@ then evaluated closed loop on the same seeds.
                  examples (action-only, as the policy acts) and the actions noised in 90% (not 70%), so the video
                  loss works as an auxiliary task beside the policy rather than in its place
                  (--loss p_omit_future=0.6 p_omit_action=0.05 p_clean_action=0.05)
+    (f) wam+failures  (b) plus perturbed-expert episodes of the same tasks, failed ones kept, as world-only data:
+                 their actions condition the world model and are never imitated (a quarter of each batch:
+                 `--dataset D:3:tasks=T --dataset F:1:world-only` for each F of --failures), so that the world
+                 model sees what actions other than the expert's do
 
 --demos N trains every recipe on the first N demonstrations of each task only (the few-demonstrations regime,
 where a video loss has the most to add); run it into its own --runs and --out:
@@ -50,6 +54,7 @@ RECIPES = {
     "wam+videos": {"loss": ["p_omit_future=0.3"], "videos": True},
     "wam+task-videos": {"loss": ["p_omit_future=0.3"], "videos": "task"},
     "wam-aux": {"loss": ["p_omit_future=0.6", "p_omit_action=0.05", "p_clean_action=0.05"], "videos": False},
+    "wam+failures": {"loss": ["p_omit_future=0.3"], "videos": False, "failures": True},
 }
 
 
@@ -74,7 +79,14 @@ def steps_done(run: Path) -> int:
 def train(name: str, args, run: Path, env: dict) -> dict:
     recipe = RECIPES[name]
     demos = f":per-task=..{args.demos}" if args.demos else ""
-    data = [f"{args.dataset}:{'3:' if recipe['videos'] else ''}tasks={args.tasks}{demos}"]
+    mixed = recipe["videos"] or recipe.get("failures")
+    data = [f"{args.dataset}:{'3:' if mixed else ''}tasks={args.tasks}{demos}"]
+    if recipe.get("failures"):
+        if not args.failures:
+            raise SystemExit(f"{name} needs --failures DATASET[,DATASET]: perturbed-expert episodes "
+                             f"(wam collect metaworld --action-noise S --keep-failed)")
+        fails = args.failures.split(",")
+        data += [f"{f}:{1 / len(fails):g}:world-only" for f in fails]
     if recipe["videos"] == "task":
         if not args.demos:
             raise SystemExit(f"{name} needs --demos N: the tasks' episodes after the first N are its videos")
@@ -140,6 +152,7 @@ def world_model(run: Path, args) -> dict:
     n_eps = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
     return {"horizons": r["horizons"], "windows": r["windows"], "episodes": n_eps,
             "sampling_steps": r["sampling_steps"], "forward_psnr": r["forward"]["psnr"],
+            "forward_other_actions_psnr": r["forward_other_actions"]["psnr"],
             "video_psnr": r["video"]["psnr"], "copy_last_frame_psnr": r["copy_last_frame"]["psnr"],
             "tokenizer_psnr": r["tokenizer_reconstruction"]["psnr"]}
 
@@ -150,6 +163,8 @@ def main() -> None:
     p.add_argument("--tasks", default="mt10", help="the tasks with actions, which are evaluated")
     p.add_argument("--demos", type=int, default=0, help="train on the first N demonstrations of every task only "
                    "(0: all of them)")
+    p.add_argument("--failures", default="", metavar="DATASET[,DATASET]",
+                   help="wam+failures: perturbed-expert datasets of the tasks, trained on as world-only data")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -58,6 +58,10 @@ def test_dataset_specs_parse_weights_and_the_action_free_flag():
     for bad in ("..", "x", "5..5", "-2", "9..3"):
         with pytest.raises(RunError, match="bad per-task range"):
             DatasetSpec.parse(f"d:per-task={bad}")
+    assert DatasetSpec.parse("d:world-only:0.5") == DatasetSpec("d", 0.5, True, imitate=False)
+    assert DatasetSpec.parse("d:world-only").to_dict()["imitate"] is False
+    with pytest.raises(RunError, match="both no-actions and world-only"):
+        DatasetSpec.parse("d:no-actions:world-only")
     with pytest.raises(RunError, match="empty task list"):
         DatasetSpec.parse("data/v:tasks=")
     with pytest.raises(RunError, match="weight must be > 0"):
@@ -181,6 +185,43 @@ def test_a_dataset_can_be_read_for_a_slice_of_every_task(two_tasks, tmp_path, ca
 def test_every_dataset_action_free_is_refused(dot, tmp_path, capsys):
     assert main(["train", "--dataset", f"{dot}:no-actions", "--out", str(tmp_path / "r"), "--steps", "2", *TINY]) == 2
     assert "at least one must have actions" in capsys.readouterr().err
+    assert main(["train", "--dataset", f"{dot}:world-only", "--out", str(tmp_path / "w"), "--steps", "2", *TINY]) == 2
+    assert "no dataset is imitated" in capsys.readouterr().err
+
+
+def test_world_only_episodes_train_forward_dynamics_and_are_never_imitated(monkeypatch):
+    from wam import modes
+    from wam.config import LossConfig
+
+    seen = {}
+
+    def capture(model, batch, t_fut, t_act, omit_fut, omit_act, *args, **kwargs):
+        seen.update(t_fut=t_fut, t_act=t_act, omit_fut=omit_fut, omit_act=omit_act)
+        return torch.zeros(()), {}
+
+    monkeypatch.setattr(modes, "flow_loss", capture)
+    B = 4000
+    batch = {"latents": torch.zeros(B, 3, 1, 2, 2), "actions": torch.zeros(B, 4, 2),
+             "imitate": torch.arange(B) % 2 == 0}  # even rows demonstrations, odd rows world-only
+    lc = LossConfig(p_omit_future=0.3, p_omit_action=0.15, p_clean_future=0.15, p_clean_action=0.15)
+    modes.training_loss(None, batch, lc, generator=torch.Generator().manual_seed(0))
+    world, demo = ~batch["imitate"], batch["imitate"]
+    assert bool((seen["t_act"][world] == 0).all())  # actions given clean: no action loss
+    assert not bool(seen["omit_act"][world].any()) and not bool(seen["omit_fut"][world].any())
+    assert bool((seen["t_fut"][world] > 0).all())  # the future is always predicted from them
+    # demonstrations keep the usual recipe: policy examples (future left out) and noised actions
+    assert 0.2 < float(seen["omit_fut"][demo].float().mean()) < 0.35
+    assert float((seen["t_act"][demo] > 0).float().mean()) > 0.8
+
+
+def test_a_world_only_dataset_trains_beside_demonstrations(dot, tmp_path):
+    out = tmp_path / "world"
+    assert main(["train", "--dataset", str(dot), "--dataset", f"{dot}:world-only", "--out", str(out),
+                 "--steps", "4", *TINY, "--val-every", "4"]) == 0  # (the last --val-every counts)
+    sets = load_checkpoint(out / "checkpoint").config["run"]["datasets"]
+    assert [d.get("imitate", True) for d in sets] == [True, False]
+    val = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert val and {"policy", "forward", "inverse"} <= set(val[-1])
 
 
 def test_text_conditioned_model_stores_task_embeddings_and_takes_new_instructions(dot, tmp_path):

@@ -205,6 +205,7 @@ def test_eval_cli_writes_eval_info_videos_and_report(run, tmp_path, capsys):
     assert all((out / p).is_file() for p in row["video_paths"])
     wm = info["world_model"]
     assert len(wm["forward"]["psnr"]) == 2 and len(wm["copy_last_frame"]["ssim"]) == 2
+    assert len(wm["forward_other_actions"]["psnr"]) == 2  # the same windows, given other windows' actions
     html = (out / "report.html").read_text()
     assert "reach-goal" in html and "<video" in html
     assert "report:" in capsys.readouterr().out

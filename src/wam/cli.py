@@ -239,10 +239,13 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
                        description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
                                    "--preset wam-tiny --steps 20000 --out runs/mt10")
-    p.add_argument("--dataset", required=True, action="append", metavar="PATH[:WEIGHT][:no-actions][:tasks=A,B]",
+    p.add_argument("--dataset", required=True, action="append",
+                   metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
                    help="LeRobot dataset directory (v3.0 or v2.1). Repeat to train on a mixture: WEIGHT is the "
                         "dataset's relative share of each batch (default: by its size), no-actions trains on its "
-                        "videos only (action-free co-training), tasks= reads only those tasks' episodes (task "
+                        "videos only (action-free co-training), world-only trains the world model on its frames "
+                        "and actions but never imitates them (perturbed or failed episodes), tasks= reads only "
+                        "those tasks' episodes (task "
                         "indices, exact task texts, or MetaWorld names and sets such as mt10); datasets with other "
                         "action sizes (other robots) are padded and masked")
     p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
@@ -668,8 +671,9 @@ def print_eval(info: dict) -> None:
     wm = info.get("world_model")
     if wm:
         print("world model (PSNR dB at horizons " + ", ".join(map(str, wm["horizons"])) + " steps):")
-        for name in ("forward", "video", "copy_last_frame", "tokenizer_reconstruction"):
-            print(f"  {name:<26} " + "  ".join(f"{v:6.2f}" for v in wm[name]["psnr"]))
+        for name in ("forward", "forward_other_actions", "video", "copy_last_frame", "tokenizer_reconstruction"):
+            if name in wm:
+                print(f"  {name:<26} " + "  ".join(f"{v:6.2f}" for v in wm[name]["psnr"]))
         inv = wm["inverse"]
         print(f"  inverse action MSE {inv['action_mse']:.4f} (mean action: {inv['mean_action_mse']:.4f}); "
               f"policy {wm['policy']['action_mse']:.4f}")

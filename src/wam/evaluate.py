@@ -11,7 +11,9 @@ runs it for every task, writes `eval_info.json` (LeRobot's aggregate keys `pc_su
 `avg_sum_reward`, `avg_max_reward`, per-task rows with Wilson 95% intervals, every setting that
 changes the number), rollout mp4s and `report.html`. `evaluate_world_model(...)` measures forward and
 video mode frame PSNR and SSIM per predicted horizon beside the copy-the-last-frame baseline and the
-tokenizer's own reconstruction (the ceiling), and inverse-mode action error given the true frames.
+tokenizer's own reconstruction (the ceiling), forward mode again with each window given another window's
+actions (a world model that ignores its actions scores the same there), and inverse-mode action error given
+the true frames.
 
 Success is counted at any step (MetaWorld's flag does not persist); an episode ends `after_success`
 steps after its first success, at the environment's step limit, or at `max_steps`. Evaluation seeds
@@ -601,6 +603,10 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     for name in ("forward", "video"):
         res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed))
         frames[name] = _to_unit(tok.decode(res["latents"]))
+    # the same windows given another window's actions: how much the predicted frames depend on the actions
+    other = {**batch, "actions": batch["actions"].roll(1, 0), "action_is_pad": batch["action_is_pad"].roll(1, 0)}
+    res = sample(model, other, "forward", steps=steps, generator=torch.Generator().manual_seed(seed))
+    frames["forward_other_actions"] = _to_unit(tok.decode(res["latents"]))
     real_future = frames["real"][:, n_obs:]
     last = frames["real"][:, n_obs - 1:n_obs]
     result: dict[str, Any] = {"windows": B, "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
@@ -613,7 +619,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
             s.append(float(ssim(pred[:, j], real_future[:, j]).mean()))
         return {"psnr": p, "ssim": s}
 
-    for name in ("forward", "video", "tokenizer_reconstruction"):
+    for name in ("forward", "forward_other_actions", "video", "tokenizer_reconstruction"):
         result[name] = metrics(frames[name][:, n_obs:])
     result["copy_last_frame"] = metrics(last.expand_as(real_future))
     true_actions = batch["actions"]

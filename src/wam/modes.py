@@ -190,6 +190,8 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: 
         latents (B, n_obs + F, c, h, w), actions (B, H, A), task, state (optional),
         frame_is_pad (B, n_obs + F) and action_is_pad (B, H) (optional, True = padding, no loss),
         has_actions (B,) bool (optional; False for action-free videos: actions always left out),
+        imitate (B,) bool (optional; False for world-only episodes: actions always given clean, futures always
+            generated, so they train forward dynamics and never the policy),
         action_dim_mask (B, A) bool (optional; False marks padded action dimensions: no loss).
     Returns (loss, {"loss_video": ..., "loss_action": ...}) with per-stream means over valid elements.
 
@@ -212,6 +214,11 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: 
     has_actions = torch.ones(B, dtype=torch.bool, device=device) if has_actions is None else has_actions.bool()
     omit_fut = (u() < lc.p_omit_future) & has_actions & ~clean_act  # a policy example: actions must be learned
     omit_act = ((u() < lc.p_omit_action) & ~omit_fut & ~clean_fut) | ~has_actions
+    if batch.get("imitate") is not None:  # world-only episodes: forward dynamics, their actions given clean
+        world = ~batch["imitate"].bool() & has_actions
+        t_fut = torch.where(world & clean_fut, flow.sample_t((B,), lc.timestep_sampling, generator, device), t_fut)
+        t_act = torch.where(world, torch.zeros_like(t_act), t_act)
+        omit_fut, omit_act = omit_fut & ~world, omit_act & ~world
     drop_task = u() < lc.p_drop_task
     return flow_loss(model, batch, t_fut, t_act, omit_fut, omit_act, drop_task, generator,
                      lc.video_weight, lc.action_weight, shard=shard)

@@ -82,7 +82,8 @@ class EpisodeTensors:
     """Every episode of a dataset as concatenated tensors, ready for window gathering.
 
     latents (N, c, h, w) encoded frames; actions (N, A) and states (N, S) normalised; episode e owns
-    rows starts[e] .. starts[e] + lengths[e] - 1; task (E,) task index per episode; has_actions (E,).
+    rows starts[e] .. starts[e] + lengths[e] - 1; task (E,) task index per episode; has_actions (E,); imitate
+    (E,) (False: the episode's actions condition the world model but are never a policy target).
     Row i holds the observation at step i and the action taken there (LeRobot's row convention).
     """
 
@@ -93,6 +94,7 @@ class EpisodeTensors:
     lengths: torch.Tensor
     task: torch.Tensor
     has_actions: torch.Tensor
+    imitate: torch.Tensor | None = None  # (E,) bool; None: every episode with actions is imitated
     action_dim_mask: torch.Tensor | None = None  # (E, A) for datasets with padded action dimensions
     source: torch.Tensor | None = None  # (E,) dataset of each episode in a mixture (episodes grouped by it)
     weights: torch.Tensor | None = None  # (n_datasets,) sampling probabilities; None: uniform over windows
@@ -160,6 +162,8 @@ class EpisodeTensors:
             "task": self.task[ep],
             "has_actions": self.has_actions[ep],
         }
+        if self.imitate is not None:
+            batch["imitate"] = self.imitate[ep]
         if self.action_dim_mask is not None:
             batch["action_dim_mask"] = self.action_dim_mask[ep]
         return batch
@@ -206,6 +210,8 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
         starts=torch.cumsum(lengths, 0) - lengths, lengths=lengths,
         task=torch.tensor([int(e["task_index"]) for e in episodes]),
         has_actions=torch.tensor([bool(e.get("has_actions", True)) for e in episodes]),
+        imitate=(None if all(e.get("imitate", True) for e in episodes) else
+                 torch.tensor([bool(e.get("imitate", True)) for e in episodes])),
         action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
         source=source, weights=weights,
     )
@@ -438,13 +444,16 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
 def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, batch_size: int = 64,
                       seed: int = 1234) -> dict[str, float]:
     """Flow-matching loss of each mode on windows of `data` (fixed windows and noise); modes that give
-    or generate actions use only the windows that have actions."""
+    actions use only the windows that have actions, modes that generate them only the imitated ones."""
     model.eval()
     ep_of, step_of = data.window_index()
-    with_actions = data.has_actions[ep_of].nonzero()[:, 0]
+    has = data.has_actions[ep_of]
+    pools = {modes.GENERATE: (has if data.imitate is None else has & data.imitate[ep_of]).nonzero()[:, 0],
+             modes.GIVEN: has.nonzero()[:, 0]}
     out: dict[str, float] = {}
     for name in modes.MODES:
-        pool = None if modes.MODES[name].actions == modes.OMIT or len(with_actions) == len(ep_of) else with_actions
+        pool = pools.get(modes.MODES[name].actions)
+        pool = None if pool is not None and len(pool) == len(ep_of) else pool
         if pool is not None and len(pool) == 0:
             continue
         total = 0.0
@@ -713,8 +722,8 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions][:tasks=A,B,...][:per-task=A..B]` on the
-    command line."""
+    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B,...][:per-task=A..B]`
+    on the command line."""
 
     path: str
     weight: float | None = None  # relative share of the batches; None: by its number of windows (or 1.0
@@ -723,6 +732,8 @@ class DatasetSpec:
     tasks: tuple[str, ...] | None = None  # only these tasks' episodes (see `select_tasks`); None: all
     per_task: tuple[int | None, int | None] | None = None  # (start, stop): only each task's episodes at these
     # positions (`per-task=..10`: the first ten of every task; `per-task=10..`: all but the first ten)
+    imitate: bool = True  # False ("world-only"): its actions are given to the world model (forward dynamics)
+    # but never learned as a policy's, for episodes that are not demonstrations (perturbed, failed, play)
 
     @classmethod
     def parse(cls, spec: str | Path | DatasetSpec) -> DatasetSpec:
@@ -731,11 +742,13 @@ class DatasetSpec:
         if isinstance(spec, DatasetSpec):
             return spec
         parts = str(spec).split(":")
-        weight, actions, tasks, per_task = None, True, None, None
+        weight, actions, imitate, tasks, per_task = None, True, True, None, None
         while len(parts) > 1:
             opt = parts[-1].strip()
             if opt in ("no-actions", "noactions", "videos"):
                 actions = False
+            elif opt in ("world-only", "world"):
+                imitate = False
             elif opt.startswith("tasks="):
                 tasks = tuple(t.strip() for t in opt.removeprefix("tasks=").split(",") if t.strip())
                 if not tasks:
@@ -750,11 +763,16 @@ class DatasetSpec:
                 if not weight > 0:
                     raise RunError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
             parts.pop()
-        return cls(":".join(parts), weight, actions, tasks, per_task)
+        if not actions and not imitate:
+            raise RunError(f"{spec!r} is both no-actions and world-only; world-only episodes need their actions "
+                           f"(they condition the world model): keep one of the two")
+        return cls(":".join(parts), weight, actions, imitate=imitate, tasks=tasks, per_task=per_task)
 
     def to_dict(self) -> dict:
         d = {"path": self.path, "weight": self.weight, "actions": self.actions,
              "task_filter": None if self.tasks is None else list(self.tasks)}
+        if not self.imitate:
+            d["imitate"] = False
         if self.per_task is not None:
             d["per_task"] = list(self.per_task)
         return d
@@ -839,8 +857,9 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
     """Load every dataset of a mixture; task indices are remapped into the union of their tasks."""
     if not specs:
         raise RunError("no dataset given; pass --dataset PATH")
-    if not any(s.actions for s in specs):
-        raise RunError("every dataset is action-free; at least one must have actions to train a policy")
+    if not any(s.actions and s.imitate for s in specs):
+        raise RunError("no dataset is imitated (each is no-actions or world-only); at least one must have actions "
+                       "and be imitated (demonstrations) to train a policy")
     loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
                             normalizer=None if normalizers is None else normalizers[i], progress=progress,
                             actions=s.actions, tasks=s.tasks, per_task=s.per_task) for i, s in enumerate(specs)]
@@ -858,6 +877,7 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
         for e in d.episodes:
             e["task_index"] = remap[e["task_index"]] if e["task_index"] < len(remap) else e["task_index"]
             e["source"] = i
+            e["imitate"] = specs[i].imitate
             episodes.append(e)
     return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
                    [d.cameras for d in loaded], loaded[0].fps)
@@ -963,7 +983,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     except (TypeError, ValueError) as e:
         raise RunError(f"invalid model settings: {e}") from e
     mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress)
-    primary = next(i for i, sp in enumerate(specs) if sp.actions)
+    primary = next(i for i, sp in enumerate(specs) if sp.actions and sp.imitate)
     norm = mix.normalizers[primary]  # stats.json: what a single-dataset reader expects
     if cfg is None:
         try:
