@@ -63,13 +63,16 @@ def run(cmd: list[str]) -> float:
 
 def summary(info: dict) -> dict:
     return {"pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
+            "avg_max_reward": info.get("avg_max_reward"),
             "groups": {g: v["pc_success"] for g, v in (info.get("groups") or {}).items()},
             "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
 
 
 def correlations(rows: list[dict]) -> dict:
     out = {"overall": spearman([r["simulated"]["pc_success"] for r in rows],
-                               [r["imagined"]["pc_success"] for r in rows])}
+                               [r["imagined"]["pc_success"] for r in rows]),
+           "overall_by_imagined_progress": spearman([r["simulated"]["pc_success"] for r in rows],
+                                                    [r["imagined"]["avg_max_reward"] for r in rows])}
     groups = sorted({g for r in rows for g in r["simulated"]["groups"]})
     for g in groups:
         have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"]["groups"]]
@@ -78,9 +81,11 @@ def correlations(rows: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| policy | simulated success % | imagined success % |", "|---|---|---|"]
+    lines = ["| policy | simulated success % | imagined success % | imagined progress (mean of each episode's best) |",
+             "|---|---|---|---|"]
     for r in result["policies"]:
-        lines.append(f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} |")
+        lines.append(f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} | "
+                     f"{r['imagined']['avg_max_reward']:.2f} |")
     c = result["spearman"]
     lines.append("")
     lines.append("Spearman rank correlation over the policies: " + ", ".join(
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--critic", default=None, help="the world model's critic (default: <world>/critic)")
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
+                   "judged done for a success")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
     p.add_argument("--out", default="benchmarks/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
-    result = {"world": args.world, "critic": str(critic), "tasks": args.tasks, "episodes_per_task": args.episodes,
+    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "tasks": args.tasks,
+              "episodes_per_task": args.episodes,
               "policies": [], "skipped": []}
     for i, (name, ckpt, flags) in enumerate(POLICIES):
         if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
         im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,
-                  "--start", "sim", "--out", str(im_out), *common]
+                  "--start", "sim", "--persist", str(args.persist), "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
         im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
         row = {"name": name, "checkpoint": ckpt, "flags": flags,

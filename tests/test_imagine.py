@@ -52,6 +52,24 @@ def test_imagined_frames_come_every_future_stride_actions(world):
     assert 0 <= reward <= 1 and 0 <= info["p_success"] <= 1 and isinstance(info["success"], bool)
 
 
+def test_success_needs_persist_imagined_frames_in_a_row(world):
+    for persist in (1, 2, 3):
+        env = _env(world, threshold=0.0, persist=persist)  # every frame judged done: success after `persist`
+        _, info = env.reset(seed=0)
+        judged, successes = 1, [info["success"]]
+        for i in range(3 * STRIDE):
+            _, _, _, _, info = env.step(np.array([0.5, -0.5]))
+            judged += (i + 1) % STRIDE == 0
+            successes.append((judged, info["success"]))
+        assert successes[0] == (persist == 1)
+        assert all(ok == (n >= persist) for n, ok in successes[1:])
+    env = _env(world, threshold=1.01, persist=1)  # never done
+    env.reset(seed=0)
+    assert not any(env.step(np.array([0.5, -0.5]))[4]["success"] for _ in range(3 * STRIDE))
+    with pytest.raises(ValueError, match="persist must be >= 1"):
+        _env(world, persist=0)
+
+
 def _run(env, seed=3, n=3):
     frames = [env.reset(seed=seed)[0]["observation.images.top"]]
     for i in range(n * STRIDE):

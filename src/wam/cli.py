@@ -407,6 +407,8 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
     _add_inference_flags(p, note=" (the policy's)")
     p.add_argument("--world-steps", type=int, default=2, help="denoising steps of each imagined frame")
     p.add_argument("--threshold", type=float, default=0.5, help="critic probability that counts as done")
+    p.add_argument("--persist", type=int, default=1, metavar="K",
+                   help="an imagined episode succeeds once K imagined frames in a row are judged done")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="imagined episodes saved as video per task")
@@ -455,7 +457,8 @@ def _run_imagine(args: argparse.Namespace) -> int:
     try:
         info = imagine(world, critic, policy, env=args.env, tasks=tasks, episodes=args.episodes, start=args.start,
                        dataset=args.dataset, seed=args.seed, max_steps=args.max_steps,
-                       sampling_steps=args.world_steps, threshold=args.threshold, videos_per_task=args.videos,
+                       sampling_steps=args.world_steps, threshold=args.threshold,
+                       persist=args.persist, videos_per_task=args.videos,
                        out=args.out, settings=source, progress=not args.quiet)
     finally:
         if args.server is not None:

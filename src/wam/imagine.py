@@ -11,7 +11,9 @@ through the same loop, the same per-task rows and the same report as a simulated
                  with the last one; the observed tokens' keys and values computed once, exactly), and the
                  critic (`wam.critic`) reads off it the task's progress, whether it is done, and the robot
                  state the next observation carries. Between two imagined frames the policy sees the last one.
-    reward       the critic's progress in [0, 1]; info["success"]: its probability of "done" >= threshold
+    reward       the critic's progress in [0, 1]; info["success"]: its probability of "done" >= threshold on the
+                 last `persist` imagined frames in a row (one frame judged done by mistake, out of the hundred
+                 or so of an episode, would otherwise count the whole episode a success)
 
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50
@@ -36,8 +38,8 @@ class ImaginedEnv:
     """One task's environment inside a world model (see the module docstring)."""
 
     def __init__(self, world, critic, starts: Sequence[dict], task: str, description: str, *,
-                 max_steps: int = 500, sampling_steps: int = 2, threshold: float = 0.5, fps: int | None = None,
-                 cache: bool | None = None, device: str | torch.device = "cpu"):
+                 max_steps: int = 500, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
+                 fps: int | None = None, cache: bool | None = None, device: str | torch.device = "cpu"):
         from wam.data import Normalizer
 
         if not starts:
@@ -52,7 +54,10 @@ class ImaginedEnv:
             raise ValueError(f"the world model was not trained on task {description!r}; it knows: {tasks}")
         self.task_index = torch.tensor([tasks.index(description)])
         self.starts, self.task, self.task_description = list(starts), task, description
+        if persist < 1:
+            raise ValueError(f"persist must be >= 1 (imagined frames in a row judged done), got {persist}")
         self.max_episode_steps, self.sampling_steps, self.threshold = max_steps, sampling_steps, threshold
+        self.persist = int(persist)
         self.fps, self.device = fps, torch.device(device)
         # the observed tokens' keys and values once per imagined frame (exact; not for "full" attention)
         self.cache = self.cfg.attention != "full" if cache is None else bool(cache)
@@ -81,7 +86,8 @@ class ImaginedEnv:
         self.states = [norm_state] * self.cfg.n_obs_steps
         self.pending: list[np.ndarray] = []
         self.progress, self.p_success = self._judge(z)[:2]
-        return self._obs(), {"success": self.p_success >= self.threshold}
+        self.done_run = int(self.p_success >= self.threshold)  # imagined frames in a row judged done
+        return self._obs(), {"success": self.done_run >= self.persist}
 
     def _judge(self, z: torch.Tensor) -> tuple[float, float, torch.Tensor]:
         p, logit, state = self.critic(z.float(), self.task_index.to(z.device))
@@ -105,6 +111,7 @@ class ImaginedEnv:
         frame = self.tokenizer.decode(z[:, None])[:, 0]  # (1, 3, H, W) in [-1, 1]
         self.frame = ((frame[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         self.progress, self.p_success, state = self._judge(z)
+        self.done_run = self.done_run + 1 if self.p_success >= self.threshold else 0
         self.history = self.history[1:] + [z]
         if self.state is not None and state.shape[1] > 0:
             self.state = np.asarray(self.normalizer.unnormalize_state(state[:, :len(self.state)]), np.float32)[0]
@@ -115,7 +122,7 @@ class ImaginedEnv:
         self.pending.append(np.asarray(action, np.float32).reshape(-1))
         if len(self.pending) == self.cfg.future_stride:
             self._imagine()
-        success = self.p_success >= self.threshold
+        success = self.done_run >= self.persist
         return self._obs(), self.progress, False, False, {"success": success, "p_success": self.p_success}
 
     def close(self) -> None:
@@ -169,7 +176,8 @@ def sim_starts(env: str, task: str, seeds: Sequence[int], *, image_size: int, ca
 
 def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10",
             episodes: int = 5, start: str = "sim", dataset: str | Path | None = None, seed: int = 0,
-            max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, videos_per_task: int = 2,
+            max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
+            videos_per_task: int = 2,
             out: str | Path = "runs/imagine", settings: dict | None = None, progress: bool = True) -> dict:
     """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
     Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
@@ -210,7 +218,7 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
                                        state_size=state_size)
         limit = min(max_steps or limit, limit)
         world_env = ImaginedEnv(world, critic, starts, task, description, max_steps=limit,
-                                sampling_steps=sampling_steps, threshold=threshold)
+                                sampling_steps=sampling_steps, threshold=threshold, persist=persist)
         episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
         res = rollout(world_env, policy, episode_ids, record=videos_per_task,
                       progress=(lambda: bar.update(1)) if bar is not None else None)
@@ -231,7 +239,7 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed, "start": start,
                          "max_steps": max_steps, "world_model": str(world.path), "world_model_hash": world.model_hash,
                          "critic": getattr(critic, "path", None), "world_sampling_steps": sampling_steps,
-                         "threshold": threshold, **getattr(policy, "settings", {}), **(settings or {})}}
+                         "threshold": threshold, "persist": persist, **getattr(policy, "settings", {}), **(settings or {})}}
     write_json_atomic(out / "imagine_info.json", info)
     build_report(out, info, title="wam imagine: the policy evaluated inside the world model")
     return info
