@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--critic", default=None, help="the world model's critic (default: <world>/critic)")
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--policies", default=None, metavar="I,J,...",
+                   help="only these policies, by their index in POLICIES (default: all)")
     p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
                    "judged done for a success")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
@@ -116,11 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"world": args.world, "critic": str(critic), "persist": args.persist, "tasks": args.tasks,
               "episodes_per_task": args.episodes,
               "policies": [], "skipped": []}
+    chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
     for i, (name, ckpt, flags) in enumerate(POLICIES):
+        if chosen is not None and i not in chosen:
+            continue
         if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
             result["skipped"].append({"name": name, "checkpoint": ckpt})
             continue
-        sim_out, im_out = Path(args.runs) / f"{i}-sim", Path(args.runs) / f"{i}-imagined"
+        sim_out = Path(args.runs) / f"{i}-sim"  # shared by every --persist
+        im_out = Path(args.runs) / (f"{i}-imagined" if args.persist == 1 else f"{i}-imagined-persist{args.persist}")
         common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
