@@ -111,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
+    from wam.evaluate import write_json_atomic
+
     critic = Path(args.critic) if args.critic else Path(args.world) / "critic"
     if not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
     result = {"world": args.world, "critic": str(critic), "persist": args.persist, "tasks": args.tasks,
-              "episodes_per_task": args.episodes,
-              "policies": [], "skipped": []}
+              "episodes_per_task": args.episodes, "policies": [], "skipped": []}
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
     for i, (name, ckpt, flags) in enumerate(POLICIES):
         if chosen is not None and i not in chosen:
@@ -142,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
               f"{row['imagined']['pc_success']:.1f}%", flush=True)
         result["spearman"] = correlations(result["policies"])
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json_atomic(Path(args.out), result)
     print(table(result))
     return 0
 

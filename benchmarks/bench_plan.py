@@ -2,15 +2,17 @@
 imagined futures by the critic), on the same seeds, beside policy mode.
 
 Runbook:
-    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # once: <checkpoint>/critic
-    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50 --tasks hard,very_hard \\
-        --episodes 10 --plans 1,4,16 --out benchmarks/plan.json
+    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50:tasks=hard,very_hard \\
+        --out runs/critic-wam-tiny-mt50-hard-vhard
+    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50 --critic runs/critic-wam-tiny-mt50-hard-vhard \\
+        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --workers 1 --out benchmarks/plan.json
     python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
 
 With --critic DIR the critic is read from DIR instead (`wam critic --out DIR`). A setting whose evaluation
-is already in --runs is reused, so the benchmark resumes. Each setting is one `wam eval` (same seeds, same step limits, no expert: its rate is in the reference
-evaluation). Latency: the median and p90 of `predict_action_chunk` on observations of the tasks' first
-frames, measured in this process at the same torch threads, after a warm-up.
+is already in --runs is reused, so the benchmark resumes. Each setting is one `wam eval` (same seeds, same
+step limits, no expert: its rate is in the reference evaluation). Latency: the median and p90 of
+`predict_action_chunk` on observations of the tasks' first frames, measured in this process at the same
+torch threads, after a warm-up.
 """
 
 from __future__ import annotations

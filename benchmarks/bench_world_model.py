@@ -19,9 +19,9 @@ then evaluated closed loop on the same seeds.
                  loss works as an auxiliary task beside the policy rather than in its place
                  (--loss p_omit_future=0.6 p_omit_action=0.05 p_clean_action=0.05)
     (f) wam+failures  (b) plus perturbed-expert episodes of the same tasks, failed ones kept, as world-only data:
-                 their actions condition the world model and are never imitated (a quarter of each batch:
-                 `--dataset D:3:tasks=T --dataset F:1:world-only` for each F of --failures), so that the world
-                 model sees what actions other than the expert's do
+                 their actions condition the world model and are never imitated (a quarter of each batch, shared
+                 among the --failures datasets: `--dataset D:3:tasks=T --dataset F:0.5:world-only` for each of
+                 two), so that the world model sees what actions other than the expert's do
 
 --demos N trains every recipe on the first N demonstrations of each task only (the few-demonstrations regime,
 where a video loss has the most to add); run it into its own --runs and --out:

@@ -44,15 +44,14 @@ def environment_states(dataset: Path) -> dict[tuple[int, int], np.ndarray]:
 
 
 @torch.no_grad()
-def features(checkpoint: str, dataset: Path, episodes: list[int], stride: int, env: dict) -> dict:
-    """Per sampled frame: the history tokens after every block, the tokenizer's latents, the robot state,
-    the task and the environment state. Frames every `stride` steps of the given episodes."""
-    from wam.checkpoint import load_checkpoint
+def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> dict:
+    """Per sampled frame of a loaded checkpoint `ck`: the history tokens after every block, the tokenizer's
+    latents, the robot state, the task and the environment state. Frames every `stride` steps of the given
+    episodes."""
     from wam.data import Normalizer
     from wam.evaluate import map_tasks
     from wam.train import episodes_to_tensors, load_episodes
 
-    ck = load_checkpoint(checkpoint)
     model, cfg, run = ck.model.eval(), ck.model.cfg, ck.config.get("run", {})
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
                          normalizer=Normalizer.from_dict(ck.stats), episodes=episodes, check=False)
@@ -103,6 +102,7 @@ def ridge_r2(xtr, ytr, ttr, xte, yte, tte) -> dict[str, float]:
     cut = int(len(xtr) * 0.8)
     best = min(ALPHAS, key=lambda a: ((xtr[cut:] @ fit(xtr[:cut], ytr[:cut], a) - ytr[cut:]) ** 2).sum())
     pred = xte @ fit(xtr, ytr, best)
+
     def score(rows) -> dict[str, float]:
         return {name: float(1 - ((pred[rows, sl] - yte[rows, sl]) ** 2).sum() / (yte[rows, sl] ** 2).sum())
                 for name, sl in TARGETS.items()}  # around the per-task means of the training frames
@@ -115,11 +115,13 @@ def ridge_r2(xtr, ytr, ttr, xte, yte, tte) -> dict[str, float]:
 
 def probe(checkpoint: str, dataset: Path, stride: int, env: dict) -> dict:
     from wam.checkpoint import load_checkpoint
+    from wam.envs.metaworld import DESCRIPTIONS
 
-    run = load_checkpoint(checkpoint).config["run"]
+    ck = load_checkpoint(checkpoint)
+    run = ck.config["run"]
     val = sorted(run["val_episodes"])
-    tr = features(checkpoint, dataset, run["train_episodes"], stride, env)
-    te = features(checkpoint, dataset, val, stride, env)
+    tr = features(ck, dataset, run["train_episodes"], stride, env)
+    te = features(ck, dataset, val, stride, env)
     rows = {}
     sources = {"robot state (4-D)": ("state", None), "tokenizer latents": ("latents", None),
                **{f"block {k + 1}": ("blocks", k) for k in range(len(tr["blocks"]))}}
@@ -127,8 +129,6 @@ def probe(checkpoint: str, dataset: Path, stride: int, env: dict) -> dict:
         xtr = tr[key] if k is None else tr[key][k]
         xte = te[key] if k is None else te[key][k]
         rows[name] = ridge_r2(xtr, tr["target"], tr["task"], xte, te["target"], te["task"])
-    from wam.envs.metaworld import DESCRIPTIONS
-
     name_of = {text: name.removesuffix("-v3") for name, text in DESCRIPTIONS.items()}
     tasks = {i: name_of.get(text, text) for i, text in enumerate(run["tasks"])}
     for r in rows.values():
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
+    from wam.evaluate import write_json_atomic
+
     torch.set_num_threads(args.threads)
     dataset = Path(args.dataset)
     t0 = time.perf_counter()
@@ -185,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[probe] {name}: " + ", ".join(f"{k} {v['object']:.2f}" for k, v in result["runs"][name]["r2"].items()),
               flush=True)
     result["wall_s"] = time.perf_counter() - t0
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json_atomic(Path(args.out), result)
     print(table(result))
     return 0
 

@@ -177,8 +177,8 @@ def sim_starts(env: str, task: str, seeds: Sequence[int], *, image_size: int, ca
 def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10",
             episodes: int = 5, start: str = "sim", dataset: str | Path | None = None, seed: int = 0,
             max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
-            videos_per_task: int = 2,
-            out: str | Path = "runs/imagine", settings: dict | None = None, progress: bool = True) -> dict:
+            videos_per_task: int = 2, out: str | Path = "runs/imagine", settings: dict | None = None,
+            progress: bool = True) -> dict:
     """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
     Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
     "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
@@ -239,7 +239,8 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed, "start": start,
                          "max_steps": max_steps, "world_model": str(world.path), "world_model_hash": world.model_hash,
                          "critic": getattr(critic, "path", None), "world_sampling_steps": sampling_steps,
-                         "threshold": threshold, "persist": persist, **getattr(policy, "settings", {}), **(settings or {})}}
+                         "threshold": threshold, "persist": persist, **getattr(policy, "settings", {}),
+                         **(settings or {})}}
     write_json_atomic(out / "imagine_info.json", info)
     build_report(out, info, title="wam imagine: the policy evaluated inside the world model")
     return info
