@@ -99,6 +99,22 @@ def test_corner_cameras_are_turned_upright(env):
     assert env._upside_down == {"corner4": True, "topview": False}
 
 
+def test_corner2_at_lerobots_position():
+    e = mw.make_env("drawer-open-v3", image_size=64, cameras=["corner2-lerobot", "corner4"], seed=0)
+    base = mw.make_env("drawer-open-v3", image_size=64, cameras=["corner2"], seed=0)
+    obs, _ = e.reset(seed=3)
+    ref, _ = base.reset(seed=3)
+    cam = e._camera_ids["corner2-lerobot"]
+    assert np.allclose(e._env.model.cam_pos[cam], (0.75, 0.075, 0.7))
+    assert np.allclose(e._env.data.cam_xmat[cam], base._env.data.cam_xmat[cam])  # moved, not turned
+    moved = obs["observation.images.corner2-lerobot"]
+    assert moved.shape == (64, 64, 3) and not np.array_equal(moved, ref["observation.images.corner2"])
+    assert np.array_equal(obs["observation.state"], ref["observation.state"])
+    e.close(), base.close()
+    with pytest.raises(ValueError, match="one of the two"):
+        mw.make_env("reach-v3", cameras=["corner2", "corner2-lerobot"])
+
+
 @pytest.mark.parametrize("size", [96, 128])
 def test_other_image_sizes(size):
     e = mw.make_env("drawer-open-v3", image_size=size, seed=0)

@@ -211,6 +211,20 @@ def test_eval_cli_writes_eval_info_videos_and_report(run, tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
 
 
+def test_eval_renders_at_render_size_and_the_policy_resizes(run, tmp_path, capsys):
+    import av
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--env", "dot", "--episodes", "2", "--steps", "1",
+                 "--render-size", "64", "--no-expert", "--videos", "1", "--out", str(out), "--quiet"]) == 0
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["settings"]["image_size"] == 32 and info["settings"]["render_size"] == 64
+    with av.open(str(out / info["per_task"][0]["video_paths"][0])) as video:
+        assert video.streams.video[0].codec_context.width == 2 * 64  # the camera at 64 px (videos are shown at 2x)
+    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--env", "dot", "--render-size", "8"]) == 2
+    assert "--render-size must be at least 16 pixels" in capsys.readouterr().err
+
+
 def test_evaluation_in_two_processes_matches_one(run, tmp_path):
     from wam.evaluate import evaluate
 

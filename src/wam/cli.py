@@ -537,6 +537,9 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
+    p.add_argument("--render-size", type=int, default=None, metavar="PX",
+                   help="render the cameras at PX pixels; the policy resizes each frame to its own image size, as "
+                        "it did its training frames (default: render at the policy's size)")
     p.add_argument("--blind", action="store_true", help="black out every camera image before the policy sees it "
                                                         "(how much of the success comes from seeing)")
     p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (results do not "
@@ -618,6 +621,8 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
     from wam.evaluate import evaluate, evaluate_world_model
 
     run = ckpt.config.get("run", {}) if ckpt is not None else {}
+    if args.render_size is not None and args.render_size < 16:
+        raise UserError(f"--render-size must be at least 16 pixels, got {args.render_size}")
     tasks = args.tasks
     if tasks is None and args.env == "metaworld":
         tasks = _training_tasks(args.env, known_tasks)
@@ -640,7 +645,7 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
         info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
                         workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
-                        settings=settings,
+                        settings=settings, render_size=args.render_size,
                         progress=not args.quiet)
     except (ImportError, OSError) as e:
         raise UserError(str(e)) from None

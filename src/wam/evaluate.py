@@ -427,12 +427,16 @@ def _task_job(args: tuple) -> dict:
 def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
              out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
              expert: bool = True, videos_per_task: int = 2, workers: int = 1, num_envs: int = 1,
-             world_model: dict | None = None,
+             world_model: dict | None = None, render_size: int | None = None,
              log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
     reset()/select_action(obs) and optionally `settings` (a dict recorded in eval_info.json), `cameras` and
     `image_size`.
+
+    `render_size` renders the cameras at that many pixels instead of the policy's `image_size`; the policy
+    resizes each frame to its own size, as it would a real camera's (the way its training frames were resized
+    when the dataset's size differs from the model's).
 
     `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
     checkpoint with one thread). `num_envs` > 1 runs that many environments of a task at once in
@@ -445,9 +449,13 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
+    if render_size is not None:
+        if render_size < 16:
+            raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
+    render_size = int(render_size) if render_size is not None else image_size
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
-                  expert=expert, videos_per_task=videos_per_task, image_size=image_size, cameras=cameras,
+                  expert=expert, videos_per_task=videos_per_task, image_size=render_size, cameras=cameras,
                   num_envs=num_envs)
     per_task = episodes * (2 if expert else 1)
     bar = None
@@ -488,7 +496,7 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
             "eval_ep_s": elapsed / max(1, len(rows) * episodes), "per_task": rows,
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
                          "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
-                         "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}
+                         "render_size": render_size, "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}
     served = getattr(policy, "server_ms", None)
     if served:  # through a policy server: how long it took per chunk (decode, forward pass, encode)
         info["server_ms"] = {"n_chunks": len(served), "median": float(np.median(served)),
