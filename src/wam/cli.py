@@ -239,9 +239,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
                        description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
                                    "--preset wam-tiny --steps 20000 --out runs/mt10")
-    p.add_argument("--dataset", required=True, action="append",
+    p.add_argument("--dataset", action="append",
                    metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
-                   help="LeRobot dataset directory (v3.0 or v2.1). Repeat to train on a mixture: WEIGHT is the "
+                   help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to train on a mixture: WEIGHT is the "
                         "dataset's relative share of each batch (default: by its size), no-actions trains on its "
                         "videos only (action-free co-training), world-only trains the world model on its frames "
                         "and actions but never imitates them (perturbed or failed episodes), tasks= reads only "
@@ -289,7 +289,7 @@ def _run_train(args: argparse.Namespace) -> int:
                                    and argv[i - 1] != "--nproc"])
 
     from wam.config import LossConfig, ModelConfig, from_dict
-    from wam.train import RunError, TrainConfig, train
+    from wam.train import RunError, TrainConfig, run_dataset_specs, train
 
     given = {k: getattr(args, k) for k in (*_TRAIN_FLAGS, "fsdp") if getattr(args, k) is not None}
     loss = _parse_settings(args.loss, LossConfig)
@@ -308,6 +308,11 @@ def _run_train(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as e:
             raise UserError(f"invalid training settings: {e}") from None
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+    if not args.dataset:
+        if not (args.resume and run_file.is_file()):
+            raise UserError("pass --dataset PATH (the dataset to train on; only --resume of an existing run may "
+                            "leave it out)")
+        args.dataset = run_dataset_specs(json.loads(run_file.read_text()))
     try:
         dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
         ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),

@@ -768,6 +768,13 @@ class DatasetSpec:
                            f"(they condition the world model): keep one of the two")
         return cls(":".join(parts), weight, actions, imitate=imitate, tasks=tasks, per_task=per_task)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetSpec:
+        """The inverse of `to_dict` (extra keys, such as a run's per-dataset statistics, are ignored)."""
+        tasks, per_task = d.get("task_filter"), d.get("per_task")
+        return cls(d["path"], d.get("weight"), d.get("actions", True), tasks=None if tasks is None else tuple(tasks),
+                   per_task=None if per_task is None else tuple(per_task), imitate=d.get("imitate", True))
+
     def to_dict(self) -> dict:
         d = {"path": self.path, "weight": self.weight, "actions": self.actions,
              "task_filter": None if self.tasks is None else list(self.tasks)}
@@ -776,6 +783,12 @@ class DatasetSpec:
         if self.per_task is not None:
             d["per_task"] = list(self.per_task)
         return d
+
+
+def run_dataset_specs(run_info: dict) -> list[DatasetSpec]:
+    """The datasets a run was trained on, from its run.json (what `--resume` reads when no --dataset is given)."""
+    rows = run_info.get("datasets") or run_info.get("dataset_specs") or [{"path": run_info["dataset"]}]
+    return [DatasetSpec.from_dict(r) for r in rows]
 
 
 def parse_per_task(text: str, spec: str = "") -> tuple[int | None, int | None]:
