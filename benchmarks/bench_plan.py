@@ -1,11 +1,13 @@
 """Test-time planning: closed-loop success and chunk latency at --plan N = 1, 4, 16 (joint mode, best of N
-imagined futures by the critic), on the same seeds, beside policy mode.
+imagined futures by the critic), on the same seeds, beside policy mode; with --forward-plans, also policy mode
+proposing N chunks that the world model checks (`--plan-score forward`: each candidate's future predicted
+from its actions alone, in forward mode, then scored).
 
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50:tasks=hard,very_hard \\
         --out runs/critic-wam-tiny-mt50-hard-vhard
     python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50 --critic runs/critic-wam-tiny-mt50-hard-vhard \\
-        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --workers 1 --out benchmarks/plan.json
+        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 --out benchmarks/plan.json
     python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
 
 With --critic DIR the critic is read from DIR instead (`wam critic --out DIR`). A setting whose evaluation
@@ -32,14 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, critic: str | None = None,
-                  repeats: int = 20) -> dict:
+                  repeats: int = 20, plan_score: str = "imagined") -> dict:
     """Median / p90 milliseconds of one fresh chunk (batch 1) at this setting, on real first frames."""
     import torch
 
     from wam.envs import get_adapter, make_env
     from wam.policy import WAMPolicy
 
-    policy = WAMPolicy.from_checkpoint(checkpoint, mode=mode, plan=plan, critic=critic if plan > 1 else None)
+    policy = WAMPolicy.from_checkpoint(checkpoint, mode=mode, plan=plan, critic=critic if plan > 1 else None,
+                                       plan_score=plan_score)
     task = get_adapter("metaworld").resolve_tasks(tasks)[0]
     env = make_env("metaworld", task, image_size=policy.cfg.image_size,
                    cameras=[c.removeprefix("observation.images.") for c in policy.cameras])
@@ -59,11 +62,12 @@ def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, critic: str
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "repeats": repeats}
 
 
-def run_eval(args, mode: str, plan: int, out: Path) -> dict:
+def run_eval(args, mode: str, plan: int, out: Path, plan_score: str = "imagined") -> dict:
     wam = str(ROOT / ".venv" / "bin" / "wam") if (ROOT / ".venv" / "bin" / "wam").exists() else "wam"
     cmd = [wam, "eval", "--checkpoint", args.checkpoint, "--tasks", args.tasks, "--episodes", str(args.episodes),
            "--mode", mode, "--plan", str(plan), "--workers", str(args.workers), "--videos", "0", "--no-expert",
-           "--quiet", "--out", str(out), *(["--critic", args.critic] if args.critic and plan > 1 else [])]
+           "--quiet", "--out", str(out), *(["--critic", args.critic] if args.critic and plan > 1 else []),
+           *(["--plan-score", plan_score] if plan_score != "imagined" else [])]
     t0, wall = time.perf_counter(), None
     if not (out / "eval_info.json").is_file():  # a finished evaluation is reused: the benchmark resumes
         subprocess.run(cmd, check=True)
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="hard,very_hard")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--plans", default="1,4,16", help="comma-separated N (joint mode); policy mode is run beside")
+    p.add_argument("--forward-plans", default="", help="comma-separated N: policy mode proposes N chunks, the "
+                   "world model predicts each one's future from its actions, the critic picks (--plan-score forward)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="benchmarks/plan.json")
     p.add_argument("--runs", default="runs/bench-plan", help="where the evaluations are written")
@@ -109,17 +115,24 @@ def main(argv: list[str] | None = None) -> int:
                          f"--dataset DATASET --out {critic}")
     import torch
 
-    settings = [("policy", 1, "policy mode")] + [("joint", int(n), f"joint, plan {n}") for n in args.plans.split(",")]
+    from wam.evaluate import write_json_atomic
+
+    settings = [("policy", 1, "policy mode", "imagined")]
+    settings += [("joint", int(n), f"joint, plan {n}", "imagined") for n in args.plans.split(",") if n]
+    settings += [("policy", int(n), f"policy, plan {n}, forward-checked", "forward")
+                 for n in args.forward_plans.split(",") if n]
     result = {"checkpoint": args.checkpoint, "critic": str(critic), "tasks": args.tasks,
               "episodes_per_task": args.episodes,
               "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
-    for mode, n, name in settings:
-        ev = run_eval(args, mode, n, Path(args.runs) / f"{mode}-plan{n}")
-        lat = chunk_latency(args.checkpoint, args.tasks, n, mode, str(critic))
-        result["runs"].append({"name": name, "mode": mode, "plan": n, "eval": ev, "latency": lat})
+    for mode, n, name, score in settings:
+        run = Path(args.runs) / (f"{mode}-plan{n}" + ("-forward" if score == "forward" else ""))
+        ev = run_eval(args, mode, n, run, score)
+        lat = chunk_latency(args.checkpoint, args.tasks, n, mode, str(critic), plan_score=score)
+        result["runs"].append({"name": name, "mode": mode, "plan": n, "plan_score": score, "eval": ev,
+                               "latency": lat})
         print(f"[plan] {name}: {ev['pc_success']:.1f}% [{ev['ci95'][0]:.0f}, {ev['ci95'][1]:.0f}], chunk "
               f"{lat['median_ms']:.0f} ms", flush=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json_atomic(Path(args.out), result)
     print(table(result))
     return 0
 

@@ -111,6 +111,43 @@ def test_plan_acts_on_the_highest_scored_future_and_is_deterministic(checkpoint)
     assert one.predict_action_chunk(obs).shape == chunk.shape and "plan" not in one.settings
 
 
+def test_forward_plan_scores_what_the_world_model_predicts_from_each_candidates_actions(checkpoint, monkeypatch):
+    import wam.policy as policy_mod
+
+    calls = []
+    real = policy_mod.sample
+
+    def recording(model, batch, mode, **kw):
+        out = real(model, batch, mode, **kw)
+        calls.append((mode, {k: v.clone() for k, v in batch.items()}, {k: v.clone() for k, v in out.items()}))
+        return out
+
+    monkeypatch.setattr(policy_mod, "sample", recording)
+    imagined = _policy(checkpoint, plan=4)
+    cams = imagined.cameras
+    obs = {**_obs(), cams[0]: _obs()["observation.images.top"]}
+    imagined.predict_action_chunk(obs)
+    calls.clear()
+    forward = _policy(checkpoint, plan=4, plan_score="forward")
+    chunk = forward.predict_action_chunk(obs)
+    assert [c[0] for c in calls] == ["joint", "forward"]
+    (_, _, joint_out), (_, given, fwd_out) = calls
+    torch.testing.assert_close(given["actions"], joint_out["actions"].clamp(-1, 1))  # each candidate's own actions
+    assert not torch.equal(fwd_out["latents"][:, -1], joint_out["latents"][:, -1])  # another future is scored
+    # the same candidates as the imagined-future planner (same noise), chosen by the forward futures' scores
+    torch.testing.assert_close(forward.state.last_candidates, imagined.state.last_candidates)
+    best = forward.state.last_scores.argmax(1)
+    want = forward.normalizer.unnormalize_action(forward.state.last_candidates[torch.arange(2), best].clamp(-1, 1))
+    np.testing.assert_allclose(chunk, want.numpy(), atol=1e-5)
+    assert forward.settings["plan_score"] == "forward"
+    calls.clear()  # policy mode proposes the candidates, the world model checks them
+    ck = forward.checkpoint
+    pol = WAMPolicy(ck, mode="policy", steps=2, critic=forward.critic, plan=3, plan_score="forward")
+    assert pol.predict_action_chunk(obs).shape == chunk.shape and [c[0] for c in calls] == ["policy", "forward"]
+    with pytest.raises(ValueError, match="plan_score"):
+        WAMPolicy(ck, mode="joint", plan=2, critic=forward.critic, plan_score="best")
+
+
 def test_plan_needs_frames_and_a_critic(checkpoint, tmp_path):
     from wam.checkpoint import load_checkpoint
 
@@ -134,3 +171,6 @@ def test_cli_critic_then_eval_with_plan(checkpoint, dot_data, tmp_path):
     info = json.loads((tmp_path / "e" / "eval_info.json").read_text())
     assert info["settings"]["plan"] == 3
     assert main([*common, "--plan", "3", "--out", str(tmp_path / "p")]) == 2  # policy mode imagines nothing
+    assert main([*common, "--plan", "3", "--plan-score", "forward", "--out", str(tmp_path / "f")]) == 0
+    info = json.loads((tmp_path / "f" / "eval_info.json").read_text())
+    assert info["settings"]["plan"] == 3 and info["settings"]["plan_score"] == "forward"

@@ -361,6 +361,9 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", type=int, default=1, metavar="N",
                    help="test-time planning: imagine N joint futures (frames and actions) per chunk and act on the "
                         "one the critic scores highest (needs --mode joint or inverse, and a critic: `wam critic`)")
+    p.add_argument("--plan-score", default="imagined", choices=("imagined", "forward"),
+                   help="which future --plan scores: the frames imagined with the actions (default), or those the "
+                        "world model predicts from each candidate's actions alone (forward mode; any --mode)")
     p.add_argument("--critic", default=None, metavar="DIR",
                    help="the critic --plan scores with (default: <checkpoint>/critic, written by `wam critic`)")
 
@@ -577,6 +580,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         try:
             policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
                                seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
+                               plan_score=args.plan_score,
                                **_inference_overrides(args))
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
@@ -587,8 +591,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
-    if args.plan != 1 or args.critic is not None:
-        raise UserError("--plan and --critic are the server's settings with --server; pass them to `wam serve`")
+    if args.plan != 1 or args.critic is not None or args.plan_score != "imagined":
+        raise UserError("--plan, --plan-score and --critic are the server's settings with --server; pass them to `wam serve`")
     if args.workers > 1:
         raise UserError("--server evaluates through one connection; use --workers 1")
     try:
@@ -799,6 +803,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
                            n_action_steps=args.n_action_steps, device=device, plan=args.plan, critic=args.critic,
+                           plan_score=args.plan_score,
                            **_inference_overrides(args))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None

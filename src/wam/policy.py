@@ -48,6 +48,7 @@ from wam.inference import InferenceConfig, autocast, prepare
 from wam.modes import initial_noise, sample
 
 ACTING_MODES = ("policy", "joint", "inverse")
+PLAN_SCORES = ("imagined", "forward")  # which future plan N > 1 scores (WAMPolicy's docstring)
 
 
 class PolicyState:
@@ -100,14 +101,17 @@ class WAMPolicy:
 
     def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
                  inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", blind: bool = False,
-                 plan: int = 1, critic=None, **sampling):
+                 plan: int = 1, critic=None, plan_score: str = "imagined", **sampling):
         """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
         checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
         schedule=, cfg_scale=, warm_start=, ...) change single settings of it. `blind` replaces every camera
         image by a black one before the model sees it (the ablation that shows how much the policy looks).
         `plan` N > 1 samples N joint futures (frames and actions) per chunk and acts on the one whose last
         predicted frame the `critic` scores highest (`wam.critic`; a Critic, its directory, or by default
-        <checkpoint>/critic); it needs a mode that predicts frames (joint or inverse)."""
+        <checkpoint>/critic). `plan_score` says which future is scored: "imagined" (default), the frames sampled
+        together with the actions (needs mode joint or inverse); "forward", the frames the world model predicts
+        from each candidate's actions alone (forward mode, one more sampling pass per chunk), which asks what
+        the actions would do rather than what the model imagined beside them, and works in every mode."""
         import dataclasses
 
         from wam.data import Normalizer
@@ -156,13 +160,16 @@ class WAMPolicy:
             raise ValueError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
                              f"got {self.n_action_steps}")
         self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
-        self.plan, self.critic = int(plan), None
+        self.plan, self.critic, self.plan_score = int(plan), None, plan_score
         if self.plan < 1:
             raise ValueError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
+        if plan_score not in PLAN_SCORES:
+            raise ValueError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
         if self.plan > 1:
-            if mode == "policy":
-                raise ValueError("plan N > 1 chooses between imagined futures, which policy mode does not predict; "
-                                 "use mode 'joint' (or 'inverse')")
+            if mode == "policy" and plan_score == "imagined":
+                raise ValueError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
+                                 "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
+                                 "'forward'")
             from wam.critic import Critic, load_critic
 
             self.critic = (critic if isinstance(critic, Critic) else
@@ -181,7 +188,7 @@ class WAMPolicy:
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan,  # (a Critic object is found again at the directory it was loaded from)
+            blind=self.blind, plan=self.plan, plan_score=plan_score,  # (a Critic object is found again at the directory it was loaded from)
             critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
         self.reset()
 
@@ -204,7 +211,7 @@ class WAMPolicy:
                 "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
                 "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
-                **({"blind": True} if self.blind else {}), **({"plan": self.plan} if self.plan > 1 else {})}
+                **({"blind": True} if self.blind else {}), **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {})}
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
@@ -353,9 +360,15 @@ class WAMPolicy:
         modes, and any inference setting, start a chunk from the same action noise for the same seed."""
         draw = lambda m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator, self.device)  # noqa: E731
         if mode == "inverse":
-            return {"video": draw("video"), "inverse": draw("inverse")}
+            out = {"video": draw("video"), "inverse": draw("inverse")}
+            if self.plan > 1 and self.plan_score == "forward":
+                out["forward"] = draw("forward")
+            return out
         full = draw("joint")
-        return {"joint": full} if mode == "joint" else {"policy": {"actions": full["actions"]}}
+        out = {"joint": full} if mode == "joint" else {"policy": {"actions": full["actions"]}}
+        if self.plan > 1 and self.plan_score == "forward":  # the candidates' futures start from the same noise
+            out["forward"] = {"future": full["future"]}
+        return out
 
     @torch.no_grad()
     def predict_chunks(self, states: list[PolicyState], tasks: list[torch.Tensor],
@@ -376,8 +389,9 @@ class WAMPolicy:
         sizes = [len(t) for t in tasks]
         N = self.plan  # futures imagined per row: rows b * N .. b * N + N - 1 are row b's candidates
         if N > 1:
-            if mode == "policy":
-                raise ValueError("plan N > 1 needs a mode that predicts frames: joint or inverse")
+            if mode == "policy" and self.plan_score == "imagined":
+                raise ValueError("plan N > 1 with plan_score 'imagined' needs a mode that predicts frames: joint or "
+                                 "inverse (or plan_score 'forward')")
             if batch["task"].is_floating_point():
                 raise ValueError("plan N > 1 scores futures per task index; a new instruction has none")
             batch = {k: v.repeat_interleave(N, 0) for k, v in batch.items()}
@@ -395,6 +409,9 @@ class WAMPolicy:
             else:
                 out = sample(self.model, batch, mode, noise=noise[mode], **kw)
                 plan = out.get("latents")
+            if N > 1 and self.plan_score == "forward":  # what the world model says each candidate's actions do
+                given = {**batch, "actions": out["actions"].clamp(-1, 1)}
+                plan = sample(self.model, given, "forward", noise=noise["forward"], **kw)["latents"]
         if N > 1:  # keep each row's best-scored future
             scores = self.critic.score(plan[:, -1], batch["task"]).view(-1, N)  # (B, N)
             best = scores.argmax(1) + torch.arange(len(scores), device=scores.device) * N  # (B,)
