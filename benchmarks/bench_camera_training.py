@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_world_model import steps_done  # (benchmarks/ is the script's own directory)
+
 TOKENIZER = "runs/tokenizers/c16det-3k"
 CONFIGS = {
     # name: dataset, cameras, model image size, latent patch, tokenizer steps on the run's frames, render size
@@ -47,14 +49,6 @@ CONFIGS = {
     "corner4+wrist-96": {"dataset": "data/mt10-128-2cam", "cameras": "corner4,gripperPOV", "size": 96,
                          "patch": 3, "tokenizer_steps": 600, "render": 128},
 }
-
-
-def steps_done(run: Path) -> int:
-    log = run / "log.jsonl"
-    if not log.is_file():
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
-    return max(steps, default=0)
 
 
 def train(name: str, args, run: Path, env: dict) -> dict:
@@ -102,14 +96,13 @@ def evaluate(name: str, args, run: Path, env: dict) -> dict:
 
 def table(results: dict) -> str:
     tasks = sorted({t for r in results.values() for t in r["eval"]["per_task"]})
-    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] | train samples/s |",
-             "|---|---|---|---|---|"]
+    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] |", "|---|---|---|---|"]
     for name, r in results.items():
         c, e = CONFIGS[name], r["eval"]
         lo, hi = e["ci95"] if e.get("ci95") else (float("nan"), float("nan"))
         n_cams = len(c["cameras"].split(","))
         lines.append(f"| {c['cameras'].replace(',', ' + ')} | {c['size']} | {16 * n_cams} | "
-                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {r['train']['median_samples_per_s']:.0f} |")
+                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] |")
     lines += ["", "| task | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for t in tasks:
         lines.append(f"| {t.removesuffix('-v3')} | "
