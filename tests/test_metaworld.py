@@ -99,20 +99,18 @@ def test_corner_cameras_are_turned_upright(env):
     assert env._upside_down == {"corner4": True, "topview": False}
 
 
-def test_corner2_at_lerobots_position():
-    e = mw.make_env("drawer-open-v3", image_size=64, cameras=["corner2-lerobot", "corner4"], seed=0)
-    base = mw.make_env("drawer-open-v3", image_size=64, cameras=["corner2"], seed=0)
+def test_corner4_is_the_view_of_lerobots_metaworld_environment():
+    """LeRobot's MetaWorld environment renders `corner2` moved to (0.75, 0.075, 0.7): that is `corner4`."""
+    import mujoco
+
+    e = mw.make_env("drawer-open-v3", image_size=64, cameras=["corner4", "corner2"], seed=0)
     obs, _ = e.reset(seed=3)
-    ref, _ = base.reset(seed=3)
-    cam = e._camera_ids["corner2-lerobot"]
-    assert np.allclose(e._env.model.cam_pos[cam], (0.75, 0.075, 0.7))
-    assert np.allclose(e._env.data.cam_xmat[cam], base._env.data.cam_xmat[cam])  # moved, not turned
-    moved = obs["observation.images.corner2-lerobot"]
-    assert moved.shape == (64, 64, 3) and not np.array_equal(moved, ref["observation.images.corner2"])
-    assert np.array_equal(obs["observation.state"], ref["observation.state"])
-    e.close(), base.close()
-    with pytest.raises(ValueError, match="one of the two"):
-        mw.make_env("reach-v3", cameras=["corner2", "corner2-lerobot"])
+    assert not np.array_equal(obs["observation.images.corner2"], obs["observation.images.corner4"])
+    model = e._env.model
+    model.cam_pos[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")] = (0.75, 0.075, 0.7)
+    mujoco.mj_forward(model, e._env.data)
+    assert np.array_equal(e.render_camera("corner2"), e.render_camera("corner4"))
+    e.close()
 
 
 @pytest.mark.parametrize("size", [96, 128])

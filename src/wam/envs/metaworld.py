@@ -57,10 +57,9 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT_CAMERA = "corner4"
-# MetaWorld's cameras, plus `corner2-lerobot`: `corner2` moved to where LeRobot's MetaWorld environment puts it
-# (same orientation), for comparisons with policies trained on LeRobot's `metaworld_mt50` frames.
-MOVED_CAMERAS = {"corner2-lerobot": ("corner2", (0.75, 0.075, 0.7))}
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV", *MOVED_CAMERAS)
+# `corner4` is `corner2` moved to (0.75, 0.075, 0.7), the view LeRobot's MetaWorld environment renders (it moves
+# `corner2` there) and its `metaworld_mt50` frames show; `gripperPOV` is a wrist camera.
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 FPS = 80  # MuJoCo timestep 2.5 ms x frame_skip 5 = 12.5 ms per control step
 
 DESCRIPTIONS: dict[str, str] = {
@@ -221,10 +220,6 @@ class MetaWorldEnv(gym.Env):
         bad = [c for c in cameras if c not in CAMERAS]
         if bad:
             raise ValueError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
-        clash = [c for c in cameras if c in MOVED_CAMERAS and MOVED_CAMERAS[c][0] in cameras]
-        if clash:
-            raise ValueError(f"camera {clash[0]!r} is {MOVED_CAMERAS[clash[0]][0]!r} moved; one environment renders "
-                             f"one of the two, not both")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         if state not in STATE_MODES:
@@ -266,16 +261,10 @@ class MetaWorldEnv(gym.Env):
                 f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)") from e
         self._flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                        mujoco.mjtRndFlag.mjRND_SKYBOX)
-        self._camera_ids = {}
-        for cam in cameras:
-            base, pos = MOVED_CAMERAS.get(cam, (cam, None))
-            self._camera_ids[cam] = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, base)
-            if pos is not None:
-                model.cam_pos[self._camera_ids[cam]] = pos
         mujoco.mj_forward(model, data)
         self._upside_down = {}
         for cam in cameras:
-            cam_id = self._camera_ids[cam]
+            cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
             up = data.cam_xmat[cam_id].reshape(3, 3)[:, 1]  # the camera's y axis = image up, in world frame
             self._upside_down[cam] = bool(up[2] < 0)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
@@ -293,7 +282,7 @@ class MetaWorldEnv(gym.Env):
     def render_camera(self, camera: str) -> np.ndarray:
         """(H, W, 3) uint8 image of one camera, upright."""
         r = self._renderer
-        r.update_scene(self._env.data, camera=self._camera_ids[camera])
+        r.update_scene(self._env.data, camera=camera)
         for flag in self._flags:
             r.scene.flags[flag] = 0
         img = r.render()
