@@ -173,7 +173,8 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
                         state_dim: int | None = None, weights: torch.Tensor | None = None) -> EpisodeTensors:
     """Encode in-memory episodes into EpisodeTensors.
 
-    Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side), `actions` (L, A) and
+    Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side; or a function that decodes them,
+    `load_episodes(lazy_frames=True)`), `actions` (L, A) and
     `states` (L, S) already normalised, `task_index` int, optional `has_actions` bool (default True) and
     `source` int (its dataset in a mixture sampled with `weights`; episodes must come grouped by it).
     Actions narrower than `action_dim` are zero-padded and their padding masked out of the loss; states
@@ -186,11 +187,15 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
     source = torch.tensor([int(e.get("source", 0)) for e in episodes])
     if weights is not None and bool((source[1:] < source[:-1]).any()):
         raise ValueError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
-    lengths = torch.tensor([len(e["frames"]) for e in episodes])
-    for e in episodes:
-        if len(e["actions"]) != len(e["frames"]) or len(e["states"]) != len(e["frames"]):
+    frames = (lambda e: e["frames"]() if callable(e["frames"]) else e["frames"])  # noqa: E731 (lazy: decoded here)
+    latents = []
+    for e in episodes:  # one episode's frames in memory at a time when they are read lazily
+        f = frames(e)
+        if len(e["actions"]) != len(f) or len(e["states"]) != len(f):
             raise ValueError("every episode needs as many actions and states as frames (one row per step)")
-    latents = torch.cat([encode_frames(tokenizer, e["frames"]) for e in episodes])
+        latents.append(encode_frames(tokenizer, f))
+    lengths = torch.tensor([len(x) for x in latents])
+    latents = torch.cat(latents)
     acts = torch.zeros(int(lengths.sum()), A)
     dim_mask = torch.zeros(len(episodes), A, dtype=torch.bool)
     row = 0
@@ -866,8 +871,9 @@ class Mixture:
 
 
 def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str] | None = None,
-                 normalizers: list | None = None, progress: bool = False) -> Mixture:
-    """Load every dataset of a mixture; task indices are remapped into the union of their tasks."""
+                 normalizers: list | None = None, progress: bool = False, lazy_frames: bool = False) -> Mixture:
+    """Load every dataset of a mixture; task indices are remapped into the union of their tasks (`lazy_frames`:
+    see `load_episodes`)."""
     if not specs:
         raise RunError("no dataset given; pass --dataset PATH")
     if not any(s.actions and s.imitate for s in specs):
@@ -875,7 +881,8 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
                        "and be imitated (demonstrations) to train a policy")
     loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
                             normalizer=None if normalizers is None else normalizers[i], progress=progress,
-                            actions=s.actions, tasks=s.tasks, per_task=s.per_task) for i, s in enumerate(specs)]
+                            actions=s.actions, tasks=s.tasks, per_task=s.per_task, lazy_frames=lazy_frames)
+              for i, s in enumerate(specs)]
     n_cams = {len(d.cameras) for d in loaded}
     if len(n_cams) > 1:
         raise RunError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same number "
@@ -995,7 +1002,12 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         base = replace(PRESETS[preset], **changes) if cfg is None else cfg
     except (TypeError, ValueError) as e:
         raise RunError(f"invalid model settings: {e}") from e
-    mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress)
+    # frames stay on disk until they are encoded, one episode at a time, unless the tokenizer trains on them
+    # (then they are all in memory for its stage): MT50 at 96 px is 6 GB of frames against 2 GB of latents
+    frames_needed = (saved is None or saved.tokenizer is None) and base.tokenizer == "conv" \
+        and (tokenizer_from is None or tokenizer_budget(tc) > 0)
+    mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress,
+                       lazy_frames=not frames_needed)
     primary = next(i for i, sp in enumerate(specs) if sp.actions and sp.imitate)
     norm = mix.normalizers[primary]  # stats.json: what a single-dataset reader expects
     if cfg is None:
@@ -1013,7 +1025,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     train_eps, val_eps = split_episodes(mix.episodes, val_fraction)
     train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
     val_eps.sort(key=lambda e: e["source"])
-    windows = [sum(len(e["frames"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
+    windows = [sum(len(e["actions"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
     weights = mixture_weights(specs, windows)
     if dist.enabled and tc.batch_size % dist.world:
         raise RunError(f"--batch-size {tc.batch_size} is the global batch and must be divisible by the "
@@ -1037,8 +1049,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         write_text_atomic(out / "run.json", json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
 
     tok_steps = tokenizer_budget(tc)
-    train_tok = (saved is None or saved.tokenizer is None) and cfg.tokenizer == "conv" \
-        and (tokenizer_from is None or tok_steps > 0)
+    train_tok = frames_needed
     if progress and dist.main:
         done = int(saved.train_state["step"]) if saved is not None else 0
         print(plan_text(cfg, tc, lc, tok_steps if train_tok else 0, done, sum(windows), dist.world), flush=True)
@@ -1082,6 +1093,8 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     # -- WAM stage on cached latents
     train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim, weights=weights)
     val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
+    for e in mix.episodes:  # the WAM stage reads only the latents
+        e.pop("frames", None)
     state = make_state(cfg, tc)
     if saved is not None:
         state.model.load_state_dict(saved.train_state["model"])
