@@ -21,7 +21,9 @@ dataset's size (`wam eval --render-size`), so that the policy resizes its camera
 frames were resized.
 
 Evaluation: `wam eval` in policy mode, default inference settings, `--episodes` per MT10 task on the evaluation
-seeds, Wilson intervals; the scripted expert is not rerun. Finished runs and evaluations under --runs are
+seeds, Wilson intervals; the scripted expert is not rerun. Beside it, the world model: forward-mode PSNR 4 and
+8 steps ahead on the run's held-out episodes against copying the last frame and the tokenizer's ceiling
+(`wam eval --world-model`'s numbers; PSNR is not comparable across image sizes, the gain over copying is). Finished runs and evaluations under --runs are
 reused (an interrupted training resumes), so the script can be stopped and started again.
 """
 
@@ -35,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_world_model import steps_done  # (benchmarks/ is the script's own directory)
+from bench_world_model import steps_done, world_model  # (benchmarks/ is the script's own directory)
 
 TOKENIZER = "runs/tokenizers/c16det-3k"
 CONFIGS = {
@@ -96,13 +98,16 @@ def evaluate(name: str, args, run: Path, env: dict) -> dict:
 
 def table(results: dict) -> str:
     tasks = sorted({t for r in results.values() for t in r["eval"]["per_task"]})
-    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] |", "|---|---|---|---|"]
+    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] | forward PSNR 8 steps ahead - copying (dB) |",
+             "|---|---|---|---|---|"]
     for name, r in results.items():
         c, e = CONFIGS[name], r["eval"]
         lo, hi = e["ci95"] if e.get("ci95") else (float("nan"), float("nan"))
         n_cams = len(c["cameras"].split(","))
+        wm = r.get("world_model")
+        gain = f"{wm['forward_psnr'][-1] - wm['copy_last_frame_psnr'][-1]:+.2f}" if wm else "-"
         lines.append(f"| {c['cameras'].replace(',', ' + ')} | {c['size']} | {16 * n_cams} | "
-                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] |")
+                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {gain} |")
     lines += ["", "| task | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for t in tasks:
         lines.append(f"| {t.removesuffix('-v3')} | "
@@ -131,12 +136,14 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     out = Path(args.out)
-    previous = json.loads(out.read_text())["results"] if out.is_file() else {}
     results = {}
     for name in names:
         run = Path(args.runs) / name
         results[name] = {"config": CONFIGS[name], "train": train(name, args, run, env),
                          "eval": evaluate(name, args, run, env)}
+        args.dataset = CONFIGS[name]["dataset"].split(":")[0]
+        results[name]["world_model"] = world_model(run, args)
+        previous = json.loads(out.read_text())["results"] if out.is_file() else {}  # (read again: runs may share it)
         merged = {n: results.get(n) or previous[n] for n in CONFIGS if n in results or n in previous}
         from wam.evaluate import write_json_atomic
 
