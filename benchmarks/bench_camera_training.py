@@ -21,10 +21,11 @@ dataset's size (`wam eval --render-size`), so that the policy resizes its camera
 frames were resized.
 
 Evaluation: `wam eval` in policy mode, default inference settings, `--episodes` per MT10 task on the evaluation
-seeds, Wilson intervals; the scripted expert is not rerun. Beside it, the world model: forward-mode PSNR 4 and
-8 steps ahead on the run's held-out episodes against copying the last frame and the tokenizer's ceiling
-(`wam eval --world-model`'s numbers; PSNR is not comparable across image sizes, the gain over copying is). Finished runs and evaluations under --runs are
-reused (an interrupted training resumes), so the script can be stopped and started again.
+seeds, Wilson intervals; the scripted expert is not rerun. Beside it, the world model: forward-mode PSNR 4
+and 8 steps ahead on the run's held-out episodes against copying the last frame and the tokenizer's ceiling
+(`wam eval --world-model`'s numbers; PSNR is not comparable across image sizes, the gain over copying is).
+Finished runs and evaluations under --runs are reused (an interrupted training resumes), so the script can be
+stopped and started again.
 """
 
 from __future__ import annotations

@@ -241,8 +241,8 @@ def _train(sub: argparse._SubParsersAction) -> None:
                                    "--preset wam-tiny --steps 20000 --out runs/mt10")
     p.add_argument("--dataset", action="append",
                    metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
-                   help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to train on a mixture: WEIGHT is the "
-                        "dataset's relative share of each batch (default: by its size), no-actions trains on its "
+                   help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to "
+                        "train on a mixture: WEIGHT is the dataset's relative share of each batch (default: by its size), no-actions trains on its "
                         "videos only (action-free co-training), world-only trains the world model on its frames "
                         "and actions but never imitates them (perturbed or failed episodes), tasks= reads only "
                         "those tasks' episodes (task "
@@ -592,7 +592,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
     if args.plan != 1 or args.critic is not None or args.plan_score != "imagined":
-        raise UserError("--plan, --plan-score and --critic are the server's settings with --server; pass them to `wam serve`")
+        raise UserError("--plan, --plan-score and --critic are the server's settings with --server; pass them to "
+                        "`wam serve`")
     if args.workers > 1:
         raise UserError("--server evaluates through one connection; use --workers 1")
     try:

@@ -449,9 +449,8 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
-    if render_size is not None:
-        if render_size < 16:
-            raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
+    if render_size is not None and render_size < 16:
+        raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
     render_size = int(render_size) if render_size is not None else image_size
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
@@ -496,7 +495,8 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
             "eval_ep_s": elapsed / max(1, len(rows) * episodes), "per_task": rows,
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
                          "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
-                         "render_size": render_size, "cameras": cameras, **getattr(policy, "settings", {}), **(settings or {})}}
+                         "render_size": render_size, "cameras": cameras, **getattr(policy, "settings", {}),
+                         **(settings or {})}}
     served = getattr(policy, "server_ms", None)
     if served:  # through a policy server: how long it took per chunk (decode, forward pass, encode)
         info["server_ms"] = {"n_chunks": len(served), "median": float(np.median(served)),

@@ -188,7 +188,8 @@ class WAMPolicy:
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan, plan_score=plan_score,  # (a Critic object is found again at the directory it was loaded from)
+            blind=self.blind, plan=self.plan, plan_score=plan_score,
+            # (a Critic object is found again at the directory it was loaded from)
             critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
         self.reset()
 
@@ -211,7 +212,8 @@ class WAMPolicy:
                 "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
                 "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
-                **({"blind": True} if self.blind else {}), **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {})}
+                **({"blind": True} if self.blind else {}),
+                **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {})}
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
