@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only these policies, by their index in POLICIES (default: all)")
     p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
                    "judged done for a success")
+    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
+                   help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
     p.add_argument("--out", default="benchmarks/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
-    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "tasks": args.tasks,
+    result = {"world": args.world, "critic": str(critic), "persist": args.persist,
+              "action_guidance": args.action_guidance, "tasks": args.tasks,
               "episodes_per_task": args.episodes, "policies": [], "skipped": []}
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
     for i, (name, ckpt, flags) in enumerate(POLICIES):
@@ -127,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             result["skipped"].append({"name": name, "checkpoint": ckpt})
             continue
         sim_out = Path(args.runs) / f"{i}-sim"  # shared by every --persist
-        im_out = Path(args.runs) / (f"{i}-imagined" if args.persist == 1 else f"{i}-imagined-persist{args.persist}")
+        im_out = Path(args.runs) / (f"{i}-imagined" + (f"-persist{args.persist}" if args.persist != 1 else "")
+                                    + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else ""))
         common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
         im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,
-                  "--start", "sim", "--persist", str(args.persist), "--out", str(im_out), *common]
+                  "--start", "sim", "--persist", str(args.persist), "--action-guidance", f"{args.action_guidance:g}",
+                  "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
         im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
         row = {"name": name, "checkpoint": ckpt, "flags": flags,

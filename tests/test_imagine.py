@@ -85,6 +85,10 @@ def test_imagination_is_deterministic_and_the_cache_exact(world):
     torch.testing.assert_close(za, zc, atol=1e-4, rtol=1e-4)
     d, _ = _run(_env(world), seed=4)
     assert not np.array_equal(a, d)  # another seed, other noise
+    e, ze = _run(_env(world, action_guidance=1.0))
+    assert torch.equal(za, ze)  # guidance 1 is plain forward mode
+    f, zf = _run(_env(world, action_guidance=3.0))
+    assert not torch.allclose(za, zf)  # guided frames follow the actions more
 
 
 def test_imagine_writes_eval_info_videos_and_report(world, tmp_path):
@@ -105,7 +109,9 @@ def test_cli_imagine(world, tmp_path, capsys):
 
     common = ["imagine", "--checkpoint", str(world), "--env", "dot", "--episodes", "1", "--max-steps", "4",
               "--videos", "0", "--quiet", "--steps", "2"]
-    assert main([*common, "--start", "dataset", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--start", "dataset", "--action-guidance", "2", "--out", str(tmp_path / "a")]) == 0
     assert "imagined success" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "a" / "imagine_info.json").read_text())
+    assert saved["settings"]["world_action_guidance"] == 2.0
     assert main([*common, "--critic", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
     assert "wam critic" in capsys.readouterr().err

@@ -89,6 +89,23 @@ def test_classifier_free_guidance_changes_the_answer():
     assert (a1 - a3).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_action_guidance_extrapolates_from_video_mode_to_forward_mode(cache):
+    """w = 1 is forward mode, w = 0 is video mode (the actions left out); one Euler step is linear in w."""
+    cfg = tiny_config(attention="prefix")
+    model = randomise(WAM(cfg))
+    b = random_batch(cfg)
+    noise = initial_noise(cfg, "forward", 2, tuple(b["latents"].shape[2:]), torch.Generator().manual_seed(3))
+    run = lambda mode, **kw: sample(model, b, mode, steps=1, noise=noise, cache=cache, **kw)["latents"]  # noqa: E731
+    plain, video = run("forward"), run("video")
+    assert torch.equal(run("forward", action_guidance=1.0), plain)
+    assert torch.equal(run("forward", action_guidance=0.0), video)
+    assert not torch.allclose(plain, video)  # the actions do move this network's frames
+    torch.testing.assert_close(run("forward", action_guidance=3.0), 3 * plain - 2 * video, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="action_guidance"):
+        sample(model, b, "joint", steps=1, action_guidance=2.0)
+
+
 def test_bad_mode_and_missing_inputs():
     cfg = tiny_config()
     model = WAM(cfg)

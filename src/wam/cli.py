@@ -414,6 +414,9 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blind", action="store_true", help="black out the policy's camera (a policy that cannot see)")
     _add_inference_flags(p, note=" (the policy's)")
     p.add_argument("--world-steps", type=int, default=2, help="denoising steps of each imagined frame")
+    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
+                   help="guidance on the actions when imagining frames: video(no actions) + W x (forward - video); "
+                        "W > 1 makes the imagined frames follow the policy's actions more than the data's prior")
     p.add_argument("--threshold", type=float, default=0.5, help="critic probability that counts as done")
     p.add_argument("--persist", type=int, default=1, metavar="K",
                    help="an imagined episode succeeds once K imagined frames in a row are judged done")
@@ -466,7 +469,7 @@ def _run_imagine(args: argparse.Namespace) -> int:
         info = imagine(world, critic, policy, env=args.env, tasks=tasks, episodes=args.episodes, start=args.start,
                        dataset=args.dataset, seed=args.seed, max_steps=args.max_steps,
                        sampling_steps=args.world_steps, threshold=args.threshold,
-                       persist=args.persist, videos_per_task=args.videos,
+                       persist=args.persist, videos_per_task=args.videos, action_guidance=args.action_guidance,
                        out=args.out, settings=source, progress=not args.quiet)
     finally:
         if args.server is not None:

@@ -563,14 +563,16 @@ def map_tasks(data, known: list[str], dataset, unknown_tasks: str = "refuse") ->
 @torch.no_grad()
 def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
                          steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
-                         progress: bool = False, unknown_tasks: str = "refuse", drop_task: bool = False) -> dict:
+                         progress: bool = False, unknown_tasks: str = "refuse", drop_task: bool = False,
+                         action_guidance: float = 1.0) -> dict:
     """Forward/video-mode frame quality and inverse/policy action error on held-out episodes.
 
     Uses the episodes the training run held out (recorded in the checkpoint) unless `episodes` is given.
     Windows are drawn (fixed seed) among those whose future frames all lie inside the episode.
     Returns the dict described in the module docstring; with `out`, also writes real-vs-predicted
     frame strips as PNGs under out/world_model/. unknown_tasks="drop": episodes of tasks the model never
-    saw are predicted with its "no task" token instead of being refused; drop_task=True: every window is."""
+    saw are predicted with its "no task" token instead of being refused; drop_task=True: every window is.
+    action_guidance: forward mode's guidance on the actions (`wam.modes.sample`), for both forward rows."""
     from wam.modes import sample
     from wam.data import Normalizer
     from wam.train import episodes_to_tensors, load_episodes
@@ -609,16 +611,18 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     frames["real"] = true_frames.reshape(B, n_obs + F, *true_frames.shape[1:]).movedim(-1, 2).float() / 255.0
     frames["tokenizer_reconstruction"] = _to_unit(tok.decode(batch["latents"]))
     for name in ("forward", "video"):
-        res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed))
+        kw = {"action_guidance": action_guidance} if name == "forward" else {}
+        res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed), **kw)
         frames[name] = _to_unit(tok.decode(res["latents"]))
     # the same windows given another window's actions: how much the predicted frames depend on the actions
     other = {**batch, "actions": batch["actions"].roll(1, 0), "action_is_pad": batch["action_is_pad"].roll(1, 0)}
-    res = sample(model, other, "forward", steps=steps, generator=torch.Generator().manual_seed(seed))
+    res = sample(model, other, "forward", steps=steps, generator=torch.Generator().manual_seed(seed),
+                 action_guidance=action_guidance)
     frames["forward_other_actions"] = _to_unit(tok.decode(res["latents"]))
     real_future = frames["real"][:, n_obs:]
     last = frames["real"][:, n_obs - 1:n_obs]
     result: dict[str, Any] = {"windows": B, "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
-                              "sampling_steps": steps, "episodes": list(eps)}
+                              "sampling_steps": steps, "action_guidance": action_guidance, "episodes": list(eps)}
 
     def metrics(pred: torch.Tensor) -> dict:  # pred (B, F, C, H, W)
         p, s = [], []

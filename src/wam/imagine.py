@@ -39,7 +39,8 @@ class ImaginedEnv:
 
     def __init__(self, world, critic, starts: Sequence[dict], task: str, description: str, *,
                  max_steps: int = 500, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
-                 fps: int | None = None, cache: bool | None = None, device: str | torch.device = "cpu"):
+                 fps: int | None = None, cache: bool | None = None, device: str | torch.device = "cpu",
+                 action_guidance: float = 1.0):
         from wam.data import Normalizer
 
         if not starts:
@@ -58,6 +59,7 @@ class ImaginedEnv:
             raise ValueError(f"persist must be >= 1 (imagined frames in a row judged done), got {persist}")
         self.max_episode_steps, self.sampling_steps, self.threshold = max_steps, sampling_steps, threshold
         self.persist = int(persist)
+        self.action_guidance = float(action_guidance)  # > 1: frames follow the actions more than the data's prior
         self.fps, self.device = fps, torch.device(device)
         # the observed tokens' keys and values once per imagined frame (exact; not for "full" attention)
         self.cache = self.cfg.attention != "full" if cache is None else bool(cache)
@@ -106,7 +108,7 @@ class ImaginedEnv:
         if cfg.state_dim > 0:
             batch["state"] = torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
         out = sample(self.model, batch, "forward", steps=self.sampling_steps, generator=self.generator,
-                     cache=self.cache)
+                     cache=self.cache, action_guidance=self.action_guidance)
         z = out["latents"][:, cfg.n_obs_steps].float()  # (1, c, h, w): the frame future_stride steps ahead
         frame = self.tokenizer.decode(z[:, None])[:, 0]  # (1, 3, H, W) in [-1, 1]
         self.frame = ((frame[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
@@ -178,7 +180,7 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             episodes: int = 5, start: str = "sim", dataset: str | Path | None = None, seed: int = 0,
             max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
             videos_per_task: int = 2, out: str | Path = "runs/imagine", settings: dict | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, action_guidance: float = 1.0) -> dict:
     """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
     Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
     "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
@@ -218,7 +220,8 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
                                        state_size=state_size)
         limit = min(max_steps or limit, limit)
         world_env = ImaginedEnv(world, critic, starts, task, description, max_steps=limit,
-                                sampling_steps=sampling_steps, threshold=threshold, persist=persist)
+                                sampling_steps=sampling_steps, threshold=threshold, persist=persist,
+                                action_guidance=action_guidance)
         episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
         res = rollout(world_env, policy, episode_ids, record=videos_per_task,
                       progress=(lambda: bar.update(1)) if bar is not None else None)
@@ -239,7 +242,8 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed, "start": start,
                          "max_steps": max_steps, "world_model": str(world.path), "world_model_hash": world.model_hash,
                          "critic": getattr(critic, "path", None), "world_sampling_steps": sampling_steps,
-                         "threshold": threshold, "persist": persist, **getattr(policy, "settings", {}),
+                         "world_action_guidance": action_guidance, "threshold": threshold, "persist": persist,
+                         **getattr(policy, "settings", {}),
                          **(settings or {})}}
     write_json_atomic(out / "imagine_info.json", info)
     build_report(out, info, title="wam imagine: the policy evaluated inside the world model")

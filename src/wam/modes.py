@@ -82,7 +82,8 @@ def initial_noise(cfg, mode: str | Mode, batch_size: int, latent_shape: tuple[in
 @torch.no_grad()
 def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str = "euler",
            schedule: str = "linear", cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-           noise: dict | None = None, t_start: float = 1.0, cache: bool = False, taylor=None) -> dict:
+           noise: dict | None = None, t_start: float = 1.0, cache: bool = False, taylor=None,
+           action_guidance: float = 1.0) -> dict:
     """Run one mode: returns {"latents": (B, n_obs + F, c, h, w)} when the mode has future frames
     (history and given frames exactly as passed in) and {"actions": (B, H, A)} when it has actions.
 
@@ -92,6 +93,9 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     cache     compute the observed tokens' keys and values once instead of at every step (exact; needs a
               model with attention "prefix" or "causal")
     taylor    a `wam.inference.taylor.TaylorSeer` setting: forecast the blocks' output between full steps
+    action_guidance  w for modes that generate frames from given actions (forward): the future's output is
+              video(no actions) + w * (forward - video), classifier-free guidance on the actions (Ho & Salimans
+              2022) that makes the frames follow the actions more than the data's prior; 1 = plain forward mode
     The plain call (no cache, no forecast, t_start 1) is the reference every faster path is measured against.
     """
     m = get_mode(mode)
@@ -115,6 +119,12 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         x = {k: noise[k] for k in needed}
     task, state = batch["task"], batch.get("state")
     guided = cfg_scale != 1.0
+    act_guided = action_guidance != 1.0
+    if act_guided and not (m.future == GENERATE and m.actions == GIVEN):
+        raise ValueError(f"action_guidance applies to modes that generate frames from given actions (forward), "
+                         f"not {m.name!r}")
+    if act_guided and taylor is not None:
+        raise ValueError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
     if guided:  # conditional and unconditional halves in one batch
         two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
         drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
@@ -139,6 +149,21 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         if m.actions != OMIT:
             act = two(x["actions"]) if m.actions == GENERATE else given_actions
             t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device)
+        v_fut, v_act = denoise(t, fut, t_fut, act, t_act)
+        if act_guided:  # the same future without the actions (video mode): the prior the actions move away from
+            v_fut = flow.cfg_combine(v_fut, denoise(t, fut, t_fut, None, None)[0], action_guidance)
+        if guided:
+            v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], cfg_scale)
+            v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
+        out = {}
+        if m.future == GENERATE:
+            out["future"] = flow.velocity_from_output(v_fut, x["future"], t, cfg.video_prediction)
+        if m.actions == GENERATE:
+            out["actions"] = flow.velocity_from_output(v_act, x["actions"], t, cfg.action_prediction)
+        return out
+
+    def denoise(t, fut, t_fut, act, t_act) -> tuple:
+        """The network's outputs for the generated future frames and actions (None where left out)."""
         if observed is not None or (forecast is not None and cfg.attention != "full"):
             kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
             v_fut, v_act = model.forward_generated(kv, fut, t_fut, act, t_act,
@@ -151,15 +176,7 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
             v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop,
                                  hook=None if forecast is None else forecast.hook(t))
             v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps:]
-        if guided:
-            v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], cfg_scale)
-            v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
-        out = {}
-        if m.future == GENERATE:
-            out["future"] = flow.velocity_from_output(v_fut, x["future"], t, cfg.video_prediction)
-        if m.actions == GENERATE:
-            out["actions"] = flow.velocity_from_output(v_act, x["actions"], t, cfg.action_prediction)
-        return out
+        return v_fut, v_act
 
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
