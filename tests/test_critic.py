@@ -146,6 +146,17 @@ def test_forward_plan_scores_what_the_world_model_predicts_from_each_candidates_
     assert pol.predict_action_chunk(obs).shape == chunk.shape and [c[0] for c in calls] == ["policy", "forward"]
     with pytest.raises(ValueError, match="plan_score"):
         WAMPolicy(ck, mode="joint", plan=2, critic=forward.critic, plan_score="best")
+    plain_fwd = calls[1][2]["latents"]
+    calls.clear()  # guided forward futures: the same candidates, scored on futures that follow their actions more
+    guided = WAMPolicy(ck, mode="policy", steps=2, critic=forward.critic, plan=3, plan_score="forward",
+                       plan_guidance=3.0)
+    guided.predict_action_chunk(obs)
+    assert [c[0] for c in calls] == ["policy", "forward"]
+    assert not torch.allclose(plain_fwd, calls[1][2]["latents"])
+    torch.testing.assert_close(guided.state.last_candidates, pol.state.last_candidates)
+    assert guided.settings["plan_guidance"] == 3.0 and "plan_guidance" not in pol.settings
+    with pytest.raises(ValueError, match="plan_guidance"):
+        WAMPolicy(ck, mode="joint", plan=2, critic=forward.critic, plan_guidance=2.0)  # imagined futures: no
 
 
 def test_plan_needs_frames_and_a_critic(checkpoint, tmp_path):
@@ -174,3 +185,6 @@ def test_cli_critic_then_eval_with_plan(checkpoint, dot_data, tmp_path):
     assert main([*common, "--plan", "3", "--plan-score", "forward", "--out", str(tmp_path / "f")]) == 0
     info = json.loads((tmp_path / "f" / "eval_info.json").read_text())
     assert info["settings"]["plan"] == 3 and info["settings"]["plan_score"] == "forward"
+    assert main([*common, "--plan", "2", "--plan-score", "forward", "--plan-guidance", "2", "--out",
+                 str(tmp_path / "g")]) == 0
+    assert json.loads((tmp_path / "g" / "eval_info.json").read_text())["settings"]["plan_guidance"] == 2.0

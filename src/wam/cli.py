@@ -364,6 +364,9 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-score", default="imagined", choices=("imagined", "forward"),
                    help="which future --plan scores: the frames imagined with the actions (default), or those the "
                         "world model predicts from each candidate's actions alone (forward mode; any --mode)")
+    p.add_argument("--plan-guidance", type=float, default=1.0, metavar="W",
+                   help="with --plan-score forward: predict the candidates' futures with guidance W on their actions "
+                        "(W > 1: the frames follow the actions more than the data's prior)")
     p.add_argument("--critic", default=None, metavar="DIR",
                    help="the critic --plan scores with (default: <checkpoint>/critic, written by `wam critic`)")
 
@@ -583,7 +586,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         try:
             policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
                                seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
-                               plan_score=args.plan_score,
+                               plan_score=args.plan_score, plan_guidance=args.plan_guidance,
                                **_inference_overrides(args))
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise UserError(str(e)) from None
@@ -594,8 +597,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
-    if args.plan != 1 or args.critic is not None or args.plan_score != "imagined":
-        raise UserError("--plan, --plan-score and --critic are the server's settings with --server; pass them to "
+    if args.plan != 1 or args.critic is not None or args.plan_score != "imagined" or args.plan_guidance != 1:
+        raise UserError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with --server; pass them to "
                         "`wam serve`")
     if args.workers > 1:
         raise UserError("--server evaluates through one connection; use --workers 1")
@@ -807,7 +810,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
                            n_action_steps=args.n_action_steps, device=device, plan=args.plan, critic=args.critic,
-                           plan_score=args.plan_score,
+                           plan_score=args.plan_score, plan_guidance=args.plan_guidance,
                            **_inference_overrides(args))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None

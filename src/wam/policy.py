@@ -101,7 +101,8 @@ class WAMPolicy:
 
     def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
                  inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", blind: bool = False,
-                 plan: int = 1, critic=None, plan_score: str = "imagined", **sampling):
+                 plan: int = 1, critic=None, plan_score: str = "imagined", plan_guidance: float = 1.0,
+                 **sampling):
         """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
         checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
         schedule=, cfg_scale=, warm_start=, ...) change single settings of it. `blind` replaces every camera
@@ -111,7 +112,9 @@ class WAMPolicy:
         <checkpoint>/critic). `plan_score` says which future is scored: "imagined" (default), the frames sampled
         together with the actions (needs mode joint or inverse); "forward", the frames the world model predicts
         from each candidate's actions alone (forward mode, one more sampling pass per chunk), which asks what
-        the actions would do rather than what the model imagined beside them, and works in every mode."""
+        the actions would do rather than what the model imagined beside them, and works in every mode.
+        `plan_guidance` W > 1 predicts those forward futures with guidance on the actions (`wam.modes.sample`'s
+        action_guidance), so that they follow the candidates' actions more than the data's prior."""
         import dataclasses
 
         from wam.data import Normalizer
@@ -161,6 +164,10 @@ class WAMPolicy:
                              f"got {self.n_action_steps}")
         self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
         self.plan, self.critic, self.plan_score = int(plan), None, plan_score
+        self.plan_guidance = float(plan_guidance)
+        if self.plan_guidance != 1.0 and plan_score != "forward":
+            raise ValueError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
+                             "plan_score='forward' (--plan-score forward) with it")
         if self.plan < 1:
             raise ValueError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
         if plan_score not in PLAN_SCORES:
@@ -188,7 +195,7 @@ class WAMPolicy:
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
         self.spec = (str(checkpoint.path), tuple(sorted(dict(
             mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan, plan_score=plan_score,
+            blind=self.blind, plan=self.plan, plan_score=plan_score, plan_guidance=self.plan_guidance,
             # (a Critic object is found again at the directory it was loaded from)
             critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
         self.reset()
@@ -213,7 +220,8 @@ class WAMPolicy:
                 "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
                 "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
                 **({"blind": True} if self.blind else {}),
-                **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {})}
+                **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {}),
+                **({"plan_guidance": self.plan_guidance} if self.plan > 1 and self.plan_guidance != 1 else {})}
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
@@ -413,7 +421,8 @@ class WAMPolicy:
                 plan = out.get("latents")
             if N > 1 and self.plan_score == "forward":  # what the world model says each candidate's actions do
                 given = {**batch, "actions": out["actions"].clamp(-1, 1)}
-                plan = sample(self.model, given, "forward", noise=noise["forward"], **kw)["latents"]
+                plan = sample(self.model, given, "forward", noise=noise["forward"], action_guidance=self.plan_guidance,
+                              **kw)["latents"]
         if N > 1:  # keep each row's best-scored future
             scores = self.critic.score(plan[:, -1], batch["task"]).view(-1, N)  # (B, N)
             best = scores.argmax(1) + torch.arange(len(scores), device=scores.device) * N  # (B,)
