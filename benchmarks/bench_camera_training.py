@@ -97,18 +97,54 @@ def evaluate(name: str, args, run: Path, env: dict) -> dict:
             "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
 
 
+def chunk_latency(names: list[str], runs: Path, rounds: int = 30) -> dict:
+    """Median ms of one fresh policy-mode chunk (batch 1, default inference) per config, on a real first frame
+    of `reach-v3` at the config's render size. Timed interleaved (one chunk of each config per round, in this
+    process), so that a busy machine slows every config alike: read them as ratios."""
+    import numpy as np
+    import torch
+
+    from wam.envs import make_env
+    from wam.policy import WAMPolicy
+
+    policies, obs = {}, {}
+    for name in names:
+        c = CONFIGS[name]
+        policies[name] = WAMPolicy.from_checkpoint(runs / name / "checkpoint")
+        env = make_env("metaworld", "reach-v3", image_size=c["render"] or c["size"], cameras=c["cameras"].split(","))
+        try:
+            o, _ = env.reset(seed=0)
+            obs[name] = {**o, "task": env.task_description}
+        finally:
+            env.close()
+    ms = {n: [] for n in names}
+    with torch.no_grad():
+        for r in range(rounds + 2):
+            for n in names:
+                policies[n].reset()
+                t0 = time.perf_counter()
+                policies[n].predict_action_chunk(obs[n])
+                if r >= 2:  # warm-up rounds
+                    ms[n].append(1000 * (time.perf_counter() - t0))
+    return {n: {"median_ms": float(np.median(v)), "rounds": rounds, "threads": torch.get_num_threads()}
+            for n, v in ms.items()}
+
+
 def table(results: dict) -> str:
     tasks = sorted({t for r in results.values() for t in r["eval"]["per_task"]})
-    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] | forward PSNR 8 steps ahead - copying (dB) |",
-             "|---|---|---|---|---|"]
+    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] | forward PSNR 8 steps ahead - copying (dB) "
+             "| chunk ms (ratio to the first) |", "|---|---|---|---|---|---|"]
+    first = next((r["chunk"]["median_ms"] for r in results.values() if r.get("chunk")), None)
     for name, r in results.items():
         c, e = CONFIGS[name], r["eval"]
         lo, hi = e["ci95"] if e.get("ci95") else (float("nan"), float("nan"))
         n_cams = len(c["cameras"].split(","))
         wm = r.get("world_model")
         gain = f"{wm['forward_psnr'][-1] - wm['copy_last_frame_psnr'][-1]:+.2f}" if wm else "-"
+        ms = r.get("chunk", {}).get("median_ms")
+        chunk = f"{ms:.1f} ({ms / first:.2f})" if ms else "-"
         lines.append(f"| {c['cameras'].replace(',', ' + ')} | {c['size']} | {16 * n_cams} | "
-                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {gain} |")
+                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {gain} | {chunk} |")
     lines += ["", "| task | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for t in tasks:
         lines.append(f"| {t.removesuffix('-v3')} | "
@@ -126,9 +162,24 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="threads of each process")
     p.add_argument("--out", default="benchmarks/camera_training.json")
     p.add_argument("--table", action="store_true", help="print the README's tables from --out and exit")
+    p.add_argument("--latency", action="store_true", help="time a policy chunk of each finished config of "
+                   "--configs, interleaved in this process, record it in --out and exit")
     args = p.parse_args()
     if args.table:
         print(table(json.loads(Path(args.out).read_text())["results"]))
+        return
+    if args.latency:
+        import torch
+
+        from wam.evaluate import write_json_atomic
+
+        torch.set_num_threads(args.threads)
+        record = json.loads(Path(args.out).read_text())
+        names = [n for n in args.configs.split(",") if n in record["results"]]
+        for n, lat in chunk_latency(names, Path(args.runs)).items():
+            record["results"][n]["chunk"] = lat
+            print(f"{n}: {lat['median_ms']:.1f} ms per chunk")
+        write_json_atomic(Path(args.out), record)
         return
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
