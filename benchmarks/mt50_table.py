@@ -20,13 +20,33 @@ def fmt(pc: float, ci: list[float] | None = None) -> str:
     return f"{pc:.1f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
 
 
+def take_expert(info: dict, other: dict, name: str) -> None:
+    """Copy the expert's rates of `other` into `info`, refusing unless every task ran the same seeds."""
+    by_task = {r["task"]: r for r in other["per_task"]}
+    for r in info["per_task"]:
+        o = by_task.get(r["task"])
+        if o is None or o.get("seeds") != r.get("seeds") or "expert_pc_success" not in o:
+            raise SystemExit(f"{name} has no expert result for {r['task']} on the same seeds; run wam eval on "
+                             f"those seeds without --no-expert")
+        r["expert_pc_success"] = o["expert_pc_success"]
+    for key, g in info["groups"].items():
+        g["expert_pc_success"] = other["groups"][key]["expert_pc_success"]
+    info["group_mean"]["expert_pc_success"] = other["group_mean"].get("expert_pc_success", float("nan"))
+    info["expert"] = other.get("expert")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_info", help="eval_info.json of the evaluation")
     ap.add_argument("--blind", default=None, help="eval_info.json of the same evaluation with --blind")
     ap.add_argument("--tasks", action="store_true", help="also print the per-task table")
+    ap.add_argument("--expert", default=None, metavar="EVAL_INFO",
+                    help="take the scripted expert's rates from this evaluation on the same seeds (for an "
+                         "evaluation run with --no-expert)")
     args = ap.parse_args()
     info = json.load(open(args.eval_info))
+    if args.expert:
+        take_expert(info, json.load(open(args.expert)), args.expert)
     blind = json.load(open(args.blind)) if args.blind else None
     head = "| | tasks | episodes | wam success % [95% CI] | scripted expert % |"
     sep = "|---|---|---|---|---|"
