@@ -598,8 +598,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
                         f"to `wam serve`")
     if args.plan != 1 or args.critic is not None or args.plan_score != "imagined" or args.plan_guidance != 1:
-        raise UserError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with --server; pass them to "
-                        "`wam serve`")
+        raise UserError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with "
+                        "--server; pass them to `wam serve`")
     if args.workers > 1:
         raise UserError("--server evaluates through one connection; use --workers 1")
     try:
