@@ -22,12 +22,28 @@ then evaluated closed loop on the same seeds.
                  their actions condition the world model and are never imitated (a quarter of each batch, shared
                  among the --failures datasets: `--dataset D:3:tasks=T --dataset F:0.5:world-only` for each of
                  two), so that the world model sees what actions other than the expert's do
+    (g) wam-far  (b) with the future frames 16 and 32 control steps ahead instead of 4 and 8 (--model
+                 future_stride=16; the same number of tokens): 8 steps ahead the frame barely differs from the
+                 current one, 32 steps ahead it shows where the task leads, which only a network that has found
+                 the goal and the object can predict
 
 --demos N trains every recipe on the first N demonstrations of each task only (the few-demonstrations regime,
 where a video loss has the most to add); run it into its own --runs and --out:
 
     MUJOCO_GL=egl python benchmarks/bench_world_model.py --demos 10 --recipes policy,wam,wam+task-videos \
         --runs runs/wm10 --out benchmarks/world_model_10demos.json
+
+At three times the budget (12,000 steps, about as many passes over MT10's frames as the MT50 reference makes
+over MT50's), on an MT10-only collection (the same episodes: a demonstration's seed depends only on its task and
+attempt) and two sets of evaluation seeds, each recipe beside the policy-only run on the same 400 episodes:
+
+    wam collect metaworld --tasks mt10 --episodes 50 --image-size 96 --workers 2 --out data/mt10
+    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1 \
+        --recipes policy,wam,wam-far --runs runs/wm-far --out benchmarks/world_model_far.json
+
+The table gives each recipe's paired difference from the policy-only run (`wam.evaluate.paired_difference`:
+the same seeds, a bootstrap interval over episodes and McNemar's exact test), which is tighter than comparing
+two Wilson intervals.
 
 Equal compute means the same network (wam-tiny at 96 px, 3x3 latent patches, the frozen frame tokenizer of
 checkpoints/wam-tiny-mt50), the same optimizer steps, batch size, learning rate and seed; the JSON records each
@@ -55,6 +71,7 @@ RECIPES = {
     "wam+task-videos": {"loss": ["p_omit_future=0.3"], "videos": "task"},
     "wam-aux": {"loss": ["p_omit_future=0.6", "p_omit_action=0.05", "p_clean_action=0.05"], "videos": False},
     "wam+failures": {"loss": ["p_omit_future=0.3"], "videos": False, "failures": True},
+    "wam-far": {"loss": ["p_omit_future=0.3"], "videos": False, "model": ["future_stride=16"]},
 }
 
 
@@ -95,7 +112,9 @@ def train(name: str, args, run: Path, env: dict) -> dict:
         data.append(f"{args.dataset}:1:no-actions:tasks={','.join(other_tasks(args.dataset, args.tasks))}")
     cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
            "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
-           "--tokenizer-steps", "0", *[a for kv in args.model for a in ("--model", kv)], "--steps", str(args.steps),
+           "--tokenizer-steps", "0",
+           *[a for kv in [*args.model, *recipe.get("model", [])] for a in ("--model", kv)],
+           "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--val-every", str(args.steps),
            "--checkpoint-every", "1000", "--quiet"]
     for d in data:
@@ -119,24 +138,76 @@ def train(name: str, args, run: Path, env: dict) -> dict:
             "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None}
 
 
-def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy") -> dict:
-    out = run.parent / (f"{run.name}-eval" if mode == "policy" else f"{run.name}-eval-{mode}")
+def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy", seed: int = 0) -> dict:
+    out = run.parent / ((f"{run.name}-eval" if mode == "policy" else f"{run.name}-eval-{mode}")
+                        + (f"-seed{seed}" if seed else ""))
     info = out / "eval_info.json"
     cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env", "metaworld",
            "--tasks", args.tasks, "--episodes", str(args.episodes), "--mode", mode, "--workers",
            str(args.workers), "--videos", "0", "--quiet", "--out", str(out)]
-    if name != "policy" or mode != "policy":
+    if seed:
+        cmd += ["--seed", str(seed)]
+    if name != "policy" or mode != "policy" or seed:
         cmd.append("--no-expert")  # the expert runs once, beside the first run
     if not info.is_file():
         print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     r = json.loads(info.read_text())
-    res = {"command": "wam " + " ".join(cmd[3:]), "mode": mode, "pc_success": r["pc_success"],
+    res = {"command": "wam " + " ".join(cmd[3:]), "mode": mode, "seed": seed, "pc_success": r["pc_success"],
            "ci95": r.get("ci95"), "n_episodes": r["n_episodes"],
-           "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
+           "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]},
+           "successes": {t["task"]: [bool(x) for x in t["successes"]] for t in r["per_task"]}}
     if r.get("expert"):
         res["expert_pc_success"] = r["expert"]["pc_success"]
     return res
+
+
+def pooled(evals: list[dict]) -> dict:
+    """One evaluation over several evaluation seeds (each a disjoint set of episodes): success, Wilson interval,
+    per-task success and the per-episode outcomes, keyed by seed then task."""
+    from wam.evaluate import wilson_interval
+
+    if len(evals) == 1:
+        return evals[0]
+    outcomes = {str(e["seed"]): e["successes"] for e in evals}
+    flat = [x for per_task in outcomes.values() for xs in per_task.values() for x in xs]
+    tasks = list(evals[0]["per_task"])
+    res = {"commands": [e["command"] for e in evals], "mode": evals[0]["mode"], "seeds": [e["seed"] for e in evals],
+           "pc_success": 100 * sum(flat) / len(flat), "ci95": [100 * v for v in wilson_interval(sum(flat), len(flat))],
+           "n_episodes": len(flat),
+           "per_task": {t: 100 * sum(x for o in outcomes.values() for x in o[t]) / sum(len(o[t]) for o in
+                                                                                       outcomes.values())
+                        for t in tasks},
+           "successes_by_seed": outcomes, "by_seed": {str(e["seed"]): e["pc_success"] for e in evals}}
+    if "expert_pc_success" in evals[0]:
+        res["expert_pc_success_seed0"] = evals[0]["expert_pc_success"]
+    return res
+
+
+def outcomes(e: dict) -> dict[tuple[str, str], list[bool]]:
+    """(seed, task) -> per-episode outcomes of one (pooled or single-seed) evaluation."""
+    by_seed = e.get("successes_by_seed") or {str(e.get("seed", 0)): e.get("successes", {})}
+    return {(s, t): xs for s, per_task in by_seed.items() for t, xs in per_task.items()}
+
+
+def versus_policy(result: dict) -> None:
+    """Each recipe against the policy-only run on the episodes both evaluated (same seeds): paired difference,
+    bootstrap interval and McNemar's exact test (`wam.evaluate.paired_difference`)."""
+    from wam.evaluate import paired_difference
+
+    base = result["runs"].get("policy", {}).get("eval")
+    if not base or not outcomes(base):
+        return
+    a = outcomes(base)
+    for name, entry in result["runs"].items():
+        for key in ("eval", "eval_joint"):  # this run in policy mode, and acting in joint mode
+            if name == "policy" or not entry.get(key):
+                continue
+            b = outcomes(entry[key])
+            keys = sorted(set(a) & set(b))
+            if keys and all(len(a[k]) == len(b[k]) for k in keys):
+                entry[key.replace("eval", "vs_policy")] = paired_difference([x for k in keys for x in a[k]],
+                                                                            [x for k in keys for x in b[k]])
 
 
 def world_model(run: Path, args) -> dict:
@@ -173,6 +244,8 @@ def main() -> None:
                    help="a model setting the tokenizer needs (e.g. latent_channels=16), repeatable")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--eval-seeds", default="0", metavar="S[,S]",
+                   help="evaluation seeds (`wam eval --seed`), each --episodes per task on its own layouts, pooled")
     p.add_argument("--threads", type=int, default=1, help="threads of each training process")
     p.add_argument("--modes", default="policy", help="acting modes to evaluate, e.g. policy,joint (joint: the "
                    "actions denoised together with the future frames; not for the policy-only run)")
@@ -197,17 +270,21 @@ def main() -> None:
                    "steps": args.steps, "batch_size": args.batch_size,
                    "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
                    "cpu": cpu_description(), "runs": result.get("runs", {})})
+    seeds = [int(x) for x in args.eval_seeds.split(",")]
+    result["eval_seeds"] = seeds
     for name in args.recipes.split(","):
         run = Path(args.runs) / name.replace("+", "-")
         entry = result["runs"].setdefault(name, {})
         entry["train"] = train(name, args, run, env)
         for mode in args.modes.split(","):
             if mode == "policy" or name != "policy":  # the policy-only network has no future frames to generate
-                entry["eval" if mode == "policy" else f"eval_{mode}"] = evaluate(name, args, run, env, mode)
+                evals = [evaluate(name, args, run, env, mode, seed) for seed in seeds]
+                entry["eval" if mode == "policy" else f"eval_{mode}"] = pooled(evals)
         if name != "policy" and "world_model" not in entry:
             entry["world_model"] = world_model(run, args)
         if out.is_file():  # another invocation (other --recipes, run beside this one) may have written its rows
             result["runs"] = {**json.loads(out.read_text()).get("runs", {}), name: entry}
+        versus_policy(result)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
@@ -220,21 +297,35 @@ def table(result: dict) -> str:
     order = list(RECIPES)
     runs = dict(sorted(result["runs"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     ci = lambda e: f"{e['pc_success']:.1f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]" if e else "-"  # noqa: E731
+    ahead = next((r["world_model"]["horizons"][-1] for r in runs.values() if r.get("world_model")), None)
+
     def frames(r: dict) -> str:  # the last horizon: forward-mode PSNR (copy the last frame / tokenizer ceiling)
         w = r.get("world_model")
-        return (f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f})"
-                if w else "-")
+        if not w:
+            return "-"
+        other = f"; {w['horizons'][-1]} steps ahead" if w["horizons"][-1] != ahead else ""
+        return (f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f}"
+                f"{other})")
 
-    ahead = next((r["world_model"]["horizons"][-1] for r in runs.values() if r.get("world_model")), None)
     lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, "
              f"{f'{ahead} steps ahead' if ahead else 'the last predicted frame'} (copy last frame / tokenizer "
-             "ceiling) | wall-clock (loading included, shared cores) | samples/s | final action loss |",
-             "|---|---|---|---|---|---|---|"]
+             "ceiling) | minus policy-only, same episodes: points [95% CI], McNemar p (episodes) | wall-clock (loading "
+             "included, shared cores) | samples/s | final action loss |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def paired(r: dict) -> str:
+        cells = []
+        for key, label in (("vs_policy", ""), ("vs_policy_joint", "joint mode: ")):
+            if v := r.get(key):
+                cells.append(f"{label}{v['difference']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}], "
+                             f"p={v['mcnemar_p']:.2g} ({v['n_episodes']})")
+        return "; ".join(cells) or "-"
+
     for name, r in runs.items():
         t = r["train"]
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
-        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {wall} | "
-                     f"{t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
+        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {paired(r)} | "
+                     f"{wall} | {t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
     tasks = list(next(iter(runs.values()))["eval"]["per_task"])
     lines += ["", "| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for task in tasks:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from wam.evaluate import env_options_for, group_results, wilson_interval
+from wam.evaluate import env_options_for, group_results, paired_difference, wilson_interval
 
 
 def _row(task, successes, expert=None):
@@ -27,6 +27,22 @@ def test_groups_report_episode_means_task_means_and_the_mean_of_group_means():
     assert gm["pc_success"] == 75.0 and gm["groups_evaluated"] == ["easy", "hard"]
     half = 100 * 1.96 * math.sqrt(0.5 * 0.5 / 8 + 0.0) / 2
     assert gm["ci95"] == pytest.approx([75.0 - half, 75.0 + half]) and gm["expert_pc_success"] == pytest.approx(93.75)
+
+
+def test_paired_difference_counts_discordant_episodes_and_tests_them_exactly():
+    a = [1, 1, 0, 0, 1, 0, 1, 0, 0, 0]
+    b = [1] * 10  # solves the 6 episodes that `a` fails, fails none that `a` solves
+    r = paired_difference(a, b)
+    assert r["difference"] == pytest.approx(60.0) and (r["only_a"], r["only_b"]) == (0, 6)
+    assert r["mcnemar_p"] == pytest.approx(2 / 2 ** 6)  # both tails of Binomial(6, 1/2) at 0 and 6
+    assert 0 < r["ci95"][0] < 60 < r["ci95"][1] <= 100
+    assert paired_difference(a, b) == r  # the bootstrap is seeded
+    same = paired_difference(a, a)
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["ci95"] == [0.0, 0.0]
+    swapped = paired_difference(b, a)
+    assert swapped["difference"] == pytest.approx(-60.0) and swapped["mcnemar_p"] == r["mcnemar_p"]
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1, 0], [1])
 
 
 def test_unequal_groups_make_the_two_conventions_differ():
