@@ -35,11 +35,12 @@ where a video loss has the most to add); run it into its own --runs and --out:
 
 At three times the budget (12,000 steps, about as many passes over MT10's frames as the MT50 reference makes
 over MT50's), on an MT10-only collection (the same episodes: a demonstration's seed depends only on its task and
-attempt) and two sets of evaluation seeds, each recipe beside the policy-only run on the same 400 episodes:
+attempt) and three sets of evaluation seeds, each recipe beside the policy-only run on the same 600
+episodes, in policy and joint mode:
 
     wam collect metaworld --tasks mt10 --episodes 50 --image-size 96 --workers 2 --out data/mt10
-    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1 \
-        --recipes policy,wam,wam-far --runs runs/wm-far --out benchmarks/world_model_far.json
+    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1,2 \
+        --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far --out benchmarks/world_model_far.json
 
 The table gives each recipe's paired difference from the policy-only run (`wam.evaluate.paired_difference`:
 the same seeds, a bootstrap interval over episodes and McNemar's exact test), which is tighter than comparing
