@@ -170,16 +170,13 @@ def pooled(evals: list[dict]) -> dict:
 
     if len(evals) == 1:
         return evals[0]
-    outcomes = {str(e["seed"]): e["successes"] for e in evals}
-    flat = [x for per_task in outcomes.values() for xs in per_task.values() for x in xs]
-    tasks = list(evals[0]["per_task"])
+    by_seed = {str(e["seed"]): e["successes"] for e in evals}
+    per_task = {t: [x for o in by_seed.values() for x in o[t]] for t in evals[0]["per_task"]}
+    flat = [x for xs in per_task.values() for x in xs]
     res = {"commands": [e["command"] for e in evals], "mode": evals[0]["mode"], "seeds": [e["seed"] for e in evals],
            "pc_success": 100 * sum(flat) / len(flat), "ci95": [100 * v for v in wilson_interval(sum(flat), len(flat))],
-           "n_episodes": len(flat),
-           "per_task": {t: 100 * sum(x for o in outcomes.values() for x in o[t]) / sum(len(o[t]) for o in
-                                                                                       outcomes.values())
-                        for t in tasks},
-           "successes_by_seed": outcomes, "by_seed": {str(e["seed"]): e["pc_success"] for e in evals}}
+           "n_episodes": len(flat), "per_task": {t: 100 * sum(xs) / len(xs) for t, xs in per_task.items()},
+           "successes_by_seed": by_seed, "by_seed": {str(e["seed"]): e["pc_success"] for e in evals}}
     if "expert_pc_success" in evals[0]:
         res["expert_pc_success_seed0"] = evals[0]["expert_pc_success"]
     return res
@@ -197,9 +194,9 @@ def versus_policy(result: dict) -> None:
     from wam.evaluate import paired_difference
 
     base = result["runs"].get("policy", {}).get("eval")
-    if not base or not outcomes(base):
+    a = outcomes(base) if base else {}
+    if not a:
         return
-    a = outcomes(base)
     for name, entry in result["runs"].items():
         for key in ("eval", "eval_joint"):  # this run in policy mode, and acting in joint mode
             if name == "policy" or not entry.get(key):
