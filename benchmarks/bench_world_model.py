@@ -9,8 +9,9 @@ then evaluated closed loop on the same seeds.
                  (--loss p_omit_future=1 p_clean_future=0 p_clean_action=0 p_omit_action=0)
     (b) wam      the full WAM: joint video + action denoising with independent noise levels
                  (--loss p_omit_future=0.3, the reference recipe)
-    (c) wam+videos  (b) plus action-free videos of every other task of the dataset, whose actions the model
-                 never sees (a quarter of each batch: `--dataset D:3:tasks=T --dataset D:1:no-actions:tasks=rest`)
+    (c) wam+videos  (b) plus action-free videos of every other task of the dataset (or of --videos V), whose
+                 actions the model never sees (a quarter of each batch:
+                 `--dataset D:3:tasks=T --dataset D:1:no-actions:tasks=rest`)
     (d) wam+task-videos  with --demos N only: (b) on the first N demonstrations of every task, plus the same
                  tasks' other episodes as action-free videos (a quarter of each batch:
                  `--dataset D:3:tasks=T:per-task=..N --dataset D:1:no-actions:tasks=T:per-task=N..`)
@@ -77,13 +78,21 @@ RECIPES = {
 
 
 def other_tasks(dataset: str, tasks: str) -> list[str]:
-    """The dataset's task indices outside `tasks`, as strings for `tasks=`."""
+    """The dataset's task indices outside `tasks`, as strings for `tasks=` (all of them when it holds none of
+    `tasks`, as a --videos dataset of other tasks does)."""
     from wam.data import LeRobotDataset
-    from wam.train import select_tasks
+    from wam.train import RunError, select_tasks
 
     texts = list(LeRobotDataset(dataset).tasks)
-    chosen = set(select_tasks(texts, tuple(tasks.split(",")), dataset))
-    return [str(i) for i in range(len(texts)) if i not in chosen]
+    try:
+        chosen = set(select_tasks(texts, tuple(tasks.split(",")), dataset))
+    except RunError:
+        chosen = set()
+    rest = [str(i) for i in range(len(texts)) if i not in chosen]
+    if not rest:
+        raise SystemExit(f"{dataset} holds no task outside {tasks}, so it has no action-free videos to give; "
+                         f"collect other tasks (wam collect metaworld --tasks ...) and pass them as --videos")
+    return rest
 
 
 def steps_done(run: Path) -> int:
@@ -110,7 +119,8 @@ def train(name: str, args, run: Path, env: dict) -> dict:
             raise SystemExit(f"{name} needs --demos N: the tasks' episodes after the first N are its videos")
         data.append(f"{args.dataset}:1:no-actions:tasks={args.tasks}:per-task={args.demos}..")
     elif recipe["videos"]:
-        data.append(f"{args.dataset}:1:no-actions:tasks={','.join(other_tasks(args.dataset, args.tasks))}")
+        source = args.videos or args.dataset
+        data.append(f"{source}:1:no-actions:tasks={','.join(other_tasks(source, args.tasks))}")
     cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
            "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
            "--tokenizer-steps", "0",
@@ -129,6 +139,7 @@ def train(name: str, args, run: Path, env: dict) -> dict:
         print(f"[{name}] training: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env)
         (run / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")  # this invocation's wall-clock
+        (run / "threads.txt").write_text(f"{args.threads}\n")
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     trains = [r for r in rows if r.get("kind") == "train"]
     last = trains[-1]
@@ -136,6 +147,7 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     return {"command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""), "steps": last["step"],
             "final_loss_action": last.get("loss_action"), "final_loss_video": last.get("loss_video"),
             "median_samples_per_s": sorted(sps)[len(sps) // 2] if sps else None,
+            "threads": int((run / "threads.txt").read_text()) if (run / "threads.txt").is_file() else None,
             "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None}
 
 
@@ -234,6 +246,9 @@ def main() -> None:
                    "(0: all of them)")
     p.add_argument("--failures", default="", metavar="DATASET[,DATASET]",
                    help="wam+failures: perturbed-expert datasets of the tasks, trained on as world-only data")
+    p.add_argument("--videos", default="", metavar="DATASET",
+                   help="wam+videos: take the action-free videos from this dataset's tasks outside --tasks "
+                        "(default: --dataset's own other tasks)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -263,10 +278,11 @@ def main() -> None:
     env.setdefault("MUJOCO_GL", "egl")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
+    result.setdefault("threads", args.threads)  # each run records its own beside its wall-clock
     result.update({"dataset": args.dataset, "tasks": args.tasks, "demos_per_task": args.demos or "all",
                    "tokenizer_from": args.tokenizer_from, "model": args.model,
                    "steps": args.steps, "batch_size": args.batch_size,
-                   "lr": args.lr, "episodes_per_task": args.episodes, "threads": args.threads,
+                   "lr": args.lr, "episodes_per_task": args.episodes,
                    "cpu": cpu_description(), "runs": result.get("runs", {})})
     seeds = [int(x) for x in args.eval_seeds.split(",")]
     result["eval_seeds"] = seeds
@@ -322,6 +338,8 @@ def table(result: dict) -> str:
     for name, r in runs.items():
         t = r["train"]
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
+        if t.get("threads") and t["threads"] != result.get("threads"):
+            wall += f" ({t['threads']} threads)"
         lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {paired(r)} | "
                      f"{wall} | {t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
     tasks = list(next(iter(runs.values()))["eval"]["per_task"])

@@ -4,10 +4,17 @@
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --blind --no-expert \\
         --out runs/eval-mt50-blind
     python benchmarks/mt50_table.py runs/eval-mt50/eval_info.json --blind runs/eval-mt50-blind/eval_info.json
+    # the same checkpoint acting in joint mode, against its policy-mode evaluation on the same seeds:
+    wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --mode joint --no-expert \
+        --out runs/eval-mt50-joint
+    python benchmarks/mt50_table.py runs/eval-mt50-joint/eval_info.json --expert benchmarks/mt50_eval.json \
+        --versus benchmarks/mt50_eval.json
 
 Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 5 tasks); "mean of group
 means" is the published convention, "per episode" weighs every episode alike. Intervals: Wilson 95% per
 group and per episode; normal approximation for the mean of group means (`wam.evaluate.group_results`).
+`--versus` adds the paired difference from another evaluation of the same seeds (bootstrap interval over
+episodes and McNemar's exact p, `wam.evaluate.paired_difference`), per group and per episode.
 """
 
 from __future__ import annotations
@@ -35,6 +42,45 @@ def take_expert(info: dict, other: dict, name: str) -> None:
     info["expert"] = other.get("expert")
 
 
+def paired_outcomes(info: dict, other: dict, tasks: list[str], name: str) -> tuple[list[bool], list[bool]]:
+    """The episode outcomes of `other` and `info` on `tasks`, refusing unless both ran the same seeds."""
+    mine, theirs = {r["task"]: r for r in info["per_task"]}, {r["task"]: r for r in other["per_task"]}
+    a, b = [], []
+    for t in tasks:
+        r, o = mine[t], theirs.get(t)
+        if o is None or o.get("seeds") != r.get("seeds") or len(o["successes"]) != len(r["successes"]):
+            raise SystemExit(f"{name} did not evaluate {t} on the same seeds as {info['settings'].get('checkpoint')};"
+                             f" compare two evaluations with the same --episodes and --seed")
+        a += o["successes"]
+        b += r["successes"]
+    return a, b
+
+
+def versus(info: dict, other: dict, tasks: list[str], name: str) -> str:
+    """' points [95% CI], p=... |': the paired difference of `info` minus `other` on `tasks`."""
+    from wam.evaluate import paired_difference
+
+    d = paired_difference(*paired_outcomes(info, other, tasks, name))
+    return f" {d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p={d['mcnemar_p']:.2g} |"
+
+
+def versus_group_mean(info: dict, other: dict, name: str, resamples: int = 10_000) -> str:
+    """' points [95% CI] |': the paired difference of the mean of group means; the interval resamples the
+    episodes within each group (a stratified bootstrap, seed 0)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    diffs, boot = [], np.zeros(resamples)
+    for g in info["groups"].values():
+        a, b = paired_outcomes(info, other, g["tasks"], name)
+        d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+        diffs.append(d.mean())
+        boot += d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    n = len(diffs)
+    lo, hi = np.percentile(100 * boot / n, [2.5, 97.5])
+    return f" **{100 * sum(diffs) / n:+.1f}** [{lo:+.1f}, {hi:+.1f}] |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_info", help="eval_info.json of the evaluation")
@@ -43,8 +89,13 @@ def main() -> None:
     ap.add_argument("--expert", default=None, metavar="EVAL_INFO",
                     help="take the scripted expert's rates from this evaluation on the same seeds (for an "
                          "evaluation run with --no-expert)")
+    ap.add_argument("--versus", default=None, metavar="EVAL_INFO",
+                    help="add the paired difference from this evaluation of the same seeds (e.g. another mode)")
     args = ap.parse_args()
     info = json.load(open(args.eval_info))
+    other = json.load(open(args.versus)) if args.versus else None
+    if other:  # refuse before printing anything
+        paired_outcomes(info, other, [r["task"] for r in info["per_task"]], args.versus)
     if args.expert:
         take_expert(info, json.load(open(args.expert)), args.expert)
     blind = json.load(open(args.blind)) if args.blind else None
@@ -53,6 +104,9 @@ def main() -> None:
     if blind:
         head += " camera blacked out % [95% CI] | drop (points) |"
         sep += "---|---|"
+    if other:
+        head += " minus --versus: points [95% CI], McNemar p |"
+        sep += "---|"
     print(head)
     print(sep)
     names = {"easy": "easy", "medium": "medium", "hard": "hard", "very_hard": "very hard"}
@@ -62,6 +116,8 @@ def main() -> None:
         if blind:
             b = blind["groups"][key]
             row += f" {fmt(b['pc_success'], b['ci95'])} | {g['pc_success'] - b['pc_success']:.1f} |"
+        if other:
+            row += versus(info, other, g["tasks"], args.versus)
         print(row)
     gm = info["group_mean"]
     row = (f"| **mean of group means** | {sum(len(g['tasks']) for g in info['groups'].values())} | {info['n_episodes']} | "
@@ -69,12 +125,16 @@ def main() -> None:
     if blind:
         bg = blind["group_mean"]
         row += f" {fmt(bg['pc_success'], bg['ci95'])} | {gm['pc_success'] - bg['pc_success']:.1f} |"
+    if other:
+        row += versus_group_mean(info, other, args.versus)
     print(row)
     ex = info.get("expert") or {}
     row = (f"| per episode | | {info['n_episodes']} | {fmt(info['pc_success'], info['ci95'])} | "
            f"{ex.get('pc_success', float('nan')):.1f} |")
     if blind:
         row += f" {fmt(blind['pc_success'], blind['ci95'])} | {info['pc_success'] - blind['pc_success']:.1f} |"
+    if other:
+        row += versus(info, other, [r["task"] for r in info["per_task"]], args.versus)
     print(row)
     if args.tasks:
         print()
