@@ -108,3 +108,98 @@ def test_collect_metaworld_full_state_for_ablations(tmp_path, capsys):
     assert np.array_equal(ds.data["observation.state"], ds.data["observation.environment_state"])
     with pytest.raises(ValueError, match="single kind of state"):
         collect("dot", episodes=1, out=tmp_path / "dot", state="full", progress=False)
+
+
+def _stop_at(monkeypatch, k):
+    """Make the collection's k-th episode raise KeyboardInterrupt, as Ctrl-C would (workers=1: one process)."""
+    import wam.collect
+
+    real, calls = wam.collect._job, []
+
+    def job(args):
+        calls.append(args)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(wam.collect, "_job", job)
+
+
+# the dot expert succeeds in 3 of 4 attempts within 4 steps: failed attempts, several rounds per task
+RESUMABLE = dict(episodes=6, image_size=16, max_steps=4, seed=1, workers=1, progress=False, checkpoint_every=2)
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_collection_resumes_into_the_uninterrupted_dataset(tmp_path, monkeypatch, capsys):
+    from wam.data.writer import find_resumable
+
+    ref = collect("dot", out=tmp_path / "ref", **RESUMABLE)
+    assert ref["attempts"] > 6  # failed attempts were retried in later rounds
+    out, kept = tmp_path / "out", []
+    for again, k in ((False, 6), (True, 6)):  # stopped twice: in the first round, then in the second, resumed
+        with monkeypatch.context() as m:
+            _stop_at(m, k)
+            with pytest.raises(KeyboardInterrupt):
+                collect("dot", out=out, resume=again, **RESUMABLE)
+        err = capsys.readouterr().err
+        kept.append(int(err.split("episodes are kept at the last checkpoint")[0].split()[-1]))
+        assert not out.exists() and find_resumable(out) is not None
+    assert kept == [2, 4]
+    command = err.split("Continue with:\n")[1].strip()
+    assert command.startswith("wam collect dot ") and command.endswith(" --resume") and "--seed 1" in command
+    assert main(command.split()[1:] + ["--workers", "2"]) == 0  # the printed command; another worker count is fine
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing hidden left behind
+    a, b = LeRobotDataset(tmp_path / "ref"), LeRobotDataset(out)
+    summary = json.loads((out / "meta/collection.json").read_text())
+    assert [e["seed"] for e in summary["episodes"]] == [e["seed"] for e in ref["episodes"]]
+    assert summary["tasks"] == ref["tasks"] and a.episode_ranges == b.episode_ranges
+    for k in ("action", "observation.state", "next.reward", "next.success"):
+        assert np.array_equal(a.data[k], b.data[k])
+    cam = "observation.images.top"
+    assert all(np.array_equal(a.episode_frames(i, cam), b.episode_frames(i, cam)) for i in range(a.num_episodes))
+    # checkpoints fall on the same episode counts either way, so even the files are the same, byte for byte
+    ref_files, out_files = _files(tmp_path / "ref"), _files(out)
+    assert ref_files.keys() == out_files.keys() and len([f for f in ref_files if f.startswith("data/")]) == 3
+    assert all(ref_files[f] == out_files[f] for f in ref_files if f != "meta/collection.json")
+    assert check_dataset(out).ok
+
+
+def test_resuming_with_another_setting_is_refused_naming_it(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _stop_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            collect("dot", out=out, **RESUMABLE)
+    with pytest.raises(ValueError, match=r"--seed was 1 in the interrupted collection, this command gives 2"):
+        collect("dot", out=out, resume=True, **{**RESUMABLE, "seed": 2})
+    with pytest.raises(ValueError, match=r"--image-size was 16 .* gives 32"):
+        collect("dot", out=out, resume=True, **{**RESUMABLE, "image_size": 32})
+    with pytest.raises(ValueError, match="pass one of them"):
+        collect("dot", out=out, resume=True, overwrite=True, **RESUMABLE)
+    collect("dot", out=out, resume=True, **RESUMABLE)  # the refusals left it resumable
+    assert LeRobotDataset(out).num_episodes == 6
+
+
+def test_an_interrupted_collection_is_refused_without_resume_and_overwrite_starts_over(tmp_path, monkeypatch, capsys):
+    from wam.data.writer import find_resumable
+
+    out = tmp_path / "out"
+    args = ["collect", "dot", "--episodes", "6", "--image-size", "16", "--max-steps", "4", "--seed", "1",
+            "--workers", "1", "--checkpoint-every", "2", "--out", str(out)]
+    assert main(args + ["--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    with monkeypatch.context() as m:
+        _stop_at(m, 5)
+        assert main(args) == 130  # Ctrl-C
+    assert "--resume" in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "interrupted collection" in err and "holds 2 episodes" in err and "--resume" in err and "--overwrite" in err
+    partial = find_resumable(out)
+    assert main(args + ["--overwrite"]) == 0  # starts over, and the interrupted one is deleted
+    assert not partial.exists() and LeRobotDataset(out).num_episodes == 6
+    assert main(args + ["--resume"]) == 2
+    assert "complete dataset" in capsys.readouterr().err

@@ -239,3 +239,83 @@ def test_rows_stored_out_of_episode_order_are_put_back_in_order(tmp_path):
         s, t = ds.episode_ranges[i]
         assert np.array_equal(ds.data["action"][s:t], ep["action"])
         assert np.array_equal(ds.episode_frames(i, "observation.images.top"), ep["observation.images.top"])
+
+
+def test_a_checkpointed_write_resumes_without_what_followed_the_checkpoint(tmp_path):
+    from wam.data.writer import find_resumable, read_checkpoint
+
+    episodes = make_episodes(5, 6, cameras=("top",))
+    arrays = [{k: v for k, v in ep.items() if k != "task"} for ep in episodes]
+    root = tmp_path / "r"
+    w = LeRobotWriter(root, fps=10)
+    for ep, arr in zip(episodes[:2], arrays):
+        w.add_episode(arr, task=ep["task"])
+    w.checkpoint({"progress": 2})
+    w.add_episode(arrays[2], task=episodes[2]["task"])  # after the checkpoint: dropped on resume ...
+    w._flush_data()  # ... even once its files are complete
+    assert w.suspend() == 2
+    partial = find_resumable(root)
+    assert partial == w.tmp and read_checkpoint(partial)["extra"] == {"progress": 2}
+    assert (partial / "data/chunk-000/file-001.parquet").exists()
+    w = LeRobotWriter.resume(root)
+    assert not (partial / "data/chunk-000/file-001.parquet").exists()
+    assert not (partial / "videos/observation.images.top/chunk-000/file-001.mp4").exists()
+    assert len(w.episodes) == 2 and w.total_frames == 12
+    for ep, arr in zip(episodes[2:], arrays[2:]):
+        assert w.add_episode(arr, task=ep["task"]) == len(w.episodes) - 1
+    w.finalize()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and not (root / ".writer-state.json").exists()
+    data_files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if "data" in p.parts)
+    assert data_files == ["data/chunk-000/file-000.parquet", "data/chunk-000/file-001.parquet"]  # one per checkpoint
+    ds = LeRobotDataset(root)
+    assert ds.num_episodes == 5 and ds.tasks == TASKS
+    for i, ep in enumerate(episodes):
+        s, t = ds.episode_ranges[i]
+        assert np.array_equal(ds.data["action"][s:t], ep["action"])
+        assert np.array_equal(ds.data["index"][s:t], np.arange(s, t))
+        assert psnr(ds.episode_frames(i, "observation.images.top"), ep["observation.images.top"]) >= 35
+    plain = write_dataset(tmp_path / "plain", episodes, fps=10)  # the same statistics as a write in one go
+    assert (root / "meta/stats.json").read_text() == (plain / "meta/stats.json").read_text()
+
+
+def test_a_killed_checkpointed_writer_can_be_resumed_or_is_deleted_by_a_new_writer(tmp_path):
+    from wam.data.writer import find_resumable
+
+    def killed_after_checkpoint(root):  # 2 episodes, a checkpoint, a third episode, SIGKILL
+        script = textwrap.dedent(f"""
+            import numpy as np
+            from wam.data import LeRobotWriter
+            w = LeRobotWriter({str(root)!r}, fps=10)
+            for e in range(3):
+                w.add_episode({{"observation.images.top": np.full((8, 32, 32, 3), e, np.uint8),
+                               "action": np.full((8, 2), e, np.float32)}}, task="t")
+                if e == 1:
+                    w.checkpoint()
+            print("written", flush=True)
+            input()  # wait to be killed
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().strip() == "written"
+            assert find_resumable(root) is None  # its writer is alive
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        partial = find_resumable(root)
+        assert partial is not None
+        return partial
+
+    killed_after_checkpoint(tmp_path / "k")
+    w = LeRobotWriter.resume(tmp_path / "k")
+    w.add_episode({"observation.images.top": np.full((4, 32, 32, 3), 9, np.uint8),
+                   "action": np.full((4, 2), 9, np.float32)}, task="t")
+    w.finalize()
+    ds = LeRobotDataset(tmp_path / "k")
+    assert ds.num_episodes == 3 and ds.episode_ranges == [(0, 8), (8, 16), (16, 20)]
+    assert np.array_equal(ds.data["action"][:, 0], np.r_[np.zeros(8), np.ones(8), np.full(4, 9)])
+    # an ordinary writer of the same path deletes it, as any abandoned partial write
+    partial = killed_after_checkpoint(tmp_path / "j")
+    write_dataset(tmp_path / "j", make_episodes(1, 4, cameras=("top",)), fps=10)
+    assert not partial.exists() and LeRobotDataset(tmp_path / "j").num_episodes == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j", "k"]

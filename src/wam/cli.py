@@ -167,7 +167,9 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="run scripted experts and write their episodes as a LeRobot v3.0 dataset",
                        description="Run an environment's scripted expert in parallel processes and write the "
                                    "episodes as a LeRobot v3.0 dataset. Example: wam collect metaworld --tasks mt10 "
-                                   "--episodes 50 --out data/mt10")
+                                   "--episodes 50 --out data/mt10. Every --checkpoint-every kept episodes the work "
+                                   "is made safe on disk: an interrupted collection (Ctrl-C, a killed process, a "
+                                   "machine stop) continues with the same command plus --resume.")
     p.add_argument("env", help="environment family: metaworld or dot")
     p.add_argument("--tasks", default=None, help="task set (metaworld: mt10, mt25, mt50, easy, medium, hard, "
                                                  "very_hard, all) or a comma-separated list of tasks; default: all")
@@ -191,7 +193,13 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this standard deviation to the expert's actions (with --keep-failed: "
                         "failed and partial episodes, for `wam critic`)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset at --out (and an interrupted collection of it: start over)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted collection of --out from its last checkpoint, with the same "
+                        "settings (--workers may differ): the same dataset an uninterrupted run gives")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="make the work safe on disk every N kept episodes (default 100; 0: never)")
     p.set_defaults(func=_run_collect)
 
 
@@ -203,8 +211,8 @@ def _run_collect(args: argparse.Namespace) -> int:
         collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
                 cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
                 after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
-                action_noise=args.action_noise,
-                crf=args.crf, state=args.state, overwrite=args.overwrite)
+                action_noise=args.action_noise, crf=args.crf, state=args.state, overwrite=args.overwrite,
+                resume=args.resume, checkpoint_every=args.checkpoint_every)
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
         raise UserError(str(e)) from None
     return 0

@@ -8,6 +8,7 @@ Runbook:
     wam collect metaworld --tasks mt10 --episodes 50 --state full --out data/mt10-full   # 39-D observation.state
     wam collect dot --episodes 20 --out data/dot                           # the synthetic test world
     wam collect metaworld --tasks mt50 --episodes 10 --action-noise 0.5 --keep-failed --out data/mt50-noisy
+    wam collect metaworld --tasks mt50 --episodes 50 --out data/mt50 --resume  # continue an interrupted run
 
 Works for any adapter in `wam.envs.ENVS` (make_env, make_expert, resolve_tasks, describe).
 
@@ -30,6 +31,14 @@ Processes: `--workers` (default: one per CPU core) simulate and render; the main
 video and writes files. Workers are started with `spawn` (each opens its own GL context) and results
 come back in submission order, so the dataset is deterministic. A round of at most two episodes per
 worker runs in the main process instead: starting processes would cost more than it saves.
+
+Interruptions: every `--checkpoint-every` kept episodes (default 100) the files written so far are
+completed and the collection's state (settings, per-task counts, kept episodes, the round in progress)
+is saved beside them in the hidden partial directory (see `wam.data.writer`). After Ctrl-C, an error, a
+killed process or a machine stop, the same command plus `--resume` continues from the last checkpoint:
+it finishes the interrupted round, then plans rounds as before, and gives the same dataset, file for
+file, as an uninterrupted run (only `--workers` may differ). Ctrl-C and errors print that command.
+Without `--resume` an interrupted collection of `--out` is refused; `--overwrite` deletes it and starts over.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shlex
 import signal
 import sys
 import time
@@ -52,6 +62,7 @@ from wam.envs import get_adapter
 
 _ENV_CACHE: dict[tuple, Any] = {}  # per process: the last few environments, by (family, task, size, cameras)
 _ENV_CACHE_SIZE = 3  # jobs come task by task, so a few suffice; each MetaWorld env holds a GL context
+CHECKPOINT_EVERY = 100  # kept episodes between checkpoints (each one also starts new data and video files)
 
 
 def episode_seed(seed: int, task: str, attempt: int) -> int:
@@ -135,8 +146,8 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
             image_size: int = 64, cameras: Sequence[str] | None = None, workers: int | None = None,
             keep_failed: bool = False, max_attempts: int | None = None, after_success: int = 10,
             max_steps: int | None = None, seed: int = 0, codec: str = "h264", crf: int | None = None,
-            state: str | None = None, action_noise: float = 0.0, overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            state: str | None = None, action_noise: float = 0.0, overwrite: bool = False, resume: bool = False,
+            checkpoint_every: int = CHECKPOINT_EVERY, progress: bool = True) -> dict[str, Any]:
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
@@ -144,10 +155,13 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     `state` is the environment's `observation.state` setting (MetaWorld: "proprio", the default, or "full").
     `action_noise` perturbs the expert (see `run_episode`): with `keep_failed`, episodes that fail, stall or
     succeed late, the outcomes an outcome model (`wam critic`) must tell apart.
+    Every `checkpoint_every` kept episodes (0: never) the work so far is made safe on disk; `resume=True`
+    continues an interrupted collection of `out` from its last checkpoint, with the same settings (the
+    number of workers may differ), into the same dataset an uninterrupted run gives.
     """
     from tqdm.auto import tqdm
 
-    from wam.data.writer import LeRobotWriter
+    from wam.data.writer import LeRobotWriter, find_resumable, read_checkpoint
 
     from wam.data.video import CODECS
 
@@ -157,11 +171,13 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
         raise ValueError(f"--action-noise must be >= 0 (a standard deviation in action units), got {action_noise}")
     if codec not in CODECS:
         raise ValueError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0 (0: never), got {checkpoint_every}")
+    if resume and overwrite:
+        raise ValueError("--resume continues an interrupted collection and --overwrite starts over: pass one of them")
     adapter = get_adapter(env)
     task_list = adapter.resolve_tasks(tasks)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     max_attempts = max_attempts or (episodes if keep_failed else 4 * episodes)
     if max_attempts < episodes:
         raise ValueError(f"--max-attempts ({max_attempts}) must be at least --episodes ({episodes})")
@@ -170,36 +186,74 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     if state is not None and (modes is None or state not in modes):
         raise ValueError(f"unknown --state {state!r} for {env}; " + (f"choose one of: {', '.join(modes)}" if modes
                          else f"{env} has a single kind of state, leave --state out"))
+    # everything that decides the dataset's contents (and its files): a resumed collection must repeat it
+    settings = {"env": env, "tasks": list(task_list), "episodes": episodes, "seed": seed, "image_size": image_size,
+                "cameras": list(cameras) if cameras else None, "state": state, "action_noise": action_noise,
+                "keep_failed": keep_failed, "max_attempts": max_attempts, "after_success": after_success,
+                "max_steps": max_steps, "codec": codec, "crf": crf, "checkpoint_every": checkpoint_every}
+    tasks_arg = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
+    resume_cmd = _resume_command(settings, tasks_arg, workers, out)
+    partial = find_resumable(out)
+    saved = None
+    if resume:
+        if partial is None:
+            if (out / "meta" / "info.json").is_file():
+                raise ValueError(f"nothing to resume: {out} is a complete dataset; choose another --out, or pass "
+                                 f"--overwrite (without --resume) to collect it again")
+            raise ValueError(f"nothing to resume: no interrupted collection of {out} with a checkpoint was found (a "
+                             f"collection stopped before its first checkpoint, every --checkpoint-every kept "
+                             f"episodes, leaves none); run the command without --resume")
+        saved = read_checkpoint(partial)["extra"].get("collect")
+        if saved is None:
+            raise ValueError(f"{partial} was not written by `wam collect`; it cannot be resumed from here")
+        _check_same_settings(saved["settings"], settings)
+    elif partial is not None and not overwrite:
+        n = len(read_checkpoint(partial)["episodes"])
+        raise ValueError(f"an interrupted collection of {out} holds {n} episodes (in {partial}); pass --resume to "
+                         f"continue it, or --overwrite to start over (and delete it)")
+    elif out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
               "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise}
     stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
     kept_episodes: list[dict] = []
     next_attempt = {t: 0 for t in task_list}
+    round_jobs: list[tuple[str, int]] = []  # the round being worked through: (task, attempt) in order
+    processed = 0  # how many of round_jobs are done
     writer: LeRobotWriter | None = None
     pool = None
     t0 = time.time()
-    bar = tqdm(total=len(task_list) * episodes, unit="ep", desc=f"collecting {env}", disable=not progress,
-               file=sys.stderr)
+    if saved is not None:
+        writer = LeRobotWriter.resume(out, partial=partial)
+        stats, kept_episodes, next_attempt = saved["stats"], saved["episodes"], saved["next_attempt"]
+        round_jobs, processed = [(t, a) for t, a in saved["round"]], saved["processed"]
+        t0 -= saved["seconds"]
+        if progress:
+            print(f"resuming {out}: {len(kept_episodes)} episodes kept at the last checkpoint", file=sys.stderr)
+    bar = tqdm(total=len(task_list) * episodes, initial=len(kept_episodes), unit="ep", desc=f"collecting {env}",
+               disable=not progress, file=sys.stderr)
     try:
         while True:
-            jobs = []
-            for t in task_list:  # plan a round: enough attempts to fill each task at its observed success rate
-                s = stats[t]
-                need = episodes - s["kept"]
-                left = max_attempts - s["attempts"]
-                if need <= 0 or left <= 0:
-                    continue
-                rate = s["successes"] / s["attempts"] if s["attempts"] and not keep_failed else 1.0
-                n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
-                tries = range(next_attempt[t], next_attempt[t] + n)
-                jobs += [(env, t, episode_seed(seed, t, a), kwargs) for a in tries]
-                next_attempt[t] += n
-            if not jobs:
-                break
+            if processed >= len(round_jobs):
+                round_jobs, processed = [], 0
+                for t in task_list:  # plan a round: enough attempts to fill each task at its observed success rate
+                    s = stats[t]
+                    need = episodes - s["kept"]
+                    left = max_attempts - s["attempts"]
+                    if need <= 0 or left <= 0:
+                        continue
+                    rate = s["successes"] / s["attempts"] if s["attempts"] and not keep_failed else 1.0
+                    n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
+                    round_jobs += [(t, a) for a in range(next_attempt[t], next_attempt[t] + n)]
+                    next_attempt[t] += n
+                if not round_jobs:
+                    break
+            jobs = [(env, t, episode_seed(seed, t, a), kwargs) for t, a in round_jobs[processed:]]
             if pool is None and workers > 1 and len(jobs) > 2 * workers:
                 pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
             results = pool.imap(_job, jobs) if pool is not None else map(_job, jobs)
             for res in results:
+                processed += 1
                 s = stats[res["task"]]
                 s["attempts"] += 1
                 s["successes"] += int(res["success"])
@@ -214,6 +268,12 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
                                           "success": res["success"], "first_success": res["first_success"],
                                           "length": res["length"]})
                     bar.update(1)
+                    if checkpoint_every and len(kept_episodes) % checkpoint_every == 0:
+                        # at fixed episode counts, so an uninterrupted run splits its files at the same places
+                        writer.checkpoint({"collect": {
+                            "settings": settings, "stats": stats, "episodes": kept_episodes,
+                            "next_attempt": next_attempt, "round": round_jobs, "processed": processed,
+                            "seconds": round(time.time() - t0, 2)}})
                 attempts = sum(v["attempts"] for v in stats.values())
                 rate = sum(v["successes"] for v in stats.values()) / attempts
                 bar.set_postfix(attempts=attempts, success=f"{100 * rate:.0f}%")
@@ -229,11 +289,17 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
         writer.finalize()
     except BaseException:
         bar.close()
-        if writer is not None:
-            writer.abort()
         if pool is not None:
             pool.terminate()
             pool = None
+        if writer is not None:
+            kept = writer.suspend()  # keeps the last checkpoint, if any; else deletes everything
+            if kept:
+                print(f"wam collect: stopped; {kept} episodes are kept at the last checkpoint (in {writer.tmp}). "
+                      f"Continue with:\n  {resume_cmd}", file=sys.stderr)
+            elif checkpoint_every:
+                print(f"wam collect: stopped before the first checkpoint ({checkpoint_every} kept episodes); "
+                      f"nothing was kept", file=sys.stderr)
         raise
     finally:
         if pool is not None:
@@ -244,6 +310,36 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     if progress:
         print_summary(summary, out)
     return summary
+
+
+def _check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
+    """Refuse to resume with a setting that would change the data (naming it, with both values)."""
+    for key, value in given.items():
+        before = saved.get(key)
+        if before != value:
+            flag = "ENV" if key == "env" else "--" + key.replace("_", "-")
+            show = lambda v: ",".join(v) if isinstance(v, list) else repr(v)  # noqa: E731
+            raise ValueError(f"cannot resume: {flag} was {show(before)} in the interrupted collection, this command "
+                             f"gives {show(value)}; repeat the original settings, or pass --overwrite (without "
+                             f"--resume) to start over")
+
+
+def _resume_command(settings: dict[str, Any], tasks_arg: str | None, workers: int, out: Path) -> str:
+    """The command line that continues this collection (the settings that differ from the defaults)."""
+    s = settings
+    args = ["wam", "collect", s["env"]] + (["--tasks", tasks_arg] if tasks_arg else [])
+    args += ["--episodes", str(s["episodes"]), "--out", str(out), "--workers", str(workers)]
+    default_attempts = s["episodes"] if s["keep_failed"] else 4 * s["episodes"]
+    flags = {"--image-size": (s["image_size"], 64), "--cameras": (",".join(s["cameras"] or []), ""),
+             "--max-attempts": (s["max_attempts"], default_attempts), "--after-success": (s["after_success"], 10),
+             "--max-steps": (s["max_steps"], None), "--seed": (s["seed"], 0), "--codec": (s["codec"], "h264"),
+             "--crf": (s["crf"], None), "--state": (s["state"], None), "--action-noise": (s["action_noise"], 0.0),
+             "--checkpoint-every": (s["checkpoint_every"], CHECKPOINT_EVERY)}
+    for flag, (value, default) in flags.items():
+        if value != default:
+            args += [flag, str(value)]
+    args += ["--keep-failed"] * bool(s["keep_failed"]) + ["--resume"]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _summary(env: str, tasks: list[str], stats: dict, kept: list[dict], elapsed: float, **extra) -> dict:

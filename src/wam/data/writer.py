@@ -19,6 +19,14 @@ directory (`.NAME.partial-XXXX`), `meta/info.json` last, and the directory is re
 when complete. A dataset at NAME is therefore always whole; an interrupted write leaves only the
 hidden directory, which the next writer of NAME deletes once the process that wrote it is gone (its
 process id is in `.writer-pid`).
+
+Resumable writes: `checkpoint(extra)` closes the open video files, writes the buffered rows, starts new
+data and video files for the episodes that follow (v3.0 allows any number of files per chunk) and
+atomically writes `.writer-state.json` into the hidden directory: everything needed to go on, the list
+of files complete at that point, and the caller's `extra`. A writer killed after a checkpoint leaves a
+directory that `find_resumable(NAME)` finds and `LeRobotWriter.resume(NAME)` reopens, deleting what was
+written after the checkpoint; `suspend()` is the orderly way to stop (Ctrl-C) and leave it so. A new
+writer of NAME still deletes such directories as abandoned: a caller that may resume looks first.
 """
 
 from __future__ import annotations
@@ -50,6 +58,9 @@ from wam.data.lerobot import (
 from wam.data.video import DEFAULT_CODEC, DEFAULT_GOP, VideoEncoder, probe
 
 MB = 1024 * 1024
+STATE_FILE = ".writer-state.json"  # a checkpoint of a partial directory (see `LeRobotWriter.checkpoint`)
+PID_FILE = ".writer-pid"  # the writing process's id, or RELEASED once it stopped and left the directory to resume
+RELEASED = "released"
 GENERATED = ("frame_index", "episode_index", "index", "task_index")  # the writer numbers these itself
 
 
@@ -165,7 +176,7 @@ class LeRobotWriter:
         self.features = self._with_defaults(features) if features is not None else None
         self.tmp = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
-        (self.tmp / ".writer-pid").write_text(str(os.getpid()))
+        (self.tmp / PID_FILE).write_text(str(os.getpid()))
         _remove_abandoned(self.root)
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []  # metadata rows
@@ -177,6 +188,8 @@ class LeRobotWriter:
         self._encoders: dict[str, VideoEncoder] = {}
         self._video_file: dict[str, tuple[int, int]] = {}
         self._done = False
+        self.checkpointed_episodes: int | None = None  # episodes safe in the last checkpoint, None before one
+        self._synced: set[str] = set()  # files already flushed to disk by a checkpoint
 
     # -- features
 
@@ -395,6 +408,104 @@ class LeRobotWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
+    # -- checkpoints
+
+    def checkpoint(self, extra: dict[str, Any] | None = None) -> None:
+        """Make everything written so far complete on disk and record how to go on from here.
+
+        Closes the open mp4 files and writes the buffered rows (the next episode starts new files), then
+        atomically replaces `.writer-state.json` in the hidden directory. `extra` (JSON-serialisable) is
+        stored with it for the caller, e.g. its own progress; `read_checkpoint` gives it back."""
+        if self._done:
+            raise RuntimeError("the writer is finalised")
+        for key, enc in list(self._encoders.items()):
+            enc.close()
+            self._video_file[key] = self._next_file(*self._video_file[key])
+        self._encoders = {}
+        if self._data_buffer:
+            self._flush_data()
+            self._data_file = self._next_file(*self._data_file)
+        files = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*")
+                       if p.is_file() and not p.name.startswith(".writer-"))
+        for rel in files:  # a checkpoint survives a machine stop, not only a killed process
+            if rel not in self._synced:
+                _fsync(self.tmp / rel)
+                self._synced.add(rel)
+        state = {
+            "format": 1, "fps": self.fps, "robot_type": self.robot_type, "use_videos": self.use_videos,
+            "video_settings": self.video_settings, "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": self.data_cap, "video_files_size_in_mb": self.video_cap,
+            "overwrite": self.overwrite, "names": self.names, "features": self.features,
+            "tasks": sorted(self.tasks, key=self.tasks.get), "episodes": self.episodes,
+            "total_frames": self.total_frames, "data_file": list(self._data_file),
+            "video_file": {k: list(v) for k, v in self._video_file.items()}, "files": files, "extra": extra or {},
+        }
+        tmp = self.tmp / (STATE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f, separators=(",", ":"))  # per-episode statistics are in the episode rows
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.tmp / STATE_FILE)
+        self.checkpointed_episodes = len(self.episodes)
+
+    def suspend(self) -> int:
+        """Stop without finishing, leaving the hidden directory for `resume`: the episodes of the last
+        checkpoint survive, later ones are dropped on resume. Without a checkpoint this is `abort()`.
+        Returns the number of episodes that survive."""
+        if not (self.tmp / STATE_FILE).is_file():
+            self.abort()
+            return 0
+        if self.checkpointed_episodes is None:  # (stopped inside checkpoint(), just after its state was written)
+            self.checkpointed_episodes = len(read_checkpoint(self.tmp)["episodes"])
+        for enc in self._encoders.values():
+            try:
+                enc.close()
+            except Exception:
+                pass
+        self._encoders = {}
+        if self.tmp.is_dir():
+            (self.tmp / PID_FILE).write_text(RELEASED)  # no process writes here any more: resumable at once
+        self._done = True
+        return self.checkpointed_episodes
+
+    @classmethod
+    def resume(cls, root: str | Path, *, partial: str | Path | None = None) -> LeRobotWriter:
+        """Reopen the interrupted write of `root` at its last checkpoint (`partial`: which hidden directory,
+        default `find_resumable(root)`). Files written after the checkpoint are deleted; episode and file
+        numbering continue from it. Raises FileNotFoundError when there is nothing to resume."""
+        root = Path(root)
+        tmp = Path(partial) if partial is not None else find_resumable(root)
+        if tmp is None:
+            raise FileNotFoundError(f"no interrupted write of {root} with a checkpoint to resume")
+        state = read_checkpoint(tmp)
+        (tmp / PID_FILE).write_text(str(os.getpid()))  # ours now
+        keep = set(state["files"])
+        for p in sorted(tmp.rglob("*"), reverse=True):  # files before their directories
+            rel = p.relative_to(tmp).as_posix()
+            if p.is_file() and not p.name.startswith(".writer-") and rel not in keep:
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        self = cls.__new__(cls)
+        self.root, self.tmp = root, tmp
+        self.fps, self.robot_type, self.use_videos = state["fps"], state["robot_type"], state["use_videos"]
+        self.overwrite, self.names, self.features = state["overwrite"], state["names"], state["features"]
+        self.video_settings, self.chunks_size = state["video_settings"], state["chunks_size"]
+        self.data_cap, self.video_cap = state["data_files_size_in_mb"], state["video_files_size_in_mb"]
+        self.tasks = {t: i for i, t in enumerate(state["tasks"])}
+        self.episodes = state["episodes"]
+        self.episode_stats = [_episode_stats(row) for row in self.episodes]
+        self.total_frames = state["total_frames"]
+        self._data_file = tuple(state["data_file"])
+        self._data_buffer, self._data_bytes = [], 0
+        self._encoders = {}
+        self._video_file = {k: tuple(v) for k, v in state["video_file"].items()}
+        self._done = False
+        self.checkpointed_episodes = len(self.episodes)
+        self._synced = keep
+        _remove_abandoned(root)
+        return self
+
     def finalize(self) -> Path:
         """Close every file, write meta/ (info.json last) and move the dataset into place."""
         if self._done:
@@ -437,7 +548,7 @@ class LeRobotWriter:
                 os.fsync(f.fileno())
             self._move_into_place()
         except BaseException:
-            self.abort()
+            self.suspend()  # (abort() unless there is a checkpoint to go back to)
             raise
         self._done = True
         return self.root
@@ -452,7 +563,8 @@ class LeRobotWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self.tmp, self.root)
-        (self.root / ".writer-pid").unlink(missing_ok=True)
+        (self.root / PID_FILE).unlink(missing_ok=True)
+        (self.root / STATE_FILE).unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop everything written so far (the target path is left untouched)."""
@@ -475,19 +587,62 @@ class LeRobotWriter:
             self.abort()
 
 
+def _writer_gone(d: Path) -> bool:
+    """Whether the process that wrote the hidden directory `d` is gone (killed, or stopped and released it)."""
+    try:
+        text = (d / PID_FILE).read_text().strip()
+        if text == RELEASED:
+            return True
+        os.kill(int(text), 0)  # (signal 0: only asks whether the process exists)
+        return False  # its writer is alive: not ours to touch
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # no pid file (an older wam, or killed before writing it), or not ours
+        return False
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _episode_stats(row: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-episode statistics stored in an episode metadata row (`stats/<feature>/<stat>` columns)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in row.items():
+        if key.startswith("stats/"):
+            _, feature, stat = key.split("/")
+            out.setdefault(feature, {})[stat] = np.asarray(value)
+    return out
+
+
+def read_checkpoint(partial: str | Path) -> dict[str, Any]:
+    """The state a checkpoint wrote into a hidden directory: settings, episode rows, files and `extra`."""
+    path = Path(partial) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{partial} holds no readable checkpoint ({e})") from None
+    if state.get("format") != 1:
+        raise ValueError(f"{path} was written by another version of wam (format {state.get('format')!r})")
+    return state
+
+
+def find_resumable(root: str | Path) -> Path | None:
+    """The hidden directory of an interrupted write of `root` that can be resumed: it holds a checkpoint
+    and its writer is gone. The newest checkpoint when there are several; None when there is none."""
+    root = Path(root)
+    found = [d for d in root.parent.glob(f".{root.name}.partial-*") if (d / STATE_FILE).is_file() and _writer_gone(d)]
+    return max(found, key=lambda d: (d / STATE_FILE).stat().st_mtime, default=None)
+
+
 def _remove_abandoned(root: Path) -> None:
-    """Delete the hidden partial directories of `root` whose writing process is gone (killed mid-write), and
-    set-aside old copies left by a writer killed between its two renames while `root` exists."""
+    """Delete the hidden partial directories of `root` whose writing process is gone (killed mid-write, or
+    checkpointed and stopped: see `find_resumable` to resume those instead), and set-aside old copies left by
+    a writer killed between its two renames while `root` exists."""
     for d in root.parent.glob(f".{root.name}.partial-*"):
-        try:
-            pid = int((d / ".writer-pid").read_text())
-            os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
-            continue  # its writer is alive: not ours to delete
-        except ProcessLookupError:
-            pass  # the writer is gone
-        except (OSError, ValueError):  # no pid file (an older wam, or killed before writing it), or not ours
-            continue
-        shutil.rmtree(d, ignore_errors=True)
+        if _writer_gone(d):
+            shutil.rmtree(d, ignore_errors=True)
     if root.exists():
         for d in root.parent.glob(f".{root.name}.old-*"):
             shutil.rmtree(d, ignore_errors=True)
