@@ -4,8 +4,8 @@ own first frames); then the Spearman rank correlation between imagined and simul
 policies, overall and per task group.
 
 Runbook:
-    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # once: <checkpoint>/critic
-    python benchmarks/bench_imagine.py --world checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5 \\
+    wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50          # once: <checkpoint>/critic
+    python benchmarks/bench_imagine.py --world checkpoints/wam-tiny-mt50-44k --tasks mt10 --episodes 5 \\
         --out benchmarks/imagine.json
     python benchmarks/bench_imagine.py --table benchmarks/imagine.json
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = "checkpoints/wam-tiny-mt50"
+REF = "checkpoints/wam-tiny-mt50-44k"
 POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("reference", REF, []),
     ("reference, blind", REF, ["--blind"]),

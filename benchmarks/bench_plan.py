@@ -4,9 +4,9 @@ proposing N chunks that the world model checks (`--plan-score forward`: each can
 from its actions alone, in forward mode, then scored).
 
 Runbook:
-    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50:tasks=hard,very_hard \\
+    wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50:tasks=hard,very_hard \\
         --out runs/critic-wam-tiny-mt50-hard-vhard
-    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50 --critic runs/critic-wam-tiny-mt50-hard-vhard \\
+    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k --critic runs/critic-wam-tiny-mt50-hard-vhard \\
         --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 --out benchmarks/plan.json
     python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
 
@@ -95,7 +95,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="checkpoints/wam-tiny-mt50")
+    p.add_argument("--checkpoint", default="checkpoints/wam-tiny-mt50-44k")
     p.add_argument("--critic", default=None, help="the critic --plan scores with (default: <checkpoint>/critic)")
     p.add_argument("--tasks", default="hard,very_hard")
     p.add_argument("--episodes", type=int, default=10)
