@@ -457,12 +457,7 @@ class LeRobotWriter:
             return 0
         if self.checkpointed_episodes is None:  # (stopped inside checkpoint(), just after its state was written)
             self.checkpointed_episodes = len(read_checkpoint(self.tmp)["episodes"])
-        for enc in self._encoders.values():
-            try:
-                enc.close()
-            except Exception:
-                pass
-        self._encoders = {}
+        self._drop_encoders()
         if self.tmp.is_dir():
             (self.tmp / PID_FILE).write_text(RELEASED)  # no process writes here any more: resumable at once
         self._done = True
@@ -566,14 +561,18 @@ class LeRobotWriter:
         (self.root / PID_FILE).unlink(missing_ok=True)
         (self.root / STATE_FILE).unlink(missing_ok=True)
 
-    def abort(self) -> None:
-        """Drop everything written so far (the target path is left untouched)."""
+    def _drop_encoders(self) -> None:
+        """Close the open video files on the way out, whatever state they are in (their errors do not matter)."""
         for enc in self._encoders.values():
             try:
                 enc.close()
             except Exception:
                 pass
         self._encoders = {}
+
+    def abort(self) -> None:
+        """Drop everything written so far (the target path is left untouched)."""
+        self._drop_encoders()
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
 
