@@ -36,8 +36,9 @@ Interruptions: every `--checkpoint-every` kept episodes (default 100) the files 
 completed and the collection's state (settings, per-task counts, kept episodes, the round in progress)
 is saved beside them in the hidden partial directory (see `wam.data.writer`). After Ctrl-C, an error, a
 killed process or a machine stop, the same command plus `--resume` continues from the last checkpoint:
-it finishes the interrupted round, then plans rounds as before, and gives the same dataset, file for
-file, as an uninterrupted run (only `--workers` may differ). Ctrl-C and errors print that command.
+it finishes the interrupted round, then plans rounds as before, and gives the same episodes in the same
+files as an uninterrupted run (only `--workers` may differ; the videos hold the same frames, though the
+encoder may round a few pixels differently). Ctrl-C and errors print that command.
 Without `--resume` an interrupted collection of `--out` is refused; `--overwrite` deletes it and starts over.
 """
 
