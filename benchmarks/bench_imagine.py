@@ -40,6 +40,22 @@ POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("MT10 policy-only, sharp tokenizer", "runs/wm-sharp/policy/checkpoint", []),
     ("MT10 WAM, sharp tokenizer, joint mode", "runs/wm-sharp/wam/checkpoint", ["--mode", "joint"]),
 ]
+WORLD = "runs/imagine-world"  # the world model of the second set, and its early checkpoint (see the README)
+POLICY_SETS = {
+    "mt10-4k": POLICIES,  # the first measurements: MT10 networks of 4,000 steps beside the step-44,000 reference
+    "reference": [  # the shipped reference and its step-44,000 weights, by inference setting; the world run's own
+        ("reference", "checkpoints/wam-tiny-mt50", []),
+        ("reference, blind", "checkpoints/wam-tiny-mt50", ["--blind"]),
+        ("reference, 1 denoising step", "checkpoints/wam-tiny-mt50", ["--steps", "1"]),
+        ("reference, joint mode", "checkpoints/wam-tiny-mt50", ["--mode", "joint"]),
+        ("step 44,000", REF, []),
+        ("step 44,000, blind", REF, ["--blind"]),
+        ("MT10 world run, 1,000 steps", f"{WORLD}-1k", []),
+        ("MT10 world run, 2,000 steps", f"{WORLD}-2k", []),
+        ("MT10 world run, final", f"{WORLD}/checkpoint", []),
+        ("MT10 world run, 2,000 steps, blind", f"{WORLD}-2k", ["--blind"]),
+    ],
+}
 
 
 def spearman(a, b) -> float | None:
@@ -99,13 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--critic", default=None, help="the world model's critic (default: <world>/critic)")
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--policy-set", default="mt10-4k", choices=sorted(POLICY_SETS),
+                   help="which policies (POLICY_SETS): mt10-4k, the first measurements; reference, the shipped "
+                        "weights by inference setting and the world run's own checkpoints")
     p.add_argument("--policies", default=None, metavar="I,J,...",
-                   help="only these policies, by their index in POLICIES (default: all)")
+                   help="only these policies, by their index in the set (default: all)")
     p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
                    "judged done for a success")
     p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
                    help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
+    p.add_argument("--sim-only", action="store_true", help="only the simulated evaluations (no world model needed)")
+    p.add_argument("--tag", default="", help="appended to the imagined runs' directory names (another critic "
+                   "or world beside the same simulated runs)")
     p.add_argument("--out", default="benchmarks/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
     p.add_argument("--table", default=None, metavar="JSON")
@@ -116,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     from wam.evaluate import write_json_atomic
 
     critic = Path(args.critic) if args.critic else Path(args.world) / "critic"
-    if not (critic / "critic.json").is_file():
+    if not args.sim_only and not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
     result = {"world": args.world, "critic": str(critic), "persist": args.persist,
               "action_guidance": args.action_guidance, "tasks": args.tasks,
               "episodes_per_task": args.episodes, "policies": [], "skipped": []}
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
-    for i, (name, ckpt, flags) in enumerate(POLICIES):
+    result["policy_set"] = args.policy_set
+    for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
         if chosen is not None and i not in chosen:
             continue
         if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
@@ -131,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sim_out = Path(args.runs) / f"{i}-sim"  # shared by every --persist
         im_out = Path(args.runs) / (f"{i}-imagined" + (f"-persist{args.persist}" if args.persist != 1 else "")
-                                    + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else ""))
+                                    + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else "")
+                                    + (f"-{args.tag}" if args.tag else ""))
         common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
@@ -139,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                   "--start", "sim", "--persist", str(args.persist), "--action-guidance", f"{args.action_guidance:g}",
                   "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
+        if args.sim_only:
+            print(f"[imagine] {name}: simulated", flush=True)
+            continue
         im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
         row = {"name": name, "checkpoint": ckpt, "flags": flags,
                "simulated": summary(json.loads((sim_out / "eval_info.json").read_text())),

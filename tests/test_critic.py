@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wam.critic import Critic, CriticConfig, _auc, load_critic, outcome_rows, train_critic
+from wam.critic import Critic, CriticConfig, _auc, load_critic, longest_run, outcome_rows, train_critic
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -50,6 +50,7 @@ def test_outcome_rows_pair_each_frame_with_the_step_that_reached_it():
         outcome_rows([{"frames": np.zeros((3, 8, 8, 3)), "task_index": 0}], {0: 0})
     assert _auc(np.array([0.1, 0.9, 0.4]), np.array([0, 1, 0])) == 1.0
     assert _auc(np.array([0.9, 0.1]), np.array([0, 1])) == 0.0
+    assert [longest_run(np.array(f, bool)) for f in ([], [0, 1, 1, 0, 1], [1, 1, 1], [0, 0])] == [0, 2, 3, 0]
 
 
 def test_train_critic_learns_progress_and_writes_it_atomically(checkpoint, dot_data, tmp_path):

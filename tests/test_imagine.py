@@ -9,7 +9,7 @@ import torch
 
 from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
-from wam.imagine import ImaginedEnv, dataset_starts, imagine, sim_starts
+from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, sim_starts
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -89,6 +89,49 @@ def test_imagination_is_deterministic_and_the_cache_exact(world):
     assert torch.equal(za, ze)  # guidance 1 is plain forward mode
     f, zf = _run(_env(world, action_guidance=3.0))
     assert not torch.allclose(za, zf)  # guided frames follow the actions more
+
+
+def test_imagine_along_imagines_recorded_actions_exactly_as_the_imagined_env(world):
+    from wam.data import Normalizer
+    from wam.tokenizer import encode_frames
+
+    ck, critic = load_checkpoint(world), load_critic(world / "critic")
+    norm = Normalizer.from_dict(ck.stats)
+    env = _env(world)
+    actions = np.stack([np.array([np.sin(i), np.cos(i)], np.float32) for i in range(3 * STRIDE + 1)])  # 7 rows
+    env.reset(seed=3)  # starts[3 % 2]
+    by_env = []
+    for i, a in enumerate(actions[:-1]):
+        env.step(a)
+        if (i + 1) % STRIDE == 0:
+            by_env.append(env.history[-1][0])
+    start = env.starts[1]
+    z0 = encode_frames(ck.tokenizer, start["frame"][None])
+    s0 = torch.as_tensor(np.asarray(norm.normalize_state(start["state"][None]), np.float32))
+    task = env.task_index
+    made = imagine_along(ck, critic, z0, s0, [np.asarray(norm.normalize_action(actions), np.float32)], task, seed=3)
+    assert made[0].shape == (3, *z0.shape[1:])  # (7 - 1) // STRIDE frames, for rows 2, 4 and 6
+    torch.testing.assert_close(made[0], torch.stack(by_env), atol=1e-5, rtol=1e-5)  # the same frames, exactly
+    # a batch of episodes of other lengths: one frame list each, and the same call gives the same frames
+    two = [np.asarray(norm.normalize_action(actions), np.float32)[:n] for n in (7, 2, 4)]
+    a = imagine_along(ck, critic, z0.repeat(3, 1, 1, 1), s0.repeat(3, 1), two, task.repeat(3), seed=5, batch_size=2)
+    b = imagine_along(ck, critic, z0.repeat(3, 1, 1, 1), s0.repeat(3, 1), two, task.repeat(3), seed=5, batch_size=2)
+    assert [len(z) for z in a] == [3, 0, 1] and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_critic_trained_on_imagined_frames_reports_both_critics_on_them(world, dot_data, tmp_path):  # noqa: F811
+    out = tmp_path / "critic"
+    m = train_critic(world, [dot_data], out=out, steps=40, batch_size=32, progress=False, imagined=True)
+    from wam.data import LeRobotDataset
+
+    ds = LeRobotDataset(dot_data)
+    assert m["imagined_frames"] == sum((e.length - 1) // STRIDE for e in ds.episodes)  # every episode imagined
+    assert m["imagined_val_frames"] == sum((e.length - 1) // STRIDE for e in ds.episodes if e.episode_index < 3)
+    for metrics in (m, m["real_only"]):  # the kept critic, and the one trained on real frames only
+        assert 0 <= metrics["imagined_val_episode_accuracy"] <= 1 and metrics["imagined_val_episodes"] == 3
+        by = metrics["imagined_val_by_persist"]  # judged as wam imagine --persist K would
+        assert sorted(by) == [1, 2, 3, 5] and by[1]["episode_accuracy"] == metrics["imagined_val_episode_accuracy"]
+    assert load_critic(out).cfg.tasks == load_checkpoint(world).config["run"]["tasks"]
 
 
 def test_imagine_writes_eval_info_videos_and_report(world, tmp_path):

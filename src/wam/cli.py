@@ -394,6 +394,13 @@ def _critic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--imagined", action="store_true",
+                   help="train on imagined frames too: the checkpoint imagines every episode along its recorded "
+                        "actions, each imagined frame labelled with the real episode's outcome (for wam imagine)")
+    p.add_argument("--imagine-steps", type=int, default=2,
+                   help="with --imagined: denoising steps of each imagined frame (as wam imagine --world-steps)")
+    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
+                   help="with --imagined: action guidance of the imagined frames (as wam imagine's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_critic)
 
@@ -503,7 +510,9 @@ def _run_critic(args: argparse.Namespace) -> int:
 
     try:
         metrics = train_critic(args.checkpoint, args.dataset, out=args.out, steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                               imagined=args.imagined, imagine_steps=args.imagine_steps,
+                               action_guidance=args.action_guidance)
     except RunError as e:
         raise UserError(str(e)) from None
     print(json.dumps(metrics, indent=2))

@@ -164,6 +164,15 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return r
 
 
+def longest_run(flags: np.ndarray) -> int:
+    """The longest run of True in a 1-D boolean array."""
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
+
+
 def spearman(a, b) -> float:
     """Spearman's rank correlation (nan for fewer than two points or a constant side)."""
     ra, rb = average_ranks(a), average_ranks(b)
@@ -172,10 +181,21 @@ def spearman(a, b) -> float:
 
 def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
                  steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                 val_fraction: float = 0.05, success_weight: float = 1.0, progress: bool = True) -> dict:
+                 val_fraction: float = 0.05, success_weight: float = 1.0, progress: bool = True,
+                 imagined: bool = False, imagine_steps: int = 2, action_guidance: float = 1.0) -> dict:
     """Train a critic on the frames of `datasets` (paths, or `PATH:tasks=A,B` as for wam train), encoded by the
     checkpoint's tokenizer one episode at a time; write it to `out` (default: <checkpoint>/critic). Returns its
-    metrics on held-out episodes (a seeded split by episode)."""
+    metrics on held-out episodes (the world model's own held-out episodes where the datasets hold them, else a
+    seeded split by episode).
+
+    imagined=True trains it on imagined frames too, so that it judges what `wam imagine` shows it: a critic is
+    first trained on the real frames; the world model (the checkpoint) then imagines every episode along its own
+    recorded actions from its first frame (`wam.imagine.imagine_along`, with `imagine_steps` denoising steps and
+    `action_guidance`, as `wam imagine` will; that first critic reads the robot state off each imagined frame),
+    and each imagined frame gets the outcome the real episode had at that step. The critic that is kept trains
+    from scratch on the real and the imagined frames together. Imagined frames of failed episodes teach it that a
+    scene the world model drifted into is not a success because it looks like one. The metrics then report both
+    critics on the held-out episodes' imagined frames ("imagined_*", and "real_only" for the first)."""
     from wam.checkpoint import file_hash, load_checkpoint
     from wam.data import Normalizer
     from wam.tokenizer import encode_frames
@@ -219,9 +239,11 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
 
     n_ep = len(episodes)
     # validation: the episodes the world model held out, when its dataset is here; else a seeded share
-    trained_on = str(Path(run["dataset"]).resolve()) if run.get("dataset") else None
-    held_out = set(run.get("val_episodes") or [])
-    val_eps = {i for i, e in enumerate(episodes) if e["dataset"] == trained_on and e["episode_index"] in held_out}
+    held_out = {str(Path(d["path"]).resolve()): set(d.get("val_episodes") or []) for d in run.get("datasets") or []
+                if d.get("path")}  # a mixture: each dataset's held-out episodes
+    if run.get("dataset") and not held_out:
+        held_out[str(Path(run["dataset"]).resolve())] = set(run.get("val_episodes") or [])
+    val_eps = {i for i, e in enumerate(episodes) if e["episode_index"] in held_out.get(e["dataset"], ())}
     validation = "the world model's held-out episodes"
     if not val_eps and n_ep > 1:
         validation = f"a seeded {val_fraction:.0%} of the episodes"
@@ -232,53 +254,120 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     if len(train_idx) == 0:
         raise RunError("every episode went to validation; give the critic more episodes")
 
-    torch.manual_seed(seed)
     target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
-    critic = Critic(CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
-                                 n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
-                                 reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
-                                 tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors")))
-    opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
     target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
     target_s = torch.as_tensor(rows["success"])
     task_t = torch.as_tensor(rows["task"])
-    gen = torch.Generator().manual_seed(seed)
-    train_rows = torch.as_tensor(train_idx)
-    pos_weight = torch.tensor(float((1 - target_s[train_idx]).sum() / target_s[train_idx].sum().clamp(min=1)))
-    pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
+    critic_cfg = CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
+                              n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
+                              reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
+                              tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors"))
+
+    def fit(train_rows: np.ndarray) -> Critic:
+        torch.manual_seed(seed)
+        critic = Critic(critic_cfg)
+        opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
+        gen = torch.Generator().manual_seed(seed)
+        picks = torch.as_tensor(train_rows)
+        pos_weight = torch.tensor(float((1 - target_s[picks]).sum() / target_s[picks].sum().clamp(min=1)))
+        pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
+        critic.train()
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+            pick = picks[torch.randint(0, len(picks), (batch_size,), generator=gen)]
+            p, logit, x = critic(all_latents[index[pick]], task_t[pick])
+            loss = (F.mse_loss(p, target_p[pick])
+                    + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
+            if target_x is not None:
+                loss = loss + F.mse_loss(x, target_x[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return critic.eval()
+
+    def held_out_metrics(critic: Critic, rows_of: np.ndarray, prefix: str = "") -> dict:
+        m = {}
+        if not len(rows_of):
+            return m
+        with torch.no_grad():
+            vi = torch.as_tensor(rows_of)
+            p, logit, x = critic(all_latents[index[vi]], task_t[vi])
+        prob = torch.sigmoid(logit).numpy()
+        if target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
+            m["val_state_mae"] = float((x - target_x[vi]).abs().mean())
+        m.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
+                 val_progress_spearman=spearman(p.numpy(), target_p[vi].numpy()),
+                 val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),
+                 val_success_auc=_auc(prob, target_s[vi].numpy()))
+        if prefix:  # per episode, as wam imagine judges one: a success once `persist` imagined frames in a row
+            ep_of = episode_of[rows_of]  # are judged done (the frames of an episode are in order)
+            real = {e: bool(episodes[e].get("successes", np.zeros(1)).max() > 0.5) for e in np.unique(ep_of)}
+            failed = [e for e in real if not real[e]]
+            m.update(val_episodes=len(real), val_failed_episodes=len(failed), val_by_persist={})
+            for persist in (1, 2, 3, 5):
+                said = {e: longest_run(prob[ep_of == e] >= 0.5) >= persist for e in real}
+                m["val_by_persist"][persist] = {
+                    "episode_accuracy": float(np.mean([said[e] == real[e] for e in real])),
+                    "failed_judged_success": float(np.mean([said[e] for e in failed])) if failed else None,
+                    "succeeded_judged_success": float(np.mean([said[e] for e in real if real[e]]))
+                    if any(real.values()) else None}
+            m.update({f"val_{k}": v for k, v in m["val_by_persist"][1].items()})
+        return {prefix + k: v for k, v in m.items()}
+
+    episode_of = rows["episode"].copy()
     t1 = time.perf_counter()
-    critic.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-        pick = train_rows[torch.randint(0, len(train_rows), (batch_size,), generator=gen)]
-        p, logit, x = critic(all_latents[index[pick]], task_t[pick])
-        loss = (F.mse_loss(p, target_p[pick])
-                + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
-        if target_x is not None:
-            loss = loss + F.mse_loss(x, target_x[pick])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    critic.eval()
+    critic = fit(train_idx)
     metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
                "episodes": n_ep, "val_episodes": len(val_eps), "reward_range": [lo, hi], "load_s": load_s,
                "train_s": time.perf_counter() - t1, "datasets": [str(d) for d in datasets],
                "done_fraction": float(target_s.mean()), "validation": validation}
+    if imagined:
+        from wam.imagine import imagine_along
+
+        t2 = time.perf_counter()
+        kept = np.unique(rows["episode"])
+        stride = cfg.future_stride
+        made = imagine_along(
+            ckpt, critic, all_latents[torch.as_tensor(starts[kept])].float(),
+            None if target_x is None else torch.as_tensor(np.stack([episodes[i]["states"][0] for i in kept])),
+            [episodes[i]["actions"] for i in kept],
+            torch.as_tensor([task_map[episodes[i]["task_index"]] for i in kept]),
+            sampling_steps=imagine_steps, action_guidance=action_guidance, seed=seed, progress=progress)
+        first = len(all_latents)
+        all_latents = torch.cat([all_latents, *[z.half() for z in made]])
+        new_ep, new_row = [], []
+        for i, z in zip(kept, made):
+            new_ep.append(np.full(len(z), i))
+            new_row.append((np.arange(len(z)) + 1) * stride)
+        new_ep, new_row = np.concatenate(new_ep), np.concatenate(new_row)
+        n_new = len(new_ep)
+        index = torch.cat([index, torch.arange(first, first + n_new)])
+        rewards = np.concatenate([episodes[i]["rewards"][r - 1:r] for i, r in zip(new_ep, new_row)])
+        dones = np.concatenate([episodes[i].get("successes", np.zeros(len(episodes[i]["rewards"])))[r - 1:r]
+                                for i, r in zip(new_ep, new_row)]).astype(np.float32)
+        target_p = torch.cat([target_p, torch.as_tensor((rewards - lo) / (hi - lo)).float().clamp(0, 1)])
+        target_s = torch.cat([target_s, torch.as_tensor(dones)])
+        task_t = torch.cat([task_t, torch.as_tensor([task_map[episodes[i]["task_index"]] for i in new_ep])])
+        if target_x is not None:
+            target_x = torch.cat([target_x, torch.as_tensor(np.stack([episodes[i]["states"][r]
+                                                                      for i, r in zip(new_ep, new_row)]))])
+        episode_of = np.concatenate([episode_of, new_ep])
+        n_real = len(rows["episode"])
+        im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
+        im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
+        metrics.update(imagined_frames=n_new, imagined_train_frames=len(im_train), imagined_val_frames=len(im_val),
+                       imagine_steps=imagine_steps, action_guidance=action_guidance,
+                       imagine_s=time.perf_counter() - t2, imagined_done_fraction=float(dones.mean()))
+        metrics["real_only"] = {**held_out_metrics(critic, val_idx), **held_out_metrics(critic, im_val, "imagined_")}
+        t3 = time.perf_counter()
+        critic = fit(np.concatenate([train_idx, im_train]))
+        metrics["train_s"] += time.perf_counter() - t3
+        metrics.update(held_out_metrics(critic, im_val, "imagined_"))
     with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
         ti = torch.as_tensor(train_idx[:4096])
         p, _, _ = critic(all_latents[index[ti]], task_t[ti])
     metrics["train_progress_spearman"] = spearman(p.numpy(), target_p[ti].numpy())
-    if len(val_idx):
-        with torch.no_grad():
-            vi = torch.as_tensor(val_idx)
-            p, logit, x = critic(all_latents[index[vi]], task_t[vi])
-        prob = torch.sigmoid(logit).numpy()
-        if target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
-            metrics["val_state_mae"] = float((x - target_x[vi]).abs().mean())
-        metrics.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
-                       val_progress_spearman=spearman(p.numpy(), target_p[vi].numpy()),
-                       val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),
-                       val_success_auc=_auc(prob, target_s[vi].numpy()))
+    metrics.update(held_out_metrics(critic, val_idx))
     save_critic(critic, out or Path(checkpoint) / "critic", metrics)
     return metrics
