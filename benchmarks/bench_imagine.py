@@ -9,9 +9,17 @@ Runbook:
         --out benchmarks/imagine.json
     python benchmarks/bench_imagine.py --table benchmarks/imagine.json
 
-The policies (POLICIES below) differ in checkpoint, training recipe and inference setting, and one cannot
+The policies (POLICY_SETS below) differ in checkpoint, training recipe and inference setting, and some cannot
 see (--blind), so that their true success spreads out. A policy whose checkpoint is missing is skipped
-and named in the result.
+and named in the result. The "reference" set, with a critic trained on imagined frames too (README, "Policy
+evaluation in imagination"):
+    python benchmarks/bench_imagine.py --policy-set reference --sim-only --runs runs/bench-imagine-ref
+    wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \
+        --dataset data/mt10-noisy --dataset data/mt10-noisy-hi --imagined --action-guidance 2 \
+        --out runs/imagine-world/critic-imagined
+    python benchmarks/bench_imagine.py --policy-set reference --world runs/imagine-world/checkpoint \
+        --critic runs/imagine-world/critic-imagined --action-guidance 2 --tag imagined \
+        --runs runs/bench-imagine-ref --out benchmarks/imagine_ref_imagined.json
 """
 
 from __future__ import annotations
@@ -78,10 +86,36 @@ def run(cmd: list[str]) -> float:
 
 
 def summary(info: dict) -> dict:
+    progress = {r["task"]: r.get("avg_max_reward") for r in info["per_task"]}
     return {"pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
             "avg_max_reward": info.get("avg_max_reward"),
             "groups": {g: v["pc_success"] for g, v in (info.get("groups") or {}).items()},
-            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
+            "groups_progress": {g: float(np.mean([progress[t] for t in v["tasks"]]))  # tasks have equal episodes
+                                for g, v in (info.get("groups") or {}).items()
+                                if all(progress.get(t) is not None for t in v["tasks"])},
+            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]},
+            "episodes": {r["task"]: {"success": [bool(x) for x in r["successes"]],
+                                     "progress": [float(x) for x in r["max_rewards"]]} for r in info["per_task"]}}
+
+
+def bootstrap(rows: list[dict], by: str, n: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% interval of the overall Spearman correlation (simulated success against the imagined `by`: "success"
+    or "progress"), resampling every policy's episodes within each task, simulated and imagined apart."""
+    rng = np.random.default_rng(seed)
+    if any("episodes" not in r[side] for r in rows for side in ("simulated", "imagined")) or len(rows) < 3:
+        return None
+
+    def draw(episodes: dict, key: str) -> float:
+        return float(np.mean([np.mean(rng.choice(np.asarray(v[key], float), len(v[key]))) for v in episodes.values()]))
+
+    values = []
+    for _ in range(n):
+        sim = [draw(r["simulated"]["episodes"], "success") for r in rows]
+        im = [draw(r["imagined"]["episodes"], by) for r in rows]
+        rho = spearman(sim, im)
+        if rho is not None:
+            values.append(rho)
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
 
 
 def correlations(rows: list[dict]) -> dict:
@@ -93,7 +127,46 @@ def correlations(rows: list[dict]) -> dict:
     for g in groups:
         have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"]["groups"]]
         out[g] = spearman([r["simulated"]["groups"][g] for r in have], [r["imagined"]["groups"][g] for r in have])
+    out["overall_ci95"] = bootstrap(rows, "success")
+    out["overall_by_imagined_progress_ci95"] = bootstrap(rows, "progress")
+    for g in groups:  # simulated success against the imagined episodes' progress (each one's best), per group
+        have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"].get("groups_progress", {})]
+        out[f"{g}_by_imagined_progress"] = spearman([r["simulated"]["groups"][g] for r in have],
+                                                    [r["imagined"]["groups_progress"][g] for r in have])
     return out
+
+
+def groups_of() -> dict[str, tuple[str, ...]]:
+    from wam.envs.metaworld import DIFFICULTY
+
+    return DIFFICULTY
+
+
+def pool(results: list[dict]) -> dict:
+    """Several runs of the same policies on other seeds (--seed) as one: each policy's episodes put together."""
+    names = [r["name"] for r in results[0]["policies"]]
+    rows = []
+    for name in names:
+        runs = [next(r for r in res["policies"] if r["name"] == name) for res in results]
+        row = {"name": name, "checkpoint": runs[0]["checkpoint"], "flags": runs[0]["flags"]}
+        for side in ("simulated", "imagined"):
+            eps = {t: {k: [x for r in runs for x in r[side]["episodes"][t][k]] for k in ("success", "progress")}
+                   for t in runs[0][side]["episodes"]}
+            groups = {g: [t for t in eps if t in members] for g, members in groups_of().items()}
+            groups = {g: ts for g, ts in groups.items() if ts}
+            row[side] = {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
+                         "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
+                         "n_episodes": sum(len(v["success"]) for v in eps.values()),
+                         "groups": {g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts]))
+                                    for g, ts in groups.items()},
+                         "groups_progress": {g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts]))
+                                             for g, ts in groups.items()},
+                         "episodes": eps}
+        rows.append(row)
+    keep = ("world", "critic", "persist", "action_guidance", "tasks", "policy_set")
+    return {**{k: results[0].get(k) for k in keep}, "pooled_seeds": [r.get("seed", 0) for r in results],
+            "episodes_per_task": sum(r["episodes_per_task"] for r in results), "policies": rows,
+            "spearman": correlations(rows)}
 
 
 def table(result: dict) -> str:
@@ -105,7 +178,9 @@ def table(result: dict) -> str:
     c = result["spearman"]
     lines.append("")
     lines.append("Spearman rank correlation over the policies: " + ", ".join(
-        f"{k.replace('_', ' ')} {v:.2f}" if v is not None else f"{k.replace('_', ' ')} n/a" for k, v in c.items()))
+        f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else
+        f"{k.replace('_', ' ')} [{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, list) else f"{k.replace('_', ' ')} n/a"
+        for k, v in c.items()))
     return "\n".join(lines)
 
 
@@ -125,23 +200,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
                    help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
+    p.add_argument("--seed", type=int, default=0, help="wam eval's and wam imagine's --seed (other episodes)")
     p.add_argument("--sim-only", action="store_true", help="only the simulated evaluations (no world model needed)")
     p.add_argument("--tag", default="", help="appended to the imagined runs' directory names (another critic "
                    "or world beside the same simulated runs)")
     p.add_argument("--out", default="benchmarks/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
     p.add_argument("--table", default=None, metavar="JSON")
+    p.add_argument("--pool", default=None, metavar="JSON,JSON",
+                   help="put together results of the same policies on other --seed values into --out")
     args = p.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
     from wam.evaluate import write_json_atomic
 
+    if args.pool:
+        result = pool([json.loads(Path(f).read_text()) for f in args.pool.split(",")])
+        write_json_atomic(Path(args.out), result)
+        print(table(result))
+        return 0
+
     critic = Path(args.critic) if args.critic else Path(args.world) / "critic"
     if not args.sim_only and not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
-    result = {"world": args.world, "critic": str(critic), "persist": args.persist,
+    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "seed": args.seed,
               "action_guidance": args.action_guidance, "tasks": args.tasks,
               "episodes_per_task": args.episodes, "policies": [], "skipped": []}
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
@@ -156,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         im_out = Path(args.runs) / (f"{i}-imagined" + (f"-persist{args.persist}" if args.persist != 1 else "")
                                     + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else "")
                                     + (f"-{args.tag}" if args.tag else ""))
-        common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags]
+        common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags,
+                  *(["--seed", str(args.seed)] if args.seed else [])]
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
         im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,

@@ -131,6 +131,8 @@ def test_a_critic_trained_on_imagined_frames_reports_both_critics_on_them(world,
         assert 0 <= metrics["imagined_val_episode_accuracy"] <= 1 and metrics["imagined_val_episodes"] == 3
         by = metrics["imagined_val_by_persist"]  # judged as wam imagine --persist K would
         assert sorted(by) == [1, 2, 3, 5] and by[1]["episode_accuracy"] == metrics["imagined_val_episode_accuracy"]
+        lag = metrics["imagined_val_first_done_lag"]  # steps from the real first success to the first judged done
+        assert lag is None or (lag["q25"] <= lag["median"] <= lag["q75"] and lag["episodes"] >= 1)
     assert load_critic(out).cfg.tasks == load_checkpoint(world).config["run"]["tasks"]
 
 

@@ -313,9 +313,18 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
                     "succeeded_judged_success": float(np.mean([said[e] for e in real if real[e]]))
                     if any(real.values()) else None}
             m.update({f"val_{k}": v for k, v in m["val_by_persist"][1].items()})
+            lags = []  # when the first frame judged done comes, against the real first success (in steps)
+            for e in real:
+                ok = prob[ep_of == e] >= 0.5
+                if real[e] and ok.any():
+                    first_real = int(np.argmax(episodes[e]["successes"] > 0.5)) + 1  # frame rows: outcome of row - 1
+                    lags.append(int(row_of[rows_of][ep_of == e][np.argmax(ok)]) - first_real)
+            m["val_first_done_lag"] = ({"median": float(np.median(lags)), "q25": float(np.percentile(lags, 25)),
+                                        "q75": float(np.percentile(lags, 75)), "episodes": len(lags)}
+                                       if lags else None)
         return {prefix + k: v for k, v in m.items()}
 
-    episode_of = rows["episode"].copy()
+    episode_of, row_of = rows["episode"].copy(), rows["row"].copy()
     t1 = time.perf_counter()
     critic = fit(train_idx)
     metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
@@ -352,7 +361,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
         if target_x is not None:
             target_x = torch.cat([target_x, torch.as_tensor(np.stack([episodes[i]["states"][r]
                                                                       for i, r in zip(new_ep, new_row)]))])
-        episode_of = np.concatenate([episode_of, new_ep])
+        episode_of, row_of = np.concatenate([episode_of, new_ep]), np.concatenate([row_of, new_row])
         n_real = len(rows["episode"])
         im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
         im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
