@@ -95,7 +95,32 @@ def summary(info: dict) -> dict:
                                 if all(progress.get(t) is not None for t in v["tasks"])},
             "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]},
             "episodes": {r["task"]: {"success": [bool(x) for x in r["successes"]],
-                                     "progress": [float(x) for x in r["max_rewards"]]} for r in info["per_task"]}}
+                                     "progress": [float(x) for x in r["max_rewards"]],
+                                     "first_success": [None if f is None else int(f) for f in r["first_success"]]}
+                         for r in info["per_task"]}}
+
+
+def early_successes(rows: list[dict], dataset: str | Path) -> dict:
+    """How many imagined successes come sooner than the scripted expert ever succeeded at the task (its fastest
+    first success among the dataset's demonstrations, meta/collection.json): a success imagined before it is
+    possible. Per policy and over all."""
+    fastest: dict[str, int] = {}
+    for e in json.loads((Path(dataset) / "meta" / "collection.json").read_text())["episodes"]:
+        if e.get("success") and e.get("first_success") is not None:
+            fastest[e["task"]] = min(fastest.get(e["task"], 10**9), int(e["first_success"]))
+    out, early_all, n_all = {}, 0, 0
+    for r in rows:
+        early = n = 0
+        for task, v in r["imagined"]["episodes"].items():
+            for ok, first in zip(v["success"], v.get("first_success") or []):
+                if ok and first is not None and task in fastest:
+                    n += 1
+                    early += first < fastest[task]
+        out[r["name"]] = {"imagined_successes": n, "sooner_than_the_expert": early}
+        early_all, n_all = early_all + early, n_all + n
+    out["all"] = {"imagined_successes": n_all, "sooner_than_the_expert": early_all,
+                  "share": early_all / n_all if n_all else None}
+    return out
 
 
 def bootstrap(rows: list[dict], by: str, n: int = 2000, seed: int = 0) -> list[float] | None:
@@ -150,8 +175,8 @@ def pool(results: list[dict]) -> dict:
         runs = [next(r for r in res["policies"] if r["name"] == name) for res in results]
         row = {"name": name, "checkpoint": runs[0]["checkpoint"], "flags": runs[0]["flags"]}
         for side in ("simulated", "imagined"):
-            eps = {t: {k: [x for r in runs for x in r[side]["episodes"][t][k]] for k in ("success", "progress")}
-                   for t in runs[0][side]["episodes"]}
+            eps = {t: {k: [x for r in runs for x in r[side]["episodes"][t].get(k, [])]
+                       for k in ("success", "progress", "first_success")} for t in runs[0][side]["episodes"]}
             groups = {g: [t for t in eps if t in members] for g, members in groups_of().items()}
             groups = {g: ts for g, ts in groups.items() if ts}
             row[side] = {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
@@ -176,6 +201,10 @@ def table(result: dict) -> str:
         lines.append(f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} | "
                      f"{r['imagined']['avg_max_reward']:.2f} |")
     c = result["spearman"]
+    if result.get("early_successes"):
+        e = result["early_successes"]["all"]
+        lines.append(f"\nimagined successes sooner than the scripted expert's fastest: "
+                     f"{e['sooner_than_the_expert']} of {e['imagined_successes']}")
     lines.append("")
     lines.append("Spearman rank correlation over the policies: " + ", ".join(
         f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else
@@ -209,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=None, metavar="JSON")
     p.add_argument("--pool", default=None, metavar="JSON,JSON",
                    help="put together results of the same policies on other --seed values into --out")
+    p.add_argument("--demos", default=None, metavar="DATASET",
+                   help="a scripted-expert dataset: count the imagined successes sooner than its fastest success")
     args = p.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
@@ -217,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pool:
         result = pool([json.loads(Path(f).read_text()) for f in args.pool.split(",")])
+        if args.demos:
+            result["early_successes"] = early_successes(result["policies"], args.demos)
         write_json_atomic(Path(args.out), result)
         print(table(result))
         return 0
@@ -260,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
               f"{row['imagined']['pc_success']:.1f}%", flush=True)
         result["spearman"] = correlations(result["policies"])
+        if args.demos:
+            result["early_successes"] = early_successes(result["policies"], args.demos)
         write_json_atomic(Path(args.out), result)
     print(table(result))
     return 0

@@ -15,6 +15,8 @@ that demonstrations never visit.
 
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # -> <checkpoint>/critic
+    wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \
+        --dataset data/mt10-noisy --imagined --action-guidance 2     # also judges imagined frames (wam imagine)
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks hard --mode joint --plan 4
 
 Row convention (LeRobot's): row i holds the frame at step i and next.reward / next.success after action i, so
@@ -30,6 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -116,6 +119,82 @@ def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
     return critic.to(device).eval()
 
 
+# ---- imagined frames of recorded episodes ------------------------------------------------------------
+
+
+@torch.no_grad()
+def imagine_along(world, critic, starts: torch.Tensor, states: torch.Tensor | None, actions: Sequence[np.ndarray],
+                  task: torch.Tensor, *, sampling_steps: int = 2, action_guidance: float = 1.0, seed: int = 0,
+                  batch_size: int = 64, cache: bool | None = None, progress: bool = False) -> list[torch.Tensor]:
+    """Imagine recorded episodes: from each episode's first frame, the frame that follows every future_stride of its
+    recorded actions, autoregressively and exactly as `ImaginedEnv` imagines a policy's episode (forward mode, the
+    queued actions padded to the horizon with the last one, the robot state of each imagined frame read off it by
+    `critic`, the same sampling steps and action guidance). What a critic trained on real frames only never sees:
+    the frames the world model imagines for actions that fail, next to the outcome those actions really had.
+
+    starts  (N, c, h, w) the first frame's latents of each episode
+    states  (N, S) its normalised robot state, or None
+    actions N arrays (L_i, A) of normalised actions, the episode's own
+    task    (N,) the world model's task index of each episode
+    Returns N tensors (K_i, c, h, w), K_i = (L_i - 1) // future_stride: imagined frame k stands for row
+    (k + 1) * future_stride of its episode. Episodes are imagined in batches of similar length; noise comes from
+    one generator seeded with `seed`, so the same call gives the same frames."""
+    from wam.modes import sample
+
+    model = world.model.eval()
+    cfg = model.cfg
+    stride = cfg.future_stride
+    cache = cfg.attention != "full" if cache is None else bool(cache)
+    lengths = [(len(a) - 1) // stride for a in actions]
+    order = sorted(range(len(actions)), key=lambda i: lengths[i])
+    out: list[torch.Tensor | None] = [None] * len(actions)
+    gen = torch.Generator().manual_seed(int(seed))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(lengths), desc="imagining recorded episodes", unit="frame", dynamic_ncols=True)
+    for b0 in range(0, len(order), batch_size):
+        ids = order[b0:b0 + batch_size]
+        k_max = max(lengths[i] for i in ids)
+        if k_max == 0:
+            for i in ids:
+                out[i] = starts.new_zeros((0, *starts.shape[1:]))
+            continue
+        hist = [starts[ids].float()] * cfg.n_obs_steps  # n_obs x (B, c, h, w)
+        state0 = (states[ids].float() if states is not None and cfg.state_dim > 0
+                  else torch.zeros(len(ids), cfg.state_dim))
+        state_hist = [state0] * cfg.n_obs_steps
+        made = []
+        for k in range(k_max):
+            acts = np.zeros((len(ids), cfg.action_horizon, cfg.action_dim), np.float32)
+            for j, i in enumerate(ids):  # this stride's actions (an ended episode repeats its last ones)
+                a = actions[i][min(k, lengths[i] - 1) * stride:][:stride, :cfg.action_dim]
+                acts[j, :len(a), :a.shape[1]] = a
+                acts[j, len(a):, :a.shape[1]] = a[-1]
+            batch = {"latents": torch.cat([torch.stack(hist, 1), torch.zeros(len(ids), cfg.future_frames,
+                                                                             *starts.shape[1:])], 1),
+                     "task": task[ids], "actions": torch.as_tensor(acts)}
+            if cfg.state_dim > 0:
+                batch["state"] = torch.stack(state_hist, 1)  # (B, n_obs, S)
+            z = sample(model, batch, "forward", steps=sampling_steps, generator=gen, cache=cache,
+                       action_guidance=action_guidance)["latents"][:, cfg.n_obs_steps].float()  # (B, c, h, w)
+            made.append(z)
+            hist = hist[1:] + [z]
+            if cfg.state_dim > 0:
+                _, _, read = critic(z, task[ids].to(z.device))
+                if read.shape[1] >= cfg.state_dim:
+                    state_hist = state_hist[1:] + [read[:, :cfg.state_dim].float()]
+            if bar is not None:
+                bar.update(sum(1 for i in ids if k < lengths[i]))
+        made = torch.stack(made, 1)  # (B, k_max, c, h, w)
+        for j, i in enumerate(ids):
+            out[i] = made[j, :lengths[i]]
+    if bar is not None:
+        bar.close()
+    return out
+
+
 # ---- training ----------------------------------------------------------------------------------------
 
 
@@ -190,7 +269,7 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
 
     imagined=True trains it on imagined frames too, so that it judges what `wam imagine` shows it: a critic is
     first trained on the real frames; the world model (the checkpoint) then imagines every episode along its own
-    recorded actions from its first frame (`wam.imagine.imagine_along`, with `imagine_steps` denoising steps and
+    recorded actions from its first frame (`imagine_along` above, with `imagine_steps` denoising steps and
     `action_guidance`, as `wam imagine` will; that first critic reads the robot state off each imagined frame),
     and each imagined frame gets the outcome the real episode had at that step. The critic that is kept trains
     from scratch on the real and the imagined frames together. Imagined frames of failed episodes teach it that a
@@ -332,8 +411,6 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
                "train_s": time.perf_counter() - t1, "datasets": [str(d) for d in datasets],
                "done_fraction": float(target_s.mean()), "validation": validation}
     if imagined:
-        from wam.imagine import imagine_along
-
         t2 = time.perf_counter()
         kept = np.unique(rows["episode"])
         stride = cfg.future_stride
