@@ -13,13 +13,14 @@ The policies (POLICY_SETS below) differ in checkpoint, training recipe and infer
 see (--blind), so that their true success spreads out. A policy whose checkpoint is missing is skipped
 and named in the result. The "reference" set, with a critic trained on imagined frames too (README, "Policy
 evaluation in imagination"):
-    python benchmarks/bench_imagine.py --policy-set reference --sim-only --runs runs/bench-imagine-ref
-    wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \
-        --dataset data/mt10-noisy --dataset data/mt10-noisy-hi --imagined --action-guidance 2 \
+    python benchmarks/bench_imagine.py --policy-set reference --sim-only --runs runs/bench-imagine-ref-s0
+    wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \\
+        --dataset data/mt10-noisy --dataset data/mt10-noisy-hi --imagined --action-guidance 2 \\
         --out runs/imagine-world/critic-imagined
-    python benchmarks/bench_imagine.py --policy-set reference --world runs/imagine-world/checkpoint \
-        --critic runs/imagine-world/critic-imagined --action-guidance 2 --tag imagined \
-        --runs runs/bench-imagine-ref --out benchmarks/imagine_ref_imagined.json
+    python benchmarks/bench_imagine.py --policy-set reference --world runs/imagine-world/checkpoint \\
+        --critic runs/imagine-world/critic-imagined --action-guidance 2 --tag imagined --demos data/mt50 \\
+        --runs runs/bench-imagine-ref-s0 --out benchmarks/imagine_ref_imagined_seed0.json
+    (and --seed 1 into runs/bench-imagine-ref-s1; then --pool A.json,B.json --out POOLED.json)
 """
 
 from __future__ import annotations
@@ -161,14 +162,10 @@ def correlations(rows: list[dict]) -> dict:
     return out
 
 
-def groups_of() -> dict[str, tuple[str, ...]]:
-    from wam.envs.metaworld import DIFFICULTY
-
-    return DIFFICULTY
-
-
 def pool(results: list[dict]) -> dict:
     """Several runs of the same policies on other seeds (--seed) as one: each policy's episodes put together."""
+    from wam.envs.metaworld import DIFFICULTY
+
     names = [r["name"] for r in results[0]["policies"]]
     rows = []
     for name in names:
@@ -177,7 +174,7 @@ def pool(results: list[dict]) -> dict:
         for side in ("simulated", "imagined"):
             eps = {t: {k: [x for r in runs for x in r[side]["episodes"][t].get(k, [])]
                        for k in ("success", "progress", "first_success")} for t in runs[0][side]["episodes"]}
-            groups = {g: [t for t in eps if t in members] for g, members in groups_of().items()}
+            groups = {g: [t for t in eps if t in members] for g, members in DIFFICULTY.items()}
             groups = {g: ts for g, ts in groups.items() if ts}
             row[side] = {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
                          "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),

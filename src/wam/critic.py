@@ -139,7 +139,7 @@ def imagine_along(world, critic, starts: torch.Tensor, states: torch.Tensor | No
     Returns N tensors (K_i, c, h, w), K_i = (L_i - 1) // future_stride: imagined frame k stands for row
     (k + 1) * future_stride of its episode. Episodes are imagined in batches of similar length; noise comes from
     one generator seeded with `seed`, so the same call gives the same frames."""
-    from wam.modes import sample
+    from wam.modes import next_frame
 
     model = world.model.eval()
     cfg = model.cfg
@@ -167,18 +167,14 @@ def imagine_along(world, critic, starts: torch.Tensor, states: torch.Tensor | No
         state_hist = [state0] * cfg.n_obs_steps
         made = []
         for k in range(k_max):
-            acts = np.zeros((len(ids), cfg.action_horizon, cfg.action_dim), np.float32)
+            acts = np.zeros((len(ids), stride, cfg.action_dim), np.float32)
             for j, i in enumerate(ids):  # this stride's actions (an ended episode repeats its last ones)
                 a = actions[i][min(k, lengths[i] - 1) * stride:][:stride, :cfg.action_dim]
                 acts[j, :len(a), :a.shape[1]] = a
                 acts[j, len(a):, :a.shape[1]] = a[-1]
-            batch = {"latents": torch.cat([torch.stack(hist, 1), torch.zeros(len(ids), cfg.future_frames,
-                                                                             *starts.shape[1:])], 1),
-                     "task": task[ids], "actions": torch.as_tensor(acts)}
-            if cfg.state_dim > 0:
-                batch["state"] = torch.stack(state_hist, 1)  # (B, n_obs, S)
-            z = sample(model, batch, "forward", steps=sampling_steps, generator=gen, cache=cache,
-                       action_guidance=action_guidance)["latents"][:, cfg.n_obs_steps].float()  # (B, c, h, w)
+            z = next_frame(model, torch.stack(hist, 1), task[ids], torch.as_tensor(acts),
+                           state=torch.stack(state_hist, 1) if cfg.state_dim > 0 else None, steps=sampling_steps,
+                           generator=gen, cache=cache, action_guidance=action_guidance)  # (B, c, h, w)
             made.append(z)
             hist = hist[1:] + [z]
             if cfg.state_dim > 0:

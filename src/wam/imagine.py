@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from wam.critic import imagine_along  # noqa: F401  (re-exported: recorded episodes, imagined)
-from wam.modes import sample
+from wam.modes import next_frame
 
 
 class ImaginedEnv:
@@ -101,16 +101,11 @@ class ImaginedEnv:
         """Advance the world by future_stride steps: the queued actions -> the next frame, state and outcome."""
         cfg = self.cfg
         acts = np.asarray(self.normalizer.normalize_action(np.stack(self.pending)[None]), np.float32)  # (1, k, A)
-        acts = np.concatenate([acts, np.repeat(acts[:, -1:], cfg.action_horizon - acts.shape[1], 1)], 1)
-        hist = torch.stack(self.history, 1)  # (1, n_obs, c, h, w)
-        future = torch.zeros(1, cfg.future_frames, *hist.shape[2:])
-        batch = {"latents": torch.cat([hist, future], 1), "task": self.task_index,
-                 "actions": torch.as_tensor(acts[:, :, :cfg.action_dim])}
-        if cfg.state_dim > 0:
-            batch["state"] = torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
-        out = sample(self.model, batch, "forward", steps=self.sampling_steps, generator=self.generator,
-                     cache=self.cache, action_guidance=self.action_guidance)
-        z = out["latents"][:, cfg.n_obs_steps].float()  # (1, c, h, w): the frame future_stride steps ahead
+        state = (torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
+                 if cfg.state_dim > 0 else None)
+        z = next_frame(self.model, torch.stack(self.history, 1), self.task_index, torch.as_tensor(acts), state=state,
+                       steps=self.sampling_steps, generator=self.generator, cache=self.cache,
+                       action_guidance=self.action_guidance)  # (1, c, h, w): the frame future_stride steps ahead
         frame = self.tokenizer.decode(z[:, None])[:, 0]  # (1, 3, H, W) in [-1, 1]
         self.frame = ((frame[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         self.progress, self.p_success, state = self._judge(z)

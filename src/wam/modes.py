@@ -199,6 +199,26 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     return result
 
 
+def next_frame(model, history: torch.Tensor, task: torch.Tensor, actions: torch.Tensor, *,
+               state: torch.Tensor | None = None, steps: int = 2, generator: torch.Generator | None = None,
+               cache: bool = False, action_guidance: float = 1.0) -> torch.Tensor:
+    """The world model one frame ahead (forward mode): clean history latents (B, n_obs, c, h, w), the task (B,),
+    the actions taken since the last frame (B, k, A) normalised, k <= action_horizon and padded to it with the
+    last one, and the robot state (B, n_obs, S) -> the latents (B, c, h, w) of the frame future_stride steps on.
+    What `wam imagine` repeats to imagine an episode."""
+    cfg = model.cfg
+    actions = actions[:, :, :cfg.action_dim]
+    if actions.shape[1] < cfg.action_horizon:
+        actions = torch.cat([actions, actions[:, -1:].expand(-1, cfg.action_horizon - actions.shape[1], -1)], 1)
+    future = history.new_zeros(history.shape[0], cfg.future_frames, *history.shape[2:])
+    batch = {"latents": torch.cat([history, future], 1), "task": task, "actions": actions}
+    if cfg.state_dim > 0:
+        batch["state"] = state
+    out = sample(model, batch, "forward", steps=steps, generator=generator, cache=cache,
+                 action_guidance=action_guidance)
+    return out["latents"][:, cfg.n_obs_steps].float()
+
+
 def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: torch.Generator | None = None,
                   shard: tuple[slice, int] | None = None) -> tuple[torch.Tensor, dict]:
     """Flow-matching loss with independent noise levels per modality and modality dropout.
