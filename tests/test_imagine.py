@@ -9,7 +9,7 @@ import torch
 
 from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
-from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, sim_starts
+from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, replay, sim_starts
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -117,6 +117,29 @@ def test_imagine_along_imagines_recorded_actions_exactly_as_the_imagined_env(wor
     a = imagine_along(ck, critic, z0.repeat(3, 1, 1, 1), s0.repeat(3, 1), two, task.repeat(3), seed=5, batch_size=2)
     b = imagine_along(ck, critic, z0.repeat(3, 1, 1, 1), s0.repeat(3, 1), two, task.repeat(3), seed=5, batch_size=2)
     assert [len(z) for z in a] == [3, 0, 1] and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_replay_judges_recorded_episodes_imagined_along_their_actions(world, dot_data):  # noqa: F811
+    from wam.data import LeRobotDataset
+
+    ck, critic = load_checkpoint(world), load_critic(world / "critic")
+    ds = LeRobotDataset(dot_data)
+    eps = [0, 3, 5]
+    got = replay(ck, critic, dot_data, episodes=eps, progress=False, seed=2)
+    assert got == replay(ck, critic, dot_data, episodes=eps, progress=False, seed=2)  # deterministic
+    for v, e in zip(got, eps):
+        lo, hi = ds.episode_ranges[ds.position_of(e)]
+        success = np.asarray(ds.data["next.success"][lo:hi], bool)
+        assert v["episode_index"] == e and v["length"] == hi - lo
+        assert v["real_success"] == success.any()  # what really happened, from the recorded flags
+        assert v["real_first_success"] == (int(np.argmax(success)) if success.any() else -1)
+        assert v["imagined_frames"] == (hi - lo - 1) // STRIDE  # one imagined frame every STRIDE actions
+        assert 0 <= v["imagined_progress"] <= 1
+    for persist in (1, 2):  # every frame judged done: the first success after `persist` frames, the start included
+        always = replay(ck, critic, dot_data, episodes=eps, threshold=0.0, persist=persist, progress=False)
+        assert all(v["imagined_success"] and v["imagined_first_done"] == (persist - 1) * STRIDE for v in always)
+    never = replay(ck, critic, dot_data, episodes=eps, threshold=1.01, progress=False)
+    assert not any(v["imagined_success"] or v["imagined_first_done"] >= 0 for v in never)
 
 
 def test_a_critic_trained_on_imagined_frames_reports_both_critics_on_them(world, dot_data, tmp_path):  # noqa: F811

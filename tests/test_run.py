@@ -297,3 +297,39 @@ def test_vectorised_evaluation_gives_the_sequential_results(run, tmp_path):
         assert seq[key] == vec[key], key
     np.testing.assert_allclose(seq["sum_rewards"], vec["sum_rewards"], rtol=1e-5)
     assert (tmp_path / "vec" / vec["video_paths"][0]).is_file()
+
+
+def test_eval_records_the_policys_episodes_as_a_dataset_that_replays(run, tmp_path, capsys):
+    from wam.data import LeRobotDataset
+    from wam.envs import get_adapter
+
+    ckpt = str(run / "checkpoint")
+    args = ["eval", "--checkpoint", ckpt, "--env", "dot", "--episodes", "3", "--steps", "2", "--no-expert",
+            "--videos", "0", "--after-success", "2", "--quiet"]
+    assert main([*args, "--record", str(tmp_path / "seq"), "--out", str(tmp_path / "e1")]) == 0
+    assert main([*args, "--record", str(tmp_path / "vec"), "--num-envs", "2", "--out", str(tmp_path / "e2")]) == 0
+    info = json.loads((tmp_path / "e1" / "eval_info.json").read_text())
+    row = info["per_task"][0]
+    seq, vec = LeRobotDataset(tmp_path / "seq"), LeRobotDataset(tmp_path / "vec")
+    assert seq.num_episodes == 3 and info["recorded"]["episodes"] == 3
+    assert [hi - lo for lo, hi in seq.episode_ranges] == row["steps"]  # every step the policy took, no more
+    for key in ("action", "observation.state", "next.reward"):
+        np.testing.assert_allclose(seq.data[key], vec.data[key], atol=1e-4)
+    meta = json.loads((tmp_path / "seq" / "meta" / "rollouts.json").read_text())
+    assert [e["success"] for e in meta["episodes"]] == row["successes"]
+    assert [e["seed"] for e in meta["episodes"]] == row["seeds"]
+    # the recorded actions, replayed from the episode's seed, give the recorded states, rewards and successes
+    env = get_adapter("dot").make_env("reach-goal", image_size=32)
+    for i, (lo, hi) in enumerate(seq.episode_ranges):
+        obs, _ = env.reset(seed=row["seeds"][i])
+        camera = seq.episode_frames(i, seq.camera_keys[0])
+        for t in range(lo, hi):
+            np.testing.assert_allclose(obs["observation.state"], seq.data["observation.state"][t], atol=1e-6)
+            np.testing.assert_array_equal(obs[seq.camera_keys[0]].shape, camera[t - lo].shape)
+            obs, reward, *_, step_info = env.step(np.asarray(seq.data["action"][t]))
+            assert reward == pytest.approx(float(seq.data["next.reward"][t]), abs=1e-6)
+            assert bool(step_info.get("success", False)) == bool(seq.data["next.success"][t])
+        assert seq.data["next.done"][hi - 1] and not seq.data["next.done"][lo:hi - 1].any()
+    # a dataset is never written over
+    assert main([*args, "--record", str(tmp_path / "seq"), "--out", str(tmp_path / "e3")]) == 2
+    assert "--record" in capsys.readouterr().err

@@ -578,6 +578,13 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=1, help="environments of a task run at once, each in its own "
                                                            "process, the policy batched over them (results do "
                                                            "not depend on it)")
+    p.add_argument("--record", default=None, metavar="DATASET",
+                   help="also write the policy's episodes (failures too) to a new LeRobot dataset at DATASET: "
+                        "cameras, robot state, actions, rewards, success flags, as `wam collect` writes the "
+                        "expert's (data for `wam critic` and for world models)")
+    p.add_argument("--after-success", type=int, default=0, metavar="N",
+                   help="steps an episode goes on after its first success (default 0: it ends there; with "
+                        "--record, 10 keeps the frames after success that `wam collect` keeps)")
     p.add_argument("--world-model", action="store_true",
                    help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes")
     p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
@@ -591,6 +598,12 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.server is None:
         raise UserError("pass --checkpoint DIR, or --server ws://HOST:PORT to evaluate a running `wam serve`")
+    from pathlib import Path
+
+    if args.record is not None and Path(args.record).exists():
+        raise UserError(f"--record {args.record} already exists; choose a new path for the rollouts' dataset")
+    if args.after_success < 0:
+        raise UserError(f"--after-success must be >= 0, got {args.after_success}")
     try:
         ckpt = load_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     except (FileNotFoundError, ValueError) as e:
@@ -678,9 +691,9 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
         info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
                         workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
-                        settings=settings, render_size=args.render_size,
-                        progress=not args.quiet)
-    except (ImportError, OSError) as e:
+                        settings=settings, render_size=args.render_size, after_success=args.after_success,
+                        record=args.record, progress=not args.quiet)
+    except (ImportError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     print_eval(info)
     print(f"report: {out / 'report.html'}")

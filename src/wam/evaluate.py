@@ -111,8 +111,40 @@ class RandomPolicy:
 # ---- closed loop -----------------------------------------------------------------------------------
 
 
+class _EpisodeRecorder:
+    """Every step of one episode, in `wam collect`'s layout (the observation before each action, the action,
+    then the reward and success flag it brought), so a rollout can become a LeRobot dataset episode."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+
+    def add(self, obs: dict, action, reward: float, success: bool) -> None:
+        keep = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
+        self.steps.append({**keep, "action": np.asarray(action, np.float32), "next.reward": np.float32(reward),
+                           "next.success": bool(success)})
+
+    def data(self) -> dict[str, np.ndarray]:
+        out = {k: np.stack([s[k] for s in self.steps]) for k in self.steps[0]}
+        for k in ("observation.state", "observation.environment_state", "next.reward"):
+            if k in out:
+                out[k] = out[k].astype(np.float32)
+        done = np.zeros(len(self.steps), bool)
+        done[-1] = True
+        out["next.done"] = done
+        return out
+
+
+def env_metadata(env) -> dict[str, Any]:
+    """What a dataset of `env`'s episodes records about it: fps, robot type and the names of its vectors."""
+    names = {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
+             "observation.environment_state": getattr(env, "environment_state_names", None)}
+    return {"fps": int(getattr(env, "fps", 30)), "robot_type": getattr(env, "robot_type", None),
+            "names": {k: list(v) for k, v in names.items() if v}}
+
+
 def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, after_success: int = 0,
-            record: int = 0, progress: Callable[[], None] | None = None) -> dict[str, Any]:
+            record: int = 0, progress: Callable[[], None] | None = None,
+            keep_episodes: bool = False) -> dict[str, Any]:
     """Run one episode per seed with `policy` (reset(), select_action(obs)) in a gymnasium `env`.
 
     Returns arrays over episodes:
@@ -122,6 +154,9 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
         sum_reward (N,) float      return; max_reward (N,) float: the largest single-step reward
         seconds (N,) float         wall-clock time of each episode
         frames                     list of (L, H, W, 3) uint8 camera frames for the first `record` episodes
+        episodes                   with keep_episodes: every episode's steps as a dataset episode (each camera,
+                                   observation.state, observation.environment_state where the env has it,
+                                   action, next.reward, next.success, next.done), as `wam collect` records them
     The observation given to the policy carries `task` = env.task_description (LeRobot's key).
     """
     limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
@@ -129,15 +164,19 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
     n = len(seeds)
     out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1), "steps": np.zeros(n, int),
                            "sum_reward": np.zeros(n), "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n),
-                           "frames": []}
+                           "frames": [], **({"episodes": []} if keep_episodes else {})}
     for i, seed in enumerate(seeds):
         t0 = time.perf_counter()
         policy.reset()
         obs, _ = env.reset(seed=int(seed))
         frames = [obs[camera]] if i < record else None
+        recorder = _EpisodeRecorder() if keep_episodes else None
         for step in range(limit):
             action = policy.select_action({**obs, "task": env.task_description})
+            before = obs
             obs, reward, terminated, truncated, info = env.step(action)
+            if recorder is not None:
+                recorder.add(before, action, reward, info.get("success", False))
             out["sum_reward"][i] += reward
             out["max_reward"][i] = max(out["max_reward"][i], reward)
             out["steps"][i] = step + 1
@@ -151,6 +190,8 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
         out["seconds"][i] = time.perf_counter() - t0
         if frames is not None:
             out["frames"].append(np.stack(frames))
+        if recorder is not None:
+            out["episodes"].append(recorder.data())
         if progress is not None:
             progress()
     return out
@@ -200,7 +241,8 @@ class _SlotPolicies:
 
 
 def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: int, max_steps: int | None = None,
-                   after_success: int = 0, record: int = 0, progress: Callable[[], None] | None = None) -> dict:
+                   after_success: int = 0, record: int = 0, progress: Callable[[], None] | None = None,
+                   keep_episodes: bool = False) -> dict:
     """`rollout` over `num_envs` environments stepped in parallel processes (gymnasium's AsyncVectorEnv, its
     autoreset off: each environment is reset with the next seed when its episode ends). A WAMPolicy predicts
     the chunks of all environments in one batched call. Returns `rollout`'s arrays, in seed order; every
@@ -222,6 +264,7 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
         out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1),
                                "steps": np.zeros(n, int), "sum_reward": np.zeros(n),
                                "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n), "frames": [None] * n}
+        recorders = [_EpisodeRecorder() for _ in range(n)] if keep_episodes else None
         slots = _SlotPolicies(policy, k)
         episode = list(range(k))  # which seed index each environment runs (-1: idle)
         started = [time.perf_counter()] * k
@@ -244,6 +287,8 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
             ended = np.zeros(k, bool)
             for j in live:
                 i = episode[j]
+                if recorders is not None:
+                    recorders[i].add(current[j], acts[j], reward[j], bool(success[j]))
                 current[j] = {key: v[j] for key, v in obs.items()}
                 out["sum_reward"][i] += reward[j]
                 out["max_reward"][i] = max(out["max_reward"][i], reward[j])
@@ -273,6 +318,8 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
                     if episode[j] < record:
                         out["frames"][episode[j]] = [current[j][camera]]
         out["frames"] = [np.stack(f) for f in out["frames"][:record] if f is not None]
+        if recorders is not None:
+            out["episodes"] = [r.data() for r in recorders]
         return out
     finally:
         envs.close()
@@ -368,6 +415,47 @@ def group_results(rows: list[dict], groups: dict[str, Sequence[str]]) -> dict:
     return out
 
 
+class _RolloutDataset:
+    """The policy's rollouts, task by task, into a LeRobot dataset (written aside and moved into place at
+    the end, so an interrupted evaluation leaves nothing half-written at `root`)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if self.root.exists():
+            raise ValueError(f"--record {self.root} already exists; choose a new path for the rollouts' dataset")
+        self.writer = None
+        self.episodes: list[dict] = []
+
+    def add(self, row: dict) -> dict:
+        """Writes the row's episodes; returns the row without them (what eval_info.json keeps)."""
+        from wam.data.writer import LeRobotWriter
+
+        episodes, meta = row.pop("_episodes"), row.pop("_env")
+        if self.writer is None:
+            self.writer = LeRobotWriter(self.root, fps=meta["fps"], robot_type=meta["robot_type"],
+                                        names=meta["names"])
+        for i, data in enumerate(episodes):
+            index = self.writer.add_episode(data, task=row["description"])
+            self.episodes.append({"episode_index": index, "task": row["task"], "seed": row["seeds"][i],
+                                  "success": row["successes"][i], "first_success": row["first_success"][i],
+                                  "length": len(data["action"])})
+        return row
+
+    def finalize(self, settings: dict) -> dict:
+        if self.writer is None:
+            raise ValueError("no episode was run; nothing to record")
+        summary = {"source": "wam eval", "settings": settings, "episodes": self.episodes,
+                   "pc_success": 100.0 * float(np.mean([e["success"] for e in self.episodes]))}
+        self.writer.add_meta_file("rollouts.json", json.dumps(summary, indent=2))
+        self.writer.finalize()
+        return {"path": str(self.root), "episodes": len(self.episodes),
+                "frames": int(sum(e["length"] for e in self.episodes))}
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -378,10 +466,12 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
                   max_steps: int | None = None, after_success: int = 0, expert: bool = True,
                   videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
                   num_envs: int = 1, progress: Callable[[], None] | None = None,
-                  env_options: dict | None = None) -> dict:
+                  env_options: dict | None = None, keep_episodes: bool = False) -> dict:
     """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row.
     num_envs > 1 steps that many environments in parallel processes (`rollout_vector`). `env_options` go to
-    the adapter's make_env (e.g. MetaWorld's state="full"); by default they follow the policy (`env_options_for`)."""
+    the adapter's make_env (e.g. MetaWorld's state="full"); by default they follow the policy (`env_options_for`).
+    keep_episodes: the row also carries the policy's episodes as dataset episodes ("_episodes") and the
+    environment's metadata ("_env"), for `evaluate(record=...)`."""
     import functools
 
     from wam.envs import get_adapter
@@ -392,15 +482,24 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
     kw = dict(max_steps=max_steps, after_success=after_success, progress=progress)
     if num_envs > 1:
         env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras, **opts)
-        res = rollout_vector(env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task, **kw)
+        res = rollout_vector(env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task,
+                             keep_episodes=keep_episodes, **kw)
         ref = rollout_vector(env_fn, ExpertPolicy(env, task), seeds, num_envs=num_envs, **kw) if expert else None
         description = adapter.describe(task)
+        meta = None
+        if keep_episodes:
+            e = env_fn()
+            try:
+                meta = env_metadata(e)
+            finally:
+                e.close()
     else:
         e = adapter.make_env(task, image_size=image_size, cameras=cameras, **opts)
         try:
-            res = rollout(e, policy, seeds, record=videos_per_task, **kw)
+            res = rollout(e, policy, seeds, record=videos_per_task, keep_episodes=keep_episodes, **kw)
             ref = rollout(e, ExpertPolicy(env, task), seeds, **kw) if expert else None
             description = e.task_description
+            meta = env_metadata(e)
         finally:
             e.close()
     paths = []
@@ -408,7 +507,10 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
         rel = f"videos/{task}/episode_{i:03d}.mp4"
         write_video(out / rel, frames)
         paths.append(rel)
-    return _task_row(task, description, seeds, res, ref, paths)
+    row = _task_row(task, description, seeds, res, ref, paths)
+    if keep_episodes:
+        row.update(_episodes=res["episodes"], _env=meta)
+    return row
 
 
 def env_options_for(policy, env: str, task: str) -> dict:
@@ -450,7 +552,8 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
              out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
              expert: bool = True, videos_per_task: int = 2, workers: int = 1, num_envs: int = 1,
              world_model: dict | None = None, render_size: int | None = None,
-             log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True) -> dict:
+             log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True,
+             record: str | Path | None = None) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
     reset()/select_action(obs) and optionally `settings` (a dict recorded in eval_info.json), `cameras` and
@@ -464,10 +567,15 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     checkpoint with one thread). `num_envs` > 1 runs that many environments of a task at once in
     parallel processes, the policy's chunks batched (`rollout_vector`). Every episode starts from its own
     seed and the policy re-seeds its sampler at reset(), so the results do not depend on the number of
-    workers or environments."""
+    workers or environments.
+
+    `record` writes every episode the policy ran (not the expert's) to a LeRobot v3.0 dataset at that path,
+    as `wam collect` writes the expert's: the cameras, the robot state, the simulator's state where it has
+    one, the actions, rewards and success flags, failures included."""
     from wam.envs import get_adapter
 
     task_names = get_adapter(env).resolve_tasks(tasks)
+    recorder = _RolloutDataset(record) if record is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
@@ -477,7 +585,7 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
                   expert=expert, videos_per_task=videos_per_task, image_size=render_size, cameras=cameras,
-                  num_envs=num_envs)
+                  num_envs=num_envs, keep_episodes=recorder is not None)
     per_task = episodes * (2 if expert else 1)
     bar = None
     if progress:
@@ -495,20 +603,31 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         # (not multiprocessing.Pool: its daemonic workers may not start the environments' own processes)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(threads,)) as pool:
-            rows = []
-            for row in pool.map(_task_job, [(spec, env, t, kwargs) for t in task_names]):
-                rows.append(row)
-                if bar is not None:
-                    bar.update(per_task)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+                rows = []
+                for row in pool.map(_task_job, [(spec, env, t, kwargs) for t in task_names]):
+                    rows.append(recorder.add(row) if recorder is not None else row)
+                    if bar is not None:
+                        bar.update(per_task)
+        except BaseException:
+            if recorder is not None:
+                recorder.abort()
+            raise
     else:
         rows = []
-        for task in task_names:
-            if bar is not None:
-                bar.set_postfix(task=task)
-            rows.append(evaluate_task(policy, env, task, progress=(lambda: bar.update(1)) if bar is not None else None,
-                                      **kwargs))
+        try:
+            for task in task_names:
+                if bar is not None:
+                    bar.set_postfix(task=task)
+                row = evaluate_task(policy, env, task, progress=(lambda: bar.update(1)) if bar is not None else None,
+                                    **kwargs)
+                rows.append(recorder.add(row) if recorder is not None else row)
+        except BaseException:
+            if recorder is not None:
+                recorder.abort()
+            raise
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
@@ -525,6 +644,8 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
                              "p90": float(np.percentile(served, 90)), "first": served[0]}
     if world_model is not None:
         info["world_model"] = world_model
+    if recorder is not None:
+        info["recorded"] = recorder.finalize(info["settings"])
     write_json_atomic(out / "eval_info.json", info)
     from wam.report import build_report
 

@@ -19,7 +19,7 @@ Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50
     wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5 --start sim --out runs/imagine
     wam imagine --checkpoint checkpoints/wam-tiny-mt50 --policy runs/wm/policy/checkpoint --tasks mt10 ...
-    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --server ws://127.0.0.1:8766 --tasks mt10 ...  # any served policy
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --server ws://127.0.0.1:8766 --tasks mt10 ...  # a served one
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from wam.critic import imagine_along  # noqa: F401  (re-exported: recorded episodes, imagined)
+from wam.critic import imagine_along  # (also re-exported: recorded episodes, imagined)
 from wam.modes import next_frame
 
 
@@ -253,3 +253,79 @@ def compare(imagined: dict, simulated: dict) -> dict:
             for r in imagined["per_task"] if r["task"] in sim]
     return {"tasks": rows, "imagined": imagined["pc_success"], "simulated": simulated["pc_success"]}
 
+
+
+@torch.no_grad()
+def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None = None, sampling_steps: int = 2,
+           threshold: float = 0.5, persist: int = 1, action_guidance: float = 1.0, seed: int = 0,
+           batch_size: int = 64, progress: bool = True) -> list[dict]:
+    """Recorded episodes imagined open loop: from each episode's first frame and robot state, the world model
+    imagines the frames its recorded actions bring (`imagine_along`, as `ImaginedEnv` would for a policy that
+    acted exactly so), and the critic judges them as `wam imagine` does, beside what really happened.
+
+    Where `wam imagine` lets the policy act on imagined frames (closed loop), here the actions are fixed: a
+    world model that judges these outcomes right but a policy's imagined episodes wrong is led astray by the
+    closed loop; one that gets these wrong does not follow the actions. `dataset` is any LeRobot dataset with
+    actions and success flags (`wam eval --record` writes a policy's episodes as one). Returns one dict per
+    episode: episode_index, task (its text), length, real_success, real_first_success (-1: none),
+    real_max_reward, imagined_success (`persist` imagined frames in a row judged done), imagined_first_done
+    (the step its imagined frame stands for; -1: none) and imagined_progress (the critic's best progress)."""
+    from wam.data import LeRobotDataset, Normalizer
+    from wam.data.windows import resize_frames
+    from wam.tokenizer import encode_frames
+
+    ds = LeRobotDataset(dataset)
+    for key in ("action", "next.success"):
+        if key not in ds.data:
+            raise ValueError(f"{dataset} has no {key!r} column; replay needs recorded actions and success flags "
+                             f"(datasets of `wam collect` or `wam eval --record`)")
+    run, cfg = world.config.get("run", {}), world.model.cfg
+    tasks = list(run.get("tasks", []))
+    normalizer = Normalizer.from_dict(world.stats)
+    cams = [f"observation.images.{c}" for c in run.get("cameras", [])] or ds.camera_keys[:1]
+    missing = [c for c in cams if c not in ds.camera_keys]
+    if missing:
+        raise ValueError(f"{dataset} has no camera {missing[0]!r}, which the world model sees; it has: "
+                         f"{ds.camera_keys}")
+    positions = ([ds.position_of(int(e)) for e in episodes] if episodes is not None
+                 else list(range(ds.num_episodes)))
+    starts, states, actions, task_ids, meta = [], [], [], [], []
+    for pos in positions:
+        lo, hi = ds.episode_ranges[pos]
+        text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
+        if text not in tasks:
+            raise ValueError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
+                             f"was not trained on")
+        views = [resize_frames(ds.episode_frames(pos, k, rows=np.zeros(1, int)), (cfg.image_size, cfg.image_size))
+                 for k in cams]
+        frame = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (1, H, W * n_cams, 3)
+        starts.append(encode_frames(world.tokenizer, frame)[0])
+        if cfg.state_dim > 0 and "observation.state" in ds.data:
+            states.append(np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo:lo + 1]),
+                                     np.float32)[0])
+        actions.append(np.asarray(normalizer.normalize_action(ds.data["action"][lo:hi]), np.float32))
+        task_ids.append(tasks.index(text))
+        success = np.asarray(ds.data["next.success"][lo:hi], bool)
+        reward = np.asarray(ds.data["next.reward"][lo:hi], np.float64) if "next.reward" in ds.data else None
+        meta.append({"episode_index": int(ds.episodes[pos].episode_index), "task": text, "length": hi - lo,
+                     "real_success": bool(success.any()),
+                     "real_first_success": int(np.argmax(success)) if success.any() else -1,
+                     "real_max_reward": float(reward.max()) if reward is not None else None})
+    task = torch.as_tensor(task_ids)
+    made = imagine_along(world, critic, torch.stack(starts), torch.as_tensor(np.stack(states)) if states else None,
+                         actions, task, sampling_steps=sampling_steps, action_guidance=action_guidance, seed=seed,
+                         batch_size=batch_size, progress=progress)
+    stride = cfg.future_stride
+    out = []
+    for i, z in enumerate(made):
+        frames = torch.cat([starts[i][None], z])  # the start frame is judged too, as ImaginedEnv judges it
+        p, logit, _ = critic(frames.float(), task[i].repeat(len(frames)))
+        first, run = -1, 0  # the first imagined frame that ends `persist` frames in a row judged done
+        for k, done in enumerate((torch.sigmoid(logit) >= threshold).tolist()):
+            run = run + 1 if done else 0
+            if run >= persist:
+                first = k
+                break
+        out.append({**meta[i], "imagined_success": first >= 0, "imagined_first_done": first * stride if first >= 0
+                    else -1, "imagined_progress": float(p.max()), "imagined_frames": len(z)})
+    return out

@@ -1,0 +1,173 @@
+"""Open loop beside closed loop: does the world model judge the outcomes of the policies' own simulated episodes?
+
+`bench_imagine.py` lets each policy act on imagined frames (closed loop) and ranks the policies by what the
+critic makes of the imagined episodes. When that ranking fails, either the world model does not follow actions
+unlike the expert's, or the closed loop (a policy acting on imagined frames) leads it astray. This benchmark
+separates the two: each policy runs in the simulator with its episodes recorded (`wam eval --record`), and the
+world model imagines every recorded episode along the actions the policy really took, from the same first frame
+(`wam.imagine.replay`: no policy in the loop). The critic judges the imagined frames as `wam imagine` does; the
+policies are ranked by those verdicts against their simulated success, overall and per task group, and every
+episode's verdict is checked against what really happened.
+
+Runbook (README, "Policy evaluation in imagination"):
+    python benchmarks/bench_replay.py --policy-set reference --seed 0 --record-only --runs runs/bench-replay-s0
+    python benchmarks/bench_replay.py --policy-set reference --seed 0 --world runs/imagine-world/checkpoint \\
+        --critic runs/imagine-world/critic-real --action-guidance 2 --runs runs/bench-replay-s0 \\
+        --closed-loop benchmarks/imagine_ref_real_seed0.json --out benchmarks/replay_ref_real_seed0.json
+    python benchmarks/bench_replay.py --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
+    python benchmarks/bench_replay.py --pool X.json,Y.json --out POOLED.json
+The recorded episodes go on 10 steps after their first success (`--after-success 10`, as `wam collect`
+records), so a success the world model imagines a little late still falls inside the episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_imagine import POLICY_SETS, correlations, pool, run, wam  # (benchmarks/ is the script's own directory)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record(name: str, ckpt: str, flags: list[str], args, i: int) -> Path:
+    """The policy's simulated episodes as a dataset (once: an existing one is reused)."""
+    data = Path(args.runs) / f"{i}-rollouts"
+    if not (data / "meta" / "info.json").is_file():
+        print(f"[{name}] simulating and recording", file=sys.stderr)
+        run([wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers), "--tasks",
+             args.tasks, "--episodes", str(args.episodes), "--seed", str(args.seed), "--videos", "0",
+             "--after-success", "10", "--record", str(data), "--out", str(Path(args.runs) / f"{i}-sim"), "--quiet",
+             *flags])
+    return data
+
+
+def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
+    """A bench_imagine result side ("simulated": what really happened; "imagined": the critic's verdicts)."""
+    from wam.envs.metaworld import DIFFICULTY
+
+    key = {"simulated": ("real_success", "real_max_reward", "real_first_success"),
+           "imagined": ("imagined_success", "imagined_progress", "imagined_first_done")}[which]
+    eps: dict[str, dict[str, list]] = {}
+    for v in verdicts:
+        e = eps.setdefault(by_text[v["task"]], {"success": [], "progress": [], "first_success": []})
+        e["success"].append(bool(v[key[0]]))
+        e["progress"].append(float(v[key[1]]))
+        e["first_success"].append(int(v[key[2]]))
+    groups = {g: [t for t in eps if t in members] for g, members in DIFFICULTY.items()}
+    groups = {g: ts for g, ts in groups.items() if ts}
+    return {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
+            "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
+            "n_episodes": len(verdicts),
+            "groups": {g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts])) for g, ts in groups.items()},
+            "groups_progress": {g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts]))
+                                for g, ts in groups.items()},
+            "episodes": eps}
+
+
+def agreement(verdicts: list[dict]) -> dict:
+    """Episode by episode: the imagined verdict against the real outcome."""
+    from wam.critic import _auc
+
+    real = np.array([v["real_success"] for v in verdicts], bool)
+    said = np.array([v["imagined_success"] for v in verdicts], bool)
+    lags = [v["imagined_first_done"] - v["real_first_success"] for v in verdicts
+            if v["real_success"] and v["imagined_success"]]
+    return {"episodes": len(real), "real_successes": int(real.sum()),
+            "accuracy": float((real == said).mean()),
+            "failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
+            "succeeded_judged_success": float(said[real].mean()) if real.any() else None,
+            "progress_auc": _auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
+            "first_done_lag_median": float(np.median(lags)) if lags else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", default=None, help="the world model (checkpoint)")
+    p.add_argument("--critic", default=None, help="the critic (default: <world>/critic)")
+    p.add_argument("--policy-set", default="reference", choices=sorted(POLICY_SETS),
+                   help="the policies simulated and recorded (bench_imagine's sets)")
+    p.add_argument("--datasets", default=None, metavar="NAME=PATH,...",
+                   help="policies' recorded episodes instead (e.g. from `wam eval --record`)")
+    p.add_argument("--tasks", default="mt10")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per task")
+    p.add_argument("--seed", type=int, default=0, help="wam eval's --seed")
+    p.add_argument("--workers", type=int, default=2, help="wam eval's processes")
+    p.add_argument("--action-guidance", type=float, default=1.0)
+    p.add_argument("--sampling-steps", type=int, default=2, help="denoising steps per imagined frame")
+    p.add_argument("--persist", type=int, default=1, help="imagined frames in a row judged done for a success")
+    p.add_argument("--record-only", action="store_true", help="only simulate and record (no world model needed)")
+    p.add_argument("--closed-loop", default=None, metavar="JSON",
+                   help="a bench_imagine result of the same policies and seeds, for its correlations beside these")
+    p.add_argument("--runs", default="runs/bench-replay")
+    p.add_argument("--pool", default=None, metavar="A.json,B.json", help="put results on other seeds together")
+    p.add_argument("--out", default="benchmarks/replay.json")
+    args = p.parse_args(argv)
+
+    if args.pool:
+        results = [json.loads(Path(f).read_text()) for f in args.pool.split(",")]
+        out = {**pool(results), "open_loop": True, "pooled_from": args.pool.split(","),
+               "agreement": {r["name"]: agreement([v for res in results for v in
+                                                   next(x for x in res["policies"] if x["name"] == r["name"])
+                                                   ["verdicts"]]) for r in results[0]["policies"]}}
+        if all(r.get("closed_loop") for r in results):
+            out["closed_loop"] = {"pooled_from": [r["closed_loop"]["file"] for r in results]}
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out["spearman"], indent=1))
+        return 0
+    if args.datasets:
+        policies = [(name, path, None, None) for name, path in (x.split("=", 1) for x in args.datasets.split(","))]
+    else:
+        policies = []
+        for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
+            if not (ROOT / ckpt / "config.json").is_file() and not Path(ckpt, "config.json").is_file():
+                print(f"[{name}] skipped: {ckpt} not found", file=sys.stderr)
+                continue
+            policies.append((name, str(record(name, ckpt, flags, args, i)), ckpt, flags))
+    if args.record_only:
+        return 0
+    if args.world is None:
+        p.error("--world is needed (or --record-only)")
+
+    from wam.checkpoint import load_checkpoint
+    from wam.critic import load_critic
+    from wam.envs import get_adapter
+    from wam.imagine import replay
+
+    adapter = get_adapter("metaworld")
+    by_text = {adapter.describe(t): t for t in adapter.resolve_tasks(None)}
+    world = load_checkpoint(args.world)
+    critic = load_critic(args.critic or Path(args.world) / "critic")
+    rows = []
+    for name, data, ckpt, flags in policies:
+        t0 = time.perf_counter()
+        verdicts = replay(world, critic, data, sampling_steps=args.sampling_steps, persist=args.persist,
+                          action_guidance=args.action_guidance, seed=args.seed, progress=False)
+        row = {"name": name, "dataset": data, "checkpoint": ckpt, "flags": flags, "replay_s": time.perf_counter() - t0,
+               "simulated": side(verdicts, by_text, "simulated"), "imagined": side(verdicts, by_text, "imagined"),
+               "agreement": agreement(verdicts), "verdicts": verdicts}
+        rows.append(row)
+        a = row["agreement"]
+        print(f"[{name}] simulated {row['simulated']['pc_success']:.0f}%, imagined along its actions "
+              f"{row['imagined']['pc_success']:.0f}%; episode accuracy {a['accuracy']:.2f} "
+              f"({row['replay_s']:.0f} s)", file=sys.stderr)
+    out = {"world": args.world, "critic": args.critic or str(Path(args.world) / "critic"), "open_loop": True,
+           "persist": args.persist, "action_guidance": args.action_guidance, "sampling_steps": args.sampling_steps,
+           "tasks": args.tasks, "policy_set": None if args.datasets else args.policy_set, "seed": args.seed,
+           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows)}
+    if args.closed_loop:
+        closed = json.loads(Path(args.closed_loop).read_text())
+        out["closed_loop"] = {"file": args.closed_loop, "spearman": closed["spearman"]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out["spearman"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
