@@ -185,7 +185,7 @@ def pool(results: list[dict]) -> dict:
                                              for g, ts in groups.items()},
                          "episodes": eps}
         rows.append(row)
-    keep = ("world", "critic", "persist", "action_guidance", "tasks", "policy_set")
+    keep = ("world", "critic", "persist", "threshold", "action_guidance", "tasks", "policy_set")
     return {**{k: results[0].get(k) for k in keep}, "pooled_seeds": [r.get("seed", 0) for r in results],
             "episodes_per_task": sum(r["episodes_per_task"] for r in results), "policies": rows,
             "spearman": correlations(rows)}
@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only these policies, by their index in the set (default: all)")
     p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
                    "judged done for a success")
+    p.add_argument("--threshold", type=float, default=0.5, help="wam imagine --threshold: the critic's probability "
+                   "of done that counts (bench_replay.py --tune chooses one on other policies' episodes)")
     p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
                    help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly")
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sim_only and not (critic / "critic.json").is_file():
         raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
                          f"--out {critic}")
-    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "seed": args.seed,
+    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "threshold": args.threshold,
+              "seed": args.seed,
               "action_guidance": args.action_guidance, "tasks": args.tasks,
               "episodes_per_task": args.episodes, "policies": [], "skipped": []}
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sim_out = Path(args.runs) / f"{i}-sim"  # shared by every --persist
         im_out = Path(args.runs) / (f"{i}-imagined" + (f"-persist{args.persist}" if args.persist != 1 else "")
+                                    + (f"-threshold{args.threshold:g}" if args.threshold != 0.5 else "")
                                     + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else "")
                                     + (f"-{args.tag}" if args.tag else ""))
         common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags,
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
                    "--out", str(sim_out), *common]
         im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,
-                  "--start", "sim", "--persist", str(args.persist), "--action-guidance", f"{args.action_guidance:g}",
+                  "--start", "sim", "--persist", str(args.persist), "--threshold", f"{args.threshold:g}",
+                  "--action-guidance", f"{args.action_guidance:g}",
                   "--out", str(im_out), *common]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
         if args.sim_only:

@@ -86,6 +86,35 @@ def agreement(verdicts: list[dict]) -> dict:
             "first_done_lag_median": float(np.median(lags)) if lags else None}
 
 
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+PERSISTS = (1, 2, 3, 5, 8)
+
+
+def rejudge(verdicts: list[dict], threshold: float, persist: int, stride: int) -> list[dict]:
+    """The verdicts again under another decision rule, from each episode's per-frame probabilities of done."""
+    from wam.imagine import first_done
+
+    out = []
+    for v in verdicts:
+        k = first_done(v["p_done"], threshold, persist)
+        out.append({**v, "imagined_success": k >= 0, "imagined_first_done": k * stride if k >= 0 else -1})
+    return out
+
+
+def tune(verdicts: list[dict], stride: int) -> dict:
+    """The (threshold, persist) whose episode verdicts best match the real outcomes on the tuning episodes: the
+    highest balanced accuracy (the mean of the rates at which successes and failures are judged right)."""
+    grid = []
+    for threshold in THRESHOLDS:
+        for persist in PERSISTS:
+            a = agreement(rejudge(verdicts, threshold, persist, stride))
+            hit, reject = a["succeeded_judged_success"], a["failed_judged_success"]
+            balanced = None if hit is None or reject is None else (hit + 1 - reject) / 2
+            grid.append({"threshold": threshold, "persist": persist, "balanced_accuracy": balanced, **a})
+    best = max((g for g in grid if g["balanced_accuracy"] is not None), key=lambda g: g["balanced_accuracy"])
+    return {"threshold": best["threshold"], "persist": best["persist"], "best": best, "grid": grid}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default=None, help="the world model (checkpoint)")
@@ -102,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampling-steps", type=int, default=2, help="denoising steps per imagined frame")
     p.add_argument("--persist", type=int, default=1, help="imagined frames in a row judged done for a success")
     p.add_argument("--record-only", action="store_true", help="only simulate and record (no world model needed)")
+    p.add_argument("--tune", default=None, metavar="NAME=PATH,...",
+                   help="other policies' recorded episodes: the decision rule (threshold, persist) that judges them "
+                        "best is chosen there, and the policies are judged by it too (\"tuned\")")
     p.add_argument("--closed-loop", default=None, metavar="JSON",
                    help="a bench_imagine result of the same policies and seeds, for its correlations beside these")
     p.add_argument("--runs", default="runs/bench-replay")
@@ -156,10 +188,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] simulated {row['simulated']['pc_success']:.0f}%, imagined along its actions "
               f"{row['imagined']['pc_success']:.0f}%; episode accuracy {a['accuracy']:.2f} "
               f"({row['replay_s']:.0f} s)", file=sys.stderr)
+    tuned = None
+    if args.tune:
+        t0 = time.perf_counter()
+        tuning = [v for name, data in (x.split("=", 1) for x in args.tune.split(","))
+                  for v in replay(world, critic, data, sampling_steps=args.sampling_steps,
+                                  action_guidance=args.action_guidance, seed=args.seed, progress=False)]
+        tuned = {"datasets": args.tune.split(","), **tune(tuning, world.model.cfg.future_stride),
+                 "replay_s": time.perf_counter() - t0}
+        print(f"tuned on {len(tuning)} episodes: threshold {tuned['threshold']}, persist {tuned['persist']} "
+              f"(balanced accuracy {tuned['best']['balanced_accuracy']:.2f})", file=sys.stderr)
+        tuned_rows = []
+        for row in rows:
+            verdicts = rejudge(row["verdicts"], tuned["threshold"], tuned["persist"], world.model.cfg.future_stride)
+            tuned_rows.append({**{k: row[k] for k in ("name", "dataset", "checkpoint", "flags")},
+                               "simulated": row["simulated"], "imagined": side(verdicts, by_text, "imagined"),
+                               "agreement": agreement(verdicts)})
+        tuned.update(policies=tuned_rows, spearman=correlations(tuned_rows))
     out = {"world": args.world, "critic": args.critic or str(Path(args.world) / "critic"), "open_loop": True,
            "persist": args.persist, "action_guidance": args.action_guidance, "sampling_steps": args.sampling_steps,
            "tasks": args.tasks, "policy_set": None if args.datasets else args.policy_set, "seed": args.seed,
-           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows)}
+           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows), "tuned": tuned}
     if args.closed_loop:
         closed = json.loads(Path(args.closed_loop).read_text())
         out["closed_loop"] = {"file": args.closed_loop, "spearman": closed["spearman"]}

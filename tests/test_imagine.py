@@ -9,7 +9,7 @@ import torch
 
 from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
-from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, replay, sim_starts
+from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, first_done, replay, sim_starts
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -134,12 +134,20 @@ def test_replay_judges_recorded_episodes_imagined_along_their_actions(world, dot
         assert v["real_success"] == success.any()  # what really happened, from the recorded flags
         assert v["real_first_success"] == (int(np.argmax(success)) if success.any() else -1)
         assert v["imagined_frames"] == (hi - lo - 1) // STRIDE  # one imagined frame every STRIDE actions
-        assert 0 <= v["imagined_progress"] <= 1
+        assert 0 <= v["imagined_progress"] <= 1 and len(v["p_done"]) == v["imagined_frames"] + 1
+        first = first_done(v["p_done"], 0.5, 1)  # the verdict, from the probabilities kept
+        assert v["imagined_first_done"] == (first * STRIDE if first >= 0 else -1)
     for persist in (1, 2):  # every frame judged done: the first success after `persist` frames, the start included
         always = replay(ck, critic, dot_data, episodes=eps, threshold=0.0, persist=persist, progress=False)
         assert all(v["imagined_success"] and v["imagined_first_done"] == (persist - 1) * STRIDE for v in always)
     never = replay(ck, critic, dot_data, episodes=eps, threshold=1.01, progress=False)
     assert not any(v["imagined_success"] or v["imagined_first_done"] >= 0 for v in never)
+
+
+def test_first_done_needs_persist_frames_in_a_row_at_the_threshold():
+    p = [0.2, 0.7, 0.4, 0.8, 0.9, 0.6]
+    assert first_done(p, 0.5, 1) == 1 and first_done(p, 0.5, 2) == 4 and first_done(p, 0.5, 3) == 5
+    assert first_done(p, 0.85, 1) == 4 and first_done(p, 0.85, 2) == -1 and first_done([], 0.5, 1) == -1
 
 
 def test_a_critic_trained_on_imagined_frames_reports_both_critics_on_them(world, dot_data, tmp_path):  # noqa: F811

@@ -269,7 +269,8 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     actions and success flags (`wam eval --record` writes a policy's episodes as one). Returns one dict per
     episode: episode_index, task (its text), length, real_success, real_first_success (-1: none),
     real_max_reward, imagined_success (`persist` imagined frames in a row judged done), imagined_first_done
-    (the step its imagined frame stands for; -1: none) and imagined_progress (the critic's best progress)."""
+    (the step its imagined frame stands for; -1: none), imagined_progress (the critic's best progress) and
+    p_done (the critic's probability of done on each frame, the start first: other decision rules, `first_done`)."""
     from wam.data import LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames
     from wam.tokenizer import encode_frames
@@ -320,12 +321,20 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     for i, z in enumerate(made):
         frames = torch.cat([starts[i][None], z])  # the start frame is judged too, as ImaginedEnv judges it
         p, logit, _ = critic(frames.float(), task[i].repeat(len(frames)))
-        first, run = -1, 0  # the first imagined frame that ends `persist` frames in a row judged done
-        for k, done in enumerate((torch.sigmoid(logit) >= threshold).tolist()):
-            run = run + 1 if done else 0
-            if run >= persist:
-                first = k
-                break
+        p_done = torch.sigmoid(logit).tolist()
+        first = first_done(p_done, threshold, persist)
         out.append({**meta[i], "imagined_success": first >= 0, "imagined_first_done": first * stride if first >= 0
-                    else -1, "imagined_progress": float(p.max()), "imagined_frames": len(z)})
+                    else -1, "imagined_progress": float(p.max()), "imagined_frames": len(z),
+                    "p_done": [round(x, 4) for x in p_done]})
     return out
+
+
+def first_done(p_done: Sequence[float], threshold: float = 0.5, persist: int = 1) -> int:
+    """The first imagined frame that ends `persist` frames in a row whose probability of done is >= threshold
+    (as `ImaginedEnv` counts a success), or -1."""
+    run = 0
+    for k, p in enumerate(p_done):
+        run = run + 1 if p >= threshold else 0
+        if run >= persist:
+            return k
+    return -1
