@@ -191,3 +191,22 @@ def test_cli_imagine(world, tmp_path, capsys):
     assert saved["settings"]["world_action_guidance"] == 2.0
     assert main([*common, "--critic", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
     assert "wam critic" in capsys.readouterr().err
+
+
+def test_cli_imagine_replay_judges_a_recorded_dataset(world, dot_data, tmp_path, capsys):  # noqa: F811
+    from wam.cli import main
+
+    common = ["imagine", "--checkpoint", str(world), "--quiet", "--seed", "2"]
+    assert main([*common, "--replay", str(dot_data), "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "r" / "replay.json").read_text())
+    direct = replay(load_checkpoint(world), load_critic(world / "critic"), dot_data, seed=2, progress=False)
+    assert saved["verdicts"] == direct  # the CLI is the function, with the same seed
+    s = saved["summary"]
+    assert s["episodes"] == len(direct) and "all" in printed
+    assert s["real_pc_success"] == pytest.approx(100 * np.mean([v["real_success"] for v in direct]))
+    assert s["accuracy"] == pytest.approx(np.mean([v["real_success"] == v["imagined_success"] for v in direct]))
+    assert sum(r["episodes"] for r in s["per_task"].values()) == len(direct)
+    assert main([*common, "--replay", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    assert main([*common, "--replay", str(dot_data), "--policy", str(world), "--out", str(tmp_path / "p")]) == 2
+    assert "leave out --policy" in capsys.readouterr().err

@@ -443,6 +443,10 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", type=int, default=2, help="imagined episodes saved as video per task")
     p.add_argument("--compare", default=None, metavar="EVAL_INFO",
                    help="a simulated evaluation (eval_info.json) to print beside the imagined one")
+    p.add_argument("--replay", default=None, metavar="DATASET",
+                   help="judge DATASET's recorded episodes instead (e.g. from `wam eval --record`): each imagined "
+                        "along its own actions from its first frame, judged beside its real outcome "
+                        "(OUT/replay.json); no policy acts")
     p.add_argument("--out", default="runs/imagine", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_imagine)
@@ -461,6 +465,8 @@ def _run_imagine(args: argparse.Namespace) -> int:
         critic = load_critic(args.critic or Path(args.checkpoint) / "critic")
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
+    if args.replay is not None:
+        return _replay(args, world, critic)
     if args.server is not None:
         if args.policy is not None:
             raise UserError("pass --policy CHECKPOINT or --server URL, not both")
@@ -499,6 +505,37 @@ def _run_imagine(args: argparse.Namespace) -> int:
         for r in both["tasks"]:
             print(f"  {r['task']:<28} imagined {r['imagined']:5.1f}%   simulated {r['simulated']:5.1f}%")
         print(f"  {'all':<28} imagined {both['imagined']:5.1f}%   simulated {both['simulated']:5.1f}%")
+    return 0
+
+
+def _replay(args: argparse.Namespace, world, critic) -> int:
+    from pathlib import Path
+
+    from wam.data import DatasetError
+    from wam.evaluate import write_json_atomic
+    from wam.imagine import replay, replay_summary
+
+    if args.policy is not None or args.server is not None:
+        raise UserError("--replay judges recorded episodes, whose actions are given; leave out --policy and --server")
+    try:
+        verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
+                          persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
+                          progress=not args.quiet)
+    except (FileNotFoundError, ValueError, DatasetError) as e:
+        raise UserError(str(e)) from None
+    summary = replay_summary(verdicts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "replay.json", {
+        "dataset": str(args.replay), "world_model": str(args.checkpoint), "critic": getattr(critic, "path", None),
+        "settings": {"world_sampling_steps": args.world_steps, "threshold": args.threshold, "persist": args.persist,
+                     "action_guidance": args.action_guidance, "seed": args.seed},
+        "summary": summary, "verdicts": verdicts})
+    print(f"{'task':<58} {'episodes':>8} {'real':>6} {'imagined':>9} {'judged right':>13}")
+    for task, r in [*summary["per_task"].items(), ("all", summary)]:
+        print(f"{task[:58]:<58} {r['episodes']:>8} {r['real_pc_success']:>5.0f}% {r['imagined_pc_success']:>8.0f}% "
+              f"{100 * r['accuracy']:>12.0f}%")
+    print(f"{out / 'replay.json'}")
     return 0
 
 

@@ -329,6 +329,22 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     return out
 
 
+def replay_summary(verdicts: list[dict]) -> dict:
+    """`replay`'s verdicts against the real outcomes, over all episodes and per task: real and imagined success
+    (%), the share of episodes judged right, and how often a failure is judged a success and a success is."""
+
+    def one(vs: list[dict]) -> dict:
+        real = np.array([v["real_success"] for v in vs], bool)
+        said = np.array([v["imagined_success"] for v in vs], bool)
+        return {"episodes": len(vs), "real_pc_success": 100 * float(real.mean()),
+                "imagined_pc_success": 100 * float(said.mean()), "accuracy": float((real == said).mean()),
+                "failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
+                "succeeded_judged_success": float(said[real].mean()) if real.any() else None}
+
+    tasks = sorted({v["task"] for v in verdicts})
+    return {**one(verdicts), "per_task": {t: one([v for v in verdicts if v["task"] == t]) for t in tasks}}
+
+
 def first_done(p_done: Sequence[float], threshold: float = 0.5, persist: int = 1) -> int:
     """The first imagined frame that ends `persist` frames in a row whose probability of done is >= threshold
     (as `ImaginedEnv` counts a success), or -1."""
