@@ -250,12 +250,12 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", action="append",
                    metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
                    help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to "
-                        "train on a mixture: WEIGHT is the dataset's relative share of each batch (default: by its size), no-actions trains on its "
-                        "videos only (action-free co-training), world-only trains the world model on its frames "
-                        "and actions but never imitates them (perturbed or failed episodes), tasks= reads only "
-                        "those tasks' episodes (task "
-                        "indices, exact task texts, or MetaWorld names and sets such as mt10); datasets with other "
-                        "action sizes (other robots) are padded and masked")
+                        "train on a mixture: WEIGHT is the dataset's relative share of each batch (default: by its "
+                        "size), no-actions trains on its videos only (action-free co-training), world-only trains "
+                        "the world model on its frames and actions but never imitates them (perturbed or failed "
+                        "episodes), tasks= reads only those tasks' episodes (task indices, exact task texts, or "
+                        "MetaWorld names and sets such as mt10); datasets with other action sizes (other robots) are "
+                        "padded and masked")
     p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
