@@ -254,7 +254,6 @@ def compare(imagined: dict, simulated: dict) -> dict:
     return {"tasks": rows, "imagined": imagined["pc_success"], "simulated": simulated["pc_success"]}
 
 
-
 @torch.no_grad()
 def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None = None, sampling_steps: int = 2,
            threshold: float = 0.5, persist: int = 1, action_guidance: float = 1.0, seed: int = 0,
@@ -290,6 +289,8 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
                          f"{ds.camera_keys}")
     positions = ([ds.position_of(int(e)) for e in episodes] if episodes is not None
                  else list(range(ds.num_episodes)))
+    if not positions:
+        raise ValueError(f"no episode of {dataset} to replay")
     starts, states, actions, task_ids, meta = [], [], [], [], []
     for pos in positions:
         lo, hi = ds.episode_ranges[pos]
