@@ -213,7 +213,8 @@ def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np
     cat = np.concatenate
     out = {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
            "success": cat(success).astype(np.float32)}
-    kept = [i for i, e in enumerate(episodes) if "rewards" in e and e["task_index"] in task_map and len(e["frames"]) > 1]
+    kept = [i for i, e in enumerate(episodes)
+            if "rewards" in e and e["task_index"] in task_map and len(e["frames"]) > 1]
     if all(episodes[i].get("states") is not None and episodes[i]["states"].shape[1] > 0 for i in kept):
         out["state"] = cat([episodes[i]["states"][1:] for i in kept]).astype(np.float32)
     return out

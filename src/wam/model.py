@@ -375,7 +375,7 @@ class WAM(nn.Module):
                 drop_task=None, hook=None):
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B, D = ctx.shape[0], ctx.shape[2]
-        c_ctx, m_ctx = self.timestep(CONTEXT, torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B, Nc, D), (B, Nc, 6D)
+        c_ctx, m_ctx = self.timestep(CONTEXT, torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B,Nc,D), (B,Nc,6D)
         # (a constant; computed like the others so that the context stream has the same form)
 
         T = 0 if latents is None else latents.shape[1]
@@ -389,7 +389,8 @@ class WAM(nn.Module):
         act, c_act, m_act = empty, empty, None
         if n_act:
             act = self.action_tokens(actions)  # (B, H, D)
-            c_act, m_act = self.timestep(ACTION, t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act))
+            t_act = t_action if t_action.dim() == 2 else t_action[:, None].expand(B, n_act)  # (B, H)
+            c_act, m_act = self.timestep(ACTION, t_act)
 
         mask = self.attention_mask(ctx.shape[1], T, n_act, frame_keep, action_keep, B, ctx.device)
         xs, mods = [ctx, vid, act], [m_ctx, m_vid, m_act]
@@ -426,9 +427,10 @@ class WAM(nn.Module):
 
     def forward_generated(self, observed, future, t_future, actions, t_action, hook=None):
         """The outputs for the generated (and given) tokens beside cached observed ones: equal to `forward`
-        restricted to them, at a fraction of its cost. observed: `observed_kv`; future (B, F, c, h, w) or None and its noise levels
-        (B,) or (B, F); actions (B, H, A) or None and t_action (B,). A noise level shared by the whole batch
-        may be a float or a 0-d tensor (its modulation is then kept between calls). Returns (v_future, v_actions).
+        restricted to them, at a fraction of its cost. observed: `observed_kv`; future (B, F, c, h, w) or None
+        and its noise levels (B,) or (B, F); actions (B, H, A) or None and t_action (B,). A noise level shared
+        by the whole batch may be a float or a 0-d tensor (its modulation is then kept between calls). Returns
+        (v_future, v_actions).
         hook(i, xs) is called after block i with the token list [context, video, action]; when it returns a
         list, that list stands for the last block's output and the remaining blocks are skipped (feature
         caching, `wam.inference.taylor`)."""

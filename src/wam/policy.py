@@ -368,7 +368,8 @@ class WAMPolicy:
         """One state's initial noise per sampling stage, drawn from its own generator in sampling order.
         Every acting mode draws the same sequence (the future frames' noise, then the actions'), so the
         modes, and any inference setting, start a chunk from the same action noise for the same seed."""
-        draw = lambda m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator, self.device)  # noqa: E731
+        draw = lambda m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator,  # noqa: E731
+                                       self.device)
         if mode == "inverse":
             out = {"video": draw("video"), "inverse": draw("inverse")}
             if self.plan > 1 and self.plan_score == "forward":
@@ -441,7 +442,8 @@ class WAMPolicy:
         chunks, start = [], 0
         for s, n in zip(states, sizes):
             norm = self.embodiments[s.embodiment]  # this loop's action units and size
-            chunks.append(norm.unnormalize_action(acts[start:start + n, :, :norm.action_dim]).cpu().numpy())  # (n, H, A)
+            chunk = norm.unnormalize_action(acts[start:start + n, :, :norm.action_dim])  # (n, H, A)
+            chunks.append(chunk.cpu().numpy())
             s.last_plan = None if plan is None else {"latents": plan[start:start + n]}
             start += n
         return chunks

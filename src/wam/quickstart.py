@@ -75,7 +75,8 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
         summary[f"trained_{mode}"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
 
     if reference is not None and Path(reference, "model.safetensors").is_file():
-        print(f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, {reference_episodes} episodes per task")
+        print(f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, "
+              f"{reference_episodes} episodes per task")
         ref = load_checkpoint(reference)
         ref_world = evaluate_world_model(ref, data, out=root / "eval-reference", seed=seed,
                                          episodes=_episode_indices(data))
@@ -114,7 +115,8 @@ def _print_world(wm: dict) -> None:
     h = wm["horizons"][0]
     print(f"world model on {wm['windows']} held-out windows, frame {h} steps ahead: forward PSNR "
           f"{wm['forward']['psnr'][0]:.2f} dB, video {wm['video']['psnr'][0]:.2f} dB, copy-last-frame "
-          f"{wm['copy_last_frame']['psnr'][0]:.2f} dB (tokenizer ceiling {wm['tokenizer_reconstruction']['psnr'][0]:.2f}); "
+          f"{wm['copy_last_frame']['psnr'][0]:.2f} dB (tokenizer ceiling "
+          f"{wm['tokenizer_reconstruction']['psnr'][0]:.2f}); "
           f"inverse action MSE {wm['inverse']['action_mse']:.4f} vs mean action {wm['inverse']['mean_action_mse']:.4f}")
 
 

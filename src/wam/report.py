@@ -354,7 +354,8 @@ def build_index(out, entries: list[dict], *, title: str = "wam quickstart", note
         # (a relative path taken as relative to `out` linked runs/quickstart/eval-x/report.html from inside
         # runs/quickstart/: a dead link)
         link = f'<a href="{_src(Path(e["report"]).resolve(), out.resolve())}">{_esc(e["name"])}</a>'
-        cells = [_pct_ci(info.get("pc_success"), info.get("ci95")), _pct_ci(expert.get("pc_success"), expert.get("ci95")),
+        cells = [_pct_ci(info.get("pc_success"), info.get("ci95")),
+                 _pct_ci(expert.get("pc_success"), expert.get("ci95")),
                  _fmt(info.get("n_episodes"), "d") if isinstance(info.get("n_episodes"), int) else "–",
                  _fmt(first(wm.get("forward"))), _fmt(first(wm.get("copy_last_frame")))]
         rows.append(f"<tr><td>{link}</td>" + "".join(f'<td class="num">{_esc(c)}</td>' for c in cells) + "</tr>")

@@ -26,10 +26,10 @@ another token is answered with an error and the connection closed (compared in c
 A connection must say hello within --hello-timeout seconds of opening (10 by default; other messages, health
 checks included, do not extend it), else it gets an error and is closed (code 1008). At most
 --max-connections connections (64 by default) are open at once: one more gets an error reply saying so and
-is closed (code 1013, try again later) before anything else is read. Messages larger than --max-message-bytes close that connection
-(code 1009, the websockets limit); any other malformed request gets an error reply naming the problem,
-and the connection stays open. A client that disconnects while its request waits or runs costs nothing:
-its result is dropped.
+is closed (code 1013, try again later) before anything else is read. Messages larger than
+--max-message-bytes close that connection (code 1009, the websockets limit); any other malformed request
+gets an error reply naming the problem, and the connection stays open. A client that disconnects while its
+request waits or runs costs nothing: its result is dropped.
 """
 
 from __future__ import annotations

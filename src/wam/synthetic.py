@@ -94,8 +94,9 @@ def train_synthetic(setup: SyntheticSetup = SyntheticSetup(), progress: bool = F
     tok = PixelTokenizer(cfg.image_channels, cfg.tokenizer_downsample)
     train = episodes_to_tensors([_rows(e) for e in eps[:setup.train_episodes]], tok)
     val = episodes_to_tensors([_rows(e) for e in eps[setup.train_episodes:]], tok)
-    tc = TrainConfig(steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr, warmup_steps=min(100, setup.steps // 10),
-                     ema_decay=0.99, seed=setup.seed, log_every=50, val_every=0, checkpoint_every=0)
+    tc = TrainConfig(steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr,
+                     warmup_steps=min(100, setup.steps // 10), ema_decay=0.99, seed=setup.seed, log_every=50,
+                     val_every=0, checkpoint_every=0)
     state = make_state(cfg, tc)
     fit(state, train, tc, setup.loss, progress=progress, on_log=on_log)
     return SyntheticRun(setup, state, tok, train, val, time.perf_counter() - t0)

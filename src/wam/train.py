@@ -404,9 +404,9 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         if not dist.all_true(bool(torch.isfinite(loss)), loss.device):
             if on_checkpoint is not None:
                 on_checkpoint(state)
-            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good state is saved. "
-                                   f"Lower --lr or raise --warmup-steps, and check the dataset for NaN/inf "
-                                   f"(wam dataset check)")
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good "
+                                   f"state is saved. Lower --lr or raise --warmup-steps, and check the dataset for "
+                                   f"NaN/inf (wam dataset check)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))

@@ -230,7 +230,8 @@ class Bench:
         result["speedup"] = round(result["reference"]["median_ms"] / result["median_ms"], 2)
         if acting:
             truths = self._truths()
-            mse = lambda xs, ys: float(torch.stack([(x - y).pow(2).mean() for x, y in zip(xs, ys)]).mean())  # noqa: E731
+            mse = lambda xs, ys: float(  # noqa: E731
+                torch.stack([(x - y).pow(2).mean() for x, y in zip(xs, ys)]).mean())
             result["quality"] = {"action_mse_vs_reference": mse(run.outputs, ref.outputs),
                                  "action_mse_vs_data": mse(run.outputs, truths),
                                  "reference_action_mse_vs_data": mse(ref.outputs, truths)}
