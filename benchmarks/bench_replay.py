@@ -71,17 +71,18 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
 
 
 def agreement(verdicts: list[dict]) -> dict:
-    """Episode by episode: the imagined verdict against the real outcome."""
+    """Episode by episode: the imagined verdict against the real outcome (`wam.imagine.replay_summary`), with
+    how well the imagined progress sorts the real outcomes and how early the imagined success comes."""
     from wam.critic import _auc
+    from wam.imagine import replay_summary
 
+    s = replay_summary(verdicts)
     real = np.array([v["real_success"] for v in verdicts], bool)
-    said = np.array([v["imagined_success"] for v in verdicts], bool)
     lags = [v["imagined_first_done"] - v["real_first_success"] for v in verdicts
             if v["real_success"] and v["imagined_success"]]
-    return {"episodes": len(real), "real_successes": int(real.sum()),
-            "accuracy": float((real == said).mean()),
-            "failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
-            "succeeded_judged_success": float(said[real].mean()) if real.any() else None,
+    return {"episodes": s["episodes"], "real_successes": int(real.sum()), "accuracy": s["accuracy"],
+            "failed_judged_success": s["failed_judged_success"],
+            "succeeded_judged_success": s["succeeded_judged_success"],
             "progress_auc": _auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
             "first_done_lag_median": float(np.median(lags)) if lags else None}
 

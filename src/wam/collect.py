@@ -66,6 +66,38 @@ _ENV_CACHE_SIZE = 3  # jobs come task by task, so a few suffice; each MetaWorld 
 CHECKPOINT_EVERY = 100  # kept episodes between checkpoints (each one also starts new data and video files)
 
 
+class EpisodeRecorder:
+    """Every step of one episode as a dataset episode: the observation before each action (every
+    `observation.*` key), the action, then the reward and success flag it brought; `data()` adds next.done.
+    The expert's episodes here and a policy's (`wam eval --record`) are recorded alike."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+
+    def add(self, obs: dict, action, reward: float, success: bool) -> None:
+        keep = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
+        self.steps.append({**keep, "action": np.asarray(action, np.float32), "next.reward": np.float32(reward),
+                           "next.success": bool(success)})
+
+    def data(self) -> dict[str, np.ndarray]:
+        out = {k: np.stack([s[k] for s in self.steps]) for k in self.steps[0]}
+        for k in ("observation.state", "observation.environment_state", "next.reward"):
+            if k in out:
+                out[k] = out[k].astype(np.float32)
+        done = np.zeros(len(self.steps), bool)
+        done[-1] = True
+        out["next.done"] = done
+        return out
+
+
+def env_metadata(env) -> dict[str, Any]:
+    """What a dataset of `env`'s episodes records about it: fps, robot type and the names of its vectors."""
+    names = {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
+             "observation.environment_state": getattr(env, "environment_state_names", None)}
+    return {"fps": int(getattr(env, "fps", 30)), "robot_type": getattr(env, "robot_type", None),
+            "names": {k: list(v) for k, v in names.items() if v}}
+
+
 def episode_seed(seed: int, task: str, attempt: int) -> int:
     """A seed for one attempt, independent of which other tasks are collected alongside."""
     return int(np.random.SeedSequence([seed, zlib.crc32(task.encode()), attempt]).generate_state(1)[0] >> 1)
@@ -89,9 +121,7 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     expert = adapter.make_expert(task, seed=seed) if "seed" in params else adapter.make_expert(task)
     obs, _ = env.reset(seed=seed)
     limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
-    cams = [f"observation.images.{c}" for c in env.camera_names]
-    frames: dict[str, list] = {c: [] for c in cams}
-    states, env_states, actions, rewards, successes = [], [], [], [], []
+    recorder = EpisodeRecorder()
     first_success = -1
     noise = np.random.default_rng([seed, 1]) if action_noise > 0 else None
     space = getattr(env, "action_space", None)
@@ -100,37 +130,20 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
         action = np.asarray(expert(obs), dtype=np.float32)
         if noise is not None:  # a perturbed expert: it sees where the noise took it and corrects from there
             action = np.clip(action + noise.normal(0.0, action_noise, action.shape), low, high).astype(np.float32)
-        for c in cams:
-            frames[c].append(obs[c])
-        states.append(obs["observation.state"])
-        if "observation.environment_state" in obs:
-            env_states.append(obs["observation.environment_state"])
+        before = obs
         obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(bool(info.get("success", False)))
-        if successes[-1] and first_success < 0:
+        success = bool(info.get("success", False))
+        recorder.add(before, action, reward, success)
+        if success and first_success < 0:
             first_success = step
         if terminated or truncated or (first_success >= 0 and step - first_success >= after_success):
             break
-    n = len(actions)
-    done = np.zeros(n, bool)
-    done[-1] = True
-    data = {c: np.stack(frames[c]) for c in cams}
-    data.update({
-        "observation.state": np.stack(states).astype(np.float32),
-        **({"observation.environment_state": np.stack(env_states).astype(np.float32)} if env_states else {}),
-        "action": np.stack(actions).astype(np.float32),
-        "next.reward": np.asarray(rewards, np.float32),
-        "next.success": np.asarray(successes, bool),
-        "next.done": done,
-    })
+    data = recorder.data()
+    meta = env_metadata(env)
     return {
         "data": data, "task": task, "description": env.task_description, "seed": seed,
-        "success": first_success >= 0, "first_success": first_success, "length": n, "fps": env.fps,
-        "robot_type": getattr(env, "robot_type", env_name),
-        "names": {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
-                  "observation.environment_state": getattr(env, "environment_state_names", None)},
+        "success": first_success >= 0, "first_success": first_success, "length": len(data["action"]),
+        "fps": meta["fps"], "robot_type": meta["robot_type"] or env_name, "names": meta["names"],
     }
 
 

@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from wam.collect import EpisodeRecorder, env_metadata
+
 EVAL_STREAM = 0x5EED  # mixes into evaluation seeds so they differ from collection seeds of the same seed
 
 
@@ -111,37 +113,6 @@ class RandomPolicy:
 # ---- closed loop -----------------------------------------------------------------------------------
 
 
-class _EpisodeRecorder:
-    """Every step of one episode, in `wam collect`'s layout (the observation before each action, the action,
-    then the reward and success flag it brought), so a rollout can become a LeRobot dataset episode."""
-
-    def __init__(self):
-        self.steps: list[dict] = []
-
-    def add(self, obs: dict, action, reward: float, success: bool) -> None:
-        keep = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
-        self.steps.append({**keep, "action": np.asarray(action, np.float32), "next.reward": np.float32(reward),
-                           "next.success": bool(success)})
-
-    def data(self) -> dict[str, np.ndarray]:
-        out = {k: np.stack([s[k] for s in self.steps]) for k in self.steps[0]}
-        for k in ("observation.state", "observation.environment_state", "next.reward"):
-            if k in out:
-                out[k] = out[k].astype(np.float32)
-        done = np.zeros(len(self.steps), bool)
-        done[-1] = True
-        out["next.done"] = done
-        return out
-
-
-def env_metadata(env) -> dict[str, Any]:
-    """What a dataset of `env`'s episodes records about it: fps, robot type and the names of its vectors."""
-    names = {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
-             "observation.environment_state": getattr(env, "environment_state_names", None)}
-    return {"fps": int(getattr(env, "fps", 30)), "robot_type": getattr(env, "robot_type", None),
-            "names": {k: list(v) for k, v in names.items() if v}}
-
-
 def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, after_success: int = 0,
             record: int = 0, progress: Callable[[], None] | None = None,
             keep_episodes: bool = False) -> dict[str, Any]:
@@ -170,7 +141,7 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
         policy.reset()
         obs, _ = env.reset(seed=int(seed))
         frames = [obs[camera]] if i < record else None
-        recorder = _EpisodeRecorder() if keep_episodes else None
+        recorder = EpisodeRecorder() if keep_episodes else None
         for step in range(limit):
             action = policy.select_action({**obs, "task": env.task_description})
             before = obs
@@ -264,7 +235,7 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
         out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1),
                                "steps": np.zeros(n, int), "sum_reward": np.zeros(n),
                                "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n), "frames": [None] * n}
-        recorders = [_EpisodeRecorder() for _ in range(n)] if keep_episodes else None
+        recorders = [EpisodeRecorder() for _ in range(n)] if keep_episodes else None
         slots = _SlotPolicies(policy, k)
         episode = list(range(k))  # which seed index each environment runs (-1: idle)
         started = [time.perf_counter()] * k
