@@ -48,11 +48,14 @@ def record(name: str, ckpt: str, flags: list[str], args, i: int) -> Path:
 
 
 def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
-    """A bench_imagine result side ("simulated": what really happened; "imagined": the critic's verdicts)."""
+    """A bench_imagine result side ("simulated": what really happened; "imagined": the critic's verdicts;
+    "recorded": the same critic's verdicts on the recorded frames, as a world model that imagined them exactly
+    would be judged)."""
     from wam.envs.metaworld import DIFFICULTY
 
     key = {"simulated": ("real_success", "real_max_reward", "real_first_success"),
-           "imagined": ("imagined_success", "imagined_progress", "imagined_first_done")}[which]
+           "imagined": ("imagined_success", "imagined_progress", "imagined_first_done"),
+           "recorded": ("real_judged_success", "real_judged_progress", "real_judged_first_done")}[which]
     eps: dict[str, dict[str, list]] = {}
     for v in verdicts:
         e = eps.setdefault(by_text[v["task"]], {"success": [], "progress": [], "first_success": []})
@@ -70,7 +73,7 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
             "episodes": eps}
 
 
-def agreement(verdicts: list[dict]) -> dict:
+def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
     """Episode by episode: the imagined verdict against the real outcome (`wam.imagine.replay_summary`), with
     how well the imagined progress sorts the real outcomes and how early the imagined success comes."""
     from wam.critic import _auc
@@ -80,11 +83,36 @@ def agreement(verdicts: list[dict]) -> dict:
     real = np.array([v["real_success"] for v in verdicts], bool)
     lags = [v["imagined_first_done"] - v["real_first_success"] for v in verdicts
             if v["real_success"] and v["imagined_success"]]
-    return {"episodes": s["episodes"], "real_successes": int(real.sum()), "accuracy": s["accuracy"],
-            "failed_judged_success": s["failed_judged_success"],
-            "succeeded_judged_success": s["succeeded_judged_success"],
-            "progress_auc": _auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
-            "first_done_lag_median": float(np.median(lags)) if lags else None}
+    out = {"episodes": s["episodes"], "real_successes": int(real.sum()), "accuracy": s["accuracy"],
+           "failed_judged_success": s["failed_judged_success"],
+           "succeeded_judged_success": s["succeeded_judged_success"],
+           "progress_auc": _auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
+           "first_done_lag_median": float(np.median(lags)) if lags else None}
+    if "recorded_accuracy" in s:  # --real: the same critic on the recorded frames, and the frames' PSNR
+        out.update({k: s[k] for k in s if k.startswith(("recorded_", "psnr"))})
+        out["recorded_progress_auc"] = _auc(np.array([v["real_judged_progress"] for v in verdicts]), real.astype(float))
+        if stride is not None:
+            out["psnr_by_step"] = psnr_by_step(verdicts, stride)
+    return out
+
+
+PSNR_STEPS = (8, 20, 40, 60, 80, 120)
+
+
+def psnr_by_step(verdicts: list[dict], stride: int) -> dict:
+    """Mean PSNR of the imagined frames, of the first frame held still and of the tokenizer's reconstruction
+    against the recorded frame at a few steps, over the episodes that reach them, apart by real outcome."""
+    out = {}
+    for step in PSNR_STEPS:
+        k = step // stride - 1  # imagined frame k stands for row (k + 1) * stride
+        row = {}
+        for outcome, flag in (("succeeded", True), ("failed", False)):
+            vs = [v for v in verdicts if v["real_success"] == flag and len(v["psnr"]) > k]
+            row[outcome] = ({key: float(np.mean([v[key][k] for v in vs])) for key in ("psnr", "psnr_still",
+                                                                                      "psnr_ceiling")}
+                            | {"episodes": len(vs)}) if vs else None
+        out[str(step)] = row
+    return out
 
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
@@ -132,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampling-steps", type=int, default=2, help="denoising steps per imagined frame")
     p.add_argument("--persist", type=int, default=1, help="imagined frames in a row judged done for a success")
     p.add_argument("--record-only", action="store_true", help="only simulate and record (no world model needed)")
+    p.add_argument("--real", action="store_true",
+                   help="also judge the recorded frames with the same critic and measure the imagined frames against "
+                        "them (PSNR, beside the first frame held still and the tokenizer's reconstruction)")
     p.add_argument("--tune", default=None, metavar="NAME=PATH,...",
                    help="other policies' recorded episodes: the decision rule (threshold, persist) that judges them "
                         "best is chosen there, and the policies are judged by it too (\"tuned\")")
@@ -180,15 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, data, ckpt, flags in policies:
         t0 = time.perf_counter()
         verdicts = replay(world, critic, data, sampling_steps=args.sampling_steps, persist=args.persist,
-                          action_guidance=args.action_guidance, seed=args.seed, progress=False)
+                          action_guidance=args.action_guidance, seed=args.seed, real=args.real, progress=False)
         row = {"name": name, "dataset": data, "checkpoint": ckpt, "flags": flags, "replay_s": time.perf_counter() - t0,
                "simulated": side(verdicts, by_text, "simulated"), "imagined": side(verdicts, by_text, "imagined"),
-               "agreement": agreement(verdicts), "verdicts": verdicts}
+               "agreement": agreement(verdicts, world.model.cfg.future_stride), "verdicts": verdicts}
         rows.append(row)
         a = row["agreement"]
         print(f"[{name}] simulated {row['simulated']['pc_success']:.0f}%, imagined along its actions "
               f"{row['imagined']['pc_success']:.0f}%; episode accuracy {a['accuracy']:.2f} "
               f"({row['replay_s']:.0f} s)", file=sys.stderr)
+        if args.real:
+            print(f"[{name}] recorded frames judged right {a['recorded_accuracy']:.2f}; PSNR imagined "
+                  f"{a['psnr']:.1f} dB, still {a['psnr_still']:.1f}, ceiling {a['psnr_ceiling']:.1f}", file=sys.stderr)
     tuned = None
     if args.tune:
         t0 = time.perf_counter()
@@ -206,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
                                "simulated": row["simulated"], "imagined": side(verdicts, by_text, "imagined"),
                                "agreement": agreement(verdicts)})
         tuned.update(policies=tuned_rows, spearman=correlations(tuned_rows))
+    recorded = None
+    if args.real:  # the ranking a world model that imagined the recorded frames exactly would give, this critic
+        rec_rows = [{**r, "imagined": side(r["verdicts"], by_text, "recorded")} for r in rows]
+        recorded = {"policies": [{"name": r["name"], "recorded": r["imagined"]} for r in rec_rows],
+                    "spearman": correlations(rec_rows)}
     out = {"world": args.world, "critic": args.critic or str(Path(args.world) / "critic"), "open_loop": True,
            "persist": args.persist, "action_guidance": args.action_guidance, "sampling_steps": args.sampling_steps,
+           "real": args.real, "all": agreement([v for r in rows for v in r["verdicts"]], world.model.cfg.future_stride),
            "tasks": args.tasks, "policy_set": None if args.datasets else args.policy_set, "seed": args.seed,
-           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows), "tuned": tuned}
+           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows), "tuned": tuned,
+           "recorded": recorded}
     if args.closed_loop:
         closed = json.loads(Path(args.closed_loop).read_text())
         out["closed_loop"] = {"file": args.closed_loop, "spearman": closed["spearman"]}

@@ -9,7 +9,8 @@ import torch
 
 from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
-from wam.imagine import ImaginedEnv, dataset_starts, imagine, imagine_along, first_done, replay, sim_starts
+from wam.imagine import (ImaginedEnv, dataset_starts, first_done, imagine, imagine_along, replay, replay_summary,
+                         sim_starts)
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -144,6 +145,40 @@ def test_replay_judges_recorded_episodes_imagined_along_their_actions(world, dot
     assert not any(v["imagined_success"] or v["imagined_first_done"] >= 0 for v in never)
 
 
+def test_replay_beside_the_recorded_frames(world, dot_data):  # noqa: F811
+    from wam.data import LeRobotDataset
+    from wam.data.windows import resize_frames
+
+    ck, critic = load_checkpoint(world), load_critic(world / "critic")
+    ds = LeRobotDataset(dot_data)
+    eps = [0, 3]
+    plain = replay(ck, critic, dot_data, episodes=eps, progress=False, seed=2)
+    got = replay(ck, critic, dot_data, episodes=eps, progress=False, seed=2, real=True)
+    size = (ck.model.cfg.image_size, ck.model.cfg.image_size)
+    for v, w, e in zip(got, plain, eps):
+        assert {k: v[k] for k in w} == w  # the imagined side is unchanged
+        k = v["imagined_frames"]
+        assert len(v["real_p_done"]) == k + 1 and len(v["psnr"]) == len(v["psnr_still"]) == len(v["psnr_ceiling"]) == k
+        assert v["real_p_done"][0] == v["p_done"][0]  # the same first frame, judged the same
+        first = first_done(v["real_p_done"], 0.5, 1)
+        assert v["real_judged_success"] == (first >= 0)
+        assert v["real_judged_first_done"] == (first * STRIDE if first >= 0 else -1)
+        assert 0 <= v["real_judged_progress"] <= 1
+        pos = ds.position_of(e)
+        rows = np.arange(k + 1) * STRIDE  # the recorded rows the imagined frames stand for
+        frames = resize_frames(ds.episode_frames(pos, ds.camera_keys[0], rows=rows), size).astype(np.float64)
+        mse = ((frames[1:] - frames[:1]) ** 2).reshape(k, -1).mean(1) / 255 ** 2
+        still = 10 * np.log10(1 / np.maximum(mse, 1e-10))
+        np.testing.assert_allclose(v["psnr_still"], still, atol=0.01)  # the first frame held still, by hand
+        assert all(0 < x < 100 for x in v["psnr"] + v["psnr_ceiling"])
+    s = replay_summary(got)
+    real = np.array([v["real_success"] for v in got])
+    judged = np.array([v["real_judged_success"] for v in got])
+    assert s["recorded_accuracy"] == pytest.approx(float((real == judged).mean()))
+    assert s["psnr"] == pytest.approx(np.mean([x for v in got for x in v["psnr"]]))
+    assert "recorded_accuracy" not in replay_summary(plain)
+
+
 def test_first_done_needs_persist_frames_in_a_row_at_the_threshold():
     p = [0.2, 0.7, 0.4, 0.8, 0.9, 0.6]
     assert first_done(p, 0.5, 1) == 1 and first_done(p, 0.5, 2) == 4 and first_done(p, 0.5, 3) == 5
@@ -207,6 +242,11 @@ def test_cli_imagine_replay_judges_a_recorded_dataset(world, dot_data, tmp_path,
     assert s["real_pc_success"] == pytest.approx(100 * np.mean([v["real_success"] for v in direct]))
     assert s["accuracy"] == pytest.approx(np.mean([v["real_success"] == v["imagined_success"] for v in direct]))
     assert sum(r["episodes"] for r in s["per_task"].values()) == len(direct)
+    assert main([*common, "--replay", str(dot_data), "--real", "--out", str(tmp_path / "rr")]) == 0
+    both = json.loads((tmp_path / "rr" / "replay.json").read_text())
+    assert "PSNR imagined / still" in capsys.readouterr().out and both["settings"]["real"]
+    assert [v["imagined_success"] for v in both["verdicts"]] == [v["imagined_success"] for v in direct]
+    assert 0 <= both["summary"]["recorded_accuracy"] <= 1 and both["summary"]["psnr"] > 0
     assert main([*common, "--replay", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
     assert main([*common, "--replay", str(dot_data), "--policy", str(world), "--out", str(tmp_path / "p")]) == 2
     assert "leave out --policy" in capsys.readouterr().err

@@ -447,6 +447,9 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
                    help="judge DATASET's recorded episodes instead (e.g. from `wam eval --record`): each imagined "
                         "along its own actions from its first frame, judged beside its real outcome "
                         "(OUT/replay.json); no policy acts")
+    p.add_argument("--real", action="store_true",
+                   help="with --replay: also judge the recorded frames with the same critic and measure each imagined "
+                        "frame against the recorded one (PSNR), beside the first frame held still")
     p.add_argument("--out", default="runs/imagine", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_imagine)
@@ -520,7 +523,7 @@ def _replay(args: argparse.Namespace, world, critic) -> int:
     try:
         verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
                           persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
-                          progress=not args.quiet)
+                          real=args.real, progress=not args.quiet)
     except (FileNotFoundError, ValueError, DatasetError) as e:
         raise UserError(str(e)) from None
     summary = replay_summary(verdicts)
@@ -529,12 +532,17 @@ def _replay(args: argparse.Namespace, world, critic) -> int:
     write_json_atomic(out / "replay.json", {
         "dataset": str(args.replay), "world_model": str(args.checkpoint), "critic": getattr(critic, "path", None),
         "settings": {"world_sampling_steps": args.world_steps, "threshold": args.threshold, "persist": args.persist,
-                     "action_guidance": args.action_guidance, "seed": args.seed},
+                     "action_guidance": args.action_guidance, "seed": args.seed, "real": args.real},
         "summary": summary, "verdicts": verdicts})
-    print(f"{'task':<58} {'episodes':>8} {'real':>6} {'imagined':>9} {'judged right':>13}")
+    extra = f" {'recorded judged right':>22} {'PSNR imagined / still':>22}" if args.real else ""
+    print(f"{'task':<58} {'episodes':>8} {'real':>6} {'imagined':>9} {'judged right':>13}{extra}")
     for task, r in [*summary["per_task"].items(), ("all", summary)]:
+        extra = ""
+        if args.real:
+            dbs = "-" if r["psnr"] is None else f"{r['psnr']:.1f} / {r['psnr_still']:.1f}"
+            extra = f" {100 * r['recorded_accuracy']:>21.0f}% {dbs:>22}"
         print(f"{task[:58]:<58} {r['episodes']:>8} {r['real_pc_success']:>5.0f}% {r['imagined_pc_success']:>8.0f}% "
-              f"{100 * r['accuracy']:>12.0f}%")
+              f"{100 * r['accuracy']:>12.0f}%{extra}")
     print(f"{out / 'replay.json'}")
     return 0
 

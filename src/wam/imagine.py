@@ -257,7 +257,7 @@ def compare(imagined: dict, simulated: dict) -> dict:
 @torch.no_grad()
 def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None = None, sampling_steps: int = 2,
            threshold: float = 0.5, persist: int = 1, action_guidance: float = 1.0, seed: int = 0,
-           batch_size: int = 64, progress: bool = True) -> list[dict]:
+           batch_size: int = 64, real: bool = False, progress: bool = True) -> list[dict]:
     """Recorded episodes imagined open loop: from each episode's first frame and robot state, the world model
     imagines the frames its recorded actions bring (`imagine_along`, as `ImaginedEnv` would for a policy that
     acted exactly so), and the critic judges them as `wam imagine` does, beside what really happened.
@@ -269,7 +269,15 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     episode: episode_index, task (its text), length, real_success, real_first_success (-1: none),
     real_max_reward, imagined_success (`persist` imagined frames in a row judged done), imagined_first_done
     (the step its imagined frame stands for; -1: none), imagined_progress (the critic's best progress) and
-    p_done (the critic's probability of done on each frame, the start first: other decision rules, `first_done`)."""
+    p_done (the critic's probability of done on each frame, the start first: other decision rules, `first_done`).
+
+    real=True also sets the imagined frames beside the recorded ones they stand for (rows 0, stride, 2 stride, ...
+    of the episode), which tells a world model that loses the scene from a critic that misreads it:
+    real_p_done, real_judged_success, real_judged_first_done and real_judged_progress (the same critic and rule
+    on the recorded frames),
+    psnr (dB, each imagined frame against the recorded one), psnr_still (the first frame held still against
+    them: a world model that tracks nothing) and psnr_ceiling (the recorded frames through the tokenizer: what
+    no world model on these latents can beat)."""
     from wam.data import LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames
     from wam.tokenizer import encode_frames
@@ -291,17 +299,20 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
                  else list(range(ds.num_episodes)))
     if not positions:
         raise ValueError(f"no episode of {dataset} to replay")
-    starts, states, actions, task_ids, meta = [], [], [], [], []
+    stride = cfg.future_stride
+    starts, states, actions, task_ids, meta, recorded = [], [], [], [], [], []
     for pos in positions:
         lo, hi = ds.episode_ranges[pos]
         text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
         if text not in tasks:
             raise ValueError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
                              f"was not trained on")
-        views = [resize_frames(ds.episode_frames(pos, k, rows=np.zeros(1, int)), (cfg.image_size, cfg.image_size))
-                 for k in cams]
-        frame = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (1, H, W * n_cams, 3)
-        starts.append(encode_frames(world.tokenizer, frame)[0])
+        rows = np.arange(0, (hi - lo - 1) // stride * stride + 1, stride) if real else np.zeros(1, int)
+        views = [resize_frames(ds.episode_frames(pos, k, rows=rows), (cfg.image_size, cfg.image_size)) for k in cams]
+        frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (R, H, W * n_cams, 3)
+        starts.append(encode_frames(world.tokenizer, frames[:1])[0])  # alone: the same latents with real or not
+        if real:
+            recorded.append((frames, torch.cat([starts[-1][None], encode_frames(world.tokenizer, frames[1:])])))
         if cfg.state_dim > 0 and "observation.state" in ds.data:
             states.append(np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo:lo + 1]),
                                      np.float32)[0])
@@ -317,7 +328,6 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     made = imagine_along(world, critic, torch.stack(starts), torch.as_tensor(np.stack(states)) if states else None,
                          actions, task, sampling_steps=sampling_steps, action_guidance=action_guidance, seed=seed,
                          batch_size=batch_size, progress=progress)
-    stride = cfg.future_stride
     out = []
     for i, z in enumerate(made):
         frames = torch.cat([starts[i][None], z])  # the start frame is judged too, as ImaginedEnv judges it
@@ -327,20 +337,61 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
         out.append({**meta[i], "imagined_success": first >= 0, "imagined_first_done": first * stride if first >= 0
                     else -1, "imagined_progress": float(p.max()), "imagined_frames": len(z),
                     "p_done": [round(x, 4) for x in p_done]})
+        if real:
+            out[-1].update(_beside_recorded(world, critic, z, *recorded[i], task[i], threshold, persist))
+    return out
+
+
+@torch.no_grad()
+def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, latents: torch.Tensor,
+                     task: torch.Tensor, threshold: float, persist: int) -> dict:
+    """One replayed episode's imagined latents (K, c, h, w) beside its recorded frames (K + 1, H, W, 3) at the
+    rows they stand for and those frames' latents: `replay(real=True)`'s per-episode additions."""
+    from wam.evaluate import _to_unit, psnr
+    from wam.tokenizer import to_model_frames
+
+    p, logit, _ = critic(latents.float(), task.repeat(len(latents)))
+    real_p_done = torch.sigmoid(logit).tolist()
+    truth = _to_unit(to_model_frames(frames[1:]))  # (K, 3, H, W) in [0, 1]
+    first = first_done(real_p_done, threshold, persist)
+    stride = world.model.cfg.future_stride
+    out = {"real_p_done": [round(x, 4) for x in real_p_done], "real_judged_success": first >= 0,
+           "real_judged_first_done": first * stride if first >= 0 else -1,
+           "real_judged_progress": float(p.max()), "psnr": [], "psnr_still": [], "psnr_ceiling": []}
+    if len(imagined) == 0:
+        return out
+    still = _to_unit(to_model_frames(frames[:1])).expand_as(truth)
+    decode = world.tokenizer.eval().decode
+    made = torch.cat([_to_unit(decode(imagined[j:j + 64, None].float())[:, 0]) for j in range(0, len(imagined), 64)])
+    ceiling = torch.cat([_to_unit(decode(latents[1 + j:65 + j, None].float())[:, 0])
+                         for j in range(0, len(imagined), 64)])
+    for key, x in (("psnr", made), ("psnr_still", still), ("psnr_ceiling", ceiling)):
+        out[key] = [round(float(v), 2) for v in psnr(x, truth)]
     return out
 
 
 def replay_summary(verdicts: list[dict]) -> dict:
     """`replay`'s verdicts against the real outcomes, over all episodes and per task: real and imagined success
-    (%), the share of episodes judged right, and how often a failure is judged a success and a success is."""
+    (%), the share of episodes judged right, and how often a failure is judged a success and a success is. With
+    `replay(real=True)`'s verdicts, the same rates for the critic on the recorded frames (recorded_accuracy, ...)
+    and the mean PSNR over imagined frames (psnr, psnr_still, psnr_ceiling)."""
+
+    def rates(real: np.ndarray, said: np.ndarray, prefix: str = "") -> dict:
+        return {f"{prefix}accuracy": float((real == said).mean()),
+                f"{prefix}failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
+                f"{prefix}succeeded_judged_success": float(said[real].mean()) if real.any() else None}
 
     def one(vs: list[dict]) -> dict:
         real = np.array([v["real_success"] for v in vs], bool)
         said = np.array([v["imagined_success"] for v in vs], bool)
-        return {"episodes": len(vs), "real_pc_success": 100 * float(real.mean()),
-                "imagined_pc_success": 100 * float(said.mean()), "accuracy": float((real == said).mean()),
-                "failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
-                "succeeded_judged_success": float(said[real].mean()) if real.any() else None}
+        out = {"episodes": len(vs), "real_pc_success": 100 * float(real.mean()),
+               "imagined_pc_success": 100 * float(said.mean()), **rates(real, said)}
+        if all("real_judged_success" in v for v in vs):  # replay(real=True): the recorded frames judged too
+            out.update(rates(real, np.array([v["real_judged_success"] for v in vs], bool), "recorded_"))
+            for key in ("psnr", "psnr_still", "psnr_ceiling"):
+                values = [x for v in vs for x in v[key]]
+                out[key] = float(np.mean(values)) if values else None
+        return out
 
     tasks = sorted({v["task"] for v in verdicts})
     return {**one(verdicts), "per_task": {t: one([v for v in verdicts if v["task"] == t]) for t in tasks}}
