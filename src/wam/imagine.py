@@ -274,10 +274,9 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     real=True also sets the imagined frames beside the recorded ones they stand for (rows 0, stride, 2 stride, ...
     of the episode), which tells a world model that loses the scene from a critic that misreads it:
     real_p_done, real_judged_success, real_judged_first_done and real_judged_progress (the same critic and rule
-    on the recorded frames),
-    psnr (dB, each imagined frame against the recorded one), psnr_still (the first frame held still against
-    them: a world model that tracks nothing) and psnr_ceiling (the recorded frames through the tokenizer: what
-    no world model on these latents can beat)."""
+    on the recorded frames), psnr (dB, each imagined frame against the recorded one), psnr_still (the first
+    frame held still against them: a world model that tracks nothing) and psnr_ceiling (the recorded frames
+    through the tokenizer: what no world model on these latents can beat)."""
     from wam.data import LeRobotDataset, Normalizer
     from wam.data.windows import resize_frames
     from wam.tokenizer import encode_frames
