@@ -359,12 +359,13 @@ def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, 
            "real_judged_progress": float(p.max()), "psnr": [], "psnr_still": [], "psnr_ceiling": []}
     if len(imagined) == 0:
         return out
+    tokenizer = world.tokenizer.eval()
+
+    def decoded(z: torch.Tensor) -> torch.Tensor:  # (N, c, h, w) latents -> (N, 3, H, W) in [0, 1], 64 at a time
+        return torch.cat([_to_unit(tokenizer.decode(z[j:j + 64, None].float())[:, 0]) for j in range(0, len(z), 64)])
+
     still = _to_unit(to_model_frames(frames[:1])).expand_as(truth)
-    decode = world.tokenizer.eval().decode
-    made = torch.cat([_to_unit(decode(imagined[j:j + 64, None].float())[:, 0]) for j in range(0, len(imagined), 64)])
-    ceiling = torch.cat([_to_unit(decode(latents[1 + j:65 + j, None].float())[:, 0])
-                         for j in range(0, len(imagined), 64)])
-    for key, x in (("psnr", made), ("psnr_still", still), ("psnr_ceiling", ceiling)):
+    for key, x in (("psnr", decoded(imagined)), ("psnr_still", still), ("psnr_ceiling", decoded(latents[1:]))):
         out[key] = [round(float(v), 2) for v in psnr(x, truth)]
     return out
 
