@@ -4,8 +4,8 @@ Runbook:
     python benchmarks/peers/table.py                       # every benchmarks/peers/*_mt10.json
     python benchmarks/peers/table.py benchmarks/peers/act_mt10.json benchmarks/peers/wam_mt10.json
 
-A wam row's training record (steps, samples/s, wall-clock) is the one benchmarks/bench_world_model.py wrote
-for the same checkpoint (benchmarks/world_model.json); a peer's is the peer_train.json train.py left beside
+A wam row's training record (steps, samples/s, wall-clock) is the one experiments/world_model/bench_world_model.py wrote
+for the same checkpoint (experiments/world_model/world_model.json); a peer's is the peer_train.json train.py left beside
 its checkpoint.
 """
 

@@ -1,7 +1,7 @@
 """Kill it twenty times: SIGKILL at random moments to `wam train`, `wam finetune` and `wam collect`, then check
 that what is on disk loads and that the run continues.
 
-    python benchmarks/bench_kill.py --kills 20 --out benchmarks/kill.json
+    python benchmarks/stress/kill.py --kills 20 --out benchmarks/stress/kill.json
 
 Tiny settings (the dot world at 16x16, a 1-block model of width 32, a checkpoint every 2 steps) make every
 process short, so most of its life is spent starting, saving and loading: where a kill does damage. Each verb:
@@ -214,7 +214,7 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     verbs = [v.strip() for v in args.verbs.split(",") if v.strip()]
     t_all = time.time()
-    result: dict = {"command": "python benchmarks/bench_kill.py " + " ".join(sys.argv[1:]), "kills_per_verb": args.kills,
+    result: dict = {"command": "python benchmarks/stress/kill.py " + " ".join(sys.argv[1:]), "kills_per_verb": args.kills,
                     "seed": args.seed, "verbs": {}}
 
     data = work / "dot"

@@ -1,7 +1,7 @@
 """Protocol fuzz of `wam serve` on loopback: thousands of random and mutated messages, a well-formed client beside.
 
-    python benchmarks/bench_serve_fuzz.py --checkpoint checkpoints/wam-tiny-mt10 --messages 5000 \\
-        --out benchmarks/serve_fuzz.json
+    python benchmarks/stress/serve_fuzz.py --checkpoint checkpoints/wam-tiny-mt10 --messages 5000 \\
+        --out benchmarks/stress/serve_fuzz.json
 
 Runs a PolicyServer (the checkpoint, default inference settings, --max-connections 16, --hello-timeout 2) in
 this process on a free loopback port. --fuzzers connections send, one message at a time, --messages messages
@@ -393,7 +393,7 @@ def main() -> int:
         crash(f"server logged an exception: {rec}")
 
     result = {
-        "command": "python benchmarks/bench_serve_fuzz.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/stress/serve_fuzz.py " + " ".join(sys.argv[1:]),
         "checkpoint": args.checkpoint, "seed": args.seed, "fuzz_connections": args.fuzzers,
         "max_connections": args.max_connections, "hello_timeout_s": args.hello_timeout,
         "max_message_bytes": args.max_message_bytes, "wall_s": round(time.time() - t_start, 1),

@@ -3,15 +3,15 @@ cameras and image sizes, evaluated closed loop on the same seeds.
 
     MUJOCO_GL=egl wam collect metaworld --tasks mt10 --episodes 50 --image-size 128 \\
         --cameras corner4,gripperPOV --workers 1 --out data/mt10-128-2cam
-    MUJOCO_GL=egl python benchmarks/bench_camera_training.py --out benchmarks/camera_training.json
-    python benchmarks/bench_camera_training.py --table        # the README's table
+    MUJOCO_GL=egl python experiments/cameras/bench_camera_training.py --out experiments/cameras/camera_training.json
+    python experiments/cameras/bench_camera_training.py --table        # the README's table
 
 Configurations (CONFIGS): one camera, `corner4`, at 64, 96 and 128 px; and `corner4` beside the wrist camera
 `gripperPOV` at 96 px (two frames side by side, twice the tokens). Every run is `wam-tiny` with 16-channel
 latents cut into 16 tokens per camera and frame (2x2, 3x3 and 4x4 patches of the 8x8, 12x12 and 16x16 latent
 grids), the reference loss recipe (`p_omit_future=0.3`), 4,000 steps at batch 32, lr 1e-3, seed 0. Its frame
 tokenizer starts from `runs/tokenizers/c16det-3k` (3,000 detail-weighted steps on `corner4` frames at 96 px,
-`benchmarks/bench_tokenizer.py`) and trains 600 more steps on the run's own frames; the `corner4` 96 px run
+`experiments/tokenizer/bench_tokenizer.py`) and trains 600 more steps on the run's own frames; the `corner4` 96 px run
 keeps it as it is, since those are the frames it was trained on.
 
 Frames come from two collections of the same expert on the same seeds: `data/mt50` (96 px `corner4`; its MT10
@@ -38,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_world_model import steps_done, world_model  # (benchmarks/ is the script's own directory)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "world_model"))
+from bench_world_model import steps_done, world_model  # noqa: E402  (experiments/world_model/)
 
 TOKENIZER = "runs/tokenizers/c16det-3k"
 CONFIGS = {
@@ -160,7 +161,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--runs", default="runs/cams")
     p.add_argument("--threads", type=int, default=1, help="threads of each process")
-    p.add_argument("--out", default="benchmarks/camera_training.json")
+    p.add_argument("--out", default="experiments/cameras/camera_training.json")
     p.add_argument("--table", action="store_true", help="print the README's tables from --out and exit")
     p.add_argument("--latency", action="store_true", help="time a policy chunk of each finished config of "
                    "--configs, interleaved in this process, record it in --out and exit")

@@ -1,6 +1,6 @@
 """Which camera and image size let a policy see what MetaWorld's tasks need? A geometric measurement.
 
-    MUJOCO_GL=egl python benchmarks/bench_cameras.py --out benchmarks/cameras.json
+    MUJOCO_GL=egl python experiments/cameras/bench_cameras.py --out experiments/cameras/cameras.json
 
 For every MT50 task and 10 layouts (evaluation-style seeds), and for each camera, this projects the
 task's first object and its goal (from `observation.environment_state`) into the image with MuJoCo's
@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="mt50")
     ap.add_argument("--seeds", type=int, default=10, help="layouts per task")
-    ap.add_argument("--out", default="benchmarks/cameras.json")
+    ap.add_argument("--out", default="experiments/cameras/cameras.json")
     args = ap.parse_args()
     tasks = resolve_tasks(args.tasks)
     t0 = time.time()

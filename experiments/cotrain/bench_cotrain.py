@@ -9,8 +9,8 @@ those tasks, without lowering policy success on the tasks that have actions?
         --tokenizer-steps 0 --loss p_omit_future=0.3"
     wam train --dataset data/mt7 --out runs/cotrain-A $COMMON
     wam train --dataset data/mt7 --dataset data/mt3:no-actions --out runs/cotrain-B $COMMON
-    python benchmarks/bench_cotrain.py --without runs/cotrain-A/checkpoint --with runs/cotrain-B/checkpoint \\
-        --videos data/mt3 --out benchmarks/cotrain.json
+    python experiments/cotrain/bench_cotrain.py --without runs/cotrain-A/checkpoint --with runs/cotrain-B/checkpoint \\
+        --videos data/mt3 --out experiments/cotrain/cotrain.json
 
 World model: forward and video mode PSNR on the video tasks' episodes that run B held out (never trained on),
 the same windows and noise for both models. Run A never saw those tasks, so it predicts them with its "no

@@ -7,8 +7,8 @@
         --adapter full --steps 2000
     wam train --dataset data/ppwall10 --out runs/ft2-scratch --preset wam-tiny --steps 2000 --batch-size 32 \\
         --lr 1e-3 --tokenizer-steps 1000 --loss p_omit_future=0.3
-    python benchmarks/bench_finetune.py --task pick-place-wall-v3 --runs runs/ft2-lora runs/ft2-full \\
-        runs/ft2-scratch --out benchmarks/finetune.json
+    python experiments/finetune/bench_finetune.py --task pick-place-wall-v3 --runs runs/ft2-lora runs/ft2-full \\
+        runs/ft2-scratch --out experiments/finetune/finetune.json
 
 The base (`checkpoints/wam-tiny-mt10`) never saw the task: it is not one of MT10's. Each run holds out one of
 the 10 demonstrations (its validation episode), so all three train on the same 9. Closed loop: `wam eval`,

@@ -11,8 +11,8 @@ episodes (`wam.evaluate.evaluate_world_model`, the same windows and noise for ev
     gap            forward - other_actions: how much the frames depend on the actions (higher: more)
 
 Runbook (about 75 seconds per W at 1 thread for 256 windows):
-    python benchmarks/bench_action_guidance.py --checkpoint runs/wm-sharp/wam-failures/checkpoint \\
-        --dataset data/mt50 --guidance 1,2,3,5 --out benchmarks/action_guidance.json
+    python experiments/imagination/bench_action_guidance.py --checkpoint runs/wm-sharp/wam-failures/checkpoint \\
+        --dataset data/mt50 --guidance 1,2,3,5 --out experiments/imagination/action_guidance.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", default="1,2,3,5", help="comma-separated action guidance values W")
     ap.add_argument("--windows", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10, help="denoising steps per prediction")
-    ap.add_argument("--out", default="benchmarks/action_guidance.json")
+    ap.add_argument("--out", default="experiments/imagination/action_guidance.json")
     args = ap.parse_args(argv)
 
     from wam.checkpoint import load_checkpoint

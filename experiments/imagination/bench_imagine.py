@@ -5,21 +5,21 @@ policies, overall and per task group.
 
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50          # once: <checkpoint>/critic
-    python benchmarks/bench_imagine.py --world checkpoints/wam-tiny-mt50-44k --tasks mt10 --episodes 5 \\
-        --out benchmarks/imagine.json
-    python benchmarks/bench_imagine.py --table benchmarks/imagine.json
+    python experiments/imagination/bench_imagine.py --world checkpoints/wam-tiny-mt50-44k --tasks mt10 --episodes 5 \\
+        --out experiments/imagination/imagine.json
+    python experiments/imagination/bench_imagine.py --table experiments/imagination/imagine.json
 
 The policies (POLICY_SETS below) differ in checkpoint, training recipe and inference setting, and some cannot
 see (--blind), so that their true success spreads out. A policy whose checkpoint is missing is skipped
 and named in the result. The "reference" set, with a critic trained on imagined frames too (README, "Policy
 evaluation in imagination"):
-    python benchmarks/bench_imagine.py --policy-set reference --sim-only --runs runs/bench-imagine-ref-s0
+    python experiments/imagination/bench_imagine.py --policy-set reference --sim-only --runs runs/bench-imagine-ref-s0
     wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \\
         --dataset data/mt10-noisy --dataset data/mt10-noisy-hi --imagined --action-guidance 2 \\
         --out runs/imagine-world/critic-imagined
-    python benchmarks/bench_imagine.py --policy-set reference --world runs/imagine-world/checkpoint \\
+    python experiments/imagination/bench_imagine.py --policy-set reference --world runs/imagine-world/checkpoint \\
         --critic runs/imagine-world/critic-imagined --action-guidance 2 --tag imagined --demos data/mt50 \\
-        --runs runs/bench-imagine-ref-s0 --out benchmarks/imagine_ref_imagined_seed0.json
+        --runs runs/bench-imagine-ref-s0 --out experiments/imagination/imagine_ref_imagined_seed0.json
     (and --seed 1 into runs/bench-imagine-ref-s1; then --pool A.json,B.json --out POOLED.json)
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REF = "checkpoints/wam-tiny-mt50-44k"
 POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("reference", REF, []),
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-only", action="store_true", help="only the simulated evaluations (no world model needed)")
     p.add_argument("--tag", default="", help="appended to the imagined runs' directory names (another critic "
                    "or world beside the same simulated runs)")
-    p.add_argument("--out", default="benchmarks/imagine.json")
+    p.add_argument("--out", default="experiments/imagination/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
     p.add_argument("--table", default=None, metavar="JSON")
     p.add_argument("--pool", default=None, metavar="JSON,JSON",

@@ -10,12 +10,12 @@ policies are ranked by those verdicts against their simulated success, overall a
 episode's verdict is checked against what really happened.
 
 Runbook (README, "Policy evaluation in imagination"):
-    python benchmarks/bench_replay.py --policy-set reference --seed 0 --record-only --runs runs/bench-replay-s0
-    python benchmarks/bench_replay.py --policy-set reference --seed 0 --world runs/imagine-world/checkpoint \\
+    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 --record-only --runs runs/bench-replay-s0
+    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 --world runs/imagine-world/checkpoint \\
         --critic runs/imagine-world/critic-real --action-guidance 2 --runs runs/bench-replay-s0 \\
-        --closed-loop benchmarks/imagine_ref_real_seed0.json --out benchmarks/replay_ref_real_seed0.json
-    python benchmarks/bench_replay.py --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
-    python benchmarks/bench_replay.py --pool X.json,Y.json --out POOLED.json
+        --closed-loop experiments/imagination/imagine_ref_real_seed0.json --out experiments/imagination/replay_ref_real_seed0.json
+    python experiments/imagination/bench_replay.py --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
+    python experiments/imagination/bench_replay.py --pool X.json,Y.json --out POOLED.json
 The recorded episodes go on 10 steps after their first success (`--after-success 10`, as `wam collect`
 records), so a success the world model imagines a little late still falls inside the episode.
 """
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_imagine import POLICY_SETS, correlations, pool, run, wam  # (benchmarks/ is the script's own directory)
+from bench_imagine import POLICY_SETS, correlations, pool, run, wam  # (this script's own directory)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def record(name: str, ckpt: str, flags: list[str], args, i: int) -> Path:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a bench_imagine result of the same policies and seeds, for its correlations beside these")
     p.add_argument("--runs", default="runs/bench-replay")
     p.add_argument("--pool", default=None, metavar="A.json,B.json", help="put results on other seeds together")
-    p.add_argument("--out", default="benchmarks/replay.json")
+    p.add_argument("--out", default="experiments/imagination/replay.json")
     args = p.parse_args(argv)
 
     if args.pool:

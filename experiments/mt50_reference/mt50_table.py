@@ -3,12 +3,12 @@
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --out runs/eval-mt50
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --blind --no-expert \\
         --out runs/eval-mt50-blind
-    python benchmarks/mt50_table.py runs/eval-mt50/eval_info.json --blind runs/eval-mt50-blind/eval_info.json
+    python experiments/mt50_reference/mt50_table.py runs/eval-mt50/eval_info.json --blind runs/eval-mt50-blind/eval_info.json
     # the same checkpoint acting in joint mode, against its policy-mode evaluation on the same seeds:
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --mode joint --no-expert \\
         --out runs/eval-mt50-joint
-    python benchmarks/mt50_table.py runs/eval-mt50-joint/eval_info.json --expert benchmarks/mt50_eval.json \\
-        --versus benchmarks/mt50_eval.json
+    python experiments/mt50_reference/mt50_table.py runs/eval-mt50-joint/eval_info.json --expert experiments/mt50_reference/mt50_eval.json \\
+        --versus experiments/mt50_reference/mt50_eval.json
 
 Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 5 tasks); "mean of group
 means" is the published convention, "per episode" weighs every episode alike. Intervals: Wilson 95% per

@@ -6,9 +6,9 @@ from its actions alone, in forward mode, then scored).
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50:tasks=hard,very_hard \\
         --out runs/critic-wam-tiny-mt50-hard-vhard
-    python benchmarks/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k --critic runs/critic-wam-tiny-mt50-hard-vhard \\
-        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 --out benchmarks/plan.json
-    python benchmarks/bench_plan.py --table benchmarks/plan.json     # the README's table
+    python experiments/planning/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k --critic runs/critic-wam-tiny-mt50-hard-vhard \\
+        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 --out experiments/planning/plan.json
+    python experiments/planning/bench_plan.py --table experiments/planning/plan.json     # the README's table
 
 With --critic DIR the critic is read from DIR instead (`wam critic --out DIR`). A setting whose evaluation
 is already in --runs is reused, so the benchmark resumes. Each setting is one `wam eval` (same seeds, same
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chunk_latency(checkpoint: str, tasks: str, plan: int, mode: str, critic: str | None = None,
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-guidance", type=float, default=1.0, metavar="W", help="the --forward-plans predict "
                    "the candidates' futures with guidance W on their actions (--plan-guidance)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/plan.json")
+    p.add_argument("--out", default="experiments/planning/plan.json")
     p.add_argument("--runs", default="runs/bench-plan", help="where the evaluations are written")
     p.add_argument("--table", default=None, metavar="JSON", help="print the README table of a result file")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Every mode of a WAM trained on the synthetic dot world, beside its trivial baseline, by training budget.
 
-    python benchmarks/bench_synthetic.py --steps 2000,5000 --out benchmarks/synthetic.json
+    python experiments/synthetic/bench_synthetic.py --steps 2000,5000 --out experiments/synthetic/synthetic.json
 
 For each step count, trains from scratch (seed 0) and prints the held-out errors of `wam.synthetic.
 evaluate_synthetic` with the training time, as JSON.

@@ -1,8 +1,8 @@
 """Which frame tokenizer? Candidate autoencoders trained on the same frames for the same steps, measured by how
 well they reconstruct held-out episodes (the ceiling of every predicted frame) and what they cost.
 
-    python benchmarks/bench_tokenizer.py --dataset data/mt50 --tasks mt10 --out benchmarks/tokenizer.json
-    python benchmarks/bench_tokenizer.py --table benchmarks/tokenizer.json
+    python experiments/tokenizer/bench_tokenizer.py --dataset data/mt50 --tasks mt10 --out experiments/tokenizer/tokenizer.json
+    python experiments/tokenizer/bench_tokenizer.py --table experiments/tokenizer/tokenizer.json
 
 Training frames: every --stride-th frame of each task's episodes before the last --held-out ones (the same
 held-out episodes as `wam train`'s default validation split of 50 demonstrations per task); test frames:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                    "bf16 or AMX, and on GPUs)")
     p.add_argument("--save", default="runs/tokenizers", help="each candidate's weights go to "
                    "SAVE/NAME/tokenizer.safetensors (so `wam train --tokenizer-from SAVE/NAME` takes it)")
-    p.add_argument("--out", default="benchmarks/tokenizer.json")
+    p.add_argument("--out", default="experiments/tokenizer/tokenizer.json")
     p.add_argument("--table", default=None, metavar="JSON")
     args = p.parse_args(argv)
     if args.table:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from wam.inference.precision import cpu_description
     from wam.tokenizer import ConvAutoencoder, train_tokenizer
-    from wam.train import load_episodes
+    from wam.episodes import load_episodes
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()  # the split: every task's episodes but its last --held-out train, those test

@@ -1,9 +1,9 @@
 """What the world model adds to the policy: the same network trained several ways on the same data and steps,
 then evaluated closed loop on the same seeds.
 
-    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt50 --tasks mt10 --steps 4000 \\
-        --episodes 20 --modes policy,joint --out benchmarks/world_model.json
-    python benchmarks/bench_world_model.py --table        # the README's tables
+    MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --dataset data/mt50 --tasks mt10 --steps 4000 \\
+        --episodes 20 --modes policy,joint --out experiments/world_model/world_model.json
+    python experiments/world_model/bench_world_model.py --table        # the README's tables
 
     (a) policy   the actions only: future frames never in the sequence, no video loss
                  (--loss p_omit_future=1 p_clean_future=0 p_clean_action=0 p_omit_action=0)
@@ -31,8 +31,8 @@ then evaluated closed loop on the same seeds.
 --demos N trains every recipe on the first N demonstrations of each task only (the few-demonstrations regime,
 where a video loss has the most to add); run it into its own --runs and --out:
 
-    MUJOCO_GL=egl python benchmarks/bench_world_model.py --demos 10 --recipes policy,wam,wam+task-videos \
-        --runs runs/wm10 --out benchmarks/world_model_10demos.json
+    MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --demos 10 --recipes policy,wam,wam+task-videos \
+        --runs runs/wm10 --out experiments/world_model/world_model_10demos.json
 
 At three times the budget (12,000 steps, about as many passes over MT10's frames as the MT50 reference makes
 over MT50's), on an MT10-only collection (the same episodes: a demonstration's seed depends only on its task and
@@ -40,8 +40,8 @@ attempt) and three sets of evaluation seeds, each recipe beside the policy-only 
 episodes, in policy and joint mode:
 
     wam collect metaworld --tasks mt10 --episodes 50 --image-size 96 --workers 2 --out data/mt10
-    MUJOCO_GL=egl python benchmarks/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1,2 \
-        --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far --out benchmarks/world_model_far.json
+    MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1,2 \
+        --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far --out experiments/world_model/world_model_far.json
 
 The table gives each recipe's paired difference from the policy-only run (`wam.evaluate.paired_difference`:
 the same seeds, a bootstrap interval over episodes and McNemar's exact test), which is tighter than comparing
@@ -81,12 +81,13 @@ def other_tasks(dataset: str, tasks: str) -> list[str]:
     """The dataset's task indices outside `tasks`, as strings for `tasks=` (all of them when it holds none of
     `tasks`, as a --videos dataset of other tasks does)."""
     from wam.data import LeRobotDataset
-    from wam.train import RunError, select_tasks
+    from wam.episodes import select_tasks
+    from wam.errors import ArgumentError
 
     texts = list(LeRobotDataset(dataset).tasks)
     try:
         chosen = set(select_tasks(texts, tuple(tasks.split(",")), dataset))
-    except RunError:
+    except ArgumentError:
         chosen = set()
     rest = [str(i) for i in range(len(texts)) if i not in chosen]
     if not rest:
@@ -265,7 +266,7 @@ def main() -> None:
     p.add_argument("--recipes", default="policy,wam,wam+videos",
                    help="comma-separated, from " + ", ".join(RECIPES) + " (wam+task-videos needs --demos)")
     p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
-    p.add_argument("--out", default="benchmarks/world_model.json")
+    p.add_argument("--out", default="experiments/world_model/world_model.json")
     p.add_argument("--table", action="store_true", help="print the README table of --out and stop")
     args = p.parse_args()
     if args.table:

@@ -11,9 +11,9 @@ per-task mean removed first, so that knowing the task alone scores 0). Beside th
 frozen tokenizer's latents (what the network is given) and on the 4-D robot state.
 
 Runbook (MT10, the runs of bench_world_model.py):
-    python benchmarks/probe_features.py --runs policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint \\
-        --dataset data/mt50 --out benchmarks/probe_sharp.json
-    python benchmarks/probe_features.py --table benchmarks/probe_sharp.json
+    python experiments/world_model/probe_features.py --runs policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint \\
+        --dataset data/mt50 --out experiments/world_model/probe_sharp.json
+    python experiments/world_model/probe_features.py --table experiments/world_model/probe_sharp.json
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
     episodes."""
     from wam.data import Normalizer
     from wam.evaluate import map_tasks
-    from wam.train import episodes_to_tensors, load_episodes
+    from wam.episodes import episodes_to_tensors, load_episodes
 
     model, cfg, run = ck.model.eval(), ck.model.cfg, ck.config.get("run", {})
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="data/mt50", help="the runs' dataset (its episode indices)")
     p.add_argument("--stride", type=int, default=4, help="every stride-th frame of each episode")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/probe.json")
+    p.add_argument("--out", default="experiments/world_model/probe.json")
     p.add_argument("--table", default=None, metavar="JSON")
     args = p.parse_args(argv)
     if args.table:
