@@ -97,7 +97,7 @@ def test_loading_a_checkpoint_does_not_import_the_training_code(tmp_path):
 
 def test_the_package_has_no_import_cycle():
     """No module of wam imports (at the top or inside a function) a module that imports it back, directly or
-    through others: dependencies point downward (DESIGN.md, Layout). Before wam.finetune was split from
+    through others: dependencies point downward (docs/design.md, Layers). Before wam.finetune was split from
     wam.adapters: checkpoint -> adapters -> train -> checkpoint."""
     import ast
     from pathlib import Path

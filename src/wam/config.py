@@ -121,7 +121,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 @dataclass(frozen=True)
 class LossConfig:
-    """How the training loss samples noise levels and leaves modalities out (DESIGN.md section 1)."""
+    """How the training loss samples noise levels and leaves modalities out (docs/design.md, "One model, five uses")."""
 
     timestep_sampling: str = "uniform"  # "uniform" or "logit_normal" (SD3); uniform keeps high-noise examples,
     # where the future must come from the history, as frequent as any other

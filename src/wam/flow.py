@@ -1,6 +1,6 @@
 """Flow matching (rectified flow): noising, velocity targets and timestep sampling, as pure functions.
 
-Convention (DESIGN.md): x_t = (1 - t) x_0 + t eps, t in [0, 1], t = 0 clean, t = 1 pure noise;
+Convention (docs/design.md): x_t = (1 - t) x_0 + t eps, t in [0, 1], t = 0 clean, t = 1 pure noise;
 the network predicts the velocity v = eps - x_0, so dx_t/dt = v and x_0 = x_t - t v.
 """
 

@@ -2,7 +2,7 @@
 
 Read top to bottom: helpers, embedders, the stream weights, the block, the final layers, the model.
 
-Streams (DESIGN.md section 1):
+Streams (docs/design.md, "One model, five uses"):
     context  task embedding (+ one state token per history step)   always clean
     video    latent patches of history and future frames            noise level per frame
     action   one token per step of the action chunk                 noise level per step

@@ -1,4 +1,4 @@
-"""What makes sampling fast, as options of one `InferenceConfig` (DESIGN.md: `wam.inference`).
+"""What makes sampling fast, as options of one `InferenceConfig` (docs/design.md: `wam.inference`).
 
     option        what it does                                                      exact?
     cache         keys/values of the observed tokens (context, history) computed   yes (float rounding)
