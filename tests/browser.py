@@ -135,9 +135,10 @@ class Chromium:
                 return e
         raise TimeoutError(f"no {method} within {timeout or self.timeout:.0f} s")
 
-    def open(self, path: Path, *, screenshot: Path | None = None, media_wait_ms: int = 10000) -> Page:
-        """Load `path` in a new tab; gather its console errors, failed requests, links and media."""
-        url = Path(path).resolve().as_uri()
+    def open(self, path: Path | str, *, screenshot: Path | None = None, media_wait_ms: int = 10000) -> Page:
+        """Load `path` (a file, or an http:// URL) in a new tab; gather its console errors, failed requests, links
+        and media."""
+        url = path if isinstance(path, str) and path.startswith("http") else Path(path).resolve().as_uri()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         try:
