@@ -69,7 +69,7 @@ POLICY_SETS = {
 
 def spearman(a, b) -> float | None:
     """Spearman's rank correlation over the policies (None for fewer than 3 points or a constant side)."""
-    from wam.critic import spearman as rank_correlation
+    from wam.stats import spearman as rank_correlation
 
     r = rank_correlation(a, b) if len(a) >= 3 else float("nan")
     return None if np.isnan(r) else r

@@ -76,7 +76,7 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
 def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
     """Episode by episode: the imagined verdict against the real outcome (`wam.imagine.replay_summary`), with
     how well the imagined progress sorts the real outcomes and how early the imagined success comes."""
-    from wam.critic import _auc
+    from wam.stats import auc
     from wam.imagine import replay_summary
 
     s = replay_summary(verdicts)
@@ -86,11 +86,11 @@ def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
     out = {"episodes": s["episodes"], "real_successes": int(real.sum()), "accuracy": s["accuracy"],
            "failed_judged_success": s["failed_judged_success"],
            "succeeded_judged_success": s["succeeded_judged_success"],
-           "progress_auc": _auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
+           "progress_auc": auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
            "first_done_lag_median": float(np.median(lags)) if lags else None}
     if "recorded_accuracy" in s:  # --real: the same critic on the recorded frames, and the frames' PSNR
         out.update({k: s[k] for k in s if k.startswith(("recorded_", "psnr"))})
-        out["recorded_progress_auc"] = _auc(np.array([v["real_judged_progress"] for v in verdicts]), real.astype(float))
+        out["recorded_progress_auc"] = auc(np.array([v["real_judged_progress"] for v in verdicts]), real.astype(float))
         if stride is not None:
             out["psnr_by_step"] = psnr_by_step(verdicts, stride)
     return out
