@@ -1,6 +1,6 @@
 """The speed-quality table of the README: every inference option alone, then the chosen default, each
 against the reference path (joint mode, 50 Euler steps, no caches, fp32) on the same replayed episodes
-and noise (`wam.inference.bench`).
+and noise (`wam.bench`).
 
     python benchmarks/bench_inference.py --checkpoint checkpoints/wam-tiny-mt10 --out benchmarks/inference.json
 
@@ -19,7 +19,7 @@ import torch
 
 from wam.checkpoint import load_checkpoint
 from wam.inference import REFERENCE, InferenceConfig, TaylorSeer
-from wam.inference.bench import Bench, matmul_peak
+from wam.bench import Bench, matmul_peak
 
 
 def settings() -> list[tuple[str, str, InferenceConfig]]:

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wam import PRESETS, WAM, training_loss
 from wam.config import LossConfig
-from wam.inference.bench import matmul_peak
+from wam.bench import matmul_peak
 
 
 def fake_batch(cfg, B: int, g: torch.Generator) -> dict:

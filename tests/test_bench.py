@@ -30,7 +30,7 @@ def shipped_checkpoint(root):
 
 def test_bench_without_the_training_dataset_replays_fresh_expert_episodes(tmp_path, monkeypatch, capsys):
     from wam.checkpoint import load_checkpoint
-    from wam.inference.bench import expert_episodes
+    from wam.bench import expert_episodes
 
     monkeypatch.setenv("WAM_CACHE", str(tmp_path / "cache"))
     ck = shipped_checkpoint(tmp_path)

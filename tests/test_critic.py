@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from wam.critic import Critic, CriticConfig, _auc, load_critic, longest_run, outcome_rows, train_critic
+from wam.critic import Critic, CriticConfig, load_critic, longest_run, outcome_rows, train_critic
+from wam.stats import auc
 from wam.policy import WAMPolicy
 
 from conftest import random_dot_checkpoint, tiny_config
@@ -48,8 +49,8 @@ def test_outcome_rows_pair_each_frame_with_the_step_that_reached_it():
     assert rows["reward"].tolist() == [1, 2, 3] and rows["success"].tolist() == [0, 0, 1]
     with pytest.raises(ValueError, match="next.reward"):
         outcome_rows([{"frames": np.zeros((3, 8, 8, 3)), "task_index": 0}], {0: 0})
-    assert _auc(np.array([0.1, 0.9, 0.4]), np.array([0, 1, 0])) == 1.0
-    assert _auc(np.array([0.9, 0.1]), np.array([0, 1])) == 0.0
+    assert auc(np.array([0.1, 0.9, 0.4]), np.array([0, 1, 0])) == 1.0
+    assert auc(np.array([0.9, 0.1]), np.array([0, 1])) == 0.0
     assert [longest_run(np.array(f, bool)) for f in ([], [0, 1, 1, 0, 1], [1, 1, 1], [0, 0])] == [0, 2, 3, 0]
 
 

@@ -218,7 +218,7 @@ def test_train_finetune_and_world_model_eval_refuse_what_the_check_refuses(good,
     from wam.checkpoint import load_checkpoint
     from wam.evaluate import evaluate_world_model
     from wam.finetune import finetune
-    from wam.train import RunError
+    from wam.errors import DatasetError
 
     breakage, expected = REFUSED[case]
     root = tmp_path / "broken"
@@ -233,10 +233,10 @@ def test_train_finetune_and_world_model_eval_refuse_what_the_check_refuses(good,
     assert all(f"problem: {p}" in out for p in problems), out
     assert not (tmp_path / "run" / "checkpoint").exists()
 
-    with pytest.raises(RunError, match="fails `wam dataset check`") as e:
+    with pytest.raises(DatasetError, match="fails `wam dataset check`") as e:
         finetune(base_checkpoint, root, tmp_path / "ft", progress=False)
     assert all(p in str(e.value) for p in problems)
-    with pytest.raises(RunError, match="fails `wam dataset check`"):
+    with pytest.raises(DatasetError, match="fails `wam dataset check`"):
         evaluate_world_model(load_checkpoint(base_checkpoint), root, steps=1)
     rc, out = run_cli(capsys, "eval", "--checkpoint", str(base_checkpoint), "--world-model", "--dataset", str(root),
                       "--env", "dot", "--episodes", "1", "--quiet", "--out", str(tmp_path / "eval"))

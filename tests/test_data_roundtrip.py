@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wam.data import DatasetError, LeRobotDataset, LeRobotWriter, write_dataset
+from wam.data import LeRobotDataset, LeRobotWriter, write_dataset
+from wam.errors import DatasetError
 from wam.data.video import psnr
 from wam.envs.dot import render
 

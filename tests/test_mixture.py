@@ -13,7 +13,8 @@ from wam.collect import collect
 from wam.data import LeRobotDataset
 from wam.data.writer import LeRobotWriter
 from wam.policy import WAMPolicy
-from wam.train import DatasetSpec, RunError, episodes_to_tensors, mixture_weights
+from wam.episodes import DatasetSpec, episodes_to_tensors, mixture_weights
+from wam.errors import ArgumentError
 
 TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
         "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "4",
@@ -56,15 +57,15 @@ def test_dataset_specs_parse_weights_and_the_action_free_flag():
     assert DatasetSpec.parse("d:no-actions:per-task=10..").per_task == (10, None)
     assert DatasetSpec.parse("d:per-task=5..15").per_task == (5, 15)
     for bad in ("..", "x", "5..5", "-2", "9..3"):
-        with pytest.raises(RunError, match="bad per-task range"):
+        with pytest.raises(ArgumentError, match="bad per-task range"):
             DatasetSpec.parse(f"d:per-task={bad}")
     assert DatasetSpec.parse("d:world-only:0.5") == DatasetSpec("d", 0.5, True, imitate=False)
     assert DatasetSpec.parse("d:world-only").to_dict()["imitate"] is False
-    with pytest.raises(RunError, match="both no-actions and world-only"):
+    with pytest.raises(ArgumentError, match="both no-actions and world-only"):
         DatasetSpec.parse("d:no-actions:world-only")
-    with pytest.raises(RunError, match="empty task list"):
+    with pytest.raises(ArgumentError, match="empty task list"):
         DatasetSpec.parse("data/v:tasks=")
-    with pytest.raises(RunError, match="weight must be > 0"):
+    with pytest.raises(ArgumentError, match="weight must be > 0"):
         DatasetSpec.parse("data/v:0")
     specs = [DatasetSpec("a", 3.0), DatasetSpec("b")]
     assert torch.allclose(mixture_weights(specs, [10, 1000]), torch.tensor([0.75, 0.25], dtype=torch.float64))
@@ -135,7 +136,7 @@ def two_tasks(dot, tmp_path_factory):
 
 
 def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys):
-    from wam.train import load_episodes
+    from wam.episodes import load_episodes
 
     every = load_episodes(two_tasks, image_size=32).episodes
     right = load_episodes(two_tasks, image_size=32, tasks=("go right",)).episodes
@@ -143,9 +144,9 @@ def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys
     assert len(right) == 3 and {e["task_index"] for e in right} == {1}
     by_index = load_episodes(two_tasks, image_size=32, tasks=("0",)).episodes
     assert [e["episode_index"] for e in by_index] == [0, 2, 4]
-    with pytest.raises(RunError, match="has no task 'go up'"):
+    with pytest.raises(ArgumentError, match="has no task 'go up'"):
         load_episodes(two_tasks, image_size=32, tasks=("go up",))
-    with pytest.raises(RunError, match="there is no task 7"):
+    with pytest.raises(ArgumentError, match="there is no task 7"):
         load_episodes(two_tasks, image_size=32, tasks=("7",))
     # train on one task's actions and the other's videos; the run records what it read
     out = tmp_path / "r"
@@ -162,7 +163,7 @@ def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys
 def test_a_dataset_can_be_read_for_a_slice_of_every_task(two_tasks, tmp_path, capsys):
     """per-task=..2: each task's first two episodes; per-task=2..: the rest. Few demonstrations with actions plus
     the other episodes as action-free videos, each dataset holding out its own validation episodes."""
-    from wam.train import load_episodes
+    from wam.episodes import load_episodes
 
     first = load_episodes(two_tasks, image_size=32, per_task=(None, 2)).episodes
     assert [e["episode_index"] for e in first] == [0, 1, 2, 3]
@@ -170,7 +171,7 @@ def test_a_dataset_can_be_read_for_a_slice_of_every_task(two_tasks, tmp_path, ca
     assert [e["episode_index"] for e in rest] == [4, 5]
     one = load_episodes(two_tasks, image_size=32, tasks=("1",), per_task=(1, 2)).episodes
     assert [e["episode_index"] for e in one] == [3]
-    with pytest.raises(RunError, match="no episode at per-task positions 5.."):
+    with pytest.raises(ArgumentError, match="no episode at per-task positions 5.."):
         load_episodes(two_tasks, image_size=32, per_task=(5, None))
     out = tmp_path / "r"
     assert main(["train", "--dataset", f"{two_tasks}:per-task=..2", "--dataset", f"{two_tasks}:no-actions:per-task=2..",

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from wam.atomic import atomic_dir_replace
 from wam.model import STREAMS
+from wam.errors import ArgumentError, CheckpointError, NotFoundError
 
 KINDS = ("lora", "adapter")  # parameter-efficient kinds; `finetune` also takes "full"
 TARGETS = {"lora": ("qkv", "proj", "mlp.0", "mlp.2"), "adapter": ("proj",)}  # per StreamLayer
@@ -152,16 +153,16 @@ def add_adapters(model: nn.Module, kind: str = "lora", rank: int = 8, alpha: flo
     `train_task_embedding` (a new task needs its own row of the table). New modules draw their init from torch's
     global generator (seed it first for a repeatable run)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown adapter kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise ArgumentError(f"unknown adapter kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if int(rank) < 1:
-        raise ValueError(f"rank must be at least 1, got {rank}")
+        raise ArgumentError(f"rank must be at least 1, got {rank}")
     streams = tuple(streams)
     bad = [s for s in streams if s not in STREAMS]
     if bad or not streams:
-        raise ValueError(f"unknown streams {bad or '(none)'}; choose among: {', '.join(STREAMS)}")
+        raise ArgumentError(f"unknown streams {bad or '(none)'}; choose among: {', '.join(STREAMS)}")
     if adapter_spec(model) is not None:
-        raise ValueError(f"this model already carries {adapter_spec(model)['kind']} adapters; merge them first "
-                         f"(LoRA) or start from the base model")
+        raise ArgumentError(f"this model already carries {adapter_spec(model)['kind']} adapters; merge them first "
+                            f"(LoRA) or start from the base model")
     model.requires_grad_(False)
     for b in range(len(model.blocks)):
         for s in streams:
@@ -169,7 +170,7 @@ def add_adapters(model: nn.Module, kind: str = "lora", rank: int = 8, alpha: flo
                 name = f"blocks.{b}.streams.{STREAMS.index(s)}.{target}"
                 base = model.get_submodule(name)
                 if type(base) is not nn.Linear:
-                    raise ValueError(f"{name} is a {type(base).__name__}, not a plain nn.Linear to adapt")
+                    raise ArgumentError(f"{name} is a {type(base).__name__}, not a plain nn.Linear to adapt")
                 _set_submodule(model, name, LoRALinear(base, int(rank), float(alpha)) if kind == "lora"
                                else BottleneckAdapter(base, int(rank)))
     if train_task_embedding:
@@ -190,7 +191,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only what a fine-tune changed: the adapter modules' tensors and, when trained, the task embedding."""
     spec = adapter_spec(model)
     if spec is None:
-        raise ValueError("this model has no adapters (add_adapters or load_adapter first)")
+        raise ArgumentError("this model has no adapters (add_adapters or load_adapter first)")
     keys = adapter_keys(model) + (_task_keys(model) if spec["train_task_embedding"] else []) + _task_text_keys(model)
     sd = model.state_dict()
     return {k: sd[k].detach().contiguous().cpu() for k in keys}
@@ -243,23 +244,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
     Refuses (ValueError, model untouched) a model whose base weights are not the ones the adapter was trained on."""
     root = Path(path)
     if not (root / "adapter.json").is_file() or not (root / "adapter.safetensors").is_file():
-        raise FileNotFoundError(f"{root} is not a wam adapter (adapter.json and adapter.safetensors expected); "
-                                f"point at the adapter/ directory written by `wam finetune`")
+        raise NotFoundError(f"{root} is not a wam adapter (adapter.json and adapter.safetensors expected); "
+                            f"point at the adapter/ directory written by `wam finetune`")
     info = json.loads((root / "adapter.json").read_text())
     spec = {k: info[k] for k in SPEC_KEYS}
     if adapter_spec(model) is not None:
-        raise ValueError("this model already carries adapters; load the adapter onto its base model")
+        raise ArgumentError("this model already carries adapters; load the adapter onto its base model")
     have = base_weights_hash(model, spec["train_task_embedding"])
     if have != info["base_weights_hash"]:
-        raise ValueError(f"{root} was trained on other base weights ({info['base_weights_hash']}, checkpoint "
-                         f"{info.get('base_checkpoint', 'unknown')}); this model's are {have}. Load the adapter onto "
-                         f"the checkpoint it was fine-tuned from")
+        raise CheckpointError(f"{root} was trained on other base weights ({info['base_weights_hash']}, checkpoint "
+                              f"{info.get('base_checkpoint', 'unknown')}); this model's are {have}. Load the adapter "
+                              f"onto the checkpoint it was fine-tuned from")
     add_adapters(model, **spec)
     sd = load_file(root / "adapter.safetensors")
     expected = set(adapter_state_dict(model))
     if set(sd) != expected:
-        raise ValueError(f"{root / 'adapter.safetensors'} does not hold the tensors its adapter.json describes "
-                         f"(missing {sorted(expected - set(sd))[:3]}, unexpected {sorted(set(sd) - expected)[:3]})")
+        raise CheckpointError(f"{root / 'adapter.safetensors'} does not hold the tensors its adapter.json "
+                              f"describes (missing {sorted(expected - set(sd))[:3]}, unexpected "
+                              f"{sorted(set(sd) - expected)[:3]})")
     model.load_state_dict(sd, strict=False)
     return info
 
@@ -272,9 +274,9 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     if spec is None:
         return model
     if spec["kind"] != "lora":
-        raise ValueError("bottleneck adapters are nonlinear (o + up(gelu(down(o)))) and cannot fold into the base "
-                         "weights; save the model with them (save_checkpoint(..., config={'adapter': "
-                         "adapter_spec(model)})) and load_checkpoint rebuilds them")
+        raise ArgumentError("bottleneck adapters are nonlinear (o + up(gelu(down(o)))) and cannot fold into the base "
+                            "weights; save the model with them (save_checkpoint(..., config={'adapter': "
+                            "adapter_spec(model)})) and load_checkpoint rebuilds them")
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
             _set_submodule(model, name, m.merge())

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wam.errors import ArgumentError, DatasetError, NotFoundError, WamError
 from wam.inference import REFERENCE, InferenceConfig, autocast, prepare
 
 ACTING = ("policy", "joint", "inverse")
@@ -73,7 +74,7 @@ class Bench:
                  seed: int = 0, progress: bool = False):
         from wam.data import Normalizer
         from wam.evaluate import map_tasks
-        from wam.train import load_episodes
+        from wam.episodes import load_episodes
 
         self.ckpt, self.seed, self.warmup, self.windows = checkpoint, seed, warmup, windows
         self.cfg = checkpoint.model.cfg
@@ -81,14 +82,14 @@ class Bench:
         given = dataset is not None
         dataset = dataset or run.get("dataset")
         if given and not Path(dataset).exists():
-            raise ValueError(f"--dataset {dataset} does not exist; give a LeRobot dataset directory, or leave "
-                             f"--dataset out to replay the training dataset's held-out episodes")
+            raise NotFoundError(f"`dataset={str(dataset)!r}` does not exist; give a LeRobot dataset directory, or "
+                                f"leave `dataset` out to replay the training dataset's held-out episodes")
         if not dataset or not Path(dataset).exists():  # (a shipped checkpoint without its training data)
             dataset, chosen = expert_episodes(checkpoint, episodes, seed=seed, progress=progress)
         else:
             val = run.get("val_episodes") or []
             if not val:
-                raise ValueError("the checkpoint records no held-out episodes to replay; pass --dataset PATH")
+                raise ArgumentError("the checkpoint records no held-out episodes to replay; pass `dataset=PATH`")
             # spread the episodes over tasks: the held-out list holds a few per task, in task order
             per_task = max(1, len(val) // max(1, len(run.get("tasks") or [1])))
             chosen = (val[::per_task] + [e for i, e in enumerate(val) if i % per_task])[:episodes]
@@ -96,8 +97,8 @@ class Bench:
             data = load_episodes(dataset, image_size=self.cfg.image_size, cameras=run.get("cameras"),
                                  normalizer=Normalizer.from_dict(checkpoint.stats), episodes=chosen,
                                  progress=progress)
-        except Exception as e:  # noqa: BLE001 (the dataset's own error, named)
-            raise ValueError(f"cannot replay episodes of {dataset}: {e}") from None
+        except WamError as e:  # the dataset's own error, named
+            raise DatasetError(f"cannot replay episodes of {dataset}: {e}") from None
         map_tasks(data, run.get("tasks") or [], dataset)
         self.episodes = data.episodes
         self.dataset = str(dataset)
@@ -154,7 +155,7 @@ class Bench:
     # -- world-model modes: sample future frames of windows
 
     def _windows(self):
-        from wam.train import episodes_to_tensors
+        from wam.episodes import episodes_to_tensors
 
         if not hasattr(self, "_batches"):
             tensors = episodes_to_tensors(self.episodes, self.ckpt.tokenizer, self.cfg.action_dim)
@@ -263,7 +264,7 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
     size, written as a LeRobot dataset under `episodes_cache` (collected once, then reused); returns its path
     and the episode indices. The setting under test and the reference replay the same ones."""
     from wam.collect import collect
-    from wam.data.lerobot import DatasetError, read_meta
+    from wam.data.lerobot import read_meta
     from wam.envs import ENVS, get_adapter
 
     cfg, run = checkpoint.model.cfg, checkpoint.config.get("run", {})
@@ -279,9 +280,9 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
             found = family, adapter, [names[t] for t in tasks]
             break
     if found is None:
-        raise ValueError(f"the checkpoint's training dataset {run.get('dataset')!r} is not here and no installed "
-                         f"environment's scripted expert knows its tasks ({', '.join(tasks[:3]) or 'none recorded'}); "
-                         f"pass --dataset PATH with episodes to replay")
+        raise ArgumentError(f"the checkpoint's training dataset {run.get('dataset')!r} is not here and no installed "
+                            f"environment's scripted expert knows its tasks ({', '.join(tasks[:3]) or 'none recorded'}"
+                            f"); pass `dataset=PATH` with episodes to replay")
     family, adapter, names = found
     n_tasks = min(episodes, len(names))
     out = episodes_cache(checkpoint) / f"{family}-{episodes}ep-seed{seed}"

@@ -34,6 +34,7 @@ from wam.atomic import atomic_dir_replace, set_aside
 from wam.config import ModelConfig, from_dict, to_dict
 from wam.model import WAM
 from wam.tokenizer import FrameTokenizer, make_tokenizer
+from wam.errors import CheckpointError, NotFoundError
 
 __all__ = ["Checkpoint", "atomic_dir_replace", "file_hash", "load_checkpoint", "save_checkpoint"]
 
@@ -92,8 +93,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     root = Path(path)
     root = set_aside(root) or root  # a writer killed between its two renames: the complete previous checkpoint
     if not (root / "model.safetensors").is_file() or not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{root} is not a wam checkpoint (model.safetensors and config.json expected); "
-                                f"point --checkpoint at a directory written by `wam train`")
+        raise NotFoundError(f"{root} is not a wam checkpoint (model.safetensors and config.json expected); "
+                            f"point --checkpoint at a directory written by `wam train`")
     config = json.loads((root / "config.json").read_text())
     mcfg = from_dict(ModelConfig, config["model"])
     model = WAM(mcfg)
@@ -108,8 +109,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         except RuntimeError as e:  # shapes or names differ: another version of wam, or an edited config.json
             first = (str(e).strip().splitlines()[1:2] or [str(e)])[0].strip()
             first = first if len(first) < 160 else first[:157] + "..."
-            raise ValueError(f"{root / file} does not match the network its config.json describes "
-                             f"({first}); it was written by another version of wam") from None
+            raise CheckpointError(f"{root / file} does not match the network its config.json describes "
+                                  f"({first}); it was written by another version of wam") from None
         module.to(device).eval()
     stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").is_file() else {}
     train_state = None

@@ -8,20 +8,25 @@
     wam finetune --checkpoint C --dataset D --out RUN --adapter lora|adapter|full   fine-tune on new data
     wam eval --checkpoint C --tasks mt10     closed-loop success beside the expert, world-model metrics, report
     wam serve --checkpoint C                 serve a checkpoint to robots over websockets (wam eval --server URL)
+    wam export C --out DIR                   the policy as ONNX (wam serve/bench --runtime onnx; wam.runtime)
 
-Errors that come from the user's input (a bad path, a bad dataset, a bad setting) are printed as one
-plain message and exit with status 2; anything else is a bug and keeps its traceback.
+Errors that come from the user's input (a bad path, a bad dataset, a bad setting: `wam.errors.WamError`) are
+printed as one plain message, the library's argument names turned into this verb's flags, and exit with status 2;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
+from wam.errors import ArgumentError, WamError
 
-class UserError(Exception):
-    """A problem with the user's input: printed without a traceback."""
+
+class UserError(WamError):
+    """A problem with the user's input found by the command line itself."""
 
 
 # ---- verbs ---------------------------------------------------------------------------------------
@@ -297,7 +302,8 @@ def _run_train(args: argparse.Namespace) -> int:
                                    and argv[i - 1] != "--nproc"])
 
     from wam.config import LossConfig, ModelConfig, from_dict
-    from wam.train import RunError, TrainConfig, run_dataset_specs, train
+    from wam.episodes import run_dataset_specs
+    from wam.train import TrainConfig, train
 
     given = {k: getattr(args, k) for k in (*_TRAIN_FLAGS, "fsdp") if getattr(args, k) is not None}
     loss = _parse_settings(args.loss, LossConfig)
@@ -313,7 +319,7 @@ def _run_train(args: argparse.Namespace) -> int:
         try:
             tc = TrainConfig(**given)
             lc = LossConfig(**loss)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ArgumentError) as e:
             raise UserError(f"invalid training settings: {e}") from None
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     if not args.dataset:
@@ -321,13 +327,10 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UserError("pass --dataset PATH (the dataset to train on; only --resume of an existing run may "
                             "leave it out)")
         args.dataset = run_dataset_specs(json.loads(run_file.read_text()))
-    try:
-        dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
-        ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
-                     tc=tc, lc=lc, cameras=cameras, val_fraction=args.val_fraction, resume=args.resume,
-                     overwrite=args.overwrite, progress=not args.quiet, tokenizer_from=args.tokenizer_from)
-    except RunError as e:
-        raise UserError(str(e)) from None
+    dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
+    ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
+                 tc=tc, lc=lc, cameras=cameras, val_fraction=args.val_fraction, resume=args.resume,
+                 overwrite=args.overwrite, progress=not args.quiet, tokenizer_from=args.tokenizer_from)
     if os.environ.get("RANK", "0") == "0":  # (under torchrun, every process returns here)
         print(f"checkpoint: {ckpt}")
     return 0
@@ -463,11 +466,8 @@ def _run_imagine(args: argparse.Namespace) -> int:
     from wam.critic import load_critic
     from wam.imagine import compare, imagine
 
-    try:
-        world = load_checkpoint(args.checkpoint)
-        critic = load_critic(args.critic or Path(args.checkpoint) / "critic")
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+    world = load_checkpoint(args.checkpoint)
+    critic = load_critic(args.critic or Path(args.checkpoint) / "critic")
     if args.replay is not None:
         return _replay(args, world, critic)
     if args.server is not None:
@@ -478,18 +478,15 @@ def _run_imagine(args: argparse.Namespace) -> int:
         try:
             policy = PolicyClient(args.server, seed=args.seed, mode=args.mode, n_action_steps=args.n_action_steps,
                                   timeout=args.server_timeout)
-        except (OSError, ValueError) as e:
+        except OSError as e:  # unreachable or refused
             raise UserError(str(e)) from None
         source = {"server": args.server}
     else:
         from wam.policy import WAMPolicy
 
-        try:
-            ckpt = load_checkpoint(args.policy) if args.policy else world
-            policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                               seed=args.seed, blind=args.blind, **_inference_overrides(args))
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            raise UserError(str(e)) from None
+        ckpt = load_checkpoint(args.policy) if args.policy else world
+        policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
+                           seed=args.seed, blind=args.blind, **_inference_overrides(args))
         source = {"policy_checkpoint": str(args.policy or args.checkpoint)}
     tasks = args.tasks or _training_tasks(args.env, world.config.get("run", {}).get("tasks"))
     try:
@@ -514,18 +511,14 @@ def _run_imagine(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, world, critic) -> int:
     from pathlib import Path
 
-    from wam.data import DatasetError
     from wam.evaluate import write_json_atomic
     from wam.imagine import replay, replay_summary
 
     if args.policy is not None or args.server is not None:
         raise UserError("--replay judges recorded episodes, whose actions are given; leave out --policy and --server")
-    try:
-        verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
-                          persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
-                          real=args.real, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, DatasetError) as e:
-        raise UserError(str(e)) from None
+    verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
+                      persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
+                      real=args.real, progress=not args.quiet)
     summary = replay_summary(verdicts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -551,15 +544,11 @@ def _run_critic(args: argparse.Namespace) -> int:
     import json
 
     from wam.critic import train_critic
-    from wam.train import RunError
 
-    try:
-        metrics = train_critic(args.checkpoint, args.dataset, out=args.out, steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
-                               imagined=args.imagined, imagine_steps=args.imagine_steps,
-                               action_guidance=args.action_guidance)
-    except RunError as e:
-        raise UserError(str(e)) from None
+    metrics = train_critic(args.checkpoint, args.dataset, out=args.out, steps=args.steps,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                           imagined=args.imagined, imagine_steps=args.imagine_steps,
+                           action_guidance=args.action_guidance)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -797,6 +786,13 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                   help="onnx: the checkpoint's ONNX export beside its PyTorch policy, same chunks and noise, "
+                        "interleaved (wam.bench_onnx; policy mode at the export's settings)")
+    p.add_argument("--export", default=None, metavar="DIR", help="with --runtime onnx: the export to run (default: "
+                                                                 "export the checkpoint into a temporary directory)")
+    p.add_argument("--sweep", action="store_true", help="with --runtime onnx: also onnxruntime's graph "
+                                                        "optimisation levels, 1 and 2 threads, and the int8 graph")
     p.set_defaults(func=_run_bench)
 
 
@@ -806,33 +802,43 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     import torch
 
+    from wam.bench import bench
     from wam.checkpoint import load_checkpoint
     from wam.inference import InferenceConfig
-    from wam.inference.bench import bench
     from wam.modes import MODES
 
     if args.mode not in MODES:
         raise UserError(f"unknown mode {args.mode!r}; choose one of: {', '.join(MODES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-        ic = InferenceConfig(cache=ckpt.model.cfg.attention != "full")
-        ic = dataclasses.replace(ic, **_inference_overrides(args))
-        if ic.warm_start and args.mode != "policy":
-            raise ValueError("--warm-start applies to policy mode only")
-        result = bench(ckpt, args.mode, ic, dataset=args.dataset, episodes=args.episodes, windows=args.windows,
-                       warmup=args.warmup, seed=args.seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise UserError(str(e)) from None
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.runtime == "onnx":
+        from wam.bench_onnx import bench_onnx
+
+        if args.mode != "policy" or _inference_overrides(args):
+            raise UserError("--runtime onnx benches policy mode at the export's own settings (wam export takes "
+                            "them); leave out --mode and the sampling flags")
+        result = bench_onnx(ckpt, export_dir=args.export, dataset=args.dataset, episodes=args.episodes,
+                            warmup=args.warmup, seed=args.seed, sweep=args.sweep)
+        return _print_bench(result, args.out)
+    ic = InferenceConfig(cache=ckpt.model.cfg.attention != "full")
+    ic = dataclasses.replace(ic, **_inference_overrides(args))
+    if ic.warm_start and args.mode != "policy":
+        raise UserError("--warm-start applies to policy mode only")
+    result = bench(ckpt, args.mode, ic, dataset=args.dataset, episodes=args.episodes, windows=args.windows,
+                   warmup=args.warmup, seed=args.seed)
+    return _print_bench(result, args.out)
+
+
+def _print_bench(result: dict, out: str | None) -> int:
     print(json.dumps(result, indent=2))
-    if args.out:
+    if out:
         from pathlib import Path
 
         from wam.evaluate import write_json_atomic
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.out), result)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out), result)
     return 0
 
 
@@ -863,7 +869,38 @@ def _serve(sub: argparse._SubParsersAction) -> None:
     _add_plan_flags(p)
     _add_inference_flags(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    _add_runtime_flags(p, "--checkpoint is then an export directory (wam export), served without torch; ")
     p.set_defaults(func=_run_serve)
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                   help=f"torch (default) or onnx: {note}see docs/deploy-onnx.md")
+    p.add_argument("--onnx-threads", type=int, default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: one per physical core)")
+    p.add_argument("--onnx-optimization", default="all", choices=("disabled", "basic", "extended", "all"),
+                   help="onnxruntime graph optimisation level (default all)")
+    p.add_argument("--int8", action="store_true", help="with --runtime onnx: the export's int8 policy graph")
+
+
+def _onnx_policy(args: argparse.Namespace, path: str):
+    """`--runtime onnx`: the export at `path` as an ONNXPolicy; torch-only settings are refused by name."""
+    from wam.runtime import ONNXPolicy
+
+    torch_only = [f for f, given in (("--plan", args.plan != 1), ("--critic", args.critic is not None),
+                                     ("--plan-score", args.plan_score != "imagined"),
+                                     ("--plan-guidance", args.plan_guidance != 1)) if given]
+    flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
+    torch_only += [flags[name] for name in _inference_overrides(args)]
+    if torch_only:
+        raise UserError(f"{', '.join(torch_only)}: an export holds its sampling settings (wam export takes them); "
+                        f"with --runtime onnx they cannot change")
+    if args.mode not in (None, "policy"):
+        raise UserError(f"--mode {args.mode}: an export acts in policy mode only")
+    device = getattr(args, "device", None) or "cpu"
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+    return ONNXPolicy(path, n_action_steps=args.n_action_steps, threads=args.onnx_threads,
+                      optimization=args.onnx_optimization, int8=args.int8, providers=providers)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -874,21 +911,21 @@ def _run_serve(args: argparse.Namespace) -> int:
         from wam.serve import TOKEN_ENV, run_server
     except ImportError as e:
         raise UserError(f"wam serve needs the serve extra ({e}); pip install 'wam[serve]'") from None
-    import torch
-
-    from wam.checkpoint import load_checkpoint
-    from wam.policy import WAMPolicy
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    if args.runtime == "onnx":  # (no torch imported)
+        policy = _onnx_policy(args, args.checkpoint)
+    else:
+        import torch
+
+        from wam.checkpoint import load_checkpoint
+        from wam.policy import WAMPolicy
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
                            n_action_steps=args.n_action_steps, device=device, plan=args.plan, critic=args.critic,
                            plan_score=args.plan_score, plan_guidance=args.plan_guidance,
                            **_inference_overrides(args))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise UserError(str(e)) from None
     try:
         run_server(policy, args.host, args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
                    max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes,
@@ -941,9 +978,9 @@ def _finetune(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wam.finetune import finetune, finetune_config
     from wam.config import LossConfig, from_dict
-    from wam.train import RunError, TrainConfig
+    from wam.finetune import finetune, finetune_config
+    from wam.train import TrainConfig
 
     given = {k: getattr(args, k) for k in _FINETUNE_FLAGS if getattr(args, k) is not None}
     loss = _parse_settings(args.loss, LossConfig)
@@ -956,17 +993,14 @@ def _run_finetune(args: argparse.Namespace) -> int:
             lc = from_dict(LossConfig, {**saved["loss"], **loss}) if loss else None
         else:
             tc, lc = finetune_config(args.adapter or "lora", **given), LossConfig(**loss)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ArgumentError) as e:
         raise UserError(f"invalid training settings: {e}") from None
     streams = [s.strip() for s in args.streams.split(",") if s.strip()] if args.streams else None
-    try:
-        summary = finetune(args.checkpoint, args.dataset, args.out, adapter=args.adapter, rank=args.rank,
-                           alpha=args.alpha, streams=streams,
-                           train_task_embedding=False if args.freeze_task_embedding else None, tc=tc, lc=lc,
-                           val_fraction=0.05 if args.val_fraction is None else args.val_fraction, resume=args.resume,
-                           overwrite=args.overwrite, progress=not args.quiet)
-    except RunError as e:
-        raise UserError(str(e)) from None
+    summary = finetune(args.checkpoint, args.dataset, args.out, adapter=args.adapter, rank=args.rank,
+                       alpha=args.alpha, streams=streams,
+                       train_task_embedding=False if args.freeze_task_embedding else None, tc=tc, lc=lc,
+                       val_fraction=0.05 if args.val_fraction is None else args.val_fraction, resume=args.resume,
+                       overwrite=args.overwrite, progress=not args.quiet)
     if args.quiet:  # (otherwise printed before training)
         n, total = summary["trainable_parameters"], summary["total_parameters"]
         print(f"trainable parameters: {n:,} of {total:,} ({100 * n / total:.2f}%)")
@@ -978,7 +1012,41 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _imagine, _eval, _serve, _bench]
+def _export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the policy as ONNX graphs run by onnxruntime, without torch (wam.runtime)",
+                       description="Write a checkpoint's policy (frame encoder, observed-token pass and denoising steps "
+                                   "at the checkpoint's default inference settings) as ONNX, with its normalisation "
+                                   "statistics and a manifest; run it with wam.runtime.ONNXPolicy, wam serve --runtime "
+                                   "onnx or wam bench --runtime onnx. Example: wam export checkpoints/wam-tiny-mt10 "
+                                   "--out exports/wam-tiny-mt10")
+    p.add_argument("checkpoint", help="checkpoint directory (written by wam train)")
+    p.add_argument("--out", required=True, help="export directory to write")
+    _add_inference_flags(p, note="; the export holds fp32 sdpa sampling without Taylor or warm start")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 policy graph (policy.int8.onnx)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip running the graphs against PyTorch once")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from wam.checkpoint import load_checkpoint
+    from wam.export import OPSET, export_policy
+    from wam.inference import InferenceConfig
+
+    ckpt = load_checkpoint(args.checkpoint)
+    ic = dataclasses.replace(InferenceConfig(cache=ckpt.model.cfg.attention != "full"), **_inference_overrides(args))
+    manifest = export_policy(ckpt, args.out, inference=ic, int8=not args.no_int8, opset=args.opset or OPSET,
+                             overwrite=args.overwrite, check=not args.no_check, progress=True)
+    print(json.dumps({k: manifest[k] for k in ("model_hash", "observation", "action_horizon", "inference", "graphs",
+                                               *(("check",) if "check" in manifest else ()))}, indent=2))
+    return 0
+
+
+VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _imagine, _eval, _serve, _bench,
+         _export]
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -989,7 +1057,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in VERBS:
         add(sub)
+    for verb_parser in sub.choices.values():  # each verb's parser, for `in_flags`
+        verb_parser.set_defaults(verb_parser=verb_parser)
     return parser
+
+
+# the library's names of arguments whose flag's destination is named otherwise
+ARGUMENT_DESTS = {"model_changes": "model"}
+
+
+def in_flags(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """A library message with its arguments, written in backquotes as in Python (`resume=True`, `dataset=PATH`,
+    `batch_size=64`, `tokenizer_from`), named by the verb's flags instead (--resume, --dataset PATH, --batch-size 64,
+    --tokenizer-from). Backquoted text that names no flag of the verb stays as it is."""
+    if parser is None:
+        return message
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(3)
+        action = actions.get(ARGUMENT_DESTS.get(name, name))
+        if action is None:
+            return m.group(0)
+        long = next((o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")),
+                    action.option_strings[0])
+        if value is None or value == "True":
+            return long
+        if value == "False":
+            negative = next((o for o in action.option_strings if o.startswith("--no-")), None)
+            return negative or f"no {long}"
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{long} {value}"
+
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)(=([^`]+))?`", flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1002,8 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as e:
-        print(f"wam {args.verb}: error: {e}", file=sys.stderr)
+    except WamError as e:
+        print(f"wam {args.verb}: error: {in_flags(str(e), getattr(args, 'verb_parser', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wam {args.verb}: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, pack, unpack
+from wam.errors import ArgumentError
 
 
 class ServerError(RuntimeError):
@@ -73,12 +74,12 @@ class PolicyClient:
         self.n_action_steps = n_action_steps or self.metadata["n_action_steps"]
         if not 1 <= self.n_action_steps <= H:
             self.close()
-            raise ValueError(f"n_action_steps must be in 1..{H} (the action horizon), got {self.n_action_steps}")
+            raise ArgumentError(f"n_action_steps must be in 1..{H} (the action horizon), got {self.n_action_steps}")
         self.mode = mode or self.metadata["mode"]
         if self.mode not in self.metadata["modes"]:
             self.close()
-            raise ValueError(f"mode {self.mode!r} is not offered by the server; choose one of: "
-                             f"{', '.join(self.metadata['modes'])}")
+            raise ArgumentError(f"mode {self.mode!r} is not offered by the server; choose one of: "
+                                f"{', '.join(self.metadata['modes'])}")
         self._actions: deque[np.ndarray] = deque()
         self._unsent: deque[dict] = deque(maxlen=self.metadata["n_obs_steps"] - 1)
         self.server_ms: list[float] = []  # the server's time for each chunk it answered (its "server_ms")
@@ -96,6 +97,11 @@ class PolicyClient:
     @property
     def image_size(self) -> int:
         return int(self.metadata["image_size"])
+
+    def state_size(self, task: Any = None) -> int:
+        """How many values of `observation.state` the served policy reads (0: none), as WAMPolicy.state_size:
+        wam eval asks the simulator for that state."""
+        return int(self.metadata.get("state_dim") or 0)
 
     @property
     def fps(self) -> float | None:
@@ -171,9 +177,9 @@ class PolicyClient:
                 m["id"] = self._next_id
             data = pack(m)
             if self._limit is not None and len(data) > self._limit:
-                raise ValueError(f"this {m['type']} message is {len(data)} bytes, more than the server accepts "
-                                 f"({self._limit}, its --max-message-bytes); send smaller images (the model takes "
-                                 f"{self.image_size}x{self.image_size}) or fewer environments per request")
+                raise ArgumentError(f"this {m['type']} message is {len(data)} bytes, more than the server accepts "
+                                    f"({self._limit}, its --max-message-bytes); send smaller images (the model takes "
+                                    f"{self.image_size}x{self.image_size}) or fewer environments per request")
             payloads.append(data)
         try:
             try:

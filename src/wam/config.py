@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+from wam.errors import ArgumentError
 
 
 ATTENTION = ("full", "prefix", "causal")
@@ -53,30 +54,31 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
-            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+            raise ArgumentError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.image_size % self.tokenizer_downsample:
-            raise ValueError(
+            raise ArgumentError(
                 f"image_size {self.image_size} must be divisible by tokenizer_downsample {self.tokenizer_downsample}"
             )
         if self.latent_size % self.patch_size:
-            raise ValueError(f"latent grid {self.latent_size} must be divisible by patch_size {self.patch_size}")
+            raise ArgumentError(f"latent grid {self.latent_size} must be divisible by patch_size {self.patch_size}")
         for name in ("video_prediction", "action_prediction"):
             if getattr(self, name) not in ("x0", "velocity"):
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose 'x0' or 'velocity'")
+                raise ArgumentError(f"unknown {name} {getattr(self, name)!r}; choose 'x0' or 'velocity'")
         if self.attention not in ATTENTION:
-            raise ValueError(f"unknown attention {self.attention!r}; choose one of: {', '.join(ATTENTION)}")
+            raise ArgumentError(f"unknown attention {self.attention!r}; choose one of: {', '.join(ATTENTION)}")
         if self.tokenizer not in ("conv", "pixel"):
-            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'conv' or 'pixel'")
+            raise ArgumentError(f"unknown tokenizer {self.tokenizer!r}; choose 'conv' or 'pixel'")
         if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample ** 2:
-            raise ValueError(f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample ** 2} latent "
-                             f"channels; set latent_channels to that")
+            raise ArgumentError(f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample ** 2} "
+                                f"latent channels; set latent_channels to that")
         if self.text_encoder and self.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; choose one of: {', '.join(TEXT_ENCODERS)}")
+            raise ArgumentError(f"unknown text_encoder {self.text_encoder!r}; choose one of: "
+                                f"{', '.join(TEXT_ENCODERS)}")
         if self.text_encoder and self.text_dim != TEXT_ENCODERS[self.text_encoder]:
-            raise ValueError(f"text_encoder {self.text_encoder!r} makes embeddings of size "
-                             f"{TEXT_ENCODERS[self.text_encoder]}; set text_dim to that")
+            raise ArgumentError(f"text_encoder {self.text_encoder!r} makes embeddings of size "
+                                f"{TEXT_ENCODERS[self.text_encoder]}; set text_dim to that")
         if self.tokenizer_downsample & (self.tokenizer_downsample - 1):
-            raise ValueError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
+            raise ArgumentError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
 
     @property
     def latent_size(self) -> int:
@@ -146,7 +148,7 @@ def from_dict(cls: type, d: dict) -> Any:
         d = {k: v for k, v in d.items() if k != "causal"} | {"attention": "causal" if d["causal"] else "full"}
     unknown = set(d) - set(names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {sorted(names)}")
+        raise ArgumentError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
     for k, v in d.items():
         if isinstance(v, list):

@@ -25,6 +25,7 @@ the outcome of frame i + 1 is row i's; the first frame of an episode has no outc
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -39,6 +40,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
+
+from wam.errors import ArgumentError, CheckpointError, DatasetError, NotFoundError
+from wam.stats import auc, spearman
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,8 @@ def save_critic(critic: Critic, out: str | Path, metrics: dict | None = None) ->
 def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
     path = Path(path)
     if not (path / "critic.safetensors").is_file() or not (path / "critic.json").is_file():
-        raise FileNotFoundError(f"{path} holds no critic (critic.safetensors and critic.json expected); train one "
-                                f"with `wam critic --checkpoint CHECKPOINT --dataset DATASET`")
+        raise NotFoundError(f"{path} holds no critic (critic.safetensors and critic.json expected); train one "
+                            f"with `wam critic --checkpoint CHECKPOINT --dataset DATASET`")
     meta = json.loads((path / "critic.json").read_text())
     cfg = dict(meta["config"])
     cfg["grid"], cfg["reward_range"] = tuple(cfg["grid"]), tuple(cfg["reward_range"])
@@ -208,8 +212,8 @@ def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np
         reward.append(e["rewards"][:-1])
         success.append(e["successes"][:-1] if "successes" in e else np.zeros(n, np.float32))
     if not ep:
-        raise ValueError("no episode with next.reward (and a task the checkpoint knows); the critic learns from "
-                         "the rewards and success flags `wam collect` writes")
+        raise DatasetError("no episode with next.reward (and a task the checkpoint knows); the critic learns from "
+                           "the rewards and success flags `wam collect` writes")
     cat = np.concatenate
     out = {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
            "success": cat(success).astype(np.float32)}
@@ -220,26 +224,6 @@ def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np
     return out
 
 
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve (the probability that a done frame outscores a not-done one)."""
-    pos, neg = labels > 0.5, labels <= 0.5
-    if not pos.any() or not neg.any():
-        return None
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 of x, tied values sharing their mean rank."""
-    x = np.asarray(x, float)
-    r = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
-    for v in np.unique(x):
-        r[x == v] = r[x == v].mean()
-    return r
-
-
 def longest_run(flags: np.ndarray) -> int:
     """The longest run of True in a 1-D boolean array."""
     best = run = 0
@@ -247,12 +231,6 @@ def longest_run(flags: np.ndarray) -> int:
         run = run + 1 if f else 0
         best = max(best, run)
     return best
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation (nan for fewer than two points or a constant side)."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1]) if len(ra) > 1 and ra.std() > 0 and rb.std() > 0 else float("nan")
 
 
 def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
@@ -272,17 +250,82 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     from scratch on the real and the imagined frames together. Imagined frames of failed episodes teach it that a
     scene the world model drifted into is not a success because it looks like one. The metrics then report both
     critics on the held-out episodes' imagined frames ("imagined_*", and "real_only" for the first)."""
-    from wam.checkpoint import file_hash, load_checkpoint
-    from wam.data import Normalizer
-    from wam.tokenizer import encode_frames
-    from wam.train import DatasetSpec, RunError, load_episodes
+    from wam.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     if ckpt.tokenizer is None:
-        raise RunError(f"{checkpoint} has no tokenizer.safetensors; the critic reads the latents of its tokenizer")
+        raise CheckpointError(f"{checkpoint} has no tokenizer.safetensors; the critic reads the latents of its "
+                              f"tokenizer")
+    t0 = time.perf_counter()
+    data = _critic_frames(ckpt, datasets, progress=progress)
+    load_s = time.perf_counter() - t0
+    val_eps, validation = _validation_episodes(data.episodes, ckpt.config.get("run", {}), val_fraction, seed)
+    is_val = np.isin(data.episode_of, list(val_eps))
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(train_idx) == 0:
+        raise ArgumentError("every episode went to validation; give the critic more episodes")
+    fit = functools.partial(_fit_critic, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                            success_weight=success_weight)
+    t1 = time.perf_counter()
+    critic = fit(train_idx)
+    metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
+               "episodes": len(data.episodes), "val_episodes": len(val_eps),
+               "reward_range": list(data.cfg.reward_range), "load_s": load_s, "train_s": time.perf_counter() - t1,
+               "datasets": [str(d) for d in datasets],
+               "done_fraction": float(data.target_s.mean()), "validation": validation}
+    if imagined:
+        t2 = time.perf_counter()
+        n_real = len(data.episode_of)
+        new_ep, dones = _add_imagined_frames(data, ckpt, critic, imagine_steps=imagine_steps,
+                                             action_guidance=action_guidance, seed=seed, progress=progress)
+        im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
+        im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
+        metrics.update(imagined_frames=len(new_ep), imagined_train_frames=len(im_train),
+                       imagined_val_frames=len(im_val), imagine_steps=imagine_steps, action_guidance=action_guidance,
+                       imagine_s=time.perf_counter() - t2, imagined_done_fraction=float(dones.mean()))
+        metrics["real_only"] = {**_held_out_metrics(critic, data, val_idx),
+                                **_held_out_metrics(critic, data, im_val, "imagined_")}
+        t3 = time.perf_counter()
+        critic = fit(np.concatenate([train_idx, im_train]))
+        metrics["train_s"] += time.perf_counter() - t3
+        metrics.update(_held_out_metrics(critic, data, im_val, "imagined_"))
+    with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
+        ti = torch.as_tensor(train_idx[:4096])
+        p, _, _ = critic(data.latents[data.index[ti]], data.task[ti])
+    metrics["train_progress_spearman"] = spearman(p.numpy(), data.target_p[ti].numpy())
+    metrics.update(_held_out_metrics(critic, data, val_idx))
+    save_critic(critic, out or Path(checkpoint) / "critic", metrics)
+    return metrics
+
+
+@dataclass
+class _CriticFrames:
+    """The critic's training frames: every frame with an outcome, as rows into the encoded frames."""
+
+    cfg: CriticConfig
+    episodes: list[dict]  # as `load_episodes` gives them, without their frames; "dataset": its resolved path
+    task_map: dict[int, int]  # task index of the loaded episodes -> the checkpoint's
+    starts: np.ndarray  # (E,) each episode's first row in `latents`
+    latents: torch.Tensor  # (N, c, h, w) half: every encoded frame (and the imagined ones, when added)
+    index: torch.Tensor  # (R,) the row of `latents` of each training frame
+    target_p: torch.Tensor  # (R,) progress in [0, 1]
+    target_s: torch.Tensor  # (R,) done
+    target_x: torch.Tensor | None  # (R, S) normalised robot state, or None
+    task: torch.Tensor  # (R,) the checkpoint's task index
+    episode_of: np.ndarray  # (R,) position in `episodes`
+    row_of: np.ndarray  # (R,) row in its episode
+
+
+def _critic_frames(ckpt, datasets: list, *, progress: bool) -> _CriticFrames:
+    """Load the datasets' episodes, encode their frames with the checkpoint's tokenizer one episode at a time (a
+    large dataset never sits in memory as pixels) and lay out the targets of every frame with an outcome."""
+    from wam.checkpoint import file_hash
+    from wam.data import Normalizer
+    from wam.episodes import DatasetSpec, load_episodes
+    from wam.tokenizer import encode_frames
+
     cfg, run = ckpt.model.cfg, ckpt.config.get("run", {})
     tasks = list(run.get("tasks", []))
-    t0 = time.perf_counter()
     episodes, latents, ds_tasks = [], [], []  # episodes keep their outcomes and states, not their frames
     for spec in datasets:
         spec = DatasetSpec.parse(spec)
@@ -297,160 +340,152 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
 
             it = tqdm(it, desc=f"encoding {Path(spec.path).name}", unit="ep", dynamic_ncols=True)
         for e in it:
-            with torch.no_grad():  # one episode's frames at a time: a large dataset never sits in memory as pixels
+            with torch.no_grad():
                 latents.append(encode_frames(ckpt.tokenizer, e.pop("frames")()).half())  # (L, c, h, w)
             e["frames"] = np.empty((len(latents[-1]), 0))  # (only its length is read below)
             episodes.append({**e, "task_index": e["task_index"] + offset, "dataset": str(Path(spec.path).resolve())})
     task_map = {i: tasks.index(t) for i, t in enumerate(ds_tasks) if t in tasks}
     if not task_map:
-        raise RunError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the critic "
-                       f"scores the checkpoint's tasks")
+        raise ArgumentError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the "
+                            f"critic scores the checkpoint's tasks")
     rows = outcome_rows(episodes, task_map)
-    load_s = time.perf_counter() - t0
     starts = np.cumsum([0] + [len(z) for z in latents])[:-1]
     all_latents = torch.cat(latents)
-    index = torch.as_tensor(starts[rows["episode"]] + rows["row"])
     lo, hi = float(rows["reward"].min()), float(rows["reward"].max())
     hi = hi if hi > lo else lo + 1.0
+    target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
+    critic_cfg = CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
+                              n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
+                              reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
+                              tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors"))
+    return _CriticFrames(
+        cfg=critic_cfg, episodes=episodes, task_map=task_map, starts=starts, latents=all_latents,
+        index=torch.as_tensor(starts[rows["episode"]] + rows["row"]),
+        target_p=torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1),
+        target_s=torch.as_tensor(rows["success"]), target_x=target_x, task=torch.as_tensor(rows["task"]),
+        episode_of=rows["episode"].copy(), row_of=rows["row"].copy())
 
-    n_ep = len(episodes)
-    # validation: the episodes the world model held out, when its dataset is here; else a seeded share
+
+def _validation_episodes(episodes: list[dict], run: dict, val_fraction: float, seed: int) -> tuple[set[int], str]:
+    """The episodes the world model held out, when its dataset is here; else a seeded share. Returns their
+    positions and a sentence saying which."""
     held_out = {str(Path(d["path"]).resolve()): set(d.get("val_episodes") or []) for d in run.get("datasets") or []
                 if d.get("path")}  # a mixture: each dataset's held-out episodes
     if run.get("dataset") and not held_out:
         held_out[str(Path(run["dataset"]).resolve())] = set(run.get("val_episodes") or [])
     val_eps = {i for i, e in enumerate(episodes) if e["episode_index"] in held_out.get(e["dataset"], ())}
     validation = "the world model's held-out episodes"
+    n_ep = len(episodes)
     if not val_eps and n_ep > 1:
         validation = f"a seeded {val_fraction:.0%} of the episodes"
         g = np.random.default_rng(seed)
         val_eps = set(g.permutation(n_ep)[:max(1, int(round(val_fraction * n_ep)))].tolist())
-    is_val = np.isin(rows["episode"], list(val_eps))
-    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    if len(train_idx) == 0:
-        raise RunError("every episode went to validation; give the critic more episodes")
+    return val_eps, validation
 
-    target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
-    target_p = torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1)
-    target_s = torch.as_tensor(rows["success"])
-    task_t = torch.as_tensor(rows["task"])
-    critic_cfg = CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
-                              n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
-                              reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
-                              tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors"))
 
-    def fit(train_rows: np.ndarray) -> Critic:
-        torch.manual_seed(seed)
-        critic = Critic(critic_cfg)
-        opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
-        gen = torch.Generator().manual_seed(seed)
-        picks = torch.as_tensor(train_rows)
-        pos_weight = torch.tensor(float((1 - target_s[picks]).sum() / target_s[picks].sum().clamp(min=1)))
-        pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
-        critic.train()
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            pick = picks[torch.randint(0, len(picks), (batch_size,), generator=gen)]
-            p, logit, x = critic(all_latents[index[pick]], task_t[pick])
-            loss = (F.mse_loss(p, target_p[pick])
-                    + success_weight * F.binary_cross_entropy_with_logits(logit, target_s[pick], pos_weight=pos_weight))
-            if target_x is not None:
-                loss = loss + F.mse_loss(x, target_x[pick])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return critic.eval()
+def _fit_critic(data: _CriticFrames, train_rows: np.ndarray, *, steps: int, batch_size: int, lr: float, seed: int,
+                success_weight: float) -> Critic:
+    """A critic trained from scratch on the frames at `train_rows` (cosine learning rate, AdamW)."""
+    torch.manual_seed(seed)
+    critic = Critic(data.cfg)
+    opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.as_tensor(train_rows)
+    pos_weight = torch.tensor(float((1 - data.target_s[picks]).sum() / data.target_s[picks].sum().clamp(min=1)))
+    pos_weight = pos_weight.clamp(1.0, 20.0)  # done frames are rarer: weigh them up to balance the classes
+    critic.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        pick = picks[torch.randint(0, len(picks), (batch_size,), generator=gen)]
+        p, logit, x = critic(data.latents[data.index[pick]], data.task[pick])
+        loss = (F.mse_loss(p, data.target_p[pick])
+                + success_weight * F.binary_cross_entropy_with_logits(logit, data.target_s[pick],
+                                                                      pos_weight=pos_weight))
+        if data.target_x is not None:
+            loss = loss + F.mse_loss(x, data.target_x[pick])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return critic.eval()
 
-    def held_out_metrics(critic: Critic, rows_of: np.ndarray, prefix: str = "") -> dict:
-        m = {}
-        if not len(rows_of):
-            return m
-        with torch.no_grad():
-            vi = torch.as_tensor(rows_of)
-            p, logit, x = critic(all_latents[index[vi]], task_t[vi])
-        prob = torch.sigmoid(logit).numpy()
-        if target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
-            m["val_state_mae"] = float((x - target_x[vi]).abs().mean())
-        m.update(val_progress_mae=float((p - target_p[vi]).abs().mean()),
-                 val_progress_spearman=spearman(p.numpy(), target_p[vi].numpy()),
-                 val_success_accuracy=float(((prob > 0.5) == (target_s[vi].numpy() > 0.5)).mean()),
-                 val_success_auc=_auc(prob, target_s[vi].numpy()))
-        if prefix:  # per episode, as wam imagine judges one: a success once `persist` imagined frames in a row
-            ep_of = episode_of[rows_of]  # are judged done (the frames of an episode are in order)
-            real = {e: bool(episodes[e].get("successes", np.zeros(1)).max() > 0.5) for e in np.unique(ep_of)}
-            failed = [e for e in real if not real[e]]
-            m.update(val_episodes=len(real), val_failed_episodes=len(failed), val_by_persist={})
-            for persist in (1, 2, 3, 5):
-                said = {e: longest_run(prob[ep_of == e] >= 0.5) >= persist for e in real}
-                m["val_by_persist"][persist] = {
-                    "episode_accuracy": float(np.mean([said[e] == real[e] for e in real])),
-                    "failed_judged_success": float(np.mean([said[e] for e in failed])) if failed else None,
-                    "succeeded_judged_success": float(np.mean([said[e] for e in real if real[e]]))
-                    if any(real.values()) else None}
-            m.update({f"val_{k}": v for k, v in m["val_by_persist"][1].items()})
-            lags = []  # when the first frame judged done comes, against the real first success (in steps)
-            for e in real:
-                ok = prob[ep_of == e] >= 0.5
-                if real[e] and ok.any():
-                    first_real = int(np.argmax(episodes[e]["successes"] > 0.5)) + 1  # frame rows: outcome of row - 1
-                    lags.append(int(row_of[rows_of][ep_of == e][np.argmax(ok)]) - first_real)
-            m["val_first_done_lag"] = ({"median": float(np.median(lags)), "q25": float(np.percentile(lags, 25)),
-                                        "q75": float(np.percentile(lags, 75)), "episodes": len(lags)}
-                                       if lags else None)
-        return {prefix + k: v for k, v in m.items()}
 
-    episode_of, row_of = rows["episode"].copy(), rows["row"].copy()
-    t1 = time.perf_counter()
-    critic = fit(train_idx)
-    metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
-               "episodes": n_ep, "val_episodes": len(val_eps), "reward_range": [lo, hi], "load_s": load_s,
-               "train_s": time.perf_counter() - t1, "datasets": [str(d) for d in datasets],
-               "done_fraction": float(target_s.mean()), "validation": validation}
-    if imagined:
-        t2 = time.perf_counter()
-        kept = np.unique(rows["episode"])
-        stride = cfg.future_stride
-        made = imagine_along(
-            ckpt, critic, all_latents[torch.as_tensor(starts[kept])].float(),
-            None if target_x is None else torch.as_tensor(np.stack([episodes[i]["states"][0] for i in kept])),
-            [episodes[i]["actions"] for i in kept],
-            torch.as_tensor([task_map[episodes[i]["task_index"]] for i in kept]),
-            sampling_steps=imagine_steps, action_guidance=action_guidance, seed=seed, progress=progress)
-        first = len(all_latents)
-        all_latents = torch.cat([all_latents, *[z.half() for z in made]])
-        new_ep, new_row = [], []
-        for i, z in zip(kept, made):
-            new_ep.append(np.full(len(z), i))
-            new_row.append((np.arange(len(z)) + 1) * stride)
-        new_ep, new_row = np.concatenate(new_ep), np.concatenate(new_row)
-        n_new = len(new_ep)
-        index = torch.cat([index, torch.arange(first, first + n_new)])
-        rewards = np.concatenate([episodes[i]["rewards"][r - 1:r] for i, r in zip(new_ep, new_row)])
-        dones = np.concatenate([episodes[i].get("successes", np.zeros(len(episodes[i]["rewards"])))[r - 1:r]
-                                for i, r in zip(new_ep, new_row)]).astype(np.float32)
-        target_p = torch.cat([target_p, torch.as_tensor((rewards - lo) / (hi - lo)).float().clamp(0, 1)])
-        target_s = torch.cat([target_s, torch.as_tensor(dones)])
-        task_t = torch.cat([task_t, torch.as_tensor([task_map[episodes[i]["task_index"]] for i in new_ep])])
-        if target_x is not None:
-            target_x = torch.cat([target_x, torch.as_tensor(np.stack([episodes[i]["states"][r]
-                                                                      for i, r in zip(new_ep, new_row)]))])
-        episode_of, row_of = np.concatenate([episode_of, new_ep]), np.concatenate([row_of, new_row])
-        n_real = len(rows["episode"])
-        im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
-        im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
-        metrics.update(imagined_frames=n_new, imagined_train_frames=len(im_train), imagined_val_frames=len(im_val),
-                       imagine_steps=imagine_steps, action_guidance=action_guidance,
-                       imagine_s=time.perf_counter() - t2, imagined_done_fraction=float(dones.mean()))
-        metrics["real_only"] = {**held_out_metrics(critic, val_idx), **held_out_metrics(critic, im_val, "imagined_")}
-        t3 = time.perf_counter()
-        critic = fit(np.concatenate([train_idx, im_train]))
-        metrics["train_s"] += time.perf_counter() - t3
-        metrics.update(held_out_metrics(critic, im_val, "imagined_"))
-    with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
-        ti = torch.as_tensor(train_idx[:4096])
-        p, _, _ = critic(all_latents[index[ti]], task_t[ti])
-    metrics["train_progress_spearman"] = spearman(p.numpy(), target_p[ti].numpy())
-    metrics.update(held_out_metrics(critic, val_idx))
-    save_critic(critic, out or Path(checkpoint) / "critic", metrics)
-    return metrics
+def _held_out_metrics(critic: Critic, data: _CriticFrames, rows_of: np.ndarray, prefix: str = "") -> dict:
+    """Progress, success and state errors on the frames at `rows_of`; with a prefix (imagined frames), also per
+    episode, as wam imagine judges one."""
+    m = {}
+    if not len(rows_of):
+        return m
+    with torch.no_grad():
+        vi = torch.as_tensor(rows_of)
+        p, logit, x = critic(data.latents[data.index[vi]], data.task[vi])
+    prob = torch.sigmoid(logit).numpy()
+    if data.target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
+        m["val_state_mae"] = float((x - data.target_x[vi]).abs().mean())
+    m.update(val_progress_mae=float((p - data.target_p[vi]).abs().mean()),
+             val_progress_spearman=spearman(p.numpy(), data.target_p[vi].numpy()),
+             val_success_accuracy=float(((prob > 0.5) == (data.target_s[vi].numpy() > 0.5)).mean()),
+             val_success_auc=auc(prob, data.target_s[vi].numpy()))
+    if prefix:
+        m.update(_episode_verdicts(data, rows_of, prob))
+    return {prefix + k: v for k, v in m.items()}
+
+
+def _episode_verdicts(data: _CriticFrames, rows_of: np.ndarray, prob: np.ndarray) -> dict:
+    """Per episode: a success once `persist` frames in a row are judged done (the frames of an episode are in
+    order), against the real outcome; and when the first frame judged done comes, against the real success."""
+    episodes = data.episodes
+    ep_of = data.episode_of[rows_of]
+    real = {e: bool(episodes[e].get("successes", np.zeros(1)).max() > 0.5) for e in np.unique(ep_of)}
+    failed = [e for e in real if not real[e]]
+    m = {"val_episodes": len(real), "val_failed_episodes": len(failed), "val_by_persist": {}}
+    for persist in (1, 2, 3, 5):
+        said = {e: longest_run(prob[ep_of == e] >= 0.5) >= persist for e in real}
+        m["val_by_persist"][persist] = {
+            "episode_accuracy": float(np.mean([said[e] == real[e] for e in real])),
+            "failed_judged_success": float(np.mean([said[e] for e in failed])) if failed else None,
+            "succeeded_judged_success": float(np.mean([said[e] for e in real if real[e]]))
+            if any(real.values()) else None}
+    m.update({f"val_{k}": v for k, v in m["val_by_persist"][1].items()})
+    lags = []  # when the first frame judged done comes, against the real first success (in steps)
+    for e in real:
+        ok = prob[ep_of == e] >= 0.5
+        if real[e] and ok.any():
+            first_real = int(np.argmax(episodes[e]["successes"] > 0.5)) + 1  # frame rows: outcome of row - 1
+            lags.append(int(data.row_of[rows_of][ep_of == e][np.argmax(ok)]) - first_real)
+    m["val_first_done_lag"] = ({"median": float(np.median(lags)), "q25": float(np.percentile(lags, 25)),
+                                "q75": float(np.percentile(lags, 75)), "episodes": len(lags)} if lags else None)
+    return m
+
+
+def _add_imagined_frames(data: _CriticFrames, ckpt, critic: Critic, *, imagine_steps: int, action_guidance: float,
+                         seed: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Imagine every episode along its own actions from its first frame and add each imagined frame (one every
+    future_stride steps) with the outcome the real episode had at that step. Returns the new rows' episodes and
+    done flags."""
+    episodes, task_map = data.episodes, data.task_map
+    lo, hi = data.cfg.reward_range
+    kept = np.unique(data.episode_of)
+    stride = ckpt.model.cfg.future_stride
+    made = imagine_along(
+        ckpt, critic, data.latents[torch.as_tensor(data.starts[kept])].float(),
+        None if data.target_x is None else torch.as_tensor(np.stack([episodes[i]["states"][0] for i in kept])),
+        [episodes[i]["actions"] for i in kept],
+        torch.as_tensor([task_map[episodes[i]["task_index"]] for i in kept]),
+        sampling_steps=imagine_steps, action_guidance=action_guidance, seed=seed, progress=progress)
+    first = len(data.latents)
+    data.latents = torch.cat([data.latents, *[z.half() for z in made]])
+    new_ep = np.concatenate([np.full(len(z), i) for i, z in zip(kept, made)])
+    new_row = np.concatenate([(np.arange(len(z)) + 1) * stride for z in made])
+    data.index = torch.cat([data.index, torch.arange(first, first + len(new_ep))])
+    rewards = np.concatenate([episodes[i]["rewards"][r - 1:r] for i, r in zip(new_ep, new_row)])
+    dones = np.concatenate([episodes[i].get("successes", np.zeros(len(episodes[i]["rewards"])))[r - 1:r]
+                            for i, r in zip(new_ep, new_row)]).astype(np.float32)
+    data.target_p = torch.cat([data.target_p, torch.as_tensor((rewards - lo) / (hi - lo)).float().clamp(0, 1)])
+    data.target_s = torch.cat([data.target_s, torch.as_tensor(dones)])
+    data.task = torch.cat([data.task, torch.as_tensor([task_map[episodes[i]["task_index"]] for i in new_ep])])
+    if data.target_x is not None:
+        data.target_x = torch.cat([data.target_x, torch.as_tensor(np.stack([episodes[i]["states"][r]
+                                                                            for i, r in zip(new_ep, new_row)]))])
+    data.episode_of, data.row_of = np.concatenate([data.episode_of, new_ep]), np.concatenate([data.row_of, new_row])
+    return new_ep, dones

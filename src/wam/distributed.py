@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+from wam.errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class Dist:
     def rows(self, batch_size: int) -> slice:
         """This process's rows of a global batch (contiguous, equal shares)."""
         if batch_size % self.world:
-            raise ValueError(f"the batch size {batch_size} must be divisible by the number of processes "
-                             f"({self.world}): it is the global batch, split evenly")
+            raise ArgumentError(f"the batch size {batch_size} must be divisible by the number of processes "
+                                f"({self.world}): it is the global batch, split evenly")
         n = batch_size // self.world
         return slice(self.rank * n, (self.rank + 1) * n)
 

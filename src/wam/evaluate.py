@@ -689,7 +689,7 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     action_guidance: forward mode's guidance on the actions (`wam.modes.sample`), for both forward rows."""
     from wam.modes import sample
     from wam.data import Normalizer
-    from wam.train import episodes_to_tensors, load_episodes
+    from wam.episodes import episodes_to_tensors, load_episodes
 
     model, tok, cfg = checkpoint.model, checkpoint.tokenizer, checkpoint.model.cfg
     run = checkpoint.config.get("run", {})

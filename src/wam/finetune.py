@@ -35,8 +35,9 @@ from wam.atomic import recover_dir, write_text_atomic
 from wam.checkpoint import load_checkpoint, save_checkpoint
 from wam.config import LossConfig, from_dict, to_dict
 from wam.model import STREAMS
-from wam.train import (FitState, JsonlLogger, RunError, TrainConfig, TrainingDiverged, episodes_to_tensors, fit,
-                       load_episodes, load_train_state, make_optimizer, model_state, split_episodes,
+from wam.episodes import episodes_to_tensors, load_episodes, split_episodes
+from wam.errors import ArgumentError, CheckpointError, DatasetError, NotFoundError
+from wam.train import (FitState, JsonlLogger, TrainConfig, fit, load_train_state, make_optimizer, model_state,
                        train_state_dict, validate_and_log)
 
 
@@ -50,17 +51,18 @@ def finetune_config(adapter: str = "lora", **changes):
 
 def _check_sizes(dataset, norm, checkpoint) -> None:
     """Refuse a dataset whose action or state size differs from the base's (its statistics would not apply)."""
-    from wam.data.lerobot import DatasetError, read_info
+    from wam.data.lerobot import read_info
 
     try:
         feats = read_info(Path(dataset))["features"]
     except DatasetError as e:
-        raise RunError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details") from e
+        raise DatasetError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for "
+                           f"details") from e
     size = lambda key: math.prod(feats[key]["shape"]) if key in feats else 0  # noqa: E731
     a, s = size(norm.action_key), size(norm.state_key)
     if (a and a != norm.action_dim) or (norm.state_dim and s != norm.state_dim):
-        raise RunError(f"the dataset's action/state sizes ({a}/{s}) do not match the base checkpoint's "
-                       f"({norm.action_dim}/{norm.state_dim}, {checkpoint}); fine-tuning needs the same robot")
+        raise DatasetError(f"the dataset's action/state sizes ({a}/{s}) do not match the base checkpoint's "
+                           f"({norm.action_dim}/{norm.state_dim}, {checkpoint}); fine-tuning needs the same robot")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -79,25 +81,25 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
     the base run's task list are appended to it (new rows of the task table). Trains with `wam.train.fit` from the
     base's EMA weights (`tc` default: `finetune_config(adapter)`). Writes `out/` as in the module docstring.
     resume=True continues `out` with its recorded settings (checkpoint and dataset may then be None).
-    Single process only. Raises RunError for bad inputs."""
-    from wam.data import Normalizer
-
+    Single process only. Raises a `wam.errors.WamError` for bad inputs."""
     t_start = time.perf_counter()
     out = Path(out)
     ckpt_dir, info_file = out / "checkpoint", out / "finetune.json"
-    saved_ts, saved_hash = None, None
     for d in (ckpt_dir, out / "adapter"):  # a write killed half-way: put back the last one, drop the rest
         recover_dir(d)
+    saved_ts, saved_hash = None, None
     if resume:
         if not (ckpt_dir / "train_state" / "state.pt").is_file() or not info_file.is_file():
-            raise RunError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does not "
-                           f"exist; start the fine-tune without --resume")
+            raise NotFoundError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does "
+                                f"not exist; start the fine-tune without `resume=True`")
         saved = json.loads(info_file.read_text())
         s, saved_hash = saved["settings"], saved["base_model_hash"]
-        for name, given in (("adapter", adapter), ("rank", rank), ("alpha", alpha), ("streams", streams),
-                            ("train_task_embedding", train_task_embedding)):
-            if given is not None and (list(given) if name == "streams" else given) != s[name]:
-                raise RunError(f"{out} was fine-tuned with {name} {s[name]!r}; --resume cannot change it to {given!r}")
+        given = dict(adapter=adapter, rank=rank, alpha=alpha, streams=streams,
+                     train_task_embedding=train_task_embedding)
+        for name, value in given.items():
+            if value is not None and (list(value) if name == "streams" else value) != s[name]:
+                raise ArgumentError(f"{out} was fine-tuned with `{name}={s[name]!r}`; resuming cannot change it to "
+                                    f"{value!r}")
         adapter, rank, alpha, streams = s["adapter"], s["rank"], s["alpha"], s["streams"]
         train_task_embedding, val_fraction = s["train_task_embedding"], s["val_fraction"]
         checkpoint, dataset = checkpoint or s["checkpoint"], dataset or s["dataset"]
@@ -105,63 +107,118 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
         lc = lc or from_dict(LossConfig, s["loss"])
         saved_ts = torch.load(ckpt_dir / "train_state" / "state.pt", map_location="cpu", weights_only=False)
     elif ckpt_dir.exists() and not overwrite:
-        raise RunError(f"{out} already holds a fine-tune; pass --resume to continue it or --overwrite to start over")
+        raise ArgumentError(f"{out} already holds a fine-tune; pass `resume=True` to continue it or `overwrite=True` "
+                            f"to start over")
     adapter = adapter or "lora"
-    if adapter not in (*KINDS, "full"):
-        raise RunError(f"unknown --adapter {adapter!r}; choose lora, adapter or full")
     rank, alpha = 8 if rank is None else int(rank), 16.0 if alpha is None else float(alpha)
     streams = list(STREAMS if streams is None else streams)
     train_task_embedding = True if train_task_embedding is None else bool(train_task_embedding)
-    if rank < 1:
-        raise RunError(f"--rank must be at least 1, got {rank}")
-    if bad := [s for s in streams if s not in STREAMS]:
-        raise RunError(f"unknown streams {bad}; choose among: {', '.join(STREAMS)}")
-    if checkpoint is None or dataset is None:
-        raise RunError("pass --checkpoint DIR (the base) and --dataset PATH")
+    _check_settings(adapter, rank, streams, checkpoint, dataset)
     tc, lc = tc or finetune_config(adapter), lc or LossConfig()
 
-    # -- the base: EMA weights, frozen tokenizer, normalisation statistics, task list
-    try:
-        base = load_checkpoint(checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise RunError(str(e)) from None
+    base = _load_base(checkpoint, adapter, saved_hash, out)
+    data, tasks, new_tasks, base_tasks = _finetune_episodes(base, dataset, adapter, train_task_embedding, progress)
+    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
+    tok = base.tokenizer.eval().requires_grad_(False)
+    cfg = base.model.cfg
+    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim)
+    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
+    model, state, weights_hash = _adapted_state(base, tc, adapter, rank=rank, alpha=alpha, streams=streams,
+                                                train_task_embedding=train_task_embedding, saved_ts=saved_ts)
+    n_train, n_total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
+    if progress:
+        print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
+
+    settings = {"checkpoint": str(checkpoint), "dataset": str(dataset), "adapter": adapter, "rank": rank,
+                "alpha": alpha, "streams": streams, "train_task_embedding": train_task_embedding,
+                "val_fraction": val_fraction, "train": to_dict(tc), "loss": to_dict(lc)}
+    summary = {"settings": settings, "base_model_hash": base.model_hash, "tasks": tasks, "new_tasks": new_tasks,
+               "trainable_parameters": n_train, "total_parameters": n_total,
+               "trainable_fraction": n_train / n_total, "resumed_at_step": state.step if resume else None}
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(out / "adapter", ignore_errors=True)  # (an overwritten fine-tune's, perhaps of another kind)
+    _write_json(info_file, summary)
+    run_info = {"dataset": str(dataset), "preset": base.config.get("run", {}).get("preset"),
+                "cameras": [c.removeprefix("observation.images.") for c in data.cameras], "tasks": tasks,
+                "fps": data.fps, "val_fraction": val_fraction,
+                "train_episodes": [e["episode_index"] for e in train_eps],
+                "val_episodes": [e["episode_index"] for e in val_eps], "train": to_dict(tc), "loss": to_dict(lc),
+                "finetune": {"base_checkpoint": str(checkpoint), "base_model_hash": base.model_hash,
+                             "adapter": adapter, "rank": rank, "alpha": alpha, "streams": streams,
+                             "base_tasks": base_tasks}}
+    adapter_info = {"base_checkpoint": str(checkpoint), "base_model_hash": base.model_hash,
+                    "base_weights_hash": weights_hash, "tasks": tasks}
+    _fit_and_save(state, base, train_data, val_data, tc, lc, out=out, adapter=adapter, adapter_info=adapter_info,
+                  run_info=run_info, resume=resume, progress=progress)
+    summary.update(steps=state.step, wall_time_s=round(time.perf_counter() - t_start, 2),
+                   checkpoint_dir=str(ckpt_dir), adapter_dir=str(out / "adapter") if adapter in KINDS else None)
+    _write_json(info_file, summary)
+    return summary
+
+
+def _check_settings(adapter: str, rank: int, streams: list[str], checkpoint, dataset) -> None:
+    if adapter not in (*KINDS, "full"):
+        raise ArgumentError(f"unknown `adapter={adapter!r}`; choose lora, adapter or full")
+    if rank < 1:
+        raise ArgumentError(f"`rank` must be at least 1, got {rank}")
+    if bad := [s for s in streams if s not in STREAMS]:
+        raise ArgumentError(f"unknown streams {bad}; choose among: {', '.join(STREAMS)}")
+    if checkpoint is None or dataset is None:
+        raise ArgumentError("pass `checkpoint=DIR` (the base) and `dataset=PATH`")
+
+
+def _load_base(checkpoint, adapter: str, saved_hash: str | None, out: Path):
+    """The base checkpoint (EMA weights, frozen tokenizer, normalisation statistics, task list), checked."""
+    base = load_checkpoint(checkpoint)
     if base.tokenizer is None:
-        raise RunError(f"{checkpoint} has no tokenizer.safetensors; fine-tuning encodes frames with the base's")
+        raise CheckpointError(f"{checkpoint} has no tokenizer.safetensors; fine-tuning encodes frames with the "
+                              f"base's")
     if adapter in KINDS and adapter_spec(base.model) is not None:
-        raise RunError(f"{checkpoint} carries unmerged bottleneck adapters; fine-tune its own base, or this one "
-                       f"with --adapter full")
-    base_hash = base.model_hash
-    if saved_hash is not None and base_hash != saved_hash:
-        raise RunError(f"{checkpoint} is not the base {out} was fine-tuned from (model {base_hash}, expected "
-                       f"{saved_hash})")
+        raise CheckpointError(f"{checkpoint} carries unmerged bottleneck adapters; fine-tune its own base, or this "
+                              f"one with `adapter='full'`")
+    if saved_hash is not None and base.model_hash != saved_hash:
+        raise ArgumentError(f"{checkpoint} is not the base {out} was fine-tuned from (model {base.model_hash}, "
+                            f"expected {saved_hash})")
+    return base
+
+
+def _finetune_episodes(base, dataset, adapter: str, train_task_embedding: bool, progress: bool):
+    """The dataset's episodes normalised with the base's statistics, their tasks mapped into the base's task list
+    (new tasks appended, a text-conditioned model given their embeddings). Returns (episodes, tasks, new tasks,
+    base tasks)."""
+    from wam.data import Normalizer
+
     cfg, run0 = base.model.cfg, base.config.get("run", {})
     norm = Normalizer.from_dict(base.stats)
-    _check_sizes(dataset, norm, checkpoint)
+    _check_sizes(dataset, norm, base.path)
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run0.get("cameras"), normalizer=norm,
                          progress=progress)
     if len(data.cameras) != cfg.n_cameras:
-        raise RunError(f"the dataset gives {len(data.cameras)} cameras, the base model takes {cfg.n_cameras}")
+        raise DatasetError(f"the dataset gives {len(data.cameras)} cameras, the base model takes {cfg.n_cameras}")
     base_tasks = list(run0.get("tasks", []))
     used = sorted({e["task_index"] for e in data.episodes})
     new_tasks = [data.tasks[i] for i in used if data.tasks[i] not in base_tasks]
     tasks = base_tasks + new_tasks
     if len(tasks) > cfg.n_tasks:
-        raise RunError(f"the base model's task table has {cfg.n_tasks} rows and its run used {len(base_tasks)}; "
-                       f"the {len(new_tasks)} new task(s) of {dataset} do not fit")
+        raise DatasetError(f"the base model's task table has {cfg.n_tasks} rows and its run used {len(base_tasks)}; "
+                           f"the {len(new_tasks)} new task(s) of {dataset} do not fit")
     if new_tasks and adapter in KINDS and not train_task_embedding:
-        raise RunError(f"new tasks {new_tasks} need their task-table rows trained: keep train_task_embedding")
+        raise ArgumentError(f"new tasks {new_tasks} need their task-table rows trained: keep "
+                            f"`train_task_embedding=True`")
     for e in data.episodes:
         e["task_index"] = tasks.index(data.tasks[e["task_index"]])
     if new_tasks and getattr(cfg, "text_encoder", ""):  # a text-conditioned model stores its tasks' embeddings
         from wam.text import encode_texts
 
         base.model.set_task_embeddings(torch.as_tensor(encode_texts(new_tasks, cfg.text_encoder)), len(base_tasks))
-    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
-    tok = base.tokenizer.eval().requires_grad_(False)
-    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim)
-    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
+    return data, tasks, new_tasks, base_tasks
 
-    # -- the model: adapters on the base (or every weight trainable), an EMA copy, an optimizer of what trains
+
+def _adapted_state(base, tc: TrainConfig, adapter: str, *, rank: int, alpha: float, streams: list[str],
+                   train_task_embedding: bool, saved_ts: dict | None):
+    """The model: adapters on the base (or every weight trainable), an EMA copy, an optimizer of what trains.
+    Returns (model, FitState, hash of the base weights the adapters apply to)."""
     torch.manual_seed(tc.seed)  # the adapters' initial weights: the same command gives the same run
     model = base.model
     if adapter == "full":
@@ -175,26 +232,16 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
     if saved_ts is not None:
         model.load_state_dict(saved_ts["model"])
         load_train_state(state, saved_ts)
-    n_train, n_total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
-    if progress:
-        print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
+    return model, state, weights_hash
 
-    settings = {"checkpoint": str(checkpoint), "dataset": str(dataset), "adapter": adapter, "rank": rank,
-                "alpha": alpha, "streams": streams, "train_task_embedding": train_task_embedding,
-                "val_fraction": val_fraction, "train": to_dict(tc), "loss": to_dict(lc)}
-    summary = {"settings": settings, "base_model_hash": base_hash, "tasks": tasks, "new_tasks": new_tasks,
-               "trainable_parameters": n_train, "total_parameters": n_total,
-               "trainable_fraction": n_train / n_total, "resumed_at_step": state.step if resume else None}
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.rmtree(out / "adapter", ignore_errors=True)  # (an overwritten fine-tune's, perhaps of another kind)
-    _write_json(info_file, summary)
-    run_info = {"dataset": str(dataset), "preset": run0.get("preset"), "cameras": [c.removeprefix(
-                "observation.images.") for c in data.cameras], "tasks": tasks, "fps": data.fps,
-                "val_fraction": val_fraction, "train_episodes": [e["episode_index"] for e in train_eps],
-                "val_episodes": [e["episode_index"] for e in val_eps], "train": to_dict(tc), "loss": to_dict(lc),
-                "finetune": {"base_checkpoint": str(checkpoint), "base_model_hash": base_hash, "adapter": adapter,
-                             "rank": rank, "alpha": alpha, "streams": streams, "base_tasks": base_tasks}}
+
+def _fit_and_save(state: FitState, base, train_data, val_data, tc: TrainConfig, lc, *, out: Path, adapter: str,
+                  adapter_info: dict, run_info: dict, resume: bool, progress: bool) -> None:
+    """`fit`, writing the adapter and a checkpoint (LoRA folded into the weights) every tc.checkpoint_every steps."""
+    from wam.data import Normalizer
+
+    stats = Normalizer.from_dict(base.stats).to_dict()
+    tok = base.tokenizer
     logger = JsonlLogger(out, resume=resume)
 
     def on_checkpoint(s: FitState) -> None:
@@ -202,23 +249,13 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
         extra = {}
         export = s.ema
         if adapter in KINDS:
-            save_adapter(out / "adapter", s.ema, {"base_checkpoint": str(checkpoint), "base_model_hash": base_hash,
-                                                  "base_weights_hash": weights_hash, "tasks": tasks, "step": s.step})
+            save_adapter(out / "adapter", s.ema, {**adapter_info, "step": s.step})
         if adapter_spec(export) is not None and adapter_spec(export)["kind"] == "lora":
             export = merge_adapters(copy.deepcopy(export))
         elif adapter_spec(export) is not None:  # bottleneck adapters stay modules; load_checkpoint rebuilds them
             extra = {"adapter": adapter_spec(export)}
-        save_checkpoint(ckpt_dir, export, tok, stats=norm.to_dict(), config={"run": run_info, **extra},
+        save_checkpoint(out / "checkpoint", export, tok, stats=stats, config={"run": run_info, **extra},
                         train_state=ts)
 
-    on_validate = validate_and_log(val_data, logger)
-
-    try:
-        fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint, on_validate=on_validate,
-            progress=progress)
-    except TrainingDiverged as e:
-        raise RunError(str(e)) from e
-    summary.update(steps=state.step, wall_time_s=round(time.perf_counter() - t_start, 2),
-                   checkpoint_dir=str(ckpt_dir), adapter_dir=str(out / "adapter") if adapter in KINDS else None)
-    _write_json(info_file, summary)
-    return summary
+    fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint,
+        on_validate=validate_and_log(val_data, logger), progress=progress)

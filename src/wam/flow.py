@@ -7,6 +7,7 @@ the network predicts the velocity v = eps - x_0, so dx_t/dt = v and x_0 = x_t - 
 from __future__ import annotations
 
 import torch
+from wam.errors import ArgumentError
 
 
 def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ def sample_t(shape, kind: str = "logit_normal", generator: torch.Generator | Non
         return torch.rand(shape, generator=generator, device=device)
     if kind == "logit_normal":
         return torch.sigmoid(mean + std * torch.randn(shape, generator=generator, device=device))
-    raise ValueError(f"unknown timestep sampling {kind!r}; choose 'uniform' or 'logit_normal'")
+    raise ArgumentError(f"unknown timestep sampling {kind!r}; choose 'uniform' or 'logit_normal'")
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

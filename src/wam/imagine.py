@@ -33,6 +33,7 @@ import torch
 
 from wam.critic import imagine_along  # (also re-exported: recorded episodes, imagined)
 from wam.modes import next_frame
+from wam.errors import ArgumentError, DatasetError
 
 
 class ImaginedEnv:
@@ -45,7 +46,7 @@ class ImaginedEnv:
         from wam.data import Normalizer
 
         if not starts:
-            raise ValueError(f"no start frame for task {task!r}")
+            raise ArgumentError(f"no start frame for task {task!r}")
         self.model, self.tokenizer, self.critic = world.model.eval(), world.tokenizer.eval(), critic.eval()
         self.cfg = self.model.cfg
         run = world.config.get("run", {})
@@ -53,11 +54,11 @@ class ImaginedEnv:
         self.normalizer = Normalizer.from_dict(world.stats)
         tasks = list(run.get("tasks", []))
         if description not in tasks:
-            raise ValueError(f"the world model was not trained on task {description!r}; it knows: {tasks}")
+            raise ArgumentError(f"the world model was not trained on task {description!r}; it knows: {tasks}")
         self.task_index = torch.tensor([tasks.index(description)])
         self.starts, self.task, self.task_description = list(starts), task, description
         if persist < 1:
-            raise ValueError(f"persist must be >= 1 (imagined frames in a row judged done), got {persist}")
+            raise ArgumentError(f"persist must be >= 1 (imagined frames in a row judged done), got {persist}")
         self.max_episode_steps, self.sampling_steps, self.threshold = max_steps, sampling_steps, threshold
         self.persist = int(persist)
         self.action_guidance = float(action_guidance)  # > 1: frames follow the actions more than the data's prior
@@ -135,7 +136,7 @@ def dataset_starts(world, dataset: str | Path, episodes: Sequence[int] | None = 
     run = world.config.get("run", {})
     eps = list(episodes) if episodes is not None else list(run.get("val_episodes") or [])
     if not eps:
-        raise ValueError("the checkpoint records no held-out episodes; pass the episodes to start from")
+        raise ArgumentError("the checkpoint records no held-out episodes; pass the episodes to start from")
     ds = LeRobotDataset(dataset)
     size = world.model.cfg.image_size
     cams = [f"observation.images.{c}" for c in run.get("cameras", [])] or ds.camera_keys[:1]
@@ -185,8 +186,8 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
     from wam.report import build_report
 
     if start not in ("sim", "dataset"):
-        raise ValueError(f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
-                         f"(held-out episodes' first frames), got {start!r}")
+        raise ArgumentError(f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
+                            f"(held-out episodes' first frames), got {start!r}")
     adapter = get_adapter(env)
     task_names = adapter.resolve_tasks(",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks)
     out = Path(out)
@@ -208,7 +209,7 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
         if by_text is not None:
             starts = by_text.get(description, [])
             if not starts:
-                raise ValueError(f"no held-out episode of {task} ({description!r}) to start from")
+                raise ArgumentError(f"no held-out episode of {task} ({description!r}) to start from")
             _, limit = sim_starts(env, task, seeds[:1], image_size=cfg.image_size, cameras=run.get("cameras"),
                                   state_size=state_size)
         else:
@@ -284,28 +285,28 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     ds = LeRobotDataset(dataset)
     for key in ("action", "next.success"):
         if key not in ds.data:
-            raise ValueError(f"{dataset} has no {key!r} column; replay needs recorded actions and success flags "
-                             f"(datasets of `wam collect` or `wam eval --record`)")
+            raise DatasetError(f"{dataset} has no {key!r} column; replay needs recorded actions and success flags "
+                               f"(datasets of `wam collect` or `wam eval --record`)")
     run, cfg = world.config.get("run", {}), world.model.cfg
     tasks = list(run.get("tasks", []))
     normalizer = Normalizer.from_dict(world.stats)
     cams = [f"observation.images.{c}" for c in run.get("cameras", [])] or ds.camera_keys[:1]
     missing = [c for c in cams if c not in ds.camera_keys]
     if missing:
-        raise ValueError(f"{dataset} has no camera {missing[0]!r}, which the world model sees; it has: "
-                         f"{ds.camera_keys}")
+        raise DatasetError(f"{dataset} has no camera {missing[0]!r}, which the world model sees; it has: "
+                           f"{ds.camera_keys}")
     positions = ([ds.position_of(int(e)) for e in episodes] if episodes is not None
                  else list(range(ds.num_episodes)))
     if not positions:
-        raise ValueError(f"no episode of {dataset} to replay")
+        raise ArgumentError(f"no episode of {dataset} to replay")
     stride = cfg.future_stride
     starts, states, actions, task_ids, meta, recorded = [], [], [], [], [], []
     for pos in positions:
         lo, hi = ds.episode_ranges[pos]
         text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
         if text not in tasks:
-            raise ValueError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
-                             f"was not trained on")
+            raise ArgumentError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
+                                f"was not trained on")
         rows = np.arange(0, (hi - lo - 1) // stride * stride + 1, stride) if real else np.zeros(1, int)
         views = [resize_frames(ds.episode_frames(pos, k, rows=rows), (cfg.image_size, cfg.image_size)) for k in cams]
         frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (R, H, W * n_cams, 3)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wam.config import ModelConfig
+from wam.errors import ArgumentError
 
 CONTEXT, VIDEO, ACTION = 0, 1, 2
 STREAMS = ("context", "video", "action")
@@ -250,10 +251,10 @@ class WAM(nn.Module):
     def set_task_embeddings(self, emb: torch.Tensor, start: int = 0) -> None:
         """Store text embeddings (K, text_dim) of tasks start .. start + K - 1 (text-conditioned models)."""
         if self.cfg.text_dim <= 0:
-            raise ValueError("this model has a learned task table (text_dim 0); it takes no text embeddings")
+            raise ArgumentError("this model has a learned task table (text_dim 0); it takes no text embeddings")
         if emb.shape[-1] != self.cfg.text_dim or start + len(emb) > self.cfg.n_tasks:
-            raise ValueError(f"expected at most {self.cfg.n_tasks - start} embeddings of size {self.cfg.text_dim}, "
-                             f"got {tuple(emb.shape)}")
+            raise ArgumentError(f"expected at most {self.cfg.n_tasks - start} embeddings of size {self.cfg.text_dim}, "
+                                f"got {tuple(emb.shape)}")
         self.task_text[start:start + len(emb)] = emb.to(self.task_text)
 
     # -- token construction --
@@ -267,15 +268,15 @@ class WAM(nn.Module):
         else:
             if not torch.compiler.is_compiling() and (  # (a data-dependent check: skipped inside a compiled graph)
                     task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks)):
-                raise ValueError(f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
-                                 f"max {task.max().item() if task.numel() else None}")
+                raise ArgumentError(f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
+                                    f"max {task.max().item() if task.numel() else None}")
             tok = self.task_table(task)  # (B, D)
         if drop_task is not None:
             tok = torch.where(drop_task[:, None], self.null_task.to(tok.dtype), tok)
         toks = [tok[:, None]]
         if self.state_proj is not None:
             if state is None:
-                raise ValueError(f"this model expects a state of size {cfg.state_dim} per history step")
+                raise ArgumentError(f"this model expects a state of size {cfg.state_dim} per history step")
             toks.append(self.state_proj(state.to(self.state_proj.weight.dtype)))  # (B, n_obs, D)
         x = torch.cat(toks, dim=1)  # (B, Nc, D)
         return x + self.context_pos[: x.shape[1]]
@@ -408,8 +409,8 @@ class WAM(nn.Module):
         in every block. With attention "prefix" or "causal" the observed tokens see only each other, so these
         are the same at every denoising step: `forward_generated` reuses them."""
         if self.cfg.attention == "full":
-            raise ValueError('a model with attention "full" lets the history see the generated tokens: its '
-                             'observed keys and values change at every step and cannot be cached')
+            raise ArgumentError('a model with attention "full" lets the history see the generated tokens: its '
+                                'observed keys and values change at every step and cannot be cached')
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B = ctx.shape[0]
         _, m_ctx = self.shared_timestep(CONTEXT, 0.0, ctx.device)  # (1, 1, 6D): every observed token is clean

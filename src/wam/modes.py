@@ -28,6 +28,8 @@ import torch
 
 from wam import flow
 from wam.config import LossConfig
+from wam.errors import ArgumentError
+from wam.inference.taylor import Forecaster
 from wam.samplers import SCHEDULES, SOLVERS
 
 GENERATE, GIVEN, OMIT = "generate", "given", "omit"
@@ -54,13 +56,13 @@ def get_mode(mode: str | Mode) -> Mode:
     if isinstance(mode, Mode):
         return mode
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        raise ArgumentError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     return MODES[mode]
 
 
 def _need(batch: dict, key: str, mode: Mode) -> torch.Tensor:
     if batch.get(key) is None:
-        raise ValueError(f"mode {mode.name!r} needs batch[{key!r}]")
+        raise ArgumentError(f"mode {mode.name!r} needs batch[{key!r}]")
     return batch[key]
 
 
@@ -107,7 +109,7 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     F = cfg.future_frames
     given_future = latents[:, cfg.n_obs_steps:] if m.future == GIVEN else None
     if given_future is not None and given_future.shape[1] != F:
-        raise ValueError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
+        raise ArgumentError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
     given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
 
     if noise is None:
@@ -115,16 +117,16 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     else:
         needed = [k for k, how in (("future", m.future), ("actions", m.actions)) if how == GENERATE]
         if any(k not in noise for k in needed):
-            raise ValueError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
+            raise ArgumentError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
         x = {k: noise[k] for k in needed}
     task, state = batch["task"], batch.get("state")
     guided = cfg_scale != 1.0
     act_guided = action_guidance != 1.0
     if act_guided and not (m.future == GENERATE and m.actions == GIVEN):
-        raise ValueError(f"action_guidance applies to modes that generate frames from given actions (forward), "
-                         f"not {m.name!r}")
+        raise ArgumentError(f"action_guidance applies to modes that generate frames from given actions (forward), "
+                            f"not {m.name!r}")
     if act_guided and taylor is not None:
-        raise ValueError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
+        raise ArgumentError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
     if guided:  # conditional and unconditional halves in one batch
         two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
         drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
@@ -137,8 +139,6 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     observed = model.observed_kv(hist, task, state, drop) if cache else None
     forecast = None
     if taylor is not None:
-        from wam.inference.taylor import Forecaster  # noqa: PLC0415 (wam.inference imports this module)
-
         forecast = Forecaster(taylor, cfg.depth)
 
     def model_fn(x: dict, t: torch.Tensor) -> dict:
@@ -179,11 +179,11 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         return v_fut, v_act
 
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+        raise ArgumentError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        raise ArgumentError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+        raise ArgumentError(f"t_start must be in (0, 1], got {t_start}")
     ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
     x = SOLVERS[solver](model_fn, x, ts)
 

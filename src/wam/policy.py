@@ -46,6 +46,7 @@ import torch
 
 from wam.inference import InferenceConfig, autocast, prepare
 from wam.modes import initial_noise, sample
+from wam.errors import ArgumentError
 
 ACTING_MODES = ("policy", "joint", "inverse")
 PLAN_SCORES = ("imagined", "forward")  # which future plan N > 1 scores (WAMPolicy's docstring)
@@ -120,7 +121,7 @@ class WAMPolicy:
         from wam.data import Normalizer
 
         if mode not in ACTING_MODES:
-            raise ValueError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
+            raise ArgumentError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
         self.checkpoint = checkpoint
         model, self.tokenizer = checkpoint.model.to(device).eval(), checkpoint.tokenizer.to(device).eval()
         self.cfg = model.cfg
@@ -130,8 +131,8 @@ class WAMPolicy:
             raise TypeError(f"unknown WAMPolicy settings {sorted(unknown)}")
         self.inference = ic = dataclasses.replace(ic, **sampling)
         if ic.warm_start and mode != "policy":
-            raise ValueError(f"warm_start re-noises the previous action chunk, which only policy mode samples "
-                             f"alone; mode {mode!r} needs warm_start 0")
+            raise ArgumentError(f"warm_start re-noises the previous action chunk, which only policy mode samples "
+                                f"alone; mode {mode!r} needs warm_start 0")
         self.model = prepare(model, ic)
         if ic.compile:  # the frame encoder runs once per chunk too (a shallow copy: the checkpoint's is untouched)
             import copy
@@ -160,23 +161,23 @@ class WAMPolicy:
         self.fps = run.get("fps")
         self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
-            raise ValueError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
-                             f"got {self.n_action_steps}")
+            raise ArgumentError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
+                                f"got {self.n_action_steps}")
         self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
         self.plan, self.critic, self.plan_score = int(plan), None, plan_score
         self.plan_guidance = float(plan_guidance)
         if self.plan_guidance != 1.0 and plan_score != "forward":
-            raise ValueError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
-                             "plan_score='forward' (--plan-score forward) with it")
+            raise ArgumentError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
+                                "plan_score='forward' (--plan-score forward) with it")
         if self.plan < 1:
-            raise ValueError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
+            raise ArgumentError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
         if plan_score not in PLAN_SCORES:
-            raise ValueError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
+            raise ArgumentError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
         if self.plan > 1:
             if mode == "policy" and plan_score == "imagined":
-                raise ValueError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
-                                 "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
-                                 "'forward'")
+                raise ArgumentError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
+                                    "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
+                                    "'forward'")
             from wam.critic import Critic, load_critic
 
             self.critic = (critic if isinstance(critic, Critic) else
@@ -259,8 +260,8 @@ class WAMPolicy:
                 out.append(-1)
                 new.append(t)
             else:
-                raise ValueError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
-                                 f"trained with --model text_encoder=minilm accepts any instruction)")
+                raise ArgumentError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
+                                    f"trained with --model text_encoder=minilm accepts any instruction)")
         idx = torch.tensor(out, device=self.device)
         if not new:
             return idx
@@ -281,8 +282,8 @@ class WAMPolicy:
         found = {self.task_embodiment.get(self.tasks[t] if isinstance(t, (int, np.integer)) and 0 <= t < len(self.tasks)
                                          else t, 0) for t in items}
         if len(found) > 1:
-            raise ValueError("one observation batch mixes tasks of different embodiments; send each embodiment's "
-                             "environments as their own batch (their actions have different sizes)")
+            raise ArgumentError("one observation batch mixes tasks of different embodiments; send each embodiment's "
+                                "environments as their own batch (their actions have different sizes)")
         return found.pop() if found else 0
 
     def read_observation(self, obs: dict) -> Observation:
@@ -323,9 +324,9 @@ class WAMPolicy:
             s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
             if s.shape[-1] != want:
-                raise ValueError(f"observation.state has {s.shape[-1]} values; the model was trained on {want}. "
-                                 f"Give the environment the state the training data had (wam eval does: "
-                                 f"e.g. MetaWorld's state='proprio' is 4-D, state='full' 39-D)")
+                raise ArgumentError(f"observation.state has {s.shape[-1]} values; the model was trained on {want}. "
+                                    f"Give the environment the state the training data had (wam eval does: "
+                                    f"e.g. MetaWorld's state='proprio' is 4-D, state='full' 39-D)")
             state = self.embodiments[emb].normalize_state(s)
             if state.shape[-1] < self.cfg.state_dim:  # another embodiment's shorter state, zero-padded as in training
                 state = torch.nn.functional.pad(state, (0, self.cfg.state_dim - state.shape[-1]))
@@ -334,8 +335,8 @@ class WAMPolicy:
     def push(self, state: PolicyState, ob: Observation) -> None:
         """Append an observation to a state's history (the first one fills it)."""
         if state.history and state.batch_size != ob.batch_size:
-            raise ValueError(f"the observation holds {ob.batch_size} environments but the history holds "
-                             f"{state.batch_size}; reset() before changing the number of environments")
+            raise ArgumentError(f"the observation holds {ob.batch_size} environments but the history holds "
+                                f"{state.batch_size}; reset() before changing the number of environments")
         entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
         state.since_chunk += 1
         state.embodiment = ob.embodiment
@@ -389,7 +390,7 @@ class WAMPolicy:
         so a state's chunk does not depend on the others in the batch (up to float rounding)."""
         mode = mode or self.mode
         if mode not in ACTING_MODES:
-            raise ValueError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
+            raise ArgumentError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
         self._encode_history(states)
         latents = [torch.stack([e[1] for e in s.history], 1) for s in states]  # (B_i, n_obs, c, h, w)
         if len({t.dtype for t in tasks}) > 1:  # indices beside new instructions' embeddings: all embeddings
@@ -401,10 +402,10 @@ class WAMPolicy:
         N = self.plan  # futures imagined per row: rows b * N .. b * N + N - 1 are row b's candidates
         if N > 1:
             if mode == "policy" and self.plan_score == "imagined":
-                raise ValueError("plan N > 1 with plan_score 'imagined' needs a mode that predicts frames: joint or "
-                                 "inverse (or plan_score 'forward')")
+                raise ArgumentError("plan N > 1 with plan_score 'imagined' needs a mode that predicts frames: joint or "
+                                    "inverse (or plan_score 'forward')")
             if batch["task"].is_floating_point():
-                raise ValueError("plan N > 1 scores futures per task index; a new instruction has none")
+                raise ArgumentError("plan N > 1 scores futures per task index; a new instruction has none")
             batch = {k: v.repeat_interleave(N, 0) for k, v in batch.items()}
         latent_shape = tuple(batch["latents"].shape[2:])
         noises = [self._noise(s, n * N, mode, latent_shape) for s, n in zip(states, sizes)]

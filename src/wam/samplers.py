@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from wam.errors import ArgumentError
 
 State = dict[str, torch.Tensor]
 ModelFn = Callable[[State, torch.Tensor], State]
@@ -22,7 +23,7 @@ ModelFn = Callable[[State, torch.Tensor], State]
 def linear_schedule(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
     """steps + 1 equally spaced noise levels from t_start to t_end."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ArgumentError(f"steps must be >= 1, got {steps}")
     return torch.linspace(t_start, t_end, steps + 1)
 
 

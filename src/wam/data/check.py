@@ -40,6 +40,7 @@ from wam.data.lerobot import (
     read_meta,
     read_stats,
 )
+from wam.errors import ArgumentError
 
 MAX_PER_KIND = 10  # the same kind of problem is listed this many times, then counted
 
@@ -130,7 +131,7 @@ def check_dataset(root: str | Path, *, decode: str = "first") -> Report:
     also decodes the first frame of each file ("first", catches unsupported codecs), every frame
     ("all", catches corrupted frame data; about 1,500 frames/s at 64x64) or none ("none")."""
     if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        raise ArgumentError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     report = Report(Path(root))
     try:
         _check(report, Path(root), decode)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from wam.data import stats as _stats
+from wam.errors import ArgumentError, DatasetError
 
 CODEBASE_VERSION = "v3.0"
 READABLE_VERSIONS = ("v3.0", "v2.1", "v2.0")
@@ -69,10 +70,6 @@ DEFAULT_FEATURES: dict[str, dict] = {
 CAMERA_DTYPES = ("video", "image")
 NUMERIC_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                   "uint32", "uint64", "bool")
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is missing something or contradicts itself; the message names what and where."""
 
 
 @dataclass
@@ -528,8 +525,8 @@ class LeRobotDataset:
         for i, ep in enumerate(self.episodes):
             if ep.episode_index == episode_index:
                 return i
-        raise ValueError(f"no episode {episode_index} in {self.root}; it has episodes "
-                         f"{self.episode_indices[0]}..{self.episode_indices[-1]} ({self.num_episodes} of them)")
+        raise ArgumentError(f"no episode {episode_index} in {self.root}; it has episodes "
+                            f"{self.episode_indices[0]}..{self.episode_indices[-1]} ({self.num_episodes} of them)")
 
     def camera_shape(self, key: str) -> tuple[int, int, int]:
         """(H, W, C) of a camera feature, whatever order its names give."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from wam.errors import ArgumentError, DatasetError
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 EPS = 1e-8  # keeps constant dimensions finite under min/max normalisation
@@ -120,8 +121,8 @@ class Normalizer:
             self.action_min = a["min"].reshape(-1)
             self.action_range = np.maximum(a["max"].reshape(-1) - self.action_min, 0.0) + EPS
         elif require_action:
-            raise ValueError(f"statistics have no min/max for {action_key!r}; "
-                             f"found features: {sorted(self.stats)}")
+            raise DatasetError(f"statistics have no min/max for {action_key!r}; "
+                               f"found features: {sorted(self.stats)}")
         else:  # action-free videos: only the state is normalised
             self.action_min = self.action_range = np.zeros(0)
         s = self.stats.get(state_key)
@@ -177,4 +178,4 @@ class Normalizer:
                        state_key=d.get("state_key", "observation.state"),
                        require_action=d.get("action_key", "action") in d["stats"])
         except (KeyError, TypeError) as e:
-            raise ValueError(f"not a normaliser dict (expected keys 'stats', 'action_key', 'state_key'): {e}") from e
+            raise ArgumentError(f"not a normaliser dict (expected keys 'stats', 'action_key', 'state_key'): {e}") from e

@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from wam.errors import ArgumentError, DatasetError
 
 # name -> (PyAV encoder, default pixel format, default CRF)
 CODECS: dict[str, tuple[str, str, int]] = {
@@ -49,9 +50,9 @@ class VideoEncoder:
     def __init__(self, path: str | Path, *, width: int, height: int, fps: int, codec: str = DEFAULT_CODEC,
                  crf: int | None = None, pix_fmt: str | None = None, gop: int = DEFAULT_GOP):
         if codec not in CODECS:
-            raise ValueError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
+            raise ArgumentError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
         if codec == "av1" and (width < 16 or height < 16):
-            raise ValueError(f"AV1 needs frames of at least 16x16 pixels, got {width}x{height}; use codec='h264'")
+            raise ArgumentError(f"AV1 needs frames of at least 16x16 pixels, got {width}x{height}; use codec='h264'")
         av = _av()
         encoder, default_pix, default_crf = CODECS[codec]
         self.path = Path(path)
@@ -79,8 +80,8 @@ class VideoEncoder:
         av = _av()
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames of shape (N, {self.height}, {self.width}, 3), "
-                             f"got {frames.dtype} {frames.shape}")
+            raise ArgumentError(f"expected uint8 frames of shape (N, {self.height}, {self.width}, 3), "
+                                f"got {frames.dtype} {frames.shape}")
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.frames_written
@@ -133,7 +134,7 @@ def probe(path: str | Path) -> VideoInfo:
     av = _av()
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise DatasetError(f"{path} has no video stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         times = []
@@ -165,7 +166,7 @@ def decode_range(path: str | Path, start_s: float, end_s: float) -> tuple[np.nda
     times, frames = [], []
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise DatasetError(f"{path} has no video stream")
         stream = container.streams.video[0]
         if start_s > 0:
             container.seek(max(int(start_s / stream.time_base), 0), stream=stream, backward=True, any_frame=False)
@@ -219,17 +220,17 @@ def decode_frames(path: str | Path, timestamps: np.ndarray, *, tolerance_s: floa
     """
     ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
     if ts.size == 0:
-        raise ValueError("no timestamps to decode")
+        raise ArgumentError("no timestamps to decode")
     times, frames = decode_range(path, float(ts.min()) - tolerance_s, float(ts.max()) + tolerance_s)
     if len(times) == 0:
-        raise ValueError(f"{path} has no frame between {ts.min():.4f}s and {ts.max():.4f}s "
-                         f"(is the video shorter than its episode?)")
+        raise DatasetError(f"{path} has no frame between {ts.min():.4f}s and {ts.max():.4f}s "
+                           f"(is the video shorter than its episode?)")
     pos, err = nearest(times, ts)
     if (err > tolerance_s).any():
         bad = ts[err > tolerance_s]
-        raise ValueError(f"{path} has no frame within {tolerance_s * 1000:.1f} ms of {len(bad)} requested "
-                         f"time(s), first {bad[0]:.4f}s (video covers {times[0]:.4f}s to {times[-1]:.4f}s; "
-                         f"is the video shorter than its episode?)")
+        raise DatasetError(f"{path} has no frame within {tolerance_s * 1000:.1f} ms of {len(bad)} requested "
+                           f"time(s), first {bad[0]:.4f}s (video covers {times[0]:.4f}s to {times[-1]:.4f}s; "
+                           f"is the video shorter than its episode?)")
     return frames[pos]
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from wam.data.lerobot import LeRobotDataset
 from wam.data.stats import Normalizer
+from wam.errors import ArgumentError, DatasetError
 
 
 def _int64(values: np.ndarray) -> np.ndarray:
@@ -47,14 +48,14 @@ def resolve_cameras(dataset: LeRobotDataset, cameras: Sequence[str] | None) -> l
     """Full camera keys from short names (`corner4`) or full keys; all cameras when None or empty."""
     if not cameras:
         if not dataset.camera_keys:
-            raise ValueError(f"{dataset.root} has no camera features (video or image); WAM needs frames")
+            raise DatasetError(f"{dataset.root} has no camera features (video or image); WAM needs frames")
         return list(dataset.camera_keys)
     out = []
     for c in cameras:
         key = c if c in dataset.features else f"observation.images.{c}"
         if key not in dataset.camera_keys:
             short = [k.removeprefix("observation.images.") for k in dataset.camera_keys]
-            raise ValueError(f"camera {c!r} is not in {dataset.root}; cameras: {', '.join(short)}")
+            raise ArgumentError(f"camera {c!r} is not in {dataset.root}; cameras: {', '.join(short)}")
         out.append(key)
     return out
 
@@ -104,7 +105,7 @@ class WindowDataset(torch.utils.data.Dataset):
                  normalizer: Normalizer | None = None, action_key: str = "action",
                  state_key: str = "observation.state"):
         if n_obs_steps < 1 or future_frames < 0 or action_horizon < 1 or future_stride < 1:
-            raise ValueError("need n_obs_steps >= 1, future_frames >= 0, future_stride >= 1, action_horizon >= 1")
+            raise ArgumentError("need n_obs_steps >= 1, future_frames >= 0, future_stride >= 1, action_horizon >= 1")
         self.dataset = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(dataset)
         ds = self.dataset
         self.n_obs_steps, self.future_frames = n_obs_steps, future_frames
@@ -113,7 +114,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if image_size is None:
             shapes = {ds.camera_shape(k)[:2] for k in self.cameras}
             if len(shapes) > 1:
-                raise ValueError(f"cameras have different sizes {sorted(shapes)}; pass image_size to resize them")
+                raise ArgumentError(f"cameras have different sizes {sorted(shapes)}; pass image_size to resize them")
             self.image_size: tuple[int, int] = tuple(shapes.pop())  # type: ignore[assignment]
             self._resize: tuple[int, int] | None = None
         else:
@@ -124,7 +125,7 @@ class WindowDataset(torch.utils.data.Dataset):
         else:
             self.positions = [ds.position_of(int(e)) for e in episodes]
             if not self.positions:
-                raise ValueError("no episodes chosen")
+                raise ArgumentError("no episodes chosen")
         self.normalizer = normalizer
         if self.normalizer is None and action_key in ds.data:
             self.normalizer = Normalizer(ds.stats, action_key=action_key, state_key=state_key)

@@ -56,6 +56,7 @@ from wam.data.lerobot import (
     VIDEO_PATH,
 )
 from wam.data.video import DEFAULT_CODEC, DEFAULT_GOP, VideoEncoder, probe
+from wam.errors import ArgumentError, DatasetError, NotFoundError
 
 MB = 1024 * 1024
 STATE_FILE = ".writer-state.json"  # a checkpoint of a partial directory (see `LeRobotWriter.checkpoint`)
@@ -138,7 +139,7 @@ def infer_features(episode: dict[str, np.ndarray], *, use_videos: bool = True,
         elif arr.dtype.kind in "UO":
             dtype = "string"
         else:
-            raise ValueError(f"cannot store {key!r} of dtype {arr.dtype}")
+            raise ArgumentError(f"cannot store {key!r} of dtype {arr.dtype}")
         shape = [1] if arr.ndim == 1 else [int(s) for s in arr.shape[1:]]
         features[key] = {"dtype": dtype, "shape": shape, "names": names.get(key)}
     return features
@@ -165,9 +166,9 @@ class LeRobotWriter:
             raise FileExistsError(f"{self.root} already exists; choose another path or overwrite it "
                                   f"(overwrite=True, CLI: --overwrite)")
         if int(fps) != fps or fps <= 0:
-            raise ValueError(f"fps must be a positive integer, got {fps}")
+            raise ArgumentError(f"fps must be a positive integer, got {fps}")
         if chunks_size < 1 or data_files_size_in_mb <= 0 or video_files_size_in_mb <= 0:
-            raise ValueError("chunks_size and the file size caps must be positive")
+            raise ArgumentError("chunks_size and the file size caps must be positive")
         self.fps, self.robot_type, self.use_videos, self.overwrite = int(fps), robot_type, use_videos, overwrite
         self.video_settings = {"codec": codec, "crf": crf, "pix_fmt": pix_fmt, "gop": gop}
         self.chunks_size = int(chunks_size)
@@ -199,9 +200,9 @@ class LeRobotWriter:
             if k in DEFAULT_FEATURES:
                 continue
             if "/" in k:
-                raise ValueError(f"feature names cannot contain '/': {k!r}")
+                raise ArgumentError(f"feature names cannot contain '/': {k!r}")
             if ft.get("dtype") not in NUMERIC_DTYPES + ("string", "image", "video"):
-                raise ValueError(f"feature {k!r} has unsupported dtype {ft.get('dtype')!r}")
+                raise ArgumentError(f"feature {k!r} has unsupported dtype {ft.get('dtype')!r}")
             out[k] = {"dtype": ft["dtype"], "shape": [int(s) for s in ft["shape"]], "names": ft.get("names")}
         return {**out, **json.loads(json.dumps(DEFAULT_FEATURES))}
 
@@ -214,17 +215,17 @@ class LeRobotWriter:
         given = set(data) - {"timestamp"}
         bad = given & set(GENERATED)
         if bad:
-            raise ValueError(f"{sorted(bad)} are numbered by the writer; leave them out")
+            raise ArgumentError(f"{sorted(bad)} are numbered by the writer; leave them out")
         expected = {k for k in self.features if k not in DEFAULT_FEATURES}
         if given != expected:
-            raise ValueError(f"episode keys do not match the dataset's features: missing "
-                             f"{sorted(expected - given)}, unexpected {sorted(given - expected)}")
+            raise ArgumentError(f"episode keys do not match the dataset's features: missing "
+                                f"{sorted(expected - given)}, unexpected {sorted(given - expected)}")
         lengths = {k: len(v) for k, v in data.items()}
         if len(set(lengths.values())) != 1:
-            raise ValueError(f"all arrays of an episode need the same length, got {lengths}")
+            raise ArgumentError(f"all arrays of an episode need the same length, got {lengths}")
         n = next(iter(lengths.values()))
         if n == 0:
-            raise ValueError("an episode needs at least one frame")
+            raise ArgumentError("an episode needs at least one frame")
         out = {}
         for k, v in data.items():
             ft = self.features[k]
@@ -232,24 +233,24 @@ class LeRobotWriter:
             shape = tuple(ft["shape"])
             if ft["dtype"] in ("video", "image"):
                 if arr.dtype != np.uint8 or arr.shape[1:] != shape:
-                    raise ValueError(f"{k!r} must be uint8 frames of shape (T, {', '.join(map(str, shape))}), "
-                                     f"got {arr.dtype} {arr.shape}")
+                    raise ArgumentError(f"{k!r} must be uint8 frames of shape (T, {', '.join(map(str, shape))}), "
+                                        f"got {arr.dtype} {arr.shape}")
             elif ft["dtype"] == "string":
                 arr = arr.astype(object)
             else:
                 if arr.shape[1:] != shape and not (shape == (1,) and arr.ndim == 1):
-                    raise ValueError(f"{k!r} must have shape (T, {', '.join(map(str, shape))}), got {arr.shape}")
+                    raise ArgumentError(f"{k!r} must have shape (T, {', '.join(map(str, shape))}), got {arr.shape}")
                 target = np.dtype(ft["dtype"])
                 if arr.dtype.kind != target.kind and not (arr.dtype.kind in "iub" and target.kind in "iuf"):
-                    raise ValueError(f"{k!r} has dtype {arr.dtype}, the dataset stores {target}")
+                    raise ArgumentError(f"{k!r} has dtype {arr.dtype}, the dataset stores {target}")
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                    raise ValueError(f"{k!r} contains NaN or inf; refusing to write it")
+                    raise ArgumentError(f"{k!r} contains NaN or inf; refusing to write it")
                 arr = arr.astype(target, copy=False).reshape((n,) + shape)
             out[k] = arr
         if "timestamp" in data:
             ts = np.asarray(data["timestamp"], np.float64).reshape(-1)
             if not (np.diff(ts) > 0).all():
-                raise ValueError("timestamps of an episode must increase strictly")
+                raise ArgumentError("timestamps of an episode must increase strictly")
             out["timestamp"] = ts.astype(np.float32)
         return n, out
 
@@ -260,7 +261,7 @@ class LeRobotWriter:
         if self._done:
             raise RuntimeError("the writer is finalised")
         if not isinstance(task, str) or not task:
-            raise ValueError("task must be a non-empty string")
+            raise ArgumentError("task must be a non-empty string")
         if self.features is None:
             self.features = self._with_defaults(infer_features(data, use_videos=self.use_videos, names=self.names))
         n, data = self._check_episode(data)
@@ -403,7 +404,7 @@ class LeRobotWriter:
     def add_meta_file(self, name: str, text: str) -> None:
         """Store an extra text file under meta/ (e.g. how the data was made); LeRobot ignores it."""
         if "/" in name or name in ("info.json", "stats.json", "tasks.parquet", "episodes"):
-            raise ValueError(f"{name!r} is not a free name under meta/")
+            raise ArgumentError(f"{name!r} is not a free name under meta/")
         path = self.tmp / "meta" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -471,7 +472,7 @@ class LeRobotWriter:
         root = Path(root)
         tmp = Path(partial) if partial is not None else find_resumable(root)
         if tmp is None:
-            raise FileNotFoundError(f"no interrupted write of {root} with a checkpoint to resume")
+            raise NotFoundError(f"no interrupted write of {root} with a checkpoint to resume")
         state = read_checkpoint(tmp)
         (tmp / PID_FILE).write_text(str(os.getpid()))  # ours now
         keep = set(state["files"])
@@ -507,7 +508,7 @@ class LeRobotWriter:
             return self.root
         if not self.episodes:
             self.abort()
-            raise ValueError("no episodes were added; nothing to write")
+            raise ArgumentError("no episodes were added; nothing to write")
         try:
             assert self.features is not None
             for enc in self._encoders.values():
@@ -621,9 +622,9 @@ def read_checkpoint(partial: str | Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{partial} holds no readable checkpoint ({e})") from None
+        raise NotFoundError(f"{partial} holds no readable checkpoint ({e})") from None
     if state.get("format") != 1:
-        raise ValueError(f"{path} was written by another version of wam (format {state.get('format')!r})")
+        raise DatasetError(f"{path} was written by another version of wam (format {state.get('format')!r})")
     return state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from wam.errors import ArgumentError, MissingDependency
 
 ENVS: dict[str, str] = {
     "dot": "wam.envs.dot",  # synthetic 2-D world for tests: a dot pushed by velocity actions to a goal
@@ -25,12 +26,12 @@ ENVS: dict[str, str] = {
 def get_adapter(name: str) -> ModuleType:
     """The adapter module of a registered environment family."""
     if name not in ENVS:
-        raise ValueError(f"unknown environment {name!r}; choose one of: {', '.join(ENVS)}")
+        raise ArgumentError(f"unknown environment {name!r}; choose one of: {', '.join(ENVS)}")
     try:
         return importlib.import_module(ENVS[name])
     except ImportError as e:  # an optional extra is missing
-        raise ImportError(f"environment {name!r} needs an optional dependency ({e}); install it with: "
-                          f"pip install 'wam[sim]'") from e
+        raise MissingDependency(f"environment {name!r} needs an optional dependency ({e}); install it with: "
+                                f"pip install 'wam[sim]'") from e
 
 
 def make_env(name: str, task: str | None = None, **kwargs):

@@ -16,6 +16,7 @@ from typing import Callable
 
 import gymnasium as gym
 import numpy as np
+from wam.errors import ArgumentError
 
 SPEED = 0.3  # position change per step at |a| = 1 (about 4.6 pixels at 32x32)
 SUCCESS_RADIUS = 0.15
@@ -49,7 +50,7 @@ class DotEnv(gym.Env):
 
     def __init__(self, image_size: int = 32, max_episode_steps: int = 40, task: str = "reach-goal"):
         if task not in TASKS:
-            raise ValueError(f"unknown dot task {task!r}; choose one of: {', '.join(TASKS)}")
+            raise ArgumentError(f"unknown dot task {task!r}; choose one of: {', '.join(TASKS)}")
         self.image_size = image_size
         self.max_episode_steps = max_episode_steps
         self.fps = self.metadata["render_fps"]
@@ -120,7 +121,7 @@ def resolve_tasks(spec: str | None) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in TASKS]
     if bad:
-        raise ValueError(f"unknown dot task(s) {bad}; choose from: {', '.join(TASKS)}")
+        raise ArgumentError(f"unknown dot task(s) {bad}; choose from: {', '.join(TASKS)}")
     return names
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from wam.inference.taylor import TaylorSeer
+from wam.errors import ArgumentError
 
 PRECISIONS = ("fp32", "bf16")
 QUANTIZE = ("none", "int8")
@@ -56,11 +57,11 @@ class InferenceConfig:
                                      ("precision", self.precision, PRECISIONS), ("quantize", self.quantize, QUANTIZE),
                                      ("attention", self.attention, BACKENDS)):
             if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+                raise ArgumentError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ArgumentError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.warm_start < 1.0:
-            raise ValueError(f"warm_start must be in [0, 1) (0 = off), got {self.warm_start}")
+            raise ArgumentError(f"warm_start must be in [0, 1) (0 = off), got {self.warm_start}")
 
     def sample_kwargs(self) -> dict:
         """The keyword arguments of `wam.modes.sample` this setting implies."""
@@ -91,8 +92,8 @@ def prepare(model: torch.nn.Module, ic: InferenceConfig) -> torch.nn.Module:
     set_attention_backend(ic.attention)
     model = model.eval()
     if ic.cache and model.cfg.attention == "full":
-        raise ValueError('this checkpoint was trained with attention "full": its history sees the generated '
-                         'tokens, so their keys and values cannot be cached; turn the cache off (--no-cache)')
+        raise ArgumentError('this checkpoint was trained with attention "full": its history sees the generated '
+                            'tokens, so their keys and values cannot be cached; turn the cache off (--no-cache)')
     if ic.quantize == "int8":
         model = quantize_int8(model)
     if ic.compile:
@@ -108,7 +109,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
     if next(model.parameters()).device.type != "cpu":
-        raise ValueError("int8 dynamic quantisation runs on CPU only; use precision bf16 on a GPU")
+        raise ArgumentError("int8 dynamic quantisation runs on CPU only; use precision bf16 on a GPU")
     names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks.")}
     with warnings_off():
         return quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)

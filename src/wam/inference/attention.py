@@ -20,6 +20,7 @@ import torch
 
 from wam import model as _model
 from wam.model import sdpa
+from wam.errors import ArgumentError, UnavailableError
 
 
 def block_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -59,16 +60,16 @@ _model.ATTENTION_BACKENDS.update(BACKENDS)
 def set_attention_backend(name: str) -> None:
     """Make every WAM block use the named kernel (process-wide)."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        raise ArgumentError(f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     if name == "sage":
         import importlib.util
 
         if importlib.util.find_spec("sageattention") is None:
-            raise RuntimeError("the 'sage' attention backend needs the sageattention package and a CUDA GPU: "
-                               "pip install sageattention (or choose 'sdpa')")
+            raise UnavailableError("the 'sage' attention backend needs the sageattention package and a CUDA GPU: "
+                                   "pip install sageattention (or choose 'sdpa')")
         if not torch.cuda.is_available():
-            raise RuntimeError("the 'sage' attention backend runs on CUDA only; this machine has no CUDA device "
-                               "(choose 'sdpa' or 'block_sparse')")
+            raise UnavailableError("the 'sage' attention backend runs on CUDA only; this machine has no CUDA device "
+                                   "(choose 'sdpa' or 'block_sparse')")
     _model.attention = BACKENDS[name]
 
 

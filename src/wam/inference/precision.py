@@ -12,6 +12,7 @@ import functools
 import time
 
 import torch
+from wam.errors import ArgumentError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -40,7 +41,7 @@ def bf16_is_faster(device_type: str = "cpu", n: int = 512) -> bool:
 def resolve_precision(precision: str, device_type: str = "cpu") -> str:
     """"auto" -> "bf16" or "fp32" for this device; "bf16"/"fp32" pass through."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise ArgumentError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if bf16_is_faster(device_type) else "fp32"
     return precision

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from wam.errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TaylorSeer:
 
     def __post_init__(self):
         if self.order < 0 or self.interval < 1 or self.gate < 0:
-            raise ValueError(f"TaylorSeer needs order >= 0, interval >= 1 and gate >= 0, got {self}")
+            raise ArgumentError(f"TaylorSeer needs order >= 0, interval >= 1 and gate >= 0, got {self}")
 
 
 def newton_extrapolate(ts: list[float], fs: list[list[torch.Tensor]], t: float) -> list[torch.Tensor]:
