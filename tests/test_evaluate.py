@@ -71,3 +71,34 @@ def test_environment_settings_follow_the_policy():
     assert env_options_for(Policy(4), "dot", "reach-goal") == {}  # one kind of state only
     with pytest.raises(ValueError, match="4 values.*or 39"):
         env_options_for(Policy(7), "metaworld", "reach-v3")
+
+
+def test_seed_sets_are_named_and_recorded():
+    from wam.evaluate import SEED_SETS, resolve_seed
+
+    assert resolve_seed("dev") == (SEED_SETS["dev"], "dev") and resolve_seed("test") == (SEED_SETS["test"], "test")
+    assert SEED_SETS["dev"] != SEED_SETS["test"]
+    assert resolve_seed(0) == (0, "dev") and resolve_seed("12") == (12, None)
+    with pytest.raises(ValueError, match="unknown seed set 'tset'"):
+        resolve_seed("tset")
+
+
+def test_a_protocol_refuses_a_policy_that_reads_what_it_does_not_give():
+    from wam.evaluate import protocol_env_options
+
+    class Policy:
+        def state_size(self, task=None):
+            return 39
+
+    pytest.importorskip("metaworld")
+    opts = protocol_env_options(object(), "metaworld", ["reach-v3"], "lerobot", ["corner4"], None)
+    assert opts["goal_marker"] == 0 and opts["render_size"] == 480 and "cameras" not in opts
+    assert protocol_env_options(object(), "metaworld", ["reach-v3"], None, None, None) == {}
+    with pytest.raises(ValueError, match="gives the camera"):
+        protocol_env_options(object(), "metaworld", ["reach-v3"], "lerobot", ["gripperPOV"], None)
+    with pytest.raises(ValueError, match="state='full'"):
+        protocol_env_options(Policy(), "metaworld", ["reach-v3"], "lerobot", None, None)
+    with pytest.raises(ValueError, match="renders at 480"):
+        protocol_env_options(object(), "metaworld", ["reach-v3"], "lerobot", None, 128)
+    with pytest.raises(ValueError, match="no named protocols"):
+        protocol_env_options(object(), "dot", ["reach-goal"], "lerobot", None, None)

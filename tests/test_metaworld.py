@@ -159,3 +159,54 @@ def test_truncation_at_the_step_limit():
     flags = [e.step(np.zeros(4))[3] for _ in range(3)]
     assert flags == [False, False, True]
     e.close()
+
+
+def test_the_lerobot_protocol_renders_the_frames_of_lerobots_environment():
+    """LeRobot's environment: an MT1 task class, `corner2` moved to (0.75, 0.075, 0.7), MetaWorld's own renderer at
+    480 px (multisampling, 4096 px shadows), both axes flipped. The `lerobot` protocol's look gives the same frames
+    once both are resized to a model's input (within a fraction of one level); the fast look does not."""
+    import metaworld
+    from wam.data.windows import resize_frames
+
+    task = "push-v3"
+    bench = metaworld.MT1(task, seed=42)
+    theirs = bench.train_classes[task](render_mode="rgb_array", camera_name="corner2")
+    theirs.set_task(bench.train_tasks[0])
+    theirs.model.cam_pos[2] = [0.75, 0.075, 0.7]
+    theirs.reset(seed=3)
+    for _ in range(5):
+        theirs.step(np.array([0.5, -0.3, 0.2, 1.0]))
+    reference = np.flip(theirs.render(), (0, 1))
+    settings = mw.protocol("lerobot")
+    assert settings["render_size"] == 480 and settings["max_episode_steps"] == 400 and settings["goal_marker"] == 0
+    size = 96
+    opts = {k: v for k, v in settings.items() if k != "max_episode_steps"}
+    ours = mw.make_env(task, image_size=size, **opts)
+    fast = mw.make_env(task, image_size=size, render_size=480, goal_marker=0.0, cameras=("corner4",))
+    try:
+        for e in (ours, fast):  # the same simulator state as theirs
+            e._env.model.site_pos[:] = theirs.model.site_pos
+            e._env.model.body_pos[:] = theirs.model.body_pos
+            e._env.data.qpos[:], e._env.data.qvel[:] = theirs.data.qpos, theirs.data.qvel
+            e._env.data.mocap_pos[:], e._env.data.mocap_quat[:] = theirs.data.mocap_pos, theirs.data.mocap_quat
+            import mujoco
+
+            mujoco.mj_forward(e._env.model, e._env.data)
+        want = resize_frames(np.ascontiguousarray(reference)[None], (size, size))[0].transpose(1, 2, 0).astype(float)
+        got = ours.render_camera("corner4").astype(float)
+        assert got.shape == (size, size, 3)
+        assert np.abs(got - want).mean() < 0.5 and np.percentile(np.abs(got - want), 99) <= 6
+        assert np.abs(fast.render_camera("corner4").astype(float) - want).mean() > 10  # the fast look is another scene
+    finally:
+        ours.close(), fast.close(), theirs.close()
+
+
+def test_protocols_are_named_and_checked():
+    assert set(mw.PROTOCOLS) >= {"lerobot", "wam"}
+    with pytest.raises(ValueError, match="unknown MetaWorld protocol 'lerobo'"):
+        mw.protocol("lerobo")
+    with pytest.raises(ValueError, match="unknown look"):
+        mw.make_env("reach-v3", look="pretty")
+    e = mw.make_env("reach-v3", image_size=32, render_size=64, max_episode_steps=400, seed=0)
+    assert e.reset(seed=0)[0]["observation.images.corner4"].shape == (32, 32, 3) and e.max_episode_steps == 400
+    e.close()

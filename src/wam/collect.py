@@ -105,15 +105,18 @@ def episode_seed(seed: int, task: str, attempt: int) -> int:
 
 def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, cameras: Sequence[str] | None = None,
                 after_success: int = 10, max_steps: int | None = None, state: str | None = None,
-                action_noise: float = 0.0) -> dict[str, Any]:
+                action_noise: float = 0.0, env_options: dict | None = None) -> dict[str, Any]:
     """Run the scripted expert for one episode and return its arrays (see the module docstring).
     action_noise > 0 adds Gaussian noise of that standard deviation to every action the expert chooses (the
-    noisy action is executed and recorded, clipped to the action space), from a generator seeded by `seed`."""
+    noisy action is executed and recorded, clipped to the action space), from a generator seeded by `seed`.
+    env_options: further settings of the adapter's make_env (a protocol's look, goal markers, render size)."""
     adapter = get_adapter(env_name)
-    key = (env_name, task, image_size, tuple(cameras) if cameras else None, state)
+    options = dict(env_options or {})
+    key = (env_name, task, image_size, tuple(cameras) if cameras else None, state, tuple(sorted(options.items())))
     env = _ENV_CACHE.pop(key, None)
     if env is None:
-        env = adapter.make_env(task, image_size=image_size, cameras=cameras, **({"state": state} if state else {}))
+        env = adapter.make_env(task, image_size=image_size, cameras=cameras, **({"state": state} if state else {}),
+                               **options)
     _ENV_CACHE[key] = env  # (re)inserted last: the dict's order is the order of use
     while len(_ENV_CACHE) > _ENV_CACHE_SIZE:
         _ENV_CACHE.pop(next(iter(_ENV_CACHE))).close()
@@ -161,12 +164,16 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
             keep_failed: bool = False, max_attempts: int | None = None, after_success: int = 10,
             max_steps: int | None = None, seed: int = 0, codec: str = "h264", crf: int | None = None,
             state: str | None = None, action_noise: float = 0.0, overwrite: bool = False, resume: bool = False,
-            checkpoint_every: int = CHECKPOINT_EVERY, progress: bool = True) -> dict[str, Any]:
+            checkpoint_every: int = CHECKPOINT_EVERY, protocol: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
     rate, kept episodes and mean length, and the settings. Raises ValueError for bad settings.
     `state` is the environment's `observation.state` setting (MetaWorld: "proprio", the default, or "full").
+    `protocol` names a benchmark's environment settings (MetaWorld: `PROTOCOLS`, e.g. "lerobot": MetaWorld's own
+    look and goal markers, rendered at 480 px and resized to `image_size`, 400 steps), so that training frames
+    are made as the evaluation's are; its camera and state are the defaults of `cameras` and `state`.
     `action_noise` perturbs the expert (see `run_episode`): with `keep_failed`, episodes that fail, stall or
     succeed late, the outcomes an outcome model (`wam critic`) must tell apart.
     Every `checkpoint_every` kept episodes (0: never) the work so far is made safe on disk; `resume=True`
@@ -200,8 +207,18 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     if state is not None and (modes is None or state not in modes):
         raise ValueError(f"unknown --state {state!r} for {env}; " + (f"choose one of: {', '.join(modes)}" if modes
                          else f"{env} has a single kind of state, leave --state out"))
+    env_options = {}
+    if protocol is not None:
+        if not hasattr(adapter, "protocol"):
+            raise ValueError(f"environment {env!r} has no named protocols")
+        env_options = adapter.protocol(protocol)
+        cameras = cameras or list(env_options.pop("cameras", ()) or ()) or None
+        env_options.pop("cameras", None)
+        state = state or env_options.pop("state", None)
+        env_options.pop("state", None)
     # everything that decides the dataset's contents (and its files): a resumed collection must repeat it
     settings = {"env": env, "tasks": list(task_list), "episodes": episodes, "seed": seed, "image_size": image_size,
+                "protocol": protocol,
                 "cameras": list(cameras) if cameras else None, "state": state, "action_noise": action_noise,
                 "keep_failed": keep_failed, "max_attempts": max_attempts, "after_success": after_success,
                 "max_steps": max_steps, "codec": codec, "crf": crf, "checkpoint_every": checkpoint_every}
@@ -228,7 +245,8 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     elif out.exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
-              "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise}
+              "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise,
+              "env_options": env_options}
     stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
     kept_episodes: list[dict] = []
     next_attempt = {t: 0 for t in task_list}
@@ -348,7 +366,7 @@ def _resume_command(settings: dict[str, Any], tasks_arg: str | None, workers: in
              "--max-attempts": (s["max_attempts"], default_attempts), "--after-success": (s["after_success"], 10),
              "--max-steps": (s["max_steps"], None), "--seed": (s["seed"], 0), "--codec": (s["codec"], "h264"),
              "--crf": (s["crf"], None), "--state": (s["state"], None), "--action-noise": (s["action_noise"], 0.0),
-             "--checkpoint-every": (s["checkpoint_every"], CHECKPOINT_EVERY)}
+             "--checkpoint-every": (s["checkpoint_every"], CHECKPOINT_EVERY), "--protocol": (s.get("protocol"), None)}
     for flag, (value, default) in flags.items():
         if value != default:
             args += [flag, str(value)]

@@ -38,6 +38,21 @@ from wam.collect import EpisodeRecorder, env_metadata
 
 EVAL_STREAM = 0x5EED  # mixes into evaluation seeds so they differ from collection seeds of the same seed
 
+# Named evaluation seed sets. `dev`: tune, compare and choose on it as often as you like (every choice of the
+# earlier references was made on it). `test`: evaluated once per shipped checkpoint, never used to choose
+# anything; the headline numbers come from it. Each names the `seed` that `eval_seeds` derives episodes from.
+SEED_SETS: dict[str, int] = {"dev": 0, "test": 7919}
+
+
+def resolve_seed(seed: int | str) -> tuple[int, str | None]:
+    """(seed, name of its seed set or None) from an integer seed or a seed set's name (`SEED_SETS`)."""
+    if isinstance(seed, str) and not seed.lstrip("-").isdigit():
+        if seed not in SEED_SETS:
+            raise ValueError(f"unknown seed set {seed!r}; give an integer seed or one of: {', '.join(SEED_SETS)}")
+        return SEED_SETS[seed], seed
+    value = int(seed)
+    return value, next((name for name, s in SEED_SETS.items() if s == value), None)
+
 
 def eval_seeds(seed: int, task: str, n: int) -> list[int]:
     """n reproducible episode seeds for one task, disjoint in derivation from `wam collect`'s."""
@@ -437,7 +452,8 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
                   max_steps: int | None = None, after_success: int = 0, expert: bool = True,
                   videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
                   num_envs: int = 1, progress: Callable[[], None] | None = None,
-                  env_options: dict | None = None, keep_episodes: bool = False) -> dict:
+                  env_options: dict | None = None, keep_episodes: bool = False,
+                  protocol_options: dict | None = None) -> dict:
     """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row.
     num_envs > 1 steps that many environments in parallel processes (`rollout_vector`). `env_options` go to
     the adapter's make_env (e.g. MetaWorld's state="full"); by default they follow the policy (`env_options_for`).
@@ -450,6 +466,7 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
     adapter = get_adapter(env)
     seeds = eval_seeds(seed, task, episodes)
     opts = env_options_for(policy, env, task) if env_options is None else env_options
+    opts = {**opts, **(protocol_options or {})}
     kw = dict(max_steps=max_steps, after_success=after_success, progress=progress)
     if num_envs > 1:
         env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras, **opts)
@@ -499,6 +516,29 @@ def env_options_for(policy, env: str, task: str) -> dict:
     return {"state": adapter.state_mode(size)} if size else {}
 
 
+def protocol_env_options(policy, env: str, tasks: list[str], protocol: str | None, cameras: list[str] | None,
+                         render_size: int | None) -> dict:
+    """The environment settings of a named protocol, checked against what `policy` reads ({} for none)."""
+    if protocol is None:
+        return {}
+    from wam.envs import get_adapter
+
+    adapter = get_adapter(env)
+    if not hasattr(adapter, "protocol"):
+        raise ValueError(f"environment {env!r} has no named protocols")
+    opts = adapter.protocol(protocol)
+    if render_size is not None and render_size != opts.get("render_size"):
+        raise ValueError(f"protocol {protocol!r} renders at {opts.get('render_size')} px; leave render_size out")
+    wanted = list(opts.pop("cameras", ()) or ())
+    if wanted and cameras and cameras != wanted:
+        raise ValueError(f"protocol {protocol!r} gives the camera(s) {wanted}; this policy reads {cameras}")
+    policy_state = env_options_for(policy, env, tasks[0]).get("state")
+    if policy_state and opts.get("state") and policy_state != opts["state"]:
+        raise ValueError(f"protocol {protocol!r} gives observation.state={opts['state']!r}; this policy was trained "
+                         f"on state={policy_state!r}")
+    return opts
+
+
 _WORKER_POLICY: dict = {}  # per worker process: the policy, built once from its checkpoint
 
 
@@ -520,9 +560,9 @@ def _task_job(args: tuple) -> dict:
 
 
 def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
-             out: str | Path = "runs/eval", seed: int = 0, max_steps: int | None = None, after_success: int = 0,
+             out: str | Path = "runs/eval", seed: int | str = 0, max_steps: int | None = None, after_success: int = 0,
              expert: bool = True, videos_per_task: int = 2, workers: int = 1, num_envs: int = 1,
-             world_model: dict | None = None, render_size: int | None = None,
+             world_model: dict | None = None, render_size: int | None = None, protocol: str | None = None,
              log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True,
              record: str | Path | None = None) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
@@ -533,6 +573,12 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     `render_size` renders the cameras at that many pixels instead of the policy's `image_size`; the policy
     resizes each frame to its own size, as it would a real camera's (the way its training frames were resized
     when the dataset's size differs from the model's).
+
+    `seed` is an integer or the name of a seed set (`SEED_SETS`: "dev" to choose on, "test" to report).
+    `protocol` names a benchmark's fixed environment settings (MetaWorld: `PROTOCOLS` in wam.envs.metaworld;
+    "lerobot" is the benchmark as LeRobot's environment presents it): the scene's look, goal markers, the render
+    size (frames resized by the environment to the policy's size, as training frames are), the step limit, the
+    camera and the state. A policy that reads another camera or state than the protocol gives is refused.
 
     `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
     checkpoint with one thread). `num_envs` > 1 runs that many environments of a task at once in
@@ -546,17 +592,20 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     from wam.envs import get_adapter
 
     task_names = get_adapter(env).resolve_tasks(tasks)
-    recorder = _RolloutDataset(record) if record is not None else None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    seed, seed_set = resolve_seed(seed)
     image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
     if render_size is not None and render_size < 16:
         raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
-    render_size = int(render_size) if render_size is not None else image_size
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
+    protocol_options = protocol_env_options(policy, env, task_names, protocol, cameras, render_size)
+    render_size = protocol_options.get("render_size") or (int(render_size) if render_size else image_size)
+    recorder = _RolloutDataset(record) if record is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env_size = image_size if protocol_options else render_size  # a protocol's env resizes; else the policy does
     kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
-                  expert=expert, videos_per_task=videos_per_task, image_size=render_size, cameras=cameras,
-                  num_envs=num_envs, keep_episodes=recorder is not None)
+                  expert=expert, videos_per_task=videos_per_task, image_size=env_size, cameras=cameras,
+                  num_envs=num_envs, keep_episodes=recorder is not None, protocol_options=protocol_options)
     per_task = episodes * (2 if expert else 1)
     bar = None
     if progress:
@@ -606,6 +655,9 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     info = {**aggregate(rows), **(group_results(rows, groups) if groups else {}), "eval_s": elapsed,
             "eval_ep_s": elapsed / max(1, len(rows) * episodes), "per_task": rows,
             "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
+                         "seed_set": seed_set, "protocol": protocol,
+                         "protocol_settings": {k: list(v) if isinstance(v, tuple) else v
+                                               for k, v in protocol_options.items()} or None,
                          "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
                          "render_size": render_size, "cameras": cameras, **getattr(policy, "settings", {}),
                          **(settings or {})}}

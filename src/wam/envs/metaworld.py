@@ -23,9 +23,20 @@ untouched); `goal_marker=0` keeps MetaWorld's own. In every other task the goal 
 visible (the button, the drawer, the door, the shelf, the hole, ...).
 
 Rendering: MuJoCo renders offscreen through EGL (`MUJOCO_GL=egl`, set here unless already set;
-`osmesa` works too). MetaWorld's scenes default to 4x multisampling, 4096 px shadow maps, reflections
-and a skybox, which cost 6-8x the time of everything else at 64 px; all four are switched off (the
-background turns black), which brings rendering to about 100 frames/s on one CPU core. The corner
+`osmesa` works too). Two looks: `look="fast"` (the default) switches off MetaWorld's 4x multisampling,
+shadows, reflections and skybox (the background turns black), about 100 frames/s on one CPU core at
+64-128 px; `look="metaworld"` keeps MetaWorld's lighting, shadows, reflections and grey backdrop, the
+frames LeRobot's MetaWorld environment renders. It leaves out only the multisampling and draws the
+shadow map at 2048 px instead of 4096: rendered at 480 px and resized to 96 or 128 px, those frames
+differ from MetaWorld's own renderer by 0.2 of 255 levels on average (99th percentile 3-4 levels), at
+2.4-3.5x the speed. `render_size` renders at that many pixels and resizes every image to `image_size`
+with antialiasing, exactly as training frames are resized to the model's size (`resize_frames`).
+
+Protocols (`PROTOCOLS`): named sets of these settings that a benchmark fixes. `lerobot` is MetaWorld as
+LeRobot's environment presents it and the published MT50 results were scored on: MetaWorld's own goal
+markers, the `corner4` view (LeRobot's moved `corner2`), the 4-D hand + gripper state, 400 steps, the
+scene rendered with MetaWorld's look at 480x480 and resized to the model's input. `wam` is this
+package's earlier setting (4 cm goal markers, the fast look at the model's size, 500 steps). The corner
 cameras of MetaWorld are mounted rolled upside down (their up axis points at the floor); their images
 are rotated by 180 degrees, which is the exact inverse of that roll (a vertical flip alone would leave
 the scene mirrored). The rule is geometric: any camera whose up axis points below the horizon is
@@ -138,6 +149,23 @@ _OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx"
 _NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
 STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]  # the 39-D observation
 PROPRIO_NAMES = STATE_NAMES[:4]
+LOOKS = ("fast", "metaworld")
+_METAWORLD_SHADOW_SIZE = 2048  # px; the same frames as MetaWorld's 4096 once resized (module docstring)
+
+# Every setting of a benchmark's protocol that reaches the environment (module docstring, "Protocols").
+PROTOCOLS: dict[str, dict] = {
+    "lerobot": {"goal_marker": 0.0, "look": "metaworld", "render_size": 480, "max_episode_steps": 400,
+                "cameras": (DEFAULT_CAMERA,), "state": "proprio"},
+    "wam": {"goal_marker": GOAL_MARKER, "look": "fast", "render_size": None, "max_episode_steps": None,
+            "cameras": (DEFAULT_CAMERA,), "state": "proprio"},
+}
+
+
+def protocol(name: str) -> dict:
+    """The environment settings of a named protocol (`PROTOCOLS`)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown MetaWorld protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
+    return dict(PROTOCOLS[name])
 
 
 def state_mode(size: int) -> str:
@@ -207,7 +235,8 @@ class MetaWorldEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, task: str, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                 max_episode_steps: int | None = None, state: str = "proprio", goal_marker: float = GOAL_MARKER):
+                 max_episode_steps: int | None = None, state: str = "proprio", goal_marker: float = GOAL_MARKER,
+                 look: str = "fast", render_size: int | None = None):
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
@@ -227,6 +256,14 @@ class MetaWorldEnv(gym.Env):
                              f"(MetaWorld's 39-D observation with object and goal poses)")
         if goal_marker < 0:
             raise ValueError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
+        if look not in LOOKS:
+            raise ValueError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
+                             f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
+        render_size = int(render_size or image_size)
+        if render_size < 16:
+            raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
+        self.look = look
+        self.render_size = render_size
         self.state_mode = state
         self.task = task
         self.task_description = DESCRIPTIONS[task]
@@ -251,16 +288,18 @@ class MetaWorldEnv(gym.Env):
                 if sid >= 0:
                     model.site_size[sid, 0] = max(float(model.site_size[sid, 0]), goal_marker)
         model.vis.quality.offsamples = 0  # no multisampling; must be set before the renderer exists
+        if look == "metaworld":
+            model.vis.quality.shadowsize = _METAWORLD_SHADOW_SIZE
         try:
-            self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
+            self._renderer = mujoco.Renderer(model, render_size, render_size)
         except Exception as e:
             self._env.close()
             raise OSError(
                 f"MuJoCo cannot render offscreen ({e}). Set MUJOCO_GL=egl (or osmesa) before anything imports "
                 f"mujoco (currently {os.environ.get('MUJOCO_GL')!r}) and install the Debian packages libegl1 "
                 f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)") from e
-        self._flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
-                       mujoco.mjtRndFlag.mjRND_SKYBOX)
+        self._flags = () if look == "metaworld" else (
+            mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX)
         mujoco.mj_forward(model, data)
         self._upside_down = {}
         for cam in cameras:
@@ -280,13 +319,18 @@ class MetaWorldEnv(gym.Env):
             _CLOSE_AT_EXIT.append(True)
 
     def render_camera(self, camera: str) -> np.ndarray:
-        """(H, W, 3) uint8 image of one camera, upright."""
+        """(image_size, image_size, 3) uint8 image of one camera, upright (rendered at render_size)."""
         r = self._renderer
         r.update_scene(self._env.data, camera=camera)
         for flag in self._flags:
             r.scene.flags[flag] = 0
         img = r.render()
-        return np.ascontiguousarray(img[::-1, ::-1]) if self._upside_down.get(camera) else img
+        img = np.ascontiguousarray(img[::-1, ::-1]) if self._upside_down.get(camera) else img
+        if self.render_size != self.image_size:
+            from wam.data.windows import resize_frames
+
+            img = resize_frames(img[None], (self.image_size, self.image_size))[0].transpose(1, 2, 0)
+        return np.ascontiguousarray(img)
 
     def _obs(self, state: np.ndarray) -> dict:
         obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
@@ -334,9 +378,10 @@ class MetaWorldEnv(gym.Env):
 
 def make_env(task: str | None = None, *, image_size: int = 64, cameras: Sequence[str] | None = None,
              seed: int | None = None, max_episode_steps: int | None = None, state: str = "proprio",
-             goal_marker: float = GOAL_MARKER, **_: object) -> MetaWorldEnv:
+             goal_marker: float = GOAL_MARKER, look: str = "fast", render_size: int | None = None,
+             **_: object) -> MetaWorldEnv:
     env = MetaWorldEnv(task or "reach-v3", image_size=image_size, cameras=cameras, max_episode_steps=max_episode_steps,
-                       state=state, goal_marker=goal_marker)
+                       state=state, goal_marker=goal_marker, look=look, render_size=render_size)
     if seed is not None:
         env.reset(seed=seed)
     return env
