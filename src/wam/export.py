@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -177,7 +178,7 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
         raise ExportError(f"the checkpoint records cameras {cameras} but the model takes {cfg.n_cameras}; "
                           f"its config.json lacks run.cameras")
     norm = _normalisation(checkpoint, cfg)
-    say = print if progress else (lambda *a, **k: None)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
 
     g = torch.Generator().manual_seed(0)
     B, size = EXPORT_BATCH, cfg.image_size
