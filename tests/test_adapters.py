@@ -7,19 +7,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_batch, tiny_config
 from safetensors.torch import load_file
+from test_model import randomise
 
 import wam.train as train_mod
 from wam import modes
-from wam.adapters import (BottleneckAdapter, LoRALinear, adapter_spec, add_adapters, load_adapter, merge_adapters,
-                          save_adapter, trainable_parameters)
+from wam.adapters import (
+    BottleneckAdapter,
+    LoRALinear,
+    adapter_spec,
+    add_adapters,
+    load_adapter,
+    merge_adapters,
+    save_adapter,
+    trainable_parameters,
+)
 from wam.checkpoint import load_checkpoint, save_checkpoint
 from wam.cli import main
 from wam.model import WAM
 from wam.train import TrainConfig, make_optimizer
-
-from conftest import random_batch, tiny_config
-from test_model import randomise
 
 
 def outputs(model, cfg, seed=0):

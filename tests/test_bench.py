@@ -5,8 +5,8 @@ under test and the reference path."""
 import json
 
 import torch
-
 from conftest import tiny_config
+
 from wam.checkpoint import save_checkpoint
 from wam.cli import main
 from wam.envs.dot import TASKS
@@ -29,8 +29,8 @@ def shipped_checkpoint(root):
 
 
 def test_bench_without_the_training_dataset_replays_fresh_expert_episodes(tmp_path, monkeypatch, capsys):
-    from wam.checkpoint import load_checkpoint
     from wam.bench import expert_episodes
+    from wam.checkpoint import load_checkpoint
 
     monkeypatch.setenv("WAM_CACHE", str(tmp_path / "cache"))
     ck = shipped_checkpoint(tmp_path)

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import random_batch, tiny_config
+from test_model import randomise
 
 from wam import WAM, load_checkpoint, save_checkpoint
 from wam.tokenizer import ConvAutoencoder
-
-from conftest import random_batch, tiny_config
-from test_model import randomise
 
 
 def test_save_load_is_bit_exact(tmp_path):
@@ -81,7 +80,7 @@ def test_loading_a_checkpoint_does_not_import_the_training_code(tmp_path):
     import subprocess
     import sys
 
-    from wam.adapters import add_adapters, adapter_spec
+    from wam.adapters import adapter_spec, add_adapters
 
     cfg = tiny_config()
     model = WAM(cfg)

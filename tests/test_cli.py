@@ -17,7 +17,6 @@ def test_help_lists_the_verbs():
 
 def test_public_api():
     import wam
-
     from wam import MODES, WAM  # noqa: F401
     assert set(MODES) == {"policy", "forward", "inverse", "video", "joint"}
     with pytest.raises(AttributeError):

@@ -25,7 +25,7 @@ EPISODES = "meta/episodes/chunk-000/file-000.parquet"
 def good(tmp_path_factory):
     rng = np.random.default_rng(0)
     episodes = []
-    for e in range(3):
+    for _ in range(3):
         frames = rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8).repeat(20, 0)
         frames[:, :4] = np.arange(20, dtype=np.uint8)[:, None, None, None] * 10
         episodes.append({"observation.images.top": frames,
@@ -197,12 +197,12 @@ REFUSED = {"repeated timestamp": (lambda r: rewrite_data(r, repeat_timestamp), "
 @pytest.fixture(scope="module")
 def base_checkpoint(good, tmp_path_factory):
     """A tiny untrained checkpoint with the good dataset's sizes, statistics and tasks (for finetune and eval)."""
+    from conftest import tiny_config
+
     from wam.checkpoint import save_checkpoint
     from wam.data import LeRobotDataset, Normalizer
     from wam.model import WAM
     from wam.tokenizer import make_tokenizer
-
-    from conftest import tiny_config
 
     cfg = tiny_config(action_dim=2, state_dim=3, n_obs_steps=1)
     run = {"dataset": str(good), "tasks": ["reach"], "val_episodes": [2], "cameras": ["top"], "preset": "wam-tiny"}
@@ -216,9 +216,9 @@ def test_train_finetune_and_world_model_eval_refuse_what_the_check_refuses(good,
     """The same sentences as `wam dataset check`, before any training step (issue: `wam train` used to train on
     these without a word)."""
     from wam.checkpoint import load_checkpoint
+    from wam.errors import DatasetError
     from wam.evaluate import evaluate_world_model
     from wam.finetune import finetune
-    from wam.errors import DatasetError
 
     breakage, expected = REFUSED[case]
     root = tmp_path / "broken"

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from wam.data import LeRobotDataset, LeRobotWriter, write_dataset
-from wam.errors import DatasetError
 from wam.data.video import psnr
 from wam.envs.dot import render
+from wam.errors import DatasetError
 
 TASKS = ["move the red dot to the green goal", "circle around the goal"]
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import random_batch, tiny_config
 from safetensors.torch import load_file
+from test_model import randomise
 
 from wam import WAM
 from wam.cli import main
@@ -16,9 +18,6 @@ from wam.collect import collect
 from wam.config import LossConfig
 from wam.distributed import Dist
 from wam.modes import training_loss
-
-from conftest import random_batch, tiny_config
-from test_model import randomise
 
 TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
         "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "8", "--tokenizer-steps", "4",

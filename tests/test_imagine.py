@@ -6,15 +6,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_dot_checkpoint, tiny_config
+from test_critic import SIZE, dot_data  # noqa: F401  (the module's dot dataset fixture)
 
 from wam.checkpoint import load_checkpoint
 from wam.critic import load_critic, train_critic
-from wam.imagine import (ImaginedEnv, dataset_starts, first_done, imagine, imagine_along, replay, replay_summary,
-                         sim_starts)
+from wam.imagine import (
+    ImaginedEnv,
+    dataset_starts,
+    first_done,
+    imagine,
+    imagine_along,
+    replay,
+    replay_summary,
+    sim_starts,
+)
 from wam.policy import WAMPolicy
-
-from conftest import random_dot_checkpoint, tiny_config
-from test_critic import SIZE, dot_data  # noqa: F401  (the module's dot dataset fixture)
 
 STRIDE = 2
 

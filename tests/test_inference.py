@@ -3,6 +3,8 @@ tolerance (on random weights here; on a trained model in test_synthetic.py)."""
 
 import pytest
 import torch
+from conftest import random_batch, tiny_config
+from test_model import randomise
 
 from wam import MODES, WAM, sample
 from wam.inference import InferenceConfig, TaylorSeer, prepare
@@ -11,9 +13,6 @@ from wam.inference.taylor import newton_extrapolate
 from wam.model import sdpa
 from wam.modes import initial_noise
 from wam.samplers import SCHEDULES, SOLVERS
-
-from conftest import random_batch, tiny_config
-from test_model import randomise
 
 
 def _noise(cfg, mode, B, seed=0):

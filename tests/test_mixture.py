@@ -12,9 +12,9 @@ from wam.cli import main
 from wam.collect import collect
 from wam.data import LeRobotDataset
 from wam.data.writer import LeRobotWriter
-from wam.policy import WAMPolicy
 from wam.episodes import DatasetSpec, episodes_to_tensors, mixture_weights
 from wam.errors import ArgumentError
+from wam.policy import WAMPolicy
 
 TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
         "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "4",
@@ -108,7 +108,8 @@ def test_action_free_videos_and_another_robot_train_one_model(dot, arm, tmp_path
            "task": "steer the arm to the green goal"}
     chunk = policy.predict_action_chunk(obs)
     assert chunk.shape == (4, 3)
-    lo, hi = np.asarray(sets[1]["stats"]["stats"]["action"]["min"]), np.asarray(sets[1]["stats"]["stats"]["action"]["max"])
+    arm = sets[1]["stats"]["stats"]["action"]
+    lo, hi = np.asarray(arm["min"]), np.asarray(arm["max"])
     assert bool(((chunk >= lo - 1e-4) & (chunk <= hi + 1e-4)).all())  # un-normalised with the arm's statistics
     policy.reset()
     obs = {cam: obs[cam], "observation.state": LeRobotDataset(dot).data["observation.state"][0],

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import random_batch, tiny_config
 
 from wam import PRESETS, WAM
 from wam.config import ModelConfig, replace
 from wam.model import patchify, unpatchify
-
-from conftest import random_batch, tiny_config
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import random_batch, tiny_config
+from test_model import randomise
 
 from wam import MODES, WAM, sample, training_loss
 from wam.config import LossConfig
 from wam.modes import GENERATE, GIVEN, OMIT, initial_noise, mode_loss
-
-from conftest import random_batch, tiny_config
-from test_model import randomise
 
 
 def test_exactly_five_modes():

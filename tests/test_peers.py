@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("websockets")
 pytest.importorskip("msgpack")
 
-from wam.client import PolicyClient  # noqa: E402
-from wam.envs.dot import TASKS  # noqa: E402
-from wam.protocol import PROTOCOL_VERSION, pack, unpack  # noqa: E402
+from wam.client import PolicyClient
+from wam.envs.dot import TASKS
+from wam.protocol import PROTOCOL_VERSION, pack, unpack
 
 SERVER = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "lerobot_server.py"
 TASK = TASKS["reach-goal"]

@@ -14,9 +14,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import Chromium, find_chromium
+from PIL import Image
 from test_report import small_eval_info, write_log
 
 from wam.evaluate import write_video
@@ -30,7 +29,7 @@ def browser():
     if CHROMIUM is None:
         msg = ("CHROMIUM IS NOT INSTALLED: the report pages were NOT tested in a browser. Run scripts/test.sh "
                "(it installs Debian's chromium) or apt-get install chromium")
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     with Chromium(CHROMIUM) as b:
         yield b

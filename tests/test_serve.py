@@ -12,12 +12,13 @@ import torch
 pytest.importorskip("websockets")
 pytest.importorskip("msgpack")
 
-from conftest import random_dot_checkpoint, tiny_config  # noqa: E402
-from wam.client import PolicyClient, ServerError  # noqa: E402
-from wam.envs.dot import TASKS, make_env  # noqa: E402
-from wam.policy import WAMPolicy  # noqa: E402
-from wam.protocol import pack, unpack  # noqa: E402
-from wam.serve import PolicyServer, ServerThread  # noqa: E402
+from conftest import random_dot_checkpoint, tiny_config
+
+from wam.client import PolicyClient, ServerError
+from wam.envs.dot import TASKS, make_env
+from wam.policy import WAMPolicy
+from wam.protocol import pack, unpack
+from wam.serve import PolicyServer, ServerThread
 
 SIZE = 16
 TASK = TASKS["reach-goal"]
@@ -204,9 +205,11 @@ def test_a_wrong_token_is_refused(checkpoint, monkeypatch):
             PolicyClient(running.url, token="guess")
         with pytest.raises(ConnectionRefusedError, match="wrong or missing token"):
             PolicyClient(running.url)
+        from websockets.exceptions import ConnectionClosed
+
         with connect(running.url) as ws:
             assert ask(ws, {"type": "hello", "protocol": 1, "token": 123})["type"] == "error"
-            with pytest.raises(Exception):  # closed by the server (policy violation)
+            with pytest.raises(ConnectionClosed):  # closed by the server (policy violation)
                 ws.recv(timeout=30)
             assert ws.close_code == 1008
         with PolicyClient(running.url, token="s3cret") as client:

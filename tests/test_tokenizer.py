@@ -5,8 +5,7 @@ import torch
 
 from wam.config import ModelConfig
 from wam.envs.dot import collect_arrays
-from wam.tokenizer import ConvAutoencoder, PixelTokenizer, make_tokenizer, train_tokenizer
-from wam.tokenizer import to_model_frames
+from wam.tokenizer import ConvAutoencoder, PixelTokenizer, make_tokenizer, to_model_frames, train_tokenizer
 
 
 def test_pixel_tokenizer_is_lossless():

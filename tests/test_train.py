@@ -3,12 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from wam.tokenizer import PixelTokenizer
-from wam.train import (TrainConfig, TrainingDiverged, episodes_to_tensors, fit, load_train_state, lr_at,
-                       make_state, train_state_dict, validation_losses)
-
-from conftest import tiny_config
+from wam.train import (
+    TrainConfig,
+    TrainingDiverged,
+    episodes_to_tensors,
+    fit,
+    load_train_state,
+    lr_at,
+    make_state,
+    train_state_dict,
+    validation_losses,
+)
 
 
 def episodes(n=3, length=6, A=2, S=3, size=16):

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from wam.atomic import atomic_dir_replace
-from wam.model import STREAMS
 from wam.errors import ArgumentError, CheckpointError, NotFoundError
+from wam.model import STREAMS
 
 KINDS = ("lora", "adapter")  # parameter-efficient kinds; `finetune` also takes "full"
 TARGETS = {"lora": ("qkv", "proj", "mlp.0", "mlp.2"), "adapter": ("proj",)}  # per StreamLayer

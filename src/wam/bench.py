@@ -73,8 +73,8 @@ class Bench:
     def __init__(self, checkpoint, dataset=None, *, episodes: int = 5, windows: int = 40, warmup: int = 3,
                  seed: int = 0, progress: bool = False):
         from wam.data import Normalizer
-        from wam.evaluate import map_tasks
         from wam.episodes import load_episodes
+        from wam.evaluate import map_tasks
 
         self.ckpt, self.seed, self.warmup, self.windows = checkpoint, seed, warmup, windows
         self.cfg = checkpoint.model.cfg
@@ -114,9 +114,9 @@ class Bench:
         return out
 
     def _replay(self, mode: str, ic: InferenceConfig) -> Run:
-        from wam.policy import Observation, WAMPolicy
-
         import dataclasses
+
+        from wam.policy import Observation, WAMPolicy
 
         policy = WAMPolicy(self.ckpt, mode=mode, inference=ic, seed=self.seed)
         # FLOPs are counted on an uncompiled twin: a compiled function run under the counter's dispatch
@@ -175,9 +175,9 @@ class Bench:
         return frames.float().add(1).div(2).clamp(0, 1)
 
     def _sample_windows(self, mode: str, ic: InferenceConfig) -> Run:
-        from wam.modes import initial_noise, sample
-
         import dataclasses
+
+        from wam.modes import initial_noise, sample
 
         model, tok, run = prepare(self.ckpt.model, ic), self.ckpt.tokenizer, Run()
         eager = model if not ic.compile else prepare(self.ckpt.model, dataclasses.replace(ic, compile=False))
@@ -186,7 +186,7 @@ class Bench:
             g = torch.Generator().manual_seed(self.seed + i)
             noise = initial_noise(self.cfg, "joint", 1, tuple(batch["latents"].shape[2:]), g)
 
-            def call(net=model):
+            def call(net=model, batch=batch, noise=noise):
                 with autocast(ic):
                     out = sample(net, batch, mode, noise=noise, **kw)
                 return self._to_unit(tok.decode(out["latents"][:, self.cfg.n_obs_steps:]))

@@ -32,9 +32,9 @@ from safetensors.torch import load_file, save_file
 from wam.adapters import add_adapters
 from wam.atomic import atomic_dir_replace, set_aside
 from wam.config import ModelConfig, from_dict, to_dict
+from wam.errors import CheckpointError, NotFoundError
 from wam.model import WAM
 from wam.tokenizer import FrameTokenizer, make_tokenizer
-from wam.errors import CheckpointError, NotFoundError
 
 __all__ = ["Checkpoint", "atomic_dir_replace", "file_hash", "load_checkpoint", "save_checkpoint"]
 

@@ -118,7 +118,7 @@ def _run_dataset_info(args: argparse.Namespace) -> int:
         d = describe(args.path)
     except DatasetError as e:
         raise UserError(f"{e}\n(`wam dataset check {args.path}` lists every problem)") from None
-    except Exception as e:  # a dataset broken in an unforeseen way: still one sentence, no traceback
+    except Exception as e:  # noqa: BLE001 (a dataset broken in an unforeseen way: still one sentence, no traceback)
         raise UserError(f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
                         f"`wam dataset check {args.path}` lists every problem") from None
     if args.json:
@@ -345,7 +345,8 @@ def _taylor(text: str):
             raise ValueError
         return TaylorSeer(order=int(parts[0]), interval=int(parts[1]), gate=parts[2] if len(parts) == 3 else 0.0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--taylor takes ORDER:INTERVAL[:GATE], e.g. 1:2 or 1:3:0.05; got {text!r}")
+        raise argparse.ArgumentTypeError(f"--taylor takes ORDER:INTERVAL[:GATE], e.g. 1:2 or 1:3:0.05; got {text!r}") \
+            from None
 
 
 # how a chunk is sampled: every flag sets one field of wam.inference.InferenceConfig (unset: its default)
@@ -625,6 +626,15 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<mode>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
+
+
+def _eval_seed(text: str) -> int:
+    from wam.evaluate import resolve_seed
+
+    try:
+        return resolve_seed(text)[0]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _run_eval(args: argparse.Namespace) -> int:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, pack, unpack
 from wam.errors import ArgumentError
+from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, pack, unpack
 
 
 class ServerError(RuntimeError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
-from wam.errors import ArgumentError
 
+from wam.errors import ArgumentError
 
 ATTENTION = ("full", "prefix", "causal")
 TEXT_ENCODERS = {"minilm": 384}  # offline text encoders (wam.text) and the size of their embeddings

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+
 from wam.errors import ArgumentError
 
 

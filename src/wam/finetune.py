@@ -29,16 +29,32 @@ from pathlib import Path
 
 import torch
 
-from wam.adapters import (KINDS, add_adapters, adapter_spec, base_weights_hash, merge_adapters, save_adapter,
-                          trainable_parameters)
+from wam.adapters import (
+    KINDS,
+    adapter_spec,
+    add_adapters,
+    base_weights_hash,
+    merge_adapters,
+    save_adapter,
+    trainable_parameters,
+)
 from wam.atomic import recover_dir, write_text_atomic
 from wam.checkpoint import load_checkpoint, save_checkpoint
 from wam.config import LossConfig, from_dict, to_dict
-from wam.model import STREAMS
 from wam.episodes import episodes_to_tensors, load_episodes, split_episodes
 from wam.errors import ArgumentError, CheckpointError, DatasetError, NotFoundError
-from wam.train import (FitState, JsonlLogger, TrainConfig, fit, load_train_state, make_optimizer, model_state,
-                       train_state_dict, validate_and_log)
+from wam.model import STREAMS
+from wam.train import (
+    FitState,
+    JsonlLogger,
+    TrainConfig,
+    fit,
+    load_train_state,
+    make_optimizer,
+    model_state,
+    train_state_dict,
+    validate_and_log,
+)
 
 
 def finetune_config(adapter: str = "lora", **changes):

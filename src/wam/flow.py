@@ -7,6 +7,7 @@ the network predicts the velocity v = eps - x_0, so dx_t/dt = v and x_0 = x_t - 
 from __future__ import annotations
 
 import torch
+
 from wam.errors import ArgumentError
 
 

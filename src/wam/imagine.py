@@ -25,15 +25,15 @@ Runbook:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from wam.critic import imagine_along  # (also re-exported: recorded episodes, imagined)
-from wam.modes import next_frame
 from wam.errors import ArgumentError, DatasetError
+from wam.modes import next_frame
 
 
 class ImaginedEnv:

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from wam.errors import ArgumentError
 from wam.inference import InferenceConfig, autocast, prepare
 from wam.modes import initial_noise, sample
-from wam.errors import ArgumentError
 
 ACTING_MODES = ("policy", "joint", "inverse")
 PLAN_SCORES = ("imagined", "forward")  # which future plan N > 1 scores (WAMPolicy's docstring)

@@ -97,7 +97,7 @@ def unpack(data: bytes | str) -> dict:
         raise ProtocolError("got a text frame; send each message as one binary frame of msgpack")
     try:
         message = msgpack.unpackb(data, raw=False)
-    except Exception as e:  # msgpack raises several types (ExtraData, FormatError, StackError, ValueError, ...)
+    except Exception as e:  # noqa: BLE001 (msgpack raises several types: ExtraData, FormatError, StackError, ...)
         raise ProtocolError(f"message is not valid msgpack ({type(e).__name__}: {e}); encode it with "
                             f"wam.protocol.pack") from None
     if not isinstance(message, dict):

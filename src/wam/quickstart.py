@@ -32,6 +32,8 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
                image_size: int = 96,
                reference: str | Path | None = REFERENCE, reference_tasks: str = "mt10", reference_episodes: int = 2,
                model_changes: dict | None = None, workers: int | None = None) -> dict:
+    import os
+
     from wam.checkpoint import load_checkpoint
     from wam.collect import collect
     from wam.config import LossConfig
@@ -39,8 +41,6 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     from wam.policy import WAMPolicy
     from wam.report import build_index
     from wam.train import TrainConfig, train
-
-    import os
 
     workers = workers or min(2, os.cpu_count() or 1)  # closed-loop evaluation: tasks spread over processes
     root = Path(out)

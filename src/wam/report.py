@@ -318,7 +318,7 @@ def _strip_width(out: Path, path, scale: int = 2, max_width: int = 1000) -> int:
         from PIL import Image
         with Image.open(out / path) as im:
             return min(im.width * scale, max_width)
-    except Exception:  # unreadable or not yet written: a width that suits a few 64 px frames
+    except Exception:  # noqa: BLE001 (unreadable or not yet written: a width that suits a few 64 px frames)
         return 768
 
 

@@ -11,9 +11,10 @@ where `x` is a dict of tensors (one entry per generated modality, e.g. {"latents
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+
 from wam.errors import ArgumentError
 
 State = dict[str, torch.Tensor]

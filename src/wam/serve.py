@@ -403,7 +403,7 @@ class ServerThread:
 
         try:
             asyncio.run(main())
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (kept for the thread that started the server, which raises it)
             self._error = e
         finally:
             self._ready.set()

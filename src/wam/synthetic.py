@@ -24,9 +24,9 @@ import torch
 
 from wam.config import LossConfig, ModelConfig
 from wam.envs import dot
+from wam.episodes import EpisodeTensors, episodes_to_tensors
 from wam.modes import MODES, sample
 from wam.tokenizer import PixelTokenizer
-from wam.episodes import EpisodeTensors, episodes_to_tensors
 from wam.train import FitState, TrainConfig, fit, make_state
 
 

@@ -132,7 +132,7 @@ class ConvAutoencoder(FrameTokenizer):
         self._init_standardisation()
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "ConvAutoencoder":
+    def from_config(cls, cfg: ModelConfig) -> ConvAutoencoder:
         return cls(cfg.image_channels, cfg.latent_channels, cfg.tokenizer_downsample, cfg.tokenizer_width)
 
     def _encode_raw(self, x: torch.Tensor) -> torch.Tensor:

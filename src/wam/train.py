@@ -25,9 +25,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -354,7 +354,7 @@ class JsonlLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out / "tb"))
-        except Exception:  # tensorboard not installed: JSON lines only
+        except Exception:  # noqa: BLE001 (tensorboard missing or broken: JSON lines only)
             self.tb = None
 
     def __call__(self, rec: dict, prefix: str = "train") -> None:
@@ -468,7 +468,7 @@ def plan_text(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tokenizer_steps
 def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", model_changes: dict | None = None,
           tc: TrainConfig | None = None, lc: LossConfig | None = None, cameras: list[str] | None = None,
           val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, tokenizer_from: str | Path | None = None) -> Path:
+          progress: bool = True, tokenizer_from: str | Path | None = None, until: int | None = None) -> Path:
     """Train a WAM on a LeRobot dataset; returns the checkpoint directory `out/checkpoint`.
 
     Layout of `out`: `checkpoint/` (the latest checkpoint: EMA weights in model.safetensors, the raw
@@ -480,6 +480,8 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
     action-free videos train the video stream only, datasets with fewer action dimensions (other robots)
     are zero-padded and their padding masked out of the loss, each dataset normalised with its own statistics.
     `tokenizer_from`: a checkpoint whose frame tokenizer is the starting point (tc.tokenizer_steps 0: used as is).
+    `until`: stop after that WAM step with a checkpoint (a sitting of a longer run: the schedule is still
+    tc.steps long, and `resume=True` continues exactly as if it had not stopped).
     With `progress`, prints first what will run and about how long (`plan_text`).
     """
     from wam.distributed import setup, teardown
@@ -488,13 +490,13 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
     try:
         return _train(dataset, out, preset=preset, model_changes=model_changes, tc=tc, lc=lc, cameras=cameras,
                       val_fraction=val_fraction, resume=resume, overwrite=overwrite, progress=progress, dist=dist,
-                      tokenizer_from=tokenizer_from)
+                      tokenizer_from=tokenizer_from, until=until)
     finally:
         teardown(dist)
 
 
 def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist,
-           tokenizer_from=None):
+           tokenizer_from=None, until=None):
     from wam.checkpoint import load_checkpoint
     from wam.config import PRESETS, to_dict
 
@@ -543,7 +545,7 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
                                progress=progress, dist=dist)
     tok.eval()
     _wam_stage(cfg, tc, lc, tok, mix, train_eps, val_eps, windows, saved=saved, run_info=run_info, logger=logger,
-               ckpt_dir=ckpt_dir, progress=progress, dist=dist)
+               ckpt_dir=ckpt_dir, progress=progress, dist=dist, until=until)
     return ckpt_dir
 
 
@@ -670,7 +672,7 @@ def _tokenizer_stage(cfg: ModelConfig, tc: TrainConfig, train_eps: list[dict], l
 
 def _wam_stage(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tok, mix, train_eps: list[dict],
                val_eps: list[dict], windows: list[int], *, saved, run_info: dict, logger, ckpt_dir: Path,
-               progress: bool, dist) -> None:
+               progress: bool, dist, until: int | None = None) -> None:
     """The WAM stage on cached latents: encode every frame once, then `fit`, checkpointing as it goes."""
     from wam.checkpoint import save_checkpoint
 
@@ -703,6 +705,6 @@ def _wam_stage(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tok, mix, trai
     on_validate = validate_and_log(val_data, logger)
     if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
-    main_only = (lambda f: f) if dist.main else (lambda f: None)  # noqa: E731
-    fit(state, train_data, tc, lc, on_log=main_only(logger), on_checkpoint=on_checkpoint,
-        on_validate=main_only(on_validate), progress=progress, dist=dist)
+    main_only = (lambda f: f) if dist.main else (lambda f: None)
+    fit(state, train_data, tc, lc, until=min(until, tc.steps) if until is not None else None, on_log=main_only(logger),
+        on_checkpoint=on_checkpoint, on_validate=main_only(on_validate), progress=progress, dist=dist)

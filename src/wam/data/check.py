@@ -135,7 +135,7 @@ def check_dataset(root: str | Path, *, decode: str = "first") -> Report:
     report = Report(Path(root))
     try:
         _check(report, Path(root), decode)
-    except Exception as e:  # a dataset broken in a way no check foresaw still gets a sentence, not a traceback
+    except Exception as e:  # noqa: BLE001 (a dataset broken in a way no check foresaw gets a sentence, not a traceback)
         report.problem("unexpected", f"could not finish checking ({type(e).__name__}: {e})")
     return report.finish()
 
@@ -226,7 +226,7 @@ def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
             continue
         try:
             table = pq.read_table(path)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (pyarrow raises many types for a broken file; each is a problem found)
             report.problem("bad-data", f"data file {rel} is not a readable parquet file ({which}): {e}")
             continue
         names = table.column_names
@@ -353,7 +353,7 @@ def _check_videos(report: Report, meta: Meta, timestamps: dict[int, np.ndarray],
                 if n < len(vinfo.frame_times):
                     report.problem("bad-video", f"video file {rel}: only {n} of its {len(vinfo.frame_times)} frames "
                                                 f"decode ({key}, {which})")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (PyAV raises many types for a broken file; each is a problem found)
             report.problem("bad-video", f"video file {rel} cannot be decoded ({key}, {which}): {e}")
             continue
         h, w, _ = feature_shape(features[key])

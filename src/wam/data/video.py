@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
 from wam.errors import ArgumentError, DatasetError
 
 # name -> (PyAV encoder, default pixel format, default CRF)

@@ -35,8 +35,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -567,7 +568,7 @@ class LeRobotWriter:
         for enc in self._encoders.values():
             try:
                 enc.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 (discarding a failed write: the first error is the one raised)
                 pass
         self._encoders = {}
 

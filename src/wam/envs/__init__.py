@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
 from wam.errors import ArgumentError, MissingDependency
 
 ENVS: dict[str, str] = {

@@ -12,10 +12,11 @@ that actions are not a function of the frame alone, which makes inverse dynamics
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+
 from wam.errors import ArgumentError
 
 SPEED = 0.3  # position change per step at |a| = 1 (about 4.6 pixels at 32x32)

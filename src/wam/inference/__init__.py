@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from wam.inference.taylor import TaylorSeer
 from wam.errors import ArgumentError
+from wam.inference.taylor import TaylorSeer
 
 PRECISIONS = ("fp32", "bf16")
 QUANTIZE = ("none", "int8")

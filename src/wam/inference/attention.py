@@ -19,8 +19,8 @@ import contextlib
 import torch
 
 from wam import model as _model
-from wam.model import sdpa
 from wam.errors import ArgumentError, UnavailableError
+from wam.model import sdpa
 
 
 def block_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -48,7 +48,7 @@ def sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     """SageAttention on CUDA tensors without a mask; sdpa otherwise (its kernel takes no arbitrary mask)."""
     if mask is not None or not q.is_cuda:
         return sdpa(q, k, v, mask)
-    from sageattention import sageattn  # noqa: PLC0415
+    from sageattention import sageattn
 
     return sageattn(q.contiguous(), k.contiguous(), v.contiguous(), tensor_layout="HND", is_causal=False)
 

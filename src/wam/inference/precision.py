@@ -12,12 +12,13 @@ import functools
 import time
 
 import torch
+
 from wam.errors import ArgumentError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_is_faster(device_type: str = "cpu", n: int = 512) -> bool:
     """True when an n x n bf16 matmul beats fp32 on this device (measured, median of 3)."""
     if device_type == "cuda":
