@@ -16,10 +16,11 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from conftest import random_dot_checkpoint, tiny_config  # noqa: E402
-from wam.envs.dot import TASKS, make_env  # noqa: E402
-from wam.policy import WAMPolicy  # noqa: E402
-from wam.runtime import ObservationError, ONNXPolicy, read_manifest, resize_frames  # noqa: E402
+from conftest import random_dot_checkpoint, tiny_config
+
+from wam.envs.dot import TASKS, make_env
+from wam.policy import WAMPolicy
+from wam.runtime import ObservationError, ONNXPolicy, read_manifest, resize_frames
 
 SIZE = 16
 TASK = TASKS["reach-goal"]

@@ -331,8 +331,8 @@ def equivalence(checkpoint, export_dir: str | Path, *, episodes: list[dict], see
         for step in range(len(ep["frames"])):
             frame = np.asarray(ep["frames"][step])[None]
             st = None if states is None else states[step][None]
-            torch_policy.push(ts, Observation(frame, None if st is None else torch.from_numpy(st), torch.from_numpy(task),
-                                              False))
+            st_t = None if st is None else torch.from_numpy(st)
+            torch_policy.push(ts, Observation(frame, st_t, torch.from_numpy(task), False))
             onnx.push(rs, RuntimeObservation(frame, st, task, False))
             if step % k:
                 continue
