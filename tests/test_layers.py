@@ -24,7 +24,7 @@ LAYERS = [
     (6, "training", ["wam.train", "wam.finetune", "wam.distributed", "wam.synthetic"]),
     (6, "evaluation", ["wam.evaluate", "wam.imagine", "wam.rollout", "wam.report"]),
     (6, "serving", ["wam.serve", "wam.client", "wam.protocol", "wam.export", "wam.runtime"]),
-    (7, "drivers", ["wam.cli", "wam.quickstart", "wam.bench", "wam.bench_onnx"]),
+    (7, "drivers", ["wam.cli", "wam.quickstart", "wam.bench", "wam.bench_onnx", "wam.recipe"]),
 ]
 CORE = {"base", "formats", "network", "sampling"}
 NEVER_FROM_CORE = {"training", "evaluation", "serving", "drivers"}

@@ -189,6 +189,9 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--after-success", type=int, default=10, help="steps recorded after the first success")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", default=None, choices=["lerobot", "wam"],
+                   help="make the frames as a benchmark's evaluation does (wam eval --protocol): lerobot = MetaWorld's "
+                        "own look and goal markers, rendered at 480 px and resized to --image-size, 400 steps")
     p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
     p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
     p.add_argument("--state", default=None, choices=("proprio", "full"),
@@ -217,7 +220,7 @@ def _run_collect(args: argparse.Namespace) -> int:
                 cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
                 after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
                 action_noise=args.action_noise, crf=args.crf, state=args.state, overwrite=args.overwrite,
-                resume=args.resume, checkpoint_every=args.checkpoint_every)
+                resume=args.resume, checkpoint_every=args.checkpoint_every, protocol=args.protocol)
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
         raise UserError(str(e)) from None
     return 0
@@ -599,7 +602,13 @@ def _eval(sub: argparse._SubParsersAction) -> None:
                                                                     "(default: half the horizon)")
     _add_plan_flags(p)
     _add_inference_flags(p, note="; with --server, the server's")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode layouts and sampling noise)")
+    p.add_argument("--seed", type=_eval_seed, default=0, metavar="SEED|dev|test",
+                   help="evaluation seed (episode layouts and sampling noise), or a named seed set: dev (= 0; choose "
+                        "on it) or test (report on it, once per checkpoint)")
+    p.add_argument("--protocol", default=None, choices=["lerobot", "wam"],
+                   help="a benchmark's fixed settings: lerobot = MetaWorld as LeRobot presents it (MetaWorld's own "
+                        "goal markers and look, rendered at 480 px and resized, 400 steps, corner4, 4-D state), the "
+                        "protocol of published MT50 results; wam = 4 cm goal markers, fast look at the model's size")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
@@ -736,7 +745,7 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
                         max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
                         workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
                         settings=settings, render_size=args.render_size, after_success=args.after_success,
-                        record=args.record, progress=not args.quiet)
+                        protocol=args.protocol, record=args.record, progress=not args.quiet)
     except (ImportError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     print_eval(info)
@@ -808,7 +817,6 @@ def _bench(sub: argparse._SubParsersAction) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
 
     import torch
 
@@ -1024,11 +1032,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="the policy as ONNX graphs run by onnxruntime, without torch (wam.runtime)",
-                       description="Write a checkpoint's policy (frame encoder, observed-token pass and denoising steps "
-                                   "at the checkpoint's default inference settings) as ONNX, with its normalisation "
-                                   "statistics and a manifest; run it with wam.runtime.ONNXPolicy, wam serve --runtime "
-                                   "onnx or wam bench --runtime onnx. Example: wam export checkpoints/wam-tiny-mt10 "
-                                   "--out exports/wam-tiny-mt10")
+                       description="Write a checkpoint's policy (frame encoder, observed-token pass and denoising "
+                                   "steps at the checkpoint's default inference settings) as ONNX, with its "
+                                   "normalisation statistics and a manifest; run it with wam.runtime.ONNXPolicy, "
+                                   "wam serve --runtime onnx or wam bench --runtime onnx. Example: wam export "
+                                   "checkpoints/wam-tiny-mt10 --out exports/wam-tiny-mt10")
     p.add_argument("checkpoint", help="checkpoint directory (written by wam train)")
     p.add_argument("--out", required=True, help="export directory to write")
     _add_inference_flags(p, note="; the export holds fp32 sdpa sampling without Taylor or warm start")
@@ -1055,8 +1063,46 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipe", help="run a named training recipe (collection + training), resumable",
+                       description="A named recipe is a checkpoint's whole making: collection, tokenizer stage, WAM "
+                                   "stage, every setting. `run` starts it, or continues it where it stopped; "
+                                   "sittings.jsonl in the run directory records where each sitting began and ended.")
+    rs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    rs.add_parser("list", help="the recipes and what each makes").set_defaults(func=_run_recipe)
+    show = rs.add_parser("show", help="every setting of a recipe, as JSON")
+    show.add_argument("name")
+    show.set_defaults(func=_run_recipe)
+    run = rs.add_parser("run", help="run a recipe, or continue it where it stopped")
+    run.add_argument("name")
+    run.add_argument("--out", required=True, help="the run directory (data/, train/, recipe.json, sittings.jsonl)")
+    run.add_argument("--until-step", type=int, default=None, metavar="N",
+                     help="end this sitting after WAM step N (run again to continue; the schedule is the recipe's)")
+    run.add_argument("--workers", type=int, default=None, help="collection processes (the data does not depend on it)")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=_run_recipe)
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    import json
+
+    from wam.recipe import RECIPES, get_recipe, run_recipe
+
+    if args.action == "list":
+        for name, r in RECIPES.items():
+            print(f"{name:<12} {r.summary}")
+        return 0
+    if args.action == "show":
+        print(json.dumps(get_recipe(args.name).to_dict(), indent=2))
+        return 0
+    end = run_recipe(args.name, args.out, until_step=args.until_step, workers=args.workers, progress=not args.quiet)
+    where = "done" if end["stage"] == "done" else f"stopped in stage {end['stage']} at WAM step {end['step']}"
+    print(f"wam recipe: {args.name} in {args.out}: {where}; checkpoint: {args.out}/train/checkpoint")
+    return 0
+
+
 VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _imagine, _eval, _serve, _bench,
-         _export]
+         _export, _recipe]
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -219,17 +219,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     dist = dist or Dist()
     until = tc.steps if until is None else until
     model, ema, opt = state.model, state.ema, state.optimizer
-    net, shard = model, None
-    if dist.enabled and _is_sharded(model):  # FSDP: the sharded model averages its gradients itself
-        shard = (dist.rows(tc.batch_size), dist.world)
-    elif dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        # static graph: the same parameters take part in every step (the last block's context-stream
-        # output weights never do: nothing reads the context tokens after the last attention)
-        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None, static_graph=True)
-        shard = (dist.rows(tc.batch_size), dist.world)
+    net, shard = _parallel(model, tc, dist)
     cfg = model.cfg
     device_type = next(model.parameters()).device.type
     precision = resolve_precision(tc.precision, device_type)
@@ -252,7 +242,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
             if on_checkpoint is not None:
                 on_checkpoint(state)
             raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good "
-                                   f"state is saved. Lower --lr or raise --warmup-steps, and check the dataset for "
+                                   f"state is saved. Lower `lr` or raise `warmup_steps`, and check the dataset for "
                                    f"NaN/inf (wam dataset check)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,6 +280,22 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         on_checkpoint(state)
     model.eval()
     return state
+
+
+def _parallel(model: WAM, tc: TrainConfig, dist) -> tuple[torch.nn.Module, tuple[int, int] | None]:
+    """The network a step runs (the model, or DistributedDataParallel around it) and this process's rows of the
+    global batch (None: all of them, one process)."""
+    if dist.enabled and _is_sharded(model):  # FSDP: the sharded model averages its gradients itself
+        return model, (dist.rows(tc.batch_size), dist.world)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        # static graph: the same parameters take part in every step (the last block's context-stream
+        # output weights never do: nothing reads the context tokens after the last attention)
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None, static_graph=True)
+        return net, (dist.rows(tc.batch_size), dist.world)
+    return model, None
 
 
 @torch.no_grad()

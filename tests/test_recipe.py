@@ -1,0 +1,104 @@
+"""A named recipe runs its stages from nothing, and an interrupted run continues to the same weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wam.errors import ArgumentError
+from wam.recipe import RECIPES, get_recipe, progress_of, run_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _weights(out: Path) -> dict[str, bytes]:
+    ckpt = out / "train" / "checkpoint"
+    return {n: (ckpt / n).read_bytes() for n in ("model.safetensors", "tokenizer.safetensors")}
+
+
+def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    assert run_recipe("dot-tiny", whole, workers=1, progress=False) == {"stage": "done", "step": 24}
+
+    import wam.train as train_mod
+    from wam.data.writer import LeRobotWriter
+
+    parts = tmp_path / "parts"
+    # 1: stopped (Ctrl-C) during the collection, right after its first checkpoint (3 kept episodes)
+    real_checkpoint = LeRobotWriter.checkpoint
+
+    def stop_after_checkpoint(self, extra=None):
+        real_checkpoint(self, extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LeRobotWriter, "checkpoint", stop_after_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe("dot-tiny", parts, workers=1, progress=False)
+    monkeypatch.undo()
+    assert progress_of(parts) == {"stage": "collect", "step": 0}
+    # 2: a sitting that ends after WAM step 10 (between two checkpoints, every 4 steps)
+    assert run_recipe("dot-tiny", parts, until_step=10, workers=1, progress=False) == {"stage": "train", "step": 10}
+    # 3: stopped in the middle of step 15; the last checkpoint is step 12
+    real_update, calls = train_mod.ema_update, {"n": 0}
+
+    def dies_at_step_15(ema, model, decay):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(train_mod, "ema_update", dies_at_step_15)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe("dot-tiny", parts, workers=1, progress=False)
+    monkeypatch.undo()
+    assert progress_of(parts) == {"stage": "train", "step": 12}
+    # and the last sitting runs to the end
+    assert run_recipe("dot-tiny", parts, workers=1, progress=False) == {"stage": "done", "step": 24}
+    assert _weights(parts) == _weights(whole)
+
+    sittings = [json.loads(line) for line in (parts / "sittings.jsonl").read_text().splitlines()]
+    assert [(s["event"], s["stage"], s["step"], s.get("interrupted")) for s in sittings] == [
+        ("start", "collect", 0, None), ("end", "collect", 0, "KeyboardInterrupt"),
+        ("start", "collect", 0, None), ("end", "train", 10, None),
+        ("start", "train", 10, None), ("end", "train", 12, "KeyboardInterrupt"),
+        ("start", "train", 12, None), ("end", "done", 24, None)]
+    # run again when done: nothing to do
+    assert run_recipe("dot-tiny", parts, workers=1, progress=False) == {"stage": "done", "step": 24}
+    assert _weights(parts) == _weights(whole)
+
+
+def test_a_run_continues_only_under_its_own_recipe(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    changed = {**get_recipe("dot-tiny").to_dict(), "train": {"steps": 99}}
+    (out / "recipe.json").write_text(json.dumps(changed))
+    with pytest.raises(ArgumentError, match="another version of recipe 'dot-tiny'.*train"):
+        run_recipe("dot-tiny", out, progress=False)
+    with pytest.raises(ArgumentError, match="unknown recipe 'mt50'; choose one of: mt50-v2"):
+        get_recipe("mt50")
+    with pytest.raises(ArgumentError, match="until_step"):
+        run_recipe("dot-tiny", tmp_path / "other", until_step=0, progress=False)
+
+
+def test_the_reference_recipe_is_complete():
+    from wam.config import PRESETS, LossConfig, replace
+    from wam.train import TrainConfig
+
+    r = RECIPES["mt50-v2"]
+    assert r.collect["protocol"] == "lerobot" and r.collect["tasks"] == "mt50"
+    cfg = replace(PRESETS[r.preset], **r.model)  # valid settings, 16 tokens per frame at 128 px
+    assert cfg.image_size == 128 and cfg.tokens_per_frame == 16
+    TrainConfig(**r.train), LossConfig(**r.loss)
+
+
+def test_the_command_lists_shows_and_runs_a_recipe(tmp_path, capsys):
+    from wam.cli import main
+
+    assert main(["recipe", "list"]) == 0 and "mt50-v2" in capsys.readouterr().out
+    assert main(["recipe", "show", "dot-tiny"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["steps"] == 24
+    out = tmp_path / "run"
+    assert main(["recipe", "run", "dot-tiny", "--out", str(out), "--until-step", "4", "--workers", "1", "--quiet"]) == 0
+    assert "stopped in stage train at WAM step 4" in capsys.readouterr().out
+    assert main(["recipe", "run", "nope", "--out", str(out)]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
