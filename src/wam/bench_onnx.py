@@ -12,7 +12,7 @@ numpy and given to every path, so their actions differ by float rounding only (i
 The paths run interleaved, call by call, their order rotating, so that a neighbour's load on a shared machine falls
 on all of them alike: read the ratios before the absolute times.
 
-Reported per path: median and p90 ms per chunk, achieved GFLOP/s (FLOPs counted once by torch's flop counter on the
+Reported per path: median, p90 and min ms per chunk, achieved GFLOP/s (FLOPs counted once by torch's flop counter on the
 PyTorch path, the same arithmetic for every path), the fraction of the fp32 matmul peak at that path's thread count,
 the PyTorch median divided by the path's; for ONNX paths the actions' largest and mean |difference| from PyTorch's
 (normalised units), and each path's action MSE against the recorded actions.
@@ -65,8 +65,9 @@ def cpu_info() -> dict:
 def _summary(times: list[float]) -> dict:
     ms = sorted(t * 1e3 for t in times)
     if not ms:
-        return {"median_ms": None, "p90_ms": None}
-    return {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3)}
+        return {"median_ms": None, "p90_ms": None, "min_ms": None}
+    return {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
+            "min_ms": round(ms[0], 3)}  # (the least a neighbour's load added: closest to the unshared time)
 
 
 def peak_at(threads: int) -> float:
