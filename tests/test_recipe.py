@@ -69,10 +69,10 @@ def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_p
 
 def test_a_run_continues_only_under_its_own_recipe(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    changed = {**get_recipe("dot-tiny").to_dict(), "train": {"steps": 99}}
+    (out / "data").mkdir(parents=True)  # the collection has started
+    changed = {**get_recipe("dot-tiny").to_dict(), "collect": {"env": "dot", "episodes": 99}}
     (out / "recipe.json").write_text(json.dumps(changed))
-    with pytest.raises(ArgumentError, match="another version of recipe 'dot-tiny'.*train"):
+    with pytest.raises(ArgumentError, match="another version of recipe 'dot-tiny'.*collect"):
         run_recipe("dot-tiny", out, progress=False)
     with pytest.raises(ArgumentError, match="unknown recipe 'mt50'; choose one of: mt50-v2"):
         get_recipe("mt50")
@@ -102,3 +102,20 @@ def test_the_command_lists_shows_and_runs_a_recipe(tmp_path, capsys):
     assert "stopped in stage train at WAM step 4" in capsys.readouterr().out
     assert main(["recipe", "run", "nope", "--out", str(out)]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_training_settings_may_change_until_training_starts(tmp_path, monkeypatch):
+    import dataclasses
+
+    import wam.recipe as recipe_mod
+
+    out = tmp_path / "run"
+    base = get_recipe("dot-tiny")
+    monkeypatch.setattr(recipe_mod, "_train_stage", lambda *a, **k: None)  # collection only
+    run_recipe(base, out, workers=1, progress=False)
+    monkeypatch.undo()
+    longer = dataclasses.replace(base, train={**base.train, "steps": 8})
+    assert run_recipe(longer, out, workers=1, progress=False) == {"stage": "done", "step": 8}
+    assert json.loads((out / "recipe.json").read_text())["train"]["steps"] == 8
+    with pytest.raises(ArgumentError, match="differs in: train"):
+        run_recipe(base, out, progress=False)  # training has started: the recipe is fixed now

@@ -96,18 +96,28 @@ def _log_sitting(out: Path, event: str, **fields: Any) -> None:
 
 
 def _check_same_recipe(out: Path, recipe: Recipe) -> None:
-    """A run continues only under the recipe it was started with (recipe.json), else it would not be that recipe."""
+    """A run continues only under the recipe it was started with (recipe.json), else it would not be that
+    recipe. The settings of a stage that has not started yet may change: the run then equals an uninterrupted
+    run of the new recipe (data collected under an earlier version is kept when only training settings changed)."""
     path = out / "recipe.json"
+    new = recipe.to_dict()
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != recipe.to_dict():
-            changed = sorted(k for k in set(saved) | set(recipe.to_dict()) if saved.get(k) != recipe.to_dict().get(k))
+        changed = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+        started = {"collect": (out / "data").exists() or any(out.glob(".data.partial-*")),
+                   "train": (out / "train").exists()}
+        frozen = [k for k in changed if started["train"] or (started["collect"] and k not in _TRAIN_KEYS)]
+        if frozen:
             raise ArgumentError(f"{out} was started with another version of recipe {recipe.name!r} (differs in: "
                                 f"{', '.join(changed)}); continue it with that version, or choose a new output "
                                 f"directory")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(recipe.to_dict(), indent=2))
+        if not changed:
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(new, indent=2))
+
+
+_TRAIN_KEYS = {"summary", "preset", "model", "train", "loss", "val_fraction"}  # settings of the training stage
 
 
 def progress_of(out: str | Path) -> dict[str, Any]:
