@@ -166,6 +166,7 @@ def test_the_lerobot_protocol_renders_the_frames_of_lerobots_environment():
     480 px (multisampling, 4096 px shadows), both axes flipped. The `lerobot` protocol's look gives the same frames
     once both are resized to a model's input (within a fraction of one level); the fast look does not."""
     import metaworld
+
     from wam.data.windows import resize_frames
 
     task = "push-v3"

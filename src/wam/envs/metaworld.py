@@ -25,12 +25,13 @@ visible (the button, the drawer, the door, the shelf, the hole, ...).
 Rendering: MuJoCo renders offscreen through EGL (`MUJOCO_GL=egl`, set here unless already set;
 `osmesa` works too). Two looks: `look="fast"` (the default) switches off MetaWorld's 4x multisampling,
 shadows, reflections and skybox (the background turns black), about 100 frames/s on one CPU core at
-64-128 px; `look="metaworld"` keeps MetaWorld's lighting, shadows, reflections and grey backdrop, the
+64-128 px; `look="metaworld"` keeps MetaWorld's lighting, shadows and grey backdrop: the
 frames LeRobot's MetaWorld environment renders. It leaves out the multisampling and the reflection pass
 (which changes no pixel of these scenes) and draws the shadow map at 2048 px instead of 4096: rendered at
 480 px and resized to 96 or 128 px, those frames differ from MetaWorld's own renderer by 0.2 of 255 levels
-on average (99th percentile 3-4 levels), at 2.4-3.5x its speed. `render_size` renders at that many pixels and resizes every image to `image_size`
-with antialiasing, exactly as training frames are resized to the model's size (`resize_frames`).
+on average (99th percentile 3-4 levels), at 2.4-3.5x its speed. `render_size` renders at that many
+pixels and resizes every image to `image_size` with antialiasing, exactly as training frames are resized
+to the model's size (`resize_frames`).
 
 Protocols (`PROTOCOLS`): named sets of these settings that a benchmark fixes. `lerobot` is MetaWorld as
 LeRobot's environment presents it and the published MT50 results were scored on: MetaWorld's own goal
@@ -60,12 +61,12 @@ import difflib
 import os
 import warnings
 import weakref
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first `import mujoco`
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
+import gymnasium as gym
+import numpy as np
 
 DEFAULT_CAMERA = "corner4"
 # `corner4` is `corner2` moved to (0.75, 0.075, 0.7), the view LeRobot's MetaWorld environment renders (it moves
