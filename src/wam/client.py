@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from wam.errors import ArgumentError
+from wam.errors import ArgumentError, WamError
 from wam.protocol import PROTOCOL_VERSION, TOKEN_ENV, pack, unpack
 
 
-class ServerError(RuntimeError):
+class ServerError(WamError, RuntimeError):
     """The server answered a request with an error (the message says what was wrong and how to fix it)."""
 
 

@@ -279,8 +279,6 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     frame held still against them: a world model that tracks nothing) and psnr_ceiling (the recorded frames
     through the tokenizer: what no world model on these latents can beat)."""
     from wam.data import LeRobotDataset, Normalizer
-    from wam.data.windows import resize_frames
-    from wam.tokenizer import encode_frames
 
     ds = LeRobotDataset(dataset)
     for key in ("action", "next.success"):
@@ -302,28 +300,15 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     stride = cfg.future_stride
     starts, states, actions, task_ids, meta, recorded = [], [], [], [], [], []
     for pos in positions:
-        lo, hi = ds.episode_ranges[pos]
-        text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
-        if text not in tasks:
-            raise ArgumentError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
-                                f"was not trained on")
-        rows = np.arange(0, (hi - lo - 1) // stride * stride + 1, stride) if real else np.zeros(1, int)
-        views = [resize_frames(ds.episode_frames(pos, k, rows=rows), (cfg.image_size, cfg.image_size)) for k in cams]
-        frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (R, H, W * n_cams, 3)
-        starts.append(encode_frames(world.tokenizer, frames[:1])[0])  # alone: the same latents with real or not
-        if real:
-            recorded.append((frames, torch.cat([starts[-1][None], encode_frames(world.tokenizer, frames[1:])])))
-        if cfg.state_dim > 0 and "observation.state" in ds.data:
-            states.append(np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo:lo + 1]),
-                                     np.float32)[0])
-        actions.append(np.asarray(normalizer.normalize_action(ds.data["action"][lo:hi]), np.float32))
-        task_ids.append(tasks.index(text))
-        success = np.asarray(ds.data["next.success"][lo:hi], bool)
-        reward = np.asarray(ds.data["next.reward"][lo:hi], np.float64) if "next.reward" in ds.data else None
-        meta.append({"episode_index": int(ds.episodes[pos].episode_index), "task": text, "length": hi - lo,
-                     "real_success": bool(success.any()),
-                     "real_first_success": int(np.argmax(success)) if success.any() else -1,
-                     "real_max_reward": float(reward.max()) if reward is not None else None})
+        ep = _recorded_episode(ds, pos, world, normalizer, cams, tasks, real=real)
+        starts.append(ep["start"])
+        if ep["recorded"] is not None:
+            recorded.append(ep["recorded"])
+        if ep["state"] is not None:
+            states.append(ep["state"])
+        actions.append(ep["actions"])
+        task_ids.append(ep["task"])
+        meta.append(ep["meta"])
     task = torch.as_tensor(task_ids)
     made = imagine_along(world, critic, torch.stack(starts), torch.as_tensor(np.stack(states)) if states else None,
                          actions, task, sampling_steps=sampling_steps, action_guidance=action_guidance, seed=seed,
@@ -340,6 +325,36 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
         if real:
             out[-1].update(_beside_recorded(world, critic, z, *recorded[i], task[i], threshold, persist))
     return out
+
+
+def _recorded_episode(ds, pos: int, world, normalizer, cams: list[str], tasks: list[str], *, real: bool) -> dict:
+    """One recorded episode for `replay`: its first frame's latents (with real=True also every stride-th recorded
+    frame and its latents), its first robot state and its actions normalised, its task and real outcome."""
+    from wam.data.windows import resize_frames
+    from wam.tokenizer import encode_frames
+
+    cfg, stride = world.model.cfg, world.model.cfg.future_stride
+    lo, hi = ds.episode_ranges[pos]
+    text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
+    if text not in tasks:
+        raise ArgumentError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
+                            f"was not trained on")
+    rows = np.arange(0, (hi - lo - 1) // stride * stride + 1, stride) if real else np.zeros(1, int)
+    views = [resize_frames(ds.episode_frames(pos, k, rows=rows), (cfg.image_size, cfg.image_size)) for k in cams]
+    frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (R, H, W * n_cams, 3)
+    start = encode_frames(world.tokenizer, frames[:1])[0]  # alone: the same latents with real or not
+    recorded = (frames, torch.cat([start[None], encode_frames(world.tokenizer, frames[1:])])) if real else None
+    state = None
+    if cfg.state_dim > 0 and "observation.state" in ds.data:
+        state = np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo:lo + 1]), np.float32)[0]
+    success = np.asarray(ds.data["next.success"][lo:hi], bool)
+    reward = np.asarray(ds.data["next.reward"][lo:hi], np.float64) if "next.reward" in ds.data else None
+    return {"start": start, "recorded": recorded, "state": state, "task": tasks.index(text),
+            "actions": np.asarray(normalizer.normalize_action(ds.data["action"][lo:hi]), np.float32),
+            "meta": {"episode_index": int(ds.episodes[pos].episode_index), "task": text, "length": hi - lo,
+                     "real_success": bool(success.any()),
+                     "real_first_success": int(np.argmax(success)) if success.any() else -1,
+                     "real_max_reward": float(reward.max()) if reward is not None else None}}
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from wam import flow
-from wam.config import LossConfig
+from wam.config import LossConfig, ModelConfig
 from wam.errors import ArgumentError
 from wam.inference.taylor import Forecaster
 from wam.samplers import SCHEDULES, SOLVERS
@@ -111,22 +111,12 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     if given_future is not None and given_future.shape[1] != F:
         raise ArgumentError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
     given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
-
-    if noise is None:
-        x = initial_noise(cfg, m, B, (c, h, w), generator, device)
-    else:
-        needed = [k for k, how in (("future", m.future), ("actions", m.actions)) if how == GENERATE]
-        if any(k not in noise for k in needed):
-            raise ArgumentError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
-        x = {k: noise[k] for k in needed}
+    _check_sampling(m, solver=solver, schedule=schedule, t_start=t_start, taylor=taylor,
+                    action_guidance=action_guidance)
+    x = _start(cfg, m, B, (c, h, w), generator, device, noise)
     task, state = batch["task"], batch.get("state")
     guided = cfg_scale != 1.0
     act_guided = action_guidance != 1.0
-    if act_guided and not (m.future == GENERATE and m.actions == GIVEN):
-        raise ArgumentError(f"action_guidance applies to modes that generate frames from given actions (forward), "
-                            f"not {m.name!r}")
-    if act_guided and taylor is not None:
-        raise ArgumentError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
     if guided:  # conditional and unconditional halves in one batch
         two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
         drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
@@ -178,25 +168,41 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
             v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps:]
         return v_fut, v_act
 
+    ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
+    x = SOLVERS[solver](model_fn, x, ts)
+
+    result = {}  # (the first B rows: the conditional half under guidance)
+    if m.future != OMIT:
+        result["latents"] = torch.cat([hist[:B], x["future"] if m.future == GENERATE else given_future[:B]], 1)
+    if m.actions != OMIT:
+        result["actions"] = x["actions"] if m.actions == GENERATE else given_actions[:B]
+    if forecast is not None:
+        result["forecast"] = forecast.stats()
+    return result
+
+
+def _check_sampling(m: Mode, *, solver: str, schedule: str, t_start: float, taylor, action_guidance: float) -> None:
+    if action_guidance != 1.0 and not (m.future == GENERATE and m.actions == GIVEN):
+        raise ArgumentError(f"action_guidance applies to modes that generate frames from given actions (forward), "
+                            f"not {m.name!r}")
+    if action_guidance != 1.0 and taylor is not None:
+        raise ArgumentError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
     if solver not in SOLVERS:
         raise ArgumentError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     if schedule not in SCHEDULES:
         raise ArgumentError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     if not 0.0 < t_start <= 1.0:
         raise ArgumentError(f"t_start must be in (0, 1], got {t_start}")
-    ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
-    x = SOLVERS[solver](model_fn, x, ts)
 
-    hist, given_future, given_actions = hist[:B], None if given_future is None else given_future[:B], \
-        None if given_actions is None else given_actions[:B]
-    result = {}
-    if m.future != OMIT:
-        result["latents"] = torch.cat([hist, x["future"] if m.future == GENERATE else given_future], 1)
-    if m.actions != OMIT:
-        result["actions"] = x["actions"] if m.actions == GENERATE else given_actions
-    if forecast is not None:
-        result["forecast"] = forecast.stats()
-    return result
+
+def _start(cfg: ModelConfig, m: Mode, B: int, chw: tuple, generator, device, noise: dict | None) -> dict:
+    """Where integration starts for every generated stream: the given noise, or noise drawn from `generator`."""
+    if noise is None:
+        return initial_noise(cfg, m, B, chw, generator, device)
+    needed = [k for k, how in (("future", m.future), ("actions", m.actions)) if how == GENERATE]
+    if any(k not in noise for k in needed):
+        raise ArgumentError(f"mode {m.name!r} needs noise for {needed}, got {sorted(noise)}")
+    return {k: noise[k] for k in needed}
 
 
 def next_frame(model, history: torch.Tensor, task: torch.Tensor, actions: torch.Tensor, *,

@@ -97,6 +97,40 @@ class Observation:
         return self.frames.shape[0]
 
 
+def _check_plan(mode: str, plan: int, plan_score: str, plan_guidance: float) -> None:
+    if plan_guidance != 1.0 and plan_score != "forward":
+        raise ArgumentError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
+                            "`plan_score='forward'` with it")
+    if plan < 1:
+        raise ArgumentError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
+    if plan_score not in PLAN_SCORES:
+        raise ArgumentError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
+    if plan > 1 and mode == "policy" and plan_score == "imagined":
+        raise ArgumentError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
+                            "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
+                            "'forward'")
+
+
+def _plan_critic(critic, checkpoint, device):
+    """The critic that scores planned futures (a Critic, its directory, or <checkpoint>/critic), with a warning
+    when it reads the latents of another tokenizer than the checkpoint's."""
+    from wam.checkpoint import file_hash
+    from wam.critic import Critic, load_critic
+
+    critic = (critic if isinstance(critic, Critic) else
+              load_critic(critic if critic is not None else checkpoint.path / "critic")).to(device)
+    c = critic.cfg
+    tokenizer_file = Path(checkpoint.path) / "tokenizer.safetensors"
+    fits = (c.tokenizer_hash == file_hash(tokenizer_file) if c.tokenizer_hash and tokenizer_file.is_file()
+            else not c.model_hash or c.model_hash == checkpoint.model_hash)
+    if not fits:
+        import warnings
+
+        warnings.warn("the critic was trained on the latents of another frame tokenizer than this "
+                      "checkpoint's; its scores may not fit (train one: wam critic)", stacklevel=3)
+    return critic
+
+
 class WAMPolicy:
     """A WAM checkpoint as a closed-loop policy (see the module docstring for the timing)."""
 
@@ -143,8 +177,32 @@ class WAMPolicy:
         run = checkpoint.config.get("run", {})
         self.cameras = [f"observation.images.{c}" for c in run.get("cameras", [])]
         self.tasks: list[str] = list(run.get("tasks", []))
-        # embodiments: a model trained on a mixture acts in each action dataset's units (its own statistics
-        # and action size); a task acts in the units of the first dataset that holds it, a new task in the first's
+        self._set_embodiments(run)
+        self._task_text = getattr(model, "task_text", None)  # (n_tasks, text_dim) for a text-conditioned model
+        self.fps = run.get("fps")
+        self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
+        if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
+            raise ArgumentError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
+                                f"got {self.n_action_steps}")
+        self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
+        self.plan, self.critic, self.plan_score = int(plan), None, plan_score
+        self.plan_guidance = float(plan_guidance)
+        _check_plan(mode, self.plan, plan_score, self.plan_guidance)
+        if self.plan > 1:
+            self.critic = _plan_critic(critic, checkpoint, device)
+        # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
+        self.spec = (str(checkpoint.path), tuple(sorted(dict(
+            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
+            blind=self.blind, plan=self.plan, plan_score=plan_score, plan_guidance=self.plan_guidance,
+            # (a Critic object is found again at the directory it was loaded from)
+            critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
+        self.reset()
+
+    def _set_embodiments(self, run: dict) -> None:
+        """A model trained on a mixture acts in each action dataset's units (its own statistics and action size); a
+        task acts in the units of the first dataset that holds it, a new task in the first's."""
+        from wam.data import Normalizer
+
         self.embodiments = [self.normalizer]
         self.embodiment_cameras: list[list[str] | None] = [self.cameras]
         self.task_embodiment: dict[str, int] = {}
@@ -157,49 +215,6 @@ class WAMPolicy:
             for i, d in enumerate(sets):
                 for t in d.get("tasks", []):
                     self.task_embodiment.setdefault(t, i)
-        self._task_text = getattr(model, "task_text", None)  # (n_tasks, text_dim) for a text-conditioned model
-        self.fps = run.get("fps")
-        self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
-        if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
-            raise ArgumentError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
-                                f"got {self.n_action_steps}")
-        self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
-        self.plan, self.critic, self.plan_score = int(plan), None, plan_score
-        self.plan_guidance = float(plan_guidance)
-        if self.plan_guidance != 1.0 and plan_score != "forward":
-            raise ArgumentError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
-                                "plan_score='forward' (--plan-score forward) with it")
-        if self.plan < 1:
-            raise ArgumentError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
-        if plan_score not in PLAN_SCORES:
-            raise ArgumentError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
-        if self.plan > 1:
-            if mode == "policy" and plan_score == "imagined":
-                raise ArgumentError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
-                                    "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
-                                    "'forward'")
-            from wam.critic import Critic, load_critic
-
-            self.critic = (critic if isinstance(critic, Critic) else
-                           load_critic(critic if critic is not None else checkpoint.path / "critic")).to(device)
-            from wam.checkpoint import file_hash
-
-            c = self.critic.cfg
-            tokenizer_file = Path(checkpoint.path) / "tokenizer.safetensors"
-            fits = (c.tokenizer_hash == file_hash(tokenizer_file) if c.tokenizer_hash and tokenizer_file.is_file()
-                    else not c.model_hash or c.model_hash == checkpoint.model_hash)
-            if not fits:
-                import warnings
-
-                warnings.warn("the critic was trained on the latents of another frame tokenizer than this "
-                              "checkpoint's; its scores may not fit (train one: wam critic)", stacklevel=2)
-        # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
-        self.spec = (str(checkpoint.path), tuple(sorted(dict(
-            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan, plan_score=plan_score, plan_guidance=self.plan_guidance,
-            # (a Critic object is found again at the directory it was loaded from)
-            critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
-        self.reset()
 
     # the sampling settings most callers ask about
     steps = property(lambda self: self.inference.steps)

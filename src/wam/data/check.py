@@ -208,6 +208,77 @@ def _check(report: Report, root: Path, decode: str) -> None:
         _check_stats(report, meta)
 
 
+def _check_columns(report: Report, rel: str, table, stored: dict, features: dict) -> dict[str, np.ndarray]:
+    """The data file's columns against meta/info.json; returns the numeric columns that match, as arrays."""
+    names = table.column_names
+    matching = set()
+    for k, ft in stored.items():
+        if k not in names:
+            report.problem("schema", f"data file {rel} lacks column {k!r} that meta/info.json lists as a feature")
+            continue
+        wrong = _arrow_matches(table.schema.field(k).type, ft)
+        if wrong:
+            report.problem("schema", f"column {k!r} of {rel} does not match meta/info.json: {wrong}")
+        else:
+            matching.add(k)
+    for k in names:
+        if k not in features and not k.startswith("__index_level"):
+            report.problem("schema", f"data file {rel} has column {k!r} that meta/info.json does not list")
+    cols: dict[str, np.ndarray] = {}
+    for k, ft in stored.items():
+        if k in matching and ft["dtype"] in NUMERIC_DTYPES:
+            try:
+                cols[k] = column_to_numpy(table.column(k), k, ft, Path(rel))
+            except DatasetError as e:
+                report.problem("schema", str(e))
+    return cols
+
+
+def _check_episode_rows(report: Report, rel: str, ep, rows: np.ndarray, cols: dict[str, np.ndarray], n_tasks: int,
+                        fps: float) -> np.ndarray | None:
+    """One episode's rows of a data file: count, order, indices, task indices, NaN, timestamps. Returns its
+    timestamps when they are finite."""
+    if len(rows) != ep.length:
+        report.problem("rows", f"episode {ep.episode_index} has {len(rows)} rows in {rel} but length "
+                               f"{ep.length} in the episode metadata")
+    if rows[-1] - rows[0] + 1 != len(rows):
+        report.problem("rows", f"rows of episode {ep.episode_index} are not contiguous in {rel}")
+    frame_index = cols["frame_index"].reshape(-1)[rows] if "frame_index" in cols else None
+    if frame_index is not None and not np.array_equal(frame_index, np.arange(len(rows))):
+        report.problem("rows", f"frame_index of episode {ep.episode_index} in {rel} is not 0..{len(rows) - 1}")
+    if "index" in cols and ep.dataset_from_index >= 0:
+        expect = np.arange(ep.dataset_from_index, ep.dataset_from_index + len(rows))
+        if not np.array_equal(cols["index"].reshape(-1)[rows], expect):
+            report.problem("rows", f"index of episode {ep.episode_index} in {rel} does not run "
+                                   f"{ep.dataset_from_index}..{ep.dataset_from_index + len(rows) - 1}")
+    if "task_index" in cols:
+        ti = cols["task_index"].reshape(-1)[rows]
+        if ti.min() < 0 or ti.max() >= n_tasks:
+            report.problem("rows", f"episode {ep.episode_index} in {rel} uses task_index {int(ti.max())} "
+                                   f"but there are {n_tasks} tasks")
+    for k, v in cols.items():
+        if v.dtype.kind == "f":
+            bad = ~np.isfinite(v[rows])
+            if bad.any():
+                report.problem("nan", f"column {k!r} of episode {ep.episode_index} in {rel} has "
+                                      f"{int(bad.sum())} NaN or inf value(s)")
+    if "timestamp" in cols:
+        ts = cols["timestamp"].reshape(-1)[rows].astype(np.float64)
+        if not np.isfinite(ts).all():
+            return None
+        steps = np.diff(ts)
+        if (steps <= 0).any():
+            at = int(np.flatnonzero(steps <= 0)[0])
+            report.problem("timestamps", f"timestamps of episode {ep.episode_index} in {rel} do not "
+                                         f"increase: {ts[at]:.4f}s then {ts[at + 1]:.4f}s at frame {at + 1}")
+        elif len(steps) and np.abs(steps - 1.0 / fps).max() > 0.25 / fps:
+            report.warn("timestamps", f"timestamps of episode {ep.episode_index} in {rel} are not "
+                                      f"spaced 1/fps = {1 / fps:.4f}s apart (steps from {steps.min():.4f}s "
+                                      f"to {steps.max():.4f}s)")
+        return ts
+    return None
+
+
 def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
     """Checks every data file; returns the timestamps of each episode that could be read."""
     import pyarrow.parquet as pq
@@ -230,26 +301,7 @@ def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
             report.problem("bad-data", f"data file {rel} is not a readable parquet file ({which}): {e}")
             continue
         names = table.column_names
-        matching = set()
-        for k, ft in stored.items():
-            if k not in names:
-                report.problem("schema", f"data file {rel} lacks column {k!r} that meta/info.json lists as a feature")
-                continue
-            wrong = _arrow_matches(table.schema.field(k).type, ft)
-            if wrong:
-                report.problem("schema", f"column {k!r} of {rel} does not match meta/info.json: {wrong}")
-            else:
-                matching.add(k)
-        for k in names:
-            if k not in features and not k.startswith("__index_level"):
-                report.problem("schema", f"data file {rel} has column {k!r} that meta/info.json does not list")
-        cols: dict[str, np.ndarray] = {}
-        for k, ft in stored.items():
-            if k in matching and ft["dtype"] in NUMERIC_DTYPES:
-                try:
-                    cols[k] = column_to_numpy(table.column(k), k, ft, Path(rel))
-                except DatasetError as e:
-                    report.problem("schema", str(e))
+        cols = _check_columns(report, rel, table, stored, features)
         if "episode_index" not in cols:
             continue
         ep_col = cols["episode_index"].reshape(-1)
@@ -258,43 +310,8 @@ def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
             if len(rows) == 0:
                 report.problem("rows", f"episode {ep.episode_index} has no rows in {rel}")
                 continue
-            if len(rows) != ep.length:
-                report.problem("rows", f"episode {ep.episode_index} has {len(rows)} rows in {rel} but length "
-                                       f"{ep.length} in the episode metadata")
-            if rows[-1] - rows[0] + 1 != len(rows):
-                report.problem("rows", f"rows of episode {ep.episode_index} are not contiguous in {rel}")
-            frame_index = cols["frame_index"].reshape(-1)[rows] if "frame_index" in cols else None
-            if frame_index is not None and not np.array_equal(frame_index, np.arange(len(rows))):
-                report.problem("rows", f"frame_index of episode {ep.episode_index} in {rel} is not 0..{len(rows) - 1}")
-            if "index" in cols and ep.dataset_from_index >= 0:
-                expect = np.arange(ep.dataset_from_index, ep.dataset_from_index + len(rows))
-                if not np.array_equal(cols["index"].reshape(-1)[rows], expect):
-                    report.problem("rows", f"index of episode {ep.episode_index} in {rel} does not run "
-                                           f"{ep.dataset_from_index}..{ep.dataset_from_index + len(rows) - 1}")
-            if "task_index" in cols:
-                ti = cols["task_index"].reshape(-1)[rows]
-                if ti.min() < 0 or ti.max() >= len(meta.tasks):
-                    report.problem("rows", f"episode {ep.episode_index} in {rel} uses task_index {int(ti.max())} "
-                                           f"but there are {len(meta.tasks)} tasks")
-            for k, v in cols.items():
-                if v.dtype.kind == "f":
-                    bad = ~np.isfinite(v[rows])
-                    if bad.any():
-                        report.problem("nan", f"column {k!r} of episode {ep.episode_index} in {rel} has "
-                                              f"{int(bad.sum())} NaN or inf value(s)")
-            if "timestamp" in cols:
-                ts = cols["timestamp"].reshape(-1)[rows].astype(np.float64)
-                if not np.isfinite(ts).all():
-                    continue
-                steps = np.diff(ts)
-                if (steps <= 0).any():
-                    at = int(np.flatnonzero(steps <= 0)[0])
-                    report.problem("timestamps", f"timestamps of episode {ep.episode_index} in {rel} do not "
-                                                 f"increase: {ts[at]:.4f}s then {ts[at + 1]:.4f}s at frame {at + 1}")
-                elif len(steps) and np.abs(steps - 1.0 / fps).max() > 0.25 / fps:
-                    report.warn("timestamps", f"timestamps of episode {ep.episode_index} in {rel} are not "
-                                              f"spaced 1/fps = {1 / fps:.4f}s apart (steps from {steps.min():.4f}s "
-                                              f"to {steps.max():.4f}s)")
+            ts = _check_episode_rows(report, rel, ep, rows, cols, len(meta.tasks), fps)
+            if ts is not None:
                 timestamps[ep.episode_index] = ts
         for k, ft in stored.items():
             if ft["dtype"] == "image" and k in names:
