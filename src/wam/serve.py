@@ -40,15 +40,25 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wam.protocol import (PROTOCOL_VERSION, REQUEST_TYPES, TOKEN_ENV, ProtocolError, check_observation, hello_seed,
-                          pack, plain_id, unpack)
 from wam.errors import ArgumentError
+from wam.protocol import (
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    TOKEN_ENV,
+    ProtocolError,
+    check_observation,
+    hello_seed,
+    pack,
+    plain_id,
+    unpack,
+)
 
 if TYPE_CHECKING:  # (serving an ONNX export, wam.runtime, never imports torch)
     import torch
