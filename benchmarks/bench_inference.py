@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from wam.bench import Bench, matmul_peak
 from wam.checkpoint import load_checkpoint
 from wam.inference import REFERENCE, InferenceConfig, TaylorSeer
-from wam.bench import Bench, matmul_peak
 
 
 def settings() -> list[tuple[str, str, InferenceConfig]]:

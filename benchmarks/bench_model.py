@@ -20,8 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from wam import PRESETS, WAM, training_loss
-from wam.config import LossConfig
 from wam.bench import matmul_peak
+from wam.config import LossConfig
 
 
 def fake_batch(cfg, B: int, g: torch.Generator) -> dict:

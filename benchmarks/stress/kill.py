@@ -236,7 +236,7 @@ def main() -> int:
             duration, first_write = run_to_end(train_args(ref), logs / "train-ref.log", watch=ref / "checkpoint")
             first = train_args(out)
             resume = wam("train", "--dataset", str(data), "--out", str(out), "--resume", "--quiet")
-            r = kill_chain("train", first, resume, first, lambda: check_run(out, "train", None), out, args.kills,
+            r = kill_chain("train", first, resume, first, lambda out=out: check_run(out, "train", None), out, args.kills,
                            window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
             final_resume = check_run(out, "train", None)[0] == "ok"
             run_to_end(resume if final_resume else first, logs / "train-final.log")
@@ -251,7 +251,7 @@ def main() -> int:
             duration, first_write = run_to_end(ft(ref), logs / "ft-ref.log", watch=ref / "checkpoint")
             resume = wam("finetune", "--out", str(out), "--resume", "--quiet")
             r = kill_chain("finetune", ft(out), resume, [*ft(out), "--overwrite"],
-                           lambda: check_run(out, "finetune", base / "checkpoint"), out, args.kills,
+                           lambda out=out: check_run(out, "finetune", base / "checkpoint"), out, args.kills,
                            window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
             final_resume = check_run(out, "finetune", base / "checkpoint")[0] == "ok"
             run_to_end(resume if final_resume else ft(out), logs / "ft-final.log")
@@ -262,7 +262,7 @@ def main() -> int:
             col = lambda o: wam("collect", "dot", "--episodes", "60", "--image-size", "32", "--workers", "1",  # noqa: E731
                                 "--out", str(o), "--overwrite")
             duration, first_write = run_to_end(col(ref), logs / "col-ref.log", watch=ref)
-            r = kill_chain("collect", col(out), None, col(out), lambda: check_dataset_dir(out), out, args.kills,
+            r = kill_chain("collect", col(out), None, col(out), lambda out=out: check_dataset_dir(out), out, args.kills,
                            window(first_write, duration), rng, logs, deadline)
             final_resume = True
             run_to_end(col(out), logs / "col-final.log")

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "world_model"))
-from bench_world_model import steps_done, world_model  # noqa: E402  (experiments/world_model/)
+from bench_world_model import steps_done, world_model
 
 TOKENIZER = "runs/tokenizers/c16det-3k"
 CONFIGS = {

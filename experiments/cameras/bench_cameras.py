@@ -26,7 +26,7 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 CAMERAS = ("corner", "corner2", "corner2-lerobot", "corner3", "corner4", "topview")
 SIZES = (64, 96, 128)

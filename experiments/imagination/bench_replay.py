@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_imagine import POLICY_SETS, correlations, pool, run, wam  # (this script's own directory)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,8 +75,8 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
 def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
     """Episode by episode: the imagined verdict against the real outcome (`wam.imagine.replay_summary`), with
     how well the imagined progress sorts the real outcomes and how early the imagined success comes."""
-    from wam.stats import auc
     from wam.imagine import replay_summary
+    from wam.stats import auc
 
     s = replay_summary(verdicts)
     real = np.array([v["real_success"] for v in verdicts], bool)

@@ -42,7 +42,7 @@ def parse_candidates(text: str) -> list[tuple[str, int, int, int, int, float]]:
             detail = float(values[4]) if len(values) > 4 else 0.0
         except ValueError:
             raise SystemExit(f"bad candidate {item!r}; write NAME=WIDTH:LATENT_CHANNELS:STEPS[:DOWNSAMPLE[:DETAIL]], "
-                             f"e.g. w32=32:8:2000")
+                             f"e.g. w32=32:8:2000") from None
         out.append((name, width, channels, steps, downsample, detail))
     return out
 
@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from wam.episodes import load_episodes
     from wam.inference.precision import cpu_description
     from wam.tokenizer import ConvAutoencoder, train_tokenizer
-    from wam.episodes import load_episodes
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()  # the split: every task's episodes but its last --held-out train, those test

@@ -49,8 +49,8 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
     latents, the robot state, the task and the environment state. Frames every `stride` steps of the given
     episodes."""
     from wam.data import Normalizer
-    from wam.evaluate import map_tasks
     from wam.episodes import episodes_to_tensors, load_episodes
+    from wam.evaluate import map_tasks
 
     model, cfg, run = ck.model.eval(), ck.model.cfg, ck.config.get("run", {})
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
@@ -66,7 +66,7 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
         hist = b["latents"][:, :cfg.n_obs_steps]  # (B, n_obs, c, h, w)
         seen = []
         model(hist, torch.zeros(hist.shape[:2]), None, None, b["task"], b["state"],
-              hook=lambda k, xs: seen.append(xs[1].flatten(1).float()))  # (B, n_obs * tokens * D)
+              hook=lambda k, xs, seen=seen: seen.append(xs[1].flatten(1).float()))  # (B, n_obs * tokens * D)
         for k, x in enumerate(seen):
             out["blocks"][k].append(x.numpy())
         out["latents"].append(hist.flatten(1).float().numpy())
