@@ -18,6 +18,7 @@ _EXPORTS = {
     "FrameTokenizer": "wam.tokenizer", "ConvAutoencoder": "wam.tokenizer", "PixelTokenizer": "wam.tokenizer",
     "Checkpoint": "wam.checkpoint", "load_checkpoint": "wam.checkpoint", "save_checkpoint": "wam.checkpoint",
     "LeRobotDataset": "wam.data", "WindowDataset": "wam.data",
+    "WamError": "wam.errors",  # the base of every error about the user's input
 }
 
 __all__ = [*_EXPORTS, "__version__"]
