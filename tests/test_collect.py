@@ -10,6 +10,7 @@ from wam.cli import main
 from wam.collect import collect
 from wam.config import PRESETS
 from wam.data import LeRobotDataset, WindowDataset, check_dataset
+from wam.errors import ArgumentError
 
 
 def test_collect_dot_from_the_command_line(tmp_path, capsys):
@@ -32,7 +33,7 @@ def test_collect_dot_from_the_command_line(tmp_path, capsys):
 
 def test_failed_attempts_are_retried_then_reported_or_kept(tmp_path, capsys):
     # two steps are never enough to reach the goal: every attempt fails
-    with pytest.raises(ValueError, match="no episode was kept"):
+    with pytest.raises(ArgumentError, match="no episode was kept"):
         collect("dot", episodes=2, out=tmp_path / "none", image_size=16, max_steps=2, workers=1, progress=False)
     assert not (tmp_path / "none").exists()
     summary = collect("dot", episodes=2, out=tmp_path / "kept", image_size=16, max_steps=2, workers=1,
@@ -65,7 +66,7 @@ def test_action_noise_perturbs_the_expert_deterministically(tmp_path):
     assert np.abs(noisy.data["action"]).max() <= 1.0  # clipped to the action space
     summary = json.loads((tmp_path / "noisy" / "meta/collection.json").read_text())
     assert summary["settings"]["action_noise"] == 0.5
-    with pytest.raises(ValueError, match="action-noise"):
+    with pytest.raises(ArgumentError, match="action_noise"):
         collect("dot", out=tmp_path / "bad", action_noise=-1, **kw)
 
 
@@ -106,7 +107,7 @@ def test_collect_metaworld_full_state_for_ablations(tmp_path, capsys):
     ds = LeRobotDataset(out)
     assert ds.features["observation.state"]["shape"] == [39]
     assert np.array_equal(ds.data["observation.state"], ds.data["observation.environment_state"])
-    with pytest.raises(ValueError, match="single kind of state"):
+    with pytest.raises(ArgumentError, match="single kind of state"):
         collect("dot", episodes=1, out=tmp_path / "dot", state="full", progress=False)
 
 
@@ -177,11 +178,11 @@ def test_resuming_with_another_setting_is_refused_naming_it(tmp_path, monkeypatc
         _stop_at(m, 5)
         with pytest.raises(KeyboardInterrupt):
             collect("dot", out=out, **RESUMABLE)
-    with pytest.raises(ValueError, match=r"--seed was 1 in the interrupted collection, this command gives 2"):
+    with pytest.raises(ArgumentError, match=r"`seed` was 1 in the interrupted collection, this command gives 2"):
         collect("dot", out=out, resume=True, **{**RESUMABLE, "seed": 2})
-    with pytest.raises(ValueError, match=r"--image-size was 16 .* gives 32"):
+    with pytest.raises(ArgumentError, match=r"`image_size` was 16 .* gives 32"):
         collect("dot", out=out, resume=True, **{**RESUMABLE, "image_size": 32})
-    with pytest.raises(ValueError, match="pass one of them"):
+    with pytest.raises(ArgumentError, match="pass one of them"):
         collect("dot", out=out, resume=True, overwrite=True, **RESUMABLE)
     collect("dot", out=out, resume=True, **RESUMABLE)  # the refusals left it resumable
     assert LeRobotDataset(out).num_episodes == 6

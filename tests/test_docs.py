@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import Chromium, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +42,7 @@ def site(tmp_path_factory) -> Path:
     if cmd is None:
         msg = ("MKDOCS IS NOT INSTALLED: the docs site was NOT built. pip install -e '.[docs]' (part of the dev "
                "extra that scripts/test.sh installs)")
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run([*cmd, "build", "--strict", "--config-file",
@@ -106,7 +105,7 @@ def browser():
     if CHROMIUM is None:
         msg = ("CHROMIUM IS NOT INSTALLED: the docs pages were NOT tested in a browser. Run scripts/test.sh "
                "(it installs Debian's chromium) or apt-get install chromium")
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     with Chromium(CHROMIUM) as b:
         yield b

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from wam.evaluate import env_options_for, group_results, paired_difference, wilson_interval
+from wam.evaluate import env_options_for
+from wam.stats import group_results, paired_difference, wilson_interval
 
 
 def _row(task, successes, expert=None):

@@ -18,8 +18,8 @@ from browser import Chromium, find_chromium
 from PIL import Image
 from test_report import small_eval_info, write_log
 
-from wam.evaluate import write_video
 from wam.report import build_index, build_report
+from wam.rollout import write_video
 
 CHROMIUM = find_chromium()
 

@@ -83,7 +83,8 @@ def test_wam_eval_of_the_trained_model_beats_a_random_policy(run, tmp_path, caps
 
     from wam.cli import main
     from wam.envs.dot import TASKS, make_env
-    from wam.evaluate import RandomPolicy, eval_seeds, rollout
+    from wam.evaluate import eval_seeds
+    from wam.rollout import RandomPolicy, rollout
 
     cfg = run.state.ema.cfg
     stats = {"action_key": "action", "state_key": "observation.state",

@@ -172,7 +172,7 @@ def main() -> None:
     if args.latency:
         import torch
 
-        from wam.evaluate import write_json_atomic
+        from wam.atomic import write_json_atomic
 
         torch.set_num_threads(args.threads)
         record = json.loads(Path(args.out).read_text())
@@ -198,7 +198,7 @@ def main() -> None:
         results[name]["world_model"] = world_model(run, args)
         previous = json.loads(out.read_text())["results"] if out.is_file() else {}  # (read again: runs may share it)
         merged = {n: results.get(n) or previous[n] for n in CONFIGS if n in results or n in previous}
-        from wam.evaluate import write_json_atomic
+        from wam.atomic import write_json_atomic
 
         write_json_atomic(out, {"steps": args.steps, "episodes_per_task": args.episodes, "tokenizer": TOKENIZER,
                                 "results": merged})

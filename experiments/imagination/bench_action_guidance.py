@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="experiments/imagination/action_guidance.json")
     args = ap.parse_args(argv)
 
+    from wam.atomic import write_json_atomic
     from wam.checkpoint import load_checkpoint
-    from wam.evaluate import evaluate_world_model, write_json_atomic
+    from wam.evaluate import evaluate_world_model
 
     ckpt = load_checkpoint(args.checkpoint)
     out = Path(args.out)

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
-    from wam.evaluate import write_json_atomic
+    from wam.atomic import write_json_atomic
 
     if args.pool:
         result = pool([json.loads(Path(f).read_text()) for f in args.pool.split(",")])

@@ -12,9 +12,9 @@
 
 Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 5 tasks); "mean of group
 means" is the published convention, "per episode" weighs every episode alike. Intervals: Wilson 95% per
-group and per episode; normal approximation for the mean of group means (`wam.evaluate.group_results`).
+group and per episode; normal approximation for the mean of group means (`wam.stats.group_results`).
 `--versus` adds the paired difference from another evaluation of the same seeds (bootstrap interval over
-episodes and McNemar's exact p, `wam.evaluate.paired_difference`), per group and per episode.
+episodes and McNemar's exact p, `wam.stats.paired_difference`), per group and per episode.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def paired_outcomes(info: dict, other: dict, tasks: list[str], name: str) -> tup
 
 def versus(info: dict, other: dict, tasks: list[str], name: str) -> str:
     """' points [95% CI], p=... |': the paired difference of `info` minus `other` on `tasks`."""
-    from wam.evaluate import paired_difference
+    from wam.stats import paired_difference
 
     d = paired_difference(*paired_outcomes(info, other, tasks, name))
     return f" {d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p={d['mcnemar_p']:.2g} |"

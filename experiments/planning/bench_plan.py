@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"--dataset DATASET --out {critic}")
     import torch
 
-    from wam.evaluate import write_json_atomic
+    from wam.atomic import write_json_atomic
 
     settings = [("policy", 1, "policy mode", "imagined")]
     settings += [("joint", int(n), f"joint, plan {n}", "imagined") for n in args.plans.split(",") if n]

@@ -63,7 +63,7 @@ def measure(tok, test, batch: int = 64) -> dict:
     encode + decode ms per frame."""
     import torch
 
-    from wam.evaluate import _to_unit, psnr, ssim
+    from wam.stats import psnr, ssim, to_unit
     from wam.tokenizer import to_model_frames
 
     ps, ss, detail, secs = [], [], [], 0.0
@@ -73,7 +73,7 @@ def measure(tok, test, batch: int = 64) -> dict:
             t0 = time.perf_counter()
             rec = tok.decode(tok.encode(x))
             secs += time.perf_counter() - t0
-            rec, real = _to_unit(rec[:, 0]), _to_unit(x[:, 0])  # [0, 1], 8-bit, as `wam eval --world-model`
+            rec, real = to_unit(rec[:, 0]), to_unit(x[:, 0])  # [0, 1], 8-bit, as `wam eval --world-model`
             ps.append(psnr(rec, real))
             ss.append(ssim(rec, real))
             m = detail_mask(real).expand_as(real)

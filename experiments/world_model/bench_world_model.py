@@ -43,7 +43,7 @@ episodes, in policy and joint mode:
     MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1,2 \
         --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far --out experiments/world_model/world_model_far.json
 
-The table gives each recipe's paired difference from the policy-only run (`wam.evaluate.paired_difference`:
+The table gives each recipe's paired difference from the policy-only run (`wam.stats.paired_difference`:
 the same seeds, a bootstrap interval over episodes and McNemar's exact test), which is tighter than comparing
 two Wilson intervals.
 
@@ -179,7 +179,7 @@ def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy", seed: 
 def pooled(evals: list[dict]) -> dict:
     """One evaluation over several evaluation seeds (each a disjoint set of episodes): success, Wilson interval,
     per-task success and the per-episode outcomes, keyed by seed then task."""
-    from wam.evaluate import wilson_interval
+    from wam.stats import wilson_interval
 
     if len(evals) == 1:
         return evals[0]
@@ -203,8 +203,8 @@ def outcomes(e: dict) -> dict[tuple[str, str], list[bool]]:
 
 def versus_policy(result: dict) -> None:
     """Each recipe against the policy-only run on the episodes both evaluated (same seeds): paired difference,
-    bootstrap interval and McNemar's exact test (`wam.evaluate.paired_difference`)."""
-    from wam.evaluate import paired_difference
+    bootstrap interval and McNemar's exact test (`wam.stats.paired_difference`)."""
+    from wam.stats import paired_difference
 
     base = result["runs"].get("policy", {}).get("eval")
     a = outcomes(base) if base else {}

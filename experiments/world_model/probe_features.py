@@ -49,8 +49,7 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
     latents, the robot state, the task and the environment state. Frames every `stride` steps of the given
     episodes."""
     from wam.data import Normalizer
-    from wam.episodes import episodes_to_tensors, load_episodes
-    from wam.evaluate import map_tasks
+    from wam.episodes import episodes_to_tensors, load_episodes, map_tasks
 
     model, cfg, run = ck.model.eval(), ck.model.cfg, ck.config.get("run", {})
     data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
-    from wam.evaluate import write_json_atomic
+    from wam.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
     dataset = Path(args.dataset)

@@ -9,6 +9,7 @@ resumes from such a directory) renames back.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -25,6 +26,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write `obj` as indented JSON to `path` through a temporary sibling and one rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def atomic_dir_replace(tmp: Path, final: Path) -> None:

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wam.errors import ArgumentError, DatasetError, NotFoundError, WamError
 from wam.inference import REFERENCE, InferenceConfig, autocast, prepare
+from wam.stats import frames_psnr
 
 ACTING = ("policy", "joint", "inverse")
 
@@ -53,12 +54,6 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
     return 2 * n ** 3 / statistics.median(times)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of frames in [0, 1]."""
-    mse = float((a - b).pow(2).mean())
-    return 10 * np.log10(1.0 / max(mse, 1e-10))
-
-
 @dataclass
 class Run:
     """What one setting produced over the bench's inputs."""
@@ -73,8 +68,7 @@ class Bench:
     def __init__(self, checkpoint, dataset=None, *, episodes: int = 5, windows: int = 40, warmup: int = 3,
                  seed: int = 0, progress: bool = False):
         from wam.data import Normalizer
-        from wam.episodes import load_episodes
-        from wam.evaluate import map_tasks
+        from wam.episodes import load_episodes, map_tasks
 
         self.ckpt, self.seed, self.warmup, self.windows = checkpoint, seed, warmup, windows
         self.cfg = checkpoint.model.cfg
@@ -238,7 +232,7 @@ class Bench:
                                  "reference_action_mse_vs_data": mse(ref.outputs, truths)}
         else:
             truth = self._true_frames
-            mean_psnr = lambda xs, ys: float(np.mean([psnr(x, y) for x, y in zip(xs, ys)]))  # noqa: E731
+            mean_psnr = lambda xs, ys: float(np.mean([frames_psnr(x, y) for x, y in zip(xs, ys)]))  # noqa: E731
             result["quality"] = {"psnr_vs_reference_dB": mean_psnr(run.outputs, ref.outputs),
                                  "psnr_vs_data_dB": mean_psnr(run.outputs, truth),
                                  "reference_psnr_vs_data_dB": mean_psnr(ref.outputs, truth)}

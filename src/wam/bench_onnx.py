@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wam.errors import ArgumentError
+
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
 
 
@@ -104,8 +106,9 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
         export_policy(checkpoint, export_dir, check=False, progress=progress)
     manifest = read_manifest(export_dir)
     if manifest["model_hash"] != checkpoint.model_hash:
-        raise ValueError(f"{export_dir} is an export of model {manifest['model_hash']}, not of {checkpoint.path} "
-                         f"({checkpoint.model_hash}); export this checkpoint: wam export {checkpoint.path} --out DIR")
+        raise ArgumentError(f"{export_dir} is an export of model {manifest['model_hash']}, not of "
+                            f"{checkpoint.path} ({checkpoint.model_hash}); export this checkpoint: wam export "
+                            f"{checkpoint.path} --out DIR")
     bench = Bench(checkpoint, dataset, episodes=episodes, warmup=warmup, seed=seed, progress=progress)
     ic = InferenceConfig.from_dict(manifest["inference"])
     torch_policy = WAMPolicy(checkpoint, mode="policy", inference=ic, seed=seed)

@@ -24,11 +24,6 @@ import sys
 
 from wam.errors import ArgumentError, WamError
 
-
-class UserError(WamError):
-    """A problem with the user's input found by the command line itself."""
-
-
 # ---- verbs ---------------------------------------------------------------------------------------
 
 
@@ -89,7 +84,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
                    reference=reference, reference_tasks=args.reference_tasks,
                    reference_episodes=args.reference_episodes, model_changes=_parse_settings(args.model, ModelConfig))
     except ImportError as e:
-        raise UserError(f"the quickstart needs MetaWorld ({e}); pip install 'wam[sim,report]'") from None
+        raise ArgumentError(f"the quickstart needs MetaWorld ({e}); pip install 'wam[sim,report]'") from None
     return 0
 
 
@@ -117,10 +112,10 @@ def _run_dataset_info(args: argparse.Namespace) -> int:
     try:
         d = describe(args.path)
     except DatasetError as e:
-        raise UserError(f"{e}\n(`wam dataset check {args.path}` lists every problem)") from None
+        raise ArgumentError(f"{e}\n(`wam dataset check {args.path}` lists every problem)") from None
     except Exception as e:  # noqa: BLE001 (a dataset broken in an unforeseen way: still one sentence, no traceback)
-        raise UserError(f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
-                        f"`wam dataset check {args.path}` lists every problem") from None
+        raise ArgumentError(f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
+                            f"`wam dataset check {args.path}` lists every problem") from None
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -222,7 +217,7 @@ def _run_collect(args: argparse.Namespace) -> int:
                 action_noise=args.action_noise, crf=args.crf, state=args.state, overwrite=args.overwrite,
                 resume=args.resume, checkpoint_every=args.checkpoint_every, protocol=args.protocol)
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
-        raise UserError(str(e)) from None
+        raise ArgumentError(str(e)) from None
     return 0
 
 
@@ -236,12 +231,12 @@ def _parse_settings(pairs: list[str] | None, cls: type) -> dict:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
-            raise UserError(f"bad setting {pair!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
+            raise ArgumentError(f"bad setting {pair!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
         kind = type(fields[key].default)
         try:
             out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
         except ValueError:
-            raise UserError(f"bad setting {pair!r}: {key} takes a {kind.__name__}") from None
+            raise ArgumentError(f"bad setting {pair!r}: {key} takes a {kind.__name__}") from None
     return out
 
 
@@ -323,12 +318,12 @@ def _run_train(args: argparse.Namespace) -> int:
             tc = TrainConfig(**given)
             lc = LossConfig(**loss)
         except (TypeError, ArgumentError) as e:
-            raise UserError(f"invalid training settings: {e}") from None
+            raise ArgumentError(f"invalid training settings: {e}") from None
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     if not args.dataset:
         if not (args.resume and run_file.is_file()):
-            raise UserError("pass --dataset PATH (the dataset to train on; only --resume of an existing run may "
-                            "leave it out)")
+            raise ArgumentError("pass --dataset PATH (the dataset to train on; only --resume of an existing run may "
+                                "leave it out)")
         args.dataset = run_dataset_specs(json.loads(run_file.read_text()))
     dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
     ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
@@ -476,14 +471,14 @@ def _run_imagine(args: argparse.Namespace) -> int:
         return _replay(args, world, critic)
     if args.server is not None:
         if args.policy is not None:
-            raise UserError("pass --policy CHECKPOINT or --server URL, not both")
+            raise ArgumentError("pass --policy CHECKPOINT or --server URL, not both")
         from wam.client import PolicyClient
 
         try:
             policy = PolicyClient(args.server, seed=args.seed, mode=args.mode, n_action_steps=args.n_action_steps,
                                   timeout=args.server_timeout)
         except OSError as e:  # unreachable or refused
-            raise UserError(str(e)) from None
+            raise ArgumentError(str(e)) from None
         source = {"server": args.server}
     else:
         from wam.policy import WAMPolicy
@@ -515,11 +510,12 @@ def _run_imagine(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, world, critic) -> int:
     from pathlib import Path
 
-    from wam.evaluate import write_json_atomic
+    from wam.atomic import write_json_atomic
     from wam.imagine import replay, replay_summary
 
     if args.policy is not None or args.server is not None:
-        raise UserError("--replay judges recorded episodes, whose actions are given; leave out --policy and --server")
+        raise ArgumentError("--replay judges recorded episodes, whose actions are given; leave out --policy and "
+                            "--server")
     verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
                       persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
                       real=args.real, progress=not args.quiet)
@@ -650,58 +646,52 @@ def _run_eval(args: argparse.Namespace) -> int:
     from wam.checkpoint import load_checkpoint
 
     if args.checkpoint is None and args.server is None:
-        raise UserError("pass --checkpoint DIR, or --server ws://HOST:PORT to evaluate a running `wam serve`")
+        raise ArgumentError("pass --checkpoint DIR, or --server ws://HOST:PORT to evaluate a running `wam serve`")
     from pathlib import Path
 
     if args.record is not None and Path(args.record).exists():
-        raise UserError(f"--record {args.record} already exists; choose a new path for the rollouts' dataset")
+        raise ArgumentError(f"--record {args.record} already exists; choose a new path for the rollouts' dataset")
     if args.after_success < 0:
-        raise UserError(f"--after-success must be >= 0, got {args.after_success}")
-    try:
-        ckpt = load_checkpoint(args.checkpoint) if args.checkpoint is not None else None
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+        raise ArgumentError(f"--after-success must be >= 0, got {args.after_success}")
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     if args.blind and args.server is not None:
-        raise UserError("--blind applies to a local --checkpoint; a served policy sees what its clients send")
+        raise ArgumentError("--blind applies to a local --checkpoint; a served policy sees what its clients send")
     if args.server is None:
         from wam.policy import WAMPolicy
 
-        try:
-            policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                               seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
-                               plan_score=args.plan_score, plan_guidance=args.plan_guidance,
-                               **_inference_overrides(args))
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            raise UserError(str(e)) from None
+        policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
+                           seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
+                           plan_score=args.plan_score, plan_guidance=args.plan_guidance,
+                           **_inference_overrides(args))
         return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
                             {"checkpoint": str(args.checkpoint)})
     flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
     given = [flags[name] for name in _inference_overrides(args)]
     if given:
-        raise UserError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
-                        f"to `wam serve`")
+        raise ArgumentError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
+                            f"to `wam serve`")
     if args.plan != 1 or args.critic is not None or args.plan_score != "imagined" or args.plan_guidance != 1:
-        raise UserError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with "
-                        "--server; pass them to `wam serve`")
+        raise ArgumentError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with "
+                            "--server; pass them to `wam serve`")
     if args.workers > 1:
-        raise UserError("--server evaluates through one connection; use --workers 1")
+        raise ArgumentError("--server evaluates through one connection; use --workers 1")
     try:
         from wam.client import PolicyClient, ServerError
     except ImportError as e:
-        raise UserError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
+        raise ArgumentError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
     try:
         client = PolicyClient(args.server, token=args.token, seed=args.seed, mode=args.mode,
                               n_action_steps=args.n_action_steps, timeout=args.server_timeout)
-    except (OSError, ValueError) as e:  # unreachable, refused, or a setting the server does not offer
-        raise UserError(str(e)) from None
+    except OSError as e:  # unreachable or refused (a setting the server does not offer: ArgumentError)
+        raise ArgumentError(str(e)) from None
     with client:
         if ckpt is not None and ckpt.model_hash != client.metadata["model_hash"]:
-            raise UserError(f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
-                            f"serves ({client.metadata['model_hash']})")
+            raise ArgumentError(f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
+                                f"serves ({client.metadata['model_hash']})")
         try:
             return _eval_policy(args, client, ckpt, client.tasks, {"server": args.server})
         except ServerError as e:
-            raise UserError(f"the server refused a request: {e}") from None
+            raise ArgumentError(f"the server refused a request: {e}") from None
 
 
 def _training_tasks(env: str, known_tasks: list[str] | None) -> list[str] | None:
@@ -721,7 +711,7 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
 
     run = ckpt.config.get("run", {}) if ckpt is not None else {}
     if args.render_size is not None and args.render_size < 16:
-        raise UserError(f"--render-size must be at least 16 pixels, got {args.render_size}")
+        raise ArgumentError(f"--render-size must be at least 16 pixels, got {args.render_size}")
     tasks = args.tasks
     if tasks is None and args.env == "metaworld":
         tasks = _training_tasks(args.env, known_tasks)
@@ -729,12 +719,12 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
     world = None
     if args.world_model:
         if ckpt is None:
-            raise UserError("--world-model reads the model's weights: pass --checkpoint DIR too")
+            raise ArgumentError("--world-model reads the model's weights: pass --checkpoint DIR too")
         steps = policy.settings["sampling_steps"]
         dataset = args.dataset or run.get("dataset")
         if not dataset or not Path(dataset).exists():
-            raise UserError(f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not found); "
-                            f"pass --dataset PATH")
+            raise ArgumentError(f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not "
+                                f"found); pass --dataset PATH")
         world = evaluate_world_model(ckpt, dataset, out=out, steps=steps, seed=args.seed, progress=not args.quiet)
     log = None
     if ckpt is not None:
@@ -746,8 +736,8 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
                         workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
                         settings=settings, render_size=args.render_size, after_success=args.after_success,
                         protocol=args.protocol, record=args.record, progress=not args.quiet)
-    except (ImportError, OSError, ValueError) as e:
-        raise UserError(str(e)) from None
+    except (ImportError, OSError) as e:  # a missing extra; the system: no GL, a full disk
+        raise ArgumentError(str(e)) from None
     print_eval(info)
     print(f"report: {out / 'report.html'}")
     return 0
@@ -826,7 +816,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from wam.modes import MODES
 
     if args.mode not in MODES:
-        raise UserError(f"unknown mode {args.mode!r}; choose one of: {', '.join(MODES)}")
+        raise ArgumentError(f"unknown mode {args.mode!r}; choose one of: {', '.join(MODES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
@@ -834,15 +824,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         from wam.bench_onnx import bench_onnx
 
         if args.mode != "policy" or _inference_overrides(args):
-            raise UserError("--runtime onnx benches policy mode at the export's own settings (wam export takes "
-                            "them); leave out --mode and the sampling flags")
+            raise ArgumentError("--runtime onnx benches policy mode at the export's own settings (wam export takes "
+                                "them); leave out --mode and the sampling flags")
         result = bench_onnx(ckpt, export_dir=args.export, dataset=args.dataset, episodes=args.episodes,
                             warmup=args.warmup, seed=args.seed, sweep=args.sweep)
         return _print_bench(result, args.out)
     ic = InferenceConfig(cache=ckpt.model.cfg.attention != "full")
     ic = dataclasses.replace(ic, **_inference_overrides(args))
     if ic.warm_start and args.mode != "policy":
-        raise UserError("--warm-start applies to policy mode only")
+        raise ArgumentError("--warm-start applies to policy mode only")
     result = bench(ckpt, args.mode, ic, dataset=args.dataset, episodes=args.episodes, windows=args.windows,
                    warmup=args.warmup, seed=args.seed)
     return _print_bench(result, args.out)
@@ -853,7 +843,7 @@ def _print_bench(result: dict, out: str | None) -> int:
     if out:
         from pathlib import Path
 
-        from wam.evaluate import write_json_atomic
+        from wam.atomic import write_json_atomic
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out), result)
@@ -911,10 +901,10 @@ def _onnx_policy(args: argparse.Namespace, path: str):
     flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
     torch_only += [flags[name] for name in _inference_overrides(args)]
     if torch_only:
-        raise UserError(f"{', '.join(torch_only)}: an export holds its sampling settings (wam export takes them); "
-                        f"with --runtime onnx they cannot change")
+        raise ArgumentError(f"{', '.join(torch_only)}: an export holds its sampling settings (wam export takes them); "
+                            f"with --runtime onnx they cannot change")
     if args.mode not in (None, "policy"):
-        raise UserError(f"--mode {args.mode}: an export acts in policy mode only")
+        raise ArgumentError(f"--mode {args.mode}: an export acts in policy mode only")
     device = getattr(args, "device", None) or "cpu"
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
     return ONNXPolicy(path, n_action_steps=args.n_action_steps, threads=args.onnx_threads,
@@ -928,7 +918,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         from wam.serve import TOKEN_ENV, run_server
     except ImportError as e:
-        raise UserError(f"wam serve needs the serve extra ({e}); pip install 'wam[serve]'") from None
+        raise ArgumentError(f"wam serve needs the serve extra ({e}); pip install 'wam[serve]'") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     if args.runtime == "onnx":  # (no torch imported)
@@ -949,7 +939,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                    max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes,
                    max_connections=args.max_connections, hello_timeout_s=args.hello_timeout)
     except OSError as e:  # the port is taken, or the address is not this machine's
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({e})") from None
+        raise ArgumentError(f"cannot listen on {args.host}:{args.port} ({e})") from None
     return 0
 
 
@@ -1012,7 +1002,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         else:
             tc, lc = finetune_config(args.adapter or "lora", **given), LossConfig(**loss)
     except (TypeError, ArgumentError) as e:
-        raise UserError(f"invalid training settings: {e}") from None
+        raise ArgumentError(f"invalid training settings: {e}") from None
     streams = [s.strip() for s in args.streams.split(",") if s.strip()] if args.streams else None
     summary = finetune(args.checkpoint, args.dataset, args.out, adapter=args.adapter, rank=args.rank,
                        alpha=args.alpha, streams=streams,

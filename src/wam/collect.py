@@ -54,12 +54,14 @@ import signal
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from wam.envs import get_adapter
+from wam.errors import ArgumentError, DatasetError, NotFoundError
 
 _ENV_CACHE: dict[tuple, Any] = {}  # per process: the last few environments, by (family, task, size, cameras)
 _ENV_CACHE_SIZE = 3  # jobs come task by task, so a few suffice; each MetaWorld env holds a GL context
@@ -169,7 +171,7 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
-    rate, kept episodes and mean length, and the settings. Raises ValueError for bad settings.
+    rate, kept episodes and mean length, and the settings. Raises a `wam.errors.WamError` for bad settings.
     `state` is the environment's `observation.state` setting (MetaWorld: "proprio", the default, or "full").
     `protocol` names a benchmark's environment settings (MetaWorld: `PROTOCOLS`, e.g. "lerobot": MetaWorld's own
     look and goal markers, rendered at 480 px and resized to `image_size`, 400 steps), so that training frames
@@ -182,40 +184,16 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     """
     from tqdm.auto import tqdm
 
-    from wam.data.writer import LeRobotWriter, find_resumable, read_checkpoint
-
-    from wam.data.video import CODECS
-
-    if episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {episodes}")
-    if not action_noise >= 0:
-        raise ValueError(f"--action-noise must be >= 0 (a standard deviation in action units), got {action_noise}")
-    if codec not in CODECS:
-        raise ValueError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
-    if checkpoint_every < 0:
-        raise ValueError(f"--checkpoint-every must be >= 0 (0: never), got {checkpoint_every}")
-    if resume and overwrite:
-        raise ValueError("--resume continues an interrupted collection and --overwrite starts over: pass one of them")
+    _check_collect_settings(episodes=episodes, action_noise=action_noise, codec=codec,
+                            checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite)
     adapter = get_adapter(env)
     task_list = adapter.resolve_tasks(tasks)
     out = Path(out)
     max_attempts = max_attempts or (episodes if keep_failed else 4 * episodes)
     if max_attempts < episodes:
-        raise ValueError(f"--max-attempts ({max_attempts}) must be at least --episodes ({episodes})")
+        raise ArgumentError(f"`max_attempts` ({max_attempts}) must be at least `episodes` ({episodes})")
     workers = max(1, workers or os.cpu_count() or 1)
-    modes = getattr(adapter, "STATE_MODES", None)
-    if state is not None and (modes is None or state not in modes):
-        raise ValueError(f"unknown --state {state!r} for {env}; " + (f"choose one of: {', '.join(modes)}" if modes
-                         else f"{env} has a single kind of state, leave --state out"))
-    env_options = {}
-    if protocol is not None:
-        if not hasattr(adapter, "protocol"):
-            raise ValueError(f"environment {env!r} has no named protocols")
-        env_options = adapter.protocol(protocol)
-        cameras = cameras or list(env_options.pop("cameras", ()) or ()) or None
-        env_options.pop("cameras", None)
-        state = state or env_options.pop("state", None)
-        env_options.pop("state", None)
+    cameras, state, env_options = _env_settings(adapter, env, cameras=cameras, state=state, protocol=protocol)
     # everything that decides the dataset's contents (and its files): a resumed collection must repeat it
     settings = {"env": env, "tasks": list(task_list), "episodes": episodes, "seed": seed, "image_size": image_size,
                 "protocol": protocol,
@@ -224,114 +202,40 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
                 "max_steps": max_steps, "codec": codec, "crf": crf, "checkpoint_every": checkpoint_every}
     tasks_arg = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
     resume_cmd = _resume_command(settings, tasks_arg, workers, out)
-    partial = find_resumable(out)
-    saved = None
-    if resume:
-        if partial is None:
-            if (out / "meta" / "info.json").is_file():
-                raise ValueError(f"nothing to resume: {out} is a complete dataset; choose another --out, or pass "
-                                 f"--overwrite (without --resume) to collect it again")
-            raise ValueError(f"nothing to resume: no interrupted collection of {out} with a checkpoint was found (a "
-                             f"collection stopped before its first checkpoint, every --checkpoint-every kept "
-                             f"episodes, leaves none); run the command without --resume")
-        saved = read_checkpoint(partial)["extra"].get("collect")
-        if saved is None:
-            raise ValueError(f"{partial} was not written by `wam collect`; it cannot be resumed from here")
-        _check_same_settings(saved["settings"], settings)
-    elif partial is not None and not overwrite:
-        n = len(read_checkpoint(partial)["episodes"])
-        raise ValueError(f"an interrupted collection of {out} holds {n} episodes (in {partial}); pass --resume to "
-                         f"continue it, or --overwrite to start over (and delete it)")
-    elif out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
+    partial, saved = _resume_point(out, settings, resume=resume, overwrite=overwrite)
     kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
               "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise,
               "env_options": env_options}
-    stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
-    kept_episodes: list[dict] = []
-    next_attempt = {t: 0 for t in task_list}
-    round_jobs: list[tuple[str, int]] = []  # the round being worked through: (task, attempt) in order
-    processed = 0  # how many of round_jobs are done
-    writer: LeRobotWriter | None = None
-    pool = None
-    t0 = time.time()
+    run = _Collection(env, out, task_list, settings, kwargs, codec=codec, crf=crf, overwrite=overwrite)
     if saved is not None:
-        writer = LeRobotWriter.resume(out, partial=partial)
-        stats, kept_episodes, next_attempt = saved["stats"], saved["episodes"], saved["next_attempt"]
-        round_jobs, processed = [(t, a) for t, a in saved["round"]], saved["processed"]
-        t0 -= saved["seconds"]
+        run.restore(saved, partial)
         if progress:
-            print(f"resuming {out}: {len(kept_episodes)} episodes kept at the last checkpoint", file=sys.stderr)
-    bar = tqdm(total=len(task_list) * episodes, initial=len(kept_episodes), unit="ep", desc=f"collecting {env}",
+            print(f"resuming {out}: {len(run.kept_episodes)} episodes kept at the last checkpoint", file=sys.stderr)
+    bar = tqdm(total=len(task_list) * episodes, initial=len(run.kept_episodes), unit="ep", desc=f"collecting {env}",
                disable=not progress, file=sys.stderr)
+    pool = None
     try:
-        while True:
-            if processed >= len(round_jobs):
-                round_jobs, processed = [], 0
-                for t in task_list:  # plan a round: enough attempts to fill each task at its observed success rate
-                    s = stats[t]
-                    need = episodes - s["kept"]
-                    left = max_attempts - s["attempts"]
-                    if need <= 0 or left <= 0:
-                        continue
-                    rate = s["successes"] / s["attempts"] if s["attempts"] and not keep_failed else 1.0
-                    n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
-                    round_jobs += [(t, a) for a in range(next_attempt[t], next_attempt[t] + n)]
-                    next_attempt[t] += n
-                if not round_jobs:
-                    break
-            jobs = [(env, t, episode_seed(seed, t, a), kwargs) for t, a in round_jobs[processed:]]
+        while jobs := run.next_jobs():
             if pool is None and workers > 1 and len(jobs) > 2 * workers:
                 pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
-            results = pool.imap(_job, jobs) if pool is not None else map(_job, jobs)
-            for res in results:
-                processed += 1
-                s = stats[res["task"]]
-                s["attempts"] += 1
-                s["successes"] += int(res["success"])
-                if (res["success"] or keep_failed) and s["kept"] < episodes:
-                    if writer is None:
-                        writer = LeRobotWriter(out, fps=res["fps"], robot_type=res["robot_type"], codec=codec, crf=crf,
-                                               overwrite=overwrite, names={k: v for k, v in res["names"].items() if v})
-                    index = writer.add_episode(res["data"], task=res["description"])
-                    s["kept"] += 1
-                    s["frames"] += res["length"]
-                    kept_episodes.append({"episode_index": index, "task": res["task"], "seed": res["seed"],
-                                          "success": res["success"], "first_success": res["first_success"],
-                                          "length": res["length"]})
-                    bar.update(1)
-                    if checkpoint_every and len(kept_episodes) % checkpoint_every == 0:
-                        # at fixed episode counts, so an uninterrupted run splits its files at the same places
-                        writer.checkpoint({"collect": {
-                            "settings": settings, "stats": stats, "episodes": kept_episodes,
-                            "next_attempt": next_attempt, "round": round_jobs, "processed": processed,
-                            "seconds": round(time.time() - t0, 2)}})
-                attempts = sum(v["attempts"] for v in stats.values())
-                rate = sum(v["successes"] for v in stats.values()) / attempts
-                bar.set_postfix(attempts=attempts, success=f"{100 * rate:.0f}%")
+            for res in pool.imap(_job, jobs) if pool is not None else map(_job, jobs):
+                run.add(res, bar)
         bar.close()
-        elapsed = time.time() - t0
-        summary = _summary(env, task_list, stats, kept_episodes, elapsed, seed=seed, episodes_per_task=episodes,
+        summary = _summary(env, task_list, run.stats, run.kept_episodes, time.time() - run.t0, seed=seed,
+                           episodes_per_task=episodes,
                            settings={**kwargs, "keep_failed": keep_failed, "max_attempts": max_attempts,
                                      "workers": workers, "codec": codec, "crf": crf})
-        if writer is None:
-            raise ValueError(f"no episode was kept (the expert never succeeded in {max_attempts} attempts per task); "
-                             f"use --keep-failed to keep failed episodes")
-        writer.add_meta_file("collection.json", json.dumps(summary, indent=2))
-        writer.finalize()
+        if run.writer is None:
+            raise ArgumentError(f"no episode was kept (the expert never succeeded in {max_attempts} attempts per "
+                                f"task); pass `keep_failed=True` to keep failed episodes")
+        run.writer.add_meta_file("collection.json", json.dumps(summary, indent=2))
+        run.writer.finalize()
     except BaseException:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool = None
-        if writer is not None:
-            kept = writer.suspend()  # keeps the last checkpoint, if any; else deletes everything
-            if kept:
-                print(f"wam collect: stopped; {kept} episodes are kept at the last checkpoint (in {writer.tmp}). "
-                      f"Continue with:\n  {resume_cmd}", file=sys.stderr)
-            elif checkpoint_every:
-                print(f"wam collect: stopped before the first checkpoint ({checkpoint_every} kept episodes); "
-                      f"nothing was kept", file=sys.stderr)
+        run.suspend(resume_cmd, checkpoint_every)
         raise
     finally:
         if pool is not None:
@@ -344,16 +248,165 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     return summary
 
 
+def _check_collect_settings(*, episodes: int, action_noise: float, codec: str, checkpoint_every: int, resume: bool,
+                            overwrite: bool) -> None:
+    from wam.data.video import CODECS
+
+    if episodes < 1:
+        raise ArgumentError(f"`episodes` must be at least 1, got {episodes}")
+    if not action_noise >= 0:
+        raise ArgumentError(f"`action_noise` must be >= 0 (a standard deviation in action units), got {action_noise}")
+    if codec not in CODECS:
+        raise ArgumentError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
+    if checkpoint_every < 0:
+        raise ArgumentError(f"`checkpoint_every` must be >= 0 (0: never), got {checkpoint_every}")
+    if resume and overwrite:
+        raise ArgumentError("`resume=True` continues an interrupted collection and `overwrite=True` starts over: "
+                            "pass one of them")
+
+
+def _env_settings(adapter, env: str, *, cameras, state: str | None, protocol: str | None):
+    """The cameras, state and environment options of a collection: a named protocol's (`protocol`) unless given."""
+    modes = getattr(adapter, "STATE_MODES", None)
+    if state is not None and (modes is None or state not in modes):
+        raise ArgumentError(f"unknown `state={state!r}` for {env}; " + (
+            f"choose one of: {', '.join(modes)}" if modes else f"{env} has a single kind of state, leave `state` out"))
+    env_options = {}
+    if protocol is not None:
+        if not hasattr(adapter, "protocol"):
+            raise ArgumentError(f"environment {env!r} has no named protocols")
+        env_options = adapter.protocol(protocol)
+        cameras = cameras or list(env_options.pop("cameras", ()) or ()) or None
+        env_options.pop("cameras", None)
+        state = state or env_options.pop("state", None)
+        env_options.pop("state", None)
+    return cameras, state, env_options
+
+
+def _resume_point(out: Path, settings: dict, *, resume: bool, overwrite: bool):
+    """(the interrupted write of `out`, its saved collection state) to resume from, or (it or None, None) for a
+    fresh collection; refuses what cannot go on."""
+    from wam.data.writer import find_resumable, read_checkpoint
+
+    partial = find_resumable(out)
+    if resume:
+        if partial is None:
+            if (out / "meta" / "info.json").is_file():
+                raise ArgumentError(f"nothing to resume: {out} is a complete dataset; choose another `out`, or pass "
+                                    f"`overwrite=True` (without `resume=True`) to collect it again")
+            raise NotFoundError(f"nothing to resume: no interrupted collection of {out} with a checkpoint was found "
+                                f"(a collection stopped before its first checkpoint, every `checkpoint_every` kept "
+                                f"episodes, leaves none); run the command without `resume=True`")
+        saved = read_checkpoint(partial)["extra"].get("collect")
+        if saved is None:
+            raise DatasetError(f"{partial} was not written by `wam collect`; it cannot be resumed from here")
+        _check_same_settings(saved["settings"], settings)
+        return partial, saved
+    if partial is not None and not overwrite:
+        n = len(read_checkpoint(partial)["episodes"])
+        raise ArgumentError(f"an interrupted collection of {out} holds {n} episodes (in {partial}); pass "
+                            f"`resume=True` to continue it, or `overwrite=True` to start over (and delete it)")
+    if out.exists() and not overwrite:
+        raise ArgumentError(f"{out} already exists; choose another `out` or pass `overwrite=True`")
+    return partial, None
+
+
+class _Collection:
+    """A collection's progress: rounds of attempts planned per task, kept episodes written, checkpoints."""
+
+    def __init__(self, env: str, out: Path, task_list: list[str], settings: dict, kwargs: dict, *, codec: str, crf,
+                 overwrite: bool):
+        self.env, self.out, self.task_list, self.settings, self.kwargs = env, out, task_list, settings, kwargs
+        self.codec, self.crf, self.overwrite = codec, crf, overwrite
+        self.stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
+        self.kept_episodes: list[dict] = []
+        self.next_attempt = {t: 0 for t in task_list}
+        self.round_jobs: list[tuple[str, int]] = []  # the round being worked through: (task, attempt) in order
+        self.processed = 0  # how many of round_jobs are done
+        self.writer = None
+        self.t0 = time.time()
+
+    def restore(self, saved: dict, partial: Path) -> None:
+        from wam.data.writer import LeRobotWriter
+
+        self.writer = LeRobotWriter.resume(self.out, partial=partial)
+        self.stats, self.kept_episodes, self.next_attempt = saved["stats"], saved["episodes"], saved["next_attempt"]
+        self.round_jobs, self.processed = [(t, a) for t, a in saved["round"]], saved["processed"]
+        self.t0 -= saved["seconds"]
+
+    def next_jobs(self) -> list[tuple]:
+        """The jobs left in this round; a new round when it is done: enough attempts to fill each task at its
+        observed success rate. Empty: the collection is done."""
+        s_ = self.settings
+        episodes, max_attempts, keep_failed = s_["episodes"], s_["max_attempts"], s_["keep_failed"]
+        if self.processed >= len(self.round_jobs):
+            self.round_jobs, self.processed = [], 0
+            for t in self.task_list:
+                s = self.stats[t]
+                need = episodes - s["kept"]
+                left = max_attempts - s["attempts"]
+                if need <= 0 or left <= 0:
+                    continue
+                rate = s["successes"] / s["attempts"] if s["attempts"] and not keep_failed else 1.0
+                n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
+                self.round_jobs += [(t, a) for a in range(self.next_attempt[t], self.next_attempt[t] + n)]
+                self.next_attempt[t] += n
+        return [(self.env, t, episode_seed(s_["seed"], t, a), self.kwargs) for t, a in self.round_jobs[self.processed:]]
+
+    def add(self, res: dict, bar) -> None:
+        """One attempt's result: counted, and written when it is kept; a checkpoint every checkpoint_every kept."""
+        from wam.data.writer import LeRobotWriter
+
+        self.processed += 1
+        s = self.stats[res["task"]]
+        s["attempts"] += 1
+        s["successes"] += int(res["success"])
+        if (res["success"] or self.settings["keep_failed"]) and s["kept"] < self.settings["episodes"]:
+            if self.writer is None:
+                self.writer = LeRobotWriter(self.out, fps=res["fps"], robot_type=res["robot_type"],
+                                            codec=self.codec, crf=self.crf, overwrite=self.overwrite,
+                                            names={k: v for k, v in res["names"].items() if v})
+            index = self.writer.add_episode(res["data"], task=res["description"])
+            s["kept"] += 1
+            s["frames"] += res["length"]
+            self.kept_episodes.append({"episode_index": index, "task": res["task"], "seed": res["seed"],
+                                       "success": res["success"], "first_success": res["first_success"],
+                                       "length": res["length"]})
+            bar.update(1)
+            every = self.settings["checkpoint_every"]
+            if every and len(self.kept_episodes) % every == 0:
+                # at fixed episode counts, so an uninterrupted run splits its files at the same places
+                self.writer.checkpoint({"collect": {
+                    "settings": self.settings, "stats": self.stats, "episodes": self.kept_episodes,
+                    "next_attempt": self.next_attempt, "round": self.round_jobs, "processed": self.processed,
+                    "seconds": round(time.time() - self.t0, 2)}})
+        attempts = sum(v["attempts"] for v in self.stats.values())
+        rate = sum(v["successes"] for v in self.stats.values()) / attempts
+        bar.set_postfix(attempts=attempts, success=f"{100 * rate:.0f}%")
+
+    def suspend(self, resume_cmd: str, checkpoint_every: int) -> None:
+        """Stopped: keep the last checkpoint, if any (else delete everything), and say how to continue."""
+        if self.writer is None:
+            return
+        kept = self.writer.suspend()
+        if kept:
+            print(f"wam collect: stopped; {kept} episodes are kept at the last checkpoint (in {self.writer.tmp}). "
+                  f"Continue with:\n  {resume_cmd}", file=sys.stderr)
+        elif checkpoint_every:
+            print(f"wam collect: stopped before the first checkpoint ({checkpoint_every} kept episodes); "
+                  f"nothing was kept", file=sys.stderr)
+
+
 def _check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
     """Refuse to resume with a setting that would change the data (naming it, with both values)."""
     for key, value in given.items():
         before = saved.get(key)
         if before != value:
-            flag = "ENV" if key == "env" else "--" + key.replace("_", "-")
+            name = "the environment" if key == "env" else f"`{key}`"
             show = lambda v: ",".join(v) if isinstance(v, list) else repr(v)  # noqa: E731
-            raise ValueError(f"cannot resume: {flag} was {show(before)} in the interrupted collection, this command "
-                             f"gives {show(value)}; repeat the original settings, or pass --overwrite (without "
-                             f"--resume) to start over")
+            raise ArgumentError(f"cannot resume: {name} was {show(before)} in the interrupted collection, this "
+                                f"command gives {show(value)}; repeat the original settings, or pass "
+                                f"`overwrite=True` (without `resume=True`) to start over")
 
 
 def _resume_command(settings: dict[str, Any], tasks_arg: str | None, workers: int, out: Path) -> str:

@@ -481,3 +481,17 @@ def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict
         train += eps[:len(eps) - k]
         val += eps[len(eps) - k:]
     return train, val
+
+
+def map_tasks(data, known: list[str], dataset, unknown_tasks: str = "refuse") -> None:
+    """Point loaded episodes' task indices into a checkpoint's task table (`known`, its task strings),
+    for a dataset other than the training one. Tasks the checkpoint never saw are refused, or with
+    unknown_tasks="drop" marked `no_task` (they get the model's "no task" token)."""
+    if known and data.tasks != known:
+        unknown = sorted({data.tasks[e["task_index"]] for e in data.episodes} - set(known))
+        if unknown and unknown_tasks != "drop":
+            raise ArgumentError(f"{dataset} has tasks the checkpoint was not trained on: {unknown}")
+        for e in data.episodes:
+            text = data.tasks[e["task_index"]]
+            e["no_task"] = text not in known
+            e["task_index"] = known.index(text) if text in known else 0

@@ -1,6 +1,6 @@
 """Policy evaluation in imagination: a policy acts on frames the world model imagines, from real start frames.
 
-`ImaginedEnv` is an environment inside a WAM checkpoint, with the interface `wam.evaluate.rollout` drives
+`ImaginedEnv` is an environment inside a WAM checkpoint, with the interface `wam.rollout.rollout` drives
 (reset(seed), step(action), camera_names, task_description, max_episode_steps), so an imagined evaluation runs
 through the same loop, the same per-task rows and the same report as a simulated one:
 
@@ -181,9 +181,12 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
     """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
     Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
     "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
+    from wam.atomic import write_json_atomic
     from wam.envs import get_adapter
-    from wam.evaluate import _task_row, aggregate, eval_seeds, group_results, rollout, write_json_atomic, write_video
+    from wam.evaluate import eval_seeds
     from wam.report import build_report
+    from wam.rollout import rollout, write_video
+    from wam.stats import aggregate, group_results, task_row
 
     if start not in ("sim", "dataset"):
         raise ArgumentError(f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
@@ -227,7 +230,7 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             rel = f"videos/{task}/imagined_{i:03d}.mp4"
             write_video(out / rel, frames, fps=10)
             paths.append(rel)
-        row = _task_row(task, description, seeds if by_text is None else [s.get("episode_index") for s in
+        row = task_row(task, description, seeds if by_text is None else [s.get("episode_index") for s in
                                                                              (starts * episodes)[:episodes]],
                         res, None, paths)
         rows.append(row)
@@ -362,12 +365,12 @@ def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, 
                      task: torch.Tensor, threshold: float, persist: int) -> dict:
     """One replayed episode's imagined latents (K, c, h, w) beside its recorded frames (K + 1, H, W, 3) at the
     rows they stand for and those frames' latents: `replay(real=True)`'s per-episode additions."""
-    from wam.evaluate import _to_unit, psnr
+    from wam.stats import psnr, to_unit
     from wam.tokenizer import to_model_frames
 
     p, logit, _ = critic(latents.float(), task.repeat(len(latents)))
     real_p_done = torch.sigmoid(logit).tolist()
-    truth = _to_unit(to_model_frames(frames[1:]))  # (K, 3, H, W) in [0, 1]
+    truth = to_unit(to_model_frames(frames[1:]))  # (K, 3, H, W) in [0, 1]
     first = first_done(real_p_done, threshold, persist)
     stride = world.model.cfg.future_stride
     out = {"real_p_done": [round(x, 4) for x in real_p_done], "real_judged_success": first >= 0,
@@ -378,9 +381,9 @@ def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, 
     tokenizer = world.tokenizer.eval()
 
     def decoded(z: torch.Tensor) -> torch.Tensor:  # (N, c, h, w) latents -> (N, 3, H, W) in [0, 1], 64 at a time
-        return torch.cat([_to_unit(tokenizer.decode(z[j:j + 64, None].float())[:, 0]) for j in range(0, len(z), 64)])
+        return torch.cat([to_unit(tokenizer.decode(z[j:j + 64, None].float())[:, 0]) for j in range(0, len(z), 64)])
 
-    still = _to_unit(to_model_frames(frames[:1])).expand_as(truth)
+    still = to_unit(to_model_frames(frames[:1])).expand_as(truth)
     for key, x in (("psnr", decoded(imagined)), ("psnr_still", still), ("psnr_ceiling", decoded(latents[1:]))):
         out[key] = [round(float(v), 2) for v in psnr(x, truth)]
     return out

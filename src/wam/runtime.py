@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from wam.errors import ArgumentError, NotFoundError
+from wam.errors import ArgumentError, MissingDependency, NotFoundError
 
 FORMAT = "wam-onnx"  # (wam.export writes it; repeated here so that this module never imports wam.export)
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -101,8 +101,8 @@ def session(file: str | Path, *, optimization: str = "all", threads: int | None 
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ImportError(f"running an export needs onnxruntime ({e}); pip install 'wam[onnx]' (or onnxruntime "
-                          f"alone)") from None
+        raise MissingDependency(f"running an export needs onnxruntime ({e}); pip install 'wam[onnx]' (or "
+                                f"onnxruntime alone)") from None
     if optimization not in OPTIMIZATION_LEVELS:
         raise ArgumentError(f"unknown graph optimisation {optimization!r}; choose one of: "
                             f"{', '.join(OPTIMIZATION_LEVELS)}")

@@ -68,6 +68,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first `import mujo
 import gymnasium as gym
 import numpy as np
 
+from wam.errors import ArgumentError
+
 DEFAULT_CAMERA = "corner4"
 # `corner4` is `corner2` moved to (0.75, 0.075, 0.7), the view LeRobot's MetaWorld environment renders (it moves
 # `corner2` there) and its `metaworld_mt50` frames show; `gripperPOV` is a wrist camera.
@@ -165,7 +167,7 @@ PROTOCOLS: dict[str, dict] = {
 def protocol(name: str) -> dict:
     """The environment settings of a named protocol (`PROTOCOLS`)."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown MetaWorld protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
+        raise ArgumentError(f"unknown MetaWorld protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
     return dict(PROTOCOLS[name])
 
 
@@ -173,8 +175,8 @@ def state_mode(size: int) -> str:
     """The `state` setting whose observation.state has `size` values (a checkpoint records only the size)."""
     modes = {len(PROPRIO_NAMES): "proprio", len(STATE_NAMES): "full"}
     if size not in modes:
-        raise ValueError(f"a MetaWorld observation.state has 4 values (state='proprio') or 39 (state='full'); "
-                         f"the policy expects {size}")
+        raise ArgumentError(f"a MetaWorld observation.state has 4 values (state='proprio') or 39 (state='full'); "
+                            f"the policy expects {size}")
     return modes[size]
 
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
@@ -215,18 +217,18 @@ def resolve_tasks(spec: str | Sequence[str] | None) -> list[str]:
         else:
             close = difflib.get_close_matches(name, list(DESCRIPTIONS) + list(sets), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown MetaWorld task or task set {item!r}{hint} "
-                             f"(sets: {', '.join(sets)}; tasks: the 50 MetaWorld v3 names, e.g. reach-v3)")
+            raise ArgumentError(f"unknown MetaWorld task or task set {item!r}{hint} "
+                                f"(sets: {', '.join(sets)}; tasks: the 50 MetaWorld v3 names, e.g. reach-v3)")
         out += [n for n in names if n not in out]
     if not out:
-        raise ValueError("no tasks given")
+        raise ArgumentError("no tasks given")
     return out
 
 
 def describe(task: str) -> str:
     """The natural-language instruction of a task."""
     if task not in DESCRIPTIONS:
-        raise ValueError(f"unknown MetaWorld task {task!r}")
+        raise ArgumentError(f"unknown MetaWorld task {task!r}")
     return DESCRIPTIONS[task]
 
 
@@ -244,25 +246,25 @@ class MetaWorldEnv(gym.Env):
         if task not in DESCRIPTIONS:
             names = resolve_tasks(task)  # "reach" -> ["reach-v3"]; unknown names raise with suggestions
             if len(names) != 1:
-                raise ValueError(f"{task!r} names {len(names)} tasks; an environment runs exactly one")
+                raise ArgumentError(f"{task!r} names {len(names)} tasks; an environment runs exactly one")
             task = names[0]
         cameras = tuple(cameras) if cameras else (DEFAULT_CAMERA,)
         bad = [c for c in cameras if c not in CAMERAS]
         if bad:
-            raise ValueError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
+            raise ArgumentError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
         if image_size < 16:
-            raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+            raise ArgumentError(f"image_size must be at least 16 pixels, got {image_size}")
         if state not in STATE_MODES:
-            raise ValueError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
-                             f"(MetaWorld's 39-D observation with object and goal poses)")
+            raise ArgumentError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
+                                f"(MetaWorld's 39-D observation with object and goal poses)")
         if goal_marker < 0:
-            raise ValueError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
+            raise ArgumentError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
         if look not in LOOKS:
-            raise ValueError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
-                             f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
+            raise ArgumentError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
+                                f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
         render_size = int(render_size or image_size)
         if render_size < 16:
-            raise ValueError(f"render_size must be at least 16 pixels, got {render_size}")
+            raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
         self.look = look
         self.render_size = render_size
         self.state_mode = state
@@ -395,14 +397,14 @@ def make_expert(task: str) -> Callable[[dict], np.ndarray]:
     from metaworld.policies import ENV_POLICY_MAP
 
     if task not in ENV_POLICY_MAP:
-        raise ValueError(f"no scripted expert for MetaWorld task {task!r}")
+        raise ArgumentError(f"no scripted expert for MetaWorld task {task!r}")
     policy = ENV_POLICY_MAP[task]()
 
     def act(obs: dict) -> np.ndarray:
         state = np.asarray(obs.get("observation.environment_state", obs["observation.state"]), dtype=np.float64)
         if state.shape[-1] != len(STATE_NAMES):
-            raise ValueError(f"the scripted expert needs MetaWorld's 39-D observation (observation.environment_state); "
-                             f"got {state.shape[-1]} values")
+            raise ArgumentError(f"the scripted expert needs MetaWorld's 39-D observation "
+                                f"(observation.environment_state); got {state.shape[-1]} values")
         with warnings.catch_warnings():  # the experts warn whenever their gains saturate, which is expected
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
             action = policy.get_action(state)

@@ -1,0 +1,253 @@
+"""Rollouts: a policy acting in one environment or in several at once, episode by episode, from given seeds.
+
+    res = rollout(env, policy, seeds=[0, 1, 2])          # arrays, one entry per seed (documented below)
+    res = rollout_vector(lambda: make_env(), policy, seeds, num_envs=4)   # the same, environments in parallel
+    write_video("episode.mp4", res["frames"][0])
+
+A policy is anything with reset() and select_action(obs) (WAMPolicy, wam.client.PolicyClient, the scripted
+`ExpertPolicy`, `RandomPolicy`). Evaluation, imagination (`wam.imagine`, an environment inside a world model)
+and the benchmarks share these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wam.collect import EpisodeRecorder
+from wam.errors import ArgumentError
+
+# ---- policies besides the WAM ----------------------------------------------------------------------
+
+
+class ExpertPolicy:
+    """An environment's scripted expert behind the policy API (the reference beside every evaluation)."""
+
+    def __init__(self, env_name: str, task: str):
+        from wam.envs import get_adapter
+
+        self._act = get_adapter(env_name).make_expert(task)
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        return np.asarray(self._act(obs), dtype=np.float32)
+
+
+class RandomPolicy:
+    """Uniform random actions from an action space (a floor every trained policy must clear)."""
+
+    def __init__(self, action_space, seed: int = 0):
+        self.space, self.seed = action_space, seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        return self.rng.uniform(self.space.low, self.space.high).astype(np.float32)
+
+
+# ---- closed loop -----------------------------------------------------------------------------------
+
+
+def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, after_success: int = 0,
+            record: int = 0, progress: Callable[[], None] | None = None,
+            keep_episodes: bool = False) -> dict[str, Any]:
+    """Run one episode per seed with `policy` (reset(), select_action(obs)) in a gymnasium `env`.
+
+    Returns arrays over episodes:
+        success (N,) bool          success flag seen at any step
+        first_success (N,) int     step of the first success, -1 when none
+        steps (N,) int             steps taken
+        sum_reward (N,) float      return; max_reward (N,) float: the largest single-step reward
+        seconds (N,) float         wall-clock time of each episode
+        frames                     list of (L, H, W, 3) uint8 camera frames for the first `record` episodes
+        episodes                   with keep_episodes: every episode's steps as a dataset episode (each camera,
+                                   observation.state, observation.environment_state where the env has it,
+                                   action, next.reward, next.success, next.done), as `wam collect` records them
+    The observation given to the policy carries `task` = env.task_description (LeRobot's key).
+    """
+    limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
+    camera = f"observation.images.{env.camera_names[0]}"
+    n = len(seeds)
+    out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1), "steps": np.zeros(n, int),
+                           "sum_reward": np.zeros(n), "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n),
+                           "frames": [], **({"episodes": []} if keep_episodes else {})}
+    for i, seed in enumerate(seeds):
+        t0 = time.perf_counter()
+        policy.reset()
+        obs, _ = env.reset(seed=int(seed))
+        frames = [obs[camera]] if i < record else None
+        recorder = EpisodeRecorder() if keep_episodes else None
+        for step in range(limit):
+            action = policy.select_action({**obs, "task": env.task_description})
+            before = obs
+            obs, reward, terminated, truncated, info = env.step(action)
+            if recorder is not None:
+                recorder.add(before, action, reward, info.get("success", False))
+            out["sum_reward"][i] += reward
+            out["max_reward"][i] = max(out["max_reward"][i], reward)
+            out["steps"][i] = step + 1
+            if frames is not None:
+                frames.append(obs[camera])
+            if info.get("success", False) and out["first_success"][i] < 0:
+                out["first_success"][i] = step
+                out["success"][i] = True
+            if terminated or truncated or (out["success"][i] and step - out["first_success"][i] >= after_success):
+                break
+        out["seconds"][i] = time.perf_counter() - t0
+        if frames is not None:
+            out["frames"].append(np.stack(frames))
+        if recorder is not None:
+            out["episodes"].append(recorder.data())
+        if progress is not None:
+            progress()
+    return out
+
+
+class _SlotPolicies:
+    """The policy of each of K parallel environments. A WAMPolicy keeps one PolicyState per environment and
+    predicts the chunks of every environment whose queue ran out in one batched call; any other policy is
+    copied once per environment (it must survive copy.deepcopy)."""
+
+    def __init__(self, policy, k: int):
+        import copy
+
+        self.batched = hasattr(policy, "predict_chunks") and hasattr(policy, "new_state")
+        self.policy = policy
+        if self.batched:
+            self.states = [policy.new_state() for _ in range(k)]
+            self.queues = [[] for _ in range(k)]
+        else:
+            try:
+                self.copies = [copy.deepcopy(policy) for _ in range(k)]
+            except Exception as e:  # noqa: BLE001 (e.g. a live connection)
+                raise ArgumentError(f"{type(policy).__name__} cannot be copied for {k} parallel environments ({e}); "
+                                    f"evaluate it with num_envs=1") from None
+
+    def reset(self, j: int) -> None:
+        if self.batched:
+            self.states[j], self.queues[j] = self.policy.new_state(), []
+        else:
+            self.copies[j].reset()
+
+    def act(self, obs: dict[int, dict]) -> dict[int, np.ndarray]:
+        """One action per environment in `obs` (slot -> observation with the task)."""
+        if not self.batched:
+            return {j: np.asarray(self.copies[j].select_action(o)) for j, o in obs.items()}
+        p, need, tasks = self.policy, [], []
+        for j, o in obs.items():
+            ob = p.read_observation(o)
+            p.push(self.states[j], ob)
+            if not self.queues[j]:
+                need.append(j)
+                tasks.append(ob.task)
+        if need:
+            for j, chunk in zip(need, p.predict_chunks([self.states[i] for i in need], tasks)):
+                self.queues[j] = list(chunk[0, :p.n_action_steps])
+        return {j: self.queues[j].pop(0) for j in obs}
+
+
+def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: int, max_steps: int | None = None,
+                   after_success: int = 0, record: int = 0, progress: Callable[[], None] | None = None,
+                   keep_episodes: bool = False) -> dict:
+    """`rollout` over `num_envs` environments stepped in parallel processes (gymnasium's AsyncVectorEnv, its
+    autoreset off: each environment is reset with the next seed when its episode ends). A WAMPolicy predicts
+    the chunks of all environments in one batched call. Returns `rollout`'s arrays, in seed order; every
+    episode starts from its seed and a fresh policy state, so they equal `rollout`'s (batched inference
+    differs from one-at-a-time only by float rounding)."""
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    n = len(seeds)
+    k = max(1, min(num_envs, n))
+    # spawn, not fork: a simulator that renders with EGL cannot be forked once the parent has a context
+    # (gymnasium builds one environment in the parent to read the spaces)
+    envs = gym.vector.AsyncVectorEnv([env_fn] * k, autoreset_mode=AutoresetMode.DISABLED, context="spawn")
+    try:
+        limit_env = envs.get_attr("max_episode_steps")[0]
+        limit = min(max_steps or limit_env, limit_env)
+        camera = f"observation.images.{envs.get_attr('camera_names')[0][0]}"
+        task = envs.get_attr("task_description")[0]
+        out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1),
+                               "steps": np.zeros(n, int), "sum_reward": np.zeros(n),
+                               "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n), "frames": [None] * n}
+        recorders = [EpisodeRecorder() for _ in range(n)] if keep_episodes else None
+        slots = _SlotPolicies(policy, k)
+        episode = list(range(k))  # which seed index each environment runs (-1: idle)
+        started = [time.perf_counter()] * k
+        nxt = k
+        obs, _ = envs.reset(seed=[int(seeds[i]) for i in episode])
+        current = [{key: v[j] for key, v in obs.items()} for j in range(k)]
+        for j in range(k):
+            slots.reset(j)
+            if episode[j] < record:
+                out["frames"][episode[j]] = [current[j][camera]]
+        action_shape = envs.single_action_space.shape
+        while any(i >= 0 for i in episode):
+            live = {j: {**current[j], "task": task} for j in range(k) if episode[j] >= 0}
+            acts = slots.act(live)
+            batch_actions = np.zeros((k, *action_shape), dtype=np.float32)
+            for j, a in acts.items():
+                batch_actions[j] = a
+            obs, reward, terminated, truncated, info = envs.step(batch_actions)
+            success = info.get("success", np.zeros(k, bool))
+            ended = np.zeros(k, bool)
+            for j in live:
+                i = episode[j]
+                if recorders is not None:
+                    recorders[i].add(current[j], acts[j], reward[j], bool(success[j]))
+                current[j] = {key: v[j] for key, v in obs.items()}
+                out["sum_reward"][i] += reward[j]
+                out["max_reward"][i] = max(out["max_reward"][i], reward[j])
+                out["steps"][i] += 1
+                step = out["steps"][i] - 1
+                if out["frames"][i] is not None:
+                    out["frames"][i].append(current[j][camera])
+                if bool(success[j]) and out["first_success"][i] < 0:
+                    out["first_success"][i], out["success"][i] = step, True
+                if terminated[j] or truncated[j] or step + 1 >= limit or \
+                        (out["success"][i] and step - out["first_success"][i] >= after_success):
+                    out["seconds"][i] = time.perf_counter() - started[j]
+                    if progress is not None:
+                        progress()
+                    ended[j] = True  # reset even when idle: a truncated environment may not step again
+                    if nxt < n:
+                        episode[j], nxt = nxt, nxt + 1
+                    else:
+                        episode[j] = -1
+            if ended.any():
+                obs, _ = envs.reset(seed=[int(seeds[episode[j]]) if ended[j] and episode[j] >= 0 else None
+                                          for j in range(k)], options={"reset_mask": ended})
+                for j in np.flatnonzero(ended & (np.asarray(episode) >= 0)):
+                    current[j] = {key: v[j] for key, v in obs.items()}
+                    started[j] = time.perf_counter()
+                    slots.reset(j)
+                    if episode[j] < record:
+                        out["frames"][episode[j]] = [current[j][camera]]
+        out["frames"] = [np.stack(f) for f in out["frames"][:record] if f is not None]
+        if recorders is not None:
+            out["episodes"] = [r.data() for r in recorders]
+        return out
+    finally:
+        envs.close()
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 30, scale: int = 2) -> None:
+    """A browser-playable mp4 (H.264 4:2:0) of (L, H, W, 3) uint8 frames, enlarged `scale` times."""
+    from wam.data.video import VideoEncoder
+
+    frames = np.asarray(frames)
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    enc = VideoEncoder(path, width=frames.shape[2], height=frames.shape[1], fps=fps, pix_fmt="yuv420p", crf=18)
+    try:
+        enc.write(frames)
+    finally:
+        enc.close()
