@@ -19,8 +19,9 @@ pytest.importorskip("onnxscript")
 from conftest import random_dot_checkpoint, tiny_config
 
 from wam.envs.dot import TASKS, make_env
+from wam.errors import ObservationError
 from wam.policy import WAMPolicy
-from wam.runtime import ObservationError, ONNXPolicy, read_manifest, resize_frames
+from wam.runtime import ONNXPolicy, read_manifest, resize_frames
 
 SIZE = 16
 TASK = TASKS["reach-goal"]

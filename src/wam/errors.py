@@ -16,9 +16,16 @@ from __future__ import annotations
 class WamError(Exception):
     """A problem with what the user gave wam: the message names what and where, and how to fix it."""
 
+    def __str__(self) -> str:  # the message as given (a KeyError or an OSError would decorate it)
+        return str(self.args[0]) if self.args else ""
+
 
 class ArgumentError(WamError, ValueError):
     """An argument or setting is unknown, out of range, or contradicts another."""
+
+
+class ObservationError(ArgumentError, KeyError):
+    """An observation lacks a key the policy needs (a camera, the robot state)."""
 
 
 class NotFoundError(WamError, FileNotFoundError):
@@ -46,5 +53,5 @@ class TrainingDiverged(WamError, RuntimeError):
     change."""
 
 
-__all__ = ["ArgumentError", "CheckpointError", "DatasetError", "MissingDependency", "NotFoundError", "TrainingDiverged",
-           "UnavailableError", "WamError"]
+__all__ = ["ArgumentError", "CheckpointError", "DatasetError", "MissingDependency", "NotFoundError", "ObservationError",
+           "TrainingDiverged", "UnavailableError", "WamError"]

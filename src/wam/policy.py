@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wam.errors import ArgumentError
+from wam.errors import ArgumentError, ObservationError
 from wam.inference import InferenceConfig, autocast, prepare
 from wam.modes import initial_noise, sample
 
@@ -308,8 +308,8 @@ class WAMPolicy:
         task = obs.get("task", 0)
         given = [k for k in obs if k.startswith("observation.images.")]
         if not given:
-            raise KeyError(f"observation has no camera image (observation.images.*); the model was trained on "
-                           f"cameras {self.cameras}")
+            raise ObservationError(f"observation has no camera image (observation.images.*); the model was trained on "
+                                   f"cameras {self.cameras}")
         single = np.asarray(obs[given[0]]).ndim == 3
         emb = self.embodiment_of(task, 1 if single else len(np.asarray(obs[given[0]])))
         cameras = self.embodiment_cameras[emb]
@@ -317,7 +317,8 @@ class WAMPolicy:
             cameras = sorted(given)
         missing = [k for k in cameras or self.cameras if k not in obs]
         if missing:
-            raise KeyError(f"observation lacks {missing}; the model was trained on cameras {cameras or self.cameras}")
+            raise ObservationError(f"observation lacks {missing}; the model was trained on cameras "
+                                   f"{cameras or self.cameras}")
         size = (self.cfg.image_size, self.cfg.image_size)
         views = []
         for k in cameras:
@@ -334,8 +335,8 @@ class WAMPolicy:
             state = torch.zeros(B, self.cfg.state_dim, device=self.device)
         elif self.cfg.state_dim > 0:
             if "observation.state" not in obs:
-                raise KeyError(f"observation lacks 'observation.state'; the model was trained on a state of {want} "
-                               f"values (and cameras {cameras or self.cameras})")
+                raise ObservationError(f"observation lacks 'observation.state'; the model was trained on a state of "
+                                       f"{want} values (and cameras {cameras or self.cameras})")
             s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
             if s.shape[-1] != want:

@@ -39,17 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from wam.errors import ArgumentError, MissingDependency, NotFoundError
+from wam.errors import ArgumentError, MissingDependency, NotFoundError, ObservationError
 
 FORMAT = "wam-onnx"  # (wam.export writes it; repeated here so that this module never imports wam.export)
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
-
-
-class ObservationError(ArgumentError, KeyError):
-    """An observation lacks a key the export needs (a KeyError, as WAMPolicy raises, with a plain message)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -360,5 +353,5 @@ class _Settings(SimpleNamespace):
         return dict(self._d)
 
 
-__all__ = ["ONNXPolicy", "ObservationError", "RuntimeObservation", "RuntimeState", "read_manifest", "resize_frames",
+__all__ = ["ONNXPolicy", "RuntimeObservation", "RuntimeState", "read_manifest", "resize_frames",
            "session"]
