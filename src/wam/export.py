@@ -195,54 +195,11 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
     tmp.mkdir(parents=True)
     try:
         t0 = time.perf_counter()
-        say(f"[export] encoder: frames (N, {size}, {size * cfg.n_cameras}, 3) uint8 -> latents")
-        _onnx_export(EncoderGraph(tokenizer), (frames,), tmp / "encoder.onnx", ["frames"], ["latents"], ["frames"],
-                     opset)
-        say(f"[export] policy: {ic.steps} {ic.solver} steps, cache {ic.cache}")
-        graph = PolicyGraph(model, ic)
-        if cfg.state_dim > 0:
-            _onnx_export(graph, policy_args, tmp / "policy.onnx", policy_names, ["actions"], policy_names, opset)
-        else:  # (no state input: a wrapper without it, so that the graph has none)
-            class NoState(torch.nn.Module):
-                def __init__(self, inner):
-                    super().__init__()
-                    self.inner = inner
-
-                def forward(self, latents, task, noise):
-                    return self.inner(latents, task, None, noise)
-
-            _onnx_export(NoState(graph), (latents, task, noise), tmp / "policy.onnx", policy_names, ["actions"],
-                         policy_names, opset)
-        graphs = {"encoder": "encoder.onnx", "policy": "policy.onnx"}
-        if int8:
-            say("[export] policy.int8: onnxruntime dynamic int8 quantisation of the matrix products")
-            quantize_int8(tmp / "policy.onnx", tmp / "policy.int8.onnx")
-            graphs["policy_int8"] = "policy.int8.onnx"
+        graphs = _write_graphs(tmp, model, tokenizer, ic, (frames, *policy_args), policy_names, int8=int8, opset=opset,
+                               say=say)
         export_seconds = time.perf_counter() - t0
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_hash": checkpoint.model_hash, "checkpoint": str(checkpoint.path),
-            "wam_version": _wam_version(), "torch": torch.__version__, "opset": opset,
-            "mode": "policy",
-            "observation": {
-                "cameras": {k: [size, size, 3] for k in cameras},  # uint8 RGB each; others are resized
-                "camera_layout": "side by side, in this order",
-                "state": {"key": "observation.state", "size": norm["state_dim"]} if cfg.state_dim > 0 else None,
-                "task": "a training task's text (or its index)",
-            },
-            "tasks": list(run.get("tasks", [])),
-            "fps": run.get("fps"), "action_names": run.get("action_names"),
-            "model": {"image_size": size, "n_cameras": cfg.n_cameras, "n_obs_steps": cfg.n_obs_steps,
-                      "action_horizon": cfg.action_horizon, "action_dim": cfg.action_dim, "state_dim": cfg.state_dim,
-                      "n_tasks": cfg.n_tasks, "latent_shape": [cfg.latent_channels, cfg.latent_size,
-                                                               cfg.latent_size * cfg.n_cameras]},
-            "action_horizon": cfg.action_horizon,
-            "normalisation": norm,
-            "inference": ic.to_dict(),
-            "graphs": {name: {"file": f, "sha256": _file_sha256(tmp / f)} for name, f in graphs.items()},
-            "inputs": {"encoder": ["frames"], "policy": policy_names},
-            "export_seconds": round(export_seconds, 1),
-        }
+        manifest = _manifest(checkpoint, ic, cameras, norm, graphs, tmp, policy_names, opset=opset,
+                             export_seconds=export_seconds)
         if check:
             manifest["check"] = check_graphs(tmp, model, tokenizer, ic, (frames, *policy_args))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -255,6 +212,70 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
         raise
     say(f"[export] {out}: {', '.join(graphs.values())}, manifest.json ({export_seconds:.0f} s)")
     return manifest
+
+
+def _write_graphs(tmp: Path, model, tokenizer, ic: InferenceConfig, inputs: tuple, policy_names: list[str], *,
+                  int8: bool, opset: int, say) -> dict[str, str]:
+    """The encoder, the policy (and its int8 twin) as ONNX files in `tmp`; returns {graph name: file name}."""
+    cfg = model.cfg
+    frames, latents, task, state, noise = inputs
+    size = cfg.image_size
+    say(f"[export] encoder: frames (N, {size}, {size * cfg.n_cameras}, 3) uint8 -> latents")
+    _onnx_export(EncoderGraph(tokenizer), (frames,), tmp / "encoder.onnx", ["frames"], ["latents"], ["frames"],
+                 opset)
+    say(f"[export] policy: {ic.steps} {ic.solver} steps, cache {ic.cache}")
+    graph = PolicyGraph(model, ic)
+    if cfg.state_dim > 0:
+        _onnx_export(graph, (latents, task, state, noise), tmp / "policy.onnx", policy_names, ["actions"],
+                     policy_names, opset)
+    else:  # (no state input: a wrapper without it, so that the graph has none)
+        class NoState(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, latents, task, noise):
+                return self.inner(latents, task, None, noise)
+
+        _onnx_export(NoState(graph), (latents, task, noise), tmp / "policy.onnx", policy_names, ["actions"],
+                     policy_names, opset)
+    graphs = {"encoder": "encoder.onnx", "policy": "policy.onnx"}
+    if int8:
+        say("[export] policy.int8: onnxruntime dynamic int8 quantisation of the matrix products")
+        quantize_int8(tmp / "policy.onnx", tmp / "policy.int8.onnx")
+        graphs["policy_int8"] = "policy.int8.onnx"
+    return graphs
+
+
+def _manifest(checkpoint, ic: InferenceConfig, cameras: list[str], norm: dict, graphs: dict[str, str], tmp: Path,
+              policy_names: list[str], *, opset: int, export_seconds: float) -> dict:
+    """manifest.json: what the export holds and how to feed it, with each graph's sha256."""
+    cfg, run = checkpoint.model.cfg, checkpoint.config.get("run", {})
+    size = cfg.image_size
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model_hash": checkpoint.model_hash, "checkpoint": str(checkpoint.path),
+        "wam_version": _wam_version(), "torch": torch.__version__, "opset": opset,
+        "mode": "policy",
+        "observation": {
+            "cameras": {k: [size, size, 3] for k in cameras},  # uint8 RGB each; others are resized
+            "camera_layout": "side by side, in this order",
+            "state": {"key": "observation.state", "size": norm["state_dim"]} if cfg.state_dim > 0 else None,
+            "task": "a training task's text (or its index)",
+        },
+        "tasks": list(run.get("tasks", [])),
+        "fps": run.get("fps"), "action_names": run.get("action_names"),
+        "model": {"image_size": size, "n_cameras": cfg.n_cameras, "n_obs_steps": cfg.n_obs_steps,
+                  "action_horizon": cfg.action_horizon, "action_dim": cfg.action_dim, "state_dim": cfg.state_dim,
+                  "n_tasks": cfg.n_tasks, "latent_shape": [cfg.latent_channels, cfg.latent_size,
+                                                           cfg.latent_size * cfg.n_cameras]},
+        "action_horizon": cfg.action_horizon,
+        "normalisation": norm,
+        "inference": ic.to_dict(),
+        "graphs": {name: {"file": f, "sha256": _file_sha256(tmp / f)} for name, f in graphs.items()},
+        "inputs": {"encoder": ["frames"], "policy": policy_names},
+        "export_seconds": round(export_seconds, 1),
+    }
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
