@@ -93,8 +93,8 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
     from wam.bench import Bench
     from wam.export import export_policy
     from wam.inference import InferenceConfig
-    from wam.policy import Observation, WAMPolicy
-    from wam.runtime import ONNXPolicy, RuntimeObservation, read_manifest
+    from wam.policy import WAMPolicy
+    from wam.runtime import ONNXPolicy, read_manifest
 
     if threads:
         torch.set_num_threads(threads)
@@ -120,15 +120,29 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
     onnx = {v["name"]: ONNXPolicy(export_dir, seed=seed, optimization=v.get("optimization", "all"),
                                   threads=v.get("threads", threads), int8=v.get("int8", False)) for v in variants}
     names = ["torch", *onnx]
-    k, cfg = torch_policy.n_action_steps, torch_policy.cfg
-    times = {n: [] for n in names}
-    outputs = {n: [] for n in names}
-    truths = []
+    flops = _chunk_flops(torch_policy, bench.episodes[0], seed, given)
+    times, outputs, truths, calls = _replay(bench, torch_policy, onnx, names, seed, given)
+    peaks = {n: peak_at(n) for n in sorted({threads, *(v.get("threads", threads) for v in variants)})}
 
-    # FLOPs of one chunk, on a state of its own (counting encodes its history in place)
+    result: dict = {"checkpoint": str(checkpoint.path), "model_hash": checkpoint.model_hash, "export": str(export_dir),
+                    "dataset": bench.dataset, "episodes": len(bench.episodes), "calls": calls - warmup,
+                    "warmup": warmup, "inference": manifest["inference"], "flops_per_chunk": flops,
+                    "torch_threads": threads, "peak_fp32_GFLOPs": {str(t): p for t, p in peaks.items()},
+                    **cpu_info(), "torch": torch.__version__, "onnxruntime": _ort_version(),
+                    "paths": _path_rows(names, variants, times, outputs, truths, flops=flops, peaks=peaks,
+                                        threads=threads, warmup=warmup)}
+    if tmp is not None:
+        tmp.cleanup()
+    return result
+
+
+def _chunk_flops(torch_policy, ep0: dict, seed: int, given: dict) -> int:
+    """FLOPs of one chunk of the PyTorch policy, on a state of its own (counting encodes its history in place)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    ep0 = bench.episodes[0]
+    from wam.policy import Observation
+
+    cfg = torch_policy.cfg
     s0 = torch_policy.new_state(seed)
     st0 = torch.as_tensor(np.asarray(ep0["states"][:1], dtype=np.float32)) if cfg.state_dim else None
     torch_policy.push(s0, Observation(np.asarray(ep0["frames"][0])[None], st0, torch.tensor([ep0["task_index"]]),
@@ -136,8 +150,19 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
     given["noise"] = np.zeros((1, cfg.action_horizon, cfg.action_dim), np.float32)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         torch_policy.predict_chunks([s0], [torch.tensor([ep0["task_index"]])])
-    flops = fc.get_total_flops()
+    return fc.get_total_flops()
 
+
+def _replay(bench, torch_policy, onnx: dict, names: list[str], seed: int, given: dict):
+    """Every episode through every path, one chunk every n_action_steps steps, the same noise for all paths and
+    the order of the paths rotated call by call. Returns (times, outputs, truths, calls)."""
+    from wam.policy import Observation
+    from wam.runtime import RuntimeObservation
+
+    k, cfg = torch_policy.n_action_steps, torch_policy.cfg
+    times = {n: [] for n in names}
+    outputs = {n: [] for n in names}
+    truths = []
     calls = 0
     for ep in bench.episodes:
         rng = np.random.default_rng(seed)
@@ -172,16 +197,17 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
                 outputs[n].append(np.array(out, dtype=np.float32))
             truths.append(bench._truth(ep, step).numpy())
             calls += 1
-    peaks = {n: peak_at(n) for n in sorted({threads, *(v.get("threads", threads) for v in variants)})}
+    return times, outputs, truths, calls
+
+
+def _path_rows(names: list[str], variants: list[dict], times: dict, outputs: dict, truths: list, *, flops: int,
+               peaks: dict, threads: int, warmup: int) -> dict:
+    """Each path's latency, achieved FLOP/s and error (against the data and, for the ONNX paths, PyTorch)."""
 
     def mse(xs, ys):
         return float(np.mean([np.mean((x - y) ** 2) for x, y in zip(xs, ys)]))
 
-    result: dict = {"checkpoint": str(checkpoint.path), "model_hash": checkpoint.model_hash, "export": str(export_dir),
-                    "dataset": bench.dataset, "episodes": len(bench.episodes), "calls": calls - warmup,
-                    "warmup": warmup, "inference": manifest["inference"], "flops_per_chunk": flops,
-                    "torch_threads": threads, "peak_fp32_GFLOPs": {str(t): p for t, p in peaks.items()},
-                    **cpu_info(), "torch": torch.__version__, "onnxruntime": _ort_version(), "paths": {}}
+    rows = {}
     base = _summary(times["torch"][warmup:])["median_ms"]
     for n in names:
         lat = _summary(times[n][warmup:])
@@ -196,10 +222,8 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
             d = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs[n], outputs["torch"])])
             row.update(options={k: v[k] for k in v if k != "name"}, max_abs_diff_vs_torch=float(d.max()),
                        mean_abs_diff_vs_torch=float(d.mean()), action_mse_vs_torch=mse(outputs[n], outputs["torch"]))
-        result["paths"][n] = row
-    if tmp is not None:
-        tmp.cleanup()
-    return result
+        rows[n] = row
+    return rows
 
 
 def _ort_version() -> str | None:
