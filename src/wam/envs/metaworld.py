@@ -232,6 +232,34 @@ def describe(task: str) -> str:
     return DESCRIPTIONS[task]
 
 
+def _env_settings(task: str, cameras, *, image_size: int, state: str, goal_marker: float, look: str,
+                  render_size: int | None) -> tuple[str, tuple[str, ...], int]:
+    """MetaWorldEnv's settings checked: (its one task's name, its cameras, the size it renders at)."""
+    if task not in DESCRIPTIONS:
+        names = resolve_tasks(task)  # "reach" -> ["reach-v3"]; unknown names raise with suggestions
+        if len(names) != 1:
+            raise ArgumentError(f"{task!r} names {len(names)} tasks; an environment runs exactly one")
+        task = names[0]
+    cameras = tuple(cameras) if cameras else (DEFAULT_CAMERA,)
+    bad = [c for c in cameras if c not in CAMERAS]
+    if bad:
+        raise ArgumentError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
+    if image_size < 16:
+        raise ArgumentError(f"image_size must be at least 16 pixels, got {image_size}")
+    if state not in STATE_MODES:
+        raise ArgumentError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
+                            f"(MetaWorld's 39-D observation with object and goal poses)")
+    if goal_marker < 0:
+        raise ArgumentError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
+    if look not in LOOKS:
+        raise ArgumentError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
+                            f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
+    render_size = int(render_size or image_size)
+    if render_size < 16:
+        raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
+    return task, cameras, render_size
+
+
 class MetaWorldEnv(gym.Env):
     """One MetaWorld v3 task with camera images, proprioception and the simulator's state (module docstring)."""
 
@@ -243,28 +271,8 @@ class MetaWorldEnv(gym.Env):
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-        if task not in DESCRIPTIONS:
-            names = resolve_tasks(task)  # "reach" -> ["reach-v3"]; unknown names raise with suggestions
-            if len(names) != 1:
-                raise ArgumentError(f"{task!r} names {len(names)} tasks; an environment runs exactly one")
-            task = names[0]
-        cameras = tuple(cameras) if cameras else (DEFAULT_CAMERA,)
-        bad = [c for c in cameras if c not in CAMERAS]
-        if bad:
-            raise ArgumentError(f"unknown MetaWorld camera(s) {bad}; choose from: {', '.join(CAMERAS)}")
-        if image_size < 16:
-            raise ArgumentError(f"image_size must be at least 16 pixels, got {image_size}")
-        if state not in STATE_MODES:
-            raise ArgumentError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
-                                f"(MetaWorld's 39-D observation with object and goal poses)")
-        if goal_marker < 0:
-            raise ArgumentError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
-        if look not in LOOKS:
-            raise ArgumentError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
-                                f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
-        render_size = int(render_size or image_size)
-        if render_size < 16:
-            raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
+        task, cameras, render_size = _env_settings(task, cameras, image_size=image_size, state=state,
+                                                   goal_marker=goal_marker, look=look, render_size=render_size)
         self.look = look
         self.render_size = render_size
         self.state_mode = state
