@@ -68,7 +68,8 @@ def main() -> None:
             doc["train"].append(train_rate(args.dataset, n, args.train_steps, Path(tmp) / f"train{n}"))
             print(json.dumps(doc["train"][-1]), flush=True)
         for k in (1, 2, 4):
-            doc["eval"].append(eval_rate(args.checkpoint, k, args.eval_tasks, args.eval_episodes, Path(tmp) / f"eval{k}"))
+            doc["eval"].append(eval_rate(args.checkpoint, k, args.eval_tasks, args.eval_episodes,
+                                         Path(tmp) / f"eval{k}"))
             print(json.dumps({x: v for x, v in doc["eval"][-1].items() if x != "per_episode"}), flush=True)
     same = all(r["per_episode"] == doc["eval"][0]["per_episode"] for r in doc["eval"])
     doc["eval_results_identical"] = same

@@ -108,7 +108,8 @@ def main() -> int:
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     info = machine()
-    out = Path(args.out) if args.out else HERE / "results" / f"{slug(info['cpu_model'])}{'-quick' if args.quick else ''}.json"
+    name = f"{slug(info['cpu_model'])}{'-quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else HERE / "results" / name
     result = {"command": "python benchmarks/run_all.py " + " ".join(sys.argv[1:]), "quick": args.quick,
               "machine": info, "omp_num_threads": env.get("OMP_NUM_THREADS"), "benchmarks": {}}
     failed = []

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev chromium
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-.venv/bin/ruff check src tests
+.venv/bin/ruff check  # lint (the formatting pass is `ruff format`)
 exec .venv/bin/python -m pytest -q "$@"

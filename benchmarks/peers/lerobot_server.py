@@ -370,7 +370,8 @@ class PeerServer:
                     reply, session = await self.dispatch(session, msg, arrived)
                 except ProtocolError as e:
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id if msg_id is not None else protocol.plain_id(e.id), "error": str(e)}
+                    reply = {"type": "error", "id": msg_id if msg_id is not None else protocol.plain_id(e.id),
+                             "error": str(e)}
                 except Exception as e:  # the policy failed on this request: say so, stay up
                     log.exception("request failed")
                     self.counters["errors"] += 1

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         local = json.loads(Path(args.success_from).read_text())
         want = {r["task"]: r["seeds"][:args.episodes] for r in info["per_task"]}
         have = {r["task"]: r["seeds"][:args.episodes] for r in local["per_task"]}
-        if any(have.get(t) != s for t, s in want.items()) or local["settings"].get("model_hash") != hello.get("model_hash"):
+        other_model = local["settings"].get("model_hash") != hello.get("model_hash")
+        if any(have.get(t) != s for t, s in want.items()) or other_model:
             raise SystemExit(f"{args.success_from} is not an evaluation of this checkpoint on these tasks and seeds")
         served_eval = {k: info[k] for k in ("pc_success", "n_episodes", "ci95")}
         info = {**local, "server_ms": info.get("server_ms")}
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     train_record = (args.checkpoint.parent / "peer_train.json" if args.peer == "wam"  # <out>/checkpoint
                     else args.checkpoint.parents[2] / "peer_train.json")  # <out>/checkpoints/last/pretrained_model
     result = {
-        "peer": args.peer, "label": args.label or args.peer, "policy": hello.get("policy"), "checkpoint": str(args.checkpoint),
+        "peer": args.peer, "label": args.label or args.peer, "policy": hello.get("policy"),
+        "checkpoint": str(args.checkpoint),
         "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
         "num_inference_steps_override": args.num_inference_steps,
         "eval_command": shlex.join(cmd), "eval_wall_s": eval_s,
@@ -190,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
                               {"n_chunks": served["summary"]["n_chunks"], "median_ms": served["summary"]["median"],
                                "p90_ms": served["summary"]["p90"], "first_ms": served["summary"]["first"]}),
         "chunk": {k: hello.get(k) for k in ("action_horizon", "n_action_steps", "n_obs_steps", "sampling")},
-        "parameters": wam_parameters(args.checkpoint) if args.peer == "wam" else hello.get("parameters"), "model_hash": hello.get("model_hash"),
+        "parameters": wam_parameters(args.checkpoint) if args.peer == "wam" else hello.get("parameters"),
+        "model_hash": hello.get("model_hash"),
         "checkpoint_bytes": sum(f.stat().st_size for f in args.checkpoint.iterdir() if f.is_file()),
         "train": json.loads(train_record.read_text()) if train_record.is_file() else None,
     }
     out.write_text(json.dumps(result, indent=2))
     lat = result["latency_per_chunk"]
     print(f"[peers] {args.peer} on {args.tasks}: {info['pc_success']:.1f}% over {info['n_episodes']} episodes; "
-          f"chunk latency median {lat.get('median_ms', float('nan')):.1f} ms, p90 {lat.get('p90_ms', float('nan')):.1f} ms "
+          f"chunk latency median {lat.get('median_ms', float('nan')):.1f} ms, "
+          f"p90 {lat.get('p90_ms', float('nan')):.1f} ms "
           f"over {lat['n_chunks']} chunks; wrote {out}", flush=True)
     return 0
 

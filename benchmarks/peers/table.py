@@ -46,7 +46,8 @@ def row(result: dict) -> dict:
     return {"name": result.get("label") or result["peer"], "pc": result["pc_success"], "ci": result["ci95"],
             "n": result["n_episodes"], "groups": {g: groups.get(g) for g in GROUPS},
             "group_mean": (result.get("group_mean") or {}).get("pc_success"),
-            "latency": (lat.get("median_ms"), lat.get("p90_ms")), "n_action_steps": result["chunk"].get("n_action_steps"),
+            "latency": (lat.get("median_ms"), lat.get("p90_ms")),
+            "n_action_steps": result["chunk"].get("n_action_steps"),
             "params": result.get("parameters"), "mb": result["checkpoint_bytes"] / 1e6,
             "steps": train.get("steps"), "samples_per_s": train.get("samples_per_s"), "wall_s": train.get("wall_s"),
             "batch_size": train.get("batch_size")}

@@ -214,8 +214,8 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     verbs = [v.strip() for v in args.verbs.split(",") if v.strip()]
     t_all = time.time()
-    result: dict = {"command": "python benchmarks/stress/kill.py " + " ".join(sys.argv[1:]), "kills_per_verb": args.kills,
-                    "seed": args.seed, "verbs": {}}
+    result: dict = {"command": "python benchmarks/stress/kill.py " + " ".join(sys.argv[1:]),
+                    "kills_per_verb": args.kills, "seed": args.seed, "verbs": {}}
 
     data = work / "dot"
     collect_cmd = lambda out: wam("collect", "dot", "--episodes", "12", "--image-size", "16", "--workers", "1",  # noqa: E731
@@ -236,8 +236,8 @@ def main() -> int:
             duration, first_write = run_to_end(train_args(ref), logs / "train-ref.log", watch=ref / "checkpoint")
             first = train_args(out)
             resume = wam("train", "--dataset", str(data), "--out", str(out), "--resume", "--quiet")
-            r = kill_chain("train", first, resume, first, lambda out=out: check_run(out, "train", None), out, args.kills,
-                           window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
+            r = kill_chain("train", first, resume, first, lambda out=out: check_run(out, "train", None), out,
+                           args.kills, window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
             final_resume = check_run(out, "train", None)[0] == "ok"
             run_to_end(resume if final_resume else first, logs / "train-final.log")
             same = weights_hash(out / "checkpoint") == weights_hash(ref / "checkpoint")

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                           "seconds": round(time.perf_counter() - t0, 1)}
         r = rows[f"{w:g}"]
         print(f"W={w:g}: forward {r['forward_psnr'][-1]:.2f} dB, other actions {r['other_actions_psnr'][-1]:.2f} dB, "
-              f"gap {r['gap_db'][-1]:.2f} dB ({r['horizons'][-1]} steps ahead; copy {r['copy_last_frame_psnr'][-1]:.2f},"
+              f"gap {r['gap_db'][-1]:.2f} dB ({r['horizons'][-1]} steps ahead; "
+              f"copy {r['copy_last_frame_psnr'][-1]:.2f},"
               f" video {r['video_psnr'][-1]:.2f})", flush=True)
         write_json_atomic(out, record)
     return 0

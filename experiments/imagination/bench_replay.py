@@ -10,11 +10,15 @@ policies are ranked by those verdicts against their simulated success, overall a
 episode's verdict is checked against what really happened.
 
 Runbook (README, "Policy evaluation in imagination"):
-    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 --record-only --runs runs/bench-replay-s0
-    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 --world runs/imagine-world/checkpoint \\
-        --critic runs/imagine-world/critic-real --action-guidance 2 --runs runs/bench-replay-s0 \\
-        --closed-loop experiments/imagination/imagine_ref_real_seed0.json --out experiments/imagination/replay_ref_real_seed0.json
-    python experiments/imagination/bench_replay.py --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
+    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 --record-only \\
+        --runs runs/bench-replay-s0
+    python experiments/imagination/bench_replay.py --policy-set reference --seed 0 \\
+        --world runs/imagine-world/checkpoint --critic runs/imagine-world/critic-real --action-guidance 2 \\
+        --runs runs/bench-replay-s0 \\
+        --closed-loop experiments/imagination/imagine_ref_real_seed0.json \\
+        --out experiments/imagination/replay_ref_real_seed0.json
+    python experiments/imagination/bench_replay.py \\
+        --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
     python experiments/imagination/bench_replay.py --pool X.json,Y.json --out POOLED.json
 The recorded episodes go on 10 steps after their first success (`--after-success 10`, as `wam collect`
 records), so a success the world model imagines a little late still falls inside the episode.

@@ -3,11 +3,13 @@
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --out runs/eval-mt50
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --num-envs 4 --blind --no-expert \\
         --out runs/eval-mt50-blind
-    python experiments/mt50_reference/mt50_table.py runs/eval-mt50/eval_info.json --blind runs/eval-mt50-blind/eval_info.json
+    python experiments/mt50_reference/mt50_table.py runs/eval-mt50/eval_info.json \\
+        --blind runs/eval-mt50-blind/eval_info.json
     # the same checkpoint acting in joint mode, against its policy-mode evaluation on the same seeds:
     wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks mt50 --episodes 20 --mode joint --no-expert \\
         --out runs/eval-mt50-joint
-    python experiments/mt50_reference/mt50_table.py runs/eval-mt50-joint/eval_info.json --expert experiments/mt50_reference/mt50_eval.json \\
+    python experiments/mt50_reference/mt50_table.py runs/eval-mt50-joint/eval_info.json \\
+        --expert experiments/mt50_reference/mt50_eval.json \\
         --versus experiments/mt50_reference/mt50_eval.json
 
 Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 5 tasks); "mean of group
@@ -120,7 +122,8 @@ def main() -> None:
             row += versus(info, other, g["tasks"], args.versus)
         print(row)
     gm = info["group_mean"]
-    row = (f"| **mean of group means** | {sum(len(g['tasks']) for g in info['groups'].values())} | {info['n_episodes']} | "
+    n_tasks = sum(len(g["tasks"]) for g in info["groups"].values())
+    row = (f"| **mean of group means** | {n_tasks} | {info['n_episodes']} | "
            f"**{fmt(gm['pc_success'], gm['ci95'])}** | {gm.get('expert_pc_success', float('nan')):.1f} |")
     if blind:
         bg = blind["group_mean"]

@@ -6,8 +6,10 @@ from its actions alone, in forward mode, then scored).
 Runbook:
     wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50:tasks=hard,very_hard \\
         --out runs/critic-wam-tiny-mt50-hard-vhard
-    python experiments/planning/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k --critic runs/critic-wam-tiny-mt50-hard-vhard \\
-        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 --out experiments/planning/plan.json
+    python experiments/planning/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k \\
+        --critic runs/critic-wam-tiny-mt50-hard-vhard \\
+        --tasks hard,very_hard --episodes 5 --plans 1,4,16 --forward-plans 4,16 --workers 1 \\
+        --out experiments/planning/plan.json
     python experiments/planning/bench_plan.py --table experiments/planning/plan.json     # the README's table
 
 With --critic DIR the critic is read from DIR instead (`wam critic --out DIR`). A setting whose evaluation
@@ -74,7 +76,8 @@ def run_eval(args, mode: str, plan: int, out: Path, plan_score: str = "imagined"
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - t0
     info = json.loads((out / "eval_info.json").read_text())
-    return {"command": shlex.join(cmd), "wall_s": wall if wall is not None else info.get("eval_s"), "pc_success": info["pc_success"],
+    return {"command": shlex.join(cmd), "wall_s": wall if wall is not None else info.get("eval_s"),
+            "pc_success": info["pc_success"],
             "ci95": info["ci95"], "n_episodes": info["n_episodes"], "groups": info.get("groups"),
             "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
 
@@ -82,7 +85,8 @@ def run_eval(args, mode: str, plan: int, out: Path, plan_score: str = "imagined"
 def table(result: dict) -> str:
     groups = sorted({g for r in result["runs"] for g in (r["eval"].get("groups") or {})},
                     key=["easy", "medium", "hard", "very_hard"].index)
-    head = ["setting", "success % [95% CI]"] + [g.replace("_", " ") for g in groups] + ["chunk latency median / p90 (ms)"]
+    head = (["setting", "success % [95% CI]"] + [g.replace("_", " ") for g in groups]
+            + ["chunk latency median / p90 (ms)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["runs"]:
         e, lat = r["eval"], r["latency"]

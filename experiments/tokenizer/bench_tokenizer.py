@@ -1,7 +1,8 @@
 """Which frame tokenizer? Candidate autoencoders trained on the same frames for the same steps, measured by how
 well they reconstruct held-out episodes (the ceiling of every predicted frame) and what they cost.
 
-    python experiments/tokenizer/bench_tokenizer.py --dataset data/mt50 --tasks mt10 --out experiments/tokenizer/tokenizer.json
+    python experiments/tokenizer/bench_tokenizer.py --dataset data/mt50 --tasks mt10 \
+        --out experiments/tokenizer/tokenizer.json
     python experiments/tokenizer/bench_tokenizer.py --table experiments/tokenizer/tokenizer.json
 
 Training frames: every --stride-th frame of each task's episodes before the last --held-out ones (the same
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(result: dict) -> str:
     lines = ["| tokenizer | width | latent (channels x cells) | detail weight | steps | parameters | held-out PSNR / "
-             "SSIM | detail PSNR | train s/step | encode+decode ms/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "SSIM | detail PSNR | train s/step | encode+decode ms/frame |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     ref = result.get("reference")
     if ref:
         cells = result["image_size"] // ref.get("downsample", 8)

@@ -40,8 +40,9 @@ attempt) and three sets of evaluation seeds, each recipe beside the policy-only 
 episodes, in policy and joint mode:
 
     wam collect metaworld --tasks mt10 --episodes 50 --image-size 96 --workers 2 --out data/mt10
-    MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --dataset data/mt10 --steps 12000 --eval-seeds 0,1,2 \
-        --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far --out experiments/world_model/world_model_far.json
+    MUJOCO_GL=egl python experiments/world_model/bench_world_model.py --dataset data/mt10 --steps 12000 \\
+        --eval-seeds 0,1,2 --modes policy,joint --recipes policy,wam,wam-far --runs runs/wm-far \\
+        --out experiments/world_model/world_model_far.json
 
 The table gives each recipe's paired difference from the policy-only run (`wam.stats.paired_difference`:
 the same seeds, a bootstrap interval over episodes and McNemar's exact test), which is tighter than comparing

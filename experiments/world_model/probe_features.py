@@ -11,7 +11,8 @@ per-task mean removed first, so that knowing the task alone scores 0). Beside th
 frozen tokenizer's latents (what the network is given) and on the 4-D robot state.
 
 Runbook (MT10, the runs of bench_world_model.py):
-    python experiments/world_model/probe_features.py --runs policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint \\
+    python experiments/world_model/probe_features.py \\
+        --runs policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint \\
         --dataset data/mt50 --out experiments/world_model/probe_sharp.json
     python experiments/world_model/probe_features.py --table experiments/world_model/probe_sharp.json
 """
