@@ -164,7 +164,7 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
         checkpoint = load_checkpoint(checkpoint)
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ExportError(f"{out} exists; pass `overwrite=True` to replace it")
     if checkpoint.tokenizer is None:
         raise ExportError(f"{checkpoint.path} has no tokenizer.safetensors: its frames cannot be encoded")
     _embodiment_check(checkpoint)

@@ -276,7 +276,7 @@ class WAMPolicy:
                 new.append(t)
             else:
                 raise ArgumentError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
-                                    f"trained with --model text_encoder=minilm accepts any instruction)")
+                                    f"trained with text_encoder='minilm' accepts any instruction)")
         idx = torch.tensor(out, device=self.device)
         if not new:
             return idx

@@ -153,7 +153,7 @@ class ONNXPolicy:
         self.manifest = m = read_manifest(self.path)
         graphs = m["graphs"]
         if int8 and "policy_int8" not in graphs:
-            raise ArgumentError(f"{self.path} holds no int8 policy; export again without --no-int8")
+            raise ArgumentError(f"{self.path} holds no int8 policy; export it again with one (`int8=True`)")
         opts = dict(optimization=optimization, threads=threads, providers=providers, spin=spin)
         self.encoder = session(self.path / graphs["encoder"]["file"], **opts)
         self.policy = session(self.path / graphs["policy_int8" if int8 else "policy"]["file"], **opts)

@@ -165,7 +165,7 @@ class LeRobotWriter:
         self.root = Path(root)
         if self.root.exists() and not overwrite:
             raise FileExistsError(f"{self.root} already exists; choose another path or overwrite it "
-                                  f"(overwrite=True, CLI: --overwrite)")
+                                  f"(`overwrite=True`)")
         if int(fps) != fps or fps <= 0:
             raise ArgumentError(f"fps must be a positive integer, got {fps}")
         if chunks_size < 1 or data_files_size_in_mb <= 0 or video_files_size_in_mb <= 0:
