@@ -42,9 +42,14 @@ def bench_collect(tasks: str, episodes: int, workers: int, out: Path) -> dict:
     t0 = time.perf_counter()
     summary = collect("metaworld", tasks=tasks, episodes=episodes, out=out, workers=workers, progress=False)
     seconds = time.perf_counter() - t0
-    return {"workers": workers, "episodes": summary["episodes_kept"], "frames": summary["frames"],
-            "seconds": round(seconds, 2), "frames_per_s": round(summary["frames"] / seconds, 1),
-            "expert_success_rate": summary["success_rate"]}
+    return {
+        "workers": workers,
+        "episodes": summary["episodes_kept"],
+        "frames": summary["frames"],
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(summary["frames"] / seconds, 1),
+        "expert_success_rate": summary["success_rate"],
+    }
 
 
 def bench_steady_state(task: str = "push-v3", episodes: int = 3) -> dict:
@@ -74,19 +79,31 @@ def bench_loader(root: Path, epochs: int = 3) -> dict:
         n += len(ds.episode_frames(pos, ds.camera_keys[0]))
     decode_fps = n / (time.perf_counter() - t0)
 
-    windows = WindowDataset(ds, n_obs_steps=cfg.n_obs_steps, future_frames=cfg.future_frames,
-                            future_stride=cfg.future_stride, action_horizon=cfg.action_horizon,
-                            image_size=cfg.image_size)
-    loader = torch.utils.data.DataLoader(windows, batch_size=32, shuffle=True, collate_fn=collate_windows,
-                                         generator=torch.Generator().manual_seed(0))
+    windows = WindowDataset(
+        ds,
+        n_obs_steps=cfg.n_obs_steps,
+        future_frames=cfg.future_frames,
+        future_stride=cfg.future_stride,
+        action_horizon=cfg.action_horizon,
+        image_size=cfg.image_size,
+    )
+    loader = torch.utils.data.DataLoader(
+        windows, batch_size=32, shuffle=True, collate_fn=collate_windows, generator=torch.Generator().manual_seed(0)
+    )
     rates = []
     for _ in range(epochs):
         t0 = time.perf_counter()
         seen = sum(len(batch["frames"]) for batch in loader)
         rates.append(seen / (time.perf_counter() - t0))
-    return {"samples": len(windows), "batch_size": 32, "cold_samples_per_s": round(rates[0], 1),
-            "warm_samples_per_s": round(max(rates[1:]), 1), "decode_frames_per_s": round(decode_fps, 1),
-            "cache_mb": round(windows.cache_nbytes / 2**20, 1), "layout": "wam-tiny"}
+    return {
+        "samples": len(windows),
+        "batch_size": 32,
+        "cold_samples_per_s": round(rates[0], 1),
+        "warm_samples_per_s": round(max(rates[1:]), 1),
+        "decode_frames_per_s": round(decode_fps, 1),
+        "cache_mb": round(windows.cache_nbytes / 2**20, 1),
+        "layout": "wam-tiny",
+    }
 
 
 def main() -> None:
@@ -111,12 +128,24 @@ def main() -> None:
     result = {
         "benchmark": "data",
         "command": " ".join(["MUJOCO_GL=egl .venv/bin/python benchmarks/bench_data.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": load, "python": platform.python_version(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
-        "collection": {"env": "metaworld", "tasks": args.tasks.split(","), "episodes_per_task": args.episodes,
-                       "image_size": 64, "camera": "corner4", "steady_state_one_process": steady,
-                       "one_process": one, "parallel": many},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1min_at_start": load,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "collection": {
+            "env": "metaworld",
+            "tasks": args.tasks.split(","),
+            "episodes_per_task": args.episodes,
+            "image_size": 64,
+            "camera": "corner4",
+            "steady_state_one_process": steady,
+            "one_process": one,
+            "parallel": many,
+        },
         "loader": loader,
     }
     text = json.dumps(result, indent=2)

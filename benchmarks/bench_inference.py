@@ -76,19 +76,32 @@ def main() -> None:
         res["label"], res["wall_s"] = label, round(time.time() - t, 1)
         rows.append(res)
         q = res["quality"]
-        print(f"{label:<50} {res['median_ms']:9.2f} ms  x{res['speedup']:<7} "
-              f"mse vs ref {q['action_mse_vs_reference']:.5f}  vs data {q['action_mse_vs_data']:.5f}", flush=True)
-    doc = {"checkpoint": args.checkpoint, "model_hash": ckpt.model_hash, "episodes": len(bench.episodes),
-           "threads": args.threads, "torch": torch.__version__,
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "peak_fp32_GFLOPs": round(matmul_peak() * 1e-9, 1), "results": rows}
-    print("\n| setting | mode | median ms | p90 ms | speed-up | GFLOP/call | action MSE vs reference "
-          "| action MSE vs data |")
+        print(
+            f"{label:<50} {res['median_ms']:9.2f} ms  x{res['speedup']:<7} "
+            f"mse vs ref {q['action_mse_vs_reference']:.5f}  vs data {q['action_mse_vs_data']:.5f}",
+            flush=True,
+        )
+    doc = {
+        "checkpoint": args.checkpoint,
+        "model_hash": ckpt.model_hash,
+        "episodes": len(bench.episodes),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "peak_fp32_GFLOPs": round(matmul_peak() * 1e-9, 1),
+        "results": rows,
+    }
+    print(
+        "\n| setting | mode | median ms | p90 ms | speed-up | GFLOP/call | action MSE vs reference "
+        "| action MSE vs data |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         q = r["quality"]
-        print(f"| {r['label']} | {r['mode']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['speedup']:.1f}x | "
-              f"{r['flops_per_call'] / 1e9:.3f} | {q['action_mse_vs_reference']:.5f} | {q['action_mse_vs_data']:.5f} |")
+        print(
+            f"| {r['label']} | {r['mode']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['speedup']:.1f}x | "
+            f"{r['flops_per_call'] / 1e9:.3f} | {q['action_mse_vs_reference']:.5f} | {q['action_mse_vs_data']:.5f} |"
+        )
     if args.out:
         out = Path(args.out)
         if args.only and out.is_file():  # a partial rerun replaces its rows in the recorded file

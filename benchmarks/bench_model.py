@@ -26,8 +26,9 @@ from wam.config import LossConfig
 
 def fake_batch(cfg, B: int, g: torch.Generator) -> dict:
     return {
-        "latents": torch.randn(B, cfg.frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras,
-                               generator=g),
+        "latents": torch.randn(
+            B, cfg.frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras, generator=g
+        ),
         "actions": torch.rand(B, cfg.action_horizon, cfg.action_dim, generator=g) * 2 - 1,
         "task": torch.randint(0, cfg.n_tasks, (B,), generator=g),
         "state": torch.randn(B, cfg.n_obs_steps, cfg.state_dim, generator=g) if cfg.state_dim else None,
@@ -64,10 +65,17 @@ def bench_preset(name: str, B: int, steps: int, precision: str) -> dict:
         step()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"preset": name, "precision": precision, "batch_size": B, "tokens": cfg.tokens,
-            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "step_s": round(med, 4), "samples_per_s": round(B / med, 1), "flops_per_step": flops,
-            "achieved_GFLOPs": round(flops / med / 1e9, 1)}
+    return {
+        "preset": name,
+        "precision": precision,
+        "batch_size": B,
+        "tokens": cfg.tokens,
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "step_s": round(med, 4),
+        "samples_per_s": round(B / med, 1),
+        "flops_per_step": flops,
+        "achieved_GFLOPs": round(flops / med / 1e9, 1),
+    }
 
 
 def main() -> None:
@@ -76,14 +84,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per preset (after one warm-up step)")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--bf16-presets", default="wam-tiny",
-                    help="presets also timed in bf16 (where bf16 is emulated it is tens of times slower)")
+    ap.add_argument(
+        "--bf16-presets",
+        default="wam-tiny",
+        help="presets also timed in bf16 (where bf16 is emulated it is tens of times slower)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = {"fp32_GFLOPs": round(matmul_peak(torch.float32, n=2048) / 1e9, 1),
-            "bf16_GFLOPs": round(matmul_peak(torch.bfloat16, n=1024, reps=3) / 1e9, 1)}
+    peak = {
+        "fp32_GFLOPs": round(matmul_peak(torch.float32, n=2048) / 1e9, 1),
+        "bf16_GFLOPs": round(matmul_peak(torch.bfloat16, n=1024, reps=3) / 1e9, 1),
+    }
     rows = []
     for name in args.presets.split(","):
         for prec in args.precisions.split(","):
@@ -93,9 +106,16 @@ def main() -> None:
             r["fraction_of_peak"] = round(r["achieved_GFLOPs"] / peak[f"{prec}_GFLOPs"], 3)
             rows.append(r)
             print(json.dumps(r), flush=True)
-    doc = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                       "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-           "matmul_peak": peak, "train_step": rows}
+    doc = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "matmul_peak": peak,
+        "train_step": rows,
+    }
     text = json.dumps(doc, indent=2)
     print(text)
     if args.out:

@@ -74,8 +74,15 @@ def observation(meta: dict, seed: int = 0) -> dict:
     return obs
 
 
-async def client(url: str, token: str | None, seed: int, deadline: float, budget: list[int],
-                 latencies: list[float], failures: list[str]) -> None:
+async def client(
+    url: str,
+    token: str | None,
+    seed: int,
+    deadline: float,
+    budget: list[int],
+    latencies: list[float],
+    failures: list[str],
+) -> None:
     try:
         ws, meta = await session(url, token, seed)
     except Exception as e:  # noqa: BLE001 (a refused or failed connection: counted as this client's failure)
@@ -106,24 +113,44 @@ async def phase(url: str, token: str | None, clients: int, seconds: float, max_r
     failures: list[str] = []
     budget = [max_requests]
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(url, token, seed, t0 + seconds, budget, latencies, failures)
-                           for seed in range(clients)))
+    await asyncio.gather(
+        *(client(url, token, seed, t0 + seconds, budget, latencies, failures) for seed in range(clients))
+    )
     elapsed = time.perf_counter() - t0
     after = await health(url, token)
     passes = after["forward_passes"] - before["forward_passes"]
     ms = np.asarray(latencies) * 1000
-    return {"clients": clients, "seconds": round(elapsed, 3), "requests": len(latencies), "failed": len(failures),
-            "throughput_rps": round(len(latencies) / elapsed, 2),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
-            "mean_batch": round((after["rows"] - before["rows"]) / passes, 2) if passes else 0.0,
-            "first_failures": sorted(set(failures))[:5]}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 3),
+        "requests": len(latencies),
+        "failed": len(failures),
+        "throughput_rps": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
+        "mean_batch": round((after["rows"] - before["rows"]) / passes, 2) if passes else 0.0,
+        "first_failures": sorted(set(failures))[:5],
+    }
 
 
 def start_server(args: argparse.Namespace, token: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "wam.cli", "serve", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
-           "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "serve",
+        "--checkpoint",
+        args.checkpoint,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
     if args.device:
@@ -149,14 +176,36 @@ async def run(args: argparse.Namespace, url: str, token: str | None) -> dict:
     for n in [int(c) for c in args.clients.split(",")]:
         row = await phase(url, token, n, args.seconds, args.max_requests)
         rows.append(row)
-        print(f"{row['clients']:>7} {row['requests']:>9} {row['throughput_rps']:>10.1f} {row['p50_ms']:>9.2f} "
-              f"{row['p99_ms']:>9.2f} {row['mean_batch']:>10.2f} {row['failed']:>7}", flush=True)
-    settings = {k: meta[k] for k in ("model_hash", "device", "max_batch", "sampling", "image_size", "action_horizon",
-                                      "n_obs_steps", "mode")}
-    return {"settings": {**settings, "checkpoint": args.checkpoint, "url": url, "max_wait_ms": args.max_wait_ms,
-                         "seconds_per_phase": args.seconds, "max_requests_per_phase": args.max_requests},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "phases": rows}
+        print(
+            f"{row['clients']:>7} {row['requests']:>9} {row['throughput_rps']:>10.1f} {row['p50_ms']:>9.2f} "
+            f"{row['p99_ms']:>9.2f} {row['mean_batch']:>10.2f} {row['failed']:>7}",
+            flush=True,
+        )
+    settings = {
+        k: meta[k]
+        for k in (
+            "model_hash",
+            "device",
+            "max_batch",
+            "sampling",
+            "image_size",
+            "action_horizon",
+            "n_obs_steps",
+            "mode",
+        )
+    }
+    return {
+        "settings": {
+            **settings,
+            "checkpoint": args.checkpoint,
+            "url": url,
+            "max_wait_ms": args.max_wait_ms,
+            "seconds_per_phase": args.seconds,
+            "max_requests_per_phase": args.max_requests,
+        },
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "phases": rows,
+    }
 
 
 def main() -> int:
@@ -169,8 +218,12 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap on answers per phase")
     ap.add_argument("--max-batch", type=int, default=32, help="the started server's --max-batch")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the started server's --max-wait-ms")
-    ap.add_argument("--steps", type=int, default=None, help="the started server's denoising steps per chunk "
-                                                            "(default: wam serve's, the library default)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="the started server's denoising steps per chunk (default: wam serve's, the library default)",
+    )
     ap.add_argument("--device", default=None, help="the started server's --device")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args()
@@ -187,8 +240,10 @@ def main() -> int:
     else:
         token = secrets.token_hex(16)
         proc, url = start_server(args, token)
-    print(f"{'clients':>7} {'answers':>9} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10} "
-          f"{'failed':>7}", flush=True)
+    print(
+        f"{'clients':>7} {'answers':>9} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10} {'failed':>7}",
+        flush=True,
+    )
     try:
         result = asyncio.run(run(args, url, token))
     finally:

@@ -38,19 +38,43 @@ CHECKPOINT = "checkpoints/wam-tiny-mt10"
 
 # name -> (script, arguments at the recorded settings, arguments at the smallest ones)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "model": ("bench_model.py", ["--batch-size", "8", "--steps", "2"],
-              ["--presets", "wam-tiny", "--batch-size", "8", "--steps", "2", "--precisions", "fp32"]),
-    "inference": ("bench_inference.py", ["--checkpoint", CHECKPOINT],
-                  ["--checkpoint", CHECKPOINT, "--episodes", "1", "--only", "reference,default"]),
+    "model": (
+        "bench_model.py",
+        ["--batch-size", "8", "--steps", "2"],
+        ["--presets", "wam-tiny", "--batch-size", "8", "--steps", "2", "--precisions", "fp32"],
+    ),
+    "inference": (
+        "bench_inference.py",
+        ["--checkpoint", CHECKPOINT],
+        ["--checkpoint", CHECKPOINT, "--episodes", "1", "--only", "reference,default"],
+    ),
     "data": ("bench_data.py", [], ["--tasks", "reach-v3", "--episodes", "2", "--workers", "1"]),
-    "scale": ("bench_scale.py", ["--checkpoint", CHECKPOINT],
-              ["--checkpoint", CHECKPOINT, "--train-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "2"]),
-    "serve": ("bench_serve.py", ["--checkpoint", CHECKPOINT],
-              ["--checkpoint", CHECKPOINT, "--clients", "1,4", "--seconds", "5"]),
+    "scale": (
+        "bench_scale.py",
+        ["--checkpoint", CHECKPOINT],
+        ["--checkpoint", CHECKPOINT, "--train-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "2"],
+    ),
+    "serve": (
+        "bench_serve.py",
+        ["--checkpoint", CHECKPOINT],
+        ["--checkpoint", CHECKPOINT, "--clients", "1,4", "--seconds", "5"],
+    ),
 }
 
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8",
-             "amx_tile", "asimd", "sve")
+CPU_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",
+    "sve",
+)
 
 
 def machine() -> dict:
@@ -64,14 +88,23 @@ def machine() -> dict:
         flags = set(f.group(1).split()) if f else set()
     except OSError:
         pass
-    out = {"cpu_model": model, "cpu_flags": sorted(x for x in CPU_FLAGS if x in flags), "arch": platform.machine(),
-           "cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+    out = {
+        "cpu_model": model,
+        "cpu_flags": sorted(x for x in CPU_FLAGS if x in flags),
+        "arch": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
     try:
         import torch
 
-        out.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                   cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+        out.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        )
     except ImportError:
         out["torch"] = None
     if hasattr(os, "getloadavg"):
@@ -86,8 +119,23 @@ def slug(text: str) -> str:
 def small_dataset(where: Path, env: dict) -> str:
     """A two-task MetaWorld collection for bench_scale when no dataset is given (as wam-tiny-mt10 was trained)."""
     out = where / "data-scale"
-    cmd = [sys.executable, "-m", "wam.cli", "collect", "metaworld", "--tasks", "reach-v3,drawer-close-v3",
-           "--episodes", "4", "--image-size", "64", "--workers", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "collect",
+        "metaworld",
+        "--tasks",
+        "reach-v3,drawer-close-v3",
+        "--episodes",
+        "4",
+        "--image-size",
+        "64",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return str(out)
 
@@ -110,8 +158,13 @@ def main() -> int:
     info = machine()
     name = f"{slug(info['cpu_model'])}{'-quick' if args.quick else ''}.json"
     out = Path(args.out) if args.out else HERE / "results" / name
-    result = {"command": "python benchmarks/run_all.py " + " ".join(sys.argv[1:]), "quick": args.quick,
-              "machine": info, "omp_num_threads": env.get("OMP_NUM_THREADS"), "benchmarks": {}}
+    result = {
+        "command": "python benchmarks/run_all.py " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+        "machine": info,
+        "omp_num_threads": env.get("OMP_NUM_THREADS"),
+        "benchmarks": {},
+    }
     failed = []
     with tempfile.TemporaryDirectory(prefix="wam-bench-") as tmp:
         for name in names:

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev chromium
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-.venv/bin/ruff check  # lint (the formatting pass is `ruff format`)
+.venv/bin/ruff check            # lint
+.venv/bin/ruff format --check   # formatting (`ruff format` applies it)
 exec .venv/bin/python -m pytest -q "$@"

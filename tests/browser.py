@@ -75,10 +75,22 @@ class Chromium:
         from websockets.sync.client import connect
 
         self.profile = tempfile.mkdtemp(prefix="wam-chromium-")
-        args = [self.executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--mute-audio", "--disable-extensions",
-                "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars",
-                "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"]
+        args = [
+            self.executable,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--mute-audio",
+            "--disable-extensions",
+            "--autoplay-policy=no-user-gesture-required",
+            "--hide-scrollbars",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={self.profile}",
+            "about:blank",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
@@ -92,8 +104,9 @@ class Chromium:
             time.sleep(0.05)
         port, path = port_file.read_text().splitlines()[:2]
         self._stack = contextlib.ExitStack()
-        self.ws = self._stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}", max_size=64 << 20,
-                                                    open_timeout=self.timeout, proxy=None))
+        self.ws = self._stack.enter_context(
+            connect(f"ws://127.0.0.1:{port}{path}", max_size=64 << 20, open_timeout=self.timeout, proxy=None)
+        )
         self.events: list[dict] = []
         return self
 
@@ -147,17 +160,24 @@ class Chromium:
             self.events = [e for e in self.events if e.get("sessionId") != session]
             self.call("Page.navigate", {"url": url}, session=session)
             self.wait_for("Page.loadEventFired", session)
-            res = self.call("Runtime.evaluate", {"expression": MEDIA_JS % media_wait_ms, "awaitPromise": True,
-                                                 "returnByValue": True}, session=session)
+            res = self.call(
+                "Runtime.evaluate",
+                {"expression": MEDIA_JS % media_wait_ms, "awaitPromise": True, "returnByValue": True},
+                session=session,
+            )
             if "exceptionDetails" in res:
                 raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
             found = json.loads(res["result"]["value"])
             page = Page(url, links=found["links"], media=found["media"], title=found["title"])
             if screenshot is not None:
-                self.call("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 900, "deviceScaleFactor": 1,
-                                                                 "mobile": False}, session=session)
-                shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                                 session=session)
+                self.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                    session=session,
+                )
+                shot = self.call(
+                    "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
+                )
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
             self.call("Runtime.evaluate", {"expression": "1"}, session=session)  # (flushes pending events)

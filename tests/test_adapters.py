@@ -33,8 +33,14 @@ def outputs(model, cfg, seed=0):
     b = random_batch(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        return model(b["latents"], torch.rand(2, cfg.frames, generator=g), b["actions"], torch.rand(2, generator=g),
-                     b["task"], b["state"])
+        return model(
+            b["latents"],
+            torch.rand(2, cfg.frames, generator=g),
+            b["actions"],
+            torch.rand(2, generator=g),
+            b["task"],
+            b["state"],
+        )
 
 
 def base_model(seed=0):
@@ -176,11 +182,46 @@ def test_trainable_parameters_counted_by_hand():
 # ---- wam finetune end to end -----------------------------------------------------------------------
 
 NEW_TASK = "move the red dot to the green goal, slowly"
-TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
-        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "2",
-        "--val-fraction", "0", "--quiet"]
-FT = ["--steps", "6", "--batch-size", "4", "--warmup-steps", "1", "--log-every", "2", "--checkpoint-every", "2",
-      "--val-every", "3", "--val-fraction", "0.25", "--rank", "2", "--quiet"]
+TINY = [
+    "--model",
+    "width=32",
+    "--model",
+    "depth=2",
+    "--model",
+    "image_size=32",
+    "--model",
+    "tokenizer_width=8",
+    "--model",
+    "future_stride=1",
+    "--model",
+    "action_horizon=4",
+    "--batch-size",
+    "4",
+    "--tokenizer-steps",
+    "2",
+    "--val-fraction",
+    "0",
+    "--quiet",
+]
+FT = [
+    "--steps",
+    "6",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--val-every",
+    "3",
+    "--val-fraction",
+    "0.25",
+    "--rank",
+    "2",
+    "--quiet",
+]
 
 
 def write_dot_dataset(path, tasks, action_pad=0):
@@ -212,8 +253,12 @@ def base_run(tmp_path_factory):
 def lora_run(base_run):
     root, base, new = base_run
     out = root / "lora"
-    assert main(["finetune", "--checkpoint", str(base), "--dataset", str(new), "--out", str(out),
-                 "--adapter", "lora", *FT]) == 0
+    assert (
+        main(
+            ["finetune", "--checkpoint", str(base), "--dataset", str(new), "--out", str(out), "--adapter", "lora", *FT]
+        )
+        == 0
+    )
     return out
 
 
@@ -232,8 +277,14 @@ def test_finetune_lora_writes_adapter_and_a_merged_checkpoint_that_acts(base_run
     from wam.envs.dot import TASKS
 
     out = lora_run
-    for name in ("adapter/adapter.safetensors", "adapter/adapter.json", "checkpoint/model.safetensors",
-                 "checkpoint/tokenizer.safetensors", "log.jsonl", "finetune.json"):
+    for name in (
+        "adapter/adapter.safetensors",
+        "adapter/adapter.json",
+        "checkpoint/model.safetensors",
+        "checkpoint/tokenizer.safetensors",
+        "log.jsonl",
+        "finetune.json",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "finetune.json").read_text())
     assert summary["tasks"] == [TASKS["reach-goal"], NEW_TASK] and summary["new_tasks"] == [NEW_TASK]
@@ -261,8 +312,25 @@ def test_finetune_lora_writes_adapter_and_a_merged_checkpoint_that_acts(base_run
 def test_finetune_bottleneck_and_full_give_checkpoints_that_act(base_run, tmp_path, kind, capsys):
     root, base, new = base_run
     out = tmp_path / kind
-    assert main(["finetune", "--checkpoint", str(base), "--dataset", str(new), "--out", str(out), "--adapter", kind,
-                 *FT, "--steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(base),
+                "--dataset",
+                str(new),
+                "--out",
+                str(out),
+                "--adapter",
+                kind,
+                *FT,
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "checkpoint:" in printed
     ck = load_checkpoint(out / "checkpoint")
@@ -304,8 +372,10 @@ def test_finetune_refuses_bad_input_in_one_line(base_run, tmp_path, capsys):
     cases = [
         (["--checkpoint", str(tmp_path / "nope"), "--dataset", str(new)], "not a wam checkpoint"),
         (["--checkpoint", str(base), "--dataset", str(new), "--adapter", "prefix"], "unknown --adapter"),
-        (["--checkpoint", str(base), "--dataset", str(write_dot_dataset(tmp_path / "wide", ["x"], action_pad=1))],
-         "action/state sizes (3/4) do not match"),
+        (
+            ["--checkpoint", str(base), "--dataset", str(write_dot_dataset(tmp_path / "wide", ["x"], action_pad=1))],
+            "action/state sizes (3/4) do not match",
+        ),
         (["--checkpoint", str(base), "--dataset", str(tmp_path / "missing")], "cannot read the dataset"),
     ]
     for args, message in cases:

@@ -20,11 +20,21 @@ def shipped_checkpoint(root):
     """A random-weight tiny dot-world checkpoint that records a training dataset that does not exist here."""
     cfg = tiny_config(image_size=16, state_dim=4, action_dim=2, action_horizon=8, n_obs_steps=1, n_tasks=1, depth=1)
     torch.manual_seed(0)
-    stats = {"action_key": "action", "state_key": "observation.state",
-             "stats": {"action": {"min": [-1.0] * 2, "max": [1.0] * 2},
-                       "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}}}
-    run = {"dataset": str(root / "not-here" / "dot"), "tasks": [TASK], "cameras": ["top"], "fps": 10,
-           "val_episodes": [7]}
+    stats = {
+        "action_key": "action",
+        "state_key": "observation.state",
+        "stats": {
+            "action": {"min": [-1.0] * 2, "max": [1.0] * 2},
+            "observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4},
+        },
+    }
+    run = {
+        "dataset": str(root / "not-here" / "dot"),
+        "tasks": [TASK],
+        "cameras": ["top"],
+        "fps": 10,
+        "val_episodes": [7],
+    }
     return save_checkpoint(root / "ck", WAM(cfg), make_tokenizer(cfg), stats=stats, config={"run": run})
 
 

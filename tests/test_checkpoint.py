@@ -86,10 +86,12 @@ def test_loading_a_checkpoint_does_not_import_the_training_code(tmp_path):
     model = WAM(cfg)
     add_adapters(model, "adapter", rank=2)
     save_checkpoint(tmp_path / "ck", model, ConvAutoencoder.from_config(cfg), config={"adapter": adapter_spec(model)})
-    code = (f"import sys; from wam.checkpoint import load_checkpoint; ck = load_checkpoint({str(tmp_path / 'ck')!r}); "
-            f"from wam.policy import WAMPolicy; import wam.modes, wam.inference; "
-            f"bad = sorted(m for m in sys.modules if m in ('wam.train', 'wam.finetune', 'wam.distributed')); "
-            f"assert not bad, bad; assert ck.config['adapter']['kind'] == 'adapter'")
+    code = (
+        f"import sys; from wam.checkpoint import load_checkpoint; ck = load_checkpoint({str(tmp_path / 'ck')!r}); "
+        f"from wam.policy import WAMPolicy; import wam.modes, wam.inference; "
+        f"bad = sorted(m for m in sys.modules if m in ('wam.train', 'wam.finetune', 'wam.distributed')); "
+        f"assert not bad, bad; assert ck.config['adapter']['kind'] == 'adapter'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -104,8 +106,10 @@ def test_the_package_has_no_import_cycle():
     import wam
 
     root = Path(wam.__file__).parent
-    mods = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in root.rglob("*.py")}
+    mods = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
     graph = {}
     for name, path in mods.items():
         deps = set()

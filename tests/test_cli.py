@@ -18,6 +18,7 @@ def test_help_lists_the_verbs():
 def test_public_api():
     import wam
     from wam import MODES, WAM  # noqa: F401
+
     assert set(MODES) == {"policy", "forward", "inverse", "video", "joint"}
     with pytest.raises(AttributeError):
         wam.not_a_thing  # noqa: B018
@@ -33,9 +34,36 @@ def test_presets_json(capsys):
 def test_quickstart_runs_end_to_end(tmp_path, capsys):
     from wam.quickstart import REFERENCE
 
-    assert main(["quickstart", "--out", str(tmp_path), "--tasks", "reach-v3", "--episodes", "3", "--steps", "6",
-                 "--tokenizer-steps", "4", "--eval-episodes", "1", "--max-steps", "10", "--reference-tasks",
-                 "reach-v3", "--reference-episodes", "1", "--model", "width=32", "--model", "depth=1"]) == 0
+    assert (
+        main(
+            [
+                "quickstart",
+                "--out",
+                str(tmp_path),
+                "--tasks",
+                "reach-v3",
+                "--episodes",
+                "3",
+                "--steps",
+                "6",
+                "--tokenizer-steps",
+                "4",
+                "--eval-episodes",
+                "1",
+                "--max-steps",
+                "10",
+                "--reference-tasks",
+                "reach-v3",
+                "--reference-episodes",
+                "1",
+                "--model",
+                "width=32",
+                "--model",
+                "depth=1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"trained_policy", "trained_joint", "trained_inverse"} <= set(summary)
     for mode in ("policy", "joint", "inverse"):

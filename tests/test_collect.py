@@ -23,7 +23,7 @@ def test_collect_dot_from_the_command_line(tmp_path, capsys):
     assert ds.camera_keys == ["observation.images.top"] and ds.features["action"]["shape"] == [2]
     for s, t in ds.episode_ranges:
         assert ds.data["next.success"][t - 1] and ds.data["next.done"][t - 1]
-        assert not ds.data["next.done"][s:t - 1].any()
+        assert not ds.data["next.done"][s : t - 1].any()
     summary = json.loads((out / "meta/collection.json").read_text())
     assert summary["tasks"][0]["success_rate"] == 1.0 and len(summary["episodes"]) == 3
     assert check_dataset(out).ok
@@ -36,10 +36,24 @@ def test_failed_attempts_are_retried_then_reported_or_kept(tmp_path, capsys):
     with pytest.raises(ArgumentError, match="no episode was kept"):
         collect("dot", episodes=2, out=tmp_path / "none", image_size=16, max_steps=2, workers=1, progress=False)
     assert not (tmp_path / "none").exists()
-    summary = collect("dot", episodes=2, out=tmp_path / "kept", image_size=16, max_steps=2, workers=1,
-                      keep_failed=True, progress=False)
-    assert summary["tasks"][0] == {"task": "reach-goal", "attempts": 2, "successes": 0, "success_rate": 0.0,
-                                   "kept": 2, "mean_length": 2.0}
+    summary = collect(
+        "dot",
+        episodes=2,
+        out=tmp_path / "kept",
+        image_size=16,
+        max_steps=2,
+        workers=1,
+        keep_failed=True,
+        progress=False,
+    )
+    assert summary["tasks"][0] == {
+        "task": "reach-goal",
+        "attempts": 2,
+        "successes": 0,
+        "success_rate": 0.0,
+        "kept": 2,
+        "mean_length": 2.0,
+    }
     assert LeRobotDataset(tmp_path / "kept").num_frames == 4
 
 
@@ -91,8 +105,14 @@ def test_collect_metaworld_reach(tmp_path, capsys):
         first = int(np.argmax(success))
         assert success.any() and t - s == first + 11  # stops 10 steps after the first success
     cfg = PRESETS["wam-tiny"]
-    w = WindowDataset(ds, n_obs_steps=cfg.n_obs_steps, future_frames=cfg.future_frames,
-                      future_stride=cfg.future_stride, action_horizon=cfg.action_horizon, image_size=cfg.image_size)
+    w = WindowDataset(
+        ds,
+        n_obs_steps=cfg.n_obs_steps,
+        future_frames=cfg.future_frames,
+        future_stride=cfg.future_stride,
+        action_horizon=cfg.action_horizon,
+        image_size=cfg.image_size,
+    )
     item = w[0]
     assert item["frames"].shape == (3, 3, 64, 64) and item["action"].shape == (8, 4) and item["state"].shape == (1, 4)
     assert check_dataset(out).ok
@@ -102,8 +122,26 @@ def test_collect_metaworld_reach(tmp_path, capsys):
 def test_collect_metaworld_full_state_for_ablations(tmp_path, capsys):
     pytest.importorskip("metaworld")
     out = tmp_path / "full"
-    assert main(["collect", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--state", "full",
-                 "--out", str(out), "--max-steps", "20", "--keep-failed"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "metaworld",
+                "--tasks",
+                "reach-v3",
+                "--episodes",
+                "1",
+                "--state",
+                "full",
+                "--out",
+                str(out),
+                "--max-steps",
+                "20",
+                "--keep-failed",
+            ]
+        )
+        == 0
+    )
     ds = LeRobotDataset(out)
     assert ds.features["observation.state"]["shape"] == [39]
     assert np.array_equal(ds.data["observation.state"], ds.data["observation.environment_state"])
@@ -167,8 +205,9 @@ def test_an_interrupted_collection_resumes_into_the_uninterrupted_dataset(tmp_pa
     # videos (and the collection's timing) byte for byte
     ref_files, out_files = _files(tmp_path / "ref"), _files(out)
     assert ref_files.keys() == out_files.keys() and len([f for f in ref_files if f.startswith("data/")]) == 3
-    assert all(ref_files[f] == out_files[f] for f in ref_files if f != "meta/collection.json" and
-               not f.endswith(".mp4"))
+    assert all(
+        ref_files[f] == out_files[f] for f in ref_files if f != "meta/collection.json" and not f.endswith(".mp4")
+    )
     assert check_dataset(out).ok
 
 
@@ -192,8 +231,24 @@ def test_an_interrupted_collection_is_refused_without_resume_and_overwrite_start
     from wam.data.writer import find_resumable
 
     out = tmp_path / "out"
-    args = ["collect", "dot", "--episodes", "6", "--image-size", "16", "--max-steps", "4", "--seed", "1",
-            "--workers", "1", "--checkpoint-every", "2", "--out", str(out)]
+    args = [
+        "collect",
+        "dot",
+        "--episodes",
+        "6",
+        "--image-size",
+        "16",
+        "--max-steps",
+        "4",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args + ["--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     with monkeypatch.context() as m:

@@ -20,8 +20,24 @@ def dot_data(tmp_path_factory):
     from wam.cli import main
 
     out = tmp_path_factory.mktemp("critic") / "dot"
-    assert main(["collect", "dot", "--episodes", "24", "--image-size", str(SIZE), "--workers", "1", "--keep-failed",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "dot",
+                "--episodes",
+                "24",
+                "--image-size",
+                str(SIZE),
+                "--workers",
+                "1",
+                "--keep-failed",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -33,16 +49,22 @@ def checkpoint(dot_data, tmp_path_factory):
     ds = LeRobotDataset(dot_data)
     camera = ds.camera_keys[0].removeprefix("observation.images.")
     tasks = list(ds.tasks)
-    cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1,
-                      n_tasks=len(tasks))
-    return random_dot_checkpoint(tmp_path_factory.mktemp("critic-ck") / "ck", cfg,
-                                 {"tasks": tasks, "cameras": [camera], "fps": 10})
+    cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1, n_tasks=len(tasks))
+    return random_dot_checkpoint(
+        tmp_path_factory.mktemp("critic-ck") / "ck", cfg, {"tasks": tasks, "cameras": [camera], "fps": 10}
+    )
 
 
 def test_outcome_rows_pair_each_frame_with_the_step_that_reached_it():
-    eps = [{"frames": np.zeros((4, 8, 8, 3), np.uint8), "task_index": 1, "rewards": np.array([1, 2, 3, 4.]),
-            "successes": np.array([0, 0, 1, 1.])},
-           {"frames": np.zeros((3, 8, 8, 3), np.uint8), "task_index": 7, "rewards": np.ones(3)}]  # unknown task
+    eps = [
+        {
+            "frames": np.zeros((4, 8, 8, 3), np.uint8),
+            "task_index": 1,
+            "rewards": np.array([1, 2, 3, 4.0]),
+            "successes": np.array([0, 0, 1, 1.0]),
+        },
+        {"frames": np.zeros((3, 8, 8, 3), np.uint8), "task_index": 7, "rewards": np.ones(3)},
+    ]  # unknown task
     rows = outcome_rows(eps, {1: 0})
     assert rows["row"].tolist() == [1, 2, 3] and rows["episode"].tolist() == [0, 0, 0]
     assert rows["reward"].tolist() == [1, 2, 3] and rows["success"].tolist() == [0, 0, 1]
@@ -55,8 +77,7 @@ def test_outcome_rows_pair_each_frame_with_the_step_that_reached_it():
 
 def test_train_critic_learns_progress_and_writes_it_atomically(checkpoint, dot_data, tmp_path):
     out = tmp_path / "critic"
-    metrics = train_critic(checkpoint, [dot_data], out=out, steps=200, batch_size=64, progress=False,
-                           val_fraction=0.34)
+    metrics = train_critic(checkpoint, [dot_data], out=out, steps=200, batch_size=64, progress=False, val_fraction=0.34)
     assert sorted(p.name for p in out.iterdir()) == ["critic.json", "critic.safetensors"]
     assert metrics["val_episodes"] == 8 and metrics["train_frames"] > 0
     # the dot world's reward is minus the distance to the goal: the critic learns to rank frames by it
@@ -91,8 +112,11 @@ def _policy(checkpoint, **kw):
 
 def _obs(seed=0):
     rng = np.random.default_rng(seed)
-    return {"observation.images.top": rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8),
-            "observation.state": rng.normal(size=(2, 4)).astype(np.float32), "task": 0}
+    return {
+        "observation.images.top": rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8),
+        "observation.state": rng.normal(size=(2, 4)).astype(np.float32),
+        "task": 0,
+    }
 
 
 def test_plan_acts_on_the_highest_scored_future_and_is_deterministic(checkpoint):
@@ -150,8 +174,9 @@ def test_forward_plan_scores_what_the_world_model_predicts_from_each_candidates_
         WAMPolicy(ck, mode="joint", plan=2, critic=forward.critic, plan_score="best")
     plain_fwd = calls[1][2]["latents"]
     calls.clear()  # guided forward futures: the same candidates, scored on futures that follow their actions more
-    guided = WAMPolicy(ck, mode="policy", steps=2, critic=forward.critic, plan=3, plan_score="forward",
-                       plan_guidance=3.0)
+    guided = WAMPolicy(
+        ck, mode="policy", steps=2, critic=forward.critic, plan=3, plan_score="forward", plan_guidance=3.0
+    )
     guided.predict_action_chunk(obs)
     assert [c[0] for c in calls] == ["policy", "forward"]
     assert not torch.allclose(plain_fwd, calls[1][2]["latents"])
@@ -175,11 +200,41 @@ def test_plan_needs_frames_and_a_critic(checkpoint, tmp_path):
 def test_cli_critic_then_eval_with_plan(checkpoint, dot_data, tmp_path):
     from wam.cli import main
 
-    assert main(["critic", "--checkpoint", str(checkpoint), "--dataset", str(dot_data), "--steps", "20",
-                 "--batch-size", "32", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "critic",
+                "--checkpoint",
+                str(checkpoint),
+                "--dataset",
+                str(dot_data),
+                "--steps",
+                "20",
+                "--batch-size",
+                "32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (checkpoint / "critic" / "critic.json").is_file()
-    common = ["eval", "--checkpoint", str(checkpoint), "--env", "dot", "--episodes", "1", "--max-steps", "8",
-              "--videos", "0", "--no-expert", "--quiet", "--steps", "2"]
+    common = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--env",
+        "dot",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "8",
+        "--videos",
+        "0",
+        "--no-expert",
+        "--quiet",
+        "--steps",
+        "2",
+    ]
     assert main([*common, "--mode", "joint", "--plan", "3", "--out", str(tmp_path / "e")]) == 0
     info = json.loads((tmp_path / "e" / "eval_info.json").read_text())
     assert info["settings"]["plan"] == 3
@@ -187,6 +242,8 @@ def test_cli_critic_then_eval_with_plan(checkpoint, dot_data, tmp_path):
     assert main([*common, "--plan", "3", "--plan-score", "forward", "--out", str(tmp_path / "f")]) == 0
     info = json.loads((tmp_path / "f" / "eval_info.json").read_text())
     assert info["settings"]["plan"] == 3 and info["settings"]["plan_score"] == "forward"
-    assert main([*common, "--plan", "2", "--plan-score", "forward", "--plan-guidance", "2", "--out",
-                 str(tmp_path / "g")]) == 0
+    assert (
+        main([*common, "--plan", "2", "--plan-score", "forward", "--plan-guidance", "2", "--out", str(tmp_path / "g")])
+        == 0
+    )
     assert json.loads((tmp_path / "g" / "eval_info.json").read_text())["settings"]["plan_guidance"] == 2.0

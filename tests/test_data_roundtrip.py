@@ -34,12 +34,14 @@ def make_episodes(n_episodes=3, length=20, size=32, seed=0, cameras=("top", "sid
             actions.append(a)
             pos = np.clip(pos + 0.1 * a, -1, 1)
         top = np.stack(frames)
-        ep = {"observation.images.top": top,
-              "observation.state": np.stack(states).astype(np.float32),
-              "action": np.stack(actions).astype(np.float32),
-              "next.reward": rng.normal(size=length).astype(np.float32),
-              "next.success": np.arange(length) >= length - 3,
-              "task": TASKS[e % 2]}
+        ep = {
+            "observation.images.top": top,
+            "observation.state": np.stack(states).astype(np.float32),
+            "action": np.stack(actions).astype(np.float32),
+            "next.reward": rng.normal(size=length).astype(np.float32),
+            "next.success": np.arange(length) >= length - 3,
+            "task": TASKS[e % 2],
+        }
         if "side" in cameras:
             ep["observation.images.side"] = (top[:, :, ::-1] * 0.8).astype(np.uint8)
         episodes.append(ep)
@@ -69,9 +71,14 @@ def test_layout_is_lerobot_v30(written):
     top = feats["observation.images.top"]
     assert top["dtype"] == "video" and top["shape"] == [32, 32, 3] and top["names"] == ["height", "width", "channels"]
     assert top["info"]["video.codec"] == "h264" and top["info"]["video.fps"] == 10
-    for rel in ("meta/stats.json", "meta/tasks.parquet", "meta/episodes/chunk-000/file-000.parquet",
-                "data/chunk-000/file-000.parquet", "videos/observation.images.top/chunk-000/file-000.mp4",
-                "videos/observation.images.side/chunk-000/file-000.mp4"):
+    for rel in (
+        "meta/stats.json",
+        "meta/tasks.parquet",
+        "meta/episodes/chunk-000/file-000.parquet",
+        "data/chunk-000/file-000.parquet",
+        "videos/observation.images.top/chunk-000/file-000.mp4",
+        "videos/observation.images.side/chunk-000/file-000.mp4",
+    ):
         assert (root / rel).is_file(), rel
 
     tasks = pq.read_table(root / "meta/tasks.parquet").to_pydict()
@@ -131,8 +138,14 @@ def test_images_stored_in_parquet_round_trip_losslessly(tmp_path):
 
 def test_size_caps_roll_over_to_new_files_and_chunks(tmp_path):
     episodes = make_episodes(5, 12, cameras=("top",))
-    root = write_dataset(tmp_path / "caps", episodes, fps=10, chunks_size=2,
-                         data_files_size_in_mb=600 / 2**20, video_files_size_in_mb=1500 / 2**20)
+    root = write_dataset(
+        tmp_path / "caps",
+        episodes,
+        fps=10,
+        chunks_size=2,
+        data_files_size_in_mb=600 / 2**20,
+        video_files_size_in_mb=1500 / 2**20,
+    )
     data_files = sorted(p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet"))
     video_files = sorted(p.relative_to(root).as_posix() for p in (root / "videos").rglob("*.mp4"))
     assert len(data_files) >= 3 and "data/chunk-001/file-000.parquet" in data_files
@@ -205,8 +218,10 @@ def test_a_killed_writer_leaves_only_a_hidden_partial_directory(tmp_path):
         LeRobotDataset(partial[0])
     # the next writer of the same dataset deletes what the dead one left
     with LeRobotWriter(tmp_path / "k", fps=10) as w:
-        w.add_episode({"observation.images.top": np.zeros((8, 32, 32, 3), np.uint8),
-                       "action": np.zeros((8, 2), np.float32)}, task="t")
+        w.add_episode(
+            {"observation.images.top": np.zeros((8, 32, 32, 3), np.uint8), "action": np.zeros((8, 2), np.float32)},
+            task="t",
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["k"]
     assert LeRobotDataset(tmp_path / "k").num_episodes == 1
 
@@ -295,8 +310,9 @@ def test_a_killed_checkpointed_writer_can_be_resumed_or_is_deleted_by_a_new_writ
             print("written", flush=True)
             input()  # wait to be killed
         """)
-        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "written"
             assert find_resumable(root) is None  # its writer is alive
@@ -309,8 +325,10 @@ def test_a_killed_checkpointed_writer_can_be_resumed_or_is_deleted_by_a_new_writ
 
     killed_after_checkpoint(tmp_path / "k")
     w = LeRobotWriter.resume(tmp_path / "k")
-    w.add_episode({"observation.images.top": np.full((4, 32, 32, 3), 9, np.uint8),
-                   "action": np.full((4, 2), 9, np.float32)}, task="t")
+    w.add_episode(
+        {"observation.images.top": np.full((4, 32, 32, 3), 9, np.uint8), "action": np.full((4, 2), 9, np.float32)},
+        task="t",
+    )
     w.finalize()
     ds = LeRobotDataset(tmp_path / "k")
     assert ds.num_episodes == 3 and ds.episode_ranges == [(0, 8), (8, 16), (16, 20)]

@@ -52,8 +52,14 @@ def v21(tmp_path_factory):
             top.append(render(pos.astype(np.float32), goal.astype(np.float32), 32))
             wrist.append(render(-pos.astype(np.float32), goal.astype(np.float32), 24))
             pos = np.clip(pos + 0.1 * a, -1, 1)
-        ep = {"state": np.array(states, np.float32), "action": np.array(actions, np.float32),
-              "top": np.stack(top), "wrist": np.stack(wrist), "task_index": e % 2, "start": index}
+        ep = {
+            "state": np.array(states, np.float32),
+            "action": np.array(actions, np.float32),
+            "top": np.stack(top),
+            "wrist": np.stack(wrist),
+            "task_index": e % 2,
+            "start": index,
+        }
         episodes.append(ep)
         # data/chunk-000/episode_00000e.parquet: plain lists, as HF datasets wrote v2.x files
         wrist_paths = []
@@ -62,35 +68,60 @@ def v21(tmp_path_factory):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(root / rel)
             wrist_paths.append({"bytes": None, "path": rel})
-        table = pa.table({
-            "observation.state": pa.array(ep["state"].tolist(), pa.list_(pa.float32())),
-            "action": pa.array(ep["action"].tolist(), pa.list_(pa.float32())),
-            "observation.images.wrist": pa.array(wrist_paths,
-                                                 pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            "timestamp": pa.array(np.arange(n, dtype=np.float32) / FPS),
-            "frame_index": pa.array(np.arange(n), pa.int64()),
-            "episode_index": pa.array(np.full(n, e), pa.int64()),
-            "index": pa.array(np.arange(index, index + n), pa.int64()),
-            "task_index": pa.array(np.full(n, e % 2), pa.int64()),
-        })
+        table = pa.table(
+            {
+                "observation.state": pa.array(ep["state"].tolist(), pa.list_(pa.float32())),
+                "action": pa.array(ep["action"].tolist(), pa.list_(pa.float32())),
+                "observation.images.wrist": pa.array(
+                    wrist_paths, pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+                ),
+                "timestamp": pa.array(np.arange(n, dtype=np.float32) / FPS),
+                "frame_index": pa.array(np.arange(n), pa.int64()),
+                "episode_index": pa.array(np.full(n, e), pa.int64()),
+                "index": pa.array(np.arange(index, index + n), pa.int64()),
+                "task_index": pa.array(np.full(n, e % 2), pa.int64()),
+            }
+        )
         (root / "data/chunk-000").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, root / f"data/chunk-000/episode_{e:06d}.parquet")
         write_av1(root / f"videos/chunk-000/observation.images.top/episode_{e:06d}.mp4", ep["top"])
         index += n
     meta = root / "meta"
-    video_info = {"video.fps": float(FPS), "video.height": 32, "video.width": 32, "video.channels": 3,
-                  "video.codec": "av1", "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "has_audio": False}
+    video_info = {
+        "video.fps": float(FPS),
+        "video.height": 32,
+        "video.width": 32,
+        "video.channels": 3,
+        "video.codec": "av1",
+        "video.pix_fmt": "yuv420p",
+        "video.is_depth_map": False,
+        "has_audio": False,
+    }
     info = {
-        "codebase_version": "v2.1", "robot_type": "dot", "total_episodes": 3, "total_frames": sum(lengths),
-        "total_tasks": 2, "total_videos": 3, "total_chunks": 1, "chunks_size": 1000, "fps": FPS,
+        "codebase_version": "v2.1",
+        "robot_type": "dot",
+        "total_episodes": 3,
+        "total_frames": sum(lengths),
+        "total_tasks": 2,
+        "total_videos": 3,
+        "total_chunks": 1,
+        "chunks_size": 1000,
+        "fps": FPS,
         "splits": {"train": "0:3"},
         "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
         "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
         "features": {
-            "observation.images.top": {"dtype": "video", "shape": [32, 32, 3],
-                                       "names": ["height", "width", "channel"], "info": video_info},
-            "observation.images.wrist": {"dtype": "image", "shape": [24, 24, 3],
-                                         "names": ["height", "width", "channel"]},
+            "observation.images.top": {
+                "dtype": "video",
+                "shape": [32, 32, 3],
+                "names": ["height", "width", "channel"],
+                "info": video_info,
+            },
+            "observation.images.wrist": {
+                "dtype": "image",
+                "shape": [24, 24, 3],
+                "names": ["height", "width", "channel"],
+            },
             "observation.state": {"dtype": "float32", "shape": [4], "names": {"motors": ["x", "y", "gx", "gy"]}},
             "action": {"dtype": "float32", "shape": [2], "names": {"motors": ["vx", "vy"]}},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -102,15 +133,26 @@ def v21(tmp_path_factory):
     }
     meta.mkdir(parents=True, exist_ok=True)
     (meta / "info.json").write_text(json.dumps(info, indent=4))
-    (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
-                                              for i, t in enumerate(TASKS)))
-    (meta / "episodes.jsonl").write_text("".join(
-        json.dumps({"episode_index": e, "tasks": [TASKS[e % 2]], "length": n}) + "\n" for e, n in enumerate(lengths)))
+    (meta / "tasks.jsonl").write_text(
+        "".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(TASKS))
+    )
+    (meta / "episodes.jsonl").write_text(
+        "".join(
+            json.dumps({"episode_index": e, "tasks": [TASKS[e % 2]], "length": n}) + "\n" for e, n in enumerate(lengths)
+        )
+    )
     lines = []
     for e, ep in enumerate(episodes):
-        st = {k: {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
-                  "std": v.std(0).tolist(), "count": [len(v)]} for k, v in
-              (("action", ep["action"]), ("observation.state", ep["state"]))}
+        st = {
+            k: {
+                "min": v.min(0).tolist(),
+                "max": v.max(0).tolist(),
+                "mean": v.mean(0).tolist(),
+                "std": v.std(0).tolist(),
+                "count": [len(v)],
+            }
+            for k, v in (("action", ep["action"]), ("observation.state", ep["state"]))
+        }
         lines.append(json.dumps({"episode_index": e, "stats": st}) + "\n")
     (meta / "episodes_stats.jsonl").write_text("".join(lines))
     return root, episodes
@@ -123,8 +165,11 @@ def test_v21_metadata_and_columns(v21):
     assert ds.tasks == TASKS
     assert ds.video_keys == ["observation.images.top"] and ds.image_keys == ["observation.images.wrist"]
     assert ds.episode_ranges == [(0, 14), (14, 23), (23, 34)]
-    assert ds.episodes[1].videos["observation.images.top"] == \
-        ("videos/chunk-000/observation.images.top/episode_000001.mp4", 0.0, 0.9)
+    assert ds.episodes[1].videos["observation.images.top"] == (
+        "videos/chunk-000/observation.images.top/episode_000001.mp4",
+        0.0,
+        0.9,
+    )
     for i, ep in enumerate(episodes):
         s, t = ds.episode_ranges[i]
         assert np.array_equal(ds.data["observation.state"][s:t], ep["state"])

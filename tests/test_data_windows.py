@@ -19,15 +19,17 @@ def ramp_episodes(lengths=(20, 12, 16), size=32):
         frames = np.zeros((n, size, size, 3), np.uint8)
         for k in range(n):
             frames[k, : size // 2, : size // 2] = 8 * k
-            frames[k, size // 2:, size // 2:] = 200 - 40 * e
+            frames[k, size // 2 :, size // 2 :] = 200 - 40 * e
         steps = np.arange(n, dtype=np.float32)
-        episodes.append({
-            "observation.images.top": frames,
-            "observation.images.side": frames[:, ::-1].copy(),
-            "observation.state": np.stack([steps, np.full(n, e, np.float32), np.ones(n, np.float32)], 1),
-            "action": np.stack([steps / 10, -steps / 10 + e], 1).astype(np.float32),
-            "task": f"task {e % 2}",
-        })
+        episodes.append(
+            {
+                "observation.images.top": frames,
+                "observation.images.side": frames[:, ::-1].copy(),
+                "observation.state": np.stack([steps, np.full(n, e, np.float32), np.ones(n, np.float32)], 1),
+                "action": np.stack([steps / 10, -steps / 10 + e], 1).astype(np.float32),
+                "task": f"task {e % 2}",
+            }
+        )
     return episodes
 
 
@@ -89,9 +91,15 @@ def test_normalisation_ranges_and_json_round_trip(ds):
 def test_cameras_side_by_side_resized_with_wam_tiny_layout(ds):
     data, episodes = ds
     cfg = PRESETS["wam-tiny"]
-    w = WindowDataset(data, n_obs_steps=cfg.n_obs_steps, future_frames=cfg.future_frames,
-                      future_stride=cfg.future_stride, action_horizon=cfg.action_horizon,
-                      cameras=["top", "observation.images.side"], image_size=cfg.image_size)
+    w = WindowDataset(
+        data,
+        n_obs_steps=cfg.n_obs_steps,
+        future_frames=cfg.future_frames,
+        future_stride=cfg.future_stride,
+        action_horizon=cfg.action_horizon,
+        cameras=["top", "observation.images.side"],
+        image_size=cfg.image_size,
+    )
     item = w[3]
     assert item["frames"].shape == (cfg.frames, 3, 64, 128)
     assert item["action"].shape == (cfg.action_horizon, 2) and item["state"].shape == (1, 3)
@@ -121,8 +129,13 @@ def test_datasets_without_state_give_empty_state(tmp_path):
     episodes = ramp_episodes(lengths=(6,))
     for ep in episodes:
         del ep["observation.state"], ep["observation.images.side"]
-    w = WindowDataset(write_dataset(tmp_path / "nostate", episodes, fps=10), n_obs_steps=2, future_frames=1,
-                      future_stride=1, action_horizon=2)
+    w = WindowDataset(
+        write_dataset(tmp_path / "nostate", episodes, fps=10),
+        n_obs_steps=2,
+        future_frames=1,
+        future_stride=1,
+        action_horizon=2,
+    )
     item = w[0]
     assert item["state"].shape == (2, 0) and item["state_is_pad"].tolist() == [True, False]
     assert w.normalizer.state_dim == 0 and w.normalizer.action_dim == 2

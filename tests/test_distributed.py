@@ -19,10 +19,39 @@ from wam.config import LossConfig
 from wam.distributed import Dist
 from wam.modes import training_loss
 
-TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
-        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "8", "--tokenizer-steps", "4",
-        "--log-every", "1", "--val-every", "0", "--checkpoint-every", "0", "--val-fraction", "0.25",
-        "--precision", "fp32", "--lr", "3e-3", "--warmup-steps", "1", "--quiet"]
+TINY = [
+    "--model",
+    "width=32",
+    "--model",
+    "depth=2",
+    "--model",
+    "image_size=32",
+    "--model",
+    "tokenizer_width=8",
+    "--model",
+    "future_stride=1",
+    "--model",
+    "action_horizon=4",
+    "--batch-size",
+    "8",
+    "--tokenizer-steps",
+    "4",
+    "--log-every",
+    "1",
+    "--val-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--val-fraction",
+    "0.25",
+    "--precision",
+    "fp32",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "1",
+    "--quiet",
+]
 
 
 def test_sharded_losses_give_the_gradient_of_the_whole_batch():
@@ -57,8 +86,13 @@ def dataset(tmp_path_factory):
 
 def _torchrun(args: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        "-m", "wam.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "wam.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 
 

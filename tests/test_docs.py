@@ -40,24 +40,34 @@ def _mkdocs() -> list[str] | None:
 def site(tmp_path_factory) -> Path:
     cmd = _mkdocs()
     if cmd is None:
-        msg = ("MKDOCS IS NOT INSTALLED: the docs site was NOT built. pip install -e '.[docs]' (part of the dev "
-               "extra that scripts/test.sh installs)")
+        msg = (
+            "MKDOCS IS NOT INSTALLED: the docs site was NOT built. pip install -e '.[docs]' (part of the dev "
+            "extra that scripts/test.sh installs)"
+        )
         warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([*cmd, "build", "--strict", "--config-file",
-                           str(ROOT / "mkdocs.yml"), "--site-dir", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=300)
+    proc = subprocess.run(
+        [*cmd, "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return out
 
 
 def test_site_builds_strictly_with_every_page(site):
-    nav_pages = sorted(("index.html" if p.stem == "index" else f"{p.stem}/index.html")
-                       if p.parent == ROOT / "docs" else
-                       p.relative_to(ROOT / "docs").parent.as_posix() + "/"
-                       + ("index.html" if p.stem == "index" else f"{p.stem}/index.html")
-                       for p in (ROOT / "docs").rglob("*.md"))
+    nav_pages = sorted(
+        ("index.html" if p.stem == "index" else f"{p.stem}/index.html")
+        if p.parent == ROOT / "docs"
+        else p.relative_to(ROOT / "docs").parent.as_posix()
+        + "/"
+        + ("index.html" if p.stem == "index" else f"{p.stem}/index.html")
+        for p in (ROOT / "docs").rglob("*.md")
+    )
     built = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     assert set(nav_pages) <= built, f"pages not built: {sorted(set(nav_pages) - built)}"
     api = (site / "api" / "index.html").read_text()
@@ -90,8 +100,9 @@ def served_file(site: Path, base: str, url: str) -> Path | None:
 @pytest.fixture(scope="module")
 def served(site):
     """The built site on a loopback http server: its base URL."""
-    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
-                                directory=str(site))
+    handler = functools.partial(
+        type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=str(site)
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -103,8 +114,10 @@ def served(site):
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
-        msg = ("CHROMIUM IS NOT INSTALLED: the docs pages were NOT tested in a browser. Run scripts/test.sh "
-               "(it installs Debian's chromium) or apt-get install chromium")
+        msg = (
+            "CHROMIUM IS NOT INSTALLED: the docs pages were NOT tested in a browser. Run scripts/test.sh "
+            "(it installs Debian's chromium) or apt-get install chromium"
+        )
         warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     with Chromium(CHROMIUM) as b:

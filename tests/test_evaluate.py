@@ -10,8 +10,12 @@ from wam.stats import group_results, paired_difference, wilson_interval
 
 
 def _row(task, successes, expert=None):
-    return {"task": task, "successes": successes, "pc_success": 100.0 * sum(successes) / len(successes),
-            "expert_successes": expert}
+    return {
+        "task": task,
+        "successes": successes,
+        "pc_success": 100.0 * sum(successes) / len(successes),
+        "expert_successes": expert,
+    }
 
 
 def test_groups_report_episode_means_task_means_and_the_mean_of_group_means():
@@ -35,7 +39,7 @@ def test_paired_difference_counts_discordant_episodes_and_tests_them_exactly():
     b = [1] * 10  # solves the 6 episodes that `a` fails, fails none that `a` solves
     r = paired_difference(a, b)
     assert r["difference"] == pytest.approx(60.0) and (r["only_a"], r["only_b"]) == (0, 6)
-    assert r["mcnemar_p"] == pytest.approx(2 / 2 ** 6)  # both tails of Binomial(6, 1/2) at 0 and 6
+    assert r["mcnemar_p"] == pytest.approx(2 / 2**6)  # both tails of Binomial(6, 1/2) at 0 and 6
     assert 0 < r["ci95"][0] < 60 < r["ci95"][1] <= 100
     assert paired_difference(a, b) == r  # the bootstrap is seeded
     same = paired_difference(a, a)

@@ -39,8 +39,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=2, n_tasks=1)
-    return random_dot_checkpoint(tmp_path_factory.mktemp("export") / "ck", cfg,
-                                 {"tasks": [TASK], "cameras": ["top"], "fps": 10})
+    return random_dot_checkpoint(
+        tmp_path_factory.mktemp("export") / "ck", cfg, {"tasks": [TASK], "cameras": ["top"], "fps": 10}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,14 @@ def test_equivalence_on_recorded_episodes(checkpoint, exported):
     from wam.export import equivalence
 
     rng = np.random.default_rng(0)
-    episodes = [{"frames": rng.integers(0, 256, (9, SIZE, SIZE, 3), dtype=np.uint8),
-                 "states": rng.standard_normal((9, 4)).astype(np.float32), "task_index": 0} for _ in range(2)]
+    episodes = [
+        {
+            "frames": rng.integers(0, 256, (9, SIZE, SIZE, 3), dtype=np.uint8),
+            "states": rng.standard_normal((9, 4)).astype(np.float32),
+            "task_index": 0,
+        }
+        for _ in range(2)
+    ]
     res = equivalence(load_checkpoint(checkpoint), exported, episodes=episodes)
     assert res["chunks"] == 2 * 5 and res["max_abs_diff"] < TOLERANCE and res["max_abs_diff_normalised"] < TOLERANCE
 
@@ -184,8 +191,24 @@ def test_cli_export_bench_and_serve_policy(checkpoint, exported, tmp_path, monke
 
     # wam bench --runtime onnx: both runtimes on the same chunks (fresh dot-world expert episodes here)
     monkeypatch.setenv("WAM_CACHE", str(tmp_path / "cache"))
-    assert main(["bench", "--checkpoint", str(checkpoint), "--runtime", "onnx", "--export", str(exported),
-                 "--episodes", "1", "--warmup", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--checkpoint",
+                str(checkpoint),
+                "--runtime",
+                "onnx",
+                "--export",
+                str(exported),
+                "--episodes",
+                "1",
+                "--warmup",
+                "1",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     torch_row, onnx_row = res["paths"]["torch"], res["paths"]["onnx"]
     assert res["calls"] >= 1 and res["flops_per_chunk"] > 0

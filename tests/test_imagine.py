@@ -32,11 +32,22 @@ def world(dot_data, tmp_path_factory):  # noqa: F811
     from wam.data import LeRobotDataset
 
     ds = LeRobotDataset(dot_data)
-    cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=1,
-                      future_frames=2, future_stride=STRIDE, n_tasks=len(ds.tasks), attention="prefix")
-    path = random_dot_checkpoint(tmp_path_factory.mktemp("imagine") / "ck", cfg,
-                                 {"tasks": list(ds.tasks), "cameras": ["top"], "fps": 10, "dataset": str(dot_data),
-                                  "val_episodes": [0, 1, 2]})
+    cfg = tiny_config(
+        image_size=SIZE,
+        state_dim=4,
+        action_dim=2,
+        action_horizon=4,
+        n_obs_steps=1,
+        future_frames=2,
+        future_stride=STRIDE,
+        n_tasks=len(ds.tasks),
+        attention="prefix",
+    )
+    path = random_dot_checkpoint(
+        tmp_path_factory.mktemp("imagine") / "ck",
+        cfg,
+        {"tasks": list(ds.tasks), "cameras": ["top"], "fps": 10, "dataset": str(dot_data), "val_episodes": [0, 1, 2]},
+    )
     train_critic(path, [dot_data], steps=30, batch_size=32, progress=False)
     return path
 
@@ -44,8 +55,9 @@ def world(dot_data, tmp_path_factory):  # noqa: F811
 def _env(world, **kw):
     ck = load_checkpoint(world)
     starts, limit = sim_starts("dot", "reach-goal", [11, 12], image_size=SIZE, cameras=["top"], state_size=4)
-    return ImaginedEnv(ck, load_critic(world / "critic"), starts, "reach-goal", ck.config["run"]["tasks"][0],
-                       max_steps=limit, **kw)
+    return ImaginedEnv(
+        ck, load_critic(world / "critic"), starts, "reach-goal", ck.config["run"]["tasks"][0], max_steps=limit, **kw
+    )
 
 
 def test_imagined_frames_come_every_future_stride_actions(world):
@@ -174,7 +186,7 @@ def test_replay_beside_the_recorded_frames(world, dot_data):  # noqa: F811
         pos = ds.position_of(e)
         rows = np.arange(k + 1) * STRIDE  # the recorded rows the imagined frames stand for
         frames = resize_frames(ds.episode_frames(pos, ds.camera_keys[0], rows=rows), size).astype(np.float64)
-        mse = ((frames[1:] - frames[:1]) ** 2).reshape(k, -1).mean(1) / 255 ** 2
+        mse = ((frames[1:] - frames[:1]) ** 2).reshape(k, -1).mean(1) / 255**2
         still = 10 * np.log10(1 / np.maximum(mse, 1e-10))
         np.testing.assert_allclose(v["psnr_still"], still, atol=0.01)  # the first frame held still, by hand
         assert all(0 < x < 100 for x in v["psnr"] + v["psnr_ceiling"])
@@ -212,8 +224,18 @@ def test_a_critic_trained_on_imagined_frames_reports_both_critics_on_them(world,
 def test_imagine_writes_eval_info_videos_and_report(world, tmp_path):
     ck = load_checkpoint(world)
     policy = WAMPolicy(ck, steps=2)
-    info = imagine(ck, load_critic(world / "critic"), policy, env="dot", tasks=["reach-goal"], episodes=2,
-                   max_steps=6, videos_per_task=1, out=tmp_path / "im", progress=False)
+    info = imagine(
+        ck,
+        load_critic(world / "critic"),
+        policy,
+        env="dot",
+        tasks=["reach-goal"],
+        episodes=2,
+        max_steps=6,
+        videos_per_task=1,
+        out=tmp_path / "im",
+        progress=False,
+    )
     saved = json.loads((tmp_path / "im" / "imagine_info.json").read_text())
     assert saved["imagined"] and saved["n_episodes"] == 2 and saved["per_task"][0]["steps"] <= [6, 6]
     assert (tmp_path / "im" / "videos" / "reach-goal" / "imagined_000.mp4").is_file()
@@ -225,8 +247,22 @@ def test_imagine_writes_eval_info_videos_and_report(world, tmp_path):
 def test_cli_imagine(world, tmp_path, capsys):
     from wam.cli import main
 
-    common = ["imagine", "--checkpoint", str(world), "--env", "dot", "--episodes", "1", "--max-steps", "4",
-              "--videos", "0", "--quiet", "--steps", "2"]
+    common = [
+        "imagine",
+        "--checkpoint",
+        str(world),
+        "--env",
+        "dot",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "4",
+        "--videos",
+        "0",
+        "--quiet",
+        "--steps",
+        "2",
+    ]
     assert main([*common, "--start", "dataset", "--action-guidance", "2", "--out", str(tmp_path / "a")]) == 0
     assert "imagined success" in capsys.readouterr().out
     saved = json.loads((tmp_path / "a" / "imagine_info.json").read_text())

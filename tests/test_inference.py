@@ -110,8 +110,9 @@ def test_taylorseer_skips_blocks_and_interval_one_is_exact():
     torch.testing.assert_close(every["actions"], exact["actions"])
     fast = sample(model, b, "joint", steps=8, noise=noise, cache=True, taylor=TaylorSeer(order=1, interval=2))
     assert fast["forecast"]["forecast"] == 3 and fast["forecast"]["full"] == 5  # steps 0,1 full; then 1 in 2
-    gated = sample(model, b, "joint", steps=8, noise=noise, cache=True,
-                   taylor=TaylorSeer(order=1, interval=2, gate=1e-9))
+    gated = sample(
+        model, b, "joint", steps=8, noise=noise, cache=True, taylor=TaylorSeer(order=1, interval=2, gate=1e-9)
+    )
     assert gated["forecast"]["forecast"] == 0 and gated["forecast"]["gated"] == 3  # every forecast refused
     torch.testing.assert_close(gated["actions"], exact["actions"])
 

@@ -60,7 +60,7 @@ def wam_imports(source: str, module: str, known: set[str], is_package: bool = Fa
             base = node.module or ""
             if node.level:
                 up = package.split(".")
-                base = ".".join(up[:len(up) - node.level + 1] + ([base] if base else []))
+                base = ".".join(up[: len(up) - node.level + 1] + ([base] if base else []))
             for a in node.names:  # `from wam import modes` imports wam.modes; `from wam import MODES`, wam
                 found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
     return {m for m in found if m == "wam" or m.startswith("wam.")}
@@ -91,19 +91,27 @@ def test_no_module_imports_one_above_its_layer():
 
 def test_the_core_never_imports_training_evaluation_or_serving():
     known = set(modules())
-    wrong = [f"{module} imports {dep}" for module, path in modules().items() if layer_of(module)[1] in CORE
-             for dep in imports_of(module, path, known) if (layer_of(dep) or (0, ""))[1] in NEVER_FROM_CORE]
+    wrong = [
+        f"{module} imports {dep}"
+        for module, path in modules().items()
+        if layer_of(module)[1] in CORE
+        for dep in imports_of(module, path, known)
+        if (layer_of(dep) or (0, ""))[1] in NEVER_FROM_CORE
+    ]
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def late():\n    from wam.train import fit\n", "wam.train"),
-    ("from wam import modes\n", "wam.modes"),
-    ("from wam import MODES\n", "wam"),
-    ("import wam.evaluate as ev\n", "wam.evaluate"),
-    ("from .windows import resize_frames\n", "wam.data.windows"),
-    ("from ..inference import taylor\n", "wam.inference.taylor"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def late():\n    from wam.train import fit\n", "wam.train"),
+        ("from wam import modes\n", "wam.modes"),
+        ("from wam import MODES\n", "wam"),
+        ("import wam.evaluate as ev\n", "wam.evaluate"),
+        ("from .windows import resize_frames\n", "wam.data.windows"),
+        ("from ..inference import taylor\n", "wam.inference.taylor"),
+    ],
+)
 def test_the_import_reader_sees_what_a_module_imports(source, expected):
     """The checks above would pass vacuously if the reader missed imports: it finds them in function bodies, as
     modules named in `from wam import ...`, and relative to the module (here as if in wam.data.video)."""

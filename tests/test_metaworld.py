@@ -32,8 +32,12 @@ def test_task_sets_and_descriptions():
 
 def test_observation_layout(env):
     obs, info = env.reset(seed=0)
-    assert set(obs) == {"observation.images.corner4", "observation.images.topview", "observation.state",
-                        "observation.environment_state"}
+    assert set(obs) == {
+        "observation.images.corner4",
+        "observation.images.topview",
+        "observation.state",
+        "observation.environment_state",
+    }
     image = obs["observation.images.corner4"]
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     # the robot's own reading (hand xyz + gripper) is the state; object and goal poses are the environment's
@@ -49,8 +53,9 @@ def test_observation_layout(env):
 def test_full_state_for_ablations():
     e = mw.make_env("push-v3", state="full")
     obs, _ = e.reset(seed=0)
-    assert obs["observation.state"].shape == (39,) and np.array_equal(obs["observation.state"],
-                                                                       obs["observation.environment_state"])
+    assert obs["observation.state"].shape == (39,) and np.array_equal(
+        obs["observation.state"], obs["observation.environment_state"]
+    )
     assert e.observation_space.contains(obs) and len(e.state_names) == 39
     e.close()
     assert mw.state_mode(4) == "proprio" and mw.state_mode(39) == "full"

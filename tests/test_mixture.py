@@ -16,9 +16,33 @@ from wam.episodes import DatasetSpec, episodes_to_tensors, mixture_weights
 from wam.errors import ArgumentError
 from wam.policy import WAMPolicy
 
-TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
-        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "4",
-        "--log-every", "2", "--val-every", "0", "--checkpoint-every", "0", "--val-fraction", "0.25", "--quiet"]
+TINY = [
+    "--model",
+    "width=32",
+    "--model",
+    "depth=2",
+    "--model",
+    "image_size=32",
+    "--model",
+    "tokenizer_width=8",
+    "--model",
+    "future_stride=1",
+    "--model",
+    "action_horizon=4",
+    "--batch-size",
+    "4",
+    "--tokenizer-steps",
+    "4",
+    "--log-every",
+    "2",
+    "--val-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--val-fraction",
+    "0.25",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +62,16 @@ def arm(dot, tmp_path_factory):
     with LeRobotWriter(out, fps=int(ds.fps)) as w:
         for pos in range(ds.num_episodes):
             ep = ds.episodes[pos]
-            a = ds.data["action"][ep.start:ep.stop].astype(np.float32)
-            s = ds.data["observation.state"][ep.start:ep.stop].astype(np.float32)
-            w.add_episode({cam: ds.episode_frames(pos, cam),
-                           "action": np.concatenate([10 * a, np.sign(a[:, :1])], 1),
-                           "observation.state": s[:, :2]}, task="steer the arm to the green goal")
+            a = ds.data["action"][ep.start : ep.stop].astype(np.float32)
+            s = ds.data["observation.state"][ep.start : ep.stop].astype(np.float32)
+            w.add_episode(
+                {
+                    cam: ds.episode_frames(pos, cam),
+                    "action": np.concatenate([10 * a, np.sign(a[:, :1])], 1),
+                    "observation.state": s[:, :2],
+                },
+                task="steer the arm to the green goal",
+            )
     return out
 
 
@@ -77,9 +106,16 @@ def test_weighted_sampling_follows_the_weights_and_stays_in_each_dataset():
         def encode(self, x):
             return x[:, :, :1, ::4, ::4]
 
-    eps = [{"frames": np.zeros((n, 8, 8, 3), np.uint8), "actions": np.zeros((n, 2), np.float32),
-            "states": np.zeros((n, 1), np.float32), "task_index": src, "source": src} for n, src in
-           [(50, 0), (50, 0), (10, 1)]]
+    eps = [
+        {
+            "frames": np.zeros((n, 8, 8, 3), np.uint8),
+            "actions": np.zeros((n, 2), np.float32),
+            "states": np.zeros((n, 1), np.float32),
+            "task_index": src,
+            "source": src,
+        }
+        for n, src in [(50, 0), (50, 0), (10, 1)]
+    ]
     data = episodes_to_tensors(eps, Tok(), weights=torch.tensor([0.5, 0.5], dtype=torch.float64))
     ep, step = data.sample(4000, torch.Generator().manual_seed(0))
     share = float((data.source[ep] == 1).float().mean())
@@ -91,8 +127,25 @@ def test_weighted_sampling_follows_the_weights_and_stays_in_each_dataset():
 
 def test_action_free_videos_and_another_robot_train_one_model(dot, arm, tmp_path):
     out = tmp_path / "mix"
-    assert main(["train", "--dataset", str(dot), "--dataset", f"{arm}:0.5", "--dataset", f"{dot}:0.25:no-actions",
-                 "--out", str(out), "--steps", "6", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(dot),
+                "--dataset",
+                f"{arm}:0.5",
+                "--dataset",
+                f"{dot}:0.25:no-actions",
+                "--out",
+                str(out),
+                "--steps",
+                "6",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     ckpt = load_checkpoint(out / "checkpoint")
     sets = ckpt.config["run"]["datasets"]
@@ -104,21 +157,32 @@ def test_action_free_videos_and_another_robot_train_one_model(dot, arm, tmp_path
     policy = WAMPolicy(ckpt, steps=1)
     ds = LeRobotDataset(arm)
     cam = ds.camera_keys[0]
-    obs = {cam: ds.episode_frames(0, cam)[0], "observation.state": ds.data["observation.state"][0],
-           "task": "steer the arm to the green goal"}
+    obs = {
+        cam: ds.episode_frames(0, cam)[0],
+        "observation.state": ds.data["observation.state"][0],
+        "task": "steer the arm to the green goal",
+    }
     chunk = policy.predict_action_chunk(obs)
     assert chunk.shape == (4, 3)
     arm = sets[1]["stats"]["stats"]["action"]
     lo, hi = np.asarray(arm["min"]), np.asarray(arm["max"])
     assert bool(((chunk >= lo - 1e-4) & (chunk <= hi + 1e-4)).all())  # un-normalised with the arm's statistics
     policy.reset()
-    obs = {cam: obs[cam], "observation.state": LeRobotDataset(dot).data["observation.state"][0],
-           "task": "move the red dot to the green goal"}
+    obs = {
+        cam: obs[cam],
+        "observation.state": LeRobotDataset(dot).data["observation.state"][0],
+        "task": "move the red dot to the green goal",
+    }
     assert policy.predict_action_chunk(obs).shape == (4, 2)
     with pytest.raises(ValueError, match="different embodiments"):
         policy.reset()
-        policy.predict_action_chunk({cam: np.stack([obs[cam]] * 2), "observation.state": np.zeros((2, 4), np.float32),
-                                     "task": ["move the red dot to the green goal", "steer the arm to the green goal"]})
+        policy.predict_action_chunk(
+            {
+                cam: np.stack([obs[cam]] * 2),
+                "observation.state": np.zeros((2, 4), np.float32),
+                "task": ["move the red dot to the green goal", "steer the arm to the green goal"],
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +194,14 @@ def two_tasks(dot, tmp_path_factory):
     with LeRobotWriter(out, fps=int(ds.fps)) as w:
         for pos in range(ds.num_episodes):
             ep = ds.episodes[pos]
-            w.add_episode({cam: ds.episode_frames(pos, cam), "action": ds.data["action"][ep.start:ep.stop],
-                           "observation.state": ds.data["observation.state"][ep.start:ep.stop]},
-                          task=["go left", "go right"][pos % 2])
+            w.add_episode(
+                {
+                    cam: ds.episode_frames(pos, cam),
+                    "action": ds.data["action"][ep.start : ep.stop],
+                    "observation.state": ds.data["observation.state"][ep.start : ep.stop],
+                },
+                task=["go left", "go right"][pos % 2],
+            )
     return out
 
 
@@ -151,8 +220,23 @@ def test_a_dataset_can_be_read_for_some_of_its_tasks(two_tasks, tmp_path, capsys
         load_episodes(two_tasks, image_size=32, tasks=("7",))
     # train on one task's actions and the other's videos; the run records what it read
     out = tmp_path / "r"
-    assert main(["train", "--dataset", f"{two_tasks}:tasks=0", "--dataset", f"{two_tasks}:no-actions:tasks=1",
-                 "--out", str(out), "--steps", "2", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"{two_tasks}:tasks=0",
+                "--dataset",
+                f"{two_tasks}:no-actions:tasks=1",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert [d["task_filter"] for d in run["dataset_specs"]] == [["0"], ["1"]]
     sets = run["datasets"]
@@ -175,8 +259,26 @@ def test_a_dataset_can_be_read_for_a_slice_of_every_task(two_tasks, tmp_path, ca
     with pytest.raises(ArgumentError, match="no episode at per-task positions 5.."):
         load_episodes(two_tasks, image_size=32, per_task=(5, None))
     out = tmp_path / "r"
-    assert main(["train", "--dataset", f"{two_tasks}:per-task=..2", "--dataset", f"{two_tasks}:no-actions:per-task=2..",
-                 "--out", str(out), "--steps", "2", *TINY[:-3], "--val-fraction", "0.5", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"{two_tasks}:per-task=..2",
+                "--dataset",
+                f"{two_tasks}:no-actions:per-task=2..",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                *TINY[:-3],
+                "--val-fraction",
+                "0.5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert [d.get("per_task") for d in run["dataset_specs"]] == [[None, 2], [2, None]]
     sets = run["datasets"]
@@ -203,8 +305,11 @@ def test_world_only_episodes_train_forward_dynamics_and_are_never_imitated(monke
 
     monkeypatch.setattr(modes, "flow_loss", capture)
     B = 4000
-    batch = {"latents": torch.zeros(B, 3, 1, 2, 2), "actions": torch.zeros(B, 4, 2),
-             "imitate": torch.arange(B) % 2 == 0}  # even rows demonstrations, odd rows world-only
+    batch = {
+        "latents": torch.zeros(B, 3, 1, 2, 2),
+        "actions": torch.zeros(B, 4, 2),
+        "imitate": torch.arange(B) % 2 == 0,
+    }  # even rows demonstrations, odd rows world-only
     lc = LossConfig(p_omit_future=0.3, p_omit_action=0.15, p_clean_future=0.15, p_clean_action=0.15)
     modes.training_loss(None, batch, lc, generator=torch.Generator().manual_seed(0))
     world, demo = ~batch["imitate"], batch["imitate"]
@@ -218,8 +323,25 @@ def test_world_only_episodes_train_forward_dynamics_and_are_never_imitated(monke
 
 def test_a_world_only_dataset_trains_beside_demonstrations(dot, tmp_path):
     out = tmp_path / "world"
-    assert main(["train", "--dataset", str(dot), "--dataset", f"{dot}:world-only", "--out", str(out),
-                 "--steps", "4", *TINY, "--val-every", "4"]) == 0  # (the last --val-every counts)
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(dot),
+                "--dataset",
+                f"{dot}:world-only",
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                *TINY,
+                "--val-every",
+                "4",
+            ]
+        )
+        == 0
+    )  # (the last --val-every counts)
     sets = load_checkpoint(out / "checkpoint").config["run"]["datasets"]
     assert [d.get("imitate", True) for d in sets] == [True, False]
     val = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line]
@@ -230,8 +352,25 @@ def test_resume_without_dataset_reads_the_runs_own_mixture(dot, tmp_path, capsys
     spec = DatasetSpec.parse(f"{dot}:2:world-only:tasks=0:per-task=1..")
     assert DatasetSpec.from_dict(spec.to_dict()) == spec
     out = tmp_path / "mix"
-    assert main(["train", "--dataset", f"{dot}:3", "--dataset", f"{dot}:1:world-only", "--out", str(out),
-                 "--steps", "2", *TINY, "--checkpoint-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"{dot}:3",
+                "--dataset",
+                f"{dot}:1:world-only",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                *TINY,
+                "--checkpoint-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"]) == 0  # no --dataset
     run = load_checkpoint(out / "checkpoint", with_train_state=True)
     assert run.train_state["step"] == 4
@@ -245,8 +384,12 @@ def test_text_conditioned_model_stores_task_embeddings_and_takes_new_instruction
     from wam.text import encode_texts
 
     out = tmp_path / "text"
-    assert main(["train", "--dataset", str(dot), "--out", str(out), "--steps", "4", "--model", "text_encoder=minilm",
-                 *TINY]) == 0
+    assert (
+        main(
+            ["train", "--dataset", str(dot), "--out", str(out), "--steps", "4", "--model", "text_encoder=minilm", *TINY]
+        )
+        == 0
+    )
     ckpt = load_checkpoint(out / "checkpoint")
     assert ckpt.model.cfg.text_dim == 384
     task = "move the red dot to the green goal"

@@ -46,10 +46,11 @@ def test_left_out_tokens_equal_masked_tokens():
     b = random_batch(cfg, B=2)
     t_act = torch.full((2,), 0.5)
     t_vid = torch.zeros(2, cfg.frames)
-    _, a_removed = model(b["latents"][:, :cfg.n_obs_steps], t_vid[:, :cfg.n_obs_steps], b["actions"], t_act,
-                         b["task"], b["state"])
+    _, a_removed = model(
+        b["latents"][:, : cfg.n_obs_steps], t_vid[:, : cfg.n_obs_steps], b["actions"], t_act, b["task"], b["state"]
+    )
     keep = torch.zeros(2, cfg.frames, dtype=torch.bool)
-    keep[:, :cfg.n_obs_steps] = True
+    keep[:, : cfg.n_obs_steps] = True
     _, a_masked = model(b["latents"], t_vid, b["actions"], t_act, b["task"], b["state"], frame_keep=keep)
     torch.testing.assert_close(a_removed, a_masked, atol=1e-5, rtol=1e-5)
     # and the future frames do change the answer when they are kept
@@ -63,8 +64,15 @@ def test_omitted_actions_equal_masked_actions():
     b = random_batch(cfg, B=2)
     t_vid = torch.rand(2, cfg.frames)
     v_removed, _ = model(b["latents"], t_vid, None, None, b["task"], b["state"])
-    v_masked, _ = model(b["latents"], t_vid, b["actions"], torch.rand(2), b["task"], b["state"],
-                        action_keep=torch.zeros(2, dtype=torch.bool))
+    v_masked, _ = model(
+        b["latents"],
+        t_vid,
+        b["actions"],
+        torch.rand(2),
+        b["task"],
+        b["state"],
+        action_keep=torch.zeros(2, dtype=torch.bool),
+    )
     torch.testing.assert_close(v_removed, v_masked, atol=1e-5, rtol=1e-5)
 
 
@@ -97,12 +105,12 @@ def test_prefix_attention_keeps_observed_tokens_apart_from_generated_ones():
     b = random_batch(cfg, B=2)
     t_vid, t_act = torch.rand(2, cfg.frames), torch.rand(2)
     changed_lat, changed_act = b["latents"].clone(), b["actions"] + 1.0
-    changed_lat[:, cfg.n_obs_steps:] += 1.0
+    changed_lat[:, cfg.n_obs_steps :] += 1.0
     for attention, independent in (("prefix", True), ("full", False)):
         model = randomise(WAM(replace(cfg, attention=attention)), seed=4)
         v1, a1 = model(b["latents"], t_vid, b["actions"], t_act, b["task"], b["state"])
         v2, a2 = model(changed_lat, t_vid, changed_act, t_act, b["task"], b["state"])
-        hist_diff = (v1[:, :cfg.n_obs_steps] - v2[:, :cfg.n_obs_steps]).abs().max()
+        hist_diff = (v1[:, : cfg.n_obs_steps] - v2[:, : cfg.n_obs_steps]).abs().max()
         assert (hist_diff < 1e-5) == independent, (attention, hist_diff)
         assert (a1 - a2).abs().max() > 1e-4  # the generated tokens see everything either way
 

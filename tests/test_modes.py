@@ -27,11 +27,11 @@ def test_given_tokens_come_back_unchanged(mode):
     out = sample(model, b, mode, steps=3, generator=torch.Generator().manual_seed(0))
     m = MODES[mode]
     if "latents" in out:  # history frames always clean; future frames given in inverse mode
-        assert torch.equal(out["latents"][:, :cfg.n_obs_steps], b["latents"][:, :cfg.n_obs_steps])
+        assert torch.equal(out["latents"][:, : cfg.n_obs_steps], b["latents"][:, : cfg.n_obs_steps])
         if m.future == GIVEN:
             assert torch.equal(out["latents"], b["latents"])
         else:
-            assert not torch.equal(out["latents"][:, cfg.n_obs_steps:], b["latents"][:, cfg.n_obs_steps:])
+            assert not torch.equal(out["latents"][:, cfg.n_obs_steps :], b["latents"][:, cfg.n_obs_steps :])
         assert out["latents"].shape == b["latents"].shape
     if m.actions == GIVEN:
         assert torch.equal(out["actions"], b["actions"])
@@ -47,7 +47,7 @@ def test_policy_mode_ignores_future_frames():
     model = randomise(WAM(cfg))
     b = random_batch(cfg, B=2)
     b2 = dict(b, latents=b["latents"].clone())
-    b2["latents"][:, cfg.n_obs_steps:] = 123.0
+    b2["latents"][:, cfg.n_obs_steps :] = 123.0
     a1 = sample(model, b, "policy", steps=2, generator=torch.Generator().manual_seed(0))["actions"]
     a2 = sample(model, b2, "policy", steps=2, generator=torch.Generator().manual_seed(0))["actions"]
     assert torch.equal(a1, a2)

@@ -27,11 +27,36 @@ SIZE, HORIZON, ACTION_DIM, STATE_DIM = 32, 4, 2, 4  # the dot world's shapes
 def server(tmp_path_factory):
     """The stand-in served on a free port, shaped like a dot-world policy."""
     ready = tmp_path_factory.mktemp("peers") / "ready.json"
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--stand-in", "--port", "0", "--ready-file", str(ready),
-                             "--camera", "top", "--image-size", str(SIZE), "--action-dim", str(ACTION_DIM),
-                             "--state-dim", str(STATE_DIM), "--horizon", str(HORIZON), "--n-action-steps", "2",
-                             "--n-obs-steps", "2", "--tasks", TASK],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVER),
+            "--stand-in",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--camera",
+            "top",
+            "--image-size",
+            str(SIZE),
+            "--action-dim",
+            str(ACTION_DIM),
+            "--state-dim",
+            str(STATE_DIM),
+            "--horizon",
+            str(HORIZON),
+            "--n-action-steps",
+            "2",
+            "--n-obs-steps",
+            "2",
+            "--tasks",
+            TASK,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -48,8 +73,11 @@ def server(tmp_path_factory):
 def _obs(seed: int = 0, batch: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     lead = () if batch is None else (batch,)
-    return {"observation.images.top": rng.integers(0, 256, (*lead, SIZE, SIZE, 3), dtype=np.uint8),
-            "observation.state": rng.uniform(-1, 1, (*lead, STATE_DIM)).astype(np.float32), "task": TASK}
+    return {
+        "observation.images.top": rng.integers(0, 256, (*lead, SIZE, SIZE, 3), dtype=np.uint8),
+        "observation.state": rng.uniform(-1, 1, (*lead, STATE_DIM)).astype(np.float32),
+        "task": TASK,
+    }
 
 
 def _connect(url: str):
@@ -76,8 +104,12 @@ def test_hello_metadata_is_what_wam_eval_reads(server):
 
 def test_infer_observe_reset_health(server):
     with _connect(server) as ws:
-        assert _ask(ws, {"type": "health", "id": "before"}) == {"type": "health", "ok": True,
-                                                                "protocol": PROTOCOL_VERSION, "id": "before"}
+        assert _ask(ws, {"type": "health", "id": "before"}) == {
+            "type": "health",
+            "ok": True,
+            "protocol": PROTOCOL_VERSION,
+            "id": "before",
+        }
         _ask(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "seed": 0})
         assert _ask(ws, {"type": "observe", "id": 1, "obs": _obs(1)}) == {"type": "observed", "id": 1}
         reply = _ask(ws, {"type": "infer", "id": "chunk-7", "obs": _obs(2)})
@@ -102,11 +134,13 @@ def test_malformed_messages_get_error_replies(server):
         assert garbage["type"] == "error" and garbage["id"] is None and "msgpack" in garbage["error"]
         assert _ask(ws, {"type": "dance", "id": 2})["type"] == "error"
         _ask(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "seed": 0})
-        bad = [({**_obs(), "observation.images.top": np.zeros((SIZE, SIZE, 3), np.float32)}, "uint8"),
-               ({**_obs(), "observation.state": np.zeros(STATE_DIM + 1, np.float32)}, f"takes [{STATE_DIM}]"),
-               ({**_obs(), "observation.state": np.full(STATE_DIM, np.nan, np.float32)}, "NaN"),
-               ({**_obs(), "task": "fly to the moon"}, "not in the training data"),
-               ({"task": TASK}, "obs lacks 'observation.images.top'")]  # no camera
+        bad = [
+            ({**_obs(), "observation.images.top": np.zeros((SIZE, SIZE, 3), np.float32)}, "uint8"),
+            ({**_obs(), "observation.state": np.zeros(STATE_DIM + 1, np.float32)}, f"takes [{STATE_DIM}]"),
+            ({**_obs(), "observation.state": np.full(STATE_DIM, np.nan, np.float32)}, "NaN"),
+            ({**_obs(), "task": "fly to the moon"}, "not in the training data"),
+            ({"task": TASK}, "obs lacks 'observation.images.top'"),
+        ]  # no camera
         for i, (obs, says) in enumerate(bad):  # the same checks, and words, as wam.serve (wam.protocol's)
             reply = _ask(ws, {"type": "infer", "id": 100 + i, "obs": obs})
             assert reply["type"] == "error" and reply["id"] == 100 + i and says in reply["error"], reply
@@ -124,8 +158,28 @@ def test_policy_client_and_wam_eval_run_unchanged(server, tmp_path):
         client.select_action(_obs(1))  # popped from the queue, sent as "observe" with the next chunk
         assert client.select_action(_obs(2)).shape == (ACTION_DIM,)
     out = tmp_path / "eval"
-    assert main(["eval", "--server", server, "--env", "dot", "--episodes", "1", "--no-expert", "--videos", "0",
-                 "--quiet", "--max-steps", "12", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--server",
+                server,
+                "--env",
+                "dot",
+                "--episodes",
+                "1",
+                "--no-expert",
+                "--videos",
+                "0",
+                "--quiet",
+                "--max-steps",
+                "12",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "eval_info.json").read_text())
     assert info["settings"]["server"] == server and info["per_task"][0]["n_episodes"] == 1
     assert info["per_task"][0]["steps"][0] >= 1

@@ -58,10 +58,15 @@ def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_p
 
     sittings = [json.loads(line) for line in (parts / "sittings.jsonl").read_text().splitlines()]
     assert [(s["event"], s["stage"], s["step"], s.get("interrupted")) for s in sittings] == [
-        ("start", "collect", 0, None), ("end", "collect", 0, "KeyboardInterrupt"),
-        ("start", "collect", 0, None), ("end", "train", 10, None),
-        ("start", "train", 10, None), ("end", "train", 12, "KeyboardInterrupt"),
-        ("start", "train", 12, None), ("end", "done", 24, None)]
+        ("start", "collect", 0, None),
+        ("end", "collect", 0, "KeyboardInterrupt"),
+        ("start", "collect", 0, None),
+        ("end", "train", 10, None),
+        ("start", "train", 10, None),
+        ("end", "train", 12, "KeyboardInterrupt"),
+        ("start", "train", 12, None),
+        ("end", "done", 24, None),
+    ]
     # run again when done: nothing to do
     assert run_recipe("dot-tiny", parts, workers=1, progress=False) == {"stage": "done", "step": 24}
     assert _weights(parts) == _weights(whole)

@@ -15,47 +15,83 @@ HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 def task_row(task, successes, expert=100.0):
     n = len(successes)
     pc = 100.0 * sum(successes) / n
-    return {"task": task, "description": f"do {task}", "n_episodes": n, "pc_success": pc,
-            "ci95": [max(pc - 20, 0.0), min(pc + 10, 100.0)], "avg_sum_reward": 120.5, "avg_max_reward": 4.25,
-            "expert_pc_success": expert, "expert_ci95": [80.0, 100.0] if expert is not None else None,
-            "successes": successes, "seeds": list(range(n)),
-            "video_paths": [f"videos/{task}/episode_{i:03d}.mp4" for i in range(n)]}
+    return {
+        "task": task,
+        "description": f"do {task}",
+        "n_episodes": n,
+        "pc_success": pc,
+        "ci95": [max(pc - 20, 0.0), min(pc + 10, 100.0)],
+        "avg_sum_reward": 120.5,
+        "avg_max_reward": 4.25,
+        "expert_pc_success": expert,
+        "expert_ci95": [80.0, 100.0] if expert is not None else None,
+        "successes": successes,
+        "seeds": list(range(n)),
+        "video_paths": [f"videos/{task}/episode_{i:03d}.mp4" for i in range(n)],
+    }
 
 
 def small_eval_info(tasks=("reach-v3", "push-v3")):
     rows = [task_row(tasks[0], [True, True]), task_row(tasks[1], [True, False])]
-    return {"pc_success": 75.0, "avg_sum_reward": 123.4, "avg_max_reward": 4.2, "n_episodes": 4,
-            "ci95": [30.1, 95.4], "eval_s": 12.3,
-            "expert": {"pc_success": 100.0, "avg_sum_reward": 300.0, "avg_max_reward": 10.0, "ci95": [51.0, 100.0]},
-            "per_task": rows,
-            "settings": {"checkpoint": "runs/mt10/checkpoint", "model_hash": "abc123", "env": "metaworld",
-                         "mode": "policy", "steps": 4, "guidance": 1.5, "note": None}}
+    return {
+        "pc_success": 75.0,
+        "avg_sum_reward": 123.4,
+        "avg_max_reward": 4.2,
+        "n_episodes": 4,
+        "ci95": [30.1, 95.4],
+        "eval_s": 12.3,
+        "expert": {"pc_success": 100.0, "avg_sum_reward": 300.0, "avg_max_reward": 10.0, "ci95": [51.0, 100.0]},
+        "per_task": rows,
+        "settings": {
+            "checkpoint": "runs/mt10/checkpoint",
+            "model_hash": "abc123",
+            "env": "metaworld",
+            "mode": "policy",
+            "steps": 4,
+            "guidance": 1.5,
+            "note": None,
+        },
+    }
 
 
 def small_world_model(out):
     strip = out / "world_model" / "strip_000.png"
     strip.parent.mkdir(parents=True)
     Image.new("RGB", (6 * 8, 3 * 8), (40, 120, 200)).save(strip)
-    return {"windows": 16, "horizons": [4, 8],
-            "forward": {"psnr": [24.5, 21.0], "ssim": [0.81, 0.72]},
-            "video": {"psnr": [22.0, 19.5], "ssim": [0.75, 0.66]},
-            "copy_last_frame": {"psnr": [20.0, 17.0], "ssim": [0.70, 0.60]},
-            "tokenizer_reconstruction": {"psnr": [30.0, 30.0], "ssim": [0.95, 0.95]},
-            "inverse": {"action_mse": 0.0123, "mean_action_mse": 0.3},
-            "policy": {"action_mse": 0.0456},
-            "strips": ["world_model/strip_000.png"]}
+    return {
+        "windows": 16,
+        "horizons": [4, 8],
+        "forward": {"psnr": [24.5, 21.0], "ssim": [0.81, 0.72]},
+        "video": {"psnr": [22.0, 19.5], "ssim": [0.75, 0.66]},
+        "copy_last_frame": {"psnr": [20.0, 17.0], "ssim": [0.70, 0.60]},
+        "tokenizer_reconstruction": {"psnr": [30.0, 30.0], "ssim": [0.95, 0.95]},
+        "inverse": {"action_mse": 0.0123, "mean_action_mse": 0.3},
+        "policy": {"action_mse": 0.0456},
+        "strips": ["world_model/strip_000.png"],
+    }
 
 
 def write_log(path, extra_lines=()):
     lines = []
     for step in (10, 20, 30):
-        lines.append({"kind": "train", "step": step, "loss": 1.0 / step, "loss_video": 0.5 / step,
-                      "loss_action": 0.4 / step, "lr": 1e-4, "samples_per_s": 100.0, "grad_norm": 1.0})
-    lines += [{"kind": "val", "step": 20, "policy": 0.1, "forward": 0.2, "inverse": 0.15, "video": 0.25,
-               "joint": 0.3},
-              {"kind": "val", "step": 30, "policy": 0.08, "forward": 0.18, "inverse": 0.12, "video": 0.22,
-               "joint": 0.27},
-              {"kind": "tokenizer", "step": 1, "loss": 0.5}, {"kind": "tokenizer", "step": 2, "loss": 0.3}]
+        lines.append(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": 1.0 / step,
+                "loss_video": 0.5 / step,
+                "loss_action": 0.4 / step,
+                "lr": 1e-4,
+                "samples_per_s": 100.0,
+                "grad_norm": 1.0,
+            }
+        )
+    lines += [
+        {"kind": "val", "step": 20, "policy": 0.1, "forward": 0.2, "inverse": 0.15, "video": 0.25, "joint": 0.3},
+        {"kind": "val", "step": 30, "policy": 0.08, "forward": 0.18, "inverse": 0.12, "video": 0.22, "joint": 0.27},
+        {"kind": "tokenizer", "step": 1, "loss": 0.5},
+        {"kind": "tokenizer", "step": 2, "loss": 0.3},
+    ]
     path.write_text("\n".join([json.dumps(rec) for rec in lines] + list(extra_lines)) + "\n")
     return path
 
@@ -156,7 +192,8 @@ def test_malformed_log_lines_are_ignored(tmp_path):
 def test_without_matplotlib_the_report_has_a_note(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    text = build_report(tmp_path, small_eval_info(), world_model=small_world_model(tmp_path),
-                        log_path=write_log(tmp_path / "log.jsonl")).read_text()
+    text = build_report(
+        tmp_path, small_eval_info(), world_model=small_world_model(tmp_path), log_path=write_log(tmp_path / "log.jsonl")
+    ).read_text()
     assert text.count("install wam[report] for figures") == 3
     assert not (tmp_path / "figures").exists()

@@ -27,8 +27,10 @@ CHROMIUM = find_chromium()
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
-        msg = ("CHROMIUM IS NOT INSTALLED: the report pages were NOT tested in a browser. Run scripts/test.sh "
-               "(it installs Debian's chromium) or apt-get install chromium")
+        msg = (
+            "CHROMIUM IS NOT INSTALLED: the report pages were NOT tested in a browser. Run scripts/test.sh "
+            "(it installs Debian's chromium) or apt-get install chromium"
+        )
         warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
     with Chromium(CHROMIUM) as b:
@@ -49,10 +51,17 @@ def quickstart_like_site(root: Path) -> Path:
         strip = out / "world_model" / "strip_000.png"
         strip.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (48, 24), (40, 120, 200)).save(strip)
-        wm = {"windows": 4, "horizons": [4], "forward": {"psnr": [24.5], "ssim": [0.8]},
-              "video": {"psnr": [22.0], "ssim": [0.7]}, "copy_last_frame": {"psnr": [20.0], "ssim": [0.7]},
-              "tokenizer_reconstruction": {"psnr": [30.0], "ssim": [0.9]}, "inverse": {"action_mse": 0.01,
-              "mean_action_mse": 0.3}, "policy": {"action_mse": 0.02}, "strips": ["world_model/strip_000.png"]}
+        wm = {
+            "windows": 4,
+            "horizons": [4],
+            "forward": {"psnr": [24.5], "ssim": [0.8]},
+            "video": {"psnr": [22.0], "ssim": [0.7]},
+            "copy_last_frame": {"psnr": [20.0], "ssim": [0.7]},
+            "tokenizer_reconstruction": {"psnr": [30.0], "ssim": [0.9]},
+            "inverse": {"action_mse": 0.01, "mean_action_mse": 0.3},
+            "policy": {"action_mse": 0.02},
+            "strips": ["world_model/strip_000.png"],
+        }
         build_report(out, info, world_model=wm, log_path=write_log(root / f"{name}.jsonl"))
         entries.append({"name": name, "report": root / name / "report.html", "eval_info": info, "world_model": wm})
     return build_index(root, entries, notes=["a note"])

@@ -14,9 +14,33 @@ from wam.cli import main
 from wam.collect import collect
 from wam.policy import WAMPolicy
 
-TINY = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8",
-        "--model", "future_stride=1", "--model", "action_horizon=4", "--batch-size", "4", "--tokenizer-steps", "6",
-        "--log-every", "2", "--val-every", "4", "--checkpoint-every", "4", "--val-fraction", "0.25", "--quiet"]
+TINY = [
+    "--model",
+    "width=32",
+    "--model",
+    "depth=2",
+    "--model",
+    "image_size=32",
+    "--model",
+    "tokenizer_width=8",
+    "--model",
+    "future_stride=1",
+    "--model",
+    "action_horizon=4",
+    "--batch-size",
+    "4",
+    "--tokenizer-steps",
+    "6",
+    "--log-every",
+    "2",
+    "--val-every",
+    "4",
+    "--checkpoint-every",
+    "4",
+    "--val-fraction",
+    "0.25",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +176,14 @@ def test_policy_reads_only_the_keys_it_was_trained_on(run):
     with pytest.raises(ValueError, match="observation.state has 39 values; the model was trained on 4"):
         policy.predict_action_chunk({**obs, "observation.state": np.zeros(39, np.float32)})
     with pytest.raises(KeyError, match="lacks.*observation.images.top"):
-        policy.predict_action_chunk({"observation.images.side": obs["observation.images.top"],
-                                     "observation.images.front": obs["observation.images.top"],
-                                     "observation.state": obs["observation.state"], "task": obs["task"]})
+        policy.predict_action_chunk(
+            {
+                "observation.images.side": obs["observation.images.top"],
+                "observation.images.front": obs["observation.images.top"],
+                "observation.state": obs["observation.state"],
+                "task": obs["task"],
+            }
+        )
     assert policy.state_size() == 4
 
 
@@ -192,8 +221,26 @@ def test_policy_acts_in_planning_modes(run, mode):
 
 def test_eval_cli_writes_eval_info_videos_and_report(run, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--env", "dot", "--episodes", "3", "--steps", "2",
-                 "--world-model", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--env",
+                "dot",
+                "--episodes",
+                "3",
+                "--steps",
+                "2",
+                "--world-model",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "eval_info.json").read_text())
     for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "ci95", "per_task", "settings", "expert"):
         assert key in info, key
@@ -215,8 +262,30 @@ def test_eval_renders_at_render_size_and_the_policy_resizes(run, tmp_path, capsy
     import av
 
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--env", "dot", "--episodes", "2", "--steps", "1",
-                 "--render-size", "64", "--no-expert", "--videos", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--env",
+                "dot",
+                "--episodes",
+                "2",
+                "--steps",
+                "1",
+                "--render-size",
+                "64",
+                "--no-expert",
+                "--videos",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "eval_info.json").read_text())
     assert info["settings"]["image_size"] == 32 and info["settings"]["render_size"] == 64
     with av.open(str(out / info["per_task"][0]["video_paths"][0])) as video:
@@ -239,12 +308,38 @@ def test_evaluation_in_two_processes_matches_one(run, tmp_path):
 
 def test_bench_cli_reports_latency_flops_and_quality_against_the_reference(run, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "policy", "--steps", "1",
-                 "--episodes", "1", "--warmup", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--mode",
+                "policy",
+                "--steps",
+                "1",
+                "--episodes",
+                "1",
+                "--warmup",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == res
-    for key in ("median_ms", "p90_ms", "calls_per_s", "flops_per_call", "achieved_GFLOPs", "speedup",
-                "peak_fp32_GFLOPs", "fraction_of_peak"):
+    for key in (
+        "median_ms",
+        "p90_ms",
+        "calls_per_s",
+        "flops_per_call",
+        "achieved_GFLOPs",
+        "speedup",
+        "peak_fp32_GFLOPs",
+        "fraction_of_peak",
+    ):
         assert res[key] is not None and res[key] > 0, key
     assert res["inference"]["steps"] == 1 and res["inference"]["cache"] is True
     ref = res["reference"]
@@ -253,8 +348,24 @@ def test_bench_cli_reports_latency_flops_and_quality_against_the_reference(run, 
     q = res["quality"]
     assert all(np.isfinite(v) and v >= 0 for v in q.values()) and q["action_mse_vs_reference"] > 0
     # world-model modes compare decoded frames
-    assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "forward", "--steps", "2",
-                 "--windows", "4", "--warmup", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--mode",
+                "forward",
+                "--steps",
+                "2",
+                "--windows",
+                "4",
+                "--warmup",
+                "1",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["calls"] >= 1 and 0 < res["quality"]["psnr_vs_reference_dB"] < 100
     assert main(["bench", "--checkpoint", str(run / "checkpoint"), "--mode", "forward", "--warm-start", "0.5"]) == 2
@@ -304,8 +415,23 @@ def test_eval_records_the_policys_episodes_as_a_dataset_that_replays(run, tmp_pa
     from wam.envs import get_adapter
 
     ckpt = str(run / "checkpoint")
-    args = ["eval", "--checkpoint", ckpt, "--env", "dot", "--episodes", "3", "--steps", "2", "--no-expert",
-            "--videos", "0", "--after-success", "2", "--quiet"]
+    args = [
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--env",
+        "dot",
+        "--episodes",
+        "3",
+        "--steps",
+        "2",
+        "--no-expert",
+        "--videos",
+        "0",
+        "--after-success",
+        "2",
+        "--quiet",
+    ]
     assert main([*args, "--record", str(tmp_path / "seq"), "--out", str(tmp_path / "e1")]) == 0
     assert main([*args, "--record", str(tmp_path / "vec"), "--num-envs", "2", "--out", str(tmp_path / "e2")]) == 0
     info = json.loads((tmp_path / "e1" / "eval_info.json").read_text())
@@ -329,7 +455,7 @@ def test_eval_records_the_policys_episodes_as_a_dataset_that_replays(run, tmp_pa
             obs, reward, *_, step_info = env.step(np.asarray(seq.data["action"][t]))
             assert reward == pytest.approx(float(seq.data["next.reward"][t]), abs=1e-6)
             assert bool(step_info.get("success", False)) == bool(seq.data["next.success"][t])
-        assert seq.data["next.done"][hi - 1] and not seq.data["next.done"][lo:hi - 1].any()
+        assert seq.data["next.done"][hi - 1] and not seq.data["next.done"][lo : hi - 1].any()
     # a dataset is never written over
     assert main([*args, "--record", str(tmp_path / "seq"), "--out", str(tmp_path / "e3")]) == 2
     assert "--record" in capsys.readouterr().err

@@ -39,8 +39,9 @@ def one_thread():
 def checkpoint(tmp_path_factory):
     """A random-weight tiny WAM for the dot world (identity normalisation, as in test_synthetic)."""
     cfg = tiny_config(image_size=SIZE, state_dim=4, action_dim=2, action_horizon=4, n_obs_steps=2, n_tasks=1)
-    return random_dot_checkpoint(tmp_path_factory.mktemp("serve") / "ck", cfg,
-                                 {"tasks": [TASK], "cameras": ["top"], "fps": 10})
+    return random_dot_checkpoint(
+        tmp_path_factory.mktemp("serve") / "ck", cfg, {"tasks": [TASK], "cameras": ["top"], "fps": 10}
+    )
 
 
 def local(checkpoint, **kw) -> WAMPolicy:
@@ -49,8 +50,9 @@ def local(checkpoint, **kw) -> WAMPolicy:
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    with ServerThread(PolicyServer(local(checkpoint), max_batch=8, max_wait_ms=20,
-                                   max_message_bytes=MAX_BYTES)) as running:
+    with ServerThread(
+        PolicyServer(local(checkpoint), max_batch=8, max_wait_ms=20, max_message_bytes=MAX_BYTES)
+    ) as running:
         yield running
 
 
@@ -76,7 +78,8 @@ def test_remote_actions_equal_local_actions(checkpoint, server):
         mine = local(checkpoint, seed=3, n_action_steps=3, mode=mode)
         with PolicyClient(server.url, seed=3, n_action_steps=3, mode=mode) as remote:
             assert remote.metadata["action_horizon"] == 4 and remote.metadata["cameras"] == {
-                "observation.images.top": [SIZE, SIZE, 3]}
+                "observation.images.top": [SIZE, SIZE, 3]
+            }
             for episode in range(2):  # reset re-seeds both sides
                 mine.reset()
                 remote.reset()
@@ -164,10 +167,22 @@ def test_every_malformed_request_gets_an_error_reply_and_the_next_one_succeeds(s
             ({"type": "infer", "id": 17, "obs": {**good, "task": "juggle"}}, "not in the training data"),
             ({"type": "infer", "id": 18, "obs": {**good, "task": 5}}, "out of range"),
             ({"type": "infer", "id": 19, "obs": good, "mode": "forward"}, "does not act"),
-            ({"type": "infer", "id": 20, "obs": {cam: np.stack([good[cam]] * 2), state: np.stack([good[state]] * 2),
-                                                 "task": TASK}}, "reset() before"),  # history holds 1 env
-            ({"type": "infer", "id": 21, "obs": {cam: np.stack([good[cam]] * 9), state: np.stack([good[state]] * 9),
-                                                 "task": TASK}}, "at most 8"),
+            (
+                {
+                    "type": "infer",
+                    "id": 20,
+                    "obs": {cam: np.stack([good[cam]] * 2), state: np.stack([good[state]] * 2), "task": TASK},
+                },
+                "reset() before",
+            ),  # history holds 1 env
+            (
+                {
+                    "type": "infer",
+                    "id": 21,
+                    "obs": {cam: np.stack([good[cam]] * 9), state: np.stack([good[state]] * 9), "task": TASK},
+                },
+                "at most 8",
+            ),
             ({"type": "observe", "id": 22, "obs": {**good, state: np.array([np.nan] * 4)}}, "NaN"),
             ({"type": "hello", "protocol": 1}, "already said hello"),
         ]
@@ -276,10 +291,23 @@ def test_wam_eval_through_the_server_equals_local_eval(checkpoint, server, tmp_p
 
     from wam.cli import main
 
-    common = ["--env", "dot", "--episodes", "2", "--n-action-steps", "2", "--videos", "0", "--no-expert", "--quiet",
-              "--max-steps", "12"]
-    assert main(["eval", "--checkpoint", str(checkpoint), "--steps", "2", "--out", str(tmp_path / "local"),
-                 *common]) == 0
+    common = [
+        "--env",
+        "dot",
+        "--episodes",
+        "2",
+        "--n-action-steps",
+        "2",
+        "--videos",
+        "0",
+        "--no-expert",
+        "--quiet",
+        "--max-steps",
+        "12",
+    ]
+    assert (
+        main(["eval", "--checkpoint", str(checkpoint), "--steps", "2", "--out", str(tmp_path / "local"), *common]) == 0
+    )
     assert main(["eval", "--server", server.url, "--out", str(tmp_path / "remote"), *common]) == 0
     here, there = (json.loads((tmp_path / d / "eval_info.json").read_text()) for d in ("local", "remote"))
     for key in ("seeds", "successes", "steps", "sum_rewards"):
@@ -303,8 +331,25 @@ def test_wam_serve_cli_serves_and_stops_on_sigterm(checkpoint):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WAM_SERVE_TOKEN": "t0k"}
-    proc = subprocess.Popen([sys.executable, "-m", "wam.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-                             "--steps", "2", "--device", "cpu"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wam.cli",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            "0",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         url, log, deadline = None, "", time.time() + 60
         while url is None and time.time() < deadline and proc.poll() is None:
@@ -321,7 +366,6 @@ def test_wam_serve_cli_serves_and_stops_on_sigterm(checkpoint):
     finally:
         if proc.poll() is None:
             proc.kill()
-
 
 
 def test_connections_past_the_limit_are_refused_with_a_reason(checkpoint):
@@ -358,8 +402,12 @@ def test_a_connection_that_never_says_hello_is_closed(checkpoint):
     from websockets.exceptions import ConnectionClosed
 
     server = PolicyServer(local(checkpoint), hello_timeout_s=0.5)
-    with ServerThread(server) as running, PolicyClient(running.url) as greeted, connect(running.url) as silent, \
-            connect(running.url) as chatty:
+    with (
+        ServerThread(server) as running,
+        PolicyClient(running.url) as greeted,
+        connect(running.url) as silent,
+        connect(running.url) as chatty,
+    ):
         for i in range(3):  # health before hello is answered, but the clock keeps running
             assert ask(chatty, {"type": "health", "id": i})["ok"]
             time.sleep(0.1)

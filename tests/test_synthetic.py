@@ -55,7 +55,7 @@ def test_given_tokens_pass_through_a_trained_model(run):
     for mode in MODES:
         out = sample(run.state.ema, batch, mode, steps=2)
         if "latents" in out:
-            assert torch.equal(out["latents"][:, :cfg.n_obs_steps], batch["latents"][:, :cfg.n_obs_steps])
+            assert torch.equal(out["latents"][:, : cfg.n_obs_steps], batch["latents"][:, : cfg.n_obs_steps])
         if MODES[mode].future == "given":
             assert torch.equal(out["latents"], batch["latents"])
         if MODES[mode].actions == "given":
@@ -71,8 +71,12 @@ def test_trained_checkpoint_round_trips_bit_exactly(run, tmp_path):
     ep, step = run.val.window_index()
     batch = run.val.gather(ep[:4], step[:4], ck.model.cfg)
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    torch.testing.assert_close(sample(run.state.ema, batch, "joint", steps=2, generator=g())["actions"],
-                               sample(ck.model, batch, "joint", steps=2, generator=g())["actions"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        sample(run.state.ema, batch, "joint", steps=2, generator=g())["actions"],
+        sample(ck.model, batch, "joint", steps=2, generator=g())["actions"],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 @pytest.mark.slow
@@ -87,13 +91,44 @@ def test_wam_eval_of_the_trained_model_beats_a_random_policy(run, tmp_path, caps
     from wam.rollout import RandomPolicy, rollout
 
     cfg = run.state.ema.cfg
-    stats = {"action_key": "action", "state_key": "observation.state",
-             "stats": {"action": {"min": [-1.0] * cfg.action_dim, "max": [1.0] * cfg.action_dim},
-                       "observation.state": {"mean": [0.0] * cfg.state_dim, "std": [1.0] * cfg.state_dim}}}
-    save_checkpoint(tmp_path / "ck", run.state.ema, run.tokenizer, stats=stats,
-                    config={"run": {"tasks": [TASKS["reach-goal"]], "cameras": ["top"], "fps": 10}})
-    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--env", "dot", "--episodes", "20", "--steps", "2",
-                 "--n-action-steps", "1", "--out", str(tmp_path / "eval"), "--videos", "0", "--quiet"]) == 0
+    stats = {
+        "action_key": "action",
+        "state_key": "observation.state",
+        "stats": {
+            "action": {"min": [-1.0] * cfg.action_dim, "max": [1.0] * cfg.action_dim},
+            "observation.state": {"mean": [0.0] * cfg.state_dim, "std": [1.0] * cfg.state_dim},
+        },
+    }
+    save_checkpoint(
+        tmp_path / "ck",
+        run.state.ema,
+        run.tokenizer,
+        stats=stats,
+        config={"run": {"tasks": [TASKS["reach-goal"]], "cameras": ["top"], "fps": 10}},
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ck"),
+                "--env",
+                "dot",
+                "--episodes",
+                "20",
+                "--steps",
+                "2",
+                "--n-action-steps",
+                "1",
+                "--out",
+                str(tmp_path / "eval"),
+                "--videos",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
     env = make_env(image_size=cfg.image_size)
     seeds = eval_seeds(0, "reach-goal", 20)
@@ -150,7 +185,8 @@ def test_fast_inference_options_keep_the_trained_models_answer(run):
         assert err(act(steps=steps)) < 1.5 * err(exact) + 0.01 * var, (steps, err(exact))
     # warm start: the chunk of k steps earlier, shifted by k and re-noised to t = 0.5, then 2 steps
     guess = torch.cat([exact[:, k:], exact[:, -1:].expand(B, k, exact.shape[2])], 1)
-    warm = sample(model, later, "policy", noise={"actions": 0.5 * guess + 0.5 * noise_later}, t_start=0.5,
-                  steps=2)["actions"]
+    warm = sample(model, later, "policy", noise={"actions": 0.5 * guess + 0.5 * noise_later}, t_start=0.5, steps=2)[
+        "actions"
+    ]
     cold = act(batch=later, noise=noise_later)
     assert err(warm, later) < 1.5 * err(cold, later) + 0.01 * var, (err(warm, later), err(cold, later))

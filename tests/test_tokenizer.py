@@ -41,8 +41,12 @@ def test_conv_autoencoder_learns_dot_frames():
 
 
 def test_make_tokenizer_follows_the_config():
-    assert isinstance(make_tokenizer(ModelConfig(tokenizer="pixel", image_size=16, tokenizer_downsample=4,
-                                                 latent_channels=48, patch_size=2)), PixelTokenizer)
+    assert isinstance(
+        make_tokenizer(
+            ModelConfig(tokenizer="pixel", image_size=16, tokenizer_downsample=4, latent_channels=48, patch_size=2)
+        ),
+        PixelTokenizer,
+    )
     assert isinstance(make_tokenizer(ModelConfig()), ConvAutoencoder)
 
 
@@ -57,7 +61,7 @@ def _marker_scenes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
         frames[i, 1] = 0.3 * b + ramp[:, None] * a
         frames[i, 2] = -0.2 + 0.2 * ramp[None, :]
         y, x = torch.randint(2, size - 4, (2,), generator=g)
-        frames[i, :, y:y + 2, x:x + 2] = torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
+        frames[i, :, y : y + 2, x : x + 2] = torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
     return frames
 
 

@@ -21,9 +21,15 @@ from wam.train import (
 
 def episodes(n=3, length=6, A=2, S=3, size=16):
     rng = np.random.default_rng(0)
-    return [{"frames": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
-             "actions": rng.uniform(-1, 1, (length, A)).astype(np.float32),
-             "states": rng.normal(size=(length, S)).astype(np.float32), "task_index": i % 2} for i in range(n)]
+    return [
+        {
+            "frames": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
+            "actions": rng.uniform(-1, 1, (length, A)).astype(np.float32),
+            "states": rng.normal(size=(length, S)).astype(np.float32),
+            "task_index": i % 2,
+        }
+        for i in range(n)
+    ]
 
 
 def tensors(**kw):

@@ -94,22 +94,40 @@ class StandInPolicy:
     """A deterministic policy with no learning library behind it, to test the protocol handling: action
     step h of environment b is tanh(W @ [state, mean colour of each camera, h / H]) with a fixed W."""
 
-    def __init__(self, *, action_dim: int = 4, state_dim: int = 4, cameras: tuple[str, ...] = ("corner4",),
-                 image_size: int = 96, action_horizon: int = 8, n_action_steps: int | None = None,
-                 n_obs_steps: int = 2, tasks: list[str] | None = None, fps: float | None = None):
+    def __init__(
+        self,
+        *,
+        action_dim: int = 4,
+        state_dim: int = 4,
+        cameras: tuple[str, ...] = ("corner4",),
+        image_size: int = 96,
+        action_horizon: int = 8,
+        n_action_steps: int | None = None,
+        n_obs_steps: int = 2,
+        tasks: list[str] | None = None,
+        fps: float | None = None,
+    ):
         self.cameras = [f"observation.images.{c}" for c in cameras]
         self.state_dim, self.action_dim, self.horizon = state_dim, action_dim, action_horizon
         self.n_obs_steps = n_obs_steps
         inputs = state_dim + 3 * len(self.cameras) + 1
         self.weight = np.random.default_rng(0).normal(0, 0.5, (inputs, action_dim)).astype(np.float32)
-        self.info = {"policy": "stand-in", "model_hash": hashlib.sha256(self.weight.tobytes()).hexdigest()[:12],
-                     "action_dim": action_dim, "action_names": None,
-                     "cameras": {k: [image_size, image_size, 3] for k in self.cameras}, "image_size": image_size,
-                     "state_dim": state_dim, "tasks": list(tasks or []), "fps": fps,
-                     "action_horizon": action_horizon, "n_obs_steps": n_obs_steps,
-                     "n_action_steps": n_action_steps or action_horizon,
-                     "sampling": {"steps": 1, "solver": None, "schedule": None, "cfg_scale": None},
-                     "device": "cpu"}
+        self.info = {
+            "policy": "stand-in",
+            "model_hash": hashlib.sha256(self.weight.tobytes()).hexdigest()[:12],
+            "action_dim": action_dim,
+            "action_names": None,
+            "cameras": {k: [image_size, image_size, 3] for k in self.cameras},
+            "image_size": image_size,
+            "state_dim": state_dim,
+            "tasks": list(tasks or []),
+            "fps": fps,
+            "action_horizon": action_horizon,
+            "n_obs_steps": n_obs_steps,
+            "n_action_steps": n_action_steps or action_horizon,
+            "sampling": {"steps": 1, "solver": None, "schedule": None, "cfg_scale": None},
+            "device": "cpu",
+        }
 
     def new_state(self, seed: int) -> History:
         return History(self.n_obs_steps, seed)
@@ -123,8 +141,9 @@ class StandInPolicy:
     def predict(self, state: History) -> np.ndarray:
         x = state.items[-1]  # (B, inputs - 1)
         B = x.shape[0]
-        phase = np.broadcast_to((np.arange(self.horizon, dtype=np.float32) / self.horizon)[None, :, None],
-                                (B, self.horizon, 1))
+        phase = np.broadcast_to(
+            (np.arange(self.horizon, dtype=np.float32) / self.horizon)[None, :, None], (B, self.horizon, 1)
+        )
         feats = np.concatenate([np.broadcast_to(x[:, None], (B, self.horizon, x.shape[1])), phase], axis=2)
         return np.tanh(feats @ self.weight).astype(np.float32)  # (B, H, A)
 
@@ -134,8 +153,15 @@ class LeRobotPolicy:
     own code: the policy class's from_pretrained, and the pre/post-processor pipelines saved beside it
     (normalisation of observations, unnormalisation of actions). The only LeRobot-specific part of the server."""
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", tasks: list[str] | None = None,
-                 n_action_steps: int | None = None, num_inference_steps: int | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        device: str = "cpu",
+        tasks: list[str] | None = None,
+        n_action_steps: int | None = None,
+        num_inference_steps: int | None = None,
+    ):
         import torch
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
@@ -153,35 +179,55 @@ class LeRobotPolicy:
         self.cfg = cfg
         self.policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
         self.policy.to(device).eval()
-        self.pre, self.post = make_pre_post_processors(cfg, pretrained_path=str(path),
-                                                       preprocessor_overrides={"device_processor": {"device": device}})
+        self.pre, self.post = make_pre_post_processors(
+            cfg, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": device}}
+        )
         self.device = device
         self.cameras = list(cfg.image_features)
         self.state_dim = int(cfg.robot_state_feature.shape[0]) if cfg.robot_state_feature else 0
         self.env_state = cfg.env_state_feature  # a policy that reads the simulator's state cannot be served here
         if self.env_state is not None:
-            raise ValueError(f"{path} reads observation.environment_state, which wam's clients do not send; "
-                             f"train it on the camera and observation.state only (benchmarks/peers/train.py)")
+            raise ValueError(
+                f"{path} reads observation.environment_state, which wam's clients do not send; "
+                f"train it on the camera and observation.state only (benchmarks/peers/train.py)"
+            )
         self.image_shape = {k: tuple(f.shape) for k, f in cfg.image_features.items()}  # (3, H, W)
         self.n_obs_steps = int(cfg.n_obs_steps)
         # the chunk this policy answers (see the module docstring)
-        horizon = int(cfg.n_action_steps) if cfg.type == "diffusion" else int(getattr(cfg, "chunk_size", 0)
-                                                                              or cfg.n_action_steps)
+        horizon = (
+            int(cfg.n_action_steps)
+            if cfg.type == "diffusion"
+            else int(getattr(cfg, "chunk_size", 0) or cfg.n_action_steps)
+        )
         weights = path / "model.safetensors"
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "unknown"
         sizes = {s[1] for s in self.image_shape.values()}
         sampling = {"steps": 1, "solver": None, "schedule": None, "cfg_scale": None}
         if cfg.type == "diffusion":
-            sampling = {"steps": int(cfg.num_inference_steps or cfg.num_train_timesteps),
-                        "solver": cfg.noise_scheduler_type, "schedule": cfg.beta_schedule, "cfg_scale": None}
-        self.info = {"policy": f"lerobot-{cfg.type}", "checkpoint": str(path), "model_hash": digest,
-                     "action_dim": int(cfg.action_feature.shape[0]), "action_names": None,
-                     "cameras": {k: [s[1], s[2], 3] for k, s in self.image_shape.items()},
-                     "image_size": max(sizes) if sizes else 0, "state_dim": self.state_dim,
-                     "tasks": list(tasks or []), "fps": _dataset_fps(path),
-                     "action_horizon": horizon, "n_obs_steps": self.n_obs_steps,
-                     "n_action_steps": min(int(cfg.n_action_steps), horizon), "sampling": sampling,
-                     "device": device, "parameters": sum(p.numel() for p in self.policy.parameters())}
+            sampling = {
+                "steps": int(cfg.num_inference_steps or cfg.num_train_timesteps),
+                "solver": cfg.noise_scheduler_type,
+                "schedule": cfg.beta_schedule,
+                "cfg_scale": None,
+            }
+        self.info = {
+            "policy": f"lerobot-{cfg.type}",
+            "checkpoint": str(path),
+            "model_hash": digest,
+            "action_dim": int(cfg.action_feature.shape[0]),
+            "action_names": None,
+            "cameras": {k: [s[1], s[2], 3] for k, s in self.image_shape.items()},
+            "image_size": max(sizes) if sizes else 0,
+            "state_dim": self.state_dim,
+            "tasks": list(tasks or []),
+            "fps": _dataset_fps(path),
+            "action_horizon": horizon,
+            "n_obs_steps": self.n_obs_steps,
+            "n_action_steps": min(int(cfg.n_action_steps), horizon),
+            "sampling": sampling,
+            "device": device,
+            "parameters": sum(p.numel() for p in self.policy.parameters()),
+        }
 
     def new_state(self, seed: int) -> History:
         return History(self.n_obs_steps, seed)
@@ -195,15 +241,19 @@ class LeRobotPolicy:
             img = torch.from_numpy(np.ascontiguousarray(obs[key])).permute(0, 3, 1, 2).float().div_(255.0)
             _, h, w = self.image_shape[key]
             if img.shape[-2:] != (h, w):
-                img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", antialias=True,
-                                                      align_corners=False).clamp_(0, 1)
+                img = torch.nn.functional.interpolate(
+                    img, size=(h, w), mode="bilinear", antialias=True, align_corners=False
+                ).clamp_(0, 1)
             batch[key] = img
         if self.state_dim:
             batch["observation.state"] = torch.from_numpy(obs["observation.state"].astype(np.float32))
         B = next(iter(batch.values())).shape[0]
         task = obs.get("task", "")
-        batch["task"] = [task if isinstance(task, str) else ""] * B if not isinstance(task, list) else \
-            [t if isinstance(t, str) else "" for t in task]
+        batch["task"] = (
+            [task if isinstance(task, str) else ""] * B
+            if not isinstance(task, list)
+            else [t if isinstance(t, str) else "" for t in task]
+        )
         return self.pre(batch)
 
     def observe(self, state: History, obs: dict) -> None:
@@ -267,8 +317,14 @@ class Session:
 class PeerServer:
     """wam's protocol version 1 in front of any policy with the interface above (see the module docstring)."""
 
-    def __init__(self, policy, *, max_batch: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 hello_timeout_s: float = HELLO_TIMEOUT_S):
+    def __init__(
+        self,
+        policy,
+        *,
+        max_batch: int = 32,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+    ):
         self.policy, self.max_batch = policy, max_batch
         self.max_message_bytes, self.hello_timeout_s = max_message_bytes, hello_timeout_s
         self.sessions: dict[int, Session] = {}
@@ -279,25 +335,39 @@ class PeerServer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="peer-model")
 
     def metadata(self, session: Session) -> dict:
-        return {"type": "hello", "protocol": PROTOCOL_VERSION, "session": session.id, "seed": session.seed,
-                **self.policy.info, "modes": ["policy"], "mode": "policy", "max_batch": self.max_batch,
-                "max_message_bytes": self.max_message_bytes, "max_connections": 64}
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "session": session.id,
+            "seed": session.seed,
+            **self.policy.info,
+            "modes": ["policy"],
+            "mode": "policy",
+            "max_batch": self.max_batch,
+            "max_message_bytes": self.max_message_bytes,
+            "max_connections": 64,
+        }
 
     def health(self, session: Session | None) -> dict:
         out = {"type": "health", "ok": True, "protocol": PROTOCOL_VERSION}
         if session is not None:
             ms = sorted(self.server_ms)
-            out.update(self.counters, sessions=len(self.sessions), uptime_s=time.time() - self.started,
-                       server_ms_median=float(np.median(ms)) if ms else None,
-                       server_ms_p90=float(np.percentile(ms, 90)) if ms else None)
+            out.update(
+                self.counters,
+                sessions=len(self.sessions),
+                uptime_s=time.time() - self.started,
+                server_ms_median=float(np.median(ms)) if ms else None,
+                server_ms_p90=float(np.percentile(ms, 90)) if ms else None,
+            )
         return out
 
     def check_observation(self, msg: dict) -> dict:
         """wam's own checks (wam.protocol.check_observation); returns the observation with a leading batch axis
         on every array."""
         p = self.policy
-        obs, batch = protocol.check_observation(msg, cameras=p.cameras, state_dim=p.state_dim,
-                                                max_batch=self.max_batch, tasks=p.info.get("tasks") or None)
+        obs, batch = protocol.check_observation(
+            msg, cameras=p.cameras, state_dim=p.state_dim, max_batch=self.max_batch, tasks=p.info.get("tasks") or None
+        )
         out = {k: (obs[k] if batch is not None else obs[k][None]) for k in p.cameras}
         if p.state_dim:
             out["observation.state"] = obs["observation.state"].reshape(batch or 1, p.state_dim)
@@ -317,8 +387,9 @@ class PeerServer:
             if session is not None:
                 raise ProtocolError("this connection already said hello; open a new connection for a new session")
             if msg.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-                raise ProtocolError(f"this server speaks protocol {PROTOCOL_VERSION}, the client "
-                                    f"{msg.get('protocol')!r}")
+                raise ProtocolError(
+                    f"this server speaks protocol {PROTOCOL_VERSION}, the client {msg.get('protocol')!r}"
+                )
             seed = protocol.hello_seed(msg)
             self._next += 1
             session = Session(self._next, seed, self.policy)
@@ -342,8 +413,13 @@ class PeerServer:
         ms = 1000 * (time.perf_counter() - arrived)
         self.server_ms.append(ms)
         self.counters["requests"] += 1
-        return {"type": "action_chunk", "id": msg.get("id"), "actions": chunk if batched else chunk[0],
-                "mode": "policy", "server_ms": ms}, session
+        return {
+            "type": "action_chunk",
+            "id": msg.get("id"),
+            "actions": chunk if batched else chunk[0],
+            "mode": "policy",
+            "server_ms": ms,
+        }, session
 
     async def handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -370,13 +446,19 @@ class PeerServer:
                     reply, session = await self.dispatch(session, msg, arrived)
                 except ProtocolError as e:
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id if msg_id is not None else protocol.plain_id(e.id),
-                             "error": str(e)}
+                    reply = {
+                        "type": "error",
+                        "id": msg_id if msg_id is not None else protocol.plain_id(e.id),
+                        "error": str(e),
+                    }
                 except Exception as e:  # the policy failed on this request: say so, stay up
                     log.exception("request failed")
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id, "error": f"the server failed on this request "
-                                                                      f"({type(e).__name__}: {e}); see its log"}
+                    reply = {
+                        "type": "error",
+                        "id": msg_id,
+                        "error": f"the server failed on this request ({type(e).__name__}: {e}); see its log",
+                    }
                 await ws.send(pack(reply))
         except ConnectionClosed:
             pass
@@ -384,8 +466,9 @@ class PeerServer:
             if session is not None:
                 self.sessions.pop(session.id, None)
 
-    async def serve(self, host: str, port: int, ready_file: str | None = None,
-                    stop: asyncio.Event | None = None) -> None:
+    async def serve(
+        self, host: str, port: int, ready_file: str | None = None, stop: asyncio.Event | None = None
+    ) -> None:
         from websockets.asyncio.server import serve
 
         async with serve(self.handle, host, port, max_size=self.max_message_bytes, compression=None) as server:
@@ -399,8 +482,9 @@ class PeerServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="a lerobot-train pretrained_model directory")
     p.add_argument("--stand-in", action="store_true", help="serve the deterministic stand-in policy (no LeRobot)")
     p.add_argument("--host", default="127.0.0.1")
@@ -409,10 +493,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats-file", default=None, help="write every infer's server_ms here (JSON) at exit")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-action-steps", type=int, default=None, help="override the checkpoint's n_action_steps")
-    p.add_argument("--num-inference-steps", type=int, default=None,
-                   help="diffusion: denoising steps at inference (default: the checkpoint's, 100 for LeRobot's DP)")
-    p.add_argument("--tasks", default=None, help="'|'-separated task strings for the hello (default: the "
-                                                 "training dataset's, when it is at hand)")
+    p.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="diffusion: denoising steps at inference (default: the checkpoint's, 100 for LeRobot's DP)",
+    )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="'|'-separated task strings for the hello (default: the training dataset's, when it is at hand)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     # the stand-in's shape
     p.add_argument("--action-dim", type=int, default=4)
@@ -425,18 +516,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tasks = args.tasks.split("|") if args.tasks else None
     if args.stand_in:
-        policy = StandInPolicy(action_dim=args.action_dim, state_dim=args.state_dim,
-                               cameras=tuple(args.camera.split(",")), image_size=args.image_size,
-                               action_horizon=args.horizon, n_action_steps=args.n_action_steps,
-                               n_obs_steps=args.n_obs_steps, tasks=tasks)
+        policy = StandInPolicy(
+            action_dim=args.action_dim,
+            state_dim=args.state_dim,
+            cameras=tuple(args.camera.split(",")),
+            image_size=args.image_size,
+            action_horizon=args.horizon,
+            n_action_steps=args.n_action_steps,
+            n_obs_steps=args.n_obs_steps,
+            tasks=tasks,
+        )
     elif args.checkpoint:
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
         ckpt = Path(args.checkpoint)
-        policy = LeRobotPolicy(ckpt, device=args.device, tasks=tasks or dataset_tasks(ckpt),
-                               n_action_steps=args.n_action_steps, num_inference_steps=args.num_inference_steps)
+        policy = LeRobotPolicy(
+            ckpt,
+            device=args.device,
+            tasks=tasks or dataset_tasks(ckpt),
+            n_action_steps=args.n_action_steps,
+            num_inference_steps=args.num_inference_steps,
+        )
     else:
         p.error("pass --checkpoint DIR or --stand-in")
     server = PeerServer(policy)

@@ -36,14 +36,30 @@ HERE = Path(__file__).resolve().parent
 
 def start_server(args, ready: Path, stats: Path, log) -> subprocess.Popen:
     python = Path(args.venv) / "bin" / "python"
-    cmd = [str(python), str(HERE / "lerobot_server.py"), "--checkpoint", str(args.checkpoint), "--port", "0",
-           "--ready-file", str(ready), "--stats-file", str(stats), "--threads", str(args.threads)]
+    cmd = [
+        str(python),
+        str(HERE / "lerobot_server.py"),
+        "--checkpoint",
+        str(args.checkpoint),
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        "--stats-file",
+        str(stats),
+        "--threads",
+        str(args.threads),
+    ]
     if args.n_action_steps is not None:
         cmd += ["--n-action-steps", str(args.n_action_steps)]
     if args.num_inference_steps is not None:
         cmd += ["--num-inference-steps", str(args.num_inference_steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+    }
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + args.start_timeout
     while not ready.exists():
@@ -62,8 +78,9 @@ def start_wam_server(args):
     from wam.serve import PolicyServer, ServerThread
 
     torch.set_num_threads(args.threads)
-    policy = WAMPolicy.from_checkpoint(args.checkpoint, **({"n_action_steps": args.n_action_steps}
-                                                           if args.n_action_steps is not None else {}))
+    policy = WAMPolicy.from_checkpoint(
+        args.checkpoint, **({"n_action_steps": args.n_action_steps} if args.n_action_steps is not None else {})
+    )
     # max_wait_ms 0: one client, nothing to batch with (LeRobot's server does not wait either)
     return ServerThread(PolicyServer(policy, max_wait_ms=0), port=0).start()
 
@@ -100,21 +117,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--n-action-steps", type=int, default=None, help="override the checkpoint's n_action_steps")
-    p.add_argument("--num-inference-steps", type=int, default=None,
-                   help="diffusion: fewer denoising steps than the checkpoint's (not LeRobot's default; recorded)")
+    p.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="diffusion: fewer denoising steps than the checkpoint's (not LeRobot's default; recorded)",
+    )
     p.add_argument("--videos", type=int, default=0)
-    p.add_argument("--server-timeout", type=float, default=600,
-                   help="seconds wam eval waits for each chunk (Diffusion Policy's 100 steps take tens of seconds)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
-                   help="torch threads of the server")
+    p.add_argument(
+        "--server-timeout",
+        type=float,
+        default=600,
+        help="seconds wam eval waits for each chunk (Diffusion Policy's 100 steps take tens of seconds)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")), help="torch threads of the server"
+    )
     p.add_argument("--venv", default=str(ROOT / ".venv-lerobot"))
     p.add_argument("--out", default=None, help="result JSON (default: benchmarks/peers/<peer>_<tasks>.json)")
     p.add_argument("--eval-out", default=None, help="wam eval's output directory (default: runs/peers/eval-...)")
     p.add_argument("--start-timeout", type=float, default=300)
-    p.add_argument("--success-from", default=None, metavar="EVAL_INFO",
-                   help="--peer wam: take the success table from this eval_info.json (a local `wam eval` of the same "
-                        "checkpoint on the same tasks and seeds, whose actions the server path reproduces exactly; "
-                        "tests/test_serve.py) and run the server only long enough to measure the latency")
+    p.add_argument(
+        "--success-from",
+        default=None,
+        metavar="EVAL_INFO",
+        help="--peer wam: take the success table from this eval_info.json (a local `wam eval` of the same "
+        "checkpoint on the same tasks and seeds, whose actions the server path reproduces exactly; "
+        "tests/test_serve.py) and run the server only long enough to measure the latency",
+    )
     args = p.parse_args(argv)
 
     args.checkpoint = Path(args.checkpoint).resolve()
@@ -135,9 +165,27 @@ def main(argv: list[str] | None = None) -> int:
 
             with PolicyClient(url) as client:
                 hello = dict(client.metadata)
-            cmd = [wam, "eval", "--server", url, "--env", "metaworld", "--tasks", args.tasks, "--episodes",
-                   str(args.episodes), "--seed", str(args.seed), "--no-expert", "--videos", str(args.videos),
-                   "--server-timeout", str(args.server_timeout), "--out", str(eval_out)]
+            cmd = [
+                wam,
+                "eval",
+                "--server",
+                url,
+                "--env",
+                "metaworld",
+                "--tasks",
+                args.tasks,
+                "--episodes",
+                str(args.episodes),
+                "--seed",
+                str(args.seed),
+                "--no-expert",
+                "--videos",
+                str(args.videos),
+                "--server-timeout",
+                str(args.server_timeout),
+                "--out",
+                str(eval_out),
+            ]
             if args.max_steps is not None:
                 cmd += ["--max-steps", str(args.max_steps)]
             if args.n_action_steps is not None:
@@ -165,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.peer != "wam":
             raise SystemExit("--success-from is for --peer wam (a peer is measured by its own run)")
         local = json.loads(Path(args.success_from).read_text())
-        want = {r["task"]: r["seeds"][:args.episodes] for r in info["per_task"]}
-        have = {r["task"]: r["seeds"][:args.episodes] for r in local["per_task"]}
+        want = {r["task"]: r["seeds"][: args.episodes] for r in info["per_task"]}
+        have = {r["task"]: r["seeds"][: args.episodes] for r in local["per_task"]}
         other_model = local["settings"].get("model_hash") != hello.get("model_hash")
         if any(have.get(t) != s for t, s in want.items()) or other_model:
             raise SystemExit(f"{args.success_from} is not an evaluation of this checkpoint on these tasks and seeds")
@@ -174,23 +222,46 @@ def main(argv: list[str] | None = None) -> int:
         info = {**local, "server_ms": info.get("server_ms")}
     if not served["server_ms"] and info.get("server_ms"):  # wam's server: wam eval recorded every chunk's time
         served = {"server_ms": None, "summary": info["server_ms"]}
-    train_record = (args.checkpoint.parent / "peer_train.json" if args.peer == "wam"  # <out>/checkpoint
-                    else args.checkpoint.parents[2] / "peer_train.json")  # <out>/checkpoints/last/pretrained_model
+    train_record = (
+        args.checkpoint.parent / "peer_train.json"
+        if args.peer == "wam"  # <out>/checkpoint
+        else args.checkpoint.parents[2] / "peer_train.json"
+    )  # <out>/checkpoints/last/pretrained_model
     result = {
-        "peer": args.peer, "label": args.label or args.peer, "policy": hello.get("policy"),
+        "peer": args.peer,
+        "label": args.label or args.peer,
+        "policy": hello.get("policy"),
         "checkpoint": str(args.checkpoint),
-        "tasks": args.tasks, "episodes_per_task": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
+        "tasks": args.tasks,
+        "episodes_per_task": args.episodes,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
         "num_inference_steps_override": args.num_inference_steps,
-        "eval_command": shlex.join(cmd), "eval_wall_s": eval_s,
-        "success_from": args.success_from, "latency_run": served_eval, "server_startup_s": startup,
-        "server_threads": args.threads, "eval_info": args.success_from or str(eval_out / "eval_info.json"),
-        "pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
-        "groups": info.get("groups"), "group_mean": info.get("group_mean"),
-        "per_task": [{k: r[k] for k in ("task", "pc_success", "ci95", "n_episodes", "avg_steps")}
-                     for r in info["per_task"]],
-        "latency_per_chunk": (latency(served["server_ms"]) if served["server_ms"] is not None else
-                              {"n_chunks": served["summary"]["n_chunks"], "median_ms": served["summary"]["median"],
-                               "p90_ms": served["summary"]["p90"], "first_ms": served["summary"]["first"]}),
+        "eval_command": shlex.join(cmd),
+        "eval_wall_s": eval_s,
+        "success_from": args.success_from,
+        "latency_run": served_eval,
+        "server_startup_s": startup,
+        "server_threads": args.threads,
+        "eval_info": args.success_from or str(eval_out / "eval_info.json"),
+        "pc_success": info["pc_success"],
+        "ci95": info["ci95"],
+        "n_episodes": info["n_episodes"],
+        "groups": info.get("groups"),
+        "group_mean": info.get("group_mean"),
+        "per_task": [
+            {k: r[k] for k in ("task", "pc_success", "ci95", "n_episodes", "avg_steps")} for r in info["per_task"]
+        ],
+        "latency_per_chunk": (
+            latency(served["server_ms"])
+            if served["server_ms"] is not None
+            else {
+                "n_chunks": served["summary"]["n_chunks"],
+                "median_ms": served["summary"]["median"],
+                "p90_ms": served["summary"]["p90"],
+                "first_ms": served["summary"]["first"],
+            }
+        ),
         "chunk": {k: hello.get(k) for k in ("action_horizon", "n_action_steps", "n_obs_steps", "sampling")},
         "parameters": wam_parameters(args.checkpoint) if args.peer == "wam" else hello.get("parameters"),
         "model_hash": hello.get("model_hash"),
@@ -199,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(result, indent=2))
     lat = result["latency_per_chunk"]
-    print(f"[peers] {args.peer} on {args.tasks}: {info['pc_success']:.1f}% over {info['n_episodes']} episodes; "
-          f"chunk latency median {lat.get('median_ms', float('nan')):.1f} ms, "
-          f"p90 {lat.get('p90_ms', float('nan')):.1f} ms "
-          f"over {lat['n_chunks']} chunks; wrote {out}", flush=True)
+    print(
+        f"[peers] {args.peer} on {args.tasks}: {info['pc_success']:.1f}% over {info['n_episodes']} episodes; "
+        f"chunk latency median {lat.get('median_ms', float('nan')):.1f} ms, "
+        f"p90 {lat.get('p90_ms', float('nan')):.1f} ms "
+        f"over {lat['n_chunks']} chunks; wrote {out}",
+        flush=True,
+    )
     return 0
 
 

@@ -61,13 +61,26 @@ def policy_inputs(dataset: Path) -> dict:
 def build_command(args, steps: int, out: Path) -> list[str]:
     dataset = Path(args.dataset).resolve()
     inputs = policy_inputs(dataset)
-    cmd = [str(Path(args.venv) / "bin" / "lerobot-train"),
-           f"--dataset.repo_id=local/{dataset.name}", f"--dataset.root={dataset}", "--dataset.video_backend=pyav",
-           f"--policy.type={args.policy}", "--policy.device=cpu", "--policy.push_to_hub=false",
-           f"--policy.input_features={json.dumps(inputs, separators=(',', ':'))}",
-           f"--batch_size={args.batch_size}", f"--steps={steps}", "--num_workers=0", "--eval_freq=0",
-           f"--log_freq={args.log_freq}", f"--save_freq={max(steps, 1)}", f"--seed={args.seed}",
-           "--wandb.enable=false", f"--output_dir={out}", f"--job_name={out.name}"]
+    cmd = [
+        str(Path(args.venv) / "bin" / "lerobot-train"),
+        f"--dataset.repo_id=local/{dataset.name}",
+        f"--dataset.root={dataset}",
+        "--dataset.video_backend=pyav",
+        f"--policy.type={args.policy}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        f"--policy.input_features={json.dumps(inputs, separators=(',', ':'))}",
+        f"--batch_size={args.batch_size}",
+        f"--steps={steps}",
+        "--num_workers=0",
+        "--eval_freq=0",
+        f"--log_freq={args.log_freq}",
+        f"--save_freq={max(steps, 1)}",
+        f"--seed={args.seed}",
+        "--wandb.enable=false",
+        f"--output_dir={out}",
+        f"--job_name={out.name}",
+    ]
     if args.policy == "diffusion":
         side = min(min(v["shape"][1:]) for k, v in inputs.items() if k.startswith("observation.images."))
         crop = args.crop if args.crop is not None else side - 12
@@ -81,8 +94,10 @@ def run(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, str]:
     """Runs cmd, its output teed to log_path; returns (exit code, seconds, output)."""
     t0 = time.perf_counter()
     lines = []
-    with open(log_path, "w") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True) as proc:
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
@@ -111,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1000, help="lerobot-train's seed (its default)")
     p.add_argument("--log-freq", type=int, default=None, help="log every N steps (default: about 20 logs)")
     p.add_argument("--crop", type=int, default=None, help="diffusion's crop side (default: image side - 12)")
-    p.add_argument("--imagenet-backbone", action="store_true", help="act: keep LeRobot's ImageNet ResNet-18 "
-                                                                   "initialisation (needs the weights)")
+    p.add_argument(
+        "--imagenet-backbone",
+        action="store_true",
+        help="act: keep LeRobot's ImageNet ResNet-18 initialisation (needs the weights)",
+    )
     p.add_argument("--venv", default=str(DEFAULT_VENV), help="LeRobot's venv (setup.sh)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("extra", nargs="*", help="more lerobot-train arguments, after --")
@@ -124,12 +142,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{out} exists; pass --overwrite to replace it")
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "TOKENIZERS_PARALLELISM": "false"}
-    record: dict = {"policy": args.policy, "dataset": str(Path(args.dataset).resolve()), "threads": args.threads,
-                    "batch_size": args.batch_size, "env": {k: env[k] for k in ("HF_HUB_OFFLINE", "WANDB_MODE",
-                                                                               "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    record: dict = {
+        "policy": args.policy,
+        "dataset": str(Path(args.dataset).resolve()),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "env": {k: env[k] for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
     steps = args.steps
     if args.budget_s is not None:
         probe_out = out.with_name(out.name + "-probe")
@@ -143,11 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the probe run failed (exit {rc}); see {out.parent / (out.name + '-probe.log')}")
         startup = max(0.0, seconds - per_step * args.probe_steps)
         steps = max(1, int((args.budget_s - startup) // per_step))
-        record["probe"] = {"steps": args.probe_steps, "wall_s": seconds, "s_per_step": per_step,
-                           "startup_s": startup, "command": shlex.join(cmd)}
+        record["probe"] = {
+            "steps": args.probe_steps,
+            "wall_s": seconds,
+            "s_per_step": per_step,
+            "startup_s": startup,
+            "command": shlex.join(cmd),
+        }
         args.log_freq = saved
-        print(f"[peers] probe: {per_step:.3f} s/step, startup {startup:.0f} s -> {steps} steps for "
-              f"{args.budget_s:.0f} s", flush=True)
+        print(
+            f"[peers] probe: {per_step:.3f} s/step, startup {startup:.0f} s -> {steps} steps for {args.budget_s:.0f} s",
+            flush=True,
+        )
     if args.log_freq is None:
         args.log_freq = max(1, steps // 20)
     cmd = build_command(args, steps, out)
@@ -157,17 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = out / "checkpoints" / "last" / "pretrained_model"
     weights = pretrained / "model.safetensors"
     per_step = step_seconds(output)
-    record.update(command=shlex.join(cmd), steps=steps, budget_s=args.budget_s, wall_s=seconds, exit_code=rc,
-                  s_per_step_last_window=per_step,
-                  samples_per_s=args.batch_size / per_step if per_step else None,
-                  pretrained_model=str(pretrained) if weights.is_file() else None,
-                  checkpoint_bytes=sum(f.stat().st_size for f in pretrained.iterdir()) if weights.is_file() else None,
-                  log=str(log_path))
+    record.update(
+        command=shlex.join(cmd),
+        steps=steps,
+        budget_s=args.budget_s,
+        wall_s=seconds,
+        exit_code=rc,
+        s_per_step_last_window=per_step,
+        samples_per_s=args.batch_size / per_step if per_step else None,
+        pretrained_model=str(pretrained) if weights.is_file() else None,
+        checkpoint_bytes=sum(f.stat().st_size for f in pretrained.iterdir()) if weights.is_file() else None,
+        log=str(log_path),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "peer_train.json").write_text(json.dumps(record, indent=2))
-    print(f"[peers] {args.policy}: {steps} steps in {seconds:.0f} s (exit {rc}); "
-          f"{per_step if per_step is not None else float('nan'):.3f} s/step at batch {args.batch_size}; "
-          f"record in {out / 'peer_train.json'}", flush=True)
+    print(
+        f"[peers] {args.policy}: {steps} steps in {seconds:.0f} s (exit {rc}); "
+        f"{per_step if per_step is not None else float('nan'):.3f} s/step at batch {args.batch_size}; "
+        f"record in {out / 'peer_train.json'}",
+        flush=True,
+    )
     return rc
 
 

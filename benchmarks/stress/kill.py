@@ -38,9 +38,28 @@ import tempfile
 import time
 from pathlib import Path
 
-TINY_MODEL = ["--preset", "wam-tiny", "--model", "width=32", "--model", "depth=1", "--model", "heads=2",
-              "--model", "image_size=16", "--model", "latent_channels=4", "--model", "tokenizer_width=8",
-              "--model", "future_frames=1", "--model", "future_stride=1", "--model", "action_horizon=4"]
+TINY_MODEL = [
+    "--preset",
+    "wam-tiny",
+    "--model",
+    "width=32",
+    "--model",
+    "depth=1",
+    "--model",
+    "heads=2",
+    "--model",
+    "image_size=16",
+    "--model",
+    "latent_channels=4",
+    "--model",
+    "tokenizer_width=8",
+    "--model",
+    "future_frames=1",
+    "--model",
+    "future_stride=1",
+    "--model",
+    "action_horizon=4",
+]
 
 
 def wam(*args: str) -> list[str]:
@@ -131,13 +150,33 @@ def check_dataset_dir(out: Path) -> tuple[str, str]:
 # ---- one verb under repeated kills -------------------------------------------------------------------
 
 
-def kill_chain(name: str, first: list[str], resume: list[str] | None, again: list[str], check, out: Path,
-               kills: int, window: tuple[float, float], rng: random.Random, logs: Path, deadline: float,
-               total_steps: int | None = None) -> dict:
+def kill_chain(
+    name: str,
+    first: list[str],
+    resume: list[str] | None,
+    again: list[str],
+    check,
+    out: Path,
+    kills: int,
+    window: tuple[float, float],
+    rng: random.Random,
+    logs: Path,
+    deadline: float,
+    total_steps: int | None = None,
+) -> dict:
     """SIGKILL `kills` times; after each, `check()` and continue (resume when the check found a checkpoint).
     A resumed run has less left to do: its kill moment is drawn over the part of the window it still needs."""
-    res = {"kills": 0, "resumes": 0, "clean_resumes": 0, "restarts": 0, "finished_before_kill": 0,
-           "lost": 0, "corrupt": 0, "failed_resumes": 0, "details": []}
+    res = {
+        "kills": 0,
+        "resumes": 0,
+        "clean_resumes": 0,
+        "restarts": 0,
+        "finished_before_kill": 0,
+        "lost": 0,
+        "corrupt": 0,
+        "failed_resumes": 0,
+        "details": [],
+    }
     cmd, seen, resumed, done_steps = first, False, False, 0
     pace = 1.0  # how much slower than the uninterrupted run processes are now (the machine's load changes)
     i = 0
@@ -214,17 +253,57 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     verbs = [v.strip() for v in args.verbs.split(",") if v.strip()]
     t_all = time.time()
-    result: dict = {"command": "python benchmarks/stress/kill.py " + " ".join(sys.argv[1:]),
-                    "kills_per_verb": args.kills, "seed": args.seed, "verbs": {}}
+    result: dict = {
+        "command": "python benchmarks/stress/kill.py " + " ".join(sys.argv[1:]),
+        "kills_per_verb": args.kills,
+        "seed": args.seed,
+        "verbs": {},
+    }
 
     data = work / "dot"
-    collect_cmd = lambda out: wam("collect", "dot", "--episodes", "12", "--image-size", "16", "--workers", "1",  # noqa: E731
-                                  "--out", str(out), "--overwrite")
+
+    def collect_cmd(out):
+        return wam(
+            "collect",
+            "dot",
+            "--episodes",
+            "12",
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--overwrite",
+        )
+
     run_to_end(collect_cmd(data), logs / "data.log")
-    train_args = lambda out: wam("train", "--dataset", str(data), "--out", str(out), *TINY_MODEL,  # noqa: E731
-                                 "--steps", str(args.steps), "--batch-size", "4", "--tokenizer-steps", "4",
-                                 "--warmup-steps", "2", "--checkpoint-every", "2", "--val-every", "0",
-                                 "--log-every", "2", "--quiet")
+
+    def train_args(out):
+        return wam(
+            "train",
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+            *TINY_MODEL,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            "4",
+            "--tokenizer-steps",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--val-every",
+            "0",
+            "--log-every",
+            "2",
+            "--quiet",
+        )
+
     base = work / "base"
     run_to_end(train_args(base), logs / "base.log")
 
@@ -236,8 +315,20 @@ def main() -> int:
             duration, first_write = run_to_end(train_args(ref), logs / "train-ref.log", watch=ref / "checkpoint")
             first = train_args(out)
             resume = wam("train", "--dataset", str(data), "--out", str(out), "--resume", "--quiet")
-            r = kill_chain("train", first, resume, first, lambda out=out: check_run(out, "train", None), out,
-                           args.kills, window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
+            r = kill_chain(
+                "train",
+                first,
+                resume,
+                first,
+                lambda out=out: check_run(out, "train", None),
+                out,
+                args.kills,
+                window(first_write, duration),
+                rng,
+                logs,
+                deadline,
+                total_steps=args.steps,
+            )
             final_resume = check_run(out, "train", None)[0] == "ok"
             run_to_end(resume if final_resume else first, logs / "train-final.log")
             same = weights_hash(out / "checkpoint") == weights_hash(ref / "checkpoint")
@@ -245,33 +336,92 @@ def main() -> int:
             r["leftover_temporaries"] = leftovers(out, "checkpoint")
         elif verb == "finetune":
             ref, out = work / "ft-ref", work / "ft"
-            ft = lambda o: wam("finetune", "--checkpoint", str(base / "checkpoint"), "--dataset", str(data),  # noqa: E731
-                               "--out", str(o), "--adapter", "lora", "--rank", "2", "--steps", str(args.steps),
-                               "--checkpoint-every", "2", "--val-every", "0", "--log-every", "2", "--quiet")
+
+            def ft(o):
+                return wam(
+                    "finetune",
+                    "--checkpoint",
+                    str(base / "checkpoint"),
+                    "--dataset",
+                    str(data),
+                    "--out",
+                    str(o),
+                    "--adapter",
+                    "lora",
+                    "--rank",
+                    "2",
+                    "--steps",
+                    str(args.steps),
+                    "--checkpoint-every",
+                    "2",
+                    "--val-every",
+                    "0",
+                    "--log-every",
+                    "2",
+                    "--quiet",
+                )
+
             duration, first_write = run_to_end(ft(ref), logs / "ft-ref.log", watch=ref / "checkpoint")
             resume = wam("finetune", "--out", str(out), "--resume", "--quiet")
-            r = kill_chain("finetune", ft(out), resume, [*ft(out), "--overwrite"],
-                           lambda out=out: check_run(out, "finetune", base / "checkpoint"), out, args.kills,
-                           window(first_write, duration), rng, logs, deadline, total_steps=args.steps)
+            r = kill_chain(
+                "finetune",
+                ft(out),
+                resume,
+                [*ft(out), "--overwrite"],
+                lambda out=out: check_run(out, "finetune", base / "checkpoint"),
+                out,
+                args.kills,
+                window(first_write, duration),
+                rng,
+                logs,
+                deadline,
+                total_steps=args.steps,
+            )
             final_resume = check_run(out, "finetune", base / "checkpoint")[0] == "ok"
             run_to_end(resume if final_resume else ft(out), logs / "ft-final.log")
             r["final_equals_uninterrupted"] = weights_hash(out / "checkpoint") == weights_hash(ref / "checkpoint")
             r["leftover_temporaries"] = leftovers(out, "checkpoint") + leftovers(out, "adapter")
         elif verb == "collect":
             ref, out = work / "col-ref", work / "col"
-            col = lambda o: wam("collect", "dot", "--episodes", "60", "--image-size", "32", "--workers", "1",  # noqa: E731
-                                "--out", str(o), "--overwrite")
+
+            def col(o):
+                return wam(
+                    "collect",
+                    "dot",
+                    "--episodes",
+                    "60",
+                    "--image-size",
+                    "32",
+                    "--workers",
+                    "1",
+                    "--out",
+                    str(o),
+                    "--overwrite",
+                )
+
             duration, first_write = run_to_end(col(ref), logs / "col-ref.log", watch=ref)
-            r = kill_chain("collect", col(out), None, col(out), lambda out=out: check_dataset_dir(out), out, args.kills,
-                           window(first_write, duration), rng, logs, deadline)
+            r = kill_chain(
+                "collect",
+                col(out),
+                None,
+                col(out),
+                lambda out=out: check_dataset_dir(out),
+                out,
+                args.kills,
+                window(first_write, duration),
+                rng,
+                logs,
+                deadline,
+            )
             final_resume = True
             run_to_end(col(out), logs / "col-final.log")
             from wam.data.check import describe
 
             a, b = describe(out), describe(ref)
             same_meta = {k: v for k, v in a.items() if k != "root"} == {k: v for k, v in b.items() if k != "root"}
-            data_same = all((out / f.relative_to(ref)).read_bytes() == f.read_bytes()
-                            for f in sorted(ref.rglob("*.parquet")))
+            data_same = all(
+                (out / f.relative_to(ref)).read_bytes() == f.read_bytes() for f in sorted(ref.rglob("*.parquet"))
+            )
             r["final_equals_uninterrupted"] = bool(same_meta and data_same)
             r["leftover_temporaries"] = sorted(p.name for p in work.iterdir() if p.name.startswith(".col."))
         else:
@@ -286,8 +436,10 @@ def main() -> int:
         result["verbs"][verb] = r
         print(f"{verb}: {json.dumps({k: v for k, v in r.items() if k != 'details'})}", flush=True)
 
-    totals = {k: sum(v[k] for v in result["verbs"].values())
-              for k in ("kills", "resumes", "clean_resumes", "failed_resumes", "lost", "corrupt")}
+    totals = {
+        k: sum(v[k] for v in result["verbs"].values())
+        for k in ("kills", "resumes", "clean_resumes", "failed_resumes", "lost", "corrupt")
+    }
     result["totals"] = totals
     result["wall_s"] = round(time.time() - t_all, 1)
     print(json.dumps(result, indent=2))
@@ -297,8 +449,12 @@ def main() -> int:
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
-    bad = totals["lost"] or totals["corrupt"] or totals["failed_resumes"] or \
-        not all(v.get("final_equals_uninterrupted") for v in result["verbs"].values())
+    bad = (
+        totals["lost"]
+        or totals["corrupt"]
+        or totals["failed_resumes"]
+        or not all(v.get("final_equals_uninterrupted") for v in result["verbs"].values())
+    )
     return 1 if bad else 0
 
 

@@ -93,10 +93,26 @@ def random_value(r: random.Random, depth: int = 0):
         return r.random() < 0.5
     if k == "list":
         return [random_value(r, depth + 1) for _ in range(r.randint(0, 5))]
-    keys = ["type", "id", "obs", "mode", "token", "seed", "protocol", "__nd__", "dtype", "shape", "data", "task",
-            "observation.state", "observation.images.corner4"]
-    return {r.choice(keys) if r.random() < 0.7 else random_value(r, 99): random_value(r, depth + 1)
-            for _ in range(r.randint(0, 5))}
+    keys = [
+        "type",
+        "id",
+        "obs",
+        "mode",
+        "token",
+        "seed",
+        "protocol",
+        "__nd__",
+        "dtype",
+        "shape",
+        "data",
+        "task",
+        "observation.state",
+        "observation.images.corner4",
+    ]
+    return {
+        r.choice(keys) if r.random() < 0.7 else random_value(r, 99): random_value(r, depth + 1)
+        for _ in range(r.randint(0, 5))
+    }
 
 
 def mutate_array(a: dict, r: random.Random) -> dict:
@@ -117,8 +133,7 @@ def mutate_array(a: dict, r: random.Random) -> dict:
     elif choice == 6:  # a valid array of another size or dtype
         shape = [r.randint(1, 300), r.randint(1, 300), r.choice([1, 3, 4])]
         dt = r.choice(["uint8", "float32", "int64", "bool"])
-        return {"__nd__": True, "dtype": dt, "shape": shape,
-                "data": bytes(int(np.prod(shape)) * np.dtype(dt).itemsize)}
+        return {"__nd__": True, "dtype": dt, "shape": shape, "data": bytes(int(np.prod(shape)) * np.dtype(dt).itemsize)}
     else:
         a["data"] = r.randbytes(len(a["data"]))  # random pixels: a valid array
     return a
@@ -174,8 +189,10 @@ def mutate(msg: dict, r: random.Random) -> dict:
 
 def raw_message(valid: dict, r: random.Random, max_bytes: int) -> tuple[bytes | str, str]:
     """(frame, kind) for the next fuzz message."""
-    kind = r.choices(["bytes", "msgpack", "mutated", "mutated", "mutated", "flipped", "valid", "big", "text"],
-                     weights=[8, 10, 25, 25, 20, 8, 6, 1, 2])[0]
+    kind = r.choices(
+        ["bytes", "msgpack", "mutated", "mutated", "mutated", "flipped", "valid", "big", "text"],
+        weights=[8, 10, 25, 25, 20, 8, 6, 1, 2],
+    )[0]
     if kind == "bytes":
         return r.randbytes(r.randint(0, 2000)), kind
     if kind == "text":
@@ -227,8 +244,12 @@ def main() -> int:
     logging.getLogger("wam.serve").addHandler(errors)
     logging.getLogger("wam.serve").setLevel(logging.ERROR)  # (refusals and timeouts are warnings: expected here)
     policy = WAMPolicy(load_checkpoint(args.checkpoint), mode="policy")
-    server = PolicyServer(policy, max_connections=args.max_connections, hello_timeout_s=args.hello_timeout,
-                          max_message_bytes=args.max_message_bytes)
+    server = PolicyServer(
+        policy,
+        max_connections=args.max_connections,
+        hello_timeout_s=args.hello_timeout,
+        max_message_bytes=args.max_message_bytes,
+    )
     counts: Counter = Counter()
     crashes: list[str] = []
     lock = threading.Lock()
@@ -249,15 +270,29 @@ def main() -> int:
             meta = probe.metadata
         rng = np.random.default_rng(args.seed)
         obs = valid_observation(meta, rng)
-        valid = {"hello": {"type": "hello", "protocol": PROTOCOL_VERSION, "token": None, "seed": 3},
-                 "infer": {"type": "infer", "id": 1, "obs": obs}, "observe": {"type": "observe", "id": 2, "obs": obs},
-                 "reset": {"type": "reset", "id": 3}, "health": {"type": "health", "id": 4}}
+        valid = {
+            "hello": {"type": "hello", "protocol": PROTOCOL_VERSION, "token": None, "seed": 3},
+            "infer": {"type": "infer", "id": 1, "obs": obs},
+            "observe": {"type": "observe", "id": 2, "obs": obs},
+            "reset": {"type": "reset", "id": 3},
+            "health": {"type": "health", "id": 4},
+        }
         valid = {k: unpack(pack(v)) for k, v in valid.items()}  # arrays as the wire maps, for mutation
         for v in valid.values():
             if "obs" in v:
-                v["obs"] = {k: ({"__nd__": True, "dtype": a.dtype.name, "shape": list(a.shape),
-                                 "data": a.astype(a.dtype.newbyteorder("<")).tobytes()}
-                                if isinstance(a, np.ndarray) else a) for k, a in v["obs"].items()}
+                v["obs"] = {
+                    k: (
+                        {
+                            "__nd__": True,
+                            "dtype": a.dtype.name,
+                            "shape": list(a.shape),
+                            "data": a.astype(a.dtype.newbyteorder("<")).tobytes(),
+                        }
+                        if isinstance(a, np.ndarray)
+                        else a
+                    )
+                    for k, a in v["obs"].items()
+                }
 
         # the well-formed client: chunks back to back for the whole run
         good = {"requests": 0, "answered": 0, "failed": 0, "errors": [], "max_gap_s": 0.0}
@@ -320,8 +355,9 @@ def main() -> int:
                             if frame is not None:
                                 ws.send(frame)
                             try:
-                                raw = ws.recv(timeout=args.reply_timeout if frame is not None
-                                              else args.hello_timeout + 5)
+                                raw = ws.recv(
+                                    timeout=args.reply_timeout if frame is not None else args.hello_timeout + 5
+                                )
                             except TimeoutError:
                                 if frame is not None:
                                     crash(f"no reply within {args.reply_timeout} s to a {kind} message")
@@ -394,18 +430,39 @@ def main() -> int:
 
     result = {
         "command": "python benchmarks/stress/serve_fuzz.py " + " ".join(sys.argv[1:]),
-        "checkpoint": args.checkpoint, "seed": args.seed, "fuzz_connections": args.fuzzers,
-        "max_connections": args.max_connections, "hello_timeout_s": args.hello_timeout,
-        "max_message_bytes": args.max_message_bytes, "wall_s": round(time.time() - t_start, 1),
+        "checkpoint": args.checkpoint,
+        "seed": args.seed,
+        "fuzz_connections": args.fuzzers,
+        "max_connections": args.max_connections,
+        "hello_timeout_s": args.hello_timeout,
+        "max_message_bytes": args.max_message_bytes,
+        "wall_s": round(time.time() - t_start, 1),
         "requests_sent": counts["messages_sent"],
-        "error_replies": counts["error_replies"], "answers": counts["answers"],
-        "crashes": len(crashes), "crash_details": crashes[:20],
+        "error_replies": counts["error_replies"],
+        "answers": counts["answers"],
+        "crashes": len(crashes),
+        "crash_details": crashes[:20],
         "server_alive_at_end": alive,
-        "well_formed_client": {"requests": good["requests"], "answered": good["answered"], "failed": good["failed"],
-                               "served_throughout": good["failed"] == 0 and good["answered"] > 0,
-                               "max_gap_between_answers_s": round(good["max_gap_s"], 3), "errors": good["errors"][:5]},
-        "server_counters": {k: health.get(k) for k in ("connections", "refused_connections", "hello_timeouts",
-                                                        "errors", "requests", "forward_passes", "dropped")},
+        "well_formed_client": {
+            "requests": good["requests"],
+            "answered": good["answered"],
+            "failed": good["failed"],
+            "served_throughout": good["failed"] == 0 and good["answered"] > 0,
+            "max_gap_between_answers_s": round(good["max_gap_s"], 3),
+            "errors": good["errors"][:5],
+        },
+        "server_counters": {
+            k: health.get(k)
+            for k in (
+                "connections",
+                "refused_connections",
+                "hello_timeouts",
+                "errors",
+                "requests",
+                "forward_passes",
+                "dropped",
+            )
+        },
         "counts": dict(sorted(counts.items())),
         "machine": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }

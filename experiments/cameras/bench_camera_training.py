@@ -44,25 +44,80 @@ from bench_world_model import steps_done, world_model
 TOKENIZER = "runs/tokenizers/c16det-3k"
 CONFIGS = {
     # name: dataset, cameras, model image size, latent patch, tokenizer steps on the run's frames, render size
-    "corner4-64": {"dataset": "data/mt50:tasks=mt10", "cameras": "corner4", "size": 64, "patch": 2,
-                   "tokenizer_steps": 600, "render": 96},
-    "corner4-96": {"dataset": "data/mt50:tasks=mt10", "cameras": "corner4", "size": 96, "patch": 3,
-                   "tokenizer_steps": 0, "render": None},
-    "corner4-128": {"dataset": "data/mt10-128-2cam", "cameras": "corner4", "size": 128, "patch": 4,
-                    "tokenizer_steps": 600, "render": None},
-    "corner4+wrist-96": {"dataset": "data/mt10-128-2cam", "cameras": "corner4,gripperPOV", "size": 96,
-                         "patch": 3, "tokenizer_steps": 600, "render": 128},
+    "corner4-64": {
+        "dataset": "data/mt50:tasks=mt10",
+        "cameras": "corner4",
+        "size": 64,
+        "patch": 2,
+        "tokenizer_steps": 600,
+        "render": 96,
+    },
+    "corner4-96": {
+        "dataset": "data/mt50:tasks=mt10",
+        "cameras": "corner4",
+        "size": 96,
+        "patch": 3,
+        "tokenizer_steps": 0,
+        "render": None,
+    },
+    "corner4-128": {
+        "dataset": "data/mt10-128-2cam",
+        "cameras": "corner4",
+        "size": 128,
+        "patch": 4,
+        "tokenizer_steps": 600,
+        "render": None,
+    },
+    "corner4+wrist-96": {
+        "dataset": "data/mt10-128-2cam",
+        "cameras": "corner4,gripperPOV",
+        "size": 96,
+        "patch": 3,
+        "tokenizer_steps": 600,
+        "render": 128,
+    },
 }
 
 
 def train(name: str, args, run: Path, env: dict) -> dict:
     c = CONFIGS[name]
-    cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--dataset", c["dataset"],
-           "--cameras", c["cameras"], "--preset", "wam-tiny", "--model", f"image_size={c['size']}",
-           "--model", f"patch_size={c['patch']}", "--model", "latent_channels=16", "--tokenizer-from", TOKENIZER,
-           "--tokenizer-steps", str(c["tokenizer_steps"]), "--steps", str(args.steps), "--batch-size", "32",
-           "--lr", "1e-3", "--loss", "p_omit_future=0.3", "--val-every", str(args.steps),
-           "--checkpoint-every", "1000", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "train",
+        "--out",
+        str(run),
+        "--dataset",
+        c["dataset"],
+        "--cameras",
+        c["cameras"],
+        "--preset",
+        "wam-tiny",
+        "--model",
+        f"image_size={c['size']}",
+        "--model",
+        f"patch_size={c['patch']}",
+        "--model",
+        "latent_channels=16",
+        "--tokenizer-from",
+        TOKENIZER,
+        "--tokenizer-steps",
+        str(c["tokenizer_steps"]),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        "32",
+        "--lr",
+        "1e-3",
+        "--loss",
+        "p_omit_future=0.3",
+        "--val-every",
+        str(args.steps),
+        "--checkpoint-every",
+        "1000",
+        "--quiet",
+    ]
     if (run / "checkpoint").exists():
         cmd.append("--resume")
     if steps_done(run) < args.steps:
@@ -74,18 +129,40 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     trains = [r for r in rows if r.get("kind") == "train"]
     vals = [r for r in rows if r.get("kind") == "val"]
     sps = sorted(r["samples_per_s"] for r in trains if "samples_per_s" in r)
-    return {"command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""), "steps": trains[-1]["step"],
-            "final_loss_action": trains[-1].get("loss_action"),
-            "val": {k: v for k, v in vals[-1].items() if k.startswith("loss")} if vals else None,
-            "median_samples_per_s": sps[len(sps) // 2] if sps else None}
+    return {
+        "command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""),
+        "steps": trains[-1]["step"],
+        "final_loss_action": trains[-1].get("loss_action"),
+        "val": {k: v for k, v in vals[-1].items() if k.startswith("loss")} if vals else None,
+        "median_samples_per_s": sps[len(sps) // 2] if sps else None,
+    }
 
 
 def evaluate(name: str, args, run: Path, env: dict) -> dict:
     c = CONFIGS[name]
     out = run.parent / f"{run.name}-eval"
-    cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env", "metaworld",
-           "--tasks", "mt10", "--episodes", str(args.episodes), "--workers", "1", "--videos", "0", "--no-expert",
-           "--quiet", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "eval",
+        "--checkpoint",
+        str(run / "checkpoint"),
+        "--env",
+        "metaworld",
+        "--tasks",
+        "mt10",
+        "--episodes",
+        str(args.episodes),
+        "--workers",
+        "1",
+        "--videos",
+        "0",
+        "--no-expert",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     if c["render"]:
         cmd += ["--render-size", str(c["render"])]
     info = out / "eval_info.json"
@@ -93,9 +170,14 @@ def evaluate(name: str, args, run: Path, env: dict) -> dict:
         print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     r = json.loads(info.read_text())
-    return {"command": "wam " + " ".join(cmd[3:]), "pc_success": r["pc_success"], "ci95": r.get("ci95"),
-            "n_episodes": r["n_episodes"], "eval_ep_s": r.get("eval_ep_s"),
-            "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]}}
+    return {
+        "command": "wam " + " ".join(cmd[3:]),
+        "pc_success": r["pc_success"],
+        "ci95": r.get("ci95"),
+        "n_episodes": r["n_episodes"],
+        "eval_ep_s": r.get("eval_ep_s"),
+        "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]},
+    }
 
 
 def chunk_latency(names: list[str], runs: Path, rounds: int = 30) -> dict:
@@ -127,14 +209,19 @@ def chunk_latency(names: list[str], runs: Path, rounds: int = 30) -> dict:
                 policies[n].predict_action_chunk(obs[n])
                 if r >= 2:  # warm-up rounds
                     ms[n].append(1000 * (time.perf_counter() - t0))
-    return {n: {"median_ms": float(np.median(v)), "rounds": rounds, "threads": torch.get_num_threads()}
-            for n, v in ms.items()}
+    return {
+        n: {"median_ms": float(np.median(v)), "rounds": rounds, "threads": torch.get_num_threads()}
+        for n, v in ms.items()
+    }
 
 
 def table(results: dict) -> str:
     tasks = sorted({t for r in results.values() for t in r["eval"]["per_task"]})
-    lines = ["| camera(s) | px | tokens per frame | success % [95% CI] | forward PSNR 8 steps ahead - copying (dB) "
-             "| chunk ms (ratio to the first) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| camera(s) | px | tokens per frame | success % [95% CI] | forward PSNR 8 steps ahead - copying (dB) "
+        "| chunk ms (ratio to the first) |",
+        "|---|---|---|---|---|---|",
+    ]
     first = next((r["chunk"]["median_ms"] for r in results.values() if r.get("chunk")), None)
     for name, r in results.items():
         c, e = CONFIGS[name], r["eval"]
@@ -144,13 +231,17 @@ def table(results: dict) -> str:
         gain = f"{wm['forward_psnr'][-1] - wm['copy_last_frame_psnr'][-1]:+.2f}" if wm else "-"
         ms = r.get("chunk", {}).get("median_ms")
         chunk = f"{ms:.1f} ({ms / first:.2f})" if ms else "-"
-        lines.append(f"| {c['cameras'].replace(',', ' + ')} | {c['size']} | {16 * n_cams} | "
-                     f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {gain} | {chunk} |")
+        lines.append(
+            f"| {c['cameras'].replace(',', ' + ')} | {c['size']} | {16 * n_cams} | "
+            f"{e['pc_success']:.1f} [{lo:.0f}, {hi:.0f}] | {gain} | {chunk} |"
+        )
     lines += ["", "| task | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for t in tasks:
-        lines.append(f"| {t.removesuffix('-v3')} | "
-                     + " | ".join(f"{r['eval']['per_task'].get(t, float('nan')):.0f}" for r in results.values())
-                     + " |")
+        lines.append(
+            f"| {t.removesuffix('-v3')} | "
+            + " | ".join(f"{r['eval']['per_task'].get(t, float('nan')):.0f}" for r in results.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -163,8 +254,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="threads of each process")
     p.add_argument("--out", default="experiments/cameras/camera_training.json")
     p.add_argument("--table", action="store_true", help="print the README's tables from --out and exit")
-    p.add_argument("--latency", action="store_true", help="time a policy chunk of each finished config of "
-                   "--configs, interleaved in this process, record it in --out and exit")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="time a policy chunk of each finished config of "
+        "--configs, interleaved in this process, record it in --out and exit",
+    )
     args = p.parse_args()
     if args.table:
         print(table(json.loads(Path(args.out).read_text())["results"]))
@@ -186,22 +281,30 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+    }
     out = Path(args.out)
     results = {}
     for name in names:
         run = Path(args.runs) / name
-        results[name] = {"config": CONFIGS[name], "train": train(name, args, run, env),
-                         "eval": evaluate(name, args, run, env)}
+        results[name] = {
+            "config": CONFIGS[name],
+            "train": train(name, args, run, env),
+            "eval": evaluate(name, args, run, env),
+        }
         args.dataset = CONFIGS[name]["dataset"].split(":")[0]
         results[name]["world_model"] = world_model(run, args)
         previous = json.loads(out.read_text())["results"] if out.is_file() else {}  # (read again: runs may share it)
         merged = {n: results.get(n) or previous[n] for n in CONFIGS if n in results or n in previous}
         from wam.atomic import write_json_atomic
 
-        write_json_atomic(out, {"steps": args.steps, "episodes_per_task": args.episodes, "tokenizer": TOKENIZER,
-                                "results": merged})
+        write_json_atomic(
+            out, {"steps": args.steps, "episodes_per_task": args.episodes, "tokenizer": TOKENIZER, "results": merged}
+        )
     print(table(results))
 
 

@@ -96,15 +96,22 @@ def main() -> None:
     tasks = resolve_tasks(args.tasks)
     t0 = time.time()
     result = measure(tasks, args.seeds)
-    print(f"{'camera':<17} {'px':>4} {'hand in view':>13} {'object in view':>15} {'4 cm at object':>15} "
-          f"{'goal in view':>13} {'4 cm at goal':>13}")
+    print(
+        f"{'camera':<17} {'px':>4} {'hand in view':>13} {'object in view':>15} {'4 cm at object':>15} "
+        f"{'goal in view':>13} {'4 cm at goal':>13}"
+    )
     for cam, by_size in result.items():
         for size, r in by_size.items():
-            print(f"{cam:<17} {size:>4} {r['hand_in_view']:>13.0%} {r['object_in_view']:>15.0%} "
-                  f"{r['object_px'] or 0:>13.1f}px {r['goal_in_view']:>13.0%} {r['goal_px'] or 0:>11.1f}px")
+            print(
+                f"{cam:<17} {size:>4} {r['hand_in_view']:>13.0%} {r['object_in_view']:>15.0%} "
+                f"{r['object_px'] or 0:>13.1f}px {r['goal_in_view']:>13.0%} {r['goal_px'] or 0:>11.1f}px"
+            )
     with open(args.out, "w") as f:
-        json.dump({"tasks": tasks, "seeds_per_task": args.seeds, "seconds": round(time.time() - t0, 1),
-                   "cameras": result}, f, indent=2)
+        json.dump(
+            {"tasks": tasks, "seeds_per_task": args.seeds, "seconds": round(time.time() - t0, 1), "cameras": result},
+            f,
+            indent=2,
+        )
     print(f"wrote {args.out}")
 
 

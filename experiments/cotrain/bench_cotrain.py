@@ -39,21 +39,56 @@ def world_model(ckpt_dir: str, videos: str, episodes: list[int], steps: int, win
     out = {}
     for label, drop in (("task", False), ("no_task", True)):
         if drop or knows:
-            r = evaluate_world_model(ckpt, videos, episodes=episodes, steps=steps, windows=windows, strips=0,
-                                     unknown_tasks="drop", drop_task=drop)
-            out[label] = {k: r[k] for k in ("forward", "video", "copy_last_frame", "tokenizer_reconstruction",
-                                            "horizons", "windows")}
+            r = evaluate_world_model(
+                ckpt,
+                videos,
+                episodes=episodes,
+                steps=steps,
+                windows=windows,
+                strips=0,
+                unknown_tasks="drop",
+                drop_task=drop,
+            )
+            out[label] = {
+                k: r[k]
+                for k in ("forward", "video", "copy_last_frame", "tokenizer_reconstruction", "horizons", "windows")
+            }
     return out
 
 
 def policy(ckpt_dir: str, tasks: str, episodes: int, num_envs: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", ckpt_dir, "--env", "metaworld", "--tasks", tasks,
-           "--episodes", str(episodes), "--mode", "policy", "--num-envs", str(num_envs), "--no-expert", "--videos", "0",
-           "--quiet", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "eval",
+        "--checkpoint",
+        ckpt_dir,
+        "--env",
+        "metaworld",
+        "--tasks",
+        tasks,
+        "--episodes",
+        str(episodes),
+        "--mode",
+        "policy",
+        "--num-envs",
+        str(num_envs),
+        "--no-expert",
+        "--videos",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     info = json.loads((out / "eval_info.json").read_text())
-    return {"pc_success": info["pc_success"], "ci95": info.get("ci95"), "n_episodes": info["n_episodes"],
-            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]}}
+    return {
+        "pc_success": info["pc_success"],
+        "ci95": info.get("ci95"),
+        "n_episodes": info["n_episodes"],
+        "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]},
+    }
 
 
 def main() -> None:
@@ -71,16 +106,24 @@ def main() -> None:
     from wam.checkpoint import load_checkpoint
 
     run_b = load_checkpoint(args.with_).config["run"]
-    held = next(d["val_episodes"] for d in run_b["datasets"]
-                if Path(d["path"]).resolve() == Path(args.videos).resolve())
+    held = next(
+        d["val_episodes"] for d in run_b["datasets"] if Path(d["path"]).resolve() == Path(args.videos).resolve()
+    )
     run_a = load_checkpoint(args.without).config["run"]
     tasks = args.tasks or ",".join(_task_names(run_a["tasks"]))
-    doc = {"videos": args.videos, "held_out_episodes": held, "sampling_steps": args.steps, "tasks": tasks,
-           "episodes_per_task": args.episodes}
+    doc = {
+        "videos": args.videos,
+        "held_out_episodes": held,
+        "sampling_steps": args.steps,
+        "tasks": tasks,
+        "episodes_per_task": args.episodes,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for label, ckpt in (("without_videos", args.without), ("with_videos", args.with_)):
-            doc[label] = {"checkpoint": ckpt, "world_model": world_model(ckpt, args.videos, held, args.steps,
-                                                                          args.windows)}
+            doc[label] = {
+                "checkpoint": ckpt,
+                "world_model": world_model(ckpt, args.videos, held, args.steps, args.windows),
+            }
             print(label, json.dumps(doc[label]["world_model"]), flush=True)
             doc[label]["policy"] = policy(ckpt, tasks, args.episodes, args.num_envs, Path(tmp) / label)
             print(label, json.dumps(doc[label]["policy"]), flush=True)

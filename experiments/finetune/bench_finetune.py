@@ -30,15 +30,24 @@ def trainable(run: Path) -> dict:
     if ft.is_file():
         d = json.loads(ft.read_text())
         st = d["settings"]
-        return {"kind": st["adapter"], "rank": st.get("rank") if st["adapter"] != "full" else None,
-                "trainable_parameters": d["trainable_parameters"], "total_parameters": d["total_parameters"],
-                "steps": st["train"]["steps"], "wall_s": d.get("wall_s")}
+        return {
+            "kind": st["adapter"],
+            "rank": st.get("rank") if st["adapter"] != "full" else None,
+            "trainable_parameters": d["trainable_parameters"],
+            "total_parameters": d["total_parameters"],
+            "steps": st["train"]["steps"],
+            "wall_s": d.get("wall_s"),
+        }
     from wam.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "checkpoint")
     n = sum(p.numel() for p in ckpt.model.parameters())
-    return {"kind": "scratch", "trainable_parameters": n, "total_parameters": n,
-            "steps": ckpt.config["run"]["train"]["steps"]}
+    return {
+        "kind": "scratch",
+        "trainable_parameters": n,
+        "total_parameters": n,
+        "steps": ckpt.config["run"]["train"]["steps"],
+    }
 
 
 def main() -> None:
@@ -53,9 +62,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(map(Path, args.runs)):
             out = Path(tmp) / run.name
-            cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env",
-                   "metaworld", "--tasks", args.task, "--episodes", str(args.episodes), "--mode", "policy",
-                   "--num-envs", str(args.num_envs), "--videos", "0", "--quiet", "--out", str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "wam.cli",
+                "eval",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--env",
+                "metaworld",
+                "--tasks",
+                args.task,
+                "--episodes",
+                str(args.episodes),
+                "--mode",
+                "policy",
+                "--num-envs",
+                str(args.num_envs),
+                "--videos",
+                "0",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
             if i:
                 cmd.append("--no-expert")
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -46,18 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = evaluate_world_model(ckpt, args.dataset, windows=args.windows, steps=args.steps, action_guidance=w)
         fwd, other = res["forward"]["psnr"], res["forward_other_actions"]["psnr"]
-        rows[f"{w:g}"] = {"horizons": res["horizons"], "forward_psnr": fwd, "other_actions_psnr": other,
-                          "gap_db": [a - b for a, b in zip(fwd, other)], "forward_ssim": res["forward"]["ssim"],
-                          "copy_last_frame_psnr": res["copy_last_frame"]["psnr"],
-                          "video_psnr": res["video"]["psnr"],
-                          "tokenizer_psnr": res["tokenizer_reconstruction"]["psnr"],
-                          "windows": res["windows"], "sampling_steps": args.steps,
-                          "seconds": round(time.perf_counter() - t0, 1)}
+        rows[f"{w:g}"] = {
+            "horizons": res["horizons"],
+            "forward_psnr": fwd,
+            "other_actions_psnr": other,
+            "gap_db": [a - b for a, b in zip(fwd, other)],
+            "forward_ssim": res["forward"]["ssim"],
+            "copy_last_frame_psnr": res["copy_last_frame"]["psnr"],
+            "video_psnr": res["video"]["psnr"],
+            "tokenizer_psnr": res["tokenizer_reconstruction"]["psnr"],
+            "windows": res["windows"],
+            "sampling_steps": args.steps,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         r = rows[f"{w:g}"]
-        print(f"W={w:g}: forward {r['forward_psnr'][-1]:.2f} dB, other actions {r['other_actions_psnr'][-1]:.2f} dB, "
-              f"gap {r['gap_db'][-1]:.2f} dB ({r['horizons'][-1]} steps ahead; "
-              f"copy {r['copy_last_frame_psnr'][-1]:.2f},"
-              f" video {r['video_psnr'][-1]:.2f})", flush=True)
+        print(
+            f"W={w:g}: forward {r['forward_psnr'][-1]:.2f} dB, other actions {r['other_actions_psnr'][-1]:.2f} dB, "
+            f"gap {r['gap_db'][-1]:.2f} dB ({r['horizons'][-1]} steps ahead; "
+            f"copy {r['copy_last_frame_psnr'][-1]:.2f},"
+            f" video {r['video_psnr'][-1]:.2f})",
+            flush=True,
+        )
         write_json_atomic(out, record)
     return 0
 

@@ -88,17 +88,27 @@ def run(cmd: list[str]) -> float:
 
 def summary(info: dict) -> dict:
     progress = {r["task"]: r.get("avg_max_reward") for r in info["per_task"]}
-    return {"pc_success": info["pc_success"], "ci95": info["ci95"], "n_episodes": info["n_episodes"],
-            "avg_max_reward": info.get("avg_max_reward"),
-            "groups": {g: v["pc_success"] for g, v in (info.get("groups") or {}).items()},
-            "groups_progress": {g: float(np.mean([progress[t] for t in v["tasks"]]))  # tasks have equal episodes
-                                for g, v in (info.get("groups") or {}).items()
-                                if all(progress.get(t) is not None for t in v["tasks"])},
-            "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]},
-            "episodes": {r["task"]: {"success": [bool(x) for x in r["successes"]],
-                                     "progress": [float(x) for x in r["max_rewards"]],
-                                     "first_success": [None if f is None else int(f) for f in r["first_success"]]}
-                         for r in info["per_task"]}}
+    return {
+        "pc_success": info["pc_success"],
+        "ci95": info["ci95"],
+        "n_episodes": info["n_episodes"],
+        "avg_max_reward": info.get("avg_max_reward"),
+        "groups": {g: v["pc_success"] for g, v in (info.get("groups") or {}).items()},
+        "groups_progress": {
+            g: float(np.mean([progress[t] for t in v["tasks"]]))  # tasks have equal episodes
+            for g, v in (info.get("groups") or {}).items()
+            if all(progress.get(t) is not None for t in v["tasks"])
+        },
+        "per_task": {r["task"]: r["pc_success"] for r in info["per_task"]},
+        "episodes": {
+            r["task"]: {
+                "success": [bool(x) for x in r["successes"]],
+                "progress": [float(x) for x in r["max_rewards"]],
+                "first_success": [None if f is None else int(f) for f in r["first_success"]],
+            }
+            for r in info["per_task"]
+        },
+    }
 
 
 def early_successes(rows: list[dict], dataset: str | Path) -> dict:
@@ -119,8 +129,11 @@ def early_successes(rows: list[dict], dataset: str | Path) -> dict:
                     early += first < fastest[task]
         out[r["name"]] = {"imagined_successes": n, "sooner_than_the_expert": early}
         early_all, n_all = early_all + early, n_all + n
-    out["all"] = {"imagined_successes": n_all, "sooner_than_the_expert": early_all,
-                  "share": early_all / n_all if n_all else None}
+    out["all"] = {
+        "imagined_successes": n_all,
+        "sooner_than_the_expert": early_all,
+        "share": early_all / n_all if n_all else None,
+    }
     return out
 
 
@@ -145,10 +158,12 @@ def bootstrap(rows: list[dict], by: str, n: int = 2000, seed: int = 0) -> list[f
 
 
 def correlations(rows: list[dict]) -> dict:
-    out = {"overall": spearman([r["simulated"]["pc_success"] for r in rows],
-                               [r["imagined"]["pc_success"] for r in rows]),
-           "overall_by_imagined_progress": spearman([r["simulated"]["pc_success"] for r in rows],
-                                                    [r["imagined"]["avg_max_reward"] for r in rows])}
+    out = {
+        "overall": spearman([r["simulated"]["pc_success"] for r in rows], [r["imagined"]["pc_success"] for r in rows]),
+        "overall_by_imagined_progress": spearman(
+            [r["simulated"]["pc_success"] for r in rows], [r["imagined"]["avg_max_reward"] for r in rows]
+        ),
+    }
     groups = sorted({g for r in rows for g in r["simulated"]["groups"]})
     for g in groups:
         have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"]["groups"]]
@@ -157,8 +172,9 @@ def correlations(rows: list[dict]) -> dict:
     out["overall_by_imagined_progress_ci95"] = bootstrap(rows, "progress")
     for g in groups:  # simulated success against the imagined episodes' progress (each one's best), per group
         have = [r for r in rows if g in r["simulated"]["groups"] and g in r["imagined"].get("groups_progress", {})]
-        out[f"{g}_by_imagined_progress"] = spearman([r["simulated"]["groups"][g] for r in have],
-                                                    [r["imagined"]["groups_progress"][g] for r in have])
+        out[f"{g}_by_imagined_progress"] = spearman(
+            [r["simulated"]["groups"][g] for r in have], [r["imagined"]["groups_progress"][g] for r in have]
+        )
     return out
 
 
@@ -172,41 +188,67 @@ def pool(results: list[dict]) -> dict:
         runs = [next(r for r in res["policies"] if r["name"] == name) for res in results]
         row = {"name": name, "checkpoint": runs[0]["checkpoint"], "flags": runs[0]["flags"]}
         for side in ("simulated", "imagined"):
-            eps = {t: {k: [x for r in runs for x in r[side]["episodes"][t].get(k, [])]
-                       for k in ("success", "progress", "first_success")} for t in runs[0][side]["episodes"]}
+            eps = {
+                t: {
+                    k: [x for r in runs for x in r[side]["episodes"][t].get(k, [])]
+                    for k in ("success", "progress", "first_success")
+                }
+                for t in runs[0][side]["episodes"]
+            }
             groups = {g: [t for t in eps if t in members] for g, members in DIFFICULTY.items()}
             groups = {g: ts for g, ts in groups.items() if ts}
-            row[side] = {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
-                         "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
-                         "n_episodes": sum(len(v["success"]) for v in eps.values()),
-                         "groups": {g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts]))
-                                    for g, ts in groups.items()},
-                         "groups_progress": {g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts]))
-                                             for g, ts in groups.items()},
-                         "episodes": eps}
+            row[side] = {
+                "pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
+                "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
+                "n_episodes": sum(len(v["success"]) for v in eps.values()),
+                "groups": {
+                    g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts])) for g, ts in groups.items()
+                },
+                "groups_progress": {
+                    g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts])) for g, ts in groups.items()
+                },
+                "episodes": eps,
+            }
         rows.append(row)
     keep = ("world", "critic", "persist", "threshold", "action_guidance", "tasks", "policy_set")
-    return {**{k: results[0].get(k) for k in keep}, "pooled_seeds": [r.get("seed", 0) for r in results],
-            "episodes_per_task": sum(r["episodes_per_task"] for r in results), "policies": rows,
-            "spearman": correlations(rows)}
+    return {
+        **{k: results[0].get(k) for k in keep},
+        "pooled_seeds": [r.get("seed", 0) for r in results],
+        "episodes_per_task": sum(r["episodes_per_task"] for r in results),
+        "policies": rows,
+        "spearman": correlations(rows),
+    }
 
 
 def table(result: dict) -> str:
-    lines = ["| policy | simulated success % | imagined success % | imagined progress (mean of each episode's best) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| policy | simulated success % | imagined success % | imagined progress (mean of each episode's best) |",
+        "|---|---|---|---|",
+    ]
     for r in result["policies"]:
-        lines.append(f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} | "
-                     f"{r['imagined']['avg_max_reward']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {r['simulated']['pc_success']:.1f} | {r['imagined']['pc_success']:.1f} | "
+            f"{r['imagined']['avg_max_reward']:.2f} |"
+        )
     c = result["spearman"]
     if result.get("early_successes"):
         e = result["early_successes"]["all"]
-        lines.append(f"\nimagined successes sooner than the scripted expert's fastest: "
-                     f"{e['sooner_than_the_expert']} of {e['imagined_successes']}")
+        lines.append(
+            f"\nimagined successes sooner than the scripted expert's fastest: "
+            f"{e['sooner_than_the_expert']} of {e['imagined_successes']}"
+        )
     lines.append("")
-    lines.append("Spearman rank correlation over the policies: " + ", ".join(
-        f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else
-        f"{k.replace('_', ' ')} [{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, list) else f"{k.replace('_', ' ')} n/a"
-        for k, v in c.items()))
+    lines.append(
+        "Spearman rank correlation over the policies: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v:.2f}"
+            if isinstance(v, float)
+            else f"{k.replace('_', ' ')} [{v[0]:.2f}, {v[1]:.2f}]"
+            if isinstance(v, list)
+            else f"{k.replace('_', ' ')} n/a"
+            for k, v in c.items()
+        )
+    )
     return "\n".join(lines)
 
 
@@ -216,29 +258,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--critic", default=None, help="the world model's critic (default: <world>/critic)")
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5)
-    p.add_argument("--policy-set", default="mt10-4k", choices=sorted(POLICY_SETS),
-                   help="which policies (POLICY_SETS): mt10-4k, the first measurements; reference, the shipped "
-                        "weights by inference setting and the world run's own checkpoints")
-    p.add_argument("--policies", default=None, metavar="I,J,...",
-                   help="only these policies, by their index in the set (default: all)")
-    p.add_argument("--persist", type=int, default=1, help="wam imagine --persist: imagined frames in a row "
-                   "judged done for a success")
-    p.add_argument("--threshold", type=float, default=0.5, help="wam imagine --threshold: the critic's probability "
-                   "of done that counts (bench_replay.py --tune chooses one on other policies' episodes)")
-    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
-                   help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly")
+    p.add_argument(
+        "--policy-set",
+        default="mt10-4k",
+        choices=sorted(POLICY_SETS),
+        help="which policies (POLICY_SETS): mt10-4k, the first measurements; reference, the shipped "
+        "weights by inference setting and the world run's own checkpoints",
+    )
+    p.add_argument(
+        "--policies",
+        default=None,
+        metavar="I,J,...",
+        help="only these policies, by their index in the set (default: all)",
+    )
+    p.add_argument(
+        "--persist",
+        type=int,
+        default=1,
+        help="wam imagine --persist: imagined frames in a row judged done for a success",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="wam imagine --threshold: the critic's probability "
+        "of done that counts (bench_replay.py --tune chooses one on other policies' episodes)",
+    )
+    p.add_argument(
+        "--action-guidance",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="wam imagine --action-guidance: imagined frames follow the actions W times as strongly",
+    )
     p.add_argument("--workers", type=int, default=1, help="wam eval's processes")
     p.add_argument("--seed", type=int, default=0, help="wam eval's and wam imagine's --seed (other episodes)")
     p.add_argument("--sim-only", action="store_true", help="only the simulated evaluations (no world model needed)")
-    p.add_argument("--tag", default="", help="appended to the imagined runs' directory names (another critic "
-                   "or world beside the same simulated runs)")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="appended to the imagined runs' directory names (another critic or world beside the same simulated runs)",
+    )
     p.add_argument("--out", default="experiments/imagination/imagine.json")
     p.add_argument("--runs", default="runs/bench-imagine")
     p.add_argument("--table", default=None, metavar="JSON")
-    p.add_argument("--pool", default=None, metavar="JSON,JSON",
-                   help="put together results of the same policies on other --seed values into --out")
-    p.add_argument("--demos", default=None, metavar="DATASET",
-                   help="a scripted-expert dataset: count the imagined successes sooner than its fastest success")
+    p.add_argument(
+        "--pool",
+        default=None,
+        metavar="JSON,JSON",
+        help="put together results of the same policies on other --seed values into --out",
+    )
+    p.add_argument(
+        "--demos",
+        default=None,
+        metavar="DATASET",
+        help="a scripted-expert dataset: count the imagined successes sooner than its fastest success",
+    )
     args = p.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
@@ -255,12 +330,21 @@ def main(argv: list[str] | None = None) -> int:
 
     critic = Path(args.critic) if args.critic else Path(args.world) / "critic"
     if not args.sim_only and not (critic / "critic.json").is_file():
-        raise SystemExit(f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET "
-                         f"--out {critic}")
-    result = {"world": args.world, "critic": str(critic), "persist": args.persist, "threshold": args.threshold,
-              "seed": args.seed,
-              "action_guidance": args.action_guidance, "tasks": args.tasks,
-              "episodes_per_task": args.episodes, "policies": [], "skipped": []}
+        raise SystemExit(
+            f"no critic at {critic}; first: wam critic --checkpoint {args.world} --dataset DATASET --out {critic}"
+        )
+    result = {
+        "world": args.world,
+        "critic": str(critic),
+        "persist": args.persist,
+        "threshold": args.threshold,
+        "seed": args.seed,
+        "action_guidance": args.action_guidance,
+        "tasks": args.tasks,
+        "episodes_per_task": args.episodes,
+        "policies": [],
+        "skipped": [],
+    }
     chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
     result["policy_set"] = args.policy_set
     for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
@@ -270,30 +354,77 @@ def main(argv: list[str] | None = None) -> int:
             result["skipped"].append({"name": name, "checkpoint": ckpt})
             continue
         sim_out = Path(args.runs) / f"{i}-sim"  # shared by every --persist
-        im_out = Path(args.runs) / (f"{i}-imagined" + (f"-persist{args.persist}" if args.persist != 1 else "")
-                                    + (f"-threshold{args.threshold:g}" if args.threshold != 0.5 else "")
-                                    + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else "")
-                                    + (f"-{args.tag}" if args.tag else ""))
-        common = ["--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0", "--quiet", *flags,
-                  *(["--seed", str(args.seed)] if args.seed else [])]
-        sim_cmd = [wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers),
-                   "--out", str(sim_out), *common]
-        im_cmd = [wam(), "imagine", "--checkpoint", args.world, "--critic", str(critic), "--policy", ckpt,
-                  "--start", "sim", "--persist", str(args.persist), "--threshold", f"{args.threshold:g}",
-                  "--action-guidance", f"{args.action_guidance:g}",
-                  "--out", str(im_out), *common]
+        im_out = Path(args.runs) / (
+            f"{i}-imagined"
+            + (f"-persist{args.persist}" if args.persist != 1 else "")
+            + (f"-threshold{args.threshold:g}" if args.threshold != 0.5 else "")
+            + (f"-guidance{args.action_guidance:g}" if args.action_guidance != 1 else "")
+            + (f"-{args.tag}" if args.tag else "")
+        )
+        common = [
+            "--tasks",
+            args.tasks,
+            "--episodes",
+            str(args.episodes),
+            "--videos",
+            "0",
+            "--quiet",
+            *flags,
+            *(["--seed", str(args.seed)] if args.seed else []),
+        ]
+        sim_cmd = [
+            wam(),
+            "eval",
+            "--checkpoint",
+            ckpt,
+            "--no-expert",
+            "--workers",
+            str(args.workers),
+            "--out",
+            str(sim_out),
+            *common,
+        ]
+        im_cmd = [
+            wam(),
+            "imagine",
+            "--checkpoint",
+            args.world,
+            "--critic",
+            str(critic),
+            "--policy",
+            ckpt,
+            "--start",
+            "sim",
+            "--persist",
+            str(args.persist),
+            "--threshold",
+            f"{args.threshold:g}",
+            "--action-guidance",
+            f"{args.action_guidance:g}",
+            "--out",
+            str(im_out),
+            *common,
+        ]
         sim_s = run(sim_cmd) if not (sim_out / "eval_info.json").is_file() else None
         if args.sim_only:
             print(f"[imagine] {name}: simulated", flush=True)
             continue
         im_s = run(im_cmd) if not (im_out / "imagine_info.json").is_file() else None  # reused: resumable
-        row = {"name": name, "checkpoint": ckpt, "flags": flags,
-               "simulated": summary(json.loads((sim_out / "eval_info.json").read_text())),
-               "imagined": summary(json.loads((im_out / "imagine_info.json").read_text())),
-               "commands": [shlex.join(sim_cmd), shlex.join(im_cmd)], "wall_s": {"simulated": sim_s, "imagined": im_s}}
+        row = {
+            "name": name,
+            "checkpoint": ckpt,
+            "flags": flags,
+            "simulated": summary(json.loads((sim_out / "eval_info.json").read_text())),
+            "imagined": summary(json.loads((im_out / "imagine_info.json").read_text())),
+            "commands": [shlex.join(sim_cmd), shlex.join(im_cmd)],
+            "wall_s": {"simulated": sim_s, "imagined": im_s},
+        }
         result["policies"].append(row)
-        print(f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
-              f"{row['imagined']['pc_success']:.1f}%", flush=True)
+        print(
+            f"[imagine] {name}: simulated {row['simulated']['pc_success']:.1f}%, imagined "
+            f"{row['imagined']['pc_success']:.1f}%",
+            flush=True,
+        )
         result["spearman"] = correlations(result["policies"])
         if args.demos:
             result["early_successes"] = early_successes(result["policies"], args.demos)

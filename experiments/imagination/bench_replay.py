@@ -43,10 +43,33 @@ def record(name: str, ckpt: str, flags: list[str], args, i: int) -> Path:
     data = Path(args.runs) / f"{i}-rollouts"
     if not (data / "meta" / "info.json").is_file():
         print(f"[{name}] simulating and recording", file=sys.stderr)
-        run([wam(), "eval", "--checkpoint", ckpt, "--no-expert", "--workers", str(args.workers), "--tasks",
-             args.tasks, "--episodes", str(args.episodes), "--seed", str(args.seed), "--videos", "0",
-             "--after-success", "10", "--record", str(data), "--out", str(Path(args.runs) / f"{i}-sim"), "--quiet",
-             *flags])
+        run(
+            [
+                wam(),
+                "eval",
+                "--checkpoint",
+                ckpt,
+                "--no-expert",
+                "--workers",
+                str(args.workers),
+                "--tasks",
+                args.tasks,
+                "--episodes",
+                str(args.episodes),
+                "--seed",
+                str(args.seed),
+                "--videos",
+                "0",
+                "--after-success",
+                "10",
+                "--record",
+                str(data),
+                "--out",
+                str(Path(args.runs) / f"{i}-sim"),
+                "--quiet",
+                *flags,
+            ]
+        )
     return data
 
 
@@ -56,9 +79,11 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
     would be judged)."""
     from wam.envs.metaworld import DIFFICULTY
 
-    key = {"simulated": ("real_success", "real_max_reward", "real_first_success"),
-           "imagined": ("imagined_success", "imagined_progress", "imagined_first_done"),
-           "recorded": ("real_judged_success", "real_judged_progress", "real_judged_first_done")}[which]
+    key = {
+        "simulated": ("real_success", "real_max_reward", "real_first_success"),
+        "imagined": ("imagined_success", "imagined_progress", "imagined_first_done"),
+        "recorded": ("real_judged_success", "real_judged_progress", "real_judged_first_done"),
+    }[which]
     eps: dict[str, dict[str, list]] = {}
     for v in verdicts:
         e = eps.setdefault(by_text[v["task"]], {"success": [], "progress": [], "first_success": []})
@@ -67,13 +92,14 @@ def side(verdicts: list[dict], by_text: dict[str, str], which: str) -> dict:
         e["first_success"].append(int(v[key[2]]))
     groups = {g: [t for t in eps if t in members] for g, members in DIFFICULTY.items()}
     groups = {g: ts for g, ts in groups.items() if ts}
-    return {"pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
-            "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
-            "n_episodes": len(verdicts),
-            "groups": {g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts])) for g, ts in groups.items()},
-            "groups_progress": {g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts]))
-                                for g, ts in groups.items()},
-            "episodes": eps}
+    return {
+        "pc_success": 100 * float(np.mean([np.mean(v["success"]) for v in eps.values()])),
+        "avg_max_reward": float(np.mean([np.mean(v["progress"]) for v in eps.values()])),
+        "n_episodes": len(verdicts),
+        "groups": {g: 100 * float(np.mean([np.mean(eps[t]["success"]) for t in ts])) for g, ts in groups.items()},
+        "groups_progress": {g: float(np.mean([np.mean(eps[t]["progress"]) for t in ts])) for g, ts in groups.items()},
+        "episodes": eps,
+    }
 
 
 def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
@@ -84,13 +110,20 @@ def agreement(verdicts: list[dict], stride: int | None = None) -> dict:
 
     s = replay_summary(verdicts)
     real = np.array([v["real_success"] for v in verdicts], bool)
-    lags = [v["imagined_first_done"] - v["real_first_success"] for v in verdicts
-            if v["real_success"] and v["imagined_success"]]
-    out = {"episodes": s["episodes"], "real_successes": int(real.sum()), "accuracy": s["accuracy"],
-           "failed_judged_success": s["failed_judged_success"],
-           "succeeded_judged_success": s["succeeded_judged_success"],
-           "progress_auc": auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
-           "first_done_lag_median": float(np.median(lags)) if lags else None}
+    lags = [
+        v["imagined_first_done"] - v["real_first_success"]
+        for v in verdicts
+        if v["real_success"] and v["imagined_success"]
+    ]
+    out = {
+        "episodes": s["episodes"],
+        "real_successes": int(real.sum()),
+        "accuracy": s["accuracy"],
+        "failed_judged_success": s["failed_judged_success"],
+        "succeeded_judged_success": s["succeeded_judged_success"],
+        "progress_auc": auc(np.array([v["imagined_progress"] for v in verdicts]), real.astype(float)),
+        "first_done_lag_median": float(np.median(lags)) if lags else None,
+    }
     if "recorded_accuracy" in s:  # --real: the same critic on the recorded frames, and the frames' PSNR
         out.update({k: s[k] for k in s if k.startswith(("recorded_", "psnr"))})
         out["recorded_progress_auc"] = auc(np.array([v["real_judged_progress"] for v in verdicts]), real.astype(float))
@@ -111,9 +144,14 @@ def psnr_by_step(verdicts: list[dict], stride: int) -> dict:
         row = {}
         for outcome, flag in (("succeeded", True), ("failed", False)):
             vs = [v for v in verdicts if v["real_success"] == flag and len(v["psnr"]) > k]
-            row[outcome] = ({key: float(np.mean([v[key][k] for v in vs])) for key in ("psnr", "psnr_still",
-                                                                                      "psnr_ceiling")}
-                            | {"episodes": len(vs)}) if vs else None
+            row[outcome] = (
+                (
+                    {key: float(np.mean([v[key][k] for v in vs])) for key in ("psnr", "psnr_still", "psnr_ceiling")}
+                    | {"episodes": len(vs)}
+                )
+                if vs
+                else None
+            )
         out[str(step)] = row
     return out
 
@@ -151,10 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default=None, help="the world model (checkpoint)")
     p.add_argument("--critic", default=None, help="the critic (default: <world>/critic)")
-    p.add_argument("--policy-set", default="reference", choices=sorted(POLICY_SETS),
-                   help="the policies simulated and recorded (bench_imagine's sets)")
-    p.add_argument("--datasets", default=None, metavar="NAME=PATH,...",
-                   help="policies' recorded episodes instead (e.g. from `wam eval --record`)")
+    p.add_argument(
+        "--policy-set",
+        default="reference",
+        choices=sorted(POLICY_SETS),
+        help="the policies simulated and recorded (bench_imagine's sets)",
+    )
+    p.add_argument(
+        "--datasets",
+        default=None,
+        metavar="NAME=PATH,...",
+        help="policies' recorded episodes instead (e.g. from `wam eval --record`)",
+    )
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=5, help="episodes per task")
     p.add_argument("--seed", type=int, default=0, help="wam eval's --seed")
@@ -163,14 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampling-steps", type=int, default=2, help="denoising steps per imagined frame")
     p.add_argument("--persist", type=int, default=1, help="imagined frames in a row judged done for a success")
     p.add_argument("--record-only", action="store_true", help="only simulate and record (no world model needed)")
-    p.add_argument("--real", action="store_true",
-                   help="also judge the recorded frames with the same critic and measure the imagined frames against "
-                        "them (PSNR, beside the first frame held still and the tokenizer's reconstruction)")
-    p.add_argument("--tune", default=None, metavar="NAME=PATH,...",
-                   help="other policies' recorded episodes: the decision rule (threshold, persist) that judges them "
-                        "best is chosen there, and the policies are judged by it too (\"tuned\")")
-    p.add_argument("--closed-loop", default=None, metavar="JSON",
-                   help="a bench_imagine result of the same policies and seeds, for its correlations beside these")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="also judge the recorded frames with the same critic and measure the imagined frames against "
+        "them (PSNR, beside the first frame held still and the tokenizer's reconstruction)",
+    )
+    p.add_argument(
+        "--tune",
+        default=None,
+        metavar="NAME=PATH,...",
+        help="other policies' recorded episodes: the decision rule (threshold, persist) that judges them "
+        'best is chosen there, and the policies are judged by it too ("tuned")',
+    )
+    p.add_argument(
+        "--closed-loop",
+        default=None,
+        metavar="JSON",
+        help="a bench_imagine result of the same policies and seeds, for its correlations beside these",
+    )
     p.add_argument("--runs", default="runs/bench-replay")
     p.add_argument("--pool", default=None, metavar="A.json,B.json", help="put results on other seeds together")
     p.add_argument("--out", default="experiments/imagination/replay.json")
@@ -178,10 +235,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pool:
         results = [json.loads(Path(f).read_text()) for f in args.pool.split(",")]
-        out = {**pool(results), "open_loop": True, "pooled_from": args.pool.split(","),
-               "agreement": {r["name"]: agreement([v for res in results for v in
-                                                   next(x for x in res["policies"] if x["name"] == r["name"])
-                                                   ["verdicts"]]) for r in results[0]["policies"]}}
+        out = {
+            **pool(results),
+            "open_loop": True,
+            "pooled_from": args.pool.split(","),
+            "agreement": {
+                r["name"]: agreement(
+                    [
+                        v
+                        for res in results
+                        for v in next(x for x in res["policies"] if x["name"] == r["name"])["verdicts"]
+                    ]
+                )
+                for r in results[0]["policies"]
+            },
+        }
         if all(r.get("closed_loop") for r in results):
             out["closed_loop"] = {"pooled_from": [r["closed_loop"]["file"] for r in results]}
         Path(args.out).write_text(json.dumps(out, indent=1))
@@ -213,47 +281,105 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, data, ckpt, flags in policies:
         t0 = time.perf_counter()
-        verdicts = replay(world, critic, data, sampling_steps=args.sampling_steps, persist=args.persist,
-                          action_guidance=args.action_guidance, seed=args.seed, real=args.real, progress=False)
-        row = {"name": name, "dataset": data, "checkpoint": ckpt, "flags": flags, "replay_s": time.perf_counter() - t0,
-               "simulated": side(verdicts, by_text, "simulated"), "imagined": side(verdicts, by_text, "imagined"),
-               "agreement": agreement(verdicts, world.model.cfg.future_stride), "verdicts": verdicts}
+        verdicts = replay(
+            world,
+            critic,
+            data,
+            sampling_steps=args.sampling_steps,
+            persist=args.persist,
+            action_guidance=args.action_guidance,
+            seed=args.seed,
+            real=args.real,
+            progress=False,
+        )
+        row = {
+            "name": name,
+            "dataset": data,
+            "checkpoint": ckpt,
+            "flags": flags,
+            "replay_s": time.perf_counter() - t0,
+            "simulated": side(verdicts, by_text, "simulated"),
+            "imagined": side(verdicts, by_text, "imagined"),
+            "agreement": agreement(verdicts, world.model.cfg.future_stride),
+            "verdicts": verdicts,
+        }
         rows.append(row)
         a = row["agreement"]
-        print(f"[{name}] simulated {row['simulated']['pc_success']:.0f}%, imagined along its actions "
-              f"{row['imagined']['pc_success']:.0f}%; episode accuracy {a['accuracy']:.2f} "
-              f"({row['replay_s']:.0f} s)", file=sys.stderr)
+        print(
+            f"[{name}] simulated {row['simulated']['pc_success']:.0f}%, imagined along its actions "
+            f"{row['imagined']['pc_success']:.0f}%; episode accuracy {a['accuracy']:.2f} "
+            f"({row['replay_s']:.0f} s)",
+            file=sys.stderr,
+        )
         if args.real:
-            print(f"[{name}] recorded frames judged right {a['recorded_accuracy']:.2f}; PSNR imagined "
-                  f"{a['psnr']:.1f} dB, still {a['psnr_still']:.1f}, ceiling {a['psnr_ceiling']:.1f}", file=sys.stderr)
+            print(
+                f"[{name}] recorded frames judged right {a['recorded_accuracy']:.2f}; PSNR imagined "
+                f"{a['psnr']:.1f} dB, still {a['psnr_still']:.1f}, ceiling {a['psnr_ceiling']:.1f}",
+                file=sys.stderr,
+            )
     tuned = None
     if args.tune:
         t0 = time.perf_counter()
-        tuning = [v for name, data in (x.split("=", 1) for x in args.tune.split(","))
-                  for v in replay(world, critic, data, sampling_steps=args.sampling_steps,
-                                  action_guidance=args.action_guidance, seed=args.seed, progress=False)]
-        tuned = {"datasets": args.tune.split(","), **tune(tuning, world.model.cfg.future_stride),
-                 "replay_s": time.perf_counter() - t0}
-        print(f"tuned on {len(tuning)} episodes: threshold {tuned['threshold']}, persist {tuned['persist']} "
-              f"(balanced accuracy {tuned['best']['balanced_accuracy']:.2f})", file=sys.stderr)
+        tuning = [
+            v
+            for name, data in (x.split("=", 1) for x in args.tune.split(","))
+            for v in replay(
+                world,
+                critic,
+                data,
+                sampling_steps=args.sampling_steps,
+                action_guidance=args.action_guidance,
+                seed=args.seed,
+                progress=False,
+            )
+        ]
+        tuned = {
+            "datasets": args.tune.split(","),
+            **tune(tuning, world.model.cfg.future_stride),
+            "replay_s": time.perf_counter() - t0,
+        }
+        print(
+            f"tuned on {len(tuning)} episodes: threshold {tuned['threshold']}, persist {tuned['persist']} "
+            f"(balanced accuracy {tuned['best']['balanced_accuracy']:.2f})",
+            file=sys.stderr,
+        )
         tuned_rows = []
         for row in rows:
             verdicts = rejudge(row["verdicts"], tuned["threshold"], tuned["persist"], world.model.cfg.future_stride)
-            tuned_rows.append({**{k: row[k] for k in ("name", "dataset", "checkpoint", "flags")},
-                               "simulated": row["simulated"], "imagined": side(verdicts, by_text, "imagined"),
-                               "agreement": agreement(verdicts)})
+            tuned_rows.append(
+                {
+                    **{k: row[k] for k in ("name", "dataset", "checkpoint", "flags")},
+                    "simulated": row["simulated"],
+                    "imagined": side(verdicts, by_text, "imagined"),
+                    "agreement": agreement(verdicts),
+                }
+            )
         tuned.update(policies=tuned_rows, spearman=correlations(tuned_rows))
     recorded = None
     if args.real:  # the ranking a world model that imagined the recorded frames exactly would give, this critic
         rec_rows = [{**r, "imagined": side(r["verdicts"], by_text, "recorded")} for r in rows]
-        recorded = {"policies": [{"name": r["name"], "recorded": r["imagined"]} for r in rec_rows],
-                    "spearman": correlations(rec_rows)}
-    out = {"world": args.world, "critic": args.critic or str(Path(args.world) / "critic"), "open_loop": True,
-           "persist": args.persist, "action_guidance": args.action_guidance, "sampling_steps": args.sampling_steps,
-           "real": args.real, "all": agreement([v for r in rows for v in r["verdicts"]], world.model.cfg.future_stride),
-           "tasks": args.tasks, "policy_set": None if args.datasets else args.policy_set, "seed": args.seed,
-           "episodes_per_task": args.episodes, "policies": rows, "spearman": correlations(rows), "tuned": tuned,
-           "recorded": recorded}
+        recorded = {
+            "policies": [{"name": r["name"], "recorded": r["imagined"]} for r in rec_rows],
+            "spearman": correlations(rec_rows),
+        }
+    out = {
+        "world": args.world,
+        "critic": args.critic or str(Path(args.world) / "critic"),
+        "open_loop": True,
+        "persist": args.persist,
+        "action_guidance": args.action_guidance,
+        "sampling_steps": args.sampling_steps,
+        "real": args.real,
+        "all": agreement([v for r in rows for v in r["verdicts"]], world.model.cfg.future_stride),
+        "tasks": args.tasks,
+        "policy_set": None if args.datasets else args.policy_set,
+        "seed": args.seed,
+        "episodes_per_task": args.episodes,
+        "policies": rows,
+        "spearman": correlations(rows),
+        "tuned": tuned,
+        "recorded": recorded,
+    }
     if args.closed_loop:
         closed = json.loads(Path(args.closed_loop).read_text())
         out["closed_loop"] = {"file": args.closed_loop, "spearman": closed["spearman"]}

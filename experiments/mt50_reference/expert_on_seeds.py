@@ -29,8 +29,10 @@ def run(seed: str, max_steps: int, tasks: str, episodes: int) -> dict:
     for task in resolve_tasks(tasks):
         env = make_env(task, image_size=16, goal_marker=0.0, max_episode_steps=max_steps)
         seeds = eval_seeds(value, task, episodes)
-        rows[task] = {"seeds": seeds, "successes": [bool(s) for s in rollout(env, ExpertPolicy("metaworld", task),
-                                                                             seeds)["success"]]}
+        rows[task] = {
+            "seeds": seeds,
+            "successes": [bool(s) for s in rollout(env, ExpertPolicy("metaworld", task), seeds)["success"]],
+        }
         env.close()
         print(task, sum(rows[task]["successes"]), flush=True)
     return {"seed": value, "seed_set": name, "max_episode_steps": max_steps, "tasks": rows}
@@ -42,17 +44,18 @@ def merge(expert: dict, info: dict) -> dict:
     every = []
     for r in info["per_task"]:
         e = expert["tasks"][r["task"]]
-        if e["seeds"][:len(r["seeds"])] != r["seeds"]:
+        if e["seeds"][: len(r["seeds"])] != r["seeds"]:
             raise SystemExit(f"the expert ran other seeds than the evaluation for {r['task']}")
-        ok = e["successes"][:len(r["seeds"])]
+        ok = e["successes"][: len(r["seeds"])]
         r["expert_pc_success"] = 100.0 * float(np.mean(ok))
         every += ok
     by_task = {r["task"]: r["expert_pc_success"] for r in info["per_task"]}
     for group, g in info.get("groups", {}).items():
         g["expert_pc_success"] = float(np.mean([by_task[t] for t in DIFFICULTY[group] if t in by_task]))
     if info.get("groups") and "group_mean" in info:
-        info["group_mean"]["expert_pc_success"] = float(np.mean([g["expert_pc_success"]
-                                                                 for g in info["groups"].values()]))
+        info["group_mean"]["expert_pc_success"] = float(
+            np.mean([g["expert_pc_success"] for g in info["groups"].values()])
+        )
     info["expert"] = {"pc_success": 100.0 * float(np.mean(every)), "max_episode_steps": expert["max_episode_steps"]}
     return info
 

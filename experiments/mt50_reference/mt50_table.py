@@ -35,8 +35,10 @@ def take_expert(info: dict, other: dict, name: str) -> None:
     for r in info["per_task"]:
         o = by_task.get(r["task"])
         if o is None or o.get("seeds") != r.get("seeds") or "expert_pc_success" not in o:
-            raise SystemExit(f"{name} has no expert result for {r['task']} on the same seeds; run wam eval on "
-                             f"those seeds without --no-expert")
+            raise SystemExit(
+                f"{name} has no expert result for {r['task']} on the same seeds; run wam eval on "
+                f"those seeds without --no-expert"
+            )
         r["expert_pc_success"] = o["expert_pc_success"]
     for key, g in info["groups"].items():
         g["expert_pc_success"] = other["groups"][key]["expert_pc_success"]
@@ -51,8 +53,10 @@ def paired_outcomes(info: dict, other: dict, tasks: list[str], name: str) -> tup
     for t in tasks:
         r, o = mine[t], theirs.get(t)
         if o is None or o.get("seeds") != r.get("seeds") or len(o["successes"]) != len(r["successes"]):
-            raise SystemExit(f"{name} did not evaluate {t} on the same seeds as {info['settings'].get('checkpoint')};"
-                             f" compare two evaluations with the same --episodes and --seed")
+            raise SystemExit(
+                f"{name} did not evaluate {t} on the same seeds as {info['settings'].get('checkpoint')};"
+                f" compare two evaluations with the same --episodes and --seed"
+            )
         a += o["successes"]
         b += r["successes"]
     return a, b
@@ -88,11 +92,19 @@ def main() -> None:
     ap.add_argument("eval_info", help="eval_info.json of the evaluation")
     ap.add_argument("--blind", default=None, help="eval_info.json of the same evaluation with --blind")
     ap.add_argument("--tasks", action="store_true", help="also print the per-task table")
-    ap.add_argument("--expert", default=None, metavar="EVAL_INFO",
-                    help="take the scripted expert's rates from this evaluation on the same seeds (for an "
-                         "evaluation run with --no-expert)")
-    ap.add_argument("--versus", default=None, metavar="EVAL_INFO",
-                    help="add the paired difference from this evaluation of the same seeds (e.g. another mode)")
+    ap.add_argument(
+        "--expert",
+        default=None,
+        metavar="EVAL_INFO",
+        help="take the scripted expert's rates from this evaluation on the same seeds (for an "
+        "evaluation run with --no-expert)",
+    )
+    ap.add_argument(
+        "--versus",
+        default=None,
+        metavar="EVAL_INFO",
+        help="add the paired difference from this evaluation of the same seeds (e.g. another mode)",
+    )
     args = ap.parse_args()
     info = json.load(open(args.eval_info))
     other = json.load(open(args.versus)) if args.versus else None
@@ -113,8 +125,10 @@ def main() -> None:
     print(sep)
     names = {"easy": "easy", "medium": "medium", "hard": "hard", "very_hard": "very hard"}
     for key, g in info["groups"].items():
-        row = (f"| {names.get(key, key)} | {len(g['tasks'])} | {g['n_episodes']} | {fmt(g['pc_success'], g['ci95'])} | "
-               f"{g.get('expert_pc_success', float('nan')):.1f} |")
+        row = (
+            f"| {names.get(key, key)} | {len(g['tasks'])} | {g['n_episodes']} | {fmt(g['pc_success'], g['ci95'])} | "
+            f"{g.get('expert_pc_success', float('nan')):.1f} |"
+        )
         if blind:
             b = blind["groups"][key]
             row += f" {fmt(b['pc_success'], b['ci95'])} | {g['pc_success'] - b['pc_success']:.1f} |"
@@ -123,8 +137,10 @@ def main() -> None:
         print(row)
     gm = info["group_mean"]
     n_tasks = sum(len(g["tasks"]) for g in info["groups"].values())
-    row = (f"| **mean of group means** | {n_tasks} | {info['n_episodes']} | "
-           f"**{fmt(gm['pc_success'], gm['ci95'])}** | {gm.get('expert_pc_success', float('nan')):.1f} |")
+    row = (
+        f"| **mean of group means** | {n_tasks} | {info['n_episodes']} | "
+        f"**{fmt(gm['pc_success'], gm['ci95'])}** | {gm.get('expert_pc_success', float('nan')):.1f} |"
+    )
     if blind:
         bg = blind["group_mean"]
         row += f" {fmt(bg['pc_success'], bg['ci95'])} | {gm['pc_success'] - bg['pc_success']:.1f} |"
@@ -132,8 +148,10 @@ def main() -> None:
         row += versus_group_mean(info, other, args.versus)
     print(row)
     ex = info.get("expert") or {}
-    row = (f"| per episode | | {info['n_episodes']} | {fmt(info['pc_success'], info['ci95'])} | "
-           f"{ex.get('pc_success', float('nan')):.1f} |")
+    row = (
+        f"| per episode | | {info['n_episodes']} | {fmt(info['pc_success'], info['ci95'])} | "
+        f"{ex.get('pc_success', float('nan')):.1f} |"
+    )
     if blind:
         row += f" {fmt(blind['pc_success'], blind['ci95'])} | {info['pc_success'] - blind['pc_success']:.1f} |"
     if other:
@@ -146,8 +164,10 @@ def main() -> None:
         group_of = {t: k for k, g in info["groups"].items() for t in g["tasks"]}
         btask = {r["task"]: r for r in blind["per_task"]} if blind else {}
         for r in info["per_task"]:
-            line = (f"| {r['task']} | {names.get(group_of.get(r['task']), '')} | {r['pc_success']:.0f} | "
-                    f"{r['expert_pc_success']:.0f} |")
+            line = (
+                f"| {r['task']} | {names.get(group_of.get(r['task']), '')} | {r['pc_success']:.0f} | "
+                f"{r['expert_pc_success']:.0f} |"
+            )
             if blind:
                 line += f" {btask[r['task']]['pc_success']:.0f} |" if r["task"] in btask else " |"
             print(line)

@@ -67,8 +67,7 @@ import time
 from pathlib import Path
 
 RECIPES = {
-    "policy": {"loss": ["p_omit_future=1", "p_clean_future=0", "p_clean_action=0", "p_omit_action=0"],
-               "videos": False},
+    "policy": {"loss": ["p_omit_future=1", "p_clean_future=0", "p_clean_action=0", "p_omit_action=0"], "videos": False},
     "wam": {"loss": ["p_omit_future=0.3"], "videos": False},
     "wam+videos": {"loss": ["p_omit_future=0.3"], "videos": True},
     "wam+task-videos": {"loss": ["p_omit_future=0.3"], "videos": "task"},
@@ -92,8 +91,10 @@ def other_tasks(dataset: str, tasks: str) -> list[str]:
         chosen = set()
     rest = [str(i) for i in range(len(texts)) if i not in chosen]
     if not rest:
-        raise SystemExit(f"{dataset} holds no task outside {tasks}, so it has no action-free videos to give; "
-                         f"collect other tasks (wam collect metaworld --tasks ...) and pass them as --videos")
+        raise SystemExit(
+            f"{dataset} holds no task outside {tasks}, so it has no action-free videos to give; "
+            f"collect other tasks (wam collect metaworld --tasks ...) and pass them as --videos"
+        )
     return rest
 
 
@@ -112,8 +113,10 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     data = [f"{args.dataset}:{'3:' if mixed else ''}tasks={args.tasks}{demos}"]
     if recipe.get("failures"):
         if not args.failures:
-            raise SystemExit(f"{name} needs --failures DATASET[,DATASET]: perturbed-expert episodes "
-                             f"(wam collect metaworld --action-noise S --keep-failed)")
+            raise SystemExit(
+                f"{name} needs --failures DATASET[,DATASET]: perturbed-expert episodes "
+                f"(wam collect metaworld --action-noise S --keep-failed)"
+            )
         fails = args.failures.split(",")
         data += [f"{f}:{1 / len(fails):g}:world-only" for f in fails]
     if recipe["videos"] == "task":
@@ -123,13 +126,36 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     elif recipe["videos"]:
         source = args.videos or args.dataset
         data.append(f"{source}:1:no-actions:tasks={','.join(other_tasks(source, args.tasks))}")
-    cmd = [sys.executable, "-m", "wam.cli", "train", "--out", str(run), "--preset", "wam-tiny",
-           "--model", "image_size=96", "--model", "patch_size=3", "--tokenizer-from", args.tokenizer_from,
-           "--tokenizer-steps", "0",
-           *[a for kv in [*args.model, *recipe.get("model", [])] for a in ("--model", kv)],
-           "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--val-every", str(args.steps),
-           "--checkpoint-every", "1000", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "train",
+        "--out",
+        str(run),
+        "--preset",
+        "wam-tiny",
+        "--model",
+        "image_size=96",
+        "--model",
+        "patch_size=3",
+        "--tokenizer-from",
+        args.tokenizer_from,
+        "--tokenizer-steps",
+        "0",
+        *[a for kv in [*args.model, *recipe.get("model", [])] for a in ("--model", kv)],
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--val-every",
+        str(args.steps),
+        "--checkpoint-every",
+        "1000",
+        "--quiet",
+    ]
     for d in data:
         cmd += ["--dataset", d]
     for kv in recipe["loss"]:
@@ -146,20 +172,45 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     trains = [r for r in rows if r.get("kind") == "train"]
     last = trains[-1]
     sps = [r["samples_per_s"] for r in trains if "samples_per_s" in r]
-    return {"command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""), "steps": last["step"],
-            "final_loss_action": last.get("loss_action"), "final_loss_video": last.get("loss_video"),
-            "median_samples_per_s": sorted(sps)[len(sps) // 2] if sps else None,
-            "threads": int((run / "threads.txt").read_text()) if (run / "threads.txt").is_file() else None,
-            "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None}
+    return {
+        "command": "wam " + " ".join(cmd[3:]).replace(" --resume", ""),
+        "steps": last["step"],
+        "final_loss_action": last.get("loss_action"),
+        "final_loss_video": last.get("loss_video"),
+        "median_samples_per_s": sorted(sps)[len(sps) // 2] if sps else None,
+        "threads": int((run / "threads.txt").read_text()) if (run / "threads.txt").is_file() else None,
+        "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").is_file() else None,
+    }
 
 
 def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy", seed: int = 0) -> dict:
-    out = run.parent / ((f"{run.name}-eval" if mode == "policy" else f"{run.name}-eval-{mode}")
-                        + (f"-seed{seed}" if seed else ""))
+    out = run.parent / (
+        (f"{run.name}-eval" if mode == "policy" else f"{run.name}-eval-{mode}") + (f"-seed{seed}" if seed else "")
+    )
     info = out / "eval_info.json"
-    cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", str(run / "checkpoint"), "--env", "metaworld",
-           "--tasks", args.tasks, "--episodes", str(args.episodes), "--mode", mode, "--workers",
-           str(args.workers), "--videos", "0", "--quiet", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wam.cli",
+        "eval",
+        "--checkpoint",
+        str(run / "checkpoint"),
+        "--env",
+        "metaworld",
+        "--tasks",
+        args.tasks,
+        "--episodes",
+        str(args.episodes),
+        "--mode",
+        mode,
+        "--workers",
+        str(args.workers),
+        "--videos",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     if seed:
         cmd += ["--seed", str(seed)]
     if name != "policy" or mode != "policy" or seed:
@@ -168,10 +219,16 @@ def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy", seed: 
         print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     r = json.loads(info.read_text())
-    res = {"command": "wam " + " ".join(cmd[3:]), "mode": mode, "seed": seed, "pc_success": r["pc_success"],
-           "ci95": r.get("ci95"), "n_episodes": r["n_episodes"],
-           "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]},
-           "successes": {t["task"]: [bool(x) for x in t["successes"]] for t in r["per_task"]}}
+    res = {
+        "command": "wam " + " ".join(cmd[3:]),
+        "mode": mode,
+        "seed": seed,
+        "pc_success": r["pc_success"],
+        "ci95": r.get("ci95"),
+        "n_episodes": r["n_episodes"],
+        "per_task": {t["task"]: t["pc_success"] for t in r["per_task"]},
+        "successes": {t["task"]: [bool(x) for x in t["successes"]] for t in r["per_task"]},
+    }
     if r.get("expert"):
         res["expert_pc_success"] = r["expert"]["pc_success"]
     return res
@@ -187,10 +244,17 @@ def pooled(evals: list[dict]) -> dict:
     by_seed = {str(e["seed"]): e["successes"] for e in evals}
     per_task = {t: [x for o in by_seed.values() for x in o[t]] for t in evals[0]["per_task"]}
     flat = [x for xs in per_task.values() for x in xs]
-    res = {"commands": [e["command"] for e in evals], "mode": evals[0]["mode"], "seeds": [e["seed"] for e in evals],
-           "pc_success": 100 * sum(flat) / len(flat), "ci95": [100 * v for v in wilson_interval(sum(flat), len(flat))],
-           "n_episodes": len(flat), "per_task": {t: 100 * sum(xs) / len(xs) for t, xs in per_task.items()},
-           "successes_by_seed": by_seed, "by_seed": {str(e["seed"]): e["pc_success"] for e in evals}}
+    res = {
+        "commands": [e["command"] for e in evals],
+        "mode": evals[0]["mode"],
+        "seeds": [e["seed"] for e in evals],
+        "pc_success": 100 * sum(flat) / len(flat),
+        "ci95": [100 * v for v in wilson_interval(sum(flat), len(flat))],
+        "n_episodes": len(flat),
+        "per_task": {t: 100 * sum(xs) / len(xs) for t, xs in per_task.items()},
+        "successes_by_seed": by_seed,
+        "by_seed": {str(e["seed"]): e["pc_success"] for e in evals},
+    }
     if "expert_pc_success" in evals[0]:
         res["expert_pc_success_seed0"] = evals[0]["expert_pc_success"]
     return res
@@ -218,8 +282,9 @@ def versus_policy(result: dict) -> None:
             b = outcomes(entry[key])
             keys = sorted(set(a) & set(b))
             if keys and all(len(a[k]) == len(b[k]) for k in keys):
-                entry[key.replace("eval", "vs_policy")] = paired_difference([x for k in keys for x in a[k]],
-                                                                            [x for k in keys for x in b[k]])
+                entry[key.replace("eval", "vs_policy")] = paired_difference(
+                    [x for k in keys for x in a[k]], [x for k in keys for x in b[k]]
+                )
 
 
 def world_model(run: Path, args) -> dict:
@@ -233,39 +298,70 @@ def world_model(run: Path, args) -> dict:
     torch.set_num_threads(args.threads)
     r = evaluate_world_model(load_checkpoint(run / "checkpoint"), args.dataset)
     n_eps = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
-    return {"horizons": r["horizons"], "windows": r["windows"], "episodes": n_eps,
-            "sampling_steps": r["sampling_steps"], "forward_psnr": r["forward"]["psnr"],
-            "forward_other_actions_psnr": r["forward_other_actions"]["psnr"],
-            "video_psnr": r["video"]["psnr"], "copy_last_frame_psnr": r["copy_last_frame"]["psnr"],
-            "tokenizer_psnr": r["tokenizer_reconstruction"]["psnr"]}
+    return {
+        "horizons": r["horizons"],
+        "windows": r["windows"],
+        "episodes": n_eps,
+        "sampling_steps": r["sampling_steps"],
+        "forward_psnr": r["forward"]["psnr"],
+        "forward_other_actions_psnr": r["forward_other_actions"]["psnr"],
+        "video_psnr": r["video"]["psnr"],
+        "copy_last_frame_psnr": r["copy_last_frame"]["psnr"],
+        "tokenizer_psnr": r["tokenizer_reconstruction"]["psnr"],
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="data/mt50")
     p.add_argument("--tasks", default="mt10", help="the tasks with actions, which are evaluated")
-    p.add_argument("--demos", type=int, default=0, help="train on the first N demonstrations of every task only "
-                   "(0: all of them)")
-    p.add_argument("--failures", default="", metavar="DATASET[,DATASET]",
-                   help="wam+failures: perturbed-expert datasets of the tasks, trained on as world-only data")
-    p.add_argument("--videos", default="", metavar="DATASET",
-                   help="wam+videos: take the action-free videos from this dataset's tasks outside --tasks "
-                        "(default: --dataset's own other tasks)")
+    p.add_argument(
+        "--demos", type=int, default=0, help="train on the first N demonstrations of every task only (0: all of them)"
+    )
+    p.add_argument(
+        "--failures",
+        default="",
+        metavar="DATASET[,DATASET]",
+        help="wam+failures: perturbed-expert datasets of the tasks, trained on as world-only data",
+    )
+    p.add_argument(
+        "--videos",
+        default="",
+        metavar="DATASET",
+        help="wam+videos: take the action-free videos from this dataset's tasks outside --tasks "
+        "(default: --dataset's own other tasks)",
+    )
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tokenizer-from", default="checkpoints/wam-tiny-mt50")
-    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model setting the tokenizer needs (e.g. latent_channels=16), repeatable")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model setting the tokenizer needs (e.g. latent_channels=16), repeatable",
+    )
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--eval-seeds", default="0", metavar="S[,S]",
-                   help="evaluation seeds (`wam eval --seed`), each --episodes per task on its own layouts, pooled")
+    p.add_argument(
+        "--eval-seeds",
+        default="0",
+        metavar="S[,S]",
+        help="evaluation seeds (`wam eval --seed`), each --episodes per task on its own layouts, pooled",
+    )
     p.add_argument("--threads", type=int, default=1, help="threads of each training process")
-    p.add_argument("--modes", default="policy", help="acting modes to evaluate, e.g. policy,joint (joint: the "
-                   "actions denoised together with the future frames; not for the policy-only run)")
-    p.add_argument("--recipes", default="policy,wam,wam+videos",
-                   help="comma-separated, from " + ", ".join(RECIPES) + " (wam+task-videos needs --demos)")
+    p.add_argument(
+        "--modes",
+        default="policy",
+        help="acting modes to evaluate, e.g. policy,joint (joint: the "
+        "actions denoised together with the future frames; not for the policy-only run)",
+    )
+    p.add_argument(
+        "--recipes",
+        default="policy,wam,wam+videos",
+        help="comma-separated, from " + ", ".join(RECIPES) + " (wam+task-videos needs --demos)",
+    )
     p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
     p.add_argument("--out", default="experiments/world_model/world_model.json")
     p.add_argument("--table", action="store_true", help="print the README table of --out and stop")
@@ -281,11 +377,21 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     result.setdefault("threads", args.threads)  # each run records its own beside its wall-clock
-    result.update({"dataset": args.dataset, "tasks": args.tasks, "demos_per_task": args.demos or "all",
-                   "tokenizer_from": args.tokenizer_from, "model": args.model,
-                   "steps": args.steps, "batch_size": args.batch_size,
-                   "lr": args.lr, "episodes_per_task": args.episodes,
-                   "cpu": cpu_description(), "runs": result.get("runs", {})})
+    result.update(
+        {
+            "dataset": args.dataset,
+            "tasks": args.tasks,
+            "demos_per_task": args.demos or "all",
+            "tokenizer_from": args.tokenizer_from,
+            "model": args.model,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "episodes_per_task": args.episodes,
+            "cpu": cpu_description(),
+            "runs": result.get("runs", {}),
+        }
+    )
     seeds = [int(x) for x in args.eval_seeds.split(",")]
     result["eval_seeds"] = seeds
     for name in args.recipes.split(","):
@@ -320,21 +426,26 @@ def table(result: dict) -> str:
         if not w:
             return "-"
         other = f"; {w['horizons'][-1]} steps ahead" if w["horizons"][-1] != ahead else ""
-        return (f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f}"
-                f"{other})")
+        return (
+            f"{w['forward_psnr'][-1]:.2f} ({w['copy_last_frame_psnr'][-1]:.2f} / {w['tokenizer_psnr'][-1]:.2f}{other})"
+        )
 
-    lines = ["| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, "
-             f"{f'{ahead} steps ahead' if ahead else 'the last predicted frame'} (copy last frame / tokenizer "
-             "ceiling) | minus policy-only, same episodes: points [95% CI], McNemar p (episodes) | wall-clock (loading "
-             "included, shared cores) | samples/s | final action loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | policy mode: success % [95% CI] | joint mode: success % [95% CI] | forward PSNR dB, "
+        f"{f'{ahead} steps ahead' if ahead else 'the last predicted frame'} (copy last frame / tokenizer "
+        "ceiling) | minus policy-only, same episodes: points [95% CI], McNemar p (episodes) | wall-clock (loading "
+        "included, shared cores) | samples/s | final action loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def paired(r: dict) -> str:
         cells = []
         for key, label in (("vs_policy", ""), ("vs_policy_joint", "joint mode: ")):
             if v := r.get(key):
-                cells.append(f"{label}{v['difference']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}], "
-                             f"p={v['mcnemar_p']:.2g} ({v['n_episodes']})")
+                cells.append(
+                    f"{label}{v['difference']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}], "
+                    f"p={v['mcnemar_p']:.2g} ({v['n_episodes']})"
+                )
         return "; ".join(cells) or "-"
 
     for name, r in runs.items():
@@ -342,13 +453,18 @@ def table(result: dict) -> str:
         wall = f"{t['wall_s'] / 60:.0f} min" if t.get("wall_s") else "?"
         if t.get("threads") and t["threads"] != result.get("threads"):
             wall += f" ({t['threads']} threads)"
-        lines.append(f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {paired(r)} | "
-                     f"{wall} | {t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |")
+        lines.append(
+            f"| {name} | {ci(r['eval'])} | {ci(r.get('eval_joint'))} | {frames(r)} | {paired(r)} | "
+            f"{wall} | {t['median_samples_per_s']:.0f} | {t['final_loss_action']:.3f} |"
+        )
     tasks = list(next(iter(runs.values()))["eval"]["per_task"])
     lines += ["", "| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for task in tasks:
-        lines.append(f"| {task} | " + " | ".join(f"{r['eval']['per_task'].get(task, float('nan')):.0f}"
-                                                 for r in runs.values()) + " |")
+        lines.append(
+            f"| {task} | "
+            + " | ".join(f"{r['eval']['per_task'].get(task, float('nan')):.0f}" for r in runs.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -53,8 +53,14 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
     from wam.episodes import episodes_to_tensors, load_episodes, map_tasks
 
     model, cfg, run = ck.model.eval(), ck.model.cfg, ck.config.get("run", {})
-    data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
-                         normalizer=Normalizer.from_dict(ck.stats), episodes=episodes, check=False)
+    data = load_episodes(
+        dataset,
+        image_size=cfg.image_size,
+        cameras=run.get("cameras"),
+        normalizer=Normalizer.from_dict(ck.stats),
+        episodes=episodes,
+        check=False,
+    )
     map_tasks(data, run.get("tasks") or [], dataset)
     tensors = episodes_to_tensors(data.episodes, ck.tokenizer, cfg.action_dim, cfg.state_dim)
     ep, st = tensors.window_index()
@@ -62,11 +68,18 @@ def features(ck, dataset: Path, episodes: list[int], stride: int, env: dict) -> 
     ep, st = ep[keep], st[keep]
     out = {"blocks": [[] for _ in range(cfg.depth)], "latents": [], "state": [], "task": [], "target": []}
     for i in range(0, len(ep), 256):
-        b = tensors.gather(ep[i:i + 256], st[i:i + 256], cfg)
-        hist = b["latents"][:, :cfg.n_obs_steps]  # (B, n_obs, c, h, w)
+        b = tensors.gather(ep[i : i + 256], st[i : i + 256], cfg)
+        hist = b["latents"][:, : cfg.n_obs_steps]  # (B, n_obs, c, h, w)
         seen = []
-        model(hist, torch.zeros(hist.shape[:2]), None, None, b["task"], b["state"],
-              hook=lambda k, xs, seen=seen: seen.append(xs[1].flatten(1).float()))  # (B, n_obs * tokens * D)
+        model(
+            hist,
+            torch.zeros(hist.shape[:2]),
+            None,
+            None,
+            b["task"],
+            b["state"],
+            hook=lambda k, xs, seen=seen: seen.append(xs[1].flatten(1).float()),
+        )  # (B, n_obs * tokens * D)
         for k, x in enumerate(seen):
             out["blocks"][k].append(x.numpy())
         out["latents"].append(hist.flatten(1).float().numpy())
@@ -104,8 +117,10 @@ def ridge_r2(xtr, ytr, ttr, xte, yte, tte) -> dict[str, float]:
     pred = xte @ fit(xtr, ytr, best)
 
     def score(rows) -> dict[str, float]:
-        return {name: float(1 - ((pred[rows, sl] - yte[rows, sl]) ** 2).sum() / (yte[rows, sl] ** 2).sum())
-                for name, sl in TARGETS.items()}  # around the per-task means of the training frames
+        return {
+            name: float(1 - ((pred[rows, sl] - yte[rows, sl]) ** 2).sum() / (yte[rows, sl] ** 2).sum())
+            for name, sl in TARGETS.items()
+        }  # around the per-task means of the training frames
 
     r2 = score(slice(None))
     r2["alpha"] = best
@@ -123,8 +138,11 @@ def probe(checkpoint: str, dataset: Path, stride: int, env: dict) -> dict:
     tr = features(ck, dataset, run["train_episodes"], stride, env)
     te = features(ck, dataset, val, stride, env)
     rows = {}
-    sources = {"robot state (4-D)": ("state", None), "tokenizer latents": ("latents", None),
-               **{f"block {k + 1}": ("blocks", k) for k in range(len(tr["blocks"]))}}
+    sources = {
+        "robot state (4-D)": ("state", None),
+        "tokenizer latents": ("latents", None),
+        **{f"block {k + 1}": ("blocks", k) for k in range(len(tr["blocks"]))},
+    }
     for name, (key, k) in sources.items():
         xtr = tr[key] if k is None else tr[key][k]
         xte = te[key] if k is None else te[key][k]
@@ -133,14 +151,21 @@ def probe(checkpoint: str, dataset: Path, stride: int, env: dict) -> dict:
     tasks = {i: name_of.get(text, text) for i, text in enumerate(run["tasks"])}
     for r in rows.values():
         r["per_task"] = {tasks[t]: v for t, v in r["per_task"].items()}
-    return {"checkpoint": checkpoint, "train_frames": int(len(tr["task"])), "test_frames": int(len(te["task"])),
-            "test_episodes": val, "r2": rows}
+    return {
+        "checkpoint": checkpoint,
+        "train_frames": int(len(tr["task"])),
+        "test_frames": int(len(te["task"])),
+        "test_episodes": val,
+        "r2": rows,
+    }
 
 
 def table(result: dict) -> str:
     names = list(result["runs"])
-    lines = ["| features | " + " | ".join(f"{n}: hand / object / goal" for n in names) + " |",
-             "|---|" + "---|" * len(names)]
+    lines = [
+        "| features | " + " | ".join(f"{n}: hand / object / goal" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for src in result["runs"][names[0]]["r2"]:
         cells = []
         for n in names:
@@ -148,8 +173,13 @@ def table(result: dict) -> str:
             cells.append("n/a" if r is None else f"{r['hand']:.2f} / {r['object']:.2f} / {r['goal']:.2f}")
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
     last = list(result["runs"][names[0]]["r2"])[-1]
-    lines += ["", f"Per task, {last} (tokenizer latents in brackets): object / goal R²", "",
-              "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        f"Per task, {last} (tokenizer latents in brackets): object / goal R²",
+        "",
+        "| task | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for task in result["runs"][names[0]]["r2"][last]["per_task"]:
         cells = []
         for n in names:
@@ -162,8 +192,11 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default="policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint",
-                   help="NAME=CHECKPOINT, comma-separated")
+    p.add_argument(
+        "--runs",
+        default="policy=runs/wm-sharp/policy/checkpoint,wam=runs/wm-sharp/wam/checkpoint",
+        help="NAME=CHECKPOINT, comma-separated",
+    )
     p.add_argument("--dataset", default="data/mt50", help="the runs' dataset (its episode indices)")
     p.add_argument("--stride", type=int, default=4, help="every stride-th frame of each episode")
     p.add_argument("--threads", type=int, default=1)
@@ -179,13 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Path(args.dataset)
     t0 = time.perf_counter()
     env = environment_states(dataset)
-    result = {"dataset": str(dataset), "stride": args.stride,
-              "targets": {k: [v.start, v.stop] for k, v in TARGETS.items()}, "runs": {}}
+    result = {
+        "dataset": str(dataset),
+        "stride": args.stride,
+        "targets": {k: [v.start, v.stop] for k, v in TARGETS.items()},
+        "runs": {},
+    }
     for item in args.runs.split(","):
         name, ckpt = item.split("=", 1)
         result["runs"][name] = probe(ckpt, dataset, args.stride, env)
-        print(f"[probe] {name}: " + ", ".join(f"{k} {v['object']:.2f}" for k, v in result["runs"][name]["r2"].items()),
-              flush=True)
+        print(
+            f"[probe] {name}: " + ", ".join(f"{k} {v['object']:.2f}" for k, v in result["runs"][name]["r2"].items()),
+            flush=True,
+        )
     result["wall_s"] = time.perf_counter() - t0
     write_json_atomic(Path(args.out), result)
     print(table(result))

@@ -13,11 +13,21 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WAM": "wam.model",
-    "MODES": "wam.modes", "Mode": "wam.modes", "sample": "wam.modes", "training_loss": "wam.modes",
-    "ModelConfig": "wam.config", "LossConfig": "wam.config", "PRESETS": "wam.config",
-    "FrameTokenizer": "wam.tokenizer", "ConvAutoencoder": "wam.tokenizer", "PixelTokenizer": "wam.tokenizer",
-    "Checkpoint": "wam.checkpoint", "load_checkpoint": "wam.checkpoint", "save_checkpoint": "wam.checkpoint",
-    "LeRobotDataset": "wam.data", "WindowDataset": "wam.data",
+    "MODES": "wam.modes",
+    "Mode": "wam.modes",
+    "sample": "wam.modes",
+    "training_loss": "wam.modes",
+    "ModelConfig": "wam.config",
+    "LossConfig": "wam.config",
+    "PRESETS": "wam.config",
+    "FrameTokenizer": "wam.tokenizer",
+    "ConvAutoencoder": "wam.tokenizer",
+    "PixelTokenizer": "wam.tokenizer",
+    "Checkpoint": "wam.checkpoint",
+    "load_checkpoint": "wam.checkpoint",
+    "save_checkpoint": "wam.checkpoint",
+    "LeRobotDataset": "wam.data",
+    "WindowDataset": "wam.data",
     "WamError": "wam.errors",  # the base of every error about the user's input
 }
 

@@ -146,8 +146,14 @@ def adapter_keys(model: nn.Module) -> list[str]:
     return keys
 
 
-def add_adapters(model: nn.Module, kind: str = "lora", rank: int = 8, alpha: float = 16.0,
-                 streams=STREAMS, train_task_embedding: bool = True) -> list[str]:
+def add_adapters(
+    model: nn.Module,
+    kind: str = "lora",
+    rank: int = 8,
+    alpha: float = 16.0,
+    streams=STREAMS,
+    train_task_embedding: bool = True,
+) -> list[str]:
     """Wrap the chosen streams' linears of every block (see the module docstring), freeze every base parameter,
     and return the names of the parameters left trainable: the adapters', and the task embedding's when
     `train_task_embedding` (a new task needs its own row of the table). New modules draw their init from torch's
@@ -161,8 +167,10 @@ def add_adapters(model: nn.Module, kind: str = "lora", rank: int = 8, alpha: flo
     if bad or not streams:
         raise ArgumentError(f"unknown streams {bad or '(none)'}; choose among: {', '.join(STREAMS)}")
     if adapter_spec(model) is not None:
-        raise ArgumentError(f"this model already carries {adapter_spec(model)['kind']} adapters; merge them first "
-                            f"(LoRA) or start from the base model")
+        raise ArgumentError(
+            f"this model already carries {adapter_spec(model)['kind']} adapters; merge them first "
+            f"(LoRA) or start from the base model"
+        )
     model.requires_grad_(False)
     for b in range(len(model.blocks)):
         for s in streams:
@@ -171,14 +179,22 @@ def add_adapters(model: nn.Module, kind: str = "lora", rank: int = 8, alpha: flo
                 base = model.get_submodule(name)
                 if type(base) is not nn.Linear:
                     raise ArgumentError(f"{name} is a {type(base).__name__}, not a plain nn.Linear to adapt")
-                _set_submodule(model, name, LoRALinear(base, int(rank), float(alpha)) if kind == "lora"
-                               else BottleneckAdapter(base, int(rank)))
+                _set_submodule(
+                    model,
+                    name,
+                    LoRALinear(base, int(rank), float(alpha)) if kind == "lora" else BottleneckAdapter(base, int(rank)),
+                )
     if train_task_embedding:
         params = dict(model.named_parameters())
         for k in _task_keys(model):
             params[k].requires_grad_(True)
-    model._adapter_spec = {"kind": kind, "rank": int(rank), "alpha": float(alpha), "streams": list(streams),
-                           "train_task_embedding": bool(train_task_embedding)}
+    model._adapter_spec = {
+        "kind": kind,
+        "rank": int(rank),
+        "alpha": float(alpha),
+        "streams": list(streams),
+        "train_task_embedding": bool(train_task_embedding),
+    }
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -223,8 +239,13 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, meta: dict | None = 
     n_adapter = sum(sd[k].numel() for k in adapter_keys(model))
     if "base_weights_hash" not in meta:  # (a caller saving often computes it once: the frozen base never changes)
         meta["base_weights_hash"] = base_weights_hash(model, spec["train_task_embedding"])
-    info = {**spec, "adapter_parameters": n_adapter, "trainable_parameters": sum(v.numel() for v in sd.values()),
-            "total_parameters": sum(p.numel() for p in model.parameters()), **meta}
+    info = {
+        **spec,
+        "adapter_parameters": n_adapter,
+        "trainable_parameters": sum(v.numel() for v in sd.values()),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        **meta,
+    }
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -244,24 +265,30 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
     Refuses (ValueError, model untouched) a model whose base weights are not the ones the adapter was trained on."""
     root = Path(path)
     if not (root / "adapter.json").is_file() or not (root / "adapter.safetensors").is_file():
-        raise NotFoundError(f"{root} is not a wam adapter (adapter.json and adapter.safetensors expected); "
-                            f"point at the adapter/ directory written by `wam finetune`")
+        raise NotFoundError(
+            f"{root} is not a wam adapter (adapter.json and adapter.safetensors expected); "
+            f"point at the adapter/ directory written by `wam finetune`"
+        )
     info = json.loads((root / "adapter.json").read_text())
     spec = {k: info[k] for k in SPEC_KEYS}
     if adapter_spec(model) is not None:
         raise ArgumentError("this model already carries adapters; load the adapter onto its base model")
     have = base_weights_hash(model, spec["train_task_embedding"])
     if have != info["base_weights_hash"]:
-        raise CheckpointError(f"{root} was trained on other base weights ({info['base_weights_hash']}, checkpoint "
-                              f"{info.get('base_checkpoint', 'unknown')}); this model's are {have}. Load the adapter "
-                              f"onto the checkpoint it was fine-tuned from")
+        raise CheckpointError(
+            f"{root} was trained on other base weights ({info['base_weights_hash']}, checkpoint "
+            f"{info.get('base_checkpoint', 'unknown')}); this model's are {have}. Load the adapter "
+            f"onto the checkpoint it was fine-tuned from"
+        )
     add_adapters(model, **spec)
     sd = load_file(root / "adapter.safetensors")
     expected = set(adapter_state_dict(model))
     if set(sd) != expected:
-        raise CheckpointError(f"{root / 'adapter.safetensors'} does not hold the tensors its adapter.json "
-                              f"describes (missing {sorted(expected - set(sd))[:3]}, unexpected "
-                              f"{sorted(set(sd) - expected)[:3]})")
+        raise CheckpointError(
+            f"{root / 'adapter.safetensors'} does not hold the tensors its adapter.json "
+            f"describes (missing {sorted(expected - set(sd))[:3]}, unexpected "
+            f"{sorted(set(sd) - expected)[:3]})"
+        )
     model.load_state_dict(sd, strict=False)
     return info
 
@@ -274,9 +301,11 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     if spec is None:
         return model
     if spec["kind"] != "lora":
-        raise ArgumentError("bottleneck adapters are nonlinear (o + up(gelu(down(o)))) and cannot fold into the base "
-                            "weights; save the model with them (save_checkpoint(..., config={'adapter': "
-                            "adapter_spec(model)})) and load_checkpoint rebuilds them")
+        raise ArgumentError(
+            "bottleneck adapters are nonlinear (o + up(gelu(down(o)))) and cannot fold into the base "
+            "weights; save the model with them (save_checkpoint(..., config={'adapter': "
+            "adapter_spec(model)})) and load_checkpoint rebuilds them"
+        )
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
             _set_submodule(model, name, m.merge())

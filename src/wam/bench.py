@@ -51,12 +51,13 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
         t = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(times)
 
 
 @dataclass
 class Run:
     """What one setting produced over the bench's inputs."""
+
     times: list[float] = field(default_factory=list)  # seconds per call
     outputs: list[torch.Tensor] = field(default_factory=list)  # actions (1, H, A) normalised, or frames (1, F, ...)
     flops: int = 0
@@ -65,8 +66,17 @@ class Run:
 class Bench:
     """A checkpoint, its held-out episodes, and the reference path's run on them (computed once)."""
 
-    def __init__(self, checkpoint, dataset=None, *, episodes: int = 5, windows: int = 40, warmup: int = 3,
-                 seed: int = 0, progress: bool = False):
+    def __init__(
+        self,
+        checkpoint,
+        dataset=None,
+        *,
+        episodes: int = 5,
+        windows: int = 40,
+        warmup: int = 3,
+        seed: int = 0,
+        progress: bool = False,
+    ):
         from wam.data import Normalizer
         from wam.episodes import load_episodes, map_tasks
 
@@ -76,8 +86,10 @@ class Bench:
         given = dataset is not None
         dataset = dataset or run.get("dataset")
         if given and not Path(dataset).exists():
-            raise NotFoundError(f"`dataset={str(dataset)!r}` does not exist; give a LeRobot dataset directory, or "
-                                f"leave `dataset` out to replay the training dataset's held-out episodes")
+            raise NotFoundError(
+                f"`dataset={str(dataset)!r}` does not exist; give a LeRobot dataset directory, or "
+                f"leave `dataset` out to replay the training dataset's held-out episodes"
+            )
         if not dataset or not Path(dataset).exists():  # (a shipped checkpoint without its training data)
             dataset, chosen = expert_episodes(checkpoint, episodes, seed=seed, progress=progress)
         else:
@@ -88,9 +100,14 @@ class Bench:
             per_task = max(1, len(val) // max(1, len(run.get("tasks") or [1])))
             chosen = (val[::per_task] + [e for i, e in enumerate(val) if i % per_task])[:episodes]
         try:
-            data = load_episodes(dataset, image_size=self.cfg.image_size, cameras=run.get("cameras"),
-                                 normalizer=Normalizer.from_dict(checkpoint.stats), episodes=chosen,
-                                 progress=progress)
+            data = load_episodes(
+                dataset,
+                image_size=self.cfg.image_size,
+                cameras=run.get("cameras"),
+                normalizer=Normalizer.from_dict(checkpoint.stats),
+                episodes=chosen,
+                progress=progress,
+            )
         except WamError as e:  # the dataset's own error, named
             raise DatasetError(f"cannot replay episodes of {dataset}: {e}") from None
         map_tasks(data, run.get("tasks") or [], dataset)
@@ -104,7 +121,7 @@ class Bench:
         acts = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.float32)
         idx = torch.arange(step, step + self.cfg.action_horizon).clamp(max=len(acts) - 1)
         out = torch.zeros(1, self.cfg.action_horizon, self.cfg.action_dim)
-        out[0, :, :acts.shape[1]] = acts[idx]
+        out[0, :, : acts.shape[1]] = acts[idx]
         return out
 
     def _replay(self, mode: str, ic: InferenceConfig) -> Run:
@@ -115,8 +132,11 @@ class Bench:
         policy = WAMPolicy(self.ckpt, mode=mode, inference=ic, seed=self.seed)
         # FLOPs are counted on an uncompiled twin: a compiled function run under the counter's dispatch
         # mode would be traced again, and the count is the same
-        counter = policy if not ic.compile else WAMPolicy(self.ckpt, mode=mode, seed=self.seed,
-                                                           inference=dataclasses.replace(ic, compile=False))
+        counter = (
+            policy
+            if not ic.compile
+            else WAMPolicy(self.ckpt, mode=mode, seed=self.seed, inference=dataclasses.replace(ic, compile=False))
+        )
         k, run = policy.n_action_steps, Run()
         for ep in self.episodes:
             state = policy.new_state(self.seed)
@@ -157,11 +177,12 @@ class Bench:
             horizon = self.cfg.future_frames * self.cfg.future_stride
             full = st + horizon < tensors.lengths[ep]
             ep, st = ep[full], st[full]
-            pick = torch.randperm(len(ep), generator=torch.Generator().manual_seed(self.seed))[:self.windows]
-            self._batches = [tensors.gather(ep[i:i + 1], st[i:i + 1], self.cfg) for i in pick]
+            pick = torch.randperm(len(ep), generator=torch.Generator().manual_seed(self.seed))[: self.windows]
+            self._batches = [tensors.gather(ep[i : i + 1], st[i : i + 1], self.cfg) for i in pick]
             n_obs = self.cfg.n_obs_steps
-            self._true_frames = [self._to_unit(self.ckpt.tokenizer.decode(b["latents"][:, n_obs:]))
-                                 for b in self._batches]
+            self._true_frames = [
+                self._to_unit(self.ckpt.tokenizer.decode(b["latents"][:, n_obs:])) for b in self._batches
+            ]
         return self._batches
 
     @staticmethod
@@ -183,7 +204,7 @@ class Bench:
             def call(net=model, batch=batch, noise=noise):
                 with autocast(ic):
                     out = sample(net, batch, mode, noise=noise, **kw)
-                return self._to_unit(tok.decode(out["latents"][:, self.cfg.n_obs_steps:]))
+                return self._to_unit(tok.decode(out["latents"][:, self.cfg.n_obs_steps :]))
 
             if not run.flops and len(run.times) == self.warmup:
                 with FlopCounterMode(display=False) as fc:  # (on the uncompiled network: see _replay)
@@ -205,8 +226,9 @@ class Bench:
         """The reference path's run for acting modes (kind "actions") or world-model modes (kind "frames")."""
         if kind not in self._reference:
             with torch.no_grad():  # joint mode: its actions, or its decoded frames
-                self._reference[kind] = self._replay("joint", REFERENCE) if kind == "actions" else \
-                    self._sample_windows("joint", REFERENCE)
+                self._reference[kind] = (
+                    self._replay("joint", REFERENCE) if kind == "actions" else self._sample_windows("joint", REFERENCE)
+                )
         return self._reference[kind]
 
     def measure(self, mode: str, ic: InferenceConfig) -> dict:
@@ -217,31 +239,50 @@ class Bench:
         acting = mode in ACTING
         ref = self.reference("actions" if acting else "frames")
         run = self.run(mode, ic)
-        result = {"mode": mode, "inference": ic.to_dict(), "calls": len(run.times) - self.warmup,
-                  **_latency(run.times[self.warmup:]), "flops_per_call": run.flops}
+        result = {
+            "mode": mode,
+            "inference": ic.to_dict(),
+            "calls": len(run.times) - self.warmup,
+            **_latency(run.times[self.warmup :]),
+            "flops_per_call": run.flops,
+        }
         result["achieved_GFLOPs"] = round(run.flops / result["median_ms"] * 1e-6, 3) if result["median_ms"] else None
-        result["reference"] = {"mode": "joint", "inference": REFERENCE.to_dict(), **_latency(ref.times[self.warmup:]),
-                               "flops_per_call": ref.flops}
+        result["reference"] = {
+            "mode": "joint",
+            "inference": REFERENCE.to_dict(),
+            **_latency(ref.times[self.warmup :]),
+            "flops_per_call": ref.flops,
+        }
         result["speedup"] = round(result["reference"]["median_ms"] / result["median_ms"], 2)
         if acting:
             truths = self._truths()
             mse = lambda xs, ys: float(  # noqa: E731
-                torch.stack([(x - y).pow(2).mean() for x, y in zip(xs, ys)]).mean())
-            result["quality"] = {"action_mse_vs_reference": mse(run.outputs, ref.outputs),
-                                 "action_mse_vs_data": mse(run.outputs, truths),
-                                 "reference_action_mse_vs_data": mse(ref.outputs, truths)}
+                torch.stack([(x - y).pow(2).mean() for x, y in zip(xs, ys)]).mean()
+            )
+            result["quality"] = {
+                "action_mse_vs_reference": mse(run.outputs, ref.outputs),
+                "action_mse_vs_data": mse(run.outputs, truths),
+                "reference_action_mse_vs_data": mse(ref.outputs, truths),
+            }
         else:
             truth = self._true_frames
             mean_psnr = lambda xs, ys: float(np.mean([frames_psnr(x, y) for x, y in zip(xs, ys)]))  # noqa: E731
-            result["quality"] = {"psnr_vs_reference_dB": mean_psnr(run.outputs, ref.outputs),
-                                 "psnr_vs_data_dB": mean_psnr(run.outputs, truth),
-                                 "reference_psnr_vs_data_dB": mean_psnr(ref.outputs, truth)}
+            result["quality"] = {
+                "psnr_vs_reference_dB": mean_psnr(run.outputs, ref.outputs),
+                "psnr_vs_data_dB": mean_psnr(run.outputs, truth),
+                "reference_psnr_vs_data_dB": mean_psnr(ref.outputs, truth),
+            }
         return result
 
     def machine(self) -> dict:
-        return {"machine": platform.machine(), "processor": platform.processor() or None,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "peak_fp32_GFLOPs": round(matmul_peak(torch.float32) * 1e-9, 1)}
+        return {
+            "machine": platform.machine(),
+            "processor": platform.processor() or None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "peak_fp32_GFLOPs": round(matmul_peak(torch.float32) * 1e-9, 1),
+        }
 
 
 def episodes_cache(checkpoint) -> Path:
@@ -274,25 +315,42 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
             found = family, adapter, [names[t] for t in tasks]
             break
     if found is None:
-        raise ArgumentError(f"the checkpoint's training dataset {run.get('dataset')!r} is not here and no installed "
-                            f"environment's scripted expert knows its tasks ({', '.join(tasks[:3]) or 'none recorded'}"
-                            f"); pass `dataset=PATH` with episodes to replay")
+        raise ArgumentError(
+            f"the checkpoint's training dataset {run.get('dataset')!r} is not here and no installed "
+            f"environment's scripted expert knows its tasks ({', '.join(tasks[:3]) or 'none recorded'}"
+            f"); pass `dataset=PATH` with episodes to replay"
+        )
     family, adapter, names = found
     n_tasks = min(episodes, len(names))
     out = episodes_cache(checkpoint) / f"{family}-{episodes}ep-seed{seed}"
     try:
         read_meta(out, with_stats=False)
-        print(f"[bench] the training dataset {run.get('dataset')!r} is not here: replaying {episodes} scripted-expert "
-              f"episodes collected earlier in {out}", file=sys.stderr)
+        print(
+            f"[bench] the training dataset {run.get('dataset')!r} is not here: replaying {episodes} scripted-expert "
+            f"episodes collected earlier in {out}",
+            file=sys.stderr,
+        )
     except (DatasetError, FileNotFoundError):
-        print(f"[bench] the training dataset {run.get('dataset')!r} is not here: collecting {episodes} fresh "
-              f"episodes of {family}'s scripted expert ({', '.join(names[:n_tasks])}) into {out}", file=sys.stderr)
+        print(
+            f"[bench] the training dataset {run.get('dataset')!r} is not here: collecting {episodes} fresh "
+            f"episodes of {family}'s scripted expert ({', '.join(names[:n_tasks])}) into {out}",
+            file=sys.stderr,
+        )
         state = getattr(adapter, "state_mode", None)
         cams = run.get("cameras")
-        collect(family, tasks=",".join(names[:n_tasks]), episodes=math.ceil(episodes / n_tasks), out=out,
-                image_size=cfg.image_size, cameras=cams if family != "dot" else None, workers=1,
-                seed=1000 + seed, state=state(cfg.state_dim) if state and cfg.state_dim else None, overwrite=True,
-                progress=progress)
+        collect(
+            family,
+            tasks=",".join(names[:n_tasks]),
+            episodes=math.ceil(episodes / n_tasks),
+            out=out,
+            image_size=cfg.image_size,
+            cameras=cams if family != "dot" else None,
+            workers=1,
+            seed=1000 + seed,
+            state=state(cfg.state_dim) if state and cfg.state_dim else None,
+            overwrite=True,
+            progress=progress,
+        )
     meta = read_meta(out, with_stats=False)
     by_task: dict[str, list[int]] = {}
     for ep in meta.episodes:
@@ -306,18 +364,37 @@ def _latency(times: list[float]) -> dict:
         return {"median_ms": None, "p90_ms": None, "calls_per_s": None}
     ms = sorted(t * 1e3 for t in times)
     med = statistics.median(ms)
-    return {"median_ms": round(med, 3), "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
-            "calls_per_s": round(1e3 / med, 1)}
+    return {
+        "median_ms": round(med, 3),
+        "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
+        "calls_per_s": round(1e3 / med, 1),
+    }
 
 
-def bench(checkpoint, mode: str = "policy", ic: InferenceConfig | None = None, *, dataset=None, episodes: int = 5,
-          windows: int = 40, warmup: int = 3, seed: int = 0, progress: bool = False) -> dict:
+def bench(
+    checkpoint,
+    mode: str = "policy",
+    ic: InferenceConfig | None = None,
+    *,
+    dataset=None,
+    episodes: int = 5,
+    windows: int = 40,
+    warmup: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """One setting against the reference path: the dict `wam bench` prints."""
     b = Bench(checkpoint, dataset, episodes=episodes, windows=windows, warmup=warmup, seed=seed, progress=progress)
     ic = ic or InferenceConfig(cache=checkpoint.model.cfg.attention != "full")
     out = b.measure(mode, ic)
-    out.update(checkpoint=str(checkpoint.path), model_hash=checkpoint.model_hash, dataset=b.dataset,
-               episodes=len(b.episodes), **b.machine())
-    out["fraction_of_peak"] = round(out["achieved_GFLOPs"] / out["peak_fp32_GFLOPs"], 4) \
-        if out["achieved_GFLOPs"] is not None else None
+    out.update(
+        checkpoint=str(checkpoint.path),
+        model_hash=checkpoint.model_hash,
+        dataset=b.dataset,
+        episodes=len(b.episodes),
+        **b.machine(),
+    )
+    out["fraction_of_peak"] = (
+        round(out["achieved_GFLOPs"] / out["peak_fp32_GFLOPs"], 4) if out["achieved_GFLOPs"] is not None else None
+    )
     return out

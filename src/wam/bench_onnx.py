@@ -60,16 +60,23 @@ def cpu_info() -> dict:
     except OSError:
         pass
     keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
-    return {"cpu": name, "cpu_flags": keep, "cpus": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": name,
+        "cpu_flags": keep,
+        "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def _summary(times: list[float]) -> dict:
     ms = sorted(t * 1e3 for t in times)
     if not ms:
         return {"median_ms": None, "p90_ms": None, "min_ms": None}
-    return {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
-            "min_ms": round(ms[0], 3)}  # (the least a neighbour's load added: closest to the unshared time)
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
+        "min_ms": round(ms[0], 3),
+    }  # (the least a neighbour's load added: closest to the unshared time)
 
 
 def peak_at(threads: int) -> float:
@@ -84,9 +91,19 @@ def peak_at(threads: int) -> float:
         torch.set_num_threads(before)
 
 
-def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None, episodes: int = 5, warmup: int = 3,
-               seed: int = 0, threads: int | None = None, sweep: bool = False, variants: list[dict] | None = None,
-               progress: bool = False) -> dict:
+def bench_onnx(
+    checkpoint,
+    *,
+    export_dir: str | Path | None = None,
+    dataset=None,
+    episodes: int = 5,
+    warmup: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+    sweep: bool = False,
+    variants: list[dict] | None = None,
+    progress: bool = False,
+) -> dict:
     """The PyTorch policy and ONNX paths on the same chunks (module docstring); returns the JSON `wam bench
     --runtime onnx` prints. `export_dir`: an export of this checkpoint (default: exported into a temporary
     directory first); `threads`: torch's threads and the ONNX paths' default (default: torch's current)."""
@@ -106,31 +123,55 @@ def bench_onnx(checkpoint, *, export_dir: str | Path | None = None, dataset=None
         export_policy(checkpoint, export_dir, check=False, progress=progress)
     manifest = read_manifest(export_dir)
     if manifest["model_hash"] != checkpoint.model_hash:
-        raise ArgumentError(f"{export_dir} is an export of model {manifest['model_hash']}, not of "
-                            f"{checkpoint.path} ({checkpoint.model_hash}); export this checkpoint: wam export "
-                            f"{checkpoint.path} --out DIR")
+        raise ArgumentError(
+            f"{export_dir} is an export of model {manifest['model_hash']}, not of "
+            f"{checkpoint.path} ({checkpoint.model_hash}); export this checkpoint: wam export "
+            f"{checkpoint.path} --out DIR"
+        )
     bench = Bench(checkpoint, dataset, episodes=episodes, warmup=warmup, seed=seed, progress=progress)
     ic = InferenceConfig.from_dict(manifest["inference"])
     torch_policy = WAMPolicy(checkpoint, mode="policy", inference=ic, seed=seed)
     given: dict = {}
     torch_policy._noise = lambda state, batch_size, mode, latent_shape: {  # the chunk's shared noise
-        "policy": {"actions": torch.from_numpy(given["noise"])}}
-    variants = variants or ([{"name": "onnx", "optimization": "all", "threads": threads}]
-                            + (sweep_variants(threads) if sweep else []))
-    onnx = {v["name"]: ONNXPolicy(export_dir, seed=seed, optimization=v.get("optimization", "all"),
-                                  threads=v.get("threads", threads), int8=v.get("int8", False)) for v in variants}
+        "policy": {"actions": torch.from_numpy(given["noise"])}
+    }
+    variants = variants or (
+        [{"name": "onnx", "optimization": "all", "threads": threads}] + (sweep_variants(threads) if sweep else [])
+    )
+    onnx = {
+        v["name"]: ONNXPolicy(
+            export_dir,
+            seed=seed,
+            optimization=v.get("optimization", "all"),
+            threads=v.get("threads", threads),
+            int8=v.get("int8", False),
+        )
+        for v in variants
+    }
     names = ["torch", *onnx]
     flops = _chunk_flops(torch_policy, bench.episodes[0], seed, given)
     times, outputs, truths, calls = _replay(bench, torch_policy, onnx, names, seed, given)
     peaks = {n: peak_at(n) for n in sorted({threads, *(v.get("threads", threads) for v in variants)})}
 
-    result: dict = {"checkpoint": str(checkpoint.path), "model_hash": checkpoint.model_hash, "export": str(export_dir),
-                    "dataset": bench.dataset, "episodes": len(bench.episodes), "calls": calls - warmup,
-                    "warmup": warmup, "inference": manifest["inference"], "flops_per_chunk": flops,
-                    "torch_threads": threads, "peak_fp32_GFLOPs": {str(t): p for t, p in peaks.items()},
-                    **cpu_info(), "torch": torch.__version__, "onnxruntime": _ort_version(),
-                    "paths": _path_rows(names, variants, times, outputs, truths, flops=flops, peaks=peaks,
-                                        threads=threads, warmup=warmup)}
+    result: dict = {
+        "checkpoint": str(checkpoint.path),
+        "model_hash": checkpoint.model_hash,
+        "export": str(export_dir),
+        "dataset": bench.dataset,
+        "episodes": len(bench.episodes),
+        "calls": calls - warmup,
+        "warmup": warmup,
+        "inference": manifest["inference"],
+        "flops_per_chunk": flops,
+        "torch_threads": threads,
+        "peak_fp32_GFLOPs": {str(t): p for t, p in peaks.items()},
+        **cpu_info(),
+        "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "paths": _path_rows(
+            names, variants, times, outputs, truths, flops=flops, peaks=peaks, threads=threads, warmup=warmup
+        ),
+    }
     if tmp is not None:
         tmp.cleanup()
     return result
@@ -145,8 +186,9 @@ def _chunk_flops(torch_policy, ep0: dict, seed: int, given: dict) -> int:
     cfg = torch_policy.cfg
     s0 = torch_policy.new_state(seed)
     st0 = torch.as_tensor(np.asarray(ep0["states"][:1], dtype=np.float32)) if cfg.state_dim else None
-    torch_policy.push(s0, Observation(np.asarray(ep0["frames"][0])[None], st0, torch.tensor([ep0["task_index"]]),
-                                      False))
+    torch_policy.push(
+        s0, Observation(np.asarray(ep0["frames"][0])[None], st0, torch.tensor([ep0["task_index"]]), False)
+    )
     given["noise"] = np.zeros((1, cfg.action_horizon, cfg.action_dim), np.float32)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         torch_policy.predict_chunks([s0], [torch.tensor([ep0["task_index"]])])
@@ -175,15 +217,16 @@ def _replay(bench, torch_policy, onnx: dict, names: list[str], seed: int, given:
             st = None if ep_states is None else ep_states[step][None]
             for n in names:
                 if n == "torch":
-                    torch_policy.push(states[n], Observation(frame, None if st is None else torch.from_numpy(st),
-                                                             task_t, False))
+                    torch_policy.push(
+                        states[n], Observation(frame, None if st is None else torch.from_numpy(st), task_t, False)
+                    )
                 else:
                     onnx[n].push(states[n], RuntimeObservation(frame, st, task_np, False))
             if step % k:
                 continue
             noise = rng.standard_normal((1, cfg.action_horizon, cfg.action_dim), dtype=np.float32)
             given["noise"] = noise
-            order = names[calls % len(names):] + names[:calls % len(names)]  # rotate who goes first
+            order = names[calls % len(names) :] + names[: calls % len(names)]  # rotate who goes first
             for n in order:
                 t0 = time.perf_counter()
                 if n == "torch":
@@ -200,8 +243,18 @@ def _replay(bench, torch_policy, onnx: dict, names: list[str], seed: int, given:
     return times, outputs, truths, calls
 
 
-def _path_rows(names: list[str], variants: list[dict], times: dict, outputs: dict, truths: list, *, flops: int,
-               peaks: dict, threads: int, warmup: int) -> dict:
+def _path_rows(
+    names: list[str],
+    variants: list[dict],
+    times: dict,
+    outputs: dict,
+    truths: list,
+    *,
+    flops: int,
+    peaks: dict,
+    threads: int,
+    warmup: int,
+) -> dict:
     """Each path's latency, achieved FLOP/s and error (against the data and, for the ONNX paths, PyTorch)."""
 
     def mse(xs, ys):
@@ -213,15 +266,23 @@ def _path_rows(names: list[str], variants: list[dict], times: dict, outputs: dic
         lat = _summary(times[n][warmup:])
         t = threads if n == "torch" else next(v.get("threads", threads) for v in variants if v["name"] == n)
         gflops = flops / lat["median_ms"] * 1e-6 if lat["median_ms"] else None
-        row = {**lat, "threads": t, "achieved_GFLOPs": round(gflops, 2) if gflops else None,
-               "fraction_of_peak": round(gflops / peaks[t], 4) if gflops else None,
-               "speedup_vs_torch": round(base / lat["median_ms"], 2) if lat["median_ms"] else None,
-               "action_mse_vs_data": mse(outputs[n], truths)}
+        row = {
+            **lat,
+            "threads": t,
+            "achieved_GFLOPs": round(gflops, 2) if gflops else None,
+            "fraction_of_peak": round(gflops / peaks[t], 4) if gflops else None,
+            "speedup_vs_torch": round(base / lat["median_ms"], 2) if lat["median_ms"] else None,
+            "action_mse_vs_data": mse(outputs[n], truths),
+        }
         if n != "torch":
             v = next(v for v in variants if v["name"] == n)
             d = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs[n], outputs["torch"])])
-            row.update(options={k: v[k] for k in v if k != "name"}, max_abs_diff_vs_torch=float(d.max()),
-                       mean_abs_diff_vs_torch=float(d.mean()), action_mse_vs_torch=mse(outputs[n], outputs["torch"]))
+            row.update(
+                options={k: v[k] for k in v if k != "name"},
+                max_abs_diff_vs_torch=float(d.max()),
+                mean_abs_diff_vs_torch=float(d.mean()),
+                action_mse_vs_torch=mse(outputs[n], outputs["torch"]),
+            )
         rows[n] = row
     return rows
 

@@ -43,8 +43,15 @@ def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(path: str | os.PathLike, model: WAM, tokenizer: FrameTokenizer | None = None, *,
-                    stats: dict | None = None, config: dict | None = None, train_state: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: WAM,
+    tokenizer: FrameTokenizer | None = None,
+    *,
+    stats: dict | None = None,
+    config: dict | None = None,
+    train_state: dict | None = None,
+) -> Path:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -88,13 +95,16 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    with_train_state: bool = False) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", with_train_state: bool = False
+) -> Checkpoint:
     root = Path(path)
     root = set_aside(root) or root  # a writer killed between its two renames: the complete previous checkpoint
     if not (root / "model.safetensors").is_file() or not (root / "config.json").is_file():
-        raise NotFoundError(f"{root} is not a wam checkpoint (model.safetensors and config.json expected); "
-                            f"point --checkpoint at a directory written by `wam train`")
+        raise NotFoundError(
+            f"{root} is not a wam checkpoint (model.safetensors and config.json expected); "
+            f"point --checkpoint at a directory written by `wam train`"
+        )
     config = json.loads((root / "config.json").read_text())
     mcfg = from_dict(ModelConfig, config["model"])
     model = WAM(mcfg)
@@ -109,8 +119,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         except RuntimeError as e:  # shapes or names differ: another version of wam, or an edited config.json
             first = (str(e).strip().splitlines()[1:2] or [str(e)])[0].strip()
             first = first if len(first) < 160 else first[:157] + "..."
-            raise CheckpointError(f"{root / file} does not match the network its config.json describes "
-                                  f"({first}); it was written by another version of wam") from None
+            raise CheckpointError(
+                f"{root / file} does not match the network its config.json describes "
+                f"({first}); it was written by another version of wam"
+            ) from None
         module.to(device).eval()
     stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").is_file() else {}
     train_state = None

@@ -40,33 +40,50 @@ def _run_presets(args: argparse.Namespace) -> int:
     rows = []
     for name, cfg in PRESETS.items():
         n = sum(p.numel() for p in WAM(cfg).parameters())
-        rows.append({"preset": name, "params_M": round(n / 1e6, 2), "tokens": cfg.tokens, "width": cfg.width,
-                     "depth": cfg.depth, "image_size": cfg.image_size})
+        rows.append(
+            {
+                "preset": name,
+                "params_M": round(n / 1e6, 2),
+                "tokens": cfg.tokens,
+                "width": cfg.width,
+                "depth": cfg.depth,
+                "image_size": cfg.image_size,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"{'preset':<10} {'params':>8} {'tokens':>7} {'width':>6} {'depth':>6} {'image':>6}")
         for r in rows:
-            print(f"{r['preset']:<10} {r['params_M']:>7.2f}M {r['tokens']:>7} {r['width']:>6} {r['depth']:>6} "
-                  f"{r['image_size']:>6}")
+            print(
+                f"{r['preset']:<10} {r['params_M']:>7.2f}M {r['tokens']:>7} {r['width']:>6} {r['depth']:>6} "
+                f"{r['image_size']:>6}"
+            )
     return 0
 
 
 def _quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="the main job on the embedded default: collect, train, evaluate, report",
-                       description="Collect MetaWorld demonstrations, train wam-tiny briefly, evaluate it in every "
-                                   "mode, evaluate the shipped reference checkpoint, and write report.html.")
+    p = sub.add_parser(
+        "quickstart",
+        help="the main job on the embedded default: collect, train, evaluate, report",
+        description="Collect MetaWorld demonstrations, train wam-tiny briefly, evaluate it in every "
+        "mode, evaluate the shipped reference checkpoint, and write report.html.",
+    )
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-close-v3",
-                   help="MetaWorld tasks to collect, train and evaluate on")
+    p.add_argument(
+        "--tasks",
+        default="reach-v3,button-press-topdown-v3,drawer-close-v3",
+        help="MetaWorld tasks to collect, train and evaluate on",
+    )
     p.add_argument("--episodes", type=int, default=12, help="demonstrations per task")
     p.add_argument("--steps", type=int, default=1500, help="WAM training steps")
     p.add_argument("--tokenizer-steps", type=int, default=300, help="tokenizer training steps")
     p.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and mode")
     p.add_argument("--max-steps", type=int, default=150, help="step cap of the trained model's closed-loop episodes")
-    p.add_argument("--reference", default=None, help="reference checkpoint (default: the one shipped with wam; "
-                                                     "'none' to skip)")
+    p.add_argument(
+        "--reference", default=None, help="reference checkpoint (default: the one shipped with wam; 'none' to skip)"
+    )
     p.add_argument("--reference-tasks", default="mt10", help="tasks the reference checkpoint is evaluated on")
     p.add_argument("--reference-episodes", type=int, default=2, help="episodes per task for the reference")
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="change a model setting of wam-tiny")
@@ -79,10 +96,20 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
     reference = None if args.reference == "none" else (args.reference or REFERENCE)
     try:
-        quickstart(out=args.out, seed=args.seed, tasks=args.tasks, episodes=args.episodes, steps=args.steps,
-                   tokenizer_steps=args.tokenizer_steps, eval_episodes=args.eval_episodes, max_steps=args.max_steps,
-                   reference=reference, reference_tasks=args.reference_tasks,
-                   reference_episodes=args.reference_episodes, model_changes=_parse_settings(args.model, ModelConfig))
+        quickstart(
+            out=args.out,
+            seed=args.seed,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            steps=args.steps,
+            tokenizer_steps=args.tokenizer_steps,
+            eval_episodes=args.eval_episodes,
+            max_steps=args.max_steps,
+            reference=reference,
+            reference_tasks=args.reference_tasks,
+            reference_episodes=args.reference_episodes,
+            model_changes=_parse_settings(args.model, ModelConfig),
+        )
     except ImportError as e:
         raise ArgumentError(f"the quickstart needs MetaWorld ({e}); pip install 'wam[sim,report]'") from None
     return 0
@@ -100,8 +127,9 @@ def _dataset(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     decode = check.add_mutually_exclusive_group()
     decode.add_argument("--no-decode", action="store_true", help="read video packets only, decode no frame")
-    decode.add_argument("--decode-all", action="store_true", help="decode every video frame (slower; finds "
-                                                                  "corrupted frame data)")
+    decode.add_argument(
+        "--decode-all", action="store_true", help="decode every video frame (slower; finds corrupted frame data)"
+    )
     check.set_defaults(func=_run_dataset_check)
 
 
@@ -114,8 +142,10 @@ def _run_dataset_info(args: argparse.Namespace) -> int:
     except DatasetError as e:
         raise ArgumentError(f"{e}\n(`wam dataset check {args.path}` lists every problem)") from None
     except Exception as e:  # noqa: BLE001 (a dataset broken in an unforeseen way: still one sentence, no traceback)
-        raise ArgumentError(f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
-                            f"`wam dataset check {args.path}` lists every problem") from None
+        raise ArgumentError(
+            f"cannot read the dataset at {args.path} ({type(e).__name__}: {e}); "
+            f"`wam dataset check {args.path}` lists every problem"
+        ) from None
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -150,8 +180,10 @@ def _run_dataset_check(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     s = report.summary
     if "episodes" in s:
-        print(f"checked {args.path}: LeRobot {s['version']}, {s['episodes']} episodes, {s['frames']} frames, "
-              f"{s.get('video_files', 0)} video files")
+        print(
+            f"checked {args.path}: LeRobot {s['version']}, {s['episodes']} episodes, {s['frames']} frames, "
+            f"{s.get('video_files', 0)} video files"
+        )
     for w in report.warnings:
         print(f"warning: {w}")
     for p in report.problems:
@@ -164,45 +196,80 @@ def _run_dataset_check(args: argparse.Namespace) -> int:
 
 
 def _collect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="run scripted experts and write their episodes as a LeRobot v3.0 dataset",
-                       description="Run an environment's scripted expert in parallel processes and write the "
-                                   "episodes as a LeRobot v3.0 dataset. Example: wam collect metaworld --tasks mt10 "
-                                   "--episodes 50 --out data/mt10. Every --checkpoint-every kept episodes the work "
-                                   "is made safe on disk: an interrupted collection (Ctrl-C, a killed process, a "
-                                   "machine stop) continues with the same command plus --resume.")
+    p = sub.add_parser(
+        "collect",
+        help="run scripted experts and write their episodes as a LeRobot v3.0 dataset",
+        description="Run an environment's scripted expert in parallel processes and write the "
+        "episodes as a LeRobot v3.0 dataset. Example: wam collect metaworld --tasks mt10 "
+        "--episodes 50 --out data/mt10. Every --checkpoint-every kept episodes the work "
+        "is made safe on disk: an interrupted collection (Ctrl-C, a killed process, a "
+        "machine stop) continues with the same command plus --resume.",
+    )
     p.add_argument("env", help="environment family: metaworld or dot")
-    p.add_argument("--tasks", default=None, help="task set (metaworld: mt10, mt25, mt50, easy, medium, hard, "
-                                                 "very_hard, all) or a comma-separated list of tasks; default: all")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="task set (metaworld: mt10, mt25, mt50, easy, medium, hard, "
+        "very_hard, all) or a comma-separated list of tasks; default: all",
+    )
     p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
     p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--image-size", type=int, default=64, help="square frame size in pixels (default 64)")
     p.add_argument("--cameras", default=None, help="comma-separated cameras (default: the environment's default)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of CPU cores)")
     p.add_argument("--keep-failed", action="store_true", help="keep episodes where the expert failed")
-    p.add_argument("--max-attempts", type=int, default=None,
-                   help="attempts per task before giving up on reaching --episodes successes (default 4x)")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="attempts per task before giving up on reaching --episodes successes (default 4x)",
+    )
     p.add_argument("--after-success", type=int, default=10, help="steps recorded after the first success")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--protocol", default=None, choices=["lerobot", "wam"],
-                   help="make the frames as a benchmark's evaluation does (wam eval --protocol): lerobot = MetaWorld's "
-                        "own look and goal markers, rendered at 480 px and resized to --image-size, 400 steps")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["lerobot", "wam"],
+        help="make the frames as a benchmark's evaluation does (wam eval --protocol): lerobot = MetaWorld's "
+        "own look and goal markers, rendered at 480 px and resized to --image-size, 400 steps",
+    )
     p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
     p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
-    p.add_argument("--state", default=None, choices=("proprio", "full"),
-                   help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
-                        "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
-                        "39-D vector is always stored as observation.environment_state")
-    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
-                   help="add Gaussian noise of this standard deviation to the expert's actions (with --keep-failed: "
-                        "failed and partial episodes, for `wam critic`)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing dataset at --out (and an interrupted collection of it: start over)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted collection of --out from its last checkpoint, with the same "
-                        "settings (--workers may differ): the same dataset an uninterrupted run gives")
-    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
-                   help="make the work safe on disk every N kept episodes (default 100; 0: never)")
+    p.add_argument(
+        "--state",
+        default=None,
+        choices=("proprio", "full"),
+        help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
+        "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
+        "39-D vector is always stored as observation.environment_state",
+    )
+    p.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="add Gaussian noise of this standard deviation to the expert's actions (with --keep-failed: "
+        "failed and partial episodes, for `wam critic`)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset at --out (and an interrupted collection of it: start over)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted collection of --out from its last checkpoint, with the same "
+        "settings (--workers may differ): the same dataset an uninterrupted run gives",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="make the work safe on disk every N kept episodes (default 100; 0: never)",
+    )
     p.set_defaults(func=_run_collect)
 
 
@@ -211,11 +278,28 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     try:
-        collect(args.env, tasks=args.tasks, episodes=args.episodes, out=args.out, image_size=args.image_size,
-                cameras=cameras, workers=args.workers, keep_failed=args.keep_failed, max_attempts=args.max_attempts,
-                after_success=args.after_success, max_steps=args.max_steps, seed=args.seed, codec=args.codec,
-                action_noise=args.action_noise, crf=args.crf, state=args.state, overwrite=args.overwrite,
-                resume=args.resume, checkpoint_every=args.checkpoint_every, protocol=args.protocol)
+        collect(
+            args.env,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            out=args.out,
+            image_size=args.image_size,
+            cameras=cameras,
+            workers=args.workers,
+            keep_failed=args.keep_failed,
+            max_attempts=args.max_attempts,
+            after_success=args.after_success,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            codec=args.codec,
+            action_noise=args.action_noise,
+            crf=args.crf,
+            state=args.state,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            protocol=args.protocol,
+        )
     except (ImportError, OSError) as e:  # a missing extra; the system: an existing output, no GL, a full disk
         raise ArgumentError(str(e)) from None
     return 0
@@ -240,50 +324,96 @@ def _parse_settings(pairs: list[str] | None, cls: type) -> dict:
     return out
 
 
-_TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "precision",
-                "seed", "tokenizer_steps", "tokenizer_detail_weight", "log_every", "val_every", "checkpoint_every")
+_TRAIN_FLAGS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "precision",
+    "seed",
+    "tokenizer_steps",
+    "tokenizer_detail_weight",
+    "log_every",
+    "val_every",
+    "checkpoint_every",
+)
 
 
 def _train(sub: argparse._SubParsersAction) -> None:
     from wam.train import TrainConfig
 
-    p = sub.add_parser("train", help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
-                       description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
-                                   "--preset wam-tiny --steps 20000 --out runs/mt10")
-    p.add_argument("--dataset", action="append",
-                   metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
-                   help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to "
-                        "train on a mixture: WEIGHT is the dataset's relative share of each batch (default: by its "
-                        "size), no-actions trains on its videos only (action-free co-training), world-only trains "
-                        "the world model on its frames and actions but never imitates them (perturbed or failed "
-                        "episodes), tasks= reads only those tasks' episodes (task indices, exact task texts, or "
-                        "MetaWorld names and sets such as mt10); datasets with other action sizes (other robots) are "
-                        "padded and masked")
+    p = sub.add_parser(
+        "train",
+        help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
+        description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
+        "--preset wam-tiny --steps 20000 --out runs/mt10",
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        metavar="PATH[:WEIGHT][:no-actions|:world-only][:tasks=A,B]",
+        help="LeRobot dataset directory (v3.0 or v2.1; on --resume, default the run's own). Repeat to "
+        "train on a mixture: WEIGHT is the dataset's relative share of each batch (default: by its "
+        "size), no-actions trains on its videos only (action-free co-training), world-only trains "
+        "the world model on its frames and actions but never imitates them (perturbed or failed "
+        "episodes), tasks= reads only those tasks' episodes (task indices, exact task texts, or "
+        "MetaWorld names and sets such as mt10); datasets with other action sizes (other robots) are "
+        "padded and masked",
+    )
     p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
-    p.add_argument("--model", action="append", metavar="KEY=VALUE",
-                   help="change a model setting of the preset, e.g. --model depth=4 (repeatable)")
-    p.add_argument("--loss", action="append", metavar="KEY=VALUE",
-                   help="change a loss setting, e.g. --loss p_omit_future=0.3 (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a model setting of the preset, e.g. --model depth=4 (repeatable)",
+    )
+    p.add_argument(
+        "--loss",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a loss setting, e.g. --loss p_omit_future=0.3 (repeatable)",
+    )
     p.add_argument("--cameras", default=None, help="comma-separated cameras (default: all of the dataset's)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="episodes held out per task for validation")
     d = TrainConfig()
     for name in _TRAIN_FLAGS:
         default = getattr(d, name)
         shown = "a fifth of --steps, at most 2000" if name == "tokenizer_steps" else default
-        p.add_argument("--" + name.replace("_", "-"), type=int if default is None else type(default), default=None,
-                       help=f"(default {shown}; on --resume, the run's own)")
-    p.add_argument("--tokenizer-from", default=None, metavar="CHECKPOINT",
-                   help="start from this checkpoint's frame tokenizer (trained further for --tokenizer-steps; 0 "
-                        "keeps it as it is) instead of a new one")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int if default is None else type(default),
+            default=None,
+            help=f"(default {shown}; on --resume, the run's own)",
+        )
+    p.add_argument(
+        "--tokenizer-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's frame tokenizer (trained further for --tokenizer-steps; 0 "
+        "keeps it as it is) instead of a new one",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
-    p.add_argument("--fsdp", action="store_const", const=True, default=None,
-                   help="with several processes, shard weights, gradients and optimizer state over them (FSDP2) "
-                        "instead of a full copy each (DDP): for presets too large for one device")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="train in N data-parallel processes on this machine (launches torchrun; the batch size "
-                        "stays the global one). Several machines: run torchrun yourself, see the README")
+    p.add_argument(
+        "--fsdp",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with several processes, shard weights, gradients and optimizer state over them (FSDP2) "
+        "instead of a full copy each (DDP): for presets too large for one device",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train in N data-parallel processes on this machine (launches torchrun; the batch size "
+        "stays the global one). Several machines: run torchrun yourself, see the README",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
 
@@ -296,8 +426,14 @@ def _run_train(args: argparse.Namespace) -> int:
         from wam.distributed import launch
 
         argv = args.argv
-        return launch(args.nproc, [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
-                                   and argv[i - 1] != "--nproc"])
+        return launch(
+            args.nproc,
+            [
+                a
+                for i, a in enumerate(argv)
+                if a != "--nproc" and not a.startswith("--nproc=") and argv[i - 1] != "--nproc"
+            ],
+        )
 
     from wam.config import LossConfig, ModelConfig, from_dict
     from wam.episodes import run_dataset_specs
@@ -322,13 +458,25 @@ def _run_train(args: argparse.Namespace) -> int:
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     if not args.dataset:
         if not (args.resume and run_file.is_file()):
-            raise ArgumentError("pass --dataset PATH (the dataset to train on; only --resume of an existing run may "
-                                "leave it out)")
+            raise ArgumentError(
+                "pass --dataset PATH (the dataset to train on; only --resume of an existing run may leave it out)"
+            )
         args.dataset = run_dataset_specs(json.loads(run_file.read_text()))
     dataset = args.dataset if len(args.dataset) > 1 else args.dataset[0]
-    ckpt = train(dataset, args.out, preset=args.preset, model_changes=_parse_settings(args.model, ModelConfig),
-                 tc=tc, lc=lc, cameras=cameras, val_fraction=args.val_fraction, resume=args.resume,
-                 overwrite=args.overwrite, progress=not args.quiet, tokenizer_from=args.tokenizer_from)
+    ckpt = train(
+        dataset,
+        args.out,
+        preset=args.preset,
+        model_changes=_parse_settings(args.model, ModelConfig),
+        tc=tc,
+        lc=lc,
+        cameras=cameras,
+        val_fraction=args.val_fraction,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        tokenizer_from=args.tokenizer_from,
+    )
     if os.environ.get("RANK", "0") == "0":  # (under torchrun, every process returns here)
         print(f"checkpoint: {ckpt}")
     return 0
@@ -343,8 +491,9 @@ def _taylor(text: str):
             raise ValueError
         return TaylorSeer(order=int(parts[0]), interval=int(parts[1]), gate=parts[2] if len(parts) == 3 else 0.0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--taylor takes ORDER:INTERVAL[:GATE], e.g. 1:2 or 1:3:0.05; got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"--taylor takes ORDER:INTERVAL[:GATE], e.g. 1:2 or 1:3:0.05; got {text!r}"
+        ) from None
 
 
 # how a chunk is sampled: every flag sets one field of wam.inference.InferenceConfig (unset: its default)
@@ -353,13 +502,22 @@ _INFERENCE_FLAGS = (
     ("--solver", dict(), "ODE solver: euler, heun or ab2"),
     ("--schedule", dict(), "noise-level schedule: linear or shifted"),
     ("--cfg-scale", dict(type=float), "classifier-free guidance scale (1: none)"),
-    ("--no-cache", dict(action="store_const", const=False, dest="cache"),
-     "recompute the observed tokens' keys and values at every step (the cache is exact)"),
-    ("--taylor", dict(type=_taylor, metavar="ORDER:INTERVAL[:GATE]"),
-     "TaylorSeer feature forecasting: a full step every INTERVAL, forecasts of ORDER between, GATE > 0 falls back "
-     "to a full step when the first block's forecast is off by more than GATE"),
-    ("--warm-start", dict(type=float, metavar="T"), "policy mode: start each chunk from the previous one re-noised "
-                                                    "to T (0: off)"),
+    (
+        "--no-cache",
+        dict(action="store_const", const=False, dest="cache"),
+        "recompute the observed tokens' keys and values at every step (the cache is exact)",
+    ),
+    (
+        "--taylor",
+        dict(type=_taylor, metavar="ORDER:INTERVAL[:GATE]"),
+        "TaylorSeer feature forecasting: a full step every INTERVAL, forecasts of ORDER between, GATE > 0 falls back "
+        "to a full step when the first block's forecast is off by more than GATE",
+    ),
+    (
+        "--warm-start",
+        dict(type=float, metavar="T"),
+        "policy mode: start each chunk from the previous one re-noised to T (0: off)",
+    ),
     ("--precision", dict(), "fp32 or bf16 (autocast)"),
     ("--quantize", dict(), "none or int8 (dynamic quantisation of the blocks' linear layers, CPU)"),
     ("--compile", dict(action="store_const", const=True), "torch.compile the network (the first calls compile)"),
@@ -368,90 +526,162 @@ _INFERENCE_FLAGS = (
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plan", type=int, default=1, metavar="N",
-                   help="test-time planning: imagine N joint futures (frames and actions) per chunk and act on the "
-                        "one the critic scores highest (needs --mode joint or inverse, and a critic: `wam critic`)")
-    p.add_argument("--plan-score", default="imagined", choices=("imagined", "forward"),
-                   help="which future --plan scores: the frames imagined with the actions (default), or those the "
-                        "world model predicts from each candidate's actions alone (forward mode; any --mode)")
-    p.add_argument("--plan-guidance", type=float, default=1.0, metavar="W",
-                   help="with --plan-score forward: predict the candidates' futures with guidance W on their actions "
-                        "(W > 1: the frames follow the actions more than the data's prior)")
-    p.add_argument("--critic", default=None, metavar="DIR",
-                   help="the critic --plan scores with (default: <checkpoint>/critic, written by `wam critic`)")
+    p.add_argument(
+        "--plan",
+        type=int,
+        default=1,
+        metavar="N",
+        help="test-time planning: imagine N joint futures (frames and actions) per chunk and act on the "
+        "one the critic scores highest (needs --mode joint or inverse, and a critic: `wam critic`)",
+    )
+    p.add_argument(
+        "--plan-score",
+        default="imagined",
+        choices=("imagined", "forward"),
+        help="which future --plan scores: the frames imagined with the actions (default), or those the "
+        "world model predicts from each candidate's actions alone (forward mode; any --mode)",
+    )
+    p.add_argument(
+        "--plan-guidance",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="with --plan-score forward: predict the candidates' futures with guidance W on their actions "
+        "(W > 1: the frames follow the actions more than the data's prior)",
+    )
+    p.add_argument(
+        "--critic",
+        default=None,
+        metavar="DIR",
+        help="the critic --plan scores with (default: <checkpoint>/critic, written by `wam critic`)",
+    )
 
 
 def _critic(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("critic", help="train the outcome model that scores imagined futures (for --plan)",
-                       description="Train a checkpoint's critic: from one frame's latents (the checkpoint's own "
-                                   "tokenizer) and the task, the task's progress (the dataset's reward, scaled to "
-                                   "[0, 1]) and whether it is done (next.success). --plan N scores imagined futures "
-                                   "with it. Example: wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset "
-                                   "data/mt50 --dataset data/mt50-noisy")
+    p = sub.add_parser(
+        "critic",
+        help="train the outcome model that scores imagined futures (for --plan)",
+        description="Train a checkpoint's critic: from one frame's latents (the checkpoint's own "
+        "tokenizer) and the task, the task's progress (the dataset's reward, scaled to "
+        "[0, 1]) and whether it is done (next.success). --plan N scores imagined futures "
+        "with it. Example: wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset "
+        "data/mt50 --dataset data/mt50-noisy",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
-    p.add_argument("--dataset", action="append", required=True,
-                   help="dataset with next.reward and next.success, PATH or PATH:tasks=A,B (repeat for several)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        help="dataset with next.reward and next.success, PATH or PATH:tasks=A,B (repeat for several)",
+    )
     p.add_argument("--out", default=None, help="where to write it (default: <checkpoint>/critic)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--imagined", action="store_true",
-                   help="train on imagined frames too: the checkpoint imagines every episode along its recorded "
-                        "actions, each imagined frame labelled with the real episode's outcome (for wam imagine)")
-    p.add_argument("--imagine-steps", type=int, default=2,
-                   help="with --imagined: denoising steps of each imagined frame (as wam imagine --world-steps)")
-    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
-                   help="with --imagined: action guidance of the imagined frames (as wam imagine's)")
+    p.add_argument(
+        "--imagined",
+        action="store_true",
+        help="train on imagined frames too: the checkpoint imagines every episode along its recorded "
+        "actions, each imagined frame labelled with the real episode's outcome (for wam imagine)",
+    )
+    p.add_argument(
+        "--imagine-steps",
+        type=int,
+        default=2,
+        help="with --imagined: denoising steps of each imagined frame (as wam imagine --world-steps)",
+    )
+    p.add_argument(
+        "--action-guidance",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="with --imagined: action guidance of the imagined frames (as wam imagine's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_critic)
 
 
 def _imagine(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("imagine", help="evaluate a policy inside the world model: imagined episodes from real "
-                                       "start frames, scored by the critic",
-                       description="Policy evaluation in imagination: from real start frames (the simulator's for "
-                                   "wam eval's seeds, or held-out episodes'), a policy acts on frames the world "
-                                   "model imagines (forward mode) and the critic scores each (progress, done). "
-                                   "Writes imagine_info.json (wam eval's format), videos and report.html. Example: "
-                                   "wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5")
+    p = sub.add_parser(
+        "imagine",
+        help="evaluate a policy inside the world model: imagined episodes from real start frames, scored by the critic",
+        description="Policy evaluation in imagination: from real start frames (the simulator's for "
+        "wam eval's seeds, or held-out episodes'), a policy acts on frames the world "
+        "model imagines (forward mode) and the critic scores each (progress, done). "
+        "Writes imagine_info.json (wam eval's format), videos and report.html. Example: "
+        "wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5",
+    )
     p.add_argument("--checkpoint", required=True, help="the world model: a checkpoint directory with a critic")
     p.add_argument("--critic", default=None, metavar="DIR", help="its critic (default: <checkpoint>/critic)")
-    p.add_argument("--policy", default=None, metavar="CHECKPOINT",
-                   help="the policy evaluated (default: the world model's own checkpoint, as a policy)")
-    p.add_argument("--server", default=None, metavar="URL", help="evaluate the policy served at URL instead "
-                                                                 "(wam serve, or the peers' server)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        metavar="CHECKPOINT",
+        help="the policy evaluated (default: the world model's own checkpoint, as a policy)",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="evaluate the policy served at URL instead (wam serve, or the peers' server)",
+    )
     p.add_argument("--server-timeout", type=float, default=30.0, metavar="S")
     p.add_argument("--env", default="metaworld", help="environment family of the tasks (start frames, limits)")
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
     p.add_argument("--episodes", type=int, default=5, help="imagined episodes per task")
-    p.add_argument("--start", default="sim", choices=("sim", "dataset"),
-                   help="start frames: sim (the simulator's first frame for wam eval's seeds) or dataset (the "
-                        "world model's held-out episodes)")
+    p.add_argument(
+        "--start",
+        default="sim",
+        choices=("sim", "dataset"),
+        help="start frames: sim (the simulator's first frame for wam eval's seeds) or dataset (the "
+        "world model's held-out episodes)",
+    )
     p.add_argument("--dataset", default=None, help="--start dataset: the dataset (default: the training dataset)")
     p.add_argument("--mode", default=None, help="the policy's acting mode (policy, joint or inverse)")
     p.add_argument("--n-action-steps", type=int, default=None, help="the policy's actions per chunk")
     p.add_argument("--blind", action="store_true", help="black out the policy's camera (a policy that cannot see)")
     _add_inference_flags(p, note=" (the policy's)")
     p.add_argument("--world-steps", type=int, default=2, help="denoising steps of each imagined frame")
-    p.add_argument("--action-guidance", type=float, default=1.0, metavar="W",
-                   help="guidance on the actions when imagining frames: video(no actions) + W x (forward - video); "
-                        "W > 1 makes the imagined frames follow the policy's actions more than the data's prior")
+    p.add_argument(
+        "--action-guidance",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="guidance on the actions when imagining frames: video(no actions) + W x (forward - video); "
+        "W > 1 makes the imagined frames follow the policy's actions more than the data's prior",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="critic probability that counts as done")
-    p.add_argument("--persist", type=int, default=1, metavar="K",
-                   help="an imagined episode succeeds once K imagined frames in a row are judged done")
+    p.add_argument(
+        "--persist",
+        type=int,
+        default=1,
+        metavar="K",
+        help="an imagined episode succeeds once K imagined frames in a row are judged done",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="imagined episodes saved as video per task")
-    p.add_argument("--compare", default=None, metavar="EVAL_INFO",
-                   help="a simulated evaluation (eval_info.json) to print beside the imagined one")
-    p.add_argument("--replay", default=None, metavar="DATASET",
-                   help="judge DATASET's recorded episodes instead (e.g. from `wam eval --record`): each imagined "
-                        "along its own actions from its first frame, judged beside its real outcome "
-                        "(OUT/replay.json); no policy acts")
-    p.add_argument("--real", action="store_true",
-                   help="with --replay: also judge the recorded frames with the same critic and measure each imagined "
-                        "frame against the recorded one (PSNR), beside the first frame held still")
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="EVAL_INFO",
+        help="a simulated evaluation (eval_info.json) to print beside the imagined one",
+    )
+    p.add_argument(
+        "--replay",
+        default=None,
+        metavar="DATASET",
+        help="judge DATASET's recorded episodes instead (e.g. from `wam eval --record`): each imagined "
+        "along its own actions from its first frame, judged beside its real outcome "
+        "(OUT/replay.json); no policy acts",
+    )
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="with --replay: also judge the recorded frames with the same critic and measure each imagined "
+        "frame against the recorded one (PSNR), beside the first frame held still",
+    )
     p.add_argument("--out", default="runs/imagine", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_imagine)
@@ -475,8 +705,13 @@ def _run_imagine(args: argparse.Namespace) -> int:
         from wam.client import PolicyClient
 
         try:
-            policy = PolicyClient(args.server, seed=args.seed, mode=args.mode, n_action_steps=args.n_action_steps,
-                                  timeout=args.server_timeout)
+            policy = PolicyClient(
+                args.server,
+                seed=args.seed,
+                mode=args.mode,
+                n_action_steps=args.n_action_steps,
+                timeout=args.server_timeout,
+            )
         except OSError as e:  # unreachable or refused
             raise ArgumentError(str(e)) from None
         source = {"server": args.server}
@@ -484,21 +719,44 @@ def _run_imagine(args: argparse.Namespace) -> int:
         from wam.policy import WAMPolicy
 
         ckpt = load_checkpoint(args.policy) if args.policy else world
-        policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                           seed=args.seed, blind=args.blind, **_inference_overrides(args))
+        policy = WAMPolicy(
+            ckpt,
+            mode=args.mode or "policy",
+            n_action_steps=args.n_action_steps,
+            seed=args.seed,
+            blind=args.blind,
+            **_inference_overrides(args),
+        )
         source = {"policy_checkpoint": str(args.policy or args.checkpoint)}
     tasks = args.tasks or _training_tasks(args.env, world.config.get("run", {}).get("tasks"))
     try:
-        info = imagine(world, critic, policy, env=args.env, tasks=tasks, episodes=args.episodes, start=args.start,
-                       dataset=args.dataset, seed=args.seed, max_steps=args.max_steps,
-                       sampling_steps=args.world_steps, threshold=args.threshold,
-                       persist=args.persist, videos_per_task=args.videos, action_guidance=args.action_guidance,
-                       out=args.out, settings=source, progress=not args.quiet)
+        info = imagine(
+            world,
+            critic,
+            policy,
+            env=args.env,
+            tasks=tasks,
+            episodes=args.episodes,
+            start=args.start,
+            dataset=args.dataset,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            sampling_steps=args.world_steps,
+            threshold=args.threshold,
+            persist=args.persist,
+            videos_per_task=args.videos,
+            action_guidance=args.action_guidance,
+            out=args.out,
+            settings=source,
+            progress=not args.quiet,
+        )
     finally:
         if args.server is not None:
             policy.close()
-    print(f"imagined success {info['pc_success']:.1f}% [{info['ci95'][0]:.0f}, {info['ci95'][1]:.0f}] over "
-          f"{info['n_episodes']} episodes; {Path(args.out) / 'imagine_info.json'}, {Path(args.out) / 'report.html'}")
+    print(
+        f"imagined success {info['pc_success']:.1f}% [{info['ci95'][0]:.0f}, {info['ci95'][1]:.0f}] over "
+        f"{info['n_episodes']} episodes; {Path(args.out) / 'imagine_info.json'}, {Path(args.out) / 'report.html'}"
+    )
     if args.compare:
         both = compare(info, json.loads(Path(args.compare).read_text()))
         for r in both["tasks"]:
@@ -514,19 +772,42 @@ def _replay(args: argparse.Namespace, world, critic) -> int:
     from wam.imagine import replay, replay_summary
 
     if args.policy is not None or args.server is not None:
-        raise ArgumentError("--replay judges recorded episodes, whose actions are given; leave out --policy and "
-                            "--server")
-    verdicts = replay(world, critic, args.replay, sampling_steps=args.world_steps, threshold=args.threshold,
-                      persist=args.persist, action_guidance=args.action_guidance, seed=args.seed,
-                      real=args.real, progress=not args.quiet)
+        raise ArgumentError(
+            "--replay judges recorded episodes, whose actions are given; leave out --policy and --server"
+        )
+    verdicts = replay(
+        world,
+        critic,
+        args.replay,
+        sampling_steps=args.world_steps,
+        threshold=args.threshold,
+        persist=args.persist,
+        action_guidance=args.action_guidance,
+        seed=args.seed,
+        real=args.real,
+        progress=not args.quiet,
+    )
     summary = replay_summary(verdicts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "replay.json", {
-        "dataset": str(args.replay), "world_model": str(args.checkpoint), "critic": getattr(critic, "path", None),
-        "settings": {"world_sampling_steps": args.world_steps, "threshold": args.threshold, "persist": args.persist,
-                     "action_guidance": args.action_guidance, "seed": args.seed, "real": args.real},
-        "summary": summary, "verdicts": verdicts})
+    write_json_atomic(
+        out / "replay.json",
+        {
+            "dataset": str(args.replay),
+            "world_model": str(args.checkpoint),
+            "critic": getattr(critic, "path", None),
+            "settings": {
+                "world_sampling_steps": args.world_steps,
+                "threshold": args.threshold,
+                "persist": args.persist,
+                "action_guidance": args.action_guidance,
+                "seed": args.seed,
+                "real": args.real,
+            },
+            "summary": summary,
+            "verdicts": verdicts,
+        },
+    )
     extra = f" {'recorded judged right':>22} {'PSNR imagined / still':>22}" if args.real else ""
     print(f"{'task':<58} {'episodes':>8} {'real':>6} {'imagined':>9} {'judged right':>13}{extra}")
     for task, r in [*summary["per_task"].items(), ("all", summary)]:
@@ -534,8 +815,10 @@ def _replay(args: argparse.Namespace, world, critic) -> int:
         if args.real:
             dbs = "-" if r["psnr"] is None else f"{r['psnr']:.1f} / {r['psnr_still']:.1f}"
             extra = f" {100 * r['recorded_accuracy']:>21.0f}% {dbs:>22}"
-        print(f"{task[:58]:<58} {r['episodes']:>8} {r['real_pc_success']:>5.0f}% {r['imagined_pc_success']:>8.0f}% "
-              f"{100 * r['accuracy']:>12.0f}%{extra}")
+        print(
+            f"{task[:58]:<58} {r['episodes']:>8} {r['real_pc_success']:>5.0f}% {r['imagined_pc_success']:>8.0f}% "
+            f"{100 * r['accuracy']:>12.0f}%{extra}"
+        )
     print(f"{out / 'replay.json'}")
     return 0
 
@@ -545,10 +828,19 @@ def _run_critic(args: argparse.Namespace) -> int:
 
     from wam.critic import train_critic
 
-    metrics = train_critic(args.checkpoint, args.dataset, out=args.out, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
-                           imagined=args.imagined, imagine_steps=args.imagine_steps,
-                           action_guidance=args.action_guidance)
+    metrics = train_critic(
+        args.checkpoint,
+        args.dataset,
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.quiet,
+        imagined=args.imagined,
+        imagine_steps=args.imagine_steps,
+        action_guidance=args.action_guidance,
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -576,57 +868,112 @@ def _inference_overrides(args: argparse.Namespace) -> dict:
 
 
 def _eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="closed-loop evaluation in simulation (and world-model metrics), with a report",
-                       description="Evaluate a checkpoint closed-loop on simulated tasks, the scripted expert on the "
-                                   "same seeds beside it; writes eval_info.json, rollout videos and report.html. "
-                                   "Example: wam eval --checkpoint runs/mt10/checkpoint --env metaworld --tasks mt10 "
-                                   "--episodes 20 --mode policy; or, through a running `wam serve`: wam eval --server "
-                                   "ws://127.0.0.1:8765 --tasks mt10 --episodes 20")
-    p.add_argument("--checkpoint", default=None, help="checkpoint directory (written by wam train); with --server, "
-                                                        "needed only for --world-model")
-    p.add_argument("--server", default=None, metavar="URL", help="evaluate the policy served by `wam serve` at URL "
-                                                                 "(ws://HOST:PORT) instead of a local checkpoint")
+    p = sub.add_parser(
+        "eval",
+        help="closed-loop evaluation in simulation (and world-model metrics), with a report",
+        description="Evaluate a checkpoint closed-loop on simulated tasks, the scripted expert on the "
+        "same seeds beside it; writes eval_info.json, rollout videos and report.html. "
+        "Example: wam eval --checkpoint runs/mt10/checkpoint --env metaworld --tasks mt10 "
+        "--episodes 20 --mode policy; or, through a running `wam serve`: wam eval --server "
+        "ws://127.0.0.1:8765 --tasks mt10 --episodes 20",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint directory (written by wam train); with --server, needed only for --world-model",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="evaluate the policy served by `wam serve` at URL (ws://HOST:PORT) instead of a local checkpoint",
+    )
     p.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
-    p.add_argument("--server-timeout", type=float, default=30.0, metavar="S",
-                   help="with --server: seconds to wait for each answer (default 30; slow policies need more)")
+    p.add_argument(
+        "--server-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="with --server: seconds to wait for each answer (default 30; slow policies need more)",
+    )
     p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task")
-    p.add_argument("--mode", default=None, help="acting mode: policy (default; with --server, the server's), joint "
-                                                "or inverse")
-    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per predicted chunk "
-                                                                    "(default: half the horizon)")
+    p.add_argument(
+        "--mode", default=None, help="acting mode: policy (default; with --server, the server's), joint or inverse"
+    )
+    p.add_argument(
+        "--n-action-steps",
+        type=int,
+        default=None,
+        help="actions executed per predicted chunk (default: half the horizon)",
+    )
     _add_plan_flags(p)
     _add_inference_flags(p, note="; with --server, the server's")
-    p.add_argument("--seed", type=_eval_seed, default=0, metavar="SEED|dev|test",
-                   help="evaluation seed (episode layouts and sampling noise), or a named seed set: dev (= 0; choose "
-                        "on it) or test (report on it, once per checkpoint)")
-    p.add_argument("--protocol", default=None, choices=["lerobot", "wam"],
-                   help="a benchmark's fixed settings: lerobot = MetaWorld as LeRobot presents it (MetaWorld's own "
-                        "goal markers and look, rendered at 480 px and resized, 400 steps, corner4, 4-D state), the "
-                        "protocol of published MT50 results; wam = 4 cm goal markers, fast look at the model's size")
+    p.add_argument(
+        "--seed",
+        type=_eval_seed,
+        default=0,
+        metavar="SEED|dev|test",
+        help="evaluation seed (episode layouts and sampling noise), or a named seed set: dev (= 0; choose "
+        "on it) or test (report on it, once per checkpoint)",
+    )
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["lerobot", "wam"],
+        help="a benchmark's fixed settings: lerobot = MetaWorld as LeRobot presents it (MetaWorld's own "
+        "goal markers and look, rendered at 480 px and resized, 400 steps, corner4, 4-D state), the "
+        "protocol of published MT50 results; wam = 4 cm goal markers, fast look at the model's size",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
     p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
-    p.add_argument("--render-size", type=int, default=None, metavar="PX",
-                   help="render the cameras at PX pixels; the policy resizes each frame to its own image size, as "
-                        "it did its training frames (default: render at the policy's size)")
-    p.add_argument("--blind", action="store_true", help="black out every camera image before the policy sees it "
-                                                        "(how much of the success comes from seeing)")
-    p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (results do not "
-                                                          "depend on it)")
-    p.add_argument("--num-envs", type=int, default=1, help="environments of a task run at once, each in its own "
-                                                           "process, the policy batched over them (results do "
-                                                           "not depend on it)")
-    p.add_argument("--record", default=None, metavar="DATASET",
-                   help="also write the policy's episodes (failures too) to a new LeRobot dataset at DATASET: "
-                        "cameras, robot state, actions, rewards, success flags, as `wam collect` writes the "
-                        "expert's (data for `wam critic` and for world models)")
-    p.add_argument("--after-success", type=int, default=0, metavar="N",
-                   help="steps an episode goes on after its first success (default 0: it ends there; with "
-                        "--record, 10 keeps the frames after success that `wam collect` keeps)")
-    p.add_argument("--world-model", action="store_true",
-                   help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes")
+    p.add_argument(
+        "--render-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="render the cameras at PX pixels; the policy resizes each frame to its own image size, as "
+        "it did its training frames (default: render at the policy's size)",
+    )
+    p.add_argument(
+        "--blind",
+        action="store_true",
+        help="black out every camera image before the policy sees it (how much of the success comes from seeing)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes the tasks are spread over (results do not depend on it)"
+    )
+    p.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="environments of a task run at once, each in its own "
+        "process, the policy batched over them (results do "
+        "not depend on it)",
+    )
+    p.add_argument(
+        "--record",
+        default=None,
+        metavar="DATASET",
+        help="also write the policy's episodes (failures too) to a new LeRobot dataset at DATASET: "
+        "cameras, robot state, actions, rewards, success flags, as `wam collect` writes the "
+        "expert's (data for `wam critic` and for world models)",
+    )
+    p.add_argument(
+        "--after-success",
+        type=int,
+        default=0,
+        metavar="N",
+        help="steps an episode goes on after its first success (default 0: it ends there; with "
+        "--record, 10 keeps the frames after success that `wam collect` keeps)",
+    )
+    p.add_argument(
+        "--world-model",
+        action="store_true",
+        help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes",
+    )
     p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<mode>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -659,20 +1006,32 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.server is None:
         from wam.policy import WAMPolicy
 
-        policy = WAMPolicy(ckpt, mode=args.mode or "policy", n_action_steps=args.n_action_steps,
-                           seed=args.seed, blind=args.blind, plan=args.plan, critic=args.critic,
-                           plan_score=args.plan_score, plan_guidance=args.plan_guidance,
-                           **_inference_overrides(args))
-        return _eval_policy(args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"),
-                            {"checkpoint": str(args.checkpoint)})
+        policy = WAMPolicy(
+            ckpt,
+            mode=args.mode or "policy",
+            n_action_steps=args.n_action_steps,
+            seed=args.seed,
+            blind=args.blind,
+            plan=args.plan,
+            critic=args.critic,
+            plan_score=args.plan_score,
+            plan_guidance=args.plan_guidance,
+            **_inference_overrides(args),
+        )
+        return _eval_policy(
+            args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"), {"checkpoint": str(args.checkpoint)}
+        )
     flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
     given = [flags[name] for name in _inference_overrides(args)]
     if given:
-        raise ArgumentError(f"{', '.join(given)}: with --server the sampling settings are the server's; pass them "
-                            f"to `wam serve`")
+        raise ArgumentError(
+            f"{', '.join(given)}: with --server the sampling settings are the server's; pass them to `wam serve`"
+        )
     if args.plan != 1 or args.critic is not None or args.plan_score != "imagined" or args.plan_guidance != 1:
-        raise ArgumentError("--plan, --plan-score, --plan-guidance and --critic are the server's settings with "
-                            "--server; pass them to `wam serve`")
+        raise ArgumentError(
+            "--plan, --plan-score, --plan-guidance and --critic are the server's settings with "
+            "--server; pass them to `wam serve`"
+        )
     if args.workers > 1:
         raise ArgumentError("--server evaluates through one connection; use --workers 1")
     try:
@@ -680,14 +1039,22 @@ def _run_eval(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ArgumentError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
     try:
-        client = PolicyClient(args.server, token=args.token, seed=args.seed, mode=args.mode,
-                              n_action_steps=args.n_action_steps, timeout=args.server_timeout)
+        client = PolicyClient(
+            args.server,
+            token=args.token,
+            seed=args.seed,
+            mode=args.mode,
+            n_action_steps=args.n_action_steps,
+            timeout=args.server_timeout,
+        )
     except OSError as e:  # unreachable or refused (a setting the server does not offer: ArgumentError)
         raise ArgumentError(str(e)) from None
     with client:
         if ckpt is not None and ckpt.model_hash != client.metadata["model_hash"]:
-            raise ArgumentError(f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
-                                f"serves ({client.metadata['model_hash']})")
+            raise ArgumentError(
+                f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
+                f"serves ({client.metadata['model_hash']})"
+            )
         try:
             return _eval_policy(args, client, ckpt, client.tasks, {"server": args.server})
         except ServerError as e:
@@ -723,19 +1090,37 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
         steps = policy.settings["sampling_steps"]
         dataset = args.dataset or run.get("dataset")
         if not dataset or not Path(dataset).exists():
-            raise ArgumentError(f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not "
-                                f"found); pass --dataset PATH")
+            raise ArgumentError(
+                f"--world-model needs the dataset the checkpoint was trained on ({dataset!r} not "
+                f"found); pass --dataset PATH"
+            )
         world = evaluate_world_model(ckpt, dataset, out=out, steps=steps, seed=args.seed, progress=not args.quiet)
     log = None
     if ckpt is not None:
         logs = [Path(args.checkpoint) / "log.jsonl", Path(args.checkpoint).parent / "log.jsonl"]  # shipped, or a run's
         log = next((p for p in logs if p.is_file()), None)
     try:
-        info = evaluate(policy, env=args.env, tasks=tasks, episodes=args.episodes, out=out, seed=args.seed,
-                        max_steps=args.max_steps, expert=not args.no_expert, videos_per_task=args.videos,
-                        workers=args.workers, num_envs=args.num_envs, world_model=world, log_path=log,
-                        settings=settings, render_size=args.render_size, after_success=args.after_success,
-                        protocol=args.protocol, record=args.record, progress=not args.quiet)
+        info = evaluate(
+            policy,
+            env=args.env,
+            tasks=tasks,
+            episodes=args.episodes,
+            out=out,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            expert=not args.no_expert,
+            videos_per_task=args.videos,
+            workers=args.workers,
+            num_envs=args.num_envs,
+            world_model=world,
+            log_path=log,
+            settings=settings,
+            render_size=args.render_size,
+            after_success=args.after_success,
+            protocol=args.protocol,
+            record=args.record,
+            progress=not args.quiet,
+        )
     except (ImportError, OSError) as e:  # a missing extra; the system: no GL, a full disk
         raise ArgumentError(str(e)) from None
     print_eval(info)
@@ -759,8 +1144,7 @@ def print_eval(info: dict) -> None:
             lo, hi = g["ci95"]
             expert = f"{g['expert_pc_success']:.1f}%" if "expert_pc_success" in g else ""
             label = f"group {name} ({len(g['tasks'])})"
-            print(f"{label:<28} {g['pc_success']:>7.1f}% "
-                  f"{f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
+            print(f"{label:<28} {g['pc_success']:>7.1f}% {f'[{lo:.0f}, {hi:.0f}]':>14} {expert:>8}")
         gm = info["group_mean"]
         lo, hi = gm["ci95"]
         expert = f"{gm['expert_pc_success']:.1f}%" if "expert_pc_success" in gm else ""
@@ -772,36 +1156,57 @@ def print_eval(info: dict) -> None:
             if name in wm:
                 print(f"  {name:<26} " + "  ".join(f"{v:6.2f}" for v in wm[name]["psnr"]))
         inv = wm["inverse"]
-        print(f"  inverse action MSE {inv['action_mse']:.4f} (mean action: {inv['mean_action_mse']:.4f}); "
-              f"policy {wm['policy']['action_mse']:.4f}")
+        print(
+            f"  inverse action MSE {inv['action_mse']:.4f} (mean action: {inv['mean_action_mse']:.4f}); "
+            f"policy {wm['policy']['action_mse']:.4f}"
+        )
 
 
 def _bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="inference latency, FLOPs and quality of one setting against the reference path",
-                       description="Time one inference setting on the checkpoint's held-out episodes beside the "
-                                   "reference path (joint mode, 50 Euler steps, no caches, fp32) on the same inputs "
-                                   "and noise; prints JSON (latency median/p90, calls/s, FLOPs, achieved FLOP/s, "
-                                   "quality deltas). Example: wam bench --checkpoint checkpoints/wam-tiny-mt10 "
-                                   "--mode policy --steps 1")
+    p = sub.add_parser(
+        "bench",
+        help="inference latency, FLOPs and quality of one setting against the reference path",
+        description="Time one inference setting on the checkpoint's held-out episodes beside the "
+        "reference path (joint mode, 50 Euler steps, no caches, fp32) on the same inputs "
+        "and noise; prints JSON (latency median/p90, calls/s, FLOPs, achieved FLOP/s, "
+        "quality deltas). Example: wam bench --checkpoint checkpoints/wam-tiny-mt10 "
+        "--mode policy --steps 1",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--mode", default="policy", help="policy, joint, inverse (acting: a call is one chunk) or "
-                                                    "forward, video (a call is one window's future frames)")
+    p.add_argument(
+        "--mode",
+        default="policy",
+        help="policy, joint, inverse (acting: a call is one chunk) or "
+        "forward, video (a call is one window's future frames)",
+    )
     _add_inference_flags(p)
-    p.add_argument("--dataset", default=None, help="dataset whose held-out episodes are replayed (default: the "
-                                                   "training dataset)")
+    p.add_argument(
+        "--dataset", default=None, help="dataset whose held-out episodes are replayed (default: the training dataset)"
+    )
     p.add_argument("--episodes", type=int, default=5, help="held-out episodes replayed (acting modes)")
     p.add_argument("--windows", type=int, default=40, help="windows sampled (world-model modes)")
     p.add_argument("--warmup", type=int, default=3, help="calls left out of the timing")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
-    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
-                   help="onnx: the checkpoint's ONNX export beside its PyTorch policy, same chunks and noise, "
-                        "interleaved (wam.bench_onnx; policy mode at the export's settings)")
-    p.add_argument("--export", default=None, metavar="DIR", help="with --runtime onnx: the export to run (default: "
-                                                                 "export the checkpoint into a temporary directory)")
-    p.add_argument("--sweep", action="store_true", help="with --runtime onnx: also onnxruntime's graph "
-                                                        "optimisation levels, 1 and 2 threads, and the int8 graph")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="onnx: the checkpoint's ONNX export beside its PyTorch policy, same chunks and noise, "
+        "interleaved (wam.bench_onnx; policy mode at the export's settings)",
+    )
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="with --runtime onnx: the export to run (default: export the checkpoint into a temporary directory)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="with --runtime onnx: also onnxruntime's graph optimisation levels, 1 and 2 threads, and the int8 graph",
+    )
     p.set_defaults(func=_run_bench)
 
 
@@ -824,17 +1229,34 @@ def _run_bench(args: argparse.Namespace) -> int:
         from wam.bench_onnx import bench_onnx
 
         if args.mode != "policy" or _inference_overrides(args):
-            raise ArgumentError("--runtime onnx benches policy mode at the export's own settings (wam export takes "
-                                "them); leave out --mode and the sampling flags")
-        result = bench_onnx(ckpt, export_dir=args.export, dataset=args.dataset, episodes=args.episodes,
-                            warmup=args.warmup, seed=args.seed, sweep=args.sweep)
+            raise ArgumentError(
+                "--runtime onnx benches policy mode at the export's own settings (wam export takes "
+                "them); leave out --mode and the sampling flags"
+            )
+        result = bench_onnx(
+            ckpt,
+            export_dir=args.export,
+            dataset=args.dataset,
+            episodes=args.episodes,
+            warmup=args.warmup,
+            seed=args.seed,
+            sweep=args.sweep,
+        )
         return _print_bench(result, args.out)
     ic = InferenceConfig(cache=ckpt.model.cfg.attention != "full")
     ic = dataclasses.replace(ic, **_inference_overrides(args))
     if ic.warm_start and args.mode != "policy":
         raise ArgumentError("--warm-start applies to policy mode only")
-    result = bench(ckpt, args.mode, ic, dataset=args.dataset, episodes=args.episodes, windows=args.windows,
-                   warmup=args.warmup, seed=args.seed)
+    result = bench(
+        ckpt,
+        args.mode,
+        ic,
+        dataset=args.dataset,
+        episodes=args.episodes,
+        windows=args.windows,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
     return _print_bench(result, args.out)
 
 
@@ -851,29 +1273,50 @@ def _print_bench(result: dict, out: str | None) -> int:
 
 
 def _serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a checkpoint to robots over websockets, clients batched together",
-                       description="Serve a checkpoint as a policy over websockets (msgpack messages, see "
-                                   "wam.protocol); concurrent clients share batched forward passes. Example: wam serve "
-                                   "--checkpoint runs/mt10/checkpoint, then wam eval --server ws://127.0.0.1:8765 or "
-                                   "wam.client.PolicyClient('ws://127.0.0.1:8765') on the robot.")
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint to robots over websockets, clients batched together",
+        description="Serve a checkpoint as a policy over websockets (msgpack messages, see "
+        "wam.protocol); concurrent clients share batched forward passes. Example: wam serve "
+        "--checkpoint runs/mt10/checkpoint, then wam eval --server ws://127.0.0.1:8765 or "
+        "wam.client.PolicyClient('ws://127.0.0.1:8765') on the robot.",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0 "
-                                                       "for the network, with a --token)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; 0.0.0.0 for the network, with a --token)",
+    )
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    p.add_argument("--token", default=None, help="token every client must send (default: $WAM_SERVE_TOKEN; unset: "
-                                                 "no check)")
+    p.add_argument(
+        "--token", default=None, help="token every client must send (default: $WAM_SERVE_TOKEN; unset: no check)"
+    )
     p.add_argument("--max-batch", type=int, default=32, help="most environments in one forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for more requests after the first "
-                                                                 "of a batch")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="longest wait for more requests after the first of a batch"
+    )
     p.add_argument("--max-message-bytes", type=int, default=8 * 2**20, help="larger messages close their connection")
-    p.add_argument("--max-connections", type=int, default=64, help="open connections at once; one more is told so "
-                                                                   "and closed (default 64)")
-    p.add_argument("--hello-timeout", type=float, default=10.0, help="seconds a new connection has to say hello "
-                                                                     "before it is closed (default 10)")
-    p.add_argument("--mode", default="policy", help="default acting mode (clients may ask for any of policy, "
-                                                    "joint, inverse)")
-    p.add_argument("--n-action-steps", type=int, default=None, help="actions per chunk a client executes, told to "
-                                                                    "clients (default: half the horizon)")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="open connections at once; one more is told so and closed (default 64)",
+    )
+    p.add_argument(
+        "--hello-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a new connection has to say hello before it is closed (default 10)",
+    )
+    p.add_argument(
+        "--mode", default="policy", help="default acting mode (clients may ask for any of policy, joint, inverse)"
+    )
+    p.add_argument(
+        "--n-action-steps",
+        type=int,
+        default=None,
+        help="actions per chunk a client executes, told to clients (default: half the horizon)",
+    )
     _add_plan_flags(p)
     _add_inference_flags(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -882,12 +1325,25 @@ def _serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, note: str) -> None:
-    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
-                   help=f"torch (default) or onnx: {note}see docs/deploy-onnx.md")
-    p.add_argument("--onnx-threads", type=int, default=None, metavar="N",
-                   help="onnxruntime intra-op threads (default: one per physical core)")
-    p.add_argument("--onnx-optimization", default="all", choices=("disabled", "basic", "extended", "all"),
-                   help="onnxruntime graph optimisation level (default all)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnx"),
+        help=f"torch (default) or onnx: {note}see docs/deploy-onnx.md",
+    )
+    p.add_argument(
+        "--onnx-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="onnxruntime intra-op threads (default: one per physical core)",
+    )
+    p.add_argument(
+        "--onnx-optimization",
+        default="all",
+        choices=("disabled", "basic", "extended", "all"),
+        help="onnxruntime graph optimisation level (default all)",
+    )
     p.add_argument("--int8", action="store_true", help="with --runtime onnx: the export's int8 policy graph")
 
 
@@ -895,20 +1351,35 @@ def _onnx_policy(args: argparse.Namespace, path: str):
     """`--runtime onnx`: the export at `path` as an ONNXPolicy; torch-only settings are refused by name."""
     from wam.runtime import ONNXPolicy
 
-    torch_only = [f for f, given in (("--plan", args.plan != 1), ("--critic", args.critic is not None),
-                                     ("--plan-score", args.plan_score != "imagined"),
-                                     ("--plan-guidance", args.plan_guidance != 1)) if given]
+    torch_only = [
+        f
+        for f, given in (
+            ("--plan", args.plan != 1),
+            ("--critic", args.critic is not None),
+            ("--plan-score", args.plan_score != "imagined"),
+            ("--plan-guidance", args.plan_guidance != 1),
+        )
+        if given
+    ]
     flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
     torch_only += [flags[name] for name in _inference_overrides(args)]
     if torch_only:
-        raise ArgumentError(f"{', '.join(torch_only)}: an export holds its sampling settings (wam export takes them); "
-                            f"with --runtime onnx they cannot change")
+        raise ArgumentError(
+            f"{', '.join(torch_only)}: an export holds its sampling settings (wam export takes them); "
+            f"with --runtime onnx they cannot change"
+        )
     if args.mode not in (None, "policy"):
         raise ArgumentError(f"--mode {args.mode}: an export acts in policy mode only")
     device = getattr(args, "device", None) or "cpu"
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-    return ONNXPolicy(path, n_action_steps=args.n_action_steps, threads=args.onnx_threads,
-                      optimization=args.onnx_optimization, int8=args.int8, providers=providers)
+    return ONNXPolicy(
+        path,
+        n_action_steps=args.n_action_steps,
+        threads=args.onnx_threads,
+        optimization=args.onnx_optimization,
+        int8=args.int8,
+        providers=providers,
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -930,53 +1401,91 @@ def _run_serve(args: argparse.Namespace) -> int:
         from wam.policy import WAMPolicy
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        policy = WAMPolicy(load_checkpoint(args.checkpoint, device=device), mode=args.mode,
-                           n_action_steps=args.n_action_steps, device=device, plan=args.plan, critic=args.critic,
-                           plan_score=args.plan_score, plan_guidance=args.plan_guidance,
-                           **_inference_overrides(args))
+        policy = WAMPolicy(
+            load_checkpoint(args.checkpoint, device=device),
+            mode=args.mode,
+            n_action_steps=args.n_action_steps,
+            device=device,
+            plan=args.plan,
+            critic=args.critic,
+            plan_score=args.plan_score,
+            plan_guidance=args.plan_guidance,
+            **_inference_overrides(args),
+        )
     try:
-        run_server(policy, args.host, args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
-                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_message_bytes=args.max_message_bytes,
-                   max_connections=args.max_connections, hello_timeout_s=args.hello_timeout)
+        run_server(
+            policy,
+            args.host,
+            args.port,
+            token=args.token or os.environ.get(TOKEN_ENV) or None,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_message_bytes=args.max_message_bytes,
+            max_connections=args.max_connections,
+            hello_timeout_s=args.hello_timeout,
+        )
     except OSError as e:  # the port is taken, or the address is not this machine's
         raise ArgumentError(f"cannot listen on {args.host}:{args.port} ({e})") from None
     return 0
 
 
-_FINETUNE_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "precision",
-                   "seed", "log_every", "val_every", "checkpoint_every")
+_FINETUNE_FLAGS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "precision",
+    "seed",
+    "log_every",
+    "val_every",
+    "checkpoint_every",
+)
 
 
 def _finetune(sub: argparse._SubParsersAction) -> None:
     from wam.finetune import finetune_config
 
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a new dataset: LoRA, bottleneck adapters or "
-                                        "every weight",
-                       description="Fine-tune a trained checkpoint on a LeRobot dataset, its base frozen and small "
-                                   "adapters trained (lora: on each stream's QKV, attention output and MLP; adapter: "
-                                   "a bottleneck after each stream's attention), or every weight (full). New tasks "
-                                   "get new rows of the task table. Writes adapter/, checkpoint/ (merged, for every "
-                                   "verb), log.jsonl and finetune.json. Example: wam finetune --checkpoint "
-                                   "runs/mt10/checkpoint --dataset data/new --out runs/new --adapter lora")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint on a new dataset: LoRA, bottleneck adapters or every weight",
+        description="Fine-tune a trained checkpoint on a LeRobot dataset, its base frozen and small "
+        "adapters trained (lora: on each stream's QKV, attention output and MLP; adapter: "
+        "a bottleneck after each stream's attention), or every weight (full). New tasks "
+        "get new rows of the task table. Writes adapter/, checkpoint/ (merged, for every "
+        "verb), log.jsonl and finetune.json. Example: wam finetune --checkpoint "
+        "runs/mt10/checkpoint --dataset data/new --out runs/new --adapter lora",
+    )
     p.add_argument("--checkpoint", default=None, help="the base checkpoint directory (on --resume, the run's own)")
     p.add_argument("--dataset", default=None, help="LeRobot dataset directory (on --resume, the run's own)")
     p.add_argument("--out", required=True, help="output directory: adapter/, checkpoint/, log.jsonl, finetune.json")
     p.add_argument("--adapter", default=None, help="lora (default), adapter (bottleneck) or full")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank, or the bottleneck width of adapters (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA scale numerator: updates scaled by alpha / rank "
-                                                             "(default 16)")
-    p.add_argument("--streams", default=None, help="comma-separated streams that get adapters (default: "
-                                                   "context,video,action)")
-    p.add_argument("--freeze-task-embedding", action="store_true",
-                   help="keep the task table frozen too (only when the dataset brings no new task)")
+    p.add_argument(
+        "--alpha", type=float, default=None, help="LoRA scale numerator: updates scaled by alpha / rank (default 16)"
+    )
+    p.add_argument(
+        "--streams", default=None, help="comma-separated streams that get adapters (default: context,video,action)"
+    )
+    p.add_argument(
+        "--freeze-task-embedding",
+        action="store_true",
+        help="keep the task table frozen too (only when the dataset brings no new task)",
+    )
     p.add_argument("--loss", action="append", metavar="KEY=VALUE", help="change a loss setting (repeatable)")
     p.add_argument("--val-fraction", type=float, default=None, help="episodes held out per task (default 0.05)")
     d = finetune_config("lora")
     for name in _FINETUNE_FLAGS:
         default = getattr(d, name)
         extra = " with adapters, 0.0001 for full" if name == "lr" else ""
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
-                       help=f"(default {default}{extra}; on --resume, the run's own)")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=None,
+            help=f"(default {default}{extra}; on --resume, the run's own)",
+        )
     p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the fine-tune in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -1004,11 +1513,22 @@ def _run_finetune(args: argparse.Namespace) -> int:
     except (TypeError, ArgumentError) as e:
         raise ArgumentError(f"invalid training settings: {e}") from None
     streams = [s.strip() for s in args.streams.split(",") if s.strip()] if args.streams else None
-    summary = finetune(args.checkpoint, args.dataset, args.out, adapter=args.adapter, rank=args.rank,
-                       alpha=args.alpha, streams=streams,
-                       train_task_embedding=False if args.freeze_task_embedding else None, tc=tc, lc=lc,
-                       val_fraction=0.05 if args.val_fraction is None else args.val_fraction, resume=args.resume,
-                       overwrite=args.overwrite, progress=not args.quiet)
+    summary = finetune(
+        args.checkpoint,
+        args.dataset,
+        args.out,
+        adapter=args.adapter,
+        rank=args.rank,
+        alpha=args.alpha,
+        streams=streams,
+        train_task_embedding=False if args.freeze_task_embedding else None,
+        tc=tc,
+        lc=lc,
+        val_fraction=0.05 if args.val_fraction is None else args.val_fraction,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     if args.quiet:  # (otherwise printed before training)
         n, total = summary["trainable_parameters"], summary["total_parameters"]
         print(f"trainable parameters: {n:,} of {total:,} ({100 * n / total:.2f}%)")
@@ -1021,12 +1541,15 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="the policy as ONNX graphs run by onnxruntime, without torch (wam.runtime)",
-                       description="Write a checkpoint's policy (frame encoder, observed-token pass and denoising "
-                                   "steps at the checkpoint's default inference settings) as ONNX, with its "
-                                   "normalisation statistics and a manifest; run it with wam.runtime.ONNXPolicy, "
-                                   "wam serve --runtime onnx or wam bench --runtime onnx. Example: wam export "
-                                   "checkpoints/wam-tiny-mt10 --out exports/wam-tiny-mt10")
+    p = sub.add_parser(
+        "export",
+        help="the policy as ONNX graphs run by onnxruntime, without torch (wam.runtime)",
+        description="Write a checkpoint's policy (frame encoder, observed-token pass and denoising "
+        "steps at the checkpoint's default inference settings) as ONNX, with its "
+        "normalisation statistics and a manifest; run it with wam.runtime.ONNXPolicy, "
+        "wam serve --runtime onnx or wam bench --runtime onnx. Example: wam export "
+        "checkpoints/wam-tiny-mt10 --out exports/wam-tiny-mt10",
+    )
     p.add_argument("checkpoint", help="checkpoint directory (written by wam train)")
     p.add_argument("--out", required=True, help="export directory to write")
     _add_inference_flags(p, note="; the export holds fp32 sdpa sampling without Taylor or warm start")
@@ -1046,18 +1569,43 @@ def _run_export(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     ic = dataclasses.replace(InferenceConfig(cache=ckpt.model.cfg.attention != "full"), **_inference_overrides(args))
-    manifest = export_policy(ckpt, args.out, inference=ic, int8=not args.no_int8, opset=args.opset or OPSET,
-                             overwrite=args.overwrite, check=not args.no_check, progress=True)
-    print(json.dumps({k: manifest[k] for k in ("model_hash", "observation", "action_horizon", "inference", "graphs",
-                                               *(("check",) if "check" in manifest else ()))}, indent=2))
+    manifest = export_policy(
+        ckpt,
+        args.out,
+        inference=ic,
+        int8=not args.no_int8,
+        opset=args.opset or OPSET,
+        overwrite=args.overwrite,
+        check=not args.no_check,
+        progress=True,
+    )
+    print(
+        json.dumps(
+            {
+                k: manifest[k]
+                for k in (
+                    "model_hash",
+                    "observation",
+                    "action_horizon",
+                    "inference",
+                    "graphs",
+                    *(("check",) if "check" in manifest else ()),
+                )
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
 def _recipe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipe", help="run a named training recipe (collection + training), resumable",
-                       description="A named recipe is a checkpoint's whole making: collection, tokenizer stage, WAM "
-                                   "stage, every setting. `run` starts it, or continues it where it stopped; "
-                                   "sittings.jsonl in the run directory records where each sitting began and ended.")
+    p = sub.add_parser(
+        "recipe",
+        help="run a named training recipe (collection + training), resumable",
+        description="A named recipe is a checkpoint's whole making: collection, tokenizer stage, WAM "
+        "stage, every setting. `run` starts it, or continues it where it stopped; "
+        "sittings.jsonl in the run directory records where each sitting began and ended.",
+    )
     rs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     rs.add_parser("list", help="the recipes and what each makes").set_defaults(func=_run_recipe)
     show = rs.add_parser("show", help="every setting of a recipe, as JSON")
@@ -1066,8 +1614,13 @@ def _recipe(sub: argparse._SubParsersAction) -> None:
     run = rs.add_parser("run", help="run a recipe, or continue it where it stopped")
     run.add_argument("name")
     run.add_argument("--out", required=True, help="the run directory (data/, train/, recipe.json, sittings.jsonl)")
-    run.add_argument("--until-step", type=int, default=None, metavar="N",
-                     help="end this sitting after WAM step N (run again to continue; the schedule is the recipe's)")
+    run.add_argument(
+        "--until-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="end this sitting after WAM step N (run again to continue; the schedule is the recipe's)",
+    )
     run.add_argument("--workers", type=int, default=None, help="collection processes (the data does not depend on it)")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=_run_recipe)
@@ -1091,8 +1644,21 @@ def _run_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = [_presets, _quickstart, _dataset, _collect, _train, _finetune, _critic, _imagine, _eval, _serve, _bench,
-         _export, _recipe]
+VERBS = [
+    _presets,
+    _quickstart,
+    _dataset,
+    _collect,
+    _train,
+    _finetune,
+    _critic,
+    _imagine,
+    _eval,
+    _serve,
+    _bench,
+    _export,
+    _recipe,
+]
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -1125,8 +1691,10 @@ def in_flags(message: str, parser: argparse.ArgumentParser | None) -> str:
         action = actions.get(ARGUMENT_DESTS.get(name, name))
         if action is None:
             return m.group(0)
-        long = next((o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")),
-                    action.option_strings[0])
+        long = next(
+            (o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")),
+            action.option_strings[0],
+        )
         if value is None or value == "True":
             return long
         if value == "False":

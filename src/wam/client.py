@@ -43,8 +43,16 @@ class PolicyClient:
     acting mode the server offers (default: the server's); n_action_steps: actions executed per chunk
     (default: the server's); timeout: seconds to wait for the connection and for each answer."""
 
-    def __init__(self, url: str = "ws://127.0.0.1:8765", *, token: str | None = None, seed: int = 0,
-                 mode: str | None = None, n_action_steps: int | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8765",
+        *,
+        token: str | None = None,
+        seed: int = 0,
+        mode: str | None = None,
+        n_action_steps: int | None = None,
+        timeout: float = 30.0,
+    ):
         from websockets.exceptions import InvalidHandshake, InvalidURI
         from websockets.sync.client import connect
 
@@ -53,16 +61,19 @@ class PolicyClient:
         self._stack = ExitStack()  # connect() is a context manager; this object holds it open until close()
         try:
             # proxy=None: a robot talks to its policy server directly, whatever proxy the environment names
-            self._ws = self._stack.enter_context(connect(url, open_timeout=timeout, close_timeout=5, compression=None,
-                                                         max_size=2**26, proxy=None))
+            self._ws = self._stack.enter_context(
+                connect(url, open_timeout=timeout, close_timeout=5, compression=None, max_size=2**26, proxy=None)
+            )
         except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as e:
-            raise ConnectionError(f"cannot reach the policy server at {url} ({type(e).__name__}: {e}); "
-                                  f"is `wam serve` running there?") from None
+            raise ConnectionError(
+                f"cannot reach the policy server at {url} ({type(e).__name__}: {e}); is `wam serve` running there?"
+            ) from None
         self._next_id = 0
         self._limit: int | None = None
         try:
-            self.metadata: dict = self._call([{"type": "hello", "protocol": PROTOCOL_VERSION, "token": token,
-                                               "seed": seed}])[0]
+            self.metadata: dict = self._call(
+                [{"type": "hello", "protocol": PROTOCOL_VERSION, "token": token, "seed": seed}]
+            )[0]
         except ServerError as e:
             self.close()
             raise ConnectionRefusedError(f"the policy server at {url} refused the session: {e}") from None
@@ -78,8 +89,9 @@ class PolicyClient:
         self.mode = mode or self.metadata["mode"]
         if self.mode not in self.metadata["modes"]:
             self.close()
-            raise ArgumentError(f"mode {self.mode!r} is not offered by the server; choose one of: "
-                                f"{', '.join(self.metadata['modes'])}")
+            raise ArgumentError(
+                f"mode {self.mode!r} is not offered by the server; choose one of: {', '.join(self.metadata['modes'])}"
+            )
         self._actions: deque[np.ndarray] = deque()
         self._unsent: deque[dict] = deque(maxlen=self.metadata["n_obs_steps"] - 1)
         self.server_ms: list[float] = []  # the server's time for each chunk it answered (its "server_ms")
@@ -111,10 +123,20 @@ class PolicyClient:
     def settings(self) -> dict:
         """Everything about the policy that changes its actions (WAMPolicy.settings' keys), and the server."""
         m, s = self.metadata, self.metadata["sampling"]
-        return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": m["action_horizon"],
-                "n_obs_steps": m["n_obs_steps"], "sampling_steps": s["steps"], "solver": s["solver"],
-                "schedule": s["schedule"], "cfg_scale": s["cfg_scale"], "seed": self.seed,
-                "model_hash": m["model_hash"], "inference": s, "server": self.url}
+        return {
+            "mode": self.mode,
+            "n_action_steps": self.n_action_steps,
+            "action_horizon": m["action_horizon"],
+            "n_obs_steps": m["n_obs_steps"],
+            "sampling_steps": s["steps"],
+            "solver": s["solver"],
+            "schedule": s["schedule"],
+            "cfg_scale": s["cfg_scale"],
+            "seed": self.seed,
+            "model_hash": m["model_hash"],
+            "inference": s,
+            "server": self.url,
+        }
 
     # -- the policy API
 
@@ -177,9 +199,11 @@ class PolicyClient:
                 m["id"] = self._next_id
             data = pack(m)
             if self._limit is not None and len(data) > self._limit:
-                raise ArgumentError(f"this {m['type']} message is {len(data)} bytes, more than the server accepts "
-                                    f"({self._limit}, its --max-message-bytes); send smaller images (the model takes "
-                                    f"{self.image_size}x{self.image_size}) or fewer environments per request")
+                raise ArgumentError(
+                    f"this {m['type']} message is {len(data)} bytes, more than the server accepts "
+                    f"({self._limit}, its --max-message-bytes); send smaller images (the model takes "
+                    f"{self.image_size}x{self.image_size}) or fewer environments per request"
+                )
             payloads.append(data)
         try:
             try:
@@ -190,8 +214,9 @@ class PolicyClient:
             replies = [unpack(self._ws.recv(timeout=self.timeout)) for _ in messages]
         except TimeoutError:
             self.close()  # an answer may still come: this connection can no longer pair answers with requests
-            raise TimeoutError(f"no answer from the policy server at {self.url} within {self.timeout} s; "
-                               f"the connection is closed") from None
+            raise TimeoutError(
+                f"no answer from the policy server at {self.url} within {self.timeout} s; the connection is closed"
+            ) from None
         except ConnectionClosed as e:
             self._ws = None
             raise ConnectionError(f"the policy server at {self.url} closed the connection ({e})") from None
@@ -200,8 +225,10 @@ class PolicyClient:
                 raise ServerError(f"{m['type']}: {r.get('error')}")
             if r.get("id") != m.get("id"):
                 self.close()
-                raise ConnectionError(f"answer {r.get('id')!r} to request {m.get('id')!r}: out of step with the "
-                                      f"server; the connection is closed")
+                raise ConnectionError(
+                    f"answer {r.get('id')!r} to request {m.get('id')!r}: out of step with the "
+                    f"server; the connection is closed"
+                )
         return replies
 
     def close(self) -> None:

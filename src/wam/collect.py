@@ -78,8 +78,14 @@ class EpisodeRecorder:
 
     def add(self, obs: dict, action, reward: float, success: bool) -> None:
         keep = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
-        self.steps.append({**keep, "action": np.asarray(action, np.float32), "next.reward": np.float32(reward),
-                           "next.success": bool(success)})
+        self.steps.append(
+            {
+                **keep,
+                "action": np.asarray(action, np.float32),
+                "next.reward": np.float32(reward),
+                "next.success": bool(success),
+            }
+        )
 
     def data(self) -> dict[str, np.ndarray]:
         out = {k: np.stack([s[k] for s in self.steps]) for k in self.steps[0]}
@@ -94,10 +100,16 @@ class EpisodeRecorder:
 
 def env_metadata(env) -> dict[str, Any]:
     """What a dataset of `env`'s episodes records about it: fps, robot type and the names of its vectors."""
-    names = {"action": getattr(env, "action_names", None), "observation.state": getattr(env, "state_names", None),
-             "observation.environment_state": getattr(env, "environment_state_names", None)}
-    return {"fps": int(getattr(env, "fps", 30)), "robot_type": getattr(env, "robot_type", None),
-            "names": {k: list(v) for k, v in names.items() if v}}
+    names = {
+        "action": getattr(env, "action_names", None),
+        "observation.state": getattr(env, "state_names", None),
+        "observation.environment_state": getattr(env, "environment_state_names", None),
+    }
+    return {
+        "fps": int(getattr(env, "fps", 30)),
+        "robot_type": getattr(env, "robot_type", None),
+        "names": {k: list(v) for k, v in names.items() if v},
+    }
 
 
 def episode_seed(seed: int, task: str, attempt: int) -> int:
@@ -105,9 +117,19 @@ def episode_seed(seed: int, task: str, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(task.encode()), attempt]).generate_state(1)[0] >> 1)
 
 
-def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                after_success: int = 10, max_steps: int | None = None, state: str | None = None,
-                action_noise: float = 0.0, env_options: dict | None = None) -> dict[str, Any]:
+def run_episode(
+    env_name: str,
+    task: str,
+    seed: int,
+    *,
+    image_size: int = 64,
+    cameras: Sequence[str] | None = None,
+    after_success: int = 10,
+    max_steps: int | None = None,
+    state: str | None = None,
+    action_noise: float = 0.0,
+    env_options: dict | None = None,
+) -> dict[str, Any]:
     """Run the scripted expert for one episode and return its arrays (see the module docstring).
     action_noise > 0 adds Gaussian noise of that standard deviation to every action the expert chooses (the
     noisy action is executed and recorded, clipped to the action space), from a generator seeded by `seed`.
@@ -117,8 +139,9 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     key = (env_name, task, image_size, tuple(cameras) if cameras else None, state, tuple(sorted(options.items())))
     env = _ENV_CACHE.pop(key, None)
     if env is None:
-        env = adapter.make_env(task, image_size=image_size, cameras=cameras, **({"state": state} if state else {}),
-                               **options)
+        env = adapter.make_env(
+            task, image_size=image_size, cameras=cameras, **({"state": state} if state else {}), **options
+        )
     _ENV_CACHE[key] = env  # (re)inserted last: the dict's order is the order of use
     while len(_ENV_CACHE) > _ENV_CACHE_SIZE:
         _ENV_CACHE.pop(next(iter(_ENV_CACHE))).close()
@@ -146,9 +169,16 @@ def run_episode(env_name: str, task: str, seed: int, *, image_size: int = 64, ca
     data = recorder.data()
     meta = env_metadata(env)
     return {
-        "data": data, "task": task, "description": env.task_description, "seed": seed,
-        "success": first_success >= 0, "first_success": first_success, "length": len(data["action"]),
-        "fps": meta["fps"], "robot_type": meta["robot_type"] or env_name, "names": meta["names"],
+        "data": data,
+        "task": task,
+        "description": env.task_description,
+        "seed": seed,
+        "success": first_success >= 0,
+        "first_success": first_success,
+        "length": len(data["action"]),
+        "fps": meta["fps"],
+        "robot_type": meta["robot_type"] or env_name,
+        "names": meta["names"],
     }
 
 
@@ -161,13 +191,30 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
-def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int, out: str | Path,
-            image_size: int = 64, cameras: Sequence[str] | None = None, workers: int | None = None,
-            keep_failed: bool = False, max_attempts: int | None = None, after_success: int = 10,
-            max_steps: int | None = None, seed: int = 0, codec: str = "h264", crf: int | None = None,
-            state: str | None = None, action_noise: float = 0.0, overwrite: bool = False, resume: bool = False,
-            checkpoint_every: int = CHECKPOINT_EVERY, protocol: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+def collect(
+    env: str,
+    *,
+    tasks: str | Sequence[str] | None = None,
+    episodes: int,
+    out: str | Path,
+    image_size: int = 64,
+    cameras: Sequence[str] | None = None,
+    workers: int | None = None,
+    keep_failed: bool = False,
+    max_attempts: int | None = None,
+    after_success: int = 10,
+    max_steps: int | None = None,
+    seed: int = 0,
+    codec: str = "h264",
+    crf: int | None = None,
+    state: str | None = None,
+    action_noise: float = 0.0,
+    overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    protocol: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Collect `episodes` expert episodes per task into a LeRobot v3.0 dataset at `out`.
 
     Returns the summary also written to meta/collection.json: per-task attempts, successes, success
@@ -184,8 +231,14 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     """
     from tqdm.auto import tqdm
 
-    _check_collect_settings(episodes=episodes, action_noise=action_noise, codec=codec,
-                            checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite)
+    _check_collect_settings(
+        episodes=episodes,
+        action_noise=action_noise,
+        codec=codec,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        overwrite=overwrite,
+    )
     adapter = get_adapter(env)
     task_list = adapter.resolve_tasks(tasks)
     out = Path(out)
@@ -195,24 +248,49 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     workers = max(1, workers or os.cpu_count() or 1)
     cameras, state, env_options = _env_settings(adapter, env, cameras=cameras, state=state, protocol=protocol)
     # everything that decides the dataset's contents (and its files): a resumed collection must repeat it
-    settings = {"env": env, "tasks": list(task_list), "episodes": episodes, "seed": seed, "image_size": image_size,
-                "protocol": protocol,
-                "cameras": list(cameras) if cameras else None, "state": state, "action_noise": action_noise,
-                "keep_failed": keep_failed, "max_attempts": max_attempts, "after_success": after_success,
-                "max_steps": max_steps, "codec": codec, "crf": crf, "checkpoint_every": checkpoint_every}
+    settings = {
+        "env": env,
+        "tasks": list(task_list),
+        "episodes": episodes,
+        "seed": seed,
+        "image_size": image_size,
+        "protocol": protocol,
+        "cameras": list(cameras) if cameras else None,
+        "state": state,
+        "action_noise": action_noise,
+        "keep_failed": keep_failed,
+        "max_attempts": max_attempts,
+        "after_success": after_success,
+        "max_steps": max_steps,
+        "codec": codec,
+        "crf": crf,
+        "checkpoint_every": checkpoint_every,
+    }
     tasks_arg = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
     resume_cmd = _resume_command(settings, tasks_arg, workers, out)
     partial, saved = _resume_point(out, settings, resume=resume, overwrite=overwrite)
-    kwargs = {"image_size": image_size, "cameras": list(cameras) if cameras else None,
-              "after_success": after_success, "max_steps": max_steps, "state": state, "action_noise": action_noise,
-              "env_options": env_options}
+    kwargs = {
+        "image_size": image_size,
+        "cameras": list(cameras) if cameras else None,
+        "after_success": after_success,
+        "max_steps": max_steps,
+        "state": state,
+        "action_noise": action_noise,
+        "env_options": env_options,
+    }
     run = _Collection(env, out, task_list, settings, kwargs, codec=codec, crf=crf, overwrite=overwrite)
     if saved is not None:
         run.restore(saved, partial)
         if progress:
             print(f"resuming {out}: {len(run.kept_episodes)} episodes kept at the last checkpoint", file=sys.stderr)
-    bar = tqdm(total=len(task_list) * episodes, initial=len(run.kept_episodes), unit="ep", desc=f"collecting {env}",
-               disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(task_list) * episodes,
+        initial=len(run.kept_episodes),
+        unit="ep",
+        desc=f"collecting {env}",
+        disable=not progress,
+        file=sys.stderr,
+    )
     pool = None
     try:
         while jobs := run.next_jobs():
@@ -221,13 +299,28 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
             for res in pool.imap(_job, jobs) if pool is not None else map(_job, jobs):
                 run.add(res, bar)
         bar.close()
-        summary = _summary(env, task_list, run.stats, run.kept_episodes, time.time() - run.t0, seed=seed,
-                           episodes_per_task=episodes,
-                           settings={**kwargs, "keep_failed": keep_failed, "max_attempts": max_attempts,
-                                     "workers": workers, "codec": codec, "crf": crf})
+        summary = _summary(
+            env,
+            task_list,
+            run.stats,
+            run.kept_episodes,
+            time.time() - run.t0,
+            seed=seed,
+            episodes_per_task=episodes,
+            settings={
+                **kwargs,
+                "keep_failed": keep_failed,
+                "max_attempts": max_attempts,
+                "workers": workers,
+                "codec": codec,
+                "crf": crf,
+            },
+        )
         if run.writer is None:
-            raise ArgumentError(f"no episode was kept (the expert never succeeded in {max_attempts} attempts per "
-                                f"task); pass `keep_failed=True` to keep failed episodes")
+            raise ArgumentError(
+                f"no episode was kept (the expert never succeeded in {max_attempts} attempts per "
+                f"task); pass `keep_failed=True` to keep failed episodes"
+            )
         run.writer.add_meta_file("collection.json", json.dumps(summary, indent=2))
         run.writer.finalize()
     except BaseException:
@@ -248,8 +341,9 @@ def collect(env: str, *, tasks: str | Sequence[str] | None = None, episodes: int
     return summary
 
 
-def _check_collect_settings(*, episodes: int, action_noise: float, codec: str, checkpoint_every: int, resume: bool,
-                            overwrite: bool) -> None:
+def _check_collect_settings(
+    *, episodes: int, action_noise: float, codec: str, checkpoint_every: int, resume: bool, overwrite: bool
+) -> None:
     from wam.data.video import CODECS
 
     if episodes < 1:
@@ -261,16 +355,23 @@ def _check_collect_settings(*, episodes: int, action_noise: float, codec: str, c
     if checkpoint_every < 0:
         raise ArgumentError(f"`checkpoint_every` must be >= 0 (0: never), got {checkpoint_every}")
     if resume and overwrite:
-        raise ArgumentError("`resume=True` continues an interrupted collection and `overwrite=True` starts over: "
-                            "pass one of them")
+        raise ArgumentError(
+            "`resume=True` continues an interrupted collection and `overwrite=True` starts over: pass one of them"
+        )
 
 
 def _env_settings(adapter, env: str, *, cameras, state: str | None, protocol: str | None):
     """The cameras, state and environment options of a collection: a named protocol's (`protocol`) unless given."""
     modes = getattr(adapter, "STATE_MODES", None)
     if state is not None and (modes is None or state not in modes):
-        raise ArgumentError(f"unknown `state={state!r}` for {env}; " + (
-            f"choose one of: {', '.join(modes)}" if modes else f"{env} has a single kind of state, leave `state` out"))
+        raise ArgumentError(
+            f"unknown `state={state!r}` for {env}; "
+            + (
+                f"choose one of: {', '.join(modes)}"
+                if modes
+                else f"{env} has a single kind of state, leave `state` out"
+            )
+        )
     env_options = {}
     if protocol is not None:
         if not hasattr(adapter, "protocol"):
@@ -292,11 +393,15 @@ def _resume_point(out: Path, settings: dict, *, resume: bool, overwrite: bool):
     if resume:
         if partial is None:
             if (out / "meta" / "info.json").is_file():
-                raise ArgumentError(f"nothing to resume: {out} is a complete dataset; choose another `out`, or pass "
-                                    f"`overwrite=True` (without `resume=True`) to collect it again")
-            raise NotFoundError(f"nothing to resume: no interrupted collection of {out} with a checkpoint was found "
-                                f"(a collection stopped before its first checkpoint, every `checkpoint_every` kept "
-                                f"episodes, leaves none); run the command without `resume=True`")
+                raise ArgumentError(
+                    f"nothing to resume: {out} is a complete dataset; choose another `out`, or pass "
+                    f"`overwrite=True` (without `resume=True`) to collect it again"
+                )
+            raise NotFoundError(
+                f"nothing to resume: no interrupted collection of {out} with a checkpoint was found "
+                f"(a collection stopped before its first checkpoint, every `checkpoint_every` kept "
+                f"episodes, leaves none); run the command without `resume=True`"
+            )
         saved = read_checkpoint(partial)["extra"].get("collect")
         if saved is None:
             raise DatasetError(f"{partial} was not written by `wam collect`; it cannot be resumed from here")
@@ -304,8 +409,10 @@ def _resume_point(out: Path, settings: dict, *, resume: bool, overwrite: bool):
         return partial, saved
     if partial is not None and not overwrite:
         n = len(read_checkpoint(partial)["episodes"])
-        raise ArgumentError(f"an interrupted collection of {out} holds {n} episodes (in {partial}); pass "
-                            f"`resume=True` to continue it, or `overwrite=True` to start over (and delete it)")
+        raise ArgumentError(
+            f"an interrupted collection of {out} holds {n} episodes (in {partial}); pass "
+            f"`resume=True` to continue it, or `overwrite=True` to start over (and delete it)"
+        )
     if out.exists() and not overwrite:
         raise ArgumentError(f"{out} already exists; choose another `out` or pass `overwrite=True`")
     return partial, None
@@ -314,8 +421,18 @@ def _resume_point(out: Path, settings: dict, *, resume: bool, overwrite: bool):
 class _Collection:
     """A collection's progress: rounds of attempts planned per task, kept episodes written, checkpoints."""
 
-    def __init__(self, env: str, out: Path, task_list: list[str], settings: dict, kwargs: dict, *, codec: str, crf,
-                 overwrite: bool):
+    def __init__(
+        self,
+        env: str,
+        out: Path,
+        task_list: list[str],
+        settings: dict,
+        kwargs: dict,
+        *,
+        codec: str,
+        crf,
+        overwrite: bool,
+    ):
         self.env, self.out, self.task_list, self.settings, self.kwargs = env, out, task_list, settings, kwargs
         self.codec, self.crf, self.overwrite = codec, crf, overwrite
         self.stats = {t: {"attempts": 0, "successes": 0, "kept": 0, "frames": 0} for t in task_list}
@@ -351,7 +468,9 @@ class _Collection:
                 n = min(left, need if rate >= 1.0 else math.ceil(need / max(rate, 0.1)))
                 self.round_jobs += [(t, a) for a in range(self.next_attempt[t], self.next_attempt[t] + n)]
                 self.next_attempt[t] += n
-        return [(self.env, t, episode_seed(s_["seed"], t, a), self.kwargs) for t, a in self.round_jobs[self.processed:]]
+        return [
+            (self.env, t, episode_seed(s_["seed"], t, a), self.kwargs) for t, a in self.round_jobs[self.processed :]
+        ]
 
     def add(self, res: dict, bar) -> None:
         """One attempt's result: counted, and written when it is kept; a checkpoint every checkpoint_every kept."""
@@ -363,23 +482,45 @@ class _Collection:
         s["successes"] += int(res["success"])
         if (res["success"] or self.settings["keep_failed"]) and s["kept"] < self.settings["episodes"]:
             if self.writer is None:
-                self.writer = LeRobotWriter(self.out, fps=res["fps"], robot_type=res["robot_type"],
-                                            codec=self.codec, crf=self.crf, overwrite=self.overwrite,
-                                            names={k: v for k, v in res["names"].items() if v})
+                self.writer = LeRobotWriter(
+                    self.out,
+                    fps=res["fps"],
+                    robot_type=res["robot_type"],
+                    codec=self.codec,
+                    crf=self.crf,
+                    overwrite=self.overwrite,
+                    names={k: v for k, v in res["names"].items() if v},
+                )
             index = self.writer.add_episode(res["data"], task=res["description"])
             s["kept"] += 1
             s["frames"] += res["length"]
-            self.kept_episodes.append({"episode_index": index, "task": res["task"], "seed": res["seed"],
-                                       "success": res["success"], "first_success": res["first_success"],
-                                       "length": res["length"]})
+            self.kept_episodes.append(
+                {
+                    "episode_index": index,
+                    "task": res["task"],
+                    "seed": res["seed"],
+                    "success": res["success"],
+                    "first_success": res["first_success"],
+                    "length": res["length"],
+                }
+            )
             bar.update(1)
             every = self.settings["checkpoint_every"]
             if every and len(self.kept_episodes) % every == 0:
                 # at fixed episode counts, so an uninterrupted run splits its files at the same places
-                self.writer.checkpoint({"collect": {
-                    "settings": self.settings, "stats": self.stats, "episodes": self.kept_episodes,
-                    "next_attempt": self.next_attempt, "round": self.round_jobs, "processed": self.processed,
-                    "seconds": round(time.time() - self.t0, 2)}})
+                self.writer.checkpoint(
+                    {
+                        "collect": {
+                            "settings": self.settings,
+                            "stats": self.stats,
+                            "episodes": self.kept_episodes,
+                            "next_attempt": self.next_attempt,
+                            "round": self.round_jobs,
+                            "processed": self.processed,
+                            "seconds": round(time.time() - self.t0, 2),
+                        }
+                    }
+                )
         attempts = sum(v["attempts"] for v in self.stats.values())
         rate = sum(v["successes"] for v in self.stats.values()) / attempts
         bar.set_postfix(attempts=attempts, success=f"{100 * rate:.0f}%")
@@ -390,11 +531,17 @@ class _Collection:
             return
         kept = self.writer.suspend()
         if kept:
-            print(f"wam collect: stopped; {kept} episodes are kept at the last checkpoint (in {self.writer.tmp}). "
-                  f"Continue with:\n  {resume_cmd}", file=sys.stderr)
+            print(
+                f"wam collect: stopped; {kept} episodes are kept at the last checkpoint (in {self.writer.tmp}). "
+                f"Continue with:\n  {resume_cmd}",
+                file=sys.stderr,
+            )
         elif checkpoint_every:
-            print(f"wam collect: stopped before the first checkpoint ({checkpoint_every} kept episodes); "
-                  f"nothing was kept", file=sys.stderr)
+            print(
+                f"wam collect: stopped before the first checkpoint ({checkpoint_every} kept episodes); "
+                f"nothing was kept",
+                file=sys.stderr,
+            )
 
 
 def _check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
@@ -404,9 +551,11 @@ def _check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
         if before != value:
             name = "the environment" if key == "env" else f"`{key}`"
             show = lambda v: ",".join(v) if isinstance(v, list) else repr(v)  # noqa: E731
-            raise ArgumentError(f"cannot resume: {name} was {show(before)} in the interrupted collection, this "
-                                f"command gives {show(value)}; repeat the original settings, or pass "
-                                f"`overwrite=True` (without `resume=True`) to start over")
+            raise ArgumentError(
+                f"cannot resume: {name} was {show(before)} in the interrupted collection, this "
+                f"command gives {show(value)}; repeat the original settings, or pass "
+                f"`overwrite=True` (without `resume=True`) to start over"
+            )
 
 
 def _resume_command(settings: dict[str, Any], tasks_arg: str | None, workers: int, out: Path) -> str:
@@ -415,11 +564,20 @@ def _resume_command(settings: dict[str, Any], tasks_arg: str | None, workers: in
     args = ["wam", "collect", s["env"]] + (["--tasks", tasks_arg] if tasks_arg else [])
     args += ["--episodes", str(s["episodes"]), "--out", str(out), "--workers", str(workers)]
     default_attempts = s["episodes"] if s["keep_failed"] else 4 * s["episodes"]
-    flags = {"--image-size": (s["image_size"], 64), "--cameras": (",".join(s["cameras"] or []), ""),
-             "--max-attempts": (s["max_attempts"], default_attempts), "--after-success": (s["after_success"], 10),
-             "--max-steps": (s["max_steps"], None), "--seed": (s["seed"], 0), "--codec": (s["codec"], "h264"),
-             "--crf": (s["crf"], None), "--state": (s["state"], None), "--action-noise": (s["action_noise"], 0.0),
-             "--checkpoint-every": (s["checkpoint_every"], CHECKPOINT_EVERY), "--protocol": (s.get("protocol"), None)}
+    flags = {
+        "--image-size": (s["image_size"], 64),
+        "--cameras": (",".join(s["cameras"] or []), ""),
+        "--max-attempts": (s["max_attempts"], default_attempts),
+        "--after-success": (s["after_success"], 10),
+        "--max-steps": (s["max_steps"], None),
+        "--seed": (s["seed"], 0),
+        "--codec": (s["codec"], "h264"),
+        "--crf": (s["crf"], None),
+        "--state": (s["state"], None),
+        "--action-noise": (s["action_noise"], 0.0),
+        "--checkpoint-every": (s["checkpoint_every"], CHECKPOINT_EVERY),
+        "--protocol": (s.get("protocol"), None),
+    }
     for flag, (value, default) in flags.items():
         if value != default:
             args += [flag, str(value)]
@@ -431,15 +589,30 @@ def _summary(env: str, tasks: list[str], stats: dict, kept: list[dict], elapsed:
     rows = []
     for t in tasks:
         s = stats[t]
-        rows.append({"task": t, "attempts": s["attempts"], "successes": s["successes"],
-                     "success_rate": round(s["successes"] / s["attempts"], 4) if s["attempts"] else None,
-                     "kept": s["kept"], "mean_length": round(s["frames"] / s["kept"], 1) if s["kept"] else None})
+        rows.append(
+            {
+                "task": t,
+                "attempts": s["attempts"],
+                "successes": s["successes"],
+                "success_rate": round(s["successes"] / s["attempts"], 4) if s["attempts"] else None,
+                "kept": s["kept"],
+                "mean_length": round(s["frames"] / s["kept"], 1) if s["kept"] else None,
+            }
+        )
     frames = sum(s["frames"] for s in stats.values())
     attempts = sum(s["attempts"] for s in stats.values())
-    return {"env": env, "tasks": rows, "episodes_kept": len(kept), "frames": frames, "attempts": attempts,
-            "success_rate": round(sum(s["successes"] for s in stats.values()) / max(attempts, 1), 4),
-            "seconds": round(elapsed, 2), "frames_per_second": round(frames / max(elapsed, 1e-9), 1),
-            **extra, "episodes": kept}
+    return {
+        "env": env,
+        "tasks": rows,
+        "episodes_kept": len(kept),
+        "frames": frames,
+        "attempts": attempts,
+        "success_rate": round(sum(s["successes"] for s in stats.values()) / max(attempts, 1), 4),
+        "seconds": round(elapsed, 2),
+        "frames_per_second": round(frames / max(elapsed, 1e-9), 1),
+        **extra,
+        "episodes": kept,
+    }
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -453,5 +626,7 @@ def print_summary(summary: dict, out: Path) -> None:
     missing = [r for r in summary["tasks"] if r["kept"] < summary.get("episodes_per_task", 0)]
     for r in missing:
         print(f"warning: only {r['kept']} episodes kept for {r['task']}")
-    print(f"wrote {out}: {summary['episodes_kept']} episodes, {summary['frames']} frames in {summary['seconds']:.1f}s "
-          f"({summary['frames_per_second']:.0f} frames/s)")
+    print(
+        f"wrote {out}: {summary['episodes_kept']} episodes, {summary['frames']} frames in {summary['seconds']:.1f}s "
+        f"({summary['frames_per_second']:.0f} frames/s)"
+    )

@@ -68,15 +68,20 @@ class ModelConfig:
             raise ArgumentError(f"unknown attention {self.attention!r}; choose one of: {', '.join(ATTENTION)}")
         if self.tokenizer not in ("conv", "pixel"):
             raise ArgumentError(f"unknown tokenizer {self.tokenizer!r}; choose 'conv' or 'pixel'")
-        if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample ** 2:
-            raise ArgumentError(f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample ** 2} "
-                                f"latent channels; set latent_channels to that")
+        if self.tokenizer == "pixel" and self.latent_channels != self.image_channels * self.tokenizer_downsample**2:
+            raise ArgumentError(
+                f"the pixel tokenizer makes {self.image_channels * self.tokenizer_downsample**2} "
+                f"latent channels; set latent_channels to that"
+            )
         if self.text_encoder and self.text_encoder not in TEXT_ENCODERS:
-            raise ArgumentError(f"unknown text_encoder {self.text_encoder!r}; choose one of: "
-                                f"{', '.join(TEXT_ENCODERS)}")
+            raise ArgumentError(
+                f"unknown text_encoder {self.text_encoder!r}; choose one of: {', '.join(TEXT_ENCODERS)}"
+            )
         if self.text_encoder and self.text_dim != TEXT_ENCODERS[self.text_encoder]:
-            raise ArgumentError(f"text_encoder {self.text_encoder!r} makes embeddings of size "
-                                f"{TEXT_ENCODERS[self.text_encoder]}; set text_dim to that")
+            raise ArgumentError(
+                f"text_encoder {self.text_encoder!r} makes embeddings of size "
+                f"{TEXT_ENCODERS[self.text_encoder]}; set text_dim to that"
+            )
         if self.tokenizer_downsample & (self.tokenizer_downsample - 1):
             raise ArgumentError(f"tokenizer_downsample must be a power of two, got {self.tokenizer_downsample}")
 
@@ -110,14 +115,44 @@ PRESETS: dict[str, ModelConfig] = {
     # CPU-sized: 64x64 frames -> 8x8x8 latents -> 16 tokens per frame; 1 + 2 frames, 8 actions: 58 tokens.
     # Width 128 and depth 4 train 2.4x faster than 192 x 6 on 2 CPU cores (211 vs 88 samples/s), and on
     # a fixed CPU budget more steps buy more than more width; its tokenizer is 16 channels wide for the same reason.
-    "wam-tiny": ModelConfig(width=128, depth=4, heads=4, tokenizer_width=16, n_obs_steps=1, future_frames=2,
-                            future_stride=4, action_horizon=8, state_dim=4),
+    "wam-tiny": ModelConfig(
+        width=128,
+        depth=4,
+        heads=4,
+        tokenizer_width=16,
+        n_obs_steps=1,
+        future_frames=2,
+        future_stride=4,
+        action_horizon=8,
+        state_dim=4,
+    ),
     # 2 history + 4 future frames at 96x96 (36 tokens each), 16 actions: about 235 tokens.
-    "wam-small": ModelConfig(width=384, depth=8, heads=6, image_size=96, tokenizer_width=48, n_obs_steps=2,
-                             future_frames=4, future_stride=4, action_horizon=16, state_dim=4),
+    "wam-small": ModelConfig(
+        width=384,
+        depth=8,
+        heads=6,
+        image_size=96,
+        tokenizer_width=48,
+        n_obs_steps=2,
+        future_frames=4,
+        future_stride=4,
+        action_horizon=16,
+        state_dim=4,
+    ),
     # GPU-sized, about 100 M parameters.
-    "wam-base": ModelConfig(width=512, depth=12, heads=8, image_size=128, tokenizer_width=64, n_obs_steps=2,
-                            future_frames=4, future_stride=4, action_horizon=16, state_dim=4, latent_channels=16),
+    "wam-base": ModelConfig(
+        width=512,
+        depth=12,
+        heads=8,
+        image_size=128,
+        tokenizer_width=64,
+        n_obs_steps=2,
+        future_frames=4,
+        future_stride=4,
+        action_horizon=16,
+        state_dim=4,
+        latent_channels=16,
+    ),
 }
 
 

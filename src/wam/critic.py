@@ -70,14 +70,22 @@ class Critic(nn.Module):
         self.cfg = cfg
         w = cfg.width
         self.conv = nn.Sequential(
-            nn.Conv2d(cfg.latent_channels, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU())
+            nn.Conv2d(cfg.latent_channels, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.GELU(),
+        )
         h, wd = (math.ceil(math.ceil(n / 2) / 2) for n in cfg.grid)
         self.task = nn.Embedding(max(1, cfg.n_tasks), cfg.task_dim)
-        self.head = nn.Sequential(nn.Linear(2 * w * h * wd + cfg.task_dim, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, 2 + cfg.state_dim))
+        self.head = nn.Sequential(
+            nn.Linear(2 * w * h * wd + cfg.task_dim, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, 2 + cfg.state_dim),
+        )
 
     def forward(self, latents: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.conv(latents.float()).flatten(1)  # (B, 2w * h/4 * w/4)
@@ -100,8 +108,7 @@ def save_critic(critic: Critic, out: str | Path, metrics: dict | None = None) ->
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, tmp / "critic.safetensors")
-        (tmp / "critic.json").write_text(json.dumps({"config": asdict(critic.cfg), "metrics": metrics or {}},
-                                                    indent=2))
+        (tmp / "critic.json").write_text(json.dumps({"config": asdict(critic.cfg), "metrics": metrics or {}}, indent=2))
         atomic_dir_replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,8 +119,10 @@ def save_critic(critic: Critic, out: str | Path, metrics: dict | None = None) ->
 def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
     path = Path(path)
     if not (path / "critic.safetensors").is_file() or not (path / "critic.json").is_file():
-        raise NotFoundError(f"{path} holds no critic (critic.safetensors and critic.json expected); train one "
-                            f"with `wam critic --checkpoint CHECKPOINT --dataset DATASET`")
+        raise NotFoundError(
+            f"{path} holds no critic (critic.safetensors and critic.json expected); train one "
+            f"with `wam critic --checkpoint CHECKPOINT --dataset DATASET`"
+        )
     meta = json.loads((path / "critic.json").read_text())
     cfg = dict(meta["config"])
     cfg["grid"], cfg["reward_range"] = tuple(cfg["grid"]), tuple(cfg["reward_range"])
@@ -127,9 +136,21 @@ def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
 
 
 @torch.no_grad()
-def imagine_along(world, critic, starts: torch.Tensor, states: torch.Tensor | None, actions: Sequence[np.ndarray],
-                  task: torch.Tensor, *, sampling_steps: int = 2, action_guidance: float = 1.0, seed: int = 0,
-                  batch_size: int = 64, cache: bool | None = None, progress: bool = False) -> list[torch.Tensor]:
+def imagine_along(
+    world,
+    critic,
+    starts: torch.Tensor,
+    states: torch.Tensor | None,
+    actions: Sequence[np.ndarray],
+    task: torch.Tensor,
+    *,
+    sampling_steps: int = 2,
+    action_guidance: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    cache: bool | None = None,
+    progress: bool = False,
+) -> list[torch.Tensor]:
     """Imagine recorded episodes: from each episode's first frame, the frame that follows every future_stride of its
     recorded actions, autoregressively and exactly as `ImaginedEnv` imagines a policy's episode (forward mode, the
     queued actions padded to the horizon with the last one, the robot state of each imagined frame read off it by
@@ -159,37 +180,46 @@ def imagine_along(world, critic, starts: torch.Tensor, states: torch.Tensor | No
 
         bar = tqdm(total=sum(lengths), desc="imagining recorded episodes", unit="frame", dynamic_ncols=True)
     for b0 in range(0, len(order), batch_size):
-        ids = order[b0:b0 + batch_size]
+        ids = order[b0 : b0 + batch_size]
         k_max = max(lengths[i] for i in ids)
         if k_max == 0:
             for i in ids:
                 out[i] = starts.new_zeros((0, *starts.shape[1:]))
             continue
         hist = [starts[ids].float()] * cfg.n_obs_steps  # n_obs x (B, c, h, w)
-        state0 = (states[ids].float() if states is not None and cfg.state_dim > 0
-                  else torch.zeros(len(ids), cfg.state_dim))
+        state0 = (
+            states[ids].float() if states is not None and cfg.state_dim > 0 else torch.zeros(len(ids), cfg.state_dim)
+        )
         state_hist = [state0] * cfg.n_obs_steps
         made = []
         for k in range(k_max):
             acts = np.zeros((len(ids), stride, cfg.action_dim), np.float32)
             for j, i in enumerate(ids):  # this stride's actions (an ended episode repeats its last ones)
-                a = actions[i][min(k, lengths[i] - 1) * stride:][:stride, :cfg.action_dim]
-                acts[j, :len(a), :a.shape[1]] = a
-                acts[j, len(a):, :a.shape[1]] = a[-1]
-            z = next_frame(model, torch.stack(hist, 1), task[ids], torch.as_tensor(acts),
-                           state=torch.stack(state_hist, 1) if cfg.state_dim > 0 else None, steps=sampling_steps,
-                           generator=gen, cache=cache, action_guidance=action_guidance)  # (B, c, h, w)
+                a = actions[i][min(k, lengths[i] - 1) * stride :][:stride, : cfg.action_dim]
+                acts[j, : len(a), : a.shape[1]] = a
+                acts[j, len(a) :, : a.shape[1]] = a[-1]
+            z = next_frame(
+                model,
+                torch.stack(hist, 1),
+                task[ids],
+                torch.as_tensor(acts),
+                state=torch.stack(state_hist, 1) if cfg.state_dim > 0 else None,
+                steps=sampling_steps,
+                generator=gen,
+                cache=cache,
+                action_guidance=action_guidance,
+            )  # (B, c, h, w)
             made.append(z)
             hist = hist[1:] + [z]
             if cfg.state_dim > 0:
                 _, _, read = critic(z, task[ids].to(z.device))
                 if read.shape[1] >= cfg.state_dim:
-                    state_hist = state_hist[1:] + [read[:, :cfg.state_dim].float()]
+                    state_hist = state_hist[1:] + [read[:, : cfg.state_dim].float()]
             if bar is not None:
                 bar.update(sum(1 for i in ids if k < lengths[i]))
         made = torch.stack(made, 1)  # (B, k_max, c, h, w)
         for j, i in enumerate(ids):
-            out[i] = made[j, :lengths[i]]
+            out[i] = made[j, : lengths[i]]
     if bar is not None:
         bar.close()
     return out
@@ -212,13 +242,21 @@ def outcome_rows(episodes: list[dict], task_map: dict[int, int]) -> dict[str, np
         reward.append(e["rewards"][:-1])
         success.append(e["successes"][:-1] if "successes" in e else np.zeros(n, np.float32))
     if not ep:
-        raise DatasetError("no episode with next.reward (and a task the checkpoint knows); the critic learns from "
-                           "the rewards and success flags `wam collect` writes")
+        raise DatasetError(
+            "no episode with next.reward (and a task the checkpoint knows); the critic learns from "
+            "the rewards and success flags `wam collect` writes"
+        )
     cat = np.concatenate
-    out = {"episode": cat(ep), "row": cat(row), "task": cat(task), "reward": cat(reward).astype(np.float32),
-           "success": cat(success).astype(np.float32)}
-    kept = [i for i, e in enumerate(episodes)
-            if "rewards" in e and e["task_index"] in task_map and len(e["frames"]) > 1]
+    out = {
+        "episode": cat(ep),
+        "row": cat(row),
+        "task": cat(task),
+        "reward": cat(reward).astype(np.float32),
+        "success": cat(success).astype(np.float32),
+    }
+    kept = [
+        i for i, e in enumerate(episodes) if "rewards" in e and e["task_index"] in task_map and len(e["frames"]) > 1
+    ]
     if all(episodes[i].get("states") is not None and episodes[i]["states"].shape[1] > 0 for i in kept):
         out["state"] = cat([episodes[i]["states"][1:] for i in kept]).astype(np.float32)
     return out
@@ -233,10 +271,22 @@ def longest_run(flags: np.ndarray) -> int:
     return best
 
 
-def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str | Path | None = None,
-                 steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                 val_fraction: float = 0.05, success_weight: float = 1.0, progress: bool = True,
-                 imagined: bool = False, imagine_steps: int = 2, action_guidance: float = 1.0) -> dict:
+def train_critic(
+    checkpoint: str | Path,
+    datasets: list[str | Path],
+    *,
+    out: str | Path | None = None,
+    steps: int = 3000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    success_weight: float = 1.0,
+    progress: bool = True,
+    imagined: bool = False,
+    imagine_steps: int = 2,
+    action_guidance: float = 1.0,
+) -> dict:
     """Train a critic on the frames of `datasets` (paths, or `PATH:tasks=A,B` as for wam train), encoded by the
     checkpoint's tokenizer one episode at a time; write it to `out` (default: <checkpoint>/critic). Returns its
     metrics on held-out episodes (the world model's own held-out episodes where the datasets hold them, else a
@@ -254,8 +304,9 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
 
     ckpt = load_checkpoint(checkpoint)
     if ckpt.tokenizer is None:
-        raise CheckpointError(f"{checkpoint} has no tokenizer.safetensors; the critic reads the latents of its "
-                              f"tokenizer")
+        raise CheckpointError(
+            f"{checkpoint} has no tokenizer.safetensors; the critic reads the latents of its tokenizer"
+        )
     t0 = time.perf_counter()
     data = _critic_frames(ckpt, datasets, progress=progress)
     load_s = time.perf_counter() - t0
@@ -264,27 +315,52 @@ def train_critic(checkpoint: str | Path, datasets: list[str | Path], *, out: str
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(train_idx) == 0:
         raise ArgumentError("every episode went to validation; give the critic more episodes")
-    fit = functools.partial(_fit_critic, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            success_weight=success_weight)
+    fit = functools.partial(
+        _fit_critic, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, success_weight=success_weight
+    )
     t1 = time.perf_counter()
     critic = fit(train_idx)
-    metrics = {"steps": steps, "batch_size": batch_size, "train_frames": len(train_idx), "val_frames": len(val_idx),
-               "episodes": len(data.episodes), "val_episodes": len(val_eps),
-               "reward_range": list(data.cfg.reward_range), "load_s": load_s, "train_s": time.perf_counter() - t1,
-               "datasets": [str(d) for d in datasets],
-               "done_fraction": float(data.target_s.mean()), "validation": validation}
+    metrics = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_frames": len(train_idx),
+        "val_frames": len(val_idx),
+        "episodes": len(data.episodes),
+        "val_episodes": len(val_eps),
+        "reward_range": list(data.cfg.reward_range),
+        "load_s": load_s,
+        "train_s": time.perf_counter() - t1,
+        "datasets": [str(d) for d in datasets],
+        "done_fraction": float(data.target_s.mean()),
+        "validation": validation,
+    }
     if imagined:
         t2 = time.perf_counter()
         n_real = len(data.episode_of)
-        new_ep, dones = _add_imagined_frames(data, ckpt, critic, imagine_steps=imagine_steps,
-                                             action_guidance=action_guidance, seed=seed, progress=progress)
+        new_ep, dones = _add_imagined_frames(
+            data,
+            ckpt,
+            critic,
+            imagine_steps=imagine_steps,
+            action_guidance=action_guidance,
+            seed=seed,
+            progress=progress,
+        )
         im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
         im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
-        metrics.update(imagined_frames=len(new_ep), imagined_train_frames=len(im_train),
-                       imagined_val_frames=len(im_val), imagine_steps=imagine_steps, action_guidance=action_guidance,
-                       imagine_s=time.perf_counter() - t2, imagined_done_fraction=float(dones.mean()))
-        metrics["real_only"] = {**_held_out_metrics(critic, data, val_idx),
-                                **_held_out_metrics(critic, data, im_val, "imagined_")}
+        metrics.update(
+            imagined_frames=len(new_ep),
+            imagined_train_frames=len(im_train),
+            imagined_val_frames=len(im_val),
+            imagine_steps=imagine_steps,
+            action_guidance=action_guidance,
+            imagine_s=time.perf_counter() - t2,
+            imagined_done_fraction=float(dones.mean()),
+        )
+        metrics["real_only"] = {
+            **_held_out_metrics(critic, data, val_idx),
+            **_held_out_metrics(critic, data, im_val, "imagined_"),
+        }
         t3 = time.perf_counter()
         critic = fit(np.concatenate([train_idx, im_train]))
         metrics["train_s"] += time.perf_counter() - t3
@@ -329,9 +405,15 @@ def _critic_frames(ckpt, datasets: list, *, progress: bool) -> _CriticFrames:
     episodes, latents, ds_tasks = [], [], []  # episodes keep their outcomes and states, not their frames
     for spec in datasets:
         spec = DatasetSpec.parse(spec)
-        loaded = load_episodes(spec.path, image_size=cfg.image_size, cameras=run.get("cameras") or None,
-                               normalizer=Normalizer.from_dict(ckpt.stats), progress=progress, tasks=spec.tasks,
-                               lazy_frames=True)
+        loaded = load_episodes(
+            spec.path,
+            image_size=cfg.image_size,
+            cameras=run.get("cameras") or None,
+            normalizer=Normalizer.from_dict(ckpt.stats),
+            progress=progress,
+            tasks=spec.tasks,
+            lazy_frames=True,
+        )
         offset = len(ds_tasks)
         ds_tasks += loaded.tasks
         it = loaded.episodes
@@ -346,31 +428,50 @@ def _critic_frames(ckpt, datasets: list, *, progress: bool) -> _CriticFrames:
             episodes.append({**e, "task_index": e["task_index"] + offset, "dataset": str(Path(spec.path).resolve())})
     task_map = {i: tasks.index(t) for i, t in enumerate(ds_tasks) if t in tasks}
     if not task_map:
-        raise ArgumentError(f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the "
-                            f"critic scores the checkpoint's tasks")
+        raise ArgumentError(
+            f"none of the datasets' tasks is one of the checkpoint's ({len(tasks)} tasks); the "
+            f"critic scores the checkpoint's tasks"
+        )
     rows = outcome_rows(episodes, task_map)
     starts = np.cumsum([0] + [len(z) for z in latents])[:-1]
     all_latents = torch.cat(latents)
     lo, hi = float(rows["reward"].min()), float(rows["reward"].max())
     hi = hi if hi > lo else lo + 1.0
     target_x = torch.as_tensor(rows["state"]) if "state" in rows and cfg.state_dim > 0 else None
-    critic_cfg = CriticConfig(latent_channels=all_latents.shape[1], grid=tuple(all_latents.shape[2:]),
-                              n_tasks=max(1, len(tasks)), state_dim=0 if target_x is None else target_x.shape[1],
-                              reward_range=(lo, hi), model_hash=ckpt.model_hash, tasks=tasks,
-                              tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors"))
+    critic_cfg = CriticConfig(
+        latent_channels=all_latents.shape[1],
+        grid=tuple(all_latents.shape[2:]),
+        n_tasks=max(1, len(tasks)),
+        state_dim=0 if target_x is None else target_x.shape[1],
+        reward_range=(lo, hi),
+        model_hash=ckpt.model_hash,
+        tasks=tasks,
+        tokenizer_hash=file_hash(Path(ckpt.path) / "tokenizer.safetensors"),
+    )
     return _CriticFrames(
-        cfg=critic_cfg, episodes=episodes, task_map=task_map, starts=starts, latents=all_latents,
+        cfg=critic_cfg,
+        episodes=episodes,
+        task_map=task_map,
+        starts=starts,
+        latents=all_latents,
         index=torch.as_tensor(starts[rows["episode"]] + rows["row"]),
         target_p=torch.as_tensor((rows["reward"] - lo) / (hi - lo)).clamp(0, 1),
-        target_s=torch.as_tensor(rows["success"]), target_x=target_x, task=torch.as_tensor(rows["task"]),
-        episode_of=rows["episode"].copy(), row_of=rows["row"].copy())
+        target_s=torch.as_tensor(rows["success"]),
+        target_x=target_x,
+        task=torch.as_tensor(rows["task"]),
+        episode_of=rows["episode"].copy(),
+        row_of=rows["row"].copy(),
+    )
 
 
 def _validation_episodes(episodes: list[dict], run: dict, val_fraction: float, seed: int) -> tuple[set[int], str]:
     """The episodes the world model held out, when its dataset is here; else a seeded share. Returns their
     positions and a sentence saying which."""
-    held_out = {str(Path(d["path"]).resolve()): set(d.get("val_episodes") or []) for d in run.get("datasets") or []
-                if d.get("path")}  # a mixture: each dataset's held-out episodes
+    held_out = {
+        str(Path(d["path"]).resolve()): set(d.get("val_episodes") or [])
+        for d in run.get("datasets") or []
+        if d.get("path")
+    }  # a mixture: each dataset's held-out episodes
     if run.get("dataset") and not held_out:
         held_out[str(Path(run["dataset"]).resolve())] = set(run.get("val_episodes") or [])
     val_eps = {i for i, e in enumerate(episodes) if e["episode_index"] in held_out.get(e["dataset"], ())}
@@ -379,12 +480,20 @@ def _validation_episodes(episodes: list[dict], run: dict, val_fraction: float, s
     if not val_eps and n_ep > 1:
         validation = f"a seeded {val_fraction:.0%} of the episodes"
         g = np.random.default_rng(seed)
-        val_eps = set(g.permutation(n_ep)[:max(1, int(round(val_fraction * n_ep)))].tolist())
+        val_eps = set(g.permutation(n_ep)[: max(1, int(round(val_fraction * n_ep)))].tolist())
     return val_eps, validation
 
 
-def _fit_critic(data: _CriticFrames, train_rows: np.ndarray, *, steps: int, batch_size: int, lr: float, seed: int,
-                success_weight: float) -> Critic:
+def _fit_critic(
+    data: _CriticFrames,
+    train_rows: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    success_weight: float,
+) -> Critic:
     """A critic trained from scratch on the frames at `train_rows` (cosine learning rate, AdamW)."""
     torch.manual_seed(seed)
     critic = Critic(data.cfg)
@@ -399,9 +508,9 @@ def _fit_critic(data: _CriticFrames, train_rows: np.ndarray, *, steps: int, batc
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         pick = picks[torch.randint(0, len(picks), (batch_size,), generator=gen)]
         p, logit, x = critic(data.latents[data.index[pick]], data.task[pick])
-        loss = (F.mse_loss(p, data.target_p[pick])
-                + success_weight * F.binary_cross_entropy_with_logits(logit, data.target_s[pick],
-                                                                      pos_weight=pos_weight))
+        loss = F.mse_loss(p, data.target_p[pick]) + success_weight * F.binary_cross_entropy_with_logits(
+            logit, data.target_s[pick], pos_weight=pos_weight
+        )
         if data.target_x is not None:
             loss = loss + F.mse_loss(x, data.target_x[pick])
         opt.zero_grad(set_to_none=True)
@@ -422,10 +531,12 @@ def _held_out_metrics(critic: Critic, data: _CriticFrames, rows_of: np.ndarray, 
     prob = torch.sigmoid(logit).numpy()
     if data.target_x is not None:  # normalised units: 1.0 is one standard deviation of the dataset's state
         m["val_state_mae"] = float((x - data.target_x[vi]).abs().mean())
-    m.update(val_progress_mae=float((p - data.target_p[vi]).abs().mean()),
-             val_progress_spearman=spearman(p.numpy(), data.target_p[vi].numpy()),
-             val_success_accuracy=float(((prob > 0.5) == (data.target_s[vi].numpy() > 0.5)).mean()),
-             val_success_auc=auc(prob, data.target_s[vi].numpy()))
+    m.update(
+        val_progress_mae=float((p - data.target_p[vi]).abs().mean()),
+        val_progress_spearman=spearman(p.numpy(), data.target_p[vi].numpy()),
+        val_success_accuracy=float(((prob > 0.5) == (data.target_s[vi].numpy() > 0.5)).mean()),
+        val_success_auc=auc(prob, data.target_s[vi].numpy()),
+    )
     if prefix:
         m.update(_episode_verdicts(data, rows_of, prob))
     return {prefix + k: v for k, v in m.items()}
@@ -445,7 +556,9 @@ def _episode_verdicts(data: _CriticFrames, rows_of: np.ndarray, prob: np.ndarray
             "episode_accuracy": float(np.mean([said[e] == real[e] for e in real])),
             "failed_judged_success": float(np.mean([said[e] for e in failed])) if failed else None,
             "succeeded_judged_success": float(np.mean([said[e] for e in real if real[e]]))
-            if any(real.values()) else None}
+            if any(real.values())
+            else None,
+        }
     m.update({f"val_{k}": v for k, v in m["val_by_persist"][1].items()})
     lags = []  # when the first frame judged done comes, against the real first success (in steps)
     for e in real:
@@ -453,13 +566,22 @@ def _episode_verdicts(data: _CriticFrames, rows_of: np.ndarray, prob: np.ndarray
         if real[e] and ok.any():
             first_real = int(np.argmax(episodes[e]["successes"] > 0.5)) + 1  # frame rows: outcome of row - 1
             lags.append(int(data.row_of[rows_of][ep_of == e][np.argmax(ok)]) - first_real)
-    m["val_first_done_lag"] = ({"median": float(np.median(lags)), "q25": float(np.percentile(lags, 25)),
-                                "q75": float(np.percentile(lags, 75)), "episodes": len(lags)} if lags else None)
+    m["val_first_done_lag"] = (
+        {
+            "median": float(np.median(lags)),
+            "q25": float(np.percentile(lags, 25)),
+            "q75": float(np.percentile(lags, 75)),
+            "episodes": len(lags),
+        }
+        if lags
+        else None
+    )
     return m
 
 
-def _add_imagined_frames(data: _CriticFrames, ckpt, critic: Critic, *, imagine_steps: int, action_guidance: float,
-                         seed: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _add_imagined_frames(
+    data: _CriticFrames, ckpt, critic: Critic, *, imagine_steps: int, action_guidance: float, seed: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Imagine every episode along its own actions from its first frame and add each imagined frame (one every
     future_stride steps) with the outcome the real episode had at that step. Returns the new rows' episodes and
     done flags."""
@@ -468,24 +590,35 @@ def _add_imagined_frames(data: _CriticFrames, ckpt, critic: Critic, *, imagine_s
     kept = np.unique(data.episode_of)
     stride = ckpt.model.cfg.future_stride
     made = imagine_along(
-        ckpt, critic, data.latents[torch.as_tensor(data.starts[kept])].float(),
+        ckpt,
+        critic,
+        data.latents[torch.as_tensor(data.starts[kept])].float(),
         None if data.target_x is None else torch.as_tensor(np.stack([episodes[i]["states"][0] for i in kept])),
         [episodes[i]["actions"] for i in kept],
         torch.as_tensor([task_map[episodes[i]["task_index"]] for i in kept]),
-        sampling_steps=imagine_steps, action_guidance=action_guidance, seed=seed, progress=progress)
+        sampling_steps=imagine_steps,
+        action_guidance=action_guidance,
+        seed=seed,
+        progress=progress,
+    )
     first = len(data.latents)
     data.latents = torch.cat([data.latents, *[z.half() for z in made]])
     new_ep = np.concatenate([np.full(len(z), i) for i, z in zip(kept, made)])
     new_row = np.concatenate([(np.arange(len(z)) + 1) * stride for z in made])
     data.index = torch.cat([data.index, torch.arange(first, first + len(new_ep))])
-    rewards = np.concatenate([episodes[i]["rewards"][r - 1:r] for i, r in zip(new_ep, new_row)])
-    dones = np.concatenate([episodes[i].get("successes", np.zeros(len(episodes[i]["rewards"])))[r - 1:r]
-                            for i, r in zip(new_ep, new_row)]).astype(np.float32)
+    rewards = np.concatenate([episodes[i]["rewards"][r - 1 : r] for i, r in zip(new_ep, new_row)])
+    dones = np.concatenate(
+        [
+            episodes[i].get("successes", np.zeros(len(episodes[i]["rewards"])))[r - 1 : r]
+            for i, r in zip(new_ep, new_row)
+        ]
+    ).astype(np.float32)
     data.target_p = torch.cat([data.target_p, torch.as_tensor((rewards - lo) / (hi - lo)).float().clamp(0, 1)])
     data.target_s = torch.cat([data.target_s, torch.as_tensor(dones)])
     data.task = torch.cat([data.task, torch.as_tensor([task_map[episodes[i]["task_index"]] for i in new_ep])])
     if data.target_x is not None:
-        data.target_x = torch.cat([data.target_x, torch.as_tensor(np.stack([episodes[i]["states"][r]
-                                                                            for i, r in zip(new_ep, new_row)]))])
+        data.target_x = torch.cat(
+            [data.target_x, torch.as_tensor(np.stack([episodes[i]["states"][r] for i, r in zip(new_ep, new_row)]))]
+        )
     data.episode_of, data.row_of = np.concatenate([data.episode_of, new_ep]), np.concatenate([data.row_of, new_row])
     return new_ep, dones

@@ -47,8 +47,10 @@ class Dist:
     def rows(self, batch_size: int) -> slice:
         """This process's rows of a global batch (contiguous, equal shares)."""
         if batch_size % self.world:
-            raise ArgumentError(f"the batch size {batch_size} must be divisible by the number of processes "
-                                f"({self.world}): it is the global batch, split evenly")
+            raise ArgumentError(
+                f"the batch size {batch_size} must be divisible by the number of processes "
+                f"({self.world}): it is the global batch, split evenly"
+            )
         n = batch_size // self.world
         return slice(self.rank * n, (self.rank + 1) * n)
 
@@ -111,6 +113,14 @@ def teardown(d: Dist) -> None:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `wam <argv>` in `nproc` processes on this machine through torchrun; returns its exit status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "wam.cli", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "wam.cli",
+        *argv,
+    ]
     return subprocess.call(cmd)

@@ -121,8 +121,13 @@ class EpisodeTensors:
         return batch
 
 
-def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None = None,
-                        state_dim: int | None = None, weights: torch.Tensor | None = None) -> EpisodeTensors:
+def episodes_to_tensors(
+    episodes: list[dict],
+    tokenizer,
+    action_dim: int | None = None,
+    state_dim: int | None = None,
+    weights: torch.Tensor | None = None,
+) -> EpisodeTensors:
     """Encode in-memory episodes into EpisodeTensors.
 
     Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side; or a function that decodes them,
@@ -139,7 +144,7 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
     source = torch.tensor([int(e.get("source", 0)) for e in episodes])
     if weights is not None and bool((source[1:] < source[:-1]).any()):
         raise ArgumentError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
-    frames = (lambda e: e["frames"]() if callable(e["frames"]) else e["frames"])  # noqa: E731 (lazy: decoded here)
+    frames = lambda e: e["frames"]() if callable(e["frames"]) else e["frames"]  # noqa: E731 (lazy: decoded here)
     latents = []
     for e in episodes:  # one episode's frames in memory at a time when they are read lazily
         f = frames(e)
@@ -153,24 +158,31 @@ def episodes_to_tensors(episodes: list[dict], tokenizer, action_dim: int | None 
     row = 0
     for i, e in enumerate(episodes):
         a = torch.as_tensor(np.asarray(e["actions"]), dtype=torch.float32)
-        acts[row:row + len(a), :a.shape[1]] = a
-        dim_mask[i, :a.shape[1]] = True
+        acts[row : row + len(a), : a.shape[1]] = a
+        dim_mask[i, : a.shape[1]] = True
         row += len(a)
     states = torch.zeros(int(lengths.sum()), S)
     row = 0
     for e in episodes:
         st = torch.as_tensor(np.asarray(e["states"]), dtype=torch.float32)
-        states[row:row + len(st), :st.shape[1]] = st
+        states[row : row + len(st), : st.shape[1]] = st
         row += len(st)
     return EpisodeTensors(
-        latents=latents, actions=acts, states=states,
-        starts=torch.cumsum(lengths, 0) - lengths, lengths=lengths,
+        latents=latents,
+        actions=acts,
+        states=states,
+        starts=torch.cumsum(lengths, 0) - lengths,
+        lengths=lengths,
         task=torch.tensor([int(e["task_index"]) for e in episodes]),
         has_actions=torch.tensor([bool(e.get("has_actions", True)) for e in episodes]),
-        imitate=(None if all(e.get("imitate", True) for e in episodes) else
-                 torch.tensor([bool(e.get("imitate", True)) for e in episodes])),
+        imitate=(
+            None
+            if all(e.get("imitate", True) for e in episodes)
+            else torch.tensor([bool(e.get("imitate", True)) for e in episodes])
+        ),
         action_dim_mask=None if bool(dim_mask.all()) else dim_mask,
-        source=source, weights=weights,
+        source=source,
+        weights=weights,
     )
 
 
@@ -198,16 +210,27 @@ def require_valid_dataset(dataset: str | Path) -> None:
     report = check_dataset(dataset)
     if not report.ok:
         problems = "\n".join(f"problem: {p}" for p in report.problems)
-        raise DatasetError(f"{dataset} fails `wam dataset check` ({len(report.problems)} problem(s)):\n{problems}\n"
-                           f"Repair the dataset (or collect it again) until `wam dataset check {dataset}` reports no "
-                           f"problem")
+        raise DatasetError(
+            f"{dataset} fails `wam dataset check` ({len(report.problems)} problem(s)):\n{problems}\n"
+            f"Repair the dataset (or collect it again) until `wam dataset check {dataset}` reports no "
+            f"problem"
+        )
 
 
-def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | None = None,
-                  normalizer=None, episodes: list[int] | None = None, progress: bool = False,
-                  actions: bool = True, check: bool = True, tasks: tuple[str, ...] | None = None,
-                  per_task: tuple[int | None, int | None] | None = None,
-                  lazy_frames: bool = False) -> LoadedEpisodes:
+def load_episodes(
+    dataset: str | Path,
+    *,
+    image_size: int,
+    cameras: list[str] | None = None,
+    normalizer=None,
+    episodes: list[int] | None = None,
+    progress: bool = False,
+    actions: bool = True,
+    check: bool = True,
+    tasks: tuple[str, ...] | None = None,
+    per_task: tuple[int | None, int | None] | None = None,
+    lazy_frames: bool = False,
+) -> LoadedEpisodes:
     """Read every episode of a LeRobot dataset: frames resized to image_size (cameras side by side),
     actions and states normalised with the dataset's statistics (or a given Normalizer).
 
@@ -226,15 +249,18 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
     try:
         ds = LeRobotDataset(dataset)
     except (DatasetError, FileNotFoundError) as e:
-        raise DatasetError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for "
-                           f"details") from e
+        raise DatasetError(
+            f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details"
+        ) from e
     try:
         cams = resolve_cameras(ds, cameras)
     except ValueError as e:
         raise ArgumentError(str(e)) from e
     if actions and "action" not in ds.data:
-        raise DatasetError(f"{dataset} has no 'action' feature; train on it as action-free videos (the dataset "
-                           f"spec `{dataset}:no-actions`)")
+        raise DatasetError(
+            f"{dataset} has no 'action' feature; train on it as action-free videos (the dataset "
+            f"spec `{dataset}:no-actions`)"
+        )
     try:
         norm = normalizer or Normalizer(ds.stats, require_action=actions)
     except ValueError as e:
@@ -254,27 +280,43 @@ def load_episodes(dataset: str | Path, *, image_size: int, cameras: list[str] | 
         chosen = {p for ps in by_task.values() for p in ps[slice(*per_task)]}
         positions = [p for p in positions if p in chosen]
         if not positions:
-            raise ArgumentError(f"{dataset}: no episode at per-task positions {format_per_task(per_task)} (its tasks "
-                                f"have {sorted({len(ps) for ps in by_task.values()})} episodes each)")
+            raise ArgumentError(
+                f"{dataset}: no episode at per-task positions {format_per_task(per_task)} (its tasks "
+                f"have {sorted({len(ps) for ps in by_task.values()})} episodes each)"
+            )
     it = positions
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(positions, desc=f"loading {Path(dataset).name}", unit="ep", dynamic_ncols=True)
     out = []
     for pos in it:
         ep = ds.episodes[pos]
         rows = slice(ep.start, ep.stop)
+
         def read(pos=pos) -> np.ndarray:
             views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
             return np.ascontiguousarray(np.concatenate(views, axis=-1).transpose(0, 2, 3, 1))  # (L, h, w * n_cams, 3)
 
-        acts = (np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32) if actions
-                else np.zeros((ep.length, 0), np.float32))
-        states = (np.zeros((ep.length, 0), np.float32) if state is None or norm.state_dim == 0 else
-                  np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32))
+        acts = (
+            np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32)
+            if actions
+            else np.zeros((ep.length, 0), np.float32)
+        )
+        states = (
+            np.zeros((ep.length, 0), np.float32)
+            if state is None or norm.state_dim == 0
+            else np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32)
+        )
         task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        item = {"frames": read if lazy_frames else read(), "actions": acts, "states": states,
-                "task_index": task_index, "episode_index": ep.episode_index, "has_actions": actions}
+        item = {
+            "frames": read if lazy_frames else read(),
+            "actions": acts,
+            "states": states,
+            "task_index": task_index,
+            "episode_index": ep.episode_index,
+            "has_actions": actions,
+        }
         for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
             if key in ds.data:
                 item[name] = np.asarray(ds.data[key][rows], np.float32).reshape(ep.length)
@@ -326,20 +368,32 @@ class DatasetSpec:
                     raise ArgumentError(f"dataset weight must be > 0, got {opt!r} in {spec!r}")
             parts.pop()
         if not actions and not imitate:
-            raise ArgumentError(f"{spec!r} is both no-actions and world-only; world-only episodes need their actions "
-                                f"(they condition the world model): keep one of the two")
+            raise ArgumentError(
+                f"{spec!r} is both no-actions and world-only; world-only episodes need their actions "
+                f"(they condition the world model): keep one of the two"
+            )
         return cls(":".join(parts), weight, actions, imitate=imitate, tasks=tasks, per_task=per_task)
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetSpec:
         """The inverse of `to_dict` (extra keys, such as a run's per-dataset statistics, are ignored)."""
         tasks, per_task = d.get("task_filter"), d.get("per_task")
-        return cls(d["path"], d.get("weight"), d.get("actions", True), tasks=None if tasks is None else tuple(tasks),
-                   per_task=None if per_task is None else tuple(per_task), imitate=d.get("imitate", True))
+        return cls(
+            d["path"],
+            d.get("weight"),
+            d.get("actions", True),
+            tasks=None if tasks is None else tuple(tasks),
+            per_task=None if per_task is None else tuple(per_task),
+            imitate=d.get("imitate", True),
+        )
 
     def to_dict(self) -> dict:
-        d = {"path": self.path, "weight": self.weight, "actions": self.actions,
-             "task_filter": None if self.tasks is None else list(self.tasks)}
+        d = {
+            "path": self.path,
+            "weight": self.weight,
+            "actions": self.actions,
+            "task_filter": None if self.tasks is None else list(self.tasks),
+        }
         if not self.imitate:
             d["imitate"] = False
         if self.per_task is not None:
@@ -360,10 +414,15 @@ def parse_per_task(text: str, spec: str = "") -> tuple[int | None, int | None]:
         start, stop = (int(a) if a.strip() else None), (int(b) if b.strip() else None)
     except ValueError:
         start = stop = -1
-    if (start is None and stop is None) or any(v is not None and v < 0 for v in (start, stop)) or (
-            start is not None and stop is not None and stop <= start):
-        raise ArgumentError(f"bad per-task range {text!r} in {spec!r}; write per-task=10 (the first ten episodes of "
-                            f"every task), per-task=10.. (all but the first ten) or per-task=5..15")
+    if (
+        (start is None and stop is None)
+        or any(v is not None and v < 0 for v in (start, stop))
+        or (start is not None and stop is not None and stop <= start)
+    ):
+        raise ArgumentError(
+            f"bad per-task range {text!r} in {spec!r}; write per-task=10 (the first ten episodes of "
+            f"every task), per-task=10.. (all but the first ten) or per-task=5..15"
+        )
     return start, stop
 
 
@@ -381,8 +440,9 @@ def select_tasks(dataset_tasks: list[str], wanted: tuple[str, ...] | list[str], 
         if item.isdigit():
             idx = [int(item)]
             if idx[0] >= len(dataset_tasks):
-                raise ArgumentError(f"{dataset} has {len(dataset_tasks)} tasks (0 to {len(dataset_tasks) - 1}); "
-                                    f"there is no task {item}")
+                raise ArgumentError(
+                    f"{dataset} has {len(dataset_tasks)} tasks (0 to {len(dataset_tasks) - 1}); there is no task {item}"
+                )
         elif item in dataset_tasks:
             idx = [dataset_tasks.index(item)]
         else:
@@ -394,9 +454,11 @@ def select_tasks(dataset_tasks: list[str], wanted: tuple[str, ...] | list[str], 
                 texts = []
             idx = [dataset_tasks.index(t) for t in texts if t in dataset_tasks]
             if not idx:
-                raise ArgumentError(f"{dataset} has no task {item!r}; name tasks by index (0 to "
-                                    f"{len(dataset_tasks) - 1}), by their exact text or by a MetaWorld task name "
-                                    f"or set (`wam dataset info {dataset}` lists them)")
+                raise ArgumentError(
+                    f"{dataset} has no task {item!r}; name tasks by index (0 to "
+                    f"{len(dataset_tasks) - 1}), by their exact text or by a MetaWorld task name "
+                    f"or set (`wam dataset info {dataset}` lists them)"
+                )
         out += [i for i in idx if i not in out]
     return out
 
@@ -427,23 +489,44 @@ class Mixture:
         return max(n.state_dim for n in self.normalizers)
 
 
-def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str] | None = None,
-                 normalizers: list | None = None, progress: bool = False, lazy_frames: bool = False) -> Mixture:
+def load_mixture(
+    specs: list[DatasetSpec],
+    *,
+    image_size: int,
+    cameras: list[str] | None = None,
+    normalizers: list | None = None,
+    progress: bool = False,
+    lazy_frames: bool = False,
+) -> Mixture:
     """Load every dataset of a mixture; task indices are remapped into the union of their tasks (`lazy_frames`:
     see `load_episodes`)."""
     if not specs:
         raise ArgumentError("no dataset given; pass `dataset=PATH`")
     if not any(s.actions and s.imitate for s in specs):
-        raise ArgumentError("no dataset is imitated (each is no-actions or world-only); at least one must have actions "
-                            "and be imitated (demonstrations) to train a policy")
-    loaded = [load_episodes(s.path, image_size=image_size, cameras=cameras,
-                            normalizer=None if normalizers is None else normalizers[i], progress=progress,
-                            actions=s.actions, tasks=s.tasks, per_task=s.per_task, lazy_frames=lazy_frames)
-              for i, s in enumerate(specs)]
+        raise ArgumentError(
+            "no dataset is imitated (each is no-actions or world-only); at least one must have actions "
+            "and be imitated (demonstrations) to train a policy"
+        )
+    loaded = [
+        load_episodes(
+            s.path,
+            image_size=image_size,
+            cameras=cameras,
+            normalizer=None if normalizers is None else normalizers[i],
+            progress=progress,
+            actions=s.actions,
+            tasks=s.tasks,
+            per_task=s.per_task,
+            lazy_frames=lazy_frames,
+        )
+        for i, s in enumerate(specs)
+    ]
     n_cams = {len(d.cameras) for d in loaded}
     if len(n_cams) > 1:
-        raise ArgumentError(f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same "
-                            f"number with `cameras` or train on datasets with as many cameras each")
+        raise ArgumentError(
+            f"the datasets have different numbers of cameras ({sorted(n_cams)}); choose the same "
+            f"number with `cameras` or train on datasets with as many cameras each"
+        )
     tasks: list[str] = []
     episodes = []
     for i, d in enumerate(loaded):
@@ -456,8 +539,15 @@ def load_mixture(specs: list[DatasetSpec], *, image_size: int, cameras: list[str
             e["source"] = i
             e["imitate"] = specs[i].imitate
             episodes.append(e)
-    return Mixture(episodes, [d.normalizer for d in loaded], list(specs), tasks, [d.tasks for d in loaded],
-                   [d.cameras for d in loaded], loaded[0].fps)
+    return Mixture(
+        episodes,
+        [d.normalizer for d in loaded],
+        list(specs),
+        tasks,
+        [d.tasks for d in loaded],
+        [d.cameras for d in loaded],
+        loaded[0].fps,
+    )
 
 
 def mixture_weights(specs: list[DatasetSpec], windows: list[int]) -> torch.Tensor | None:
@@ -478,8 +568,8 @@ def split_episodes(episodes: list[dict], val_fraction: float) -> tuple[list[dict
     train, val = [], []
     for eps in by_task.values():
         k = math.ceil(val_fraction * len(eps)) if len(eps) > 1 and val_fraction > 0 else 0
-        train += eps[:len(eps) - k]
-        val += eps[len(eps) - k:]
+        train += eps[: len(eps) - k]
+        val += eps[len(eps) - k :]
     return train, val
 
 

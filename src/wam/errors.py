@@ -53,5 +53,14 @@ class TrainingDiverged(WamError, RuntimeError):
     change."""
 
 
-__all__ = ["ArgumentError", "CheckpointError", "DatasetError", "MissingDependency", "NotFoundError", "ObservationError",
-           "TrainingDiverged", "UnavailableError", "WamError"]
+__all__ = [
+    "ArgumentError",
+    "CheckpointError",
+    "DatasetError",
+    "MissingDependency",
+    "NotFoundError",
+    "ObservationError",
+    "TrainingDiverged",
+    "UnavailableError",
+    "WamError",
+]

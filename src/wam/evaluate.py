@@ -61,10 +61,10 @@ def resolve_seed(seed: int | str) -> tuple[int, str | None]:
 
 def eval_seeds(seed: int, task: str, n: int) -> list[int]:
     """n reproducible episode seeds for one task, disjoint in derivation from `wam collect`'s."""
-    return [int(np.random.SeedSequence([seed, EVAL_STREAM, zlib.crc32(task.encode()), i]).generate_state(1)[0] >> 1)
-            for i in range(n)]
-
-
+    return [
+        int(np.random.SeedSequence([seed, EVAL_STREAM, zlib.crc32(task.encode()), i]).generate_state(1)[0] >> 1)
+        for i in range(n)
+    ]
 
 
 class _RolloutDataset:
@@ -74,8 +74,9 @@ class _RolloutDataset:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if self.root.exists():
-            raise ArgumentError(f"`record={str(self.root)!r}` already exists; choose a new path for the rollouts' "
-                                f"dataset")
+            raise ArgumentError(
+                f"`record={str(self.root)!r}` already exists; choose a new path for the rollouts' dataset"
+            )
         self.writer = None
         self.episodes: list[dict] = []
 
@@ -85,36 +86,63 @@ class _RolloutDataset:
 
         episodes, meta = row.pop("_episodes"), row.pop("_env")
         if self.writer is None:
-            self.writer = LeRobotWriter(self.root, fps=meta["fps"], robot_type=meta["robot_type"],
-                                        names=meta["names"])
+            self.writer = LeRobotWriter(self.root, fps=meta["fps"], robot_type=meta["robot_type"], names=meta["names"])
         for i, data in enumerate(episodes):
             index = self.writer.add_episode(data, task=row["description"])
-            self.episodes.append({"episode_index": index, "task": row["task"], "seed": row["seeds"][i],
-                                  "success": row["successes"][i], "first_success": row["first_success"][i],
-                                  "length": len(data["action"])})
+            self.episodes.append(
+                {
+                    "episode_index": index,
+                    "task": row["task"],
+                    "seed": row["seeds"][i],
+                    "success": row["successes"][i],
+                    "first_success": row["first_success"][i],
+                    "length": len(data["action"]),
+                }
+            )
         return row
 
     def finalize(self, settings: dict) -> dict:
         if self.writer is None:
             raise ArgumentError("no episode was run; nothing to record")
-        summary = {"source": "wam eval", "settings": settings, "episodes": self.episodes,
-                   "pc_success": 100.0 * float(np.mean([e["success"] for e in self.episodes]))}
+        summary = {
+            "source": "wam eval",
+            "settings": settings,
+            "episodes": self.episodes,
+            "pc_success": 100.0 * float(np.mean([e["success"] for e in self.episodes])),
+        }
         self.writer.add_meta_file("rollouts.json", json.dumps(summary, indent=2))
         self.writer.finalize()
-        return {"path": str(self.root), "episodes": len(self.episodes),
-                "frames": int(sum(e["length"] for e in self.episodes))}
+        return {
+            "path": str(self.root),
+            "episodes": len(self.episodes),
+            "frames": int(sum(e["length"] for e in self.episodes)),
+        }
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.abort()
 
 
-def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed: int = 0,
-                  max_steps: int | None = None, after_success: int = 0, expert: bool = True,
-                  videos_per_task: int = 2, image_size: int = 64, cameras: list[str] | None = None,
-                  num_envs: int = 1, progress: Callable[[], None] | None = None,
-                  env_options: dict | None = None, keep_episodes: bool = False,
-                  protocol_options: dict | None = None) -> dict:
+def evaluate_task(
+    policy,
+    env: str,
+    task: str,
+    *,
+    episodes: int,
+    out: Path,
+    seed: int = 0,
+    max_steps: int | None = None,
+    after_success: int = 0,
+    expert: bool = True,
+    videos_per_task: int = 2,
+    image_size: int = 64,
+    cameras: list[str] | None = None,
+    num_envs: int = 1,
+    progress: Callable[[], None] | None = None,
+    env_options: dict | None = None,
+    keep_episodes: bool = False,
+    protocol_options: dict | None = None,
+) -> dict:
     """One task: the policy's rollouts and the expert's on the same seeds -> an eval_info per-task row.
     num_envs > 1 steps that many environments in parallel processes (`rollout_vector`). `env_options` go to
     the adapter's make_env (e.g. MetaWorld's state="full"); by default they follow the policy (`env_options_for`).
@@ -131,8 +159,9 @@ def evaluate_task(policy, env: str, task: str, *, episodes: int, out: Path, seed
     kw = dict(max_steps=max_steps, after_success=after_success, progress=progress)
     if num_envs > 1:
         env_fn = functools.partial(adapter.make_env, task, image_size=image_size, cameras=cameras, **opts)
-        res = rollout_vector(env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task,
-                             keep_episodes=keep_episodes, **kw)
+        res = rollout_vector(
+            env_fn, policy, seeds, num_envs=num_envs, record=videos_per_task, keep_episodes=keep_episodes, **kw
+        )
         ref = rollout_vector(env_fn, ExpertPolicy(env, task), seeds, num_envs=num_envs, **kw) if expert else None
         description = adapter.describe(task)
         meta = None
@@ -177,8 +206,9 @@ def env_options_for(policy, env: str, task: str) -> dict:
     return {"state": adapter.state_mode(size)} if size else {}
 
 
-def protocol_env_options(policy, env: str, tasks: list[str], protocol: str | None, cameras: list[str] | None,
-                         render_size: int | None) -> dict:
+def protocol_env_options(
+    policy, env: str, tasks: list[str], protocol: str | None, cameras: list[str] | None, render_size: int | None
+) -> dict:
     """The environment settings of a named protocol, checked against what `policy` reads ({} for none)."""
     if protocol is None:
         return {}
@@ -195,8 +225,10 @@ def protocol_env_options(policy, env: str, tasks: list[str], protocol: str | Non
         raise ArgumentError(f"protocol {protocol!r} gives the camera(s) {wanted}; this policy reads {cameras}")
     policy_state = env_options_for(policy, env, tasks[0]).get("state")
     if policy_state and opts.get("state") and policy_state != opts["state"]:
-        raise ArgumentError(f"protocol {protocol!r} gives observation.state={opts['state']!r}; this policy was trained "
-                            f"on state={policy_state!r}")
+        raise ArgumentError(
+            f"protocol {protocol!r} gives observation.state={opts['state']!r}; this policy was trained "
+            f"on state={policy_state!r}"
+        )
     return opts
 
 
@@ -220,8 +252,17 @@ def _task_job(args: tuple) -> dict:
     return evaluate_task(_WORKER_POLICY["policy"], env, task, **kwargs)
 
 
-def _task_rows(policy, env: str, task_names: list[str], kwargs: dict, *, workers: int, bar, per_task: int,
-               on_row: Callable[[dict], dict] | None = None) -> list:
+def _task_rows(
+    policy,
+    env: str,
+    task_names: list[str],
+    kwargs: dict,
+    *,
+    workers: int,
+    bar,
+    per_task: int,
+    on_row: Callable[[dict], dict] | None = None,
+) -> list:
     """`evaluate_task` for every task, in this process or spread over `workers` processes (a WAMPolicy only);
     each row goes through `on_row` as it comes (the recorder writes its episodes and drops them)."""
     on_row = on_row or (lambda row: row)
@@ -231,21 +272,29 @@ def _task_rows(policy, env: str, task_names: list[str], kwargs: dict, *, workers
         for task in task_names:
             if bar is not None:
                 bar.set_postfix(task=task)
-            rows.append(on_row(evaluate_task(policy, env, task, **kwargs,
-                                             progress=(lambda: bar.update(1)) if bar is not None else None)))
+            rows.append(
+                on_row(
+                    evaluate_task(
+                        policy, env, task, **kwargs, progress=(lambda: bar.update(1)) if bar is not None else None
+                    )
+                )
+            )
         return rows
     spec = getattr(policy, "spec", None)
     if spec is None:
-        raise ArgumentError("evaluation in several processes needs a WAMPolicy (it is rebuilt from its checkpoint "
-                            "in each process); use workers=1 for other policies")
+        raise ArgumentError(
+            "evaluation in several processes needs a WAMPolicy (it is rebuilt from its checkpoint "
+            "in each process); use workers=1 for other policies"
+        )
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     # (not multiprocessing.Pool: its daemonic workers may not start the environments' own processes)
     rows = []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    ) as pool:
         for row in pool.map(_task_job, [(spec, env, t, kwargs) for t in task_names]):
             rows.append(on_row(row))
             if bar is not None:
@@ -253,12 +302,28 @@ def _task_rows(policy, env: str, task_names: list[str], kwargs: dict, *, workers
     return rows
 
 
-def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10", episodes: int = 20,
-             out: str | Path = "runs/eval", seed: int | str = 0, max_steps: int | None = None, after_success: int = 0,
-             expert: bool = True, videos_per_task: int = 2, workers: int = 1, num_envs: int = 1,
-             world_model: dict | None = None, render_size: int | None = None, protocol: str | None = None,
-             log_path: str | Path | None = None, settings: dict | None = None, progress: bool = True,
-             record: str | Path | None = None) -> dict:
+def evaluate(
+    policy,
+    *,
+    env: str = "metaworld",
+    tasks: str | Sequence[str] | None = "mt10",
+    episodes: int = 20,
+    out: str | Path = "runs/eval",
+    seed: int | str = 0,
+    max_steps: int | None = None,
+    after_success: int = 0,
+    expert: bool = True,
+    videos_per_task: int = 2,
+    workers: int = 1,
+    num_envs: int = 1,
+    world_model: dict | None = None,
+    render_size: int | None = None,
+    protocol: str | None = None,
+    log_path: str | Path | None = None,
+    settings: dict | None = None,
+    progress: bool = True,
+    record: str | Path | None = None,
+) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
     reset()/select_action(obs) and optionally `settings` (a dict recorded in eval_info.json), `cameras` and
@@ -297,18 +362,38 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env_size = image_size if protocol_options else render_size  # a protocol's env resizes; else the policy does
-    kwargs = dict(episodes=episodes, out=out, seed=seed, max_steps=max_steps, after_success=after_success,
-                  expert=expert, videos_per_task=videos_per_task, image_size=env_size, cameras=cameras,
-                  num_envs=num_envs, keep_episodes=recorder is not None, protocol_options=protocol_options)
+    kwargs = dict(
+        episodes=episodes,
+        out=out,
+        seed=seed,
+        max_steps=max_steps,
+        after_success=after_success,
+        expert=expert,
+        videos_per_task=videos_per_task,
+        image_size=env_size,
+        cameras=cameras,
+        num_envs=num_envs,
+        keep_episodes=recorder is not None,
+        protocol_options=protocol_options,
+    )
     per_task = episodes * (2 if expert else 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=len(task_names) * per_task, desc="evaluating", unit="ep", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        rows = _task_rows(policy, env, task_names, kwargs, workers=workers, bar=bar, per_task=per_task,
-                          on_row=recorder.add if recorder is not None else None)
+        rows = _task_rows(
+            policy,
+            env,
+            task_names,
+            kwargs,
+            workers=workers,
+            bar=bar,
+            per_task=per_task,
+            on_row=recorder.add if recorder is not None else None,
+        )
     except BaseException:
         if recorder is not None:
             recorder.abort()
@@ -317,19 +402,38 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
         bar.close()
     elapsed = time.perf_counter() - t0
     groups = getattr(get_adapter(env), "DIFFICULTY", None)
-    info = {**aggregate(rows), **(group_results(rows, groups) if groups else {}), "eval_s": elapsed,
-            "eval_ep_s": elapsed / max(1, len(rows) * episodes), "per_task": rows,
-            "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed,
-                         "seed_set": seed_set, "protocol": protocol,
-                         "protocol_settings": {k: list(v) if isinstance(v, tuple) else v
-                                               for k, v in protocol_options.items()} or None,
-                         "max_steps": max_steps, "after_success": after_success, "image_size": image_size,
-                         "render_size": render_size, "cameras": cameras, **getattr(policy, "settings", {}),
-                         **(settings or {})}}
+    info = {
+        **aggregate(rows),
+        **(group_results(rows, groups) if groups else {}),
+        "eval_s": elapsed,
+        "eval_ep_s": elapsed / max(1, len(rows) * episodes),
+        "per_task": rows,
+        "settings": {
+            "env": env,
+            "tasks": task_names,
+            "episodes_per_task": episodes,
+            "seed": seed,
+            "seed_set": seed_set,
+            "protocol": protocol,
+            "protocol_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in protocol_options.items()}
+            or None,
+            "max_steps": max_steps,
+            "after_success": after_success,
+            "image_size": image_size,
+            "render_size": render_size,
+            "cameras": cameras,
+            **getattr(policy, "settings", {}),
+            **(settings or {}),
+        },
+    }
     served = getattr(policy, "server_ms", None)
     if served:  # through a policy server: how long it took per chunk (decode, forward pass, encode)
-        info["server_ms"] = {"n_chunks": len(served), "median": float(np.median(served)),
-                             "p90": float(np.percentile(served, 90)), "first": served[0]}
+        info["server_ms"] = {
+            "n_chunks": len(served),
+            "median": float(np.median(served)),
+            "p90": float(np.percentile(served, 90)),
+            "first": served[0],
+        }
     if world_model is not None:
         info["world_model"] = world_model
     if recorder is not None:
@@ -345,10 +449,21 @@ def evaluate(policy, *, env: str = "metaworld", tasks: str | Sequence[str] | Non
 
 
 @torch.no_grad()
-def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | None = None, windows: int = 256,
-                         steps: int = 10, seed: int = 0, strips: int = 4, episodes: list[int] | None = None,
-                         progress: bool = False, unknown_tasks: str = "refuse", drop_task: bool = False,
-                         action_guidance: float = 1.0) -> dict:
+def evaluate_world_model(
+    checkpoint,
+    dataset: str | Path,
+    *,
+    out: str | Path | None = None,
+    windows: int = 256,
+    steps: int = 10,
+    seed: int = 0,
+    strips: int = 4,
+    episodes: list[int] | None = None,
+    progress: bool = False,
+    unknown_tasks: str = "refuse",
+    drop_task: bool = False,
+    action_guidance: float = 1.0,
+) -> dict:
     """Forward/video-mode frame quality and inverse/policy action error on held-out episodes.
 
     Uses the episodes the training run held out (recorded in the checkpoint) unless `episodes` is given.
@@ -371,8 +486,14 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     eps = episodes if episodes is not None else held_out
     if not eps:
         raise ArgumentError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
-    data = load_episodes(dataset, image_size=cfg.image_size, cameras=run.get("cameras"),
-                         normalizer=Normalizer.from_dict(stats), episodes=eps, progress=progress)
+    data = load_episodes(
+        dataset,
+        image_size=cfg.image_size,
+        cameras=run.get("cameras"),
+        normalizer=Normalizer.from_dict(stats),
+        episodes=eps,
+        progress=progress,
+    )
     map_tasks(data, run.get("tasks") or [], dataset, unknown_tasks)
     tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim, cfg.state_dim)
     ep, st = tensors.window_index()
@@ -380,17 +501,23 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     full = st + horizon < tensors.lengths[ep]
     ep, st = ep[full], st[full]
     if len(ep) == 0:
-        raise ArgumentError(f"no held-out episode is longer than {horizon} steps (the predicted horizon), so there is "
-                            f"no window to measure the world model on; hold out longer episodes")
+        raise ArgumentError(
+            f"no held-out episode is longer than {horizon} steps (the predicted horizon), so there is "
+            f"no window to measure the world model on; hold out longer episodes"
+        )
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(ep), generator=g)[:windows]
     batch = tensors.gather(ep[pick], st[pick], cfg)
     batch["drop_task"] = torch.tensor([drop_task or data.episodes[int(e)].get("no_task", False) for e in ep[pick]])
     n_obs, F = cfg.n_obs_steps, cfg.future_frames
     frames = {}  # all in [0, 1], (B, T, C, H, W)
-    true_frames = torch.stack([torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])
-                               for e, s in zip(ep[pick], st[pick]) for k in
-                               [*range(-n_obs + 1, 1), *[(j + 1) * cfg.future_stride for j in range(F)]]])
+    true_frames = torch.stack(
+        [
+            torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])
+            for e, s in zip(ep[pick], st[pick])
+            for k in [*range(-n_obs + 1, 1), *[(j + 1) * cfg.future_stride for j in range(F)]]
+        ]
+    )
     B = len(pick)
     frames["real"] = true_frames.reshape(B, n_obs + F, *true_frames.shape[1:]).movedim(-1, 2).float() / 255.0
     frames["tokenizer_reconstruction"] = to_unit(tok.decode(batch["latents"]))
@@ -400,13 +527,24 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
         frames[name] = to_unit(tok.decode(res["latents"]))
     # the same windows given another window's actions: how much the predicted frames depend on the actions
     other = {**batch, "actions": batch["actions"].roll(1, 0), "action_is_pad": batch["action_is_pad"].roll(1, 0)}
-    res = sample(model, other, "forward", steps=steps, generator=torch.Generator().manual_seed(seed),
-                 action_guidance=action_guidance)
+    res = sample(
+        model,
+        other,
+        "forward",
+        steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        action_guidance=action_guidance,
+    )
     frames["forward_other_actions"] = to_unit(tok.decode(res["latents"]))
     real_future = frames["real"][:, n_obs:]
-    last = frames["real"][:, n_obs - 1:n_obs]
-    result: dict[str, Any] = {"windows": B, "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
-                              "sampling_steps": steps, "action_guidance": action_guidance, "episodes": list(eps)}
+    last = frames["real"][:, n_obs - 1 : n_obs]
+    result: dict[str, Any] = {
+        "windows": B,
+        "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
+        "sampling_steps": steps,
+        "action_guidance": action_guidance,
+        "episodes": list(eps),
+    }
 
     def metrics(pred: torch.Tensor) -> dict:  # pred (B, F, C, H, W)
         p, s = [], []
@@ -422,8 +560,10 @@ def evaluate_world_model(checkpoint, dataset: str | Path, *, out: str | Path | N
     mse = lambda a: float((a - true_actions).pow(2).mean())  # noqa: E731
     inv = sample(model, batch, "inverse", steps=steps, generator=torch.Generator().manual_seed(seed))
     pol = sample(model, batch, "policy", steps=steps, generator=torch.Generator().manual_seed(seed))
-    result["inverse"] = {"action_mse": mse(inv["actions"]),
-                         "mean_action_mse": mse(true_actions.mean((0, 1), keepdim=True))}
+    result["inverse"] = {
+        "action_mse": mse(inv["actions"]),
+        "mean_action_mse": mse(true_actions.mean((0, 1), keepdim=True)),
+    }
     result["policy"] = {"action_mse": mse(pol["actions"])}
     if out is not None and strips:
         result["strips"] = _write_strips(Path(out), frames, strips)

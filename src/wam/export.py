@@ -90,24 +90,35 @@ def export_settings(checkpoint, inference: InferenceConfig | None = None) -> Inf
     """The sampling settings an export bakes in: the checkpoint's defaults (WAMPolicy's: InferenceConfig(), the
     cache off for attention "full"), changed by `inference`; ExportError for what the graphs cannot hold."""
     ic = inference or InferenceConfig(cache=checkpoint.model.cfg.attention != "full")
-    refused = {"taylor": ic.taylor is not None, "warm_start": bool(ic.warm_start), "precision": ic.precision != "fp32",
-               "quantize": ic.quantize != "none", "attention": ic.attention != "sdpa"}
+    refused = {
+        "taylor": ic.taylor is not None,
+        "warm_start": bool(ic.warm_start),
+        "precision": ic.precision != "fp32",
+        "quantize": ic.quantize != "none",
+        "attention": ic.attention != "sdpa",
+    }
     bad = [k for k, v in refused.items() if v]
     if bad:
-        raise ExportError(f"the export holds fp32 sampling with the sdpa attention and no Taylor forecast or warm "
-                          f"start; these settings are the PyTorch path's only: {', '.join(bad)} (int8 is offered "
-                          f"by the export itself: wam export --int8)")
+        raise ExportError(
+            f"the export holds fp32 sampling with the sdpa attention and no Taylor forecast or warm "
+            f"start; these settings are the PyTorch path's only: {', '.join(bad)} (int8 is offered "
+            f"by the export itself: wam export --int8)"
+        )
     if ic.cache and checkpoint.model.cfg.attention == "full":
-        raise ExportError('this checkpoint was trained with attention "full": its observed tokens cannot be '
-                          'cached; export it with the cache off (--no-cache)')
+        raise ExportError(
+            'this checkpoint was trained with attention "full": its observed tokens cannot be '
+            "cached; export it with the cache off (--no-cache)"
+        )
     return dataclasses.replace(ic, compile=False)
 
 
 def _embodiment_check(checkpoint) -> None:
     sets = [d for d in checkpoint.config.get("run", {}).get("datasets", []) if d.get("action_dim")]
     if len(sets) > 1:
-        raise ExportError(f"this checkpoint acts in {len(sets)} action spaces (trained on a mixture); the export "
-                          f"holds one embodiment's normalisation: export a checkpoint trained on one of them")
+        raise ExportError(
+            f"this checkpoint acts in {len(sets)} action spaces (trained on a mixture); the export "
+            f"holds one embodiment's normalisation: export a checkpoint trained on one of them"
+        )
 
 
 def _file_sha256(path: Path) -> str:
@@ -125,8 +136,14 @@ def _normalisation(checkpoint, model_cfg) -> dict:
     norm = Normalizer.from_dict(checkpoint.stats)
     if norm.action_dim == 0:
         raise ExportError("the checkpoint's statistics have no action min/max: it cannot act")
-    out = {"action_min": norm.action_min.tolist(), "action_range": norm.action_range.tolist(),
-           "action_dim": norm.action_dim, "state_dim": 0, "state_mean": None, "state_std": None}
+    out = {
+        "action_min": norm.action_min.tolist(),
+        "action_range": norm.action_range.tolist(),
+        "action_dim": norm.action_dim,
+        "state_dim": 0,
+        "state_mean": None,
+        "state_std": None,
+    }
     if model_cfg.state_dim > 0 and norm.state_mean is not None:
         out.update(state_dim=norm.state_dim, state_mean=norm.state_mean.tolist(), state_std=norm.state_std.tolist())
     return out
@@ -135,8 +152,15 @@ def _normalisation(checkpoint, model_cfg) -> dict:
 # ---- export -----------------------------------------------------------------------------------------
 
 
-def _onnx_export(module: torch.nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
-                 batch_inputs: list[str], opset: int) -> None:
+def _onnx_export(
+    module: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    names: list[str],
+    outputs: list[str],
+    batch_inputs: list[str],
+    opset: int,
+) -> None:
     import warnings
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -144,16 +168,34 @@ def _onnx_export(module: torch.nn.Module, args: tuple, path: Path, names: list[s
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs,
-                                        dynamic_shapes=shapes, opset_version=opset, verbose=False,
-                                        optimize=True, external_data=False)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                verbose=False,
+                optimize=True,
+                external_data=False,
+            )
         except ImportError as e:  # the dynamo exporter writes through onnxscript
             raise ExportError(f"exporting needs onnx and onnxscript ({e}); pip install 'wam[export]'") from None
     program.save(str(path))
 
 
-def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | None = None, int8: bool = True,
-                  opset: int = OPSET, overwrite: bool = False, check: bool = True, progress: bool = False) -> dict:
+def export_policy(
+    checkpoint,
+    out: str | Path,
+    *,
+    inference: InferenceConfig | None = None,
+    int8: bool = True,
+    opset: int = OPSET,
+    overwrite: bool = False,
+    check: bool = True,
+    progress: bool = False,
+) -> dict:
     """Write `checkpoint`'s policy to the directory `out` (see the module docstring); returns the manifest.
     `checkpoint` is a wam.checkpoint.Checkpoint or its directory. Written to a temporary sibling and renamed
     into place; an existing `out` is replaced only with overwrite=True."""
@@ -175,16 +217,19 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
     run = checkpoint.config.get("run", {})
     cameras = [f"observation.images.{c}" for c in run.get("cameras", [])]
     if len(cameras) != cfg.n_cameras:
-        raise ExportError(f"the checkpoint records cameras {cameras} but the model takes {cfg.n_cameras}; "
-                          f"its config.json lacks run.cameras")
+        raise ExportError(
+            f"the checkpoint records cameras {cameras} but the model takes {cfg.n_cameras}; "
+            f"its config.json lacks run.cameras"
+        )
     norm = _normalisation(checkpoint, cfg)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
 
     g = torch.Generator().manual_seed(0)
     B, size = EXPORT_BATCH, cfg.image_size
     frames = torch.randint(0, 256, (B, size, size * cfg.n_cameras, 3), generator=g, dtype=torch.uint8)
-    latents = torch.randn(B, cfg.n_obs_steps, cfg.latent_channels, cfg.latent_size,
-                          cfg.latent_size * cfg.n_cameras, generator=g)
+    latents = torch.randn(
+        B, cfg.n_obs_steps, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras, generator=g
+    )
     task = torch.arange(B, dtype=torch.long) % cfg.n_tasks
     state = torch.randn(B, cfg.n_obs_steps, max(cfg.state_dim, 1), generator=g)
     noise = torch.randn(B, cfg.action_horizon, cfg.action_dim, generator=g)
@@ -195,11 +240,13 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
     tmp.mkdir(parents=True)
     try:
         t0 = time.perf_counter()
-        graphs = _write_graphs(tmp, model, tokenizer, ic, (frames, *policy_args), policy_names, int8=int8, opset=opset,
-                               say=say)
+        graphs = _write_graphs(
+            tmp, model, tokenizer, ic, (frames, *policy_args), policy_names, int8=int8, opset=opset, say=say
+        )
         export_seconds = time.perf_counter() - t0
-        manifest = _manifest(checkpoint, ic, cameras, norm, graphs, tmp, policy_names, opset=opset,
-                             export_seconds=export_seconds)
+        manifest = _manifest(
+            checkpoint, ic, cameras, norm, graphs, tmp, policy_names, opset=opset, export_seconds=export_seconds
+        )
         if check:
             manifest["check"] = check_graphs(tmp, model, tokenizer, ic, (frames, *policy_args))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -214,21 +261,32 @@ def export_policy(checkpoint, out: str | Path, *, inference: InferenceConfig | N
     return manifest
 
 
-def _write_graphs(tmp: Path, model, tokenizer, ic: InferenceConfig, inputs: tuple, policy_names: list[str], *,
-                  int8: bool, opset: int, say) -> dict[str, str]:
+def _write_graphs(
+    tmp: Path,
+    model,
+    tokenizer,
+    ic: InferenceConfig,
+    inputs: tuple,
+    policy_names: list[str],
+    *,
+    int8: bool,
+    opset: int,
+    say,
+) -> dict[str, str]:
     """The encoder, the policy (and its int8 twin) as ONNX files in `tmp`; returns {graph name: file name}."""
     cfg = model.cfg
     frames, latents, task, state, noise = inputs
     size = cfg.image_size
     say(f"[export] encoder: frames (N, {size}, {size * cfg.n_cameras}, 3) uint8 -> latents")
-    _onnx_export(EncoderGraph(tokenizer), (frames,), tmp / "encoder.onnx", ["frames"], ["latents"], ["frames"],
-                 opset)
+    _onnx_export(EncoderGraph(tokenizer), (frames,), tmp / "encoder.onnx", ["frames"], ["latents"], ["frames"], opset)
     say(f"[export] policy: {ic.steps} {ic.solver} steps, cache {ic.cache}")
     graph = PolicyGraph(model, ic)
     if cfg.state_dim > 0:
-        _onnx_export(graph, (latents, task, state, noise), tmp / "policy.onnx", policy_names, ["actions"],
-                     policy_names, opset)
+        _onnx_export(
+            graph, (latents, task, state, noise), tmp / "policy.onnx", policy_names, ["actions"], policy_names, opset
+        )
     else:  # (no state input: a wrapper without it, so that the graph has none)
+
         class NoState(torch.nn.Module):
             def __init__(self, inner):
                 super().__init__()
@@ -237,8 +295,9 @@ def _write_graphs(tmp: Path, model, tokenizer, ic: InferenceConfig, inputs: tupl
             def forward(self, latents, task, noise):
                 return self.inner(latents, task, None, noise)
 
-        _onnx_export(NoState(graph), (latents, task, noise), tmp / "policy.onnx", policy_names, ["actions"],
-                     policy_names, opset)
+        _onnx_export(
+            NoState(graph), (latents, task, noise), tmp / "policy.onnx", policy_names, ["actions"], policy_names, opset
+        )
     graphs = {"encoder": "encoder.onnx", "policy": "policy.onnx"}
     if int8:
         say("[export] policy.int8: onnxruntime dynamic int8 quantisation of the matrix products")
@@ -247,15 +306,29 @@ def _write_graphs(tmp: Path, model, tokenizer, ic: InferenceConfig, inputs: tupl
     return graphs
 
 
-def _manifest(checkpoint, ic: InferenceConfig, cameras: list[str], norm: dict, graphs: dict[str, str], tmp: Path,
-              policy_names: list[str], *, opset: int, export_seconds: float) -> dict:
+def _manifest(
+    checkpoint,
+    ic: InferenceConfig,
+    cameras: list[str],
+    norm: dict,
+    graphs: dict[str, str],
+    tmp: Path,
+    policy_names: list[str],
+    *,
+    opset: int,
+    export_seconds: float,
+) -> dict:
     """manifest.json: what the export holds and how to feed it, with each graph's sha256."""
     cfg, run = checkpoint.model.cfg, checkpoint.config.get("run", {})
     size = cfg.image_size
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model_hash": checkpoint.model_hash, "checkpoint": str(checkpoint.path),
-        "wam_version": _wam_version(), "torch": torch.__version__, "opset": opset,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_hash": checkpoint.model_hash,
+        "checkpoint": str(checkpoint.path),
+        "wam_version": _wam_version(),
+        "torch": torch.__version__,
+        "opset": opset,
         "mode": "policy",
         "observation": {
             "cameras": {k: [size, size, 3] for k in cameras},  # uint8 RGB each; others are resized
@@ -264,11 +337,18 @@ def _manifest(checkpoint, ic: InferenceConfig, cameras: list[str], norm: dict, g
             "task": "a training task's text (or its index)",
         },
         "tasks": list(run.get("tasks", [])),
-        "fps": run.get("fps"), "action_names": run.get("action_names"),
-        "model": {"image_size": size, "n_cameras": cfg.n_cameras, "n_obs_steps": cfg.n_obs_steps,
-                  "action_horizon": cfg.action_horizon, "action_dim": cfg.action_dim, "state_dim": cfg.state_dim,
-                  "n_tasks": cfg.n_tasks, "latent_shape": [cfg.latent_channels, cfg.latent_size,
-                                                           cfg.latent_size * cfg.n_cameras]},
+        "fps": run.get("fps"),
+        "action_names": run.get("action_names"),
+        "model": {
+            "image_size": size,
+            "n_cameras": cfg.n_cameras,
+            "n_obs_steps": cfg.n_obs_steps,
+            "action_horizon": cfg.action_horizon,
+            "action_dim": cfg.action_dim,
+            "state_dim": cfg.state_dim,
+            "n_tasks": cfg.n_tasks,
+            "latent_shape": [cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras],
+        },
         "action_horizon": cfg.action_horizon,
         "normalisation": norm,
         "inference": ic.to_dict(),
@@ -304,16 +384,28 @@ def check_graphs(directory: Path, model, tokenizer, ic: InferenceConfig, example
     frames, latents, task, state, noise = example
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    run = lambda f, feed: ort.InferenceSession(str(directory / f), opts,  # noqa: E731
-                                               providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+    def run(f, feed):
+        return ort.InferenceSession(
+            str(directory / f),
+            opts,
+            providers=["CPUExecutionProvider"],
+        ).run(None, feed)[0]
+
     with torch.no_grad():
         z = tokenizer.encode(frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[:, None])[:, 0].float()
         batch = {"latents": latents, "task": task, **({"state": state} if state is not None else {})}
         a = sample(model, batch, "policy", noise={"actions": noise}, **ic.sample_kwargs())["actions"]
-    feed = {"latents": latents.numpy(), "task": task.numpy(), "noise": noise.numpy(),
-            **({"state": state.numpy()} if state is not None else {})}
-    out = {"encoder_max_abs_diff": float(np.abs(run("encoder.onnx", {"frames": frames.numpy()}) - z.numpy()).max()),
-           "policy_max_abs_diff": float(np.abs(run("policy.onnx", feed) - a.numpy()).max())}
+    feed = {
+        "latents": latents.numpy(),
+        "task": task.numpy(),
+        "noise": noise.numpy(),
+        **({"state": state.numpy()} if state is not None else {}),
+    }
+    out = {
+        "encoder_max_abs_diff": float(np.abs(run("encoder.onnx", {"frames": frames.numpy()}) - z.numpy()).max()),
+        "policy_max_abs_diff": float(np.abs(run("policy.onnx", feed) - a.numpy()).max()),
+    }
     if (directory / "policy.int8.onnx").is_file():
         out["policy_int8_max_abs_diff"] = float(np.abs(run("policy.int8.onnx", feed) - a.numpy()).max())
     return out
@@ -328,8 +420,9 @@ def _wam_version() -> str:
 # ---- the PyTorch policy fed the runtime's noise -------------------------------------------------------
 
 
-def equivalence(checkpoint, export_dir: str | Path, *, episodes: list[dict], seed: int = 0,
-                runtime_options: dict | None = None) -> dict:
+def equivalence(
+    checkpoint, export_dir: str | Path, *, episodes: list[dict], seed: int = 0, runtime_options: dict | None = None
+) -> dict:
     """Replay recorded episodes (wam.train.load_episodes' dicts: frames, states, task_index) through a WAMPolicy
     at the export's settings and through the export's ONNXPolicy, one chunk every n_action_steps steps as in
     closed loop, each chunk from the same noise (drawn by the runtime); the actions' differences in the
@@ -342,7 +435,8 @@ def equivalence(checkpoint, export_dir: str | Path, *, episodes: list[dict], see
     torch_policy = WAMPolicy(checkpoint, mode="policy", inference=ic, seed=seed)
     given: dict = {}
     torch_policy._noise = lambda state, batch_size, mode, latent_shape: {  # the runtime's noise, as drawn
-        "policy": {"actions": torch.from_numpy(given["noise"]).to(torch_policy.device)}}
+        "policy": {"actions": torch.from_numpy(given["noise"]).to(torch_policy.device)}
+    }
     k, diffs, norm_diffs = onnx.n_action_steps, [], []
     cfg = torch_policy.cfg
     for ep in episodes:
@@ -364,6 +458,11 @@ def equivalence(checkpoint, export_dir: str | Path, *, episodes: list[dict], see
             diffs.append(np.abs(a_onnx - a_torch))
             norm_diffs.append(np.abs(rs.last_chunk - ts.last_chunk.clamp(-1, 1).numpy()))
     d, n = np.concatenate([x.ravel() for x in diffs]), np.concatenate([x.ravel() for x in norm_diffs])
-    return {"chunks": len(diffs), "actions": int(d.size), "max_abs_diff": float(d.max()),
-            "mean_abs_diff": float(d.mean()), "max_abs_diff_normalised": float(n.max()),
-            "mean_abs_diff_normalised": float(n.mean())}
+    return {
+        "chunks": len(diffs),
+        "actions": int(d.size),
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "max_abs_diff_normalised": float(n.max()),
+        "mean_abs_diff_normalised": float(n.mean()),
+    }

@@ -60,8 +60,14 @@ from wam.train import (
 def finetune_config(adapter: str = "lora", **changes):
     """Fine-tuning's TrainConfig defaults: a short run and warm-up; adapters take a larger learning rate than
     full fine-tuning, which moves every weight of a model that already works."""
-    base = dict(steps=2000, warmup_steps=100, lr=1e-3 if adapter in KINDS else 1e-4, tokenizer_steps=0,
-                val_every=500, checkpoint_every=500)
+    base = dict(
+        steps=2000,
+        warmup_steps=100,
+        lr=1e-3 if adapter in KINDS else 1e-4,
+        tokenizer_steps=0,
+        val_every=500,
+        checkpoint_every=500,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -72,23 +78,39 @@ def _check_sizes(dataset, norm, checkpoint) -> None:
     try:
         feats = read_info(Path(dataset))["features"]
     except DatasetError as e:
-        raise DatasetError(f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for "
-                           f"details") from e
+        raise DatasetError(
+            f"cannot read the dataset {dataset}: {e}. Run `wam dataset check {dataset}` for details"
+        ) from e
     size = lambda key: math.prod(feats[key]["shape"]) if key in feats else 0  # noqa: E731
     a, s = size(norm.action_key), size(norm.state_key)
     if (a and a != norm.action_dim) or (norm.state_dim and s != norm.state_dim):
-        raise DatasetError(f"the dataset's action/state sizes ({a}/{s}) do not match the base checkpoint's "
-                           f"({norm.action_dim}/{norm.state_dim}, {checkpoint}); fine-tuning needs the same robot")
+        raise DatasetError(
+            f"the dataset's action/state sizes ({a}/{s}) do not match the base checkpoint's "
+            f"({norm.action_dim}/{norm.state_dim}, {checkpoint}); fine-tuning needs the same robot"
+        )
 
 
 def _write_json(path: Path, obj: dict) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
-def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | None, out: str | os.PathLike, *,
-             adapter: str | None = None, rank: int | None = None, alpha: float | None = None, streams=None,
-             train_task_embedding: bool | None = None, tc=None, lc=None, val_fraction: float = 0.05,
-             resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+def finetune(
+    checkpoint: str | os.PathLike | None,
+    dataset: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    adapter: str | None = None,
+    rank: int | None = None,
+    alpha: float | None = None,
+    streams=None,
+    train_task_embedding: bool | None = None,
+    tc=None,
+    lc=None,
+    val_fraction: float = 0.05,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Fine-tune the checkpoint at `checkpoint` on the LeRobot dataset `dataset`; returns finetune.json's contents.
 
     adapter "lora" (default) or "adapter": the base frozen, adapters trained (rank: LoRA rank or bottleneck width,
@@ -106,16 +128,20 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
     saved_ts, saved_hash = None, None
     if resume:
         if not (ckpt_dir / "train_state" / "state.pt").is_file() or not info_file.is_file():
-            raise NotFoundError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does "
-                                f"not exist; start the fine-tune without `resume=True`")
+            raise NotFoundError(
+                f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does "
+                f"not exist; start the fine-tune without `resume=True`"
+            )
         saved = json.loads(info_file.read_text())
         s, saved_hash = saved["settings"], saved["base_model_hash"]
-        given = dict(adapter=adapter, rank=rank, alpha=alpha, streams=streams,
-                     train_task_embedding=train_task_embedding)
+        given = dict(
+            adapter=adapter, rank=rank, alpha=alpha, streams=streams, train_task_embedding=train_task_embedding
+        )
         for name, value in given.items():
             if value is not None and (list(value) if name == "streams" else value) != s[name]:
-                raise ArgumentError(f"{out} was fine-tuned with `{name}={s[name]!r}`; resuming cannot change it to "
-                                    f"{value!r}")
+                raise ArgumentError(
+                    f"{out} was fine-tuned with `{name}={s[name]!r}`; resuming cannot change it to {value!r}"
+                )
         adapter, rank, alpha, streams = s["adapter"], s["rank"], s["alpha"], s["streams"]
         train_task_embedding, val_fraction = s["train_task_embedding"], s["val_fraction"]
         checkpoint, dataset = checkpoint or s["checkpoint"], dataset or s["dataset"]
@@ -123,8 +149,9 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
         lc = lc or from_dict(LossConfig, s["loss"])
         saved_ts = torch.load(ckpt_dir / "train_state" / "state.pt", map_location="cpu", weights_only=False)
     elif ckpt_dir.exists() and not overwrite:
-        raise ArgumentError(f"{out} already holds a fine-tune; pass `resume=True` to continue it or `overwrite=True` "
-                            f"to start over")
+        raise ArgumentError(
+            f"{out} already holds a fine-tune; pass `resume=True` to continue it or `overwrite=True` to start over"
+        )
     adapter = adapter or "lora"
     rank, alpha = 8 if rank is None else int(rank), 16.0 if alpha is None else float(alpha)
     streams = list(STREAMS if streams is None else streams)
@@ -139,36 +166,93 @@ def finetune(checkpoint: str | os.PathLike | None, dataset: str | os.PathLike | 
     cfg = base.model.cfg
     train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim)
     val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
-    model, state, weights_hash = _adapted_state(base, tc, adapter, rank=rank, alpha=alpha, streams=streams,
-                                                train_task_embedding=train_task_embedding, saved_ts=saved_ts)
+    model, state, weights_hash = _adapted_state(
+        base,
+        tc,
+        adapter,
+        rank=rank,
+        alpha=alpha,
+        streams=streams,
+        train_task_embedding=train_task_embedding,
+        saved_ts=saved_ts,
+    )
     n_train, n_total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
     if progress:
         print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
 
-    settings = {"checkpoint": str(checkpoint), "dataset": str(dataset), "adapter": adapter, "rank": rank,
-                "alpha": alpha, "streams": streams, "train_task_embedding": train_task_embedding,
-                "val_fraction": val_fraction, "train": to_dict(tc), "loss": to_dict(lc)}
-    summary = {"settings": settings, "base_model_hash": base.model_hash, "tasks": tasks, "new_tasks": new_tasks,
-               "trainable_parameters": n_train, "total_parameters": n_total,
-               "trainable_fraction": n_train / n_total, "resumed_at_step": state.step if resume else None}
+    settings = {
+        "checkpoint": str(checkpoint),
+        "dataset": str(dataset),
+        "adapter": adapter,
+        "rank": rank,
+        "alpha": alpha,
+        "streams": streams,
+        "train_task_embedding": train_task_embedding,
+        "val_fraction": val_fraction,
+        "train": to_dict(tc),
+        "loss": to_dict(lc),
+    }
+    summary = {
+        "settings": settings,
+        "base_model_hash": base.model_hash,
+        "tasks": tasks,
+        "new_tasks": new_tasks,
+        "trainable_parameters": n_train,
+        "total_parameters": n_total,
+        "trainable_fraction": n_train / n_total,
+        "resumed_at_step": state.step if resume else None,
+    }
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         shutil.rmtree(out / "adapter", ignore_errors=True)  # (an overwritten fine-tune's, perhaps of another kind)
     _write_json(info_file, summary)
-    run_info = {"dataset": str(dataset), "preset": base.config.get("run", {}).get("preset"),
-                "cameras": [c.removeprefix("observation.images.") for c in data.cameras], "tasks": tasks,
-                "fps": data.fps, "val_fraction": val_fraction,
-                "train_episodes": [e["episode_index"] for e in train_eps],
-                "val_episodes": [e["episode_index"] for e in val_eps], "train": to_dict(tc), "loss": to_dict(lc),
-                "finetune": {"base_checkpoint": str(checkpoint), "base_model_hash": base.model_hash,
-                             "adapter": adapter, "rank": rank, "alpha": alpha, "streams": streams,
-                             "base_tasks": base_tasks}}
-    adapter_info = {"base_checkpoint": str(checkpoint), "base_model_hash": base.model_hash,
-                    "base_weights_hash": weights_hash, "tasks": tasks}
-    _fit_and_save(state, base, train_data, val_data, tc, lc, out=out, adapter=adapter, adapter_info=adapter_info,
-                  run_info=run_info, resume=resume, progress=progress)
-    summary.update(steps=state.step, wall_time_s=round(time.perf_counter() - t_start, 2),
-                   checkpoint_dir=str(ckpt_dir), adapter_dir=str(out / "adapter") if adapter in KINDS else None)
+    run_info = {
+        "dataset": str(dataset),
+        "preset": base.config.get("run", {}).get("preset"),
+        "cameras": [c.removeprefix("observation.images.") for c in data.cameras],
+        "tasks": tasks,
+        "fps": data.fps,
+        "val_fraction": val_fraction,
+        "train_episodes": [e["episode_index"] for e in train_eps],
+        "val_episodes": [e["episode_index"] for e in val_eps],
+        "train": to_dict(tc),
+        "loss": to_dict(lc),
+        "finetune": {
+            "base_checkpoint": str(checkpoint),
+            "base_model_hash": base.model_hash,
+            "adapter": adapter,
+            "rank": rank,
+            "alpha": alpha,
+            "streams": streams,
+            "base_tasks": base_tasks,
+        },
+    }
+    adapter_info = {
+        "base_checkpoint": str(checkpoint),
+        "base_model_hash": base.model_hash,
+        "base_weights_hash": weights_hash,
+        "tasks": tasks,
+    }
+    _fit_and_save(
+        state,
+        base,
+        train_data,
+        val_data,
+        tc,
+        lc,
+        out=out,
+        adapter=adapter,
+        adapter_info=adapter_info,
+        run_info=run_info,
+        resume=resume,
+        progress=progress,
+    )
+    summary.update(
+        steps=state.step,
+        wall_time_s=round(time.perf_counter() - t_start, 2),
+        checkpoint_dir=str(ckpt_dir),
+        adapter_dir=str(out / "adapter") if adapter in KINDS else None,
+    )
     _write_json(info_file, summary)
     return summary
 
@@ -188,14 +272,16 @@ def _load_base(checkpoint, adapter: str, saved_hash: str | None, out: Path):
     """The base checkpoint (EMA weights, frozen tokenizer, normalisation statistics, task list), checked."""
     base = load_checkpoint(checkpoint)
     if base.tokenizer is None:
-        raise CheckpointError(f"{checkpoint} has no tokenizer.safetensors; fine-tuning encodes frames with the "
-                              f"base's")
+        raise CheckpointError(f"{checkpoint} has no tokenizer.safetensors; fine-tuning encodes frames with the base's")
     if adapter in KINDS and adapter_spec(base.model) is not None:
-        raise CheckpointError(f"{checkpoint} carries unmerged bottleneck adapters; fine-tune its own base, or this "
-                              f"one with `adapter='full'`")
+        raise CheckpointError(
+            f"{checkpoint} carries unmerged bottleneck adapters; fine-tune its own base, or this "
+            f"one with `adapter='full'`"
+        )
     if saved_hash is not None and base.model_hash != saved_hash:
-        raise ArgumentError(f"{checkpoint} is not the base {out} was fine-tuned from (model {base.model_hash}, "
-                            f"expected {saved_hash})")
+        raise ArgumentError(
+            f"{checkpoint} is not the base {out} was fine-tuned from (model {base.model_hash}, expected {saved_hash})"
+        )
     return base
 
 
@@ -208,8 +294,9 @@ def _finetune_episodes(base, dataset, adapter: str, train_task_embedding: bool, 
     cfg, run0 = base.model.cfg, base.config.get("run", {})
     norm = Normalizer.from_dict(base.stats)
     _check_sizes(dataset, norm, base.path)
-    data = load_episodes(dataset, image_size=cfg.image_size, cameras=run0.get("cameras"), normalizer=norm,
-                         progress=progress)
+    data = load_episodes(
+        dataset, image_size=cfg.image_size, cameras=run0.get("cameras"), normalizer=norm, progress=progress
+    )
     if len(data.cameras) != cfg.n_cameras:
         raise DatasetError(f"the dataset gives {len(data.cameras)} cameras, the base model takes {cfg.n_cameras}")
     base_tasks = list(run0.get("tasks", []))
@@ -217,11 +304,14 @@ def _finetune_episodes(base, dataset, adapter: str, train_task_embedding: bool, 
     new_tasks = [data.tasks[i] for i in used if data.tasks[i] not in base_tasks]
     tasks = base_tasks + new_tasks
     if len(tasks) > cfg.n_tasks:
-        raise DatasetError(f"the base model's task table has {cfg.n_tasks} rows and its run used {len(base_tasks)}; "
-                           f"the {len(new_tasks)} new task(s) of {dataset} do not fit")
+        raise DatasetError(
+            f"the base model's task table has {cfg.n_tasks} rows and its run used {len(base_tasks)}; "
+            f"the {len(new_tasks)} new task(s) of {dataset} do not fit"
+        )
     if new_tasks and adapter in KINDS and not train_task_embedding:
-        raise ArgumentError(f"new tasks {new_tasks} need their task-table rows trained: keep "
-                            f"`train_task_embedding=True`")
+        raise ArgumentError(
+            f"new tasks {new_tasks} need their task-table rows trained: keep `train_task_embedding=True`"
+        )
     for e in data.episodes:
         e["task_index"] = tasks.index(data.tasks[e["task_index"]])
     if new_tasks and getattr(cfg, "text_encoder", ""):  # a text-conditioned model stores its tasks' embeddings
@@ -231,8 +321,17 @@ def _finetune_episodes(base, dataset, adapter: str, train_task_embedding: bool, 
     return data, tasks, new_tasks, base_tasks
 
 
-def _adapted_state(base, tc: TrainConfig, adapter: str, *, rank: int, alpha: float, streams: list[str],
-                   train_task_embedding: bool, saved_ts: dict | None):
+def _adapted_state(
+    base,
+    tc: TrainConfig,
+    adapter: str,
+    *,
+    rank: int,
+    alpha: float,
+    streams: list[str],
+    train_task_embedding: bool,
+    saved_ts: dict | None,
+):
     """The model: adapters on the base (or every weight trainable), an EMA copy, an optimizer of what trains.
     Returns (model, FitState, hash of the base weights the adapters apply to)."""
     torch.manual_seed(tc.seed)  # the adapters' initial weights: the same command gives the same run
@@ -240,8 +339,7 @@ def _adapted_state(base, tc: TrainConfig, adapter: str, *, rank: int, alpha: flo
     if adapter == "full":
         model.requires_grad_(True)
     else:
-        add_adapters(model, adapter, rank=rank, alpha=alpha, streams=streams,
-                     train_task_embedding=train_task_embedding)
+        add_adapters(model, adapter, rank=rank, alpha=alpha, streams=streams, train_task_embedding=train_task_embedding)
     weights_hash = base_weights_hash(model, train_task_embedding) if adapter in KINDS else None
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     state = FitState(model, ema, make_optimizer(model, tc))
@@ -251,8 +349,21 @@ def _adapted_state(base, tc: TrainConfig, adapter: str, *, rank: int, alpha: flo
     return model, state, weights_hash
 
 
-def _fit_and_save(state: FitState, base, train_data, val_data, tc: TrainConfig, lc, *, out: Path, adapter: str,
-                  adapter_info: dict, run_info: dict, resume: bool, progress: bool) -> None:
+def _fit_and_save(
+    state: FitState,
+    base,
+    train_data,
+    val_data,
+    tc: TrainConfig,
+    lc,
+    *,
+    out: Path,
+    adapter: str,
+    adapter_info: dict,
+    run_info: dict,
+    resume: bool,
+    progress: bool,
+) -> None:
     """`fit`, writing the adapter and a checkpoint (LoRA folded into the weights) every tc.checkpoint_every steps."""
     from wam.data import Normalizer
 
@@ -270,8 +381,15 @@ def _fit_and_save(state: FitState, base, train_data, val_data, tc: TrainConfig, 
             export = merge_adapters(copy.deepcopy(export))
         elif adapter_spec(export) is not None:  # bottleneck adapters stay modules; load_checkpoint rebuilds them
             extra = {"adapter": adapter_spec(export)}
-        save_checkpoint(out / "checkpoint", export, tok, stats=stats, config={"run": run_info, **extra},
-                        train_state=ts)
+        save_checkpoint(out / "checkpoint", export, tok, stats=stats, config={"run": run_info, **extra}, train_state=ts)
 
-    fit(state, train_data, tc, lc, on_log=logger, on_checkpoint=on_checkpoint,
-        on_validate=validate_and_log(val_data, logger), progress=progress)
+    fit(
+        state,
+        train_data,
+        tc,
+        lc,
+        on_log=logger,
+        on_checkpoint=on_checkpoint,
+        on_validate=validate_and_log(val_data, logger),
+        progress=progress,
+    )

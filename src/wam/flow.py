@@ -45,8 +45,14 @@ def velocity_from_output(out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, p
     return (xt - out) / _expand(t, xt).clamp_min(T_MIN)
 
 
-def sample_t(shape, kind: str = "logit_normal", generator: torch.Generator | None = None,
-             device=None, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+def sample_t(
+    shape,
+    kind: str = "logit_normal",
+    generator: torch.Generator | None = None,
+    device=None,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
     """Training noise levels in (0, 1).
 
     uniform:      t ~ U(0, 1)

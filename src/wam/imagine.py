@@ -39,10 +39,23 @@ from wam.modes import next_frame
 class ImaginedEnv:
     """One task's environment inside a world model (see the module docstring)."""
 
-    def __init__(self, world, critic, starts: Sequence[dict], task: str, description: str, *,
-                 max_steps: int = 500, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
-                 fps: int | None = None, cache: bool | None = None, device: str | torch.device = "cpu",
-                 action_guidance: float = 1.0):
+    def __init__(
+        self,
+        world,
+        critic,
+        starts: Sequence[dict],
+        task: str,
+        description: str,
+        *,
+        max_steps: int = 500,
+        sampling_steps: int = 2,
+        threshold: float = 0.5,
+        persist: int = 1,
+        fps: int | None = None,
+        cache: bool | None = None,
+        device: str | torch.device = "cpu",
+        action_guidance: float = 1.0,
+    ):
         from wam.data import Normalizer
 
         if not starts:
@@ -85,8 +98,11 @@ class ImaginedEnv:
         z = encode_frames(self.tokenizer, self.frame[None]).to(self.device)  # (1, c, h, w)
         self.history = [z] * self.cfg.n_obs_steps
         self.state = None if start.get("state") is None else np.asarray(start["state"], np.float32)
-        norm_state = (None if self.state is None or self.cfg.state_dim == 0 else
-                      torch.as_tensor(np.asarray(self.normalizer.normalize_state(self.state[None]), np.float32)))
+        norm_state = (
+            None
+            if self.state is None or self.cfg.state_dim == 0
+            else torch.as_tensor(np.asarray(self.normalizer.normalize_state(self.state[None]), np.float32))
+        )
         self.states = [norm_state] * self.cfg.n_obs_steps
         self.pending: list[np.ndarray] = []
         self.progress, self.p_success = self._judge(z)[:2]
@@ -102,19 +118,30 @@ class ImaginedEnv:
         """Advance the world by future_stride steps: the queued actions -> the next frame, state and outcome."""
         cfg = self.cfg
         acts = np.asarray(self.normalizer.normalize_action(np.stack(self.pending)[None]), np.float32)  # (1, k, A)
-        state = (torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
-                 if cfg.state_dim > 0 else None)
-        z = next_frame(self.model, torch.stack(self.history, 1), self.task_index, torch.as_tensor(acts), state=state,
-                       steps=self.sampling_steps, generator=self.generator, cache=self.cache,
-                       action_guidance=self.action_guidance)  # (1, c, h, w): the frame future_stride steps ahead
+        state = (
+            torch.stack([s if s is not None else torch.zeros(1, cfg.state_dim) for s in self.states], 1)
+            if cfg.state_dim > 0
+            else None
+        )
+        z = next_frame(
+            self.model,
+            torch.stack(self.history, 1),
+            self.task_index,
+            torch.as_tensor(acts),
+            state=state,
+            steps=self.sampling_steps,
+            generator=self.generator,
+            cache=self.cache,
+            action_guidance=self.action_guidance,
+        )  # (1, c, h, w): the frame future_stride steps ahead
         frame = self.tokenizer.decode(z[:, None])[:, 0]  # (1, 3, H, W) in [-1, 1]
         self.frame = ((frame[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         self.progress, self.p_success, state = self._judge(z)
         self.done_run = self.done_run + 1 if self.p_success >= self.threshold else 0
         self.history = self.history[1:] + [z]
         if self.state is not None and state.shape[1] > 0:
-            self.state = np.asarray(self.normalizer.unnormalize_state(state[:, :len(self.state)]), np.float32)[0]
-            self.states = self.states[1:] + [state[:, :cfg.state_dim].float()]
+            self.state = np.asarray(self.normalizer.unnormalize_state(state[:, : len(self.state)]), np.float32)[0]
+            self.states = self.states[1:] + [state[:, : cfg.state_dim].float()]
         self.pending = []
 
     def step(self, action) -> tuple[dict, float, bool, bool, dict]:
@@ -153,8 +180,9 @@ def dataset_starts(world, dataset: str | Path, episodes: Sequence[int] | None = 
     return out
 
 
-def sim_starts(env: str, task: str, seeds: Sequence[int], *, image_size: int, cameras: list[str] | None,
-               state_size: int | None) -> tuple[list[dict], int]:
+def sim_starts(
+    env: str, task: str, seeds: Sequence[int], *, image_size: int, cameras: list[str] | None, state_size: int | None
+) -> tuple[list[dict], int]:
     """The simulator's first observation for each seed (the episodes `wam eval` runs with these seeds), and
     the task's step limit."""
     from wam.envs import get_adapter
@@ -173,11 +201,27 @@ def sim_starts(env: str, task: str, seeds: Sequence[int], *, image_size: int, ca
         e.close()
 
 
-def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Sequence[str] | None = "mt10",
-            episodes: int = 5, start: str = "sim", dataset: str | Path | None = None, seed: int = 0,
-            max_steps: int | None = None, sampling_steps: int = 2, threshold: float = 0.5, persist: int = 1,
-            videos_per_task: int = 2, out: str | Path = "runs/imagine", settings: dict | None = None,
-            progress: bool = True, action_guidance: float = 1.0) -> dict:
+def imagine(
+    world,
+    critic,
+    policy,
+    *,
+    env: str = "metaworld",
+    tasks: str | Sequence[str] | None = "mt10",
+    episodes: int = 5,
+    start: str = "sim",
+    dataset: str | Path | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+    sampling_steps: int = 2,
+    threshold: float = 0.5,
+    persist: int = 1,
+    videos_per_task: int = 2,
+    out: str | Path = "runs/imagine",
+    settings: dict | None = None,
+    progress: bool = True,
+    action_guidance: float = 1.0,
+) -> dict:
     """Evaluate `policy` (reset()/select_action(obs), e.g. a WAMPolicy or a PolicyClient) inside `world` (a
     Checkpoint) on each task, scored by `critic`; writes out/imagine_info.json (wam eval's eval_info format,
     "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
@@ -189,8 +233,10 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
     from wam.stats import aggregate, group_results, task_row
 
     if start not in ("sim", "dataset"):
-        raise ArgumentError(f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
-                            f"(held-out episodes' first frames), got {start!r}")
+        raise ArgumentError(
+            f"start must be 'sim' (the simulator's first frame for wam eval's seeds) or 'dataset' "
+            f"(held-out episodes' first frames), got {start!r}"
+        )
     adapter = get_adapter(env)
     task_names = adapter.resolve_tasks(",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks)
     out = Path(out)
@@ -213,38 +259,75 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
             starts = by_text.get(description, [])
             if not starts:
                 raise ArgumentError(f"no held-out episode of {task} ({description!r}) to start from")
-            _, limit = sim_starts(env, task, seeds[:1], image_size=cfg.image_size, cameras=run.get("cameras"),
-                                  state_size=state_size)
+            _, limit = sim_starts(
+                env, task, seeds[:1], image_size=cfg.image_size, cameras=run.get("cameras"), state_size=state_size
+            )
         else:
-            starts, limit = sim_starts(env, task, seeds, image_size=cfg.image_size, cameras=run.get("cameras"),
-                                       state_size=state_size)
+            starts, limit = sim_starts(
+                env, task, seeds, image_size=cfg.image_size, cameras=run.get("cameras"), state_size=state_size
+            )
         limit = min(max_steps or limit, limit)
-        world_env = ImaginedEnv(world, critic, starts, task, description, max_steps=limit,
-                                sampling_steps=sampling_steps, threshold=threshold, persist=persist,
-                                action_guidance=action_guidance)
+        world_env = ImaginedEnv(
+            world,
+            critic,
+            starts,
+            task,
+            description,
+            max_steps=limit,
+            sampling_steps=sampling_steps,
+            threshold=threshold,
+            persist=persist,
+            action_guidance=action_guidance,
+        )
         episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
-        res = rollout(world_env, policy, episode_ids, record=videos_per_task,
-                      progress=(lambda: bar.update(1)) if bar is not None else None)
+        res = rollout(
+            world_env,
+            policy,
+            episode_ids,
+            record=videos_per_task,
+            progress=(lambda: bar.update(1)) if bar is not None else None,
+        )
         paths = []
         for i, frames in enumerate(res["frames"]):
             rel = f"videos/{task}/imagined_{i:03d}.mp4"
             write_video(out / rel, frames, fps=10)
             paths.append(rel)
-        row = task_row(task, description, seeds if by_text is None else [s.get("episode_index") for s in
-                                                                             (starts * episodes)[:episodes]],
-                        res, None, paths)
+        row = task_row(
+            task,
+            description,
+            seeds if by_text is None else [s.get("episode_index") for s in (starts * episodes)[:episodes]],
+            res,
+            None,
+            paths,
+        )
         rows.append(row)
     if bar is not None:
         bar.close()
     groups = getattr(adapter, "DIFFICULTY", None)
-    info = {**aggregate(rows), **(group_results(rows, groups) if groups else {}), "imagined": True,
-            "eval_s": time.perf_counter() - t0, "per_task": rows,
-            "settings": {"env": env, "tasks": task_names, "episodes_per_task": episodes, "seed": seed, "start": start,
-                         "max_steps": max_steps, "world_model": str(world.path), "world_model_hash": world.model_hash,
-                         "critic": getattr(critic, "path", None), "world_sampling_steps": sampling_steps,
-                         "world_action_guidance": action_guidance, "threshold": threshold, "persist": persist,
-                         **getattr(policy, "settings", {}),
-                         **(settings or {})}}
+    info = {
+        **aggregate(rows),
+        **(group_results(rows, groups) if groups else {}),
+        "imagined": True,
+        "eval_s": time.perf_counter() - t0,
+        "per_task": rows,
+        "settings": {
+            "env": env,
+            "tasks": task_names,
+            "episodes_per_task": episodes,
+            "seed": seed,
+            "start": start,
+            "max_steps": max_steps,
+            "world_model": str(world.path),
+            "world_model_hash": world.model_hash,
+            "critic": getattr(critic, "path", None),
+            "world_sampling_steps": sampling_steps,
+            "world_action_guidance": action_guidance,
+            "threshold": threshold,
+            "persist": persist,
+            **getattr(policy, "settings", {}),
+            **(settings or {}),
+        },
+    }
     write_json_atomic(out / "imagine_info.json", info)
     build_report(out, info, title="wam imagine: the policy evaluated inside the world model")
     return info
@@ -253,15 +336,30 @@ def imagine(world, critic, policy, *, env: str = "metaworld", tasks: str | Seque
 def compare(imagined: dict, simulated: dict) -> dict:
     """Imagined against simulated success per task (both eval_info-like dicts): the rows side by side."""
     sim = {r["task"]: r for r in simulated["per_task"]}
-    rows = [{"task": r["task"], "imagined": r["pc_success"], "simulated": sim[r["task"]]["pc_success"]}
-            for r in imagined["per_task"] if r["task"] in sim]
+    rows = [
+        {"task": r["task"], "imagined": r["pc_success"], "simulated": sim[r["task"]]["pc_success"]}
+        for r in imagined["per_task"]
+        if r["task"] in sim
+    ]
     return {"tasks": rows, "imagined": imagined["pc_success"], "simulated": simulated["pc_success"]}
 
 
 @torch.no_grad()
-def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None = None, sampling_steps: int = 2,
-           threshold: float = 0.5, persist: int = 1, action_guidance: float = 1.0, seed: int = 0,
-           batch_size: int = 64, real: bool = False, progress: bool = True) -> list[dict]:
+def replay(
+    world,
+    critic,
+    dataset: str | Path,
+    *,
+    episodes: Sequence[int] | None = None,
+    sampling_steps: int = 2,
+    threshold: float = 0.5,
+    persist: int = 1,
+    action_guidance: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    real: bool = False,
+    progress: bool = True,
+) -> list[dict]:
     """Recorded episodes imagined open loop: from each episode's first frame and robot state, the world model
     imagines the frames its recorded actions bring (`imagine_along`, as `ImaginedEnv` would for a policy that
     acted exactly so), and the critic judges them as `wam imagine` does, beside what really happened.
@@ -286,18 +384,20 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
     ds = LeRobotDataset(dataset)
     for key in ("action", "next.success"):
         if key not in ds.data:
-            raise DatasetError(f"{dataset} has no {key!r} column; replay needs recorded actions and success flags "
-                               f"(datasets of `wam collect` or `wam eval --record`)")
+            raise DatasetError(
+                f"{dataset} has no {key!r} column; replay needs recorded actions and success flags "
+                f"(datasets of `wam collect` or `wam eval --record`)"
+            )
     run, cfg = world.config.get("run", {}), world.model.cfg
     tasks = list(run.get("tasks", []))
     normalizer = Normalizer.from_dict(world.stats)
     cams = [f"observation.images.{c}" for c in run.get("cameras", [])] or ds.camera_keys[:1]
     missing = [c for c in cams if c not in ds.camera_keys]
     if missing:
-        raise DatasetError(f"{dataset} has no camera {missing[0]!r}, which the world model sees; it has: "
-                           f"{ds.camera_keys}")
-    positions = ([ds.position_of(int(e)) for e in episodes] if episodes is not None
-                 else list(range(ds.num_episodes)))
+        raise DatasetError(
+            f"{dataset} has no camera {missing[0]!r}, which the world model sees; it has: {ds.camera_keys}"
+        )
+    positions = [ds.position_of(int(e)) for e in episodes] if episodes is not None else list(range(ds.num_episodes))
     if not positions:
         raise ArgumentError(f"no episode of {dataset} to replay")
     stride = cfg.future_stride
@@ -313,18 +413,35 @@ def replay(world, critic, dataset: str | Path, *, episodes: Sequence[int] | None
         task_ids.append(ep["task"])
         meta.append(ep["meta"])
     task = torch.as_tensor(task_ids)
-    made = imagine_along(world, critic, torch.stack(starts), torch.as_tensor(np.stack(states)) if states else None,
-                         actions, task, sampling_steps=sampling_steps, action_guidance=action_guidance, seed=seed,
-                         batch_size=batch_size, progress=progress)
+    made = imagine_along(
+        world,
+        critic,
+        torch.stack(starts),
+        torch.as_tensor(np.stack(states)) if states else None,
+        actions,
+        task,
+        sampling_steps=sampling_steps,
+        action_guidance=action_guidance,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
     out = []
     for i, z in enumerate(made):
         frames = torch.cat([starts[i][None], z])  # the start frame is judged too, as ImaginedEnv judges it
         p, logit, _ = critic(frames.float(), task[i].repeat(len(frames)))
         p_done = torch.sigmoid(logit).tolist()
         first = first_done(p_done, threshold, persist)
-        out.append({**meta[i], "imagined_success": first >= 0, "imagined_first_done": first * stride if first >= 0
-                    else -1, "imagined_progress": float(p.max()), "imagined_frames": len(z),
-                    "p_done": [round(x, 4) for x in p_done]})
+        out.append(
+            {
+                **meta[i],
+                "imagined_success": first >= 0,
+                "imagined_first_done": first * stride if first >= 0 else -1,
+                "imagined_progress": float(p.max()),
+                "imagined_frames": len(z),
+                "p_done": [round(x, 4) for x in p_done],
+            }
+        )
         if real:
             out[-1].update(_beside_recorded(world, critic, z, *recorded[i], task[i], threshold, persist))
     return out
@@ -340,8 +457,9 @@ def _recorded_episode(ds, pos: int, world, normalizer, cams: list[str], tasks: l
     lo, hi = ds.episode_ranges[pos]
     text = ds.tasks[int(ds.data["task_index"][lo])] if "task_index" in ds.data else ds.tasks[0]
     if text not in tasks:
-        raise ArgumentError(f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model "
-                            f"was not trained on")
+        raise ArgumentError(
+            f"episode {ds.episodes[pos].episode_index} is of task {text!r}, which the world model was not trained on"
+        )
     rows = np.arange(0, (hi - lo - 1) // stride * stride + 1, stride) if real else np.zeros(1, int)
     views = [resize_frames(ds.episode_frames(pos, k, rows=rows), (cfg.image_size, cfg.image_size)) for k in cams]
     frames = np.concatenate(views, axis=-1).transpose(0, 2, 3, 1)  # (R, H, W * n_cams, 3)
@@ -349,20 +467,37 @@ def _recorded_episode(ds, pos: int, world, normalizer, cams: list[str], tasks: l
     recorded = (frames, torch.cat([start[None], encode_frames(world.tokenizer, frames[1:])])) if real else None
     state = None
     if cfg.state_dim > 0 and "observation.state" in ds.data:
-        state = np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo:lo + 1]), np.float32)[0]
+        state = np.asarray(normalizer.normalize_state(ds.data["observation.state"][lo : lo + 1]), np.float32)[0]
     success = np.asarray(ds.data["next.success"][lo:hi], bool)
     reward = np.asarray(ds.data["next.reward"][lo:hi], np.float64) if "next.reward" in ds.data else None
-    return {"start": start, "recorded": recorded, "state": state, "task": tasks.index(text),
-            "actions": np.asarray(normalizer.normalize_action(ds.data["action"][lo:hi]), np.float32),
-            "meta": {"episode_index": int(ds.episodes[pos].episode_index), "task": text, "length": hi - lo,
-                     "real_success": bool(success.any()),
-                     "real_first_success": int(np.argmax(success)) if success.any() else -1,
-                     "real_max_reward": float(reward.max()) if reward is not None else None}}
+    return {
+        "start": start,
+        "recorded": recorded,
+        "state": state,
+        "task": tasks.index(text),
+        "actions": np.asarray(normalizer.normalize_action(ds.data["action"][lo:hi]), np.float32),
+        "meta": {
+            "episode_index": int(ds.episodes[pos].episode_index),
+            "task": text,
+            "length": hi - lo,
+            "real_success": bool(success.any()),
+            "real_first_success": int(np.argmax(success)) if success.any() else -1,
+            "real_max_reward": float(reward.max()) if reward is not None else None,
+        },
+    }
 
 
 @torch.no_grad()
-def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, latents: torch.Tensor,
-                     task: torch.Tensor, threshold: float, persist: int) -> dict:
+def _beside_recorded(
+    world,
+    critic,
+    imagined: torch.Tensor,
+    frames: np.ndarray,
+    latents: torch.Tensor,
+    task: torch.Tensor,
+    threshold: float,
+    persist: int,
+) -> dict:
     """One replayed episode's imagined latents (K, c, h, w) beside its recorded frames (K + 1, H, W, 3) at the
     rows they stand for and those frames' latents: `replay(real=True)`'s per-episode additions."""
     from wam.stats import psnr, to_unit
@@ -373,15 +508,21 @@ def _beside_recorded(world, critic, imagined: torch.Tensor, frames: np.ndarray, 
     truth = to_unit(to_model_frames(frames[1:]))  # (K, 3, H, W) in [0, 1]
     first = first_done(real_p_done, threshold, persist)
     stride = world.model.cfg.future_stride
-    out = {"real_p_done": [round(x, 4) for x in real_p_done], "real_judged_success": first >= 0,
-           "real_judged_first_done": first * stride if first >= 0 else -1,
-           "real_judged_progress": float(p.max()), "psnr": [], "psnr_still": [], "psnr_ceiling": []}
+    out = {
+        "real_p_done": [round(x, 4) for x in real_p_done],
+        "real_judged_success": first >= 0,
+        "real_judged_first_done": first * stride if first >= 0 else -1,
+        "real_judged_progress": float(p.max()),
+        "psnr": [],
+        "psnr_still": [],
+        "psnr_ceiling": [],
+    }
     if len(imagined) == 0:
         return out
     tokenizer = world.tokenizer.eval()
 
     def decoded(z: torch.Tensor) -> torch.Tensor:  # (N, c, h, w) latents -> (N, 3, H, W) in [0, 1], 64 at a time
-        return torch.cat([to_unit(tokenizer.decode(z[j:j + 64, None].float())[:, 0]) for j in range(0, len(z), 64)])
+        return torch.cat([to_unit(tokenizer.decode(z[j : j + 64, None].float())[:, 0]) for j in range(0, len(z), 64)])
 
     still = to_unit(to_model_frames(frames[:1])).expand_as(truth)
     for key, x in (("psnr", decoded(imagined)), ("psnr_still", still), ("psnr_ceiling", decoded(latents[1:]))):
@@ -396,15 +537,21 @@ def replay_summary(verdicts: list[dict]) -> dict:
     and the mean PSNR over imagined frames (psnr, psnr_still, psnr_ceiling)."""
 
     def rates(real: np.ndarray, said: np.ndarray, prefix: str = "") -> dict:
-        return {f"{prefix}accuracy": float((real == said).mean()),
-                f"{prefix}failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
-                f"{prefix}succeeded_judged_success": float(said[real].mean()) if real.any() else None}
+        return {
+            f"{prefix}accuracy": float((real == said).mean()),
+            f"{prefix}failed_judged_success": float(said[~real].mean()) if (~real).any() else None,
+            f"{prefix}succeeded_judged_success": float(said[real].mean()) if real.any() else None,
+        }
 
     def one(vs: list[dict]) -> dict:
         real = np.array([v["real_success"] for v in vs], bool)
         said = np.array([v["imagined_success"] for v in vs], bool)
-        out = {"episodes": len(vs), "real_pc_success": 100 * float(real.mean()),
-               "imagined_pc_success": 100 * float(said.mean()), **rates(real, said)}
+        out = {
+            "episodes": len(vs),
+            "real_pc_success": 100 * float(real.mean()),
+            "imagined_pc_success": 100 * float(said.mean()),
+            **rates(real, said),
+        }
         if all("real_judged_success" in v for v in vs):  # replay(real=True): the recorded frames judged too
             out.update(rates(real, np.array([v["real_judged_success"] for v in vs], bool), "recorded_"))
             for key in ("psnr", "psnr_still", "psnr_ceiling"):

@@ -138,8 +138,15 @@ class MoTBlock(nn.Module):
         super().__init__()
         self.streams = nn.ModuleList([StreamLayer(width, heads, mlp_ratio) for _ in STREAMS])
 
-    def forward(self, xs: list[torch.Tensor], cs: list[torch.Tensor], mask: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None, keep_kv: bool = False, kv_only: bool = False):
+    def forward(
+        self,
+        xs: list[torch.Tensor],
+        cs: list[torch.Tensor],
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep_kv: bool = False,
+        kv_only: bool = False,
+    ):
         # xs[i]: (B, N_i, D) tokens; cs[i]: (B, N_i or 1, 6D) their timestep modulation; empty streams have N_i = 0.
         # past: keys and values (B, heads, Np, d) of cached tokens that every token here also attends to.
         # keep_kv: also return this block's own keys and values (to cache them); kv_only: return only those.
@@ -161,7 +168,7 @@ class MoTBlock(nn.Module):
         for i in live:
             n = xs[i].shape[1]
             layer, (_, _, gate_a, shift_m, scale_m, gate_m) = self.streams[i], mods[i]
-            x = xs[i] + gate_a * layer.proj(o[:, start:start + n])
+            x = xs[i] + gate_a * layer.proj(o[:, start : start + n])
             x = x + gate_m * layer.mlp(modulate(layer.norm2(x), shift_m, scale_m))
             out[i], start = x, start + n
         return (out, kv) if keep_kv else out
@@ -241,8 +248,11 @@ class WAM(nn.Module):
 
     def _init_linears(self) -> None:
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.endswith(("ada.1", "final_video.linear", "final_action.linear")) \
-                    and not name.startswith("t_mod"):
+            if (
+                isinstance(m, nn.Linear)
+                and not name.endswith(("ada.1", "final_video.linear", "final_action.linear"))
+                and not name.startswith("t_mod")
+            ):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -253,9 +263,11 @@ class WAM(nn.Module):
         if self.cfg.text_dim <= 0:
             raise ArgumentError("this model has a learned task table (text_dim 0); it takes no text embeddings")
         if emb.shape[-1] != self.cfg.text_dim or start + len(emb) > self.cfg.n_tasks:
-            raise ArgumentError(f"expected at most {self.cfg.n_tasks - start} embeddings of size {self.cfg.text_dim}, "
-                                f"got {tuple(emb.shape)}")
-        self.task_text[start:start + len(emb)] = emb.to(self.task_text)
+            raise ArgumentError(
+                f"expected at most {self.cfg.n_tasks - start} embeddings of size {self.cfg.text_dim}, "
+                f"got {tuple(emb.shape)}"
+            )
+        self.task_text[start : start + len(emb)] = emb.to(self.task_text)
 
     # -- token construction --
 
@@ -267,9 +279,12 @@ class WAM(nn.Module):
             tok = self.task_proj(task.to(self.task_proj.weight.dtype))  # (B, D)
         else:
             if not torch.compiler.is_compiling() and (  # (a data-dependent check: skipped inside a compiled graph)
-                    task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks)):
-                raise ArgumentError(f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
-                                    f"max {task.max().item() if task.numel() else None}")
+                task.dtype != torch.long or (task.numel() and int(task.max()) >= cfg.n_tasks)
+            ):
+                raise ArgumentError(
+                    f"task indices must be int64 in [0, {cfg.n_tasks}); got {task.dtype} "
+                    f"max {task.max().item() if task.numel() else None}"
+                )
             tok = self.task_table(task)  # (B, D)
         if drop_task is not None:
             tok = torch.where(drop_task[:, None], self.null_task.to(tok.dtype), tok)
@@ -306,10 +321,10 @@ class WAM(nn.Module):
             allowed[:n_prefix, n_prefix:] = False
         elif self.cfg.attention == "causal" and N > n_ctx:
             time = torch.full((N,), -1.0, device=device)
-            time[n_ctx:n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf).float()
+            time[n_ctx : n_ctx + T * tpf] = torch.arange(T, device=device).repeat_interleave(tpf).float()
             if n_act:
                 j = torch.arange(n_act, device=device)
-                time[n_ctx + T * tpf:] = self.cfg.n_obs_steps - 1 + (j // self.cfg.future_stride).float() + 0.5
+                time[n_ctx + T * tpf :] = self.cfg.n_obs_steps - 1 + (j // self.cfg.future_stride).float() + 0.5
             allowed = time[None, :] <= time[:, None]
             allowed[:, :n_ctx] = True  # everyone sees the context
             allowed[:n_ctx, n_ctx:] = False  # the context sees only itself
@@ -317,9 +332,9 @@ class WAM(nn.Module):
             return None if allowed is None else allowed[None, None]  # (1, 1, N, N)
         key_ok = torch.ones(B, N, dtype=torch.bool, device=device)
         if frame_keep is not None:
-            key_ok[:, n_ctx:n_ctx + T * tpf] = frame_keep.repeat_interleave(tpf, dim=1)
+            key_ok[:, n_ctx : n_ctx + T * tpf] = frame_keep.repeat_interleave(tpf, dim=1)
         if action_keep is not None and n_act:
-            key_ok[:, n_ctx + T * tpf:] = action_keep[:, None]
+            key_ok[:, n_ctx + T * tpf :] = action_keep[:, None]
         mask = key_ok[:, None, None, :].expand(B, 1, N, N)  # (B, 1, N, N)
         return mask.clone() if allowed is None else mask & allowed
 
@@ -329,12 +344,12 @@ class WAM(nn.Module):
         """Frames (B, T, c, h, w), the first being frame `first_frame` of the example -> tokens (B, T*tpf, D)."""
         T, tpf = latents.shape[1], self.grid_h * self.grid_w
         vid = self.patch_embed(patchify(latents, self.cfg.patch_size).to(self.patch_embed.weight.dtype))
-        return vid + self.video_pos[first_frame * tpf:(first_frame + T) * tpf].to(vid.dtype)  # (B, T*tpf, D)
+        return vid + self.video_pos[first_frame * tpf : (first_frame + T) * tpf].to(vid.dtype)  # (B, T*tpf, D)
 
     def action_tokens(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions (B, H, A) -> tokens (B, H, D)."""
         act = self.action_embed(actions.to(self.action_embed.weight.dtype))
-        return act + self.action_pos[:actions.shape[1]].to(act.dtype)
+        return act + self.action_pos[: actions.shape[1]].to(act.dtype)
 
     def timestep(self, stream: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise levels (B, N) of one stream's tokens -> their embedding (B, N, D) and modulation (B, N, 6D).
@@ -366,14 +381,26 @@ class WAM(nn.Module):
         v_lat = v_act = None
         if x_video is not None and x_video.shape[1]:
             out = self.final_video(x_video, c_video)  # (B, T*tpf, c*p*p)
-            v_lat = unpatchify(out.float(), T, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras,
-                               cfg.patch_size)
+            v_lat = unpatchify(
+                out.float(), T, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras, cfg.patch_size
+            )
         if x_action is not None and x_action.shape[1]:
             v_act = self.final_action(x_action, c_action).float()  # (B, H, A)
         return v_lat, v_act
 
-    def forward(self, latents, t_video, actions, t_action, task, state=None, frame_keep=None, action_keep=None,
-                drop_task=None, hook=None):
+    def forward(
+        self,
+        latents,
+        t_video,
+        actions,
+        t_action,
+        task,
+        state=None,
+        frame_keep=None,
+        action_keep=None,
+        drop_task=None,
+        hook=None,
+    ):
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B, D = ctx.shape[0], ctx.shape[2]
         c_ctx, m_ctx = self.timestep(CONTEXT, torch.zeros(B, ctx.shape[1], device=ctx.device))  # (B,Nc,D), (B,Nc,6D)
@@ -409,8 +436,10 @@ class WAM(nn.Module):
         in every block. With attention "prefix" or "causal" the observed tokens see only each other, so these
         are the same at every denoising step: `forward_generated` reuses them."""
         if self.cfg.attention == "full":
-            raise ArgumentError('a model with attention "full" lets the history see the generated tokens: its '
-                                'observed keys and values change at every step and cannot be cached')
+            raise ArgumentError(
+                'a model with attention "full" lets the history see the generated tokens: its '
+                "observed keys and values change at every step and cannot be cached"
+            )
         ctx = self.embed_context(task, state, drop_task)  # (B, Nc, D)
         B = ctx.shape[0]
         _, m_ctx = self.shared_timestep(CONTEXT, 0.0, ctx.device)  # (1, 1, 6D): every observed token is clean
@@ -451,14 +480,17 @@ class WAM(nn.Module):
                 cs[VIDEO], mods[VIDEO] = self.timestep(VIDEO, t)  # (B, 1 or F*tpf, D)
         xs[ACTION] = empty if actions is None else self.action_tokens(actions)
         if actions is not None:
-            cs[ACTION], mods[ACTION] = self.shared_timestep(ACTION, t_action, empty.device) if shared(t_action) \
-                else self.timestep(ACTION, t_action[:, None])  # (1 or B, 1, D)
+            cs[ACTION], mods[ACTION] = (
+                self.shared_timestep(ACTION, t_action, empty.device)
+                if shared(t_action)
+                else self.timestep(ACTION, t_action[:, None])
+            )  # (1 or B, 1, D)
         mask = None
         if self.cfg.attention == "causal":  # the generated tokens' rows of the full mask
             n_ctx, n_act = observed[0][0].shape[2] - n_obs * tpf, 0 if actions is None else actions.shape[1]
             T = n_obs + (0 if future is None else future.shape[1])
             mask = self.attention_mask(n_ctx, T, n_act, None, None, B, empty.device)
-            mask = None if mask is None else mask[:, :, n_ctx + n_obs * tpf:]
+            mask = None if mask is None else mask[:, :, n_ctx + n_obs * tpf :]
         for i, (block, kv) in enumerate(zip(self.blocks, observed)):
             xs = block(xs, mods, mask, past=kv)
             if hook is not None and (forecast := hook(i, xs)) is not None:

@@ -43,13 +43,16 @@ class Mode:
     summary: str
 
 
-MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("policy", OMIT, GENERATE, "action chunk from history frames (action-only inference)"),
-    Mode("forward", GENERATE, GIVEN, "future frames from history frames and actions (world model)"),
-    Mode("inverse", GIVEN, GENERATE, "action chunk from history and future frames (inverse dynamics)"),
-    Mode("video", GENERATE, OMIT, "future frames from history frames (video prediction)"),
-    Mode("joint", GENERATE, GENERATE, "future frames and action chunk together (joint planning)"),
-)}
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("policy", OMIT, GENERATE, "action chunk from history frames (action-only inference)"),
+        Mode("forward", GENERATE, GIVEN, "future frames from history frames and actions (world model)"),
+        Mode("inverse", GIVEN, GENERATE, "action chunk from history and future frames (inverse dynamics)"),
+        Mode("video", GENERATE, OMIT, "future frames from history frames (video prediction)"),
+        Mode("joint", GENERATE, GENERATE, "future frames and action chunk together (joint planning)"),
+    )
+}
 
 
 def get_mode(mode: str | Mode) -> Mode:
@@ -66,8 +69,14 @@ def _need(batch: dict, key: str, mode: Mode) -> torch.Tensor:
     return batch[key]
 
 
-def initial_noise(cfg, mode: str | Mode, batch_size: int, latent_shape: tuple[int, int, int],
-                  generator: torch.Generator | None = None, device: torch.device | str | None = None) -> dict:
+def initial_noise(
+    cfg,
+    mode: str | Mode,
+    batch_size: int,
+    latent_shape: tuple[int, int, int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
     """The noise `sample` starts a mode from, drawn in this order: {"future": (B, F, c, h, w)} when the mode
     generates future frames, then {"actions": (B, H, A)} when it generates actions. Drawing it apart lets
     several closed loops, each with its own generator, share one batched `sample` call."""
@@ -76,16 +85,27 @@ def initial_noise(cfg, mode: str | Mode, batch_size: int, latent_shape: tuple[in
     if m.future == GENERATE:
         out["future"] = torch.randn(batch_size, cfg.future_frames, *latent_shape, generator=generator, device=device)
     if m.actions == GENERATE:
-        out["actions"] = torch.randn(batch_size, cfg.action_horizon, cfg.action_dim, generator=generator,
-                                     device=device)
+        out["actions"] = torch.randn(batch_size, cfg.action_horizon, cfg.action_dim, generator=generator, device=device)
     return out
 
 
 @torch.no_grad()
-def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str = "euler",
-           schedule: str = "linear", cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-           noise: dict | None = None, t_start: float = 1.0, cache: bool = False, taylor=None,
-           action_guidance: float = 1.0) -> dict:
+def sample(
+    model,
+    batch: dict,
+    mode: str | Mode,
+    *,
+    steps: int = 10,
+    solver: str = "euler",
+    schedule: str = "linear",
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    noise: dict | None = None,
+    t_start: float = 1.0,
+    cache: bool = False,
+    taylor=None,
+    action_guidance: float = 1.0,
+) -> dict:
     """Run one mode: returns {"latents": (B, n_obs + F, c, h, w)} when the mode has future frames
     (history and given frames exactly as passed in) and {"actions": (B, H, A)} when it has actions.
 
@@ -103,16 +123,17 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
     m = get_mode(mode)
     cfg = model.cfg
     latents = _need(batch, "latents", m)
-    hist = latents[:, :cfg.n_obs_steps]
+    hist = latents[:, : cfg.n_obs_steps]
     B, device = hist.shape[0], hist.device
     c, h, w = hist.shape[2:]
     F = cfg.future_frames
-    given_future = latents[:, cfg.n_obs_steps:] if m.future == GIVEN else None
+    given_future = latents[:, cfg.n_obs_steps :] if m.future == GIVEN else None
     if given_future is not None and given_future.shape[1] != F:
         raise ArgumentError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
     given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
-    _check_sampling(m, solver=solver, schedule=schedule, t_start=t_start, taylor=taylor,
-                    action_guidance=action_guidance)
+    _check_sampling(
+        m, solver=solver, schedule=schedule, t_start=t_start, taylor=taylor, action_guidance=action_guidance
+    )
     x = _start(cfg, m, B, (c, h, w), generator, device, noise)
     task, state = batch["task"], batch.get("state")
     guided = cfg_scale != 1.0
@@ -156,16 +177,18 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
         """The network's outputs for the generated future frames and actions (None where left out)."""
         if observed is not None or (forecast is not None and cfg.attention != "full"):
             kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
-            v_fut, v_act = model.forward_generated(kv, fut, t_fut, act, t_act,
-                                                   hook=None if forecast is None else forecast.hook(t))
+            v_fut, v_act = model.forward_generated(
+                kv, fut, t_fut, act, t_act, hook=None if forecast is None else forecast.hook(t)
+            )
         else:
             t_fut = None if t_fut is None else t_fut.expand(nB)
             t_act = None if t_act is None else t_act.expand(nB)
             lat = hist if fut is None else torch.cat([hist, fut], 1)
             t_vid = zeros_hist if fut is None else torch.cat([zeros_hist, t_fut[:, None].expand(nB, F)], 1)
-            v_lat, v_act = model(lat, t_vid, act, t_act, task, state, drop_task=drop,
-                                 hook=None if forecast is None else forecast.hook(t))
-            v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps:]
+            v_lat, v_act = model(
+                lat, t_vid, act, t_act, task, state, drop_task=drop, hook=None if forecast is None else forecast.hook(t)
+            )
+            v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps :]
         return v_fut, v_act
 
     ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
@@ -183,8 +206,9 @@ def sample(model, batch: dict, mode: str | Mode, *, steps: int = 10, solver: str
 
 def _check_sampling(m: Mode, *, solver: str, schedule: str, t_start: float, taylor, action_guidance: float) -> None:
     if action_guidance != 1.0 and not (m.future == GENERATE and m.actions == GIVEN):
-        raise ArgumentError(f"action_guidance applies to modes that generate frames from given actions (forward), "
-                            f"not {m.name!r}")
+        raise ArgumentError(
+            f"action_guidance applies to modes that generate frames from given actions (forward), not {m.name!r}"
+        )
     if action_guidance != 1.0 and taylor is not None:
         raise ArgumentError("action_guidance cannot be combined with a Taylor forecast (taylor=)")
     if solver not in SOLVERS:
@@ -205,28 +229,43 @@ def _start(cfg: ModelConfig, m: Mode, B: int, chw: tuple, generator, device, noi
     return {k: noise[k] for k in needed}
 
 
-def next_frame(model, history: torch.Tensor, task: torch.Tensor, actions: torch.Tensor, *,
-               state: torch.Tensor | None = None, steps: int = 2, generator: torch.Generator | None = None,
-               cache: bool = False, action_guidance: float = 1.0) -> torch.Tensor:
+def next_frame(
+    model,
+    history: torch.Tensor,
+    task: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    state: torch.Tensor | None = None,
+    steps: int = 2,
+    generator: torch.Generator | None = None,
+    cache: bool = False,
+    action_guidance: float = 1.0,
+) -> torch.Tensor:
     """The world model one frame ahead (forward mode): clean history latents (B, n_obs, c, h, w), the task (B,),
     the actions taken since the last frame (B, k, A) normalised, k <= action_horizon and padded to it with the
     last one, and the robot state (B, n_obs, S) -> the latents (B, c, h, w) of the frame future_stride steps on.
     What `wam imagine` repeats to imagine an episode."""
     cfg = model.cfg
-    actions = actions[:, :, :cfg.action_dim]
+    actions = actions[:, :, : cfg.action_dim]
     if actions.shape[1] < cfg.action_horizon:
         actions = torch.cat([actions, actions[:, -1:].expand(-1, cfg.action_horizon - actions.shape[1], -1)], 1)
     future = history.new_zeros(history.shape[0], cfg.future_frames, *history.shape[2:])
     batch = {"latents": torch.cat([history, future], 1), "task": task, "actions": actions}
     if cfg.state_dim > 0:
         batch["state"] = state
-    out = sample(model, batch, "forward", steps=steps, generator=generator, cache=cache,
-                 action_guidance=action_guidance)
+    out = sample(
+        model, batch, "forward", steps=steps, generator=generator, cache=cache, action_guidance=action_guidance
+    )
     return out["latents"][:, cfg.n_obs_steps].float()
 
 
-def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: torch.Generator | None = None,
-                  shard: tuple[slice, int] | None = None) -> tuple[torch.Tensor, dict]:
+def training_loss(
+    model,
+    batch: dict,
+    lc: LossConfig = LossConfig(),
+    generator: torch.Generator | None = None,
+    shard: tuple[slice, int] | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Flow-matching loss with independent noise levels per modality and modality dropout.
 
     batch (latent space, all clean):
@@ -263,8 +302,19 @@ def training_loss(model, batch: dict, lc: LossConfig = LossConfig(), generator: 
         t_act = torch.where(world, torch.zeros_like(t_act), t_act)
         omit_fut, omit_act = omit_fut & ~world, omit_act & ~world
     drop_task = u() < lc.p_drop_task
-    return flow_loss(model, batch, t_fut, t_act, omit_fut, omit_act, drop_task, generator,
-                     lc.video_weight, lc.action_weight, shard=shard)
+    return flow_loss(
+        model,
+        batch,
+        t_fut,
+        t_act,
+        omit_fut,
+        omit_act,
+        drop_task,
+        generator,
+        lc.video_weight,
+        lc.action_weight,
+        shard=shard,
+    )
 
 
 def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -276,15 +326,25 @@ def mode_loss(model, batch: dict, mode: str | Mode, generator: torch.Generator |
     t = torch.rand(B, generator=generator, device=device).clamp_min(1e-3)
     t_fut = t if m.future == GENERATE else zeros
     t_act = t if m.actions == GENERATE else zeros
-    loss, _ = flow_loss(model, batch, t_fut, t_act, ones & (m.future == OMIT), ones & (m.actions == OMIT),
-                        ~ones, generator)
+    loss, _ = flow_loss(
+        model, batch, t_fut, t_act, ones & (m.future == OMIT), ones & (m.actions == OMIT), ~ones, generator
+    )
     return loss
 
 
-def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit_fut: torch.Tensor,
-              omit_act: torch.Tensor, drop_task: torch.Tensor, generator: torch.Generator | None = None,
-              video_weight: float = 1.0, action_weight: float = 1.0,
-              shard: tuple[slice, int] | None = None) -> tuple[torch.Tensor, dict]:
+def flow_loss(
+    model,
+    batch: dict,
+    t_fut: torch.Tensor,
+    t_act: torch.Tensor,
+    omit_fut: torch.Tensor,
+    omit_act: torch.Tensor,
+    drop_task: torch.Tensor,
+    generator: torch.Generator | None = None,
+    video_weight: float = 1.0,
+    action_weight: float = 1.0,
+    shard: tuple[slice, int] | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Masked MSE for given per-example noise levels (B,) and left-out flags (B,) bool: on the velocity
     for a velocity-predicting stream, on the clean sample for an x0-predicting one. `shard`: see
     `training_loss`."""
@@ -300,18 +360,29 @@ def flow_loss(model, batch: dict, t_fut: torch.Tensor, t_act: torch.Tensor, omit
         cut = lambda a: a[rows] if torch.is_tensor(a) and a.dim() > 0 else a  # noqa: E731
         batch = {k: cut(v) for k, v in batch.items()}
         t_fut, t_act, omit_fut, omit_act, drop_task, noise_fut, noise_act = map(
-            cut, (t_fut, t_act, omit_fut, omit_act, drop_task, noise_fut, noise_act))
+            cut, (t_fut, t_act, omit_fut, omit_act, drop_task, noise_fut, noise_act)
+        )
     lat, actions = batch["latents"], batch["actions"]
     B, device = lat.shape[0], lat.device
     fut_in = flow.add_noise(lat[:, n_obs:], noise_fut, t_fut)
     lat_in = torch.cat([lat[:, :n_obs], fut_in], 1)
     act_in = flow.add_noise(actions, noise_act, t_act)
     t_video = torch.cat([torch.zeros(B, n_obs, device=device), t_fut[:, None].expand(B, F)], 1)
-    frame_keep = torch.cat([torch.ones(B, n_obs, dtype=torch.bool, device=device),
-                            (~omit_fut)[:, None].expand(B, F)], 1)
+    frame_keep = torch.cat(
+        [torch.ones(B, n_obs, dtype=torch.bool, device=device), (~omit_fut)[:, None].expand(B, F)], 1
+    )
 
-    out_lat, out_act = model(lat_in, t_video, act_in, t_act, batch["task"], batch.get("state"),
-                             frame_keep=frame_keep, action_keep=~omit_act, drop_task=drop_task)
+    out_lat, out_act = model(
+        lat_in,
+        t_video,
+        act_in,
+        t_act,
+        batch["task"],
+        batch.get("state"),
+        frame_keep=frame_keep,
+        action_keep=~omit_act,
+        drop_task=drop_task,
+    )
     v_act = flow.velocity_from_output(out_act, act_in, t_act, cfg.action_prediction)
 
     w_fut, w_act = _loss_weights(batch, t_fut, t_act, omit_fut, omit_act, n_obs, F)

@@ -86,6 +86,7 @@ class PolicyState:
 @dataclass
 class Observation:
     """One observation turned into model inputs (no state touched): see `WAMPolicy.read_observation`."""
+
     frames: np.ndarray  # (B, h, W, 3) uint8 at the model's image size, cameras side by side
     state: torch.Tensor | None  # (B, S) normalised, or None when the model has no state
     task: torch.Tensor  # (B,) indices into the model's task table, or (B, text_dim) embeddings of new text
@@ -99,16 +100,19 @@ class Observation:
 
 def _check_plan(mode: str, plan: int, plan_score: str, plan_guidance: float) -> None:
     if plan_guidance != 1.0 and plan_score != "forward":
-        raise ArgumentError("plan_guidance guides the forward futures of plan_score 'forward'; pass "
-                            "`plan_score='forward'` with it")
+        raise ArgumentError(
+            "plan_guidance guides the forward futures of plan_score 'forward'; pass `plan_score='forward'` with it"
+        )
     if plan < 1:
         raise ArgumentError(f"plan must be >= 1 (the futures imagined per chunk), got {plan}")
     if plan_score not in PLAN_SCORES:
         raise ArgumentError(f"unknown plan_score {plan_score!r}; choose one of: {', '.join(PLAN_SCORES)}")
     if plan > 1 and mode == "policy" and plan_score == "imagined":
-        raise ArgumentError("plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
-                            "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
-                            "'forward'")
+        raise ArgumentError(
+            "plan N > 1 with plan_score 'imagined' chooses between imagined futures, which "
+            "policy mode does not predict; use mode 'joint' (or 'inverse'), or plan_score "
+            "'forward'"
+        )
 
 
 def _plan_critic(critic, checkpoint, device):
@@ -117,27 +121,48 @@ def _plan_critic(critic, checkpoint, device):
     from wam.checkpoint import file_hash
     from wam.critic import Critic, load_critic
 
-    critic = (critic if isinstance(critic, Critic) else
-              load_critic(critic if critic is not None else checkpoint.path / "critic")).to(device)
+    critic = (
+        critic
+        if isinstance(critic, Critic)
+        else load_critic(critic if critic is not None else checkpoint.path / "critic")
+    ).to(device)
     c = critic.cfg
     tokenizer_file = Path(checkpoint.path) / "tokenizer.safetensors"
-    fits = (c.tokenizer_hash == file_hash(tokenizer_file) if c.tokenizer_hash and tokenizer_file.is_file()
-            else not c.model_hash or c.model_hash == checkpoint.model_hash)
+    fits = (
+        c.tokenizer_hash == file_hash(tokenizer_file)
+        if c.tokenizer_hash and tokenizer_file.is_file()
+        else not c.model_hash or c.model_hash == checkpoint.model_hash
+    )
     if not fits:
         import warnings
 
-        warnings.warn("the critic was trained on the latents of another frame tokenizer than this "
-                      "checkpoint's; its scores may not fit (train one: wam critic)", stacklevel=3)
+        warnings.warn(
+            "the critic was trained on the latents of another frame tokenizer than this "
+            "checkpoint's; its scores may not fit (train one: wam critic)",
+            stacklevel=3,
+        )
     return critic
 
 
 class WAMPolicy:
     """A WAM checkpoint as a closed-loop policy (see the module docstring for the timing)."""
 
-    def __init__(self, checkpoint, *, mode: str = "policy", n_action_steps: int | None = None,
-                 inference: InferenceConfig | None = None, seed: int = 0, device: str = "cpu", blind: bool = False,
-                 plan: int = 1, critic=None, plan_score: str = "imagined", plan_guidance: float = 1.0,
-                 **sampling):
+    def __init__(
+        self,
+        checkpoint,
+        *,
+        mode: str = "policy",
+        n_action_steps: int | None = None,
+        inference: InferenceConfig | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        blind: bool = False,
+        plan: int = 1,
+        critic=None,
+        plan_score: str = "imagined",
+        plan_guidance: float = 1.0,
+        **sampling,
+    ):
         """`inference` sets how chunks are sampled (default: `InferenceConfig()`, without the cache for a
         checkpoint trained with attention "full"); keyword arguments named like its fields (steps=, solver=,
         schedule=, cfg_scale=, warm_start=, ...) change single settings of it. `blind` replaces every camera
@@ -165,8 +190,10 @@ class WAMPolicy:
             raise TypeError(f"unknown WAMPolicy settings {sorted(unknown)}")
         self.inference = ic = dataclasses.replace(ic, **sampling)
         if ic.warm_start and mode != "policy":
-            raise ArgumentError(f"warm_start re-noises the previous action chunk, which only policy mode samples "
-                                f"alone; mode {mode!r} needs warm_start 0")
+            raise ArgumentError(
+                f"warm_start re-noises the previous action chunk, which only policy mode samples "
+                f"alone; mode {mode!r} needs warm_start 0"
+            )
         self.model = prepare(model, ic)
         if ic.compile:  # the frame encoder runs once per chunk too (a shallow copy: the checkpoint's is untouched)
             import copy
@@ -182,8 +209,10 @@ class WAMPolicy:
         self.fps = run.get("fps")
         self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
-            raise ArgumentError(f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
-                                f"got {self.n_action_steps}")
+            raise ArgumentError(
+                f"n_action_steps must be in 1..{self.cfg.action_horizon} (the action horizon), "
+                f"got {self.n_action_steps}"
+            )
         self.mode, self.seed, self.device, self.blind = mode, seed, torch.device(device), bool(blind)
         self.plan, self.critic, self.plan_score = int(plan), None, plan_score
         self.plan_guidance = float(plan_guidance)
@@ -191,11 +220,26 @@ class WAMPolicy:
         if self.plan > 1:
             self.critic = _plan_critic(critic, checkpoint, device)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
-        self.spec = (str(checkpoint.path), tuple(sorted(dict(
-            mode=mode, n_action_steps=self.n_action_steps, inference=ic, seed=seed, device=device,
-            blind=self.blind, plan=self.plan, plan_score=plan_score, plan_guidance=self.plan_guidance,
-            # (a Critic object is found again at the directory it was loaded from)
-            critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None)).items())))
+        self.spec = (
+            str(checkpoint.path),
+            tuple(
+                sorted(
+                    dict(
+                        mode=mode,
+                        n_action_steps=self.n_action_steps,
+                        inference=ic,
+                        seed=seed,
+                        device=device,
+                        blind=self.blind,
+                        plan=self.plan,
+                        plan_score=plan_score,
+                        plan_guidance=self.plan_guidance,
+                        # (a Critic object is found again at the directory it was loaded from)
+                        critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None),
+                    ).items()
+                )
+            ),
+        )
         self.reset()
 
     def _set_embodiments(self, run: dict) -> None:
@@ -210,8 +254,9 @@ class WAMPolicy:
         if sets:
             self.embodiments = [Normalizer.from_dict(d["stats"]) for d in sets]
             # (None: not recorded; then the observation's own camera keys, when there are as many as the model's)
-            self.embodiment_cameras = [[f"observation.images.{c}" for c in d["cameras"]] if d.get("cameras") else None
-                                       for d in sets]
+            self.embodiment_cameras = [
+                [f"observation.images.{c}" for c in d["cameras"]] if d.get("cameras") else None for d in sets
+            ]
             for i, d in enumerate(sets):
                 for t in d.get("tasks", []):
                     self.task_embodiment.setdefault(t, i)
@@ -231,13 +276,22 @@ class WAMPolicy:
     @property
     def settings(self) -> dict:
         """Everything about the policy that changes its actions."""
-        return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": self.cfg.action_horizon,
-                "n_obs_steps": self.cfg.n_obs_steps, "sampling_steps": self.steps, "solver": self.solver,
-                "schedule": self.schedule, "cfg_scale": self.cfg_scale, "seed": self.seed,
-                "model_hash": self.checkpoint.model_hash, "inference": self.inference.to_dict(),
-                **({"blind": True} if self.blind else {}),
-                **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {}),
-                **({"plan_guidance": self.plan_guidance} if self.plan > 1 and self.plan_guidance != 1 else {})}
+        return {
+            "mode": self.mode,
+            "n_action_steps": self.n_action_steps,
+            "action_horizon": self.cfg.action_horizon,
+            "n_obs_steps": self.cfg.n_obs_steps,
+            "sampling_steps": self.steps,
+            "solver": self.solver,
+            "schedule": self.schedule,
+            "cfg_scale": self.cfg_scale,
+            "seed": self.seed,
+            "model_hash": self.checkpoint.model_hash,
+            "inference": self.inference.to_dict(),
+            **({"blind": True} if self.blind else {}),
+            **({"plan": self.plan, "plan_score": self.plan_score} if self.plan > 1 else {}),
+            **({"plan_guidance": self.plan_guidance} if self.plan > 1 and self.plan_guidance != 1 else {}),
+        }
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads for `task` (0: it reads none). The
@@ -275,8 +329,10 @@ class WAMPolicy:
                 out.append(-1)
                 new.append(t)
             else:
-                raise ArgumentError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
-                                    f"trained with text_encoder='minilm' accepts any instruction)")
+                raise ArgumentError(
+                    f"task {t!r} was not in the training data; known tasks: {self.tasks} (a model "
+                    f"trained with text_encoder='minilm' accepts any instruction)"
+                )
         idx = torch.tensor(out, device=self.device)
         if not new:
             return idx
@@ -294,11 +350,17 @@ class WAMPolicy:
     def embodiment_of(self, task: Any, batch: int) -> int:
         """The embodiment (index into `embodiments`) the rows of `task` act in; one per observation."""
         items = self._task_items(task, batch)
-        found = {self.task_embodiment.get(self.tasks[t] if isinstance(t, (int, np.integer)) and 0 <= t < len(self.tasks)
-                                         else t, 0) for t in items}
+        found = {
+            self.task_embodiment.get(
+                self.tasks[t] if isinstance(t, (int, np.integer)) and 0 <= t < len(self.tasks) else t, 0
+            )
+            for t in items
+        }
         if len(found) > 1:
-            raise ArgumentError("one observation batch mixes tasks of different embodiments; send each embodiment's "
-                                "environments as their own batch (their actions have different sizes)")
+            raise ArgumentError(
+                "one observation batch mixes tasks of different embodiments; send each embodiment's "
+                "environments as their own batch (their actions have different sizes)"
+            )
         return found.pop() if found else 0
 
     def read_observation(self, obs: dict) -> Observation:
@@ -308,8 +370,10 @@ class WAMPolicy:
         task = obs.get("task", 0)
         given = [k for k in obs if k.startswith("observation.images.")]
         if not given:
-            raise ObservationError(f"observation has no camera image (observation.images.*); the model was trained on "
-                                   f"cameras {self.cameras}")
+            raise ObservationError(
+                f"observation has no camera image (observation.images.*); the model was trained on "
+                f"cameras {self.cameras}"
+            )
         single = np.asarray(obs[given[0]]).ndim == 3
         emb = self.embodiment_of(task, 1 if single else len(np.asarray(obs[given[0]])))
         cameras = self.embodiment_cameras[emb]
@@ -317,8 +381,9 @@ class WAMPolicy:
             cameras = sorted(given)
         missing = [k for k in cameras or self.cameras if k not in obs]
         if missing:
-            raise ObservationError(f"observation lacks {missing}; the model was trained on cameras "
-                                   f"{cameras or self.cameras}")
+            raise ObservationError(
+                f"observation lacks {missing}; the model was trained on cameras {cameras or self.cameras}"
+            )
         size = (self.cfg.image_size, self.cfg.image_size)
         views = []
         for k in cameras:
@@ -335,14 +400,18 @@ class WAMPolicy:
             state = torch.zeros(B, self.cfg.state_dim, device=self.device)
         elif self.cfg.state_dim > 0:
             if "observation.state" not in obs:
-                raise ObservationError(f"observation lacks 'observation.state'; the model was trained on a state of "
-                                       f"{want} values (and cameras {cameras or self.cameras})")
+                raise ObservationError(
+                    f"observation lacks 'observation.state'; the model was trained on a state of "
+                    f"{want} values (and cameras {cameras or self.cameras})"
+                )
             s = torch.as_tensor(np.array(obs["observation.state"], dtype=np.float32), device=self.device)
             s = s[None] if single else s
             if s.shape[-1] != want:
-                raise ArgumentError(f"observation.state has {s.shape[-1]} values; the model was trained on {want}. "
-                                    f"Give the environment the state the training data had (wam eval does: "
-                                    f"e.g. MetaWorld's state='proprio' is 4-D, state='full' 39-D)")
+                raise ArgumentError(
+                    f"observation.state has {s.shape[-1]} values; the model was trained on {want}. "
+                    f"Give the environment the state the training data had (wam eval does: "
+                    f"e.g. MetaWorld's state='proprio' is 4-D, state='full' 39-D)"
+                )
             state = self.embodiments[emb].normalize_state(s)
             if state.shape[-1] < self.cfg.state_dim:  # another embodiment's shorter state, zero-padded as in training
                 state = torch.nn.functional.pad(state, (0, self.cfg.state_dim - state.shape[-1]))
@@ -351,8 +420,10 @@ class WAMPolicy:
     def push(self, state: PolicyState, ob: Observation) -> None:
         """Append an observation to a state's history (the first one fills it)."""
         if state.history and state.batch_size != ob.batch_size:
-            raise ArgumentError(f"the observation holds {ob.batch_size} environments but the history holds "
-                                f"{state.batch_size}; reset() before changing the number of environments")
+            raise ArgumentError(
+                f"the observation holds {ob.batch_size} environments but the history holds "
+                f"{state.batch_size}; reset() before changing the number of environments"
+            )
         entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
         state.since_chunk += 1
         state.embodiment = ob.embodiment
@@ -385,8 +456,17 @@ class WAMPolicy:
         """One state's initial noise per sampling stage, drawn from its own generator in sampling order.
         Every acting mode draws the same sequence (the future frames' noise, then the actions'), so the
         modes, and any inference setting, start a chunk from the same action noise for the same seed."""
-        draw = lambda m: initial_noise(self.cfg, m, batch_size, latent_shape, state.generator,  # noqa: E731
-                                       self.device)
+
+        def draw(m):
+            return initial_noise(
+                self.cfg,
+                m,
+                batch_size,
+                latent_shape,
+                state.generator,
+                self.device,
+            )
+
         if mode == "inverse":
             out = {"video": draw("video"), "inverse": draw("inverse")}
             if self.plan > 1 and self.plan_score == "forward":
@@ -399,8 +479,9 @@ class WAMPolicy:
         return out
 
     @torch.no_grad()
-    def predict_chunks(self, states: list[PolicyState], tasks: list[torch.Tensor],
-                       mode: str | None = None) -> list[np.ndarray]:
+    def predict_chunks(
+        self, states: list[PolicyState], tasks: list[torch.Tensor], mode: str | None = None
+    ) -> list[np.ndarray]:
         """One batched forward pass for several closed loops: state i's history and task indices (B_i,) ->
         its chunk (B_i, H, A) in the environment's units. Each state's noise comes from its own generator,
         so a state's chunk does not depend on the others in the batch (up to float rounding)."""
@@ -418,8 +499,10 @@ class WAMPolicy:
         N = self.plan  # futures imagined per row: rows b * N .. b * N + N - 1 are row b's candidates
         if N > 1:
             if mode == "policy" and self.plan_score == "imagined":
-                raise ArgumentError("plan N > 1 with plan_score 'imagined' needs a mode that predicts frames: joint or "
-                                    "inverse (or plan_score 'forward')")
+                raise ArgumentError(
+                    "plan N > 1 with plan_score 'imagined' needs a mode that predicts frames: joint or "
+                    "inverse (or plan_score 'forward')"
+                )
             if batch["task"].is_floating_point():
                 raise ArgumentError("plan N > 1 scores futures per task index; a new instruction has none")
             batch = {k: v.repeat_interleave(N, 0) for k, v in batch.items()}
@@ -439,34 +522,36 @@ class WAMPolicy:
                 plan = out.get("latents")
             if N > 1 and self.plan_score == "forward":  # what the world model says each candidate's actions do
                 given = {**batch, "actions": out["actions"].clamp(-1, 1)}
-                plan = sample(self.model, given, "forward", noise=noise["forward"], action_guidance=self.plan_guidance,
-                              **kw)["latents"]
+                plan = sample(
+                    self.model, given, "forward", noise=noise["forward"], action_guidance=self.plan_guidance, **kw
+                )["latents"]
         if N > 1:  # keep each row's best-scored future
             scores = self.critic.score(plan[:, -1], batch["task"]).view(-1, N)  # (B, N)
             best = scores.argmax(1) + torch.arange(len(scores), device=scores.device) * N  # (B,)
             candidates = out["actions"].view(len(scores), N, *out["actions"].shape[1:])  # (B, N, H, A)
             start = 0
             for s, n in zip(states, sizes):
-                s.last_scores = scores[start:start + n].float().cpu()
-                s.last_candidates = candidates[start:start + n].float().cpu()
+                s.last_scores = scores[start : start + n].float().cpu()
+                s.last_candidates = candidates[start : start + n].float().cpu()
                 start += n
             out, plan = {"actions": out["actions"][best]}, plan[best]
         start = 0
         for s, n in zip(states, sizes):
-            s.last_chunk, s.since_chunk = out["actions"][start:start + n].float(), 0
+            s.last_chunk, s.since_chunk = out["actions"][start : start + n].float(), 0
             start += n
         acts = out["actions"].clamp(-1, 1).float()
         chunks, start = [], 0
         for s, n in zip(states, sizes):
             norm = self.embodiments[s.embodiment]  # this loop's action units and size
-            chunk = norm.unnormalize_action(acts[start:start + n, :, :norm.action_dim])  # (n, H, A)
+            chunk = norm.unnormalize_action(acts[start : start + n, :, : norm.action_dim])  # (n, H, A)
             chunks.append(chunk.cpu().numpy())
-            s.last_plan = None if plan is None else {"latents": plan[start:start + n]}
+            s.last_plan = None if plan is None else {"latents": plan[start : start + n]}
             start += n
         return chunks
 
-    def _warm_sample(self, states: list[PolicyState], sizes: list[int], batch: dict,
-                     noise: torch.Tensor) -> torch.Tensor:
+    def _warm_sample(
+        self, states: list[PolicyState], sizes: list[int], batch: dict, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Policy-mode actions (B, H, A), each state's rows warm-started from its previous chunk when it has one
         that still reaches past now (shifted by the steps since, the tail padded with its last action, then
         re-noised with this chunk's own noise to t = warm_start), cold from the noise otherwise."""
@@ -476,7 +561,7 @@ class WAMPolicy:
         for s, n in zip(states, sizes):
             rows = list(range(start, start + n))
             if s.last_chunk is not None and 0 < s.since_chunk < H and s.last_chunk.shape[0] == n:
-                prev = s.last_chunk[:, s.since_chunk:]  # (n, H - k, A)
+                prev = s.last_chunk[:, s.since_chunk :]  # (n, H - k, A)
                 guesses.append(torch.cat([prev, prev[:, -1:].expand(n, H - prev.shape[1], prev.shape[2])], 1))
                 rows_warm += rows
             else:
@@ -484,16 +569,21 @@ class WAMPolicy:
             start += n
         out = torch.empty_like(noise)
         kw = ic.sample_kwargs()
-        pick = lambda rows: {k: (v[rows] if v is not None else None) for k, v in batch.items()}  # noqa: E731
+
+        def pick(rows):
+            return {k: (v[rows] if v is not None else None) for k, v in batch.items()}
+
         if rows_cold:
-            out[rows_cold] = sample(self.model, pick(rows_cold), "policy", noise={"actions": noise[rows_cold]},
-                                    **kw)["actions"]
+            out[rows_cold] = sample(self.model, pick(rows_cold), "policy", noise={"actions": noise[rows_cold]}, **kw)[
+                "actions"
+            ]
         if rows_warm:
             guess = torch.cat(guesses).to(noise.device)
             x = (1 - t0) * guess + t0 * noise[rows_warm]
             kw["steps"] = max(1, round(ic.steps * t0))
-            out[rows_warm] = sample(self.model, pick(rows_warm), "policy", noise={"actions": x}, t_start=t0,
-                                    **kw)["actions"]
+            out[rows_warm] = sample(self.model, pick(rows_warm), "policy", noise={"actions": x}, t_start=t0, **kw)[
+                "actions"
+            ]
         return out
 
     def _chunk(self, task: torch.Tensor) -> np.ndarray:

@@ -38,8 +38,9 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 TOKEN_ENV = "WAM_SERVE_TOKEN"  # where the server and the client read the shared token when none is passed
-DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16",
-                    "float32", "float64"})
+DTYPES = frozenset(
+    {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
+)
 MAX_DIMS = 8
 
 
@@ -74,8 +75,11 @@ def _decode(obj: Any, where: str) -> Any:
     dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
     if dtype not in DTYPES:
         raise ProtocolError(f"{where}: array dtype {dtype!r} is not allowed; use one of: {', '.join(sorted(DTYPES))}")
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
         raise ProtocolError(f"{where}: array shape {shape!r} must be a list of at most {MAX_DIMS} non-negative ints")
     if not isinstance(data, bytes):
         raise ProtocolError(f"{where}: array data must be msgpack bin (bytes)")
@@ -98,8 +102,9 @@ def unpack(data: bytes | str) -> dict:
     try:
         message = msgpack.unpackb(data, raw=False)
     except Exception as e:  # noqa: BLE001 (msgpack raises several types: ExtraData, FormatError, StackError, ...)
-        raise ProtocolError(f"message is not valid msgpack ({type(e).__name__}: {e}); encode it with "
-                            f"wam.protocol.pack") from None
+        raise ProtocolError(
+            f"message is not valid msgpack ({type(e).__name__}: {e}); encode it with wam.protocol.pack"
+        ) from None
     if not isinstance(message, dict):
         raise ProtocolError(f"message must be a msgpack map with a 'type', got a {type(message).__name__}")
     msg_id = message.get("id")
@@ -130,8 +135,15 @@ def hello_seed(msg: dict) -> int:
     return seed
 
 
-def check_observation(msg: dict, *, cameras: list[str], state_dim: int, max_batch: int,
-                      tasks: list[str] | None = None, image_size: int | None = None) -> tuple[dict, int | None]:
+def check_observation(
+    msg: dict,
+    *,
+    cameras: list[str],
+    state_dim: int,
+    max_batch: int,
+    tasks: list[str] | None = None,
+    image_size: int | None = None,
+) -> tuple[dict, int | None]:
     """The protocol's checks of an observe/infer message's 'obs', each failure saying how to fix it.
 
     cameras: the observation.images.<camera> keys the policy reads; state_dim: the size of observation.state
@@ -146,35 +158,45 @@ def check_observation(msg: dict, *, cameras: list[str], state_dim: int, max_batc
     batch = None  # None: unbatched; else the number of environments
     for i, key in enumerate(cameras):
         if key not in obs:
-            raise ProtocolError(f"obs lacks {key!r}; the policy takes cameras {list(cameras)}, each a uint8 RGB "
-                                f"array (H, W, 3)")
+            raise ProtocolError(
+                f"obs lacks {key!r}; the policy takes cameras {list(cameras)}, each a uint8 RGB array (H, W, 3)"
+            )
         img = obs[key]
         if not isinstance(img, np.ndarray):
-            raise ProtocolError(f"obs[{key!r}] must be an array (the {{'__nd__': True, ...}} map of "
-                                f"wam.protocol), got a {type(img).__name__}")
+            raise ProtocolError(
+                f"obs[{key!r}] must be an array (the {{'__nd__': True, ...}} map of "
+                f"wam.protocol), got a {type(img).__name__}"
+            )
         if img.dtype != np.uint8:
             raise ProtocolError(f"obs[{key!r}] has dtype {img.dtype}; send uint8 RGB values 0..255")
         if img.ndim not in (3, 4) or img.shape[-1] != 3 or 0 in img.shape or max(img.shape[-3:-1]) > MAX_IMAGE_SIDE:
             takes = f" (the policy takes {image_size}x{image_size}; other sizes are resized)" if image_size else ""
-            raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)}; send (H, W, 3) RGB, or (B, H, W, 3) "
-                                f"for B environments, sides up to {MAX_IMAGE_SIDE}{takes}")
+            raise ProtocolError(
+                f"obs[{key!r}] has shape {list(img.shape)}; send (H, W, 3) RGB, or (B, H, W, 3) "
+                f"for B environments, sides up to {MAX_IMAGE_SIDE}{takes}"
+            )
         b = None if img.ndim == 3 else img.shape[0]
         if i > 0 and b != batch:
-            raise ProtocolError(f"obs[{key!r}] has shape {list(img.shape)} but obs[{cameras[0]!r}] has "
-                                f"{list(obs[cameras[0]].shape)}: every camera needs the same batch")
+            raise ProtocolError(
+                f"obs[{key!r}] has shape {list(img.shape)} but obs[{cameras[0]!r}] has "
+                f"{list(obs[cameras[0]].shape)}: every camera needs the same batch"
+            )
         batch = b
     rows = batch or 1
     if rows > max_batch:
-        raise ProtocolError(f"obs holds {rows} environments; this server takes at most {max_batch} per request "
-                            f"(--max-batch)")
+        raise ProtocolError(
+            f"obs holds {rows} environments; this server takes at most {max_batch} per request (--max-batch)"
+        )
     if state_dim > 0:
         key = "observation.state"
         if key not in obs:
             raise ProtocolError(f"obs lacks {key!r}: the policy takes a robot state of {state_dim} numbers")
         st = obs[key]
         if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu":
-            raise ProtocolError(f"obs[{key!r}] must be a numeric array, got "
-                                f"{st.dtype if isinstance(st, np.ndarray) else type(st).__name__}")
+            raise ProtocolError(
+                f"obs[{key!r}] must be a numeric array, got "
+                f"{st.dtype if isinstance(st, np.ndarray) else type(st).__name__}"
+            )
         want = [state_dim] if batch is None else [batch, state_dim]
         if list(st.shape) != want:
             raise ProtocolError(f"obs[{key!r}] has shape {list(st.shape)}; the policy takes {want}")
@@ -183,8 +205,7 @@ def check_observation(msg: dict, *, cameras: list[str], state_dim: int, max_batc
             raise ProtocolError(f"obs[{key!r}] holds NaN or inf (first at index {bad}); send finite values")
     task = obs.get("task", 0)
     items = [task] if batch is None or isinstance(task, (str, int)) else task
-    if not isinstance(items, list) or (batch is not None and not isinstance(task, (str, int))
-                                       and len(items) != batch):
+    if not isinstance(items, list) or (batch is not None and not isinstance(task, (str, int)) and len(items) != batch):
         raise ProtocolError(f"obs['task'] must be a task string (or index), or a list of {batch} of them")
     for t in items:
         if isinstance(t, bool) or not isinstance(t, (str, int)):

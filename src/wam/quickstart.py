@@ -26,12 +26,23 @@ from pathlib import Path
 REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "wam-tiny-mt50"  # in the source tree
 
 
-def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
-               tasks: str = "reach-v3,button-press-topdown-v3,drawer-close-v3", episodes: int = 12,
-               steps: int = 1500, tokenizer_steps: int = 300, eval_episodes: int = 3, max_steps: int = 150,
-               image_size: int = 96,
-               reference: str | Path | None = REFERENCE, reference_tasks: str = "mt10", reference_episodes: int = 2,
-               model_changes: dict | None = None, workers: int | None = None) -> dict:
+def quickstart(
+    out: str | Path = "runs/quickstart",
+    *,
+    seed: int = 0,
+    tasks: str = "reach-v3,button-press-topdown-v3,drawer-close-v3",
+    episodes: int = 12,
+    steps: int = 1500,
+    tokenizer_steps: int = 300,
+    eval_episodes: int = 3,
+    max_steps: int = 150,
+    image_size: int = 96,
+    reference: str | Path | None = REFERENCE,
+    reference_tasks: str = "mt10",
+    reference_episodes: int = 2,
+    model_changes: dict | None = None,
+    workers: int | None = None,
+) -> dict:
     import os
 
     from wam.checkpoint import load_checkpoint
@@ -52,11 +63,27 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     collect("metaworld", tasks=tasks, episodes=episodes, out=data, seed=seed, image_size=image_size, overwrite=True)
 
     print(f"\n[2/5] training wam-tiny for {steps} steps (tokenizer: {tokenizer_steps} steps)")
-    tc = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(200, steps // 5),
-                     tokenizer_steps=tokenizer_steps, seed=seed, log_every=50, val_every=max(1, steps // 3),
-                     checkpoint_every=max(1, steps // 3))
-    ckpt_dir = train(data, run, preset="wam-tiny", model_changes=model_changes, tc=tc,
-                     lc=LossConfig(p_omit_future=0.3), overwrite=True, val_fraction=0.15)
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=min(200, steps // 5),
+        tokenizer_steps=tokenizer_steps,
+        seed=seed,
+        log_every=50,
+        val_every=max(1, steps // 3),
+        checkpoint_every=max(1, steps // 3),
+    )
+    ckpt_dir = train(
+        data,
+        run,
+        preset="wam-tiny",
+        model_changes=model_changes,
+        tc=tc,
+        lc=LossConfig(p_omit_future=0.3),
+        overwrite=True,
+        val_fraction=0.15,
+    )
     ckpt = load_checkpoint(ckpt_dir)
 
     print("\n[3/5] the trained model in every mode")
@@ -65,41 +92,78 @@ def quickstart(out: str | Path = "runs/quickstart", *, seed: int = 0,
     for mode in ("policy", "joint", "inverse"):
         print(f"closed loop, {mode} mode: {eval_episodes} episodes per task, at most {max_steps} steps each")
         policy = WAMPolicy(ckpt, mode=mode, seed=seed)
-        info = evaluate(policy, env="metaworld", tasks=tasks, episodes=eval_episodes, out=root / f"eval-{mode}",
-                        seed=seed, max_steps=max_steps, videos_per_task=1, workers=workers,
-                        world_model=world if mode == "policy" else None,
-                        log_path=run / "log.jsonl", settings={"checkpoint": str(ckpt_dir)})
+        info = evaluate(
+            policy,
+            env="metaworld",
+            tasks=tasks,
+            episodes=eval_episodes,
+            out=root / f"eval-{mode}",
+            seed=seed,
+            max_steps=max_steps,
+            videos_per_task=1,
+            workers=workers,
+            world_model=world if mode == "policy" else None,
+            log_path=run / "log.jsonl",
+            settings={"checkpoint": str(ckpt_dir)},
+        )
         _print_success(info)
-        entries.append({"name": f"trained here, {mode} mode", "report": root / f"eval-{mode}" / "report.html",
-                        "eval_info": info, "world_model": world if mode == "policy" else None})
+        entries.append(
+            {
+                "name": f"trained here, {mode} mode",
+                "report": root / f"eval-{mode}" / "report.html",
+                "eval_info": info,
+                "world_model": world if mode == "policy" else None,
+            }
+        )
         summary[f"trained_{mode}"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
 
     if reference is not None and Path(reference, "model.safetensors").is_file():
-        print(f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, "
-              f"{reference_episodes} episodes per task")
+        print(
+            f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, {reference_episodes} episodes per task"
+        )
         ref = load_checkpoint(reference)
-        ref_world = evaluate_world_model(ref, data, out=root / "eval-reference", seed=seed,
-                                         episodes=_episode_indices(data))
+        ref_world = evaluate_world_model(
+            ref, data, out=root / "eval-reference", seed=seed, episodes=_episode_indices(data)
+        )
         _print_world(ref_world)
-        info = evaluate(WAMPolicy(ref, mode="policy", seed=seed), env="metaworld", tasks=reference_tasks,
-                        episodes=reference_episodes, out=root / "eval-reference", seed=seed, videos_per_task=1,
-                        workers=workers,
-                        world_model=ref_world, settings={"checkpoint": str(reference)},
-                        log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None)
+        info = evaluate(
+            WAMPolicy(ref, mode="policy", seed=seed),
+            env="metaworld",
+            tasks=reference_tasks,
+            episodes=reference_episodes,
+            out=root / "eval-reference",
+            seed=seed,
+            videos_per_task=1,
+            workers=workers,
+            world_model=ref_world,
+            settings={"checkpoint": str(reference)},
+            log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None,
+        )
         _print_success(info)
-        entries.insert(0, {"name": f"reference checkpoint ({Path(reference).name}), policy mode",
-                           "report": root / "eval-reference" / "report.html", "eval_info": info,
-                           "world_model": ref_world})
+        entries.insert(
+            0,
+            {
+                "name": f"reference checkpoint ({Path(reference).name}), policy mode",
+                "report": root / "eval-reference" / "report.html",
+                "eval_info": info,
+                "world_model": ref_world,
+            },
+        )
         summary["reference"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
     else:
         print(f"\n[4/5] skipped: no reference checkpoint at {reference}")
 
     print("\n[5/5] report")
-    index = build_index(root, entries, notes=[
-        f"Trained here: wam-tiny, {steps} steps on {episodes} demonstrations per task of {tasks}; closed loop "
-        f"capped at {max_steps} steps per episode.",
-        "Reference: the MT50 checkpoint shipped with wam (camera + hand/gripper state, like every model here); "
-        "see the README for how it was trained and its full evaluation."])
+    index = build_index(
+        root,
+        entries,
+        notes=[
+            f"Trained here: wam-tiny, {steps} steps on {episodes} demonstrations per task of {tasks}; closed loop "
+            f"capped at {max_steps} steps per episode.",
+            "Reference: the MT50 checkpoint shipped with wam (camera + hand/gripper state, like every model here); "
+            "see the README for how it was trained and its full evaluation.",
+        ],
+    )
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nreport: {index.resolve()}")
     return summary
@@ -113,15 +177,19 @@ def _episode_indices(data: Path) -> list[int]:
 
 def _print_world(wm: dict) -> None:
     h = wm["horizons"][0]
-    print(f"world model on {wm['windows']} held-out windows, frame {h} steps ahead: forward PSNR "
-          f"{wm['forward']['psnr'][0]:.2f} dB, video {wm['video']['psnr'][0]:.2f} dB, copy-last-frame "
-          f"{wm['copy_last_frame']['psnr'][0]:.2f} dB (tokenizer ceiling "
-          f"{wm['tokenizer_reconstruction']['psnr'][0]:.2f}); "
-          f"inverse action MSE {wm['inverse']['action_mse']:.4f} vs mean action {wm['inverse']['mean_action_mse']:.4f}")
+    print(
+        f"world model on {wm['windows']} held-out windows, frame {h} steps ahead: forward PSNR "
+        f"{wm['forward']['psnr'][0]:.2f} dB, video {wm['video']['psnr'][0]:.2f} dB, copy-last-frame "
+        f"{wm['copy_last_frame']['psnr'][0]:.2f} dB (tokenizer ceiling "
+        f"{wm['tokenizer_reconstruction']['psnr'][0]:.2f}); "
+        f"inverse action MSE {wm['inverse']['action_mse']:.4f} vs mean action {wm['inverse']['mean_action_mse']:.4f}"
+    )
 
 
 def _print_success(info: dict) -> None:
     expert = info.get("expert") or {}
     lo, hi = info["ci95"]
-    print(f"  success {info['pc_success']:.1f}% [{lo:.0f}, {hi:.0f}] over {info['n_episodes']} episodes"
-          + (f"; scripted expert on the same seeds {expert['pc_success']:.1f}%" if expert else ""))
+    print(
+        f"  success {info['pc_success']:.1f}% [{lo:.0f}, {hi:.0f}] over {info['n_episodes']} episodes"
+        + (f"; scripted expert on the same seeds {expert['pc_success']:.1f}%" if expert else "")
+    )

@@ -57,13 +57,30 @@ class Recipe:
 MT50_V2 = Recipe(
     name="mt50-v2",
     summary="MT50 from one camera + 4-D state on LeRobot's protocol: 2,500 expert demos, wam-tiny at 128 px, "
-            "100k steps",
-    collect={"env": "metaworld", "tasks": "mt50", "episodes": 50, "image_size": 128, "protocol": "lerobot",
-             "seed": 0, "after_success": 10},
+    "100k steps",
+    collect={
+        "env": "metaworld",
+        "tasks": "mt50",
+        "episodes": 50,
+        "image_size": 128,
+        "protocol": "lerobot",
+        "seed": 0,
+        "after_success": 10,
+    },
     preset="wam-tiny",
     model={"image_size": 128, "patch_size": 4},
-    train={"steps": 100_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 1000, "lr_min_ratio": 0.05,
-           "ema_decay": 0.999, "tokenizer_steps": 3000, "checkpoint_every": 2000, "val_every": 5000, "seed": 0},
+    train={
+        "steps": 100_000,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_steps": 1000,
+        "lr_min_ratio": 0.05,
+        "ema_decay": 0.999,
+        "tokenizer_steps": 3000,
+        "checkpoint_every": 2000,
+        "val_every": 5000,
+        "seed": 0,
+    },
     loss={"p_omit_future": 0.3},
 )
 
@@ -74,8 +91,16 @@ DOT_TINY = Recipe(
     collect={"env": "dot", "episodes": 8, "seed": 0, "checkpoint_every": 3},
     preset="wam-tiny",
     model={"width": 32, "depth": 2, "image_size": 32, "tokenizer_width": 8, "future_stride": 1, "action_horizon": 4},
-    train={"steps": 24, "batch_size": 4, "tokenizer_steps": 6, "log_every": 2, "val_every": 8, "checkpoint_every": 4,
-           "warmup_steps": 4, "seed": 0},
+    train={
+        "steps": 24,
+        "batch_size": 4,
+        "tokenizer_steps": 6,
+        "log_every": 2,
+        "val_every": 8,
+        "checkpoint_every": 4,
+        "warmup_steps": 4,
+        "seed": 0,
+    },
     val_fraction=0.25,
 )
 
@@ -105,13 +130,17 @@ def _check_same_recipe(out: Path, recipe: Recipe) -> None:
     if path.is_file():
         saved = json.loads(path.read_text())
         changed = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
-        started = {"collect": (out / "data").exists() or any(out.glob(".data.partial-*")),
-                   "train": (out / "train").exists()}
+        started = {
+            "collect": (out / "data").exists() or any(out.glob(".data.partial-*")),
+            "train": (out / "train").exists(),
+        }
         frozen = [k for k in changed if started["train"] or (started["collect"] and k not in _TRAIN_KEYS)]
         if frozen:
-            raise ArgumentError(f"{out} was started with another version of recipe {recipe.name!r} (differs in: "
-                                f"{', '.join(changed)}); continue it with that version, or choose a new output "
-                                f"directory")
+            raise ArgumentError(
+                f"{out} was started with another version of recipe {recipe.name!r} (differs in: "
+                f"{', '.join(changed)}); continue it with that version, or choose a new output "
+                f"directory"
+            )
         if not changed:
             return
     out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +161,9 @@ def progress_of(out: str | Path) -> dict[str, Any]:
     import torch
 
     step = int(torch.load(state, map_location="cpu", weights_only=False)["step"])
-    total = json.loads((out / "recipe.json").read_text())["train"].get("steps") if (out / "recipe.json").is_file() \
-        else None
+    total = (
+        json.loads((out / "recipe.json").read_text())["train"].get("steps") if (out / "recipe.json").is_file() else None
+    )
     return {"stage": "done" if total is not None and step >= total else "train", "step": step}
 
 
@@ -145,8 +175,14 @@ def _collect_stage(recipe: Recipe, out: Path, *, workers: int | None, progress: 
     if (data / "meta" / "info.json").is_file():
         return
     resume = find_resumable(data) is not None
-    collect(**recipe.collect, out=data, workers=workers, resume=resume, overwrite=not resume and data.exists(),
-            progress=progress)
+    collect(
+        **recipe.collect,
+        out=data,
+        workers=workers,
+        resume=resume,
+        overwrite=not resume and data.exists(),
+        progress=progress,
+    )
 
 
 def _train_stage(recipe: Recipe, out: Path, *, until_step: int | None, progress: bool) -> None:
@@ -155,13 +191,30 @@ def _train_stage(recipe: Recipe, out: Path, *, until_step: int | None, progress:
 
     run = out / "train"
     resume = (run / "checkpoint" / "train_state" / "state.pt").is_file()
-    train(out / "data", run, preset=recipe.preset, model_changes=dict(recipe.model),
-          tc=TrainConfig(**recipe.train), lc=LossConfig(**recipe.loss), val_fraction=recipe.val_fraction,
-          resume=resume, overwrite=not resume and run.exists(), progress=progress, until=until_step)
+    train(
+        out / "data",
+        run,
+        preset=recipe.preset,
+        model_changes=dict(recipe.model),
+        tc=TrainConfig(**recipe.train),
+        lc=LossConfig(**recipe.loss),
+        val_fraction=recipe.val_fraction,
+        resume=resume,
+        overwrite=not resume and run.exists(),
+        progress=progress,
+        until=until_step,
+    )
 
 
-def run_recipe(recipe: str | Recipe, out: str | Path, *, until_step: int | None = None, workers: int | None = None,
-               progress: bool = True, on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_recipe(
+    recipe: str | Recipe,
+    out: str | Path,
+    *,
+    until_step: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run (or continue) `recipe` in `out`; returns `progress_of(out)`. Every stage picks up where the last
     sitting left it. `until_step` ends this sitting after that WAM step (the schedule stays the recipe's).
     `workers`: collection processes (the dataset does not depend on it). `on_stage(name)` is called as each

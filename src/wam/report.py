@@ -29,8 +29,12 @@ from datetime import datetime
 from pathlib import Path
 
 MODES = ("policy", "forward", "inverse", "video", "joint")
-WM_METHODS = (("forward", "forward"), ("video", "video"), ("copy_last_frame", "copy last frame"),
-              ("tokenizer_reconstruction", "tokenizer (ceiling)"))
+WM_METHODS = (
+    ("forward", "forward"),
+    ("video", "video"),
+    ("copy_last_frame", "copy last frame"),
+    ("tokenizer_reconstruction", "tokenizer (ceiling)"),
+)
 NO_FIGURES = '<p class="note">install wam[report] for figures</p>'
 STRIP_CAPTION = "rows: real, forward, video; columns: history, then future frames"
 
@@ -88,12 +92,20 @@ def _src(path, out: Path) -> str:
     return _esc(urllib.parse.quote(Path(p).as_posix(), safe="/"))
 
 
-def _table(head: list[str], rows: list[list], *, num_from: int | None = 1, groups: list | None = None,
-           total: list | None = None) -> str:
+def _table(
+    head: list[str],
+    rows: list[list],
+    *,
+    num_from: int | None = 1,
+    groups: list | None = None,
+    total: list | None = None,
+) -> str:
     """An HTML table; columns from `num_from` on are right-aligned numbers. `groups` is an optional
     header row above `head` as (label, colspan) pairs; `total` is a bold last row."""
+
     def cls(i):
         return ' class="num"' if num_from is not None and i >= num_from else ""
+
     lines = ["<table>"]
     if groups:
         lines.append("<tr>" + "".join(f'<th colspan="{n}">{_esc(g)}</th>' for g, n in groups) + "</tr>")
@@ -149,16 +161,25 @@ def _header(title: str, eval_info: dict | None, world_model: dict | None) -> str
         expert = eval_info.get("expert") or {}
         if _is_num(expert.get("pc_success")):
             tiles.append((_fmt(expert["pc_success"]) + "%", "expert success"))
-        tiles += [(_fmt(eval_info.get("n_episodes"), ".0f"), "episodes"),
-                  (_fmt(eval_info.get("eval_s"), ".0f"), "eval seconds")]
+        tiles += [
+            (_fmt(eval_info.get("n_episodes"), ".0f"), "episodes"),
+            (_fmt(eval_info.get("eval_s"), ".0f"), "eval seconds"),
+        ]
     if world_model and _is_num(((world_model.get("forward") or {}).get("psnr") or [None])[0]):
         h = (world_model.get("horizons") or ["?"])[0]
         tiles.append((_fmt(world_model["forward"]["psnr"][0]), f"forward PSNR dB @ {h}"))
-    parts = [f"<header><h1>{_esc(title)}</h1><div class=\"meta\">{_esc(' · '.join(meta))}</div>",
-             '<div class="tiles">' + "".join(f"<div class=\"tile\"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>"
-                                             for v, k in tiles) + "</div></header>", "<main>"]
-    rows = [[k, json.dumps(v, sort_keys=True)[:120] if isinstance(v, (dict, list)) else v]
-            for k, v in settings.items() if k not in ("checkpoint", "model_hash")]
+    parts = [
+        f'<header><h1>{_esc(title)}</h1><div class="meta">{_esc(" · ".join(meta))}</div>',
+        '<div class="tiles">'
+        + "".join(f'<div class="tile"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for v, k in tiles)
+        + "</div></header>",
+        "<main>",
+    ]
+    rows = [
+        [k, json.dumps(v, sort_keys=True)[:120] if isinstance(v, (dict, list)) else v]
+        for k, v in settings.items()
+        if k not in ("checkpoint", "model_hash")
+    ]
     if rows:
         parts += ["<h2>Settings</h2>", _table(["setting", "value"], rows, num_from=None)]
     return "\n".join(parts)
@@ -167,8 +188,15 @@ def _header(title: str, eval_info: dict | None, world_model: dict | None) -> str
 def _success_figure(eval_info: dict, out: Path) -> str:
     rows = list(eval_info.get("per_task") or [])
     expert = eval_info.get("expert") or {}
-    rows.append({"task": "overall", "pc_success": eval_info.get("pc_success"), "ci95": eval_info.get("ci95"),
-                 "expert_pc_success": expert.get("pc_success"), "expert_ci95": expert.get("ci95")})
+    rows.append(
+        {
+            "task": "overall",
+            "pc_success": eval_info.get("pc_success"),
+            "ci95": eval_info.get("ci95"),
+            "expert_pc_success": expert.get("pc_success"),
+            "expert_ci95": expert.get("ci95"),
+        }
+    )
     fig = _new_figure(7, 1.1 + 0.45 * len(rows))
     if fig is None:
         return NO_FIGURES
@@ -190,8 +218,9 @@ def _success_figure(eval_info: dict, out: Path) -> str:
             err[0].append(max(pc - ci[0], 0.0) if ok else 0.0)
             err[1].append(max(ci[1] - pc, 0.0) if ok else 0.0)
         ax.barh(ys, xs, height=height, xerr=err, color=color, label=label, capsize=3, error_kw={"lw": 1})
-    ax.set_yticks([i + (height / 2 if has_expert else 0) for i in range(len(rows))],
-                  [str(r.get("task", "?")) for r in rows])
+    ax.set_yticks(
+        [i + (height / 2 if has_expert else 0) for i in range(len(rows))], [str(r.get("task", "?")) for r in rows]
+    )
     ax.invert_yaxis()
     ax.set_xlim(0, 105)
     ax.set_xlabel("success % (95% Wilson interval)")
@@ -202,12 +231,25 @@ def _success_figure(eval_info: dict, out: Path) -> str:
 def _success_section(eval_info: dict, out: Path) -> str:
     expert = eval_info.get("expert") or {}
     head = ["task", "episodes", "success % [95% CI]", "expert success % [95% CI]", "avg sum reward", "avg max reward"]
-    rows = [[r.get("task", "?"), r.get("n_episodes"), _pct_ci(r.get("pc_success"), r.get("ci95")),
-             _pct_ci(r.get("expert_pc_success"), r.get("expert_ci95")), _fmt(r.get("avg_sum_reward")),
-             _fmt(r.get("avg_max_reward"), ".2f")] for r in eval_info.get("per_task") or []]
-    total = ["overall", eval_info.get("n_episodes"), _pct_ci(eval_info.get("pc_success"), eval_info.get("ci95")),
-             _pct_ci(expert.get("pc_success"), expert.get("ci95")), _fmt(eval_info.get("avg_sum_reward")),
-             _fmt(eval_info.get("avg_max_reward"), ".2f")]
+    rows = [
+        [
+            r.get("task", "?"),
+            r.get("n_episodes"),
+            _pct_ci(r.get("pc_success"), r.get("ci95")),
+            _pct_ci(r.get("expert_pc_success"), r.get("expert_ci95")),
+            _fmt(r.get("avg_sum_reward")),
+            _fmt(r.get("avg_max_reward"), ".2f"),
+        ]
+        for r in eval_info.get("per_task") or []
+    ]
+    total = [
+        "overall",
+        eval_info.get("n_episodes"),
+        _pct_ci(eval_info.get("pc_success"), eval_info.get("ci95")),
+        _pct_ci(expert.get("pc_success"), expert.get("ci95")),
+        _fmt(eval_info.get("avg_sum_reward")),
+        _fmt(eval_info.get("avg_max_reward"), ".2f"),
+    ]
     return "\n".join(["<h2>Closed-loop success</h2>", _table(head, rows, total=total), _success_figure(eval_info, out)])
 
 
@@ -219,10 +261,13 @@ def _videos_section(eval_info: dict, out: Path) -> str:
             caption = f"{r.get('task', '?')} · episode {i}" + (f" · seed {seeds[i]}" if i < len(seeds) else "")
             verdict = ""
             if i < len(successes):
-                verdict = ' · <span class="ok">success</span>' if successes[i] else \
-                    ' · <span class="fail">failure</span>'
-            cells.append(f'<figure><video class="pix" src="{_src(p, out)}" autoplay loop muted playsinline></video>'
-                         f"<figcaption>{_esc(caption)}{verdict}</figcaption></figure>")
+                verdict = (
+                    ' · <span class="ok">success</span>' if successes[i] else ' · <span class="fail">failure</span>'
+                )
+            cells.append(
+                f'<figure><video class="pix" src="{_src(p, out)}" autoplay loop muted playsinline></video>'
+                f"<figcaption>{_esc(caption)}{verdict}</figcaption></figure>"
+            )
     if not cells:
         return ""
     return "\n".join(["<h2>Rollout videos</h2>", '<div class="grid">', *cells, "</div>"])
@@ -237,8 +282,10 @@ def _curves_section(records: list[dict], out: Path) -> str:
     train = by_kind["train"]
     if train:
         last = train[-1]
-        lines.append(f"<p>{len(train)} training records; last at step {_esc(last['step'])}, "
-                     f"loss {_esc(_fmt(last.get('loss'), '.4g'))}.</p>")
+        lines.append(
+            f"<p>{len(train)} training records; last at step {_esc(last['step'])}, "
+            f"loss {_esc(_fmt(last.get('loss'), '.4g'))}.</p>"
+        )
     keys = {"train": ("loss", "loss_video", "loss_action"), "val": MODES, "tokenizer": ("loss",)}
     titles = {"train": "training loss", "val": "validation loss per mode", "tokenizer": "tokenizer loss"}
     fig = _new_figure(4.2 * len(panels), 3.4)
@@ -266,9 +313,11 @@ def _world_model_section(wm: dict, out: Path) -> str:
     horizons = list(wm.get("horizons") or [])
     lines = ["<h2>World model</h2>"]
     if _is_num(wm.get("windows")):
-        lines.append(f"<p>{_esc(wm['windows'])} evaluation windows; horizon in control steps ahead of the "
-                     "current frame. The copy-last-frame baseline is the floor, the tokenizer reconstruction "
-                     "the ceiling.</p>")
+        lines.append(
+            f"<p>{_esc(wm['windows'])} evaluation windows; horizon in control steps ahead of the "
+            "current frame. The copy-last-frame baseline is the floor, the tokenizer reconstruction "
+            "the ceiling.</p>"
+        )
     if horizons:
         head = ["horizon"] + ["PSNR (dB)", "SSIM"] * len(WM_METHODS)
         groups = [("", 1)] + [(label, 2) for _, label in WM_METHODS]
@@ -286,8 +335,11 @@ def _world_model_section(wm: dict, out: Path) -> str:
         else:
             ax = fig.add_subplot()
             for (key, label), style in zip(WM_METHODS, ("-o", "-s", ":^", "--")):
-                pts = [(h, v) for i, h in enumerate(horizons)
-                       if _is_num(h) and _is_num(v := _at((wm.get(key) or {}).get("psnr"), i))]
+                pts = [
+                    (h, v)
+                    for i, h in enumerate(horizons)
+                    if _is_num(h) and _is_num(v := _at((wm.get(key) or {}).get("psnr"), i))
+                ]
                 if pts:
                     ax.plot(*zip(*pts), style, label=label, ms=4)
             ax.set_xticks([h for h in horizons if _is_num(h)])
@@ -298,17 +350,25 @@ def _world_model_section(wm: dict, out: Path) -> str:
                 ax.legend(fontsize=8)
             lines.append(_save(fig, out, "world_model_psnr.png", "PSNR against horizon"))
     inverse, policy = wm.get("inverse") or {}, wm.get("policy") or {}
-    errors = [[name, _fmt(v, ".4g")] for name, v in (
-        ("inverse (given future frames)", inverse.get("action_mse")),
-        ("policy (history only)", policy.get("action_mse")),
-        ("mean action (baseline)", inverse.get("mean_action_mse"))) if v is not None]
+    errors = [
+        [name, _fmt(v, ".4g")]
+        for name, v in (
+            ("inverse (given future frames)", inverse.get("action_mse")),
+            ("policy (history only)", policy.get("action_mse")),
+            ("mean action (baseline)", inverse.get("mean_action_mse")),
+        )
+        if v is not None
+    ]
     if errors:
         lines += ["<h3>Action errors</h3>", _table(["predictor", "action MSE"], errors)]
     strips = wm.get("strips") or []
     if strips:
         lines.append("<h3>Frame strips</h3>")
-        lines += [f'<figure><img class="pix" src="{_src(p, out)}" alt="frame strip {i}" width="{_strip_width(out, p)}">'
-                  f"<figcaption>{_esc(STRIP_CAPTION)}</figcaption></figure>" for i, p in enumerate(strips)]
+        lines += [
+            f'<figure><img class="pix" src="{_src(p, out)}" alt="frame strip {i}" width="{_strip_width(out, p)}">'
+            f"<figcaption>{_esc(STRIP_CAPTION)}</figcaption></figure>"
+            for i, p in enumerate(strips)
+        ]
     return "\n".join(lines)
 
 
@@ -316,6 +376,7 @@ def _strip_width(out: Path, path, scale: int = 2, max_width: int = 1000) -> int:
     """Display width of a strip: its pixel width scaled up (64 px frames are too small to read)."""
     try:
         from PIL import Image
+
         with Image.open(out / path) as im:
             return min(im.width * scale, max_width)
     except Exception:  # noqa: BLE001 (unreadable or not yet written: a width that suits a few 64 px frames)
@@ -323,9 +384,15 @@ def _strip_width(out: Path, path, scale: int = 2, max_width: int = 1000) -> int:
 
 
 def _write_page(out: Path, title: str, body: list[str]) -> Path:
-    page = "\n".join(['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-                      f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
-                      *[b for b in body if b], "</main></body></html>\n"])
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+            *[b for b in body if b],
+            "</main></body></html>\n",
+        ]
+    )
     path = out / "report.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".report-", suffix=".html.tmp")
     try:
@@ -354,24 +421,35 @@ def build_index(out, entries: list[dict], *, title: str = "wam quickstart", note
         # (a relative path taken as relative to `out` linked runs/quickstart/eval-x/report.html from inside
         # runs/quickstart/: a dead link)
         link = f'<a href="{_src(Path(e["report"]).resolve(), out.resolve())}">{_esc(e["name"])}</a>'
-        cells = [_pct_ci(info.get("pc_success"), info.get("ci95")),
-                 _pct_ci(expert.get("pc_success"), expert.get("ci95")),
-                 _fmt(info.get("n_episodes"), "d") if isinstance(info.get("n_episodes"), int) else "–",
-                 _fmt(first(wm.get("forward"))), _fmt(first(wm.get("copy_last_frame")))]
+        cells = [
+            _pct_ci(info.get("pc_success"), info.get("ci95")),
+            _pct_ci(expert.get("pc_success"), expert.get("ci95")),
+            _fmt(info.get("n_episodes"), "d") if isinstance(info.get("n_episodes"), int) else "–",
+            _fmt(first(wm.get("forward"))),
+            _fmt(first(wm.get("copy_last_frame"))),
+        ]
         rows.append(f"<tr><td>{link}</td>" + "".join(f'<td class="num">{_esc(c)}</td>' for c in cells) + "</tr>")
-    head = ["evaluation", "success % [95% CI]", "expert %", "episodes", "forward PSNR (dB, first frame)",
-            "copy last frame PSNR"]
-    table = ("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>\n" + "\n".join(rows) +
-             "</table>")
-    body = [f'<header><h1>{_esc(title)}</h1><p>{_esc(datetime.now().strftime("%Y-%m-%d %H:%M"))}</p></header><main>',
-            f"<section><h2>Evaluations</h2>{table}</section>"]
+    head = [
+        "evaluation",
+        "success % [95% CI]",
+        "expert %",
+        "episodes",
+        "forward PSNR (dB, first frame)",
+        "copy last frame PSNR",
+    ]
+    table = "<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>\n" + "\n".join(rows) + "</table>"
+    body = [
+        f"<header><h1>{_esc(title)}</h1><p>{_esc(datetime.now().strftime('%Y-%m-%d %H:%M'))}</p></header><main>",
+        f"<section><h2>Evaluations</h2>{table}</section>",
+    ]
     if notes:
         body.append("<section><h2>Notes</h2>" + "".join(f"<p>{_esc(n)}</p>" for n in notes) + "</section>")
     return _write_page(out, title, body)
 
 
-def build_report(out, eval_info: dict | None = None, *, world_model: dict | None = None,
-                 log_path=None, title: str | None = None) -> Path:
+def build_report(
+    out, eval_info: dict | None = None, *, world_model: dict | None = None, log_path=None, title: str | None = None
+) -> Path:
     """Write `out/report.html` (and figures under `out/figures/`) and return the page's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,9 +56,17 @@ class RandomPolicy:
 # ---- closed loop -----------------------------------------------------------------------------------
 
 
-def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, after_success: int = 0,
-            record: int = 0, progress: Callable[[], None] | None = None,
-            keep_episodes: bool = False) -> dict[str, Any]:
+def rollout(
+    env,
+    policy,
+    seeds: Sequence[int],
+    *,
+    max_steps: int | None = None,
+    after_success: int = 0,
+    record: int = 0,
+    progress: Callable[[], None] | None = None,
+    keep_episodes: bool = False,
+) -> dict[str, Any]:
     """Run one episode per seed with `policy` (reset(), select_action(obs)) in a gymnasium `env`.
 
     Returns arrays over episodes:
@@ -76,9 +84,16 @@ def rollout(env, policy, seeds: Sequence[int], *, max_steps: int | None = None, 
     limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
     camera = f"observation.images.{env.camera_names[0]}"
     n = len(seeds)
-    out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1), "steps": np.zeros(n, int),
-                           "sum_reward": np.zeros(n), "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n),
-                           "frames": [], **({"episodes": []} if keep_episodes else {})}
+    out: dict[str, Any] = {
+        "success": np.zeros(n, bool),
+        "first_success": np.full(n, -1),
+        "steps": np.zeros(n, int),
+        "sum_reward": np.zeros(n),
+        "max_reward": np.full(n, -np.inf),
+        "seconds": np.zeros(n),
+        "frames": [],
+        **({"episodes": []} if keep_episodes else {}),
+    }
     for i, seed in enumerate(seeds):
         t0 = time.perf_counter()
         policy.reset()
@@ -128,8 +143,10 @@ class _SlotPolicies:
             try:
                 self.copies = [copy.deepcopy(policy) for _ in range(k)]
             except Exception as e:  # noqa: BLE001 (e.g. a live connection)
-                raise ArgumentError(f"{type(policy).__name__} cannot be copied for {k} parallel environments ({e}); "
-                                    f"evaluate it with num_envs=1") from None
+                raise ArgumentError(
+                    f"{type(policy).__name__} cannot be copied for {k} parallel environments ({e}); "
+                    f"evaluate it with num_envs=1"
+                ) from None
 
     def reset(self, j: int) -> None:
         if self.batched:
@@ -150,13 +167,22 @@ class _SlotPolicies:
                 tasks.append(ob.task)
         if need:
             for j, chunk in zip(need, p.predict_chunks([self.states[i] for i in need], tasks)):
-                self.queues[j] = list(chunk[0, :p.n_action_steps])
+                self.queues[j] = list(chunk[0, : p.n_action_steps])
         return {j: self.queues[j].pop(0) for j in obs}
 
 
-def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: int, max_steps: int | None = None,
-                   after_success: int = 0, record: int = 0, progress: Callable[[], None] | None = None,
-                   keep_episodes: bool = False) -> dict:
+def rollout_vector(
+    env_fn: Callable,
+    policy,
+    seeds: Sequence[int],
+    *,
+    num_envs: int,
+    max_steps: int | None = None,
+    after_success: int = 0,
+    record: int = 0,
+    progress: Callable[[], None] | None = None,
+    keep_episodes: bool = False,
+) -> dict:
     """`rollout` over `num_envs` environments stepped in parallel processes (gymnasium's AsyncVectorEnv, its
     autoreset off: each environment is reset with the next seed when its episode ends). A WAMPolicy predicts
     the chunks of all environments in one batched call. Returns `rollout`'s arrays, in seed order; every
@@ -175,9 +201,15 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
         limit = min(max_steps or limit_env, limit_env)
         camera = f"observation.images.{envs.get_attr('camera_names')[0][0]}"
         task = envs.get_attr("task_description")[0]
-        out: dict[str, Any] = {"success": np.zeros(n, bool), "first_success": np.full(n, -1),
-                               "steps": np.zeros(n, int), "sum_reward": np.zeros(n),
-                               "max_reward": np.full(n, -np.inf), "seconds": np.zeros(n), "frames": [None] * n}
+        out: dict[str, Any] = {
+            "success": np.zeros(n, bool),
+            "first_success": np.full(n, -1),
+            "steps": np.zeros(n, int),
+            "sum_reward": np.zeros(n),
+            "max_reward": np.full(n, -np.inf),
+            "seconds": np.zeros(n),
+            "frames": [None] * n,
+        }
         recorders = [EpisodeRecorder() for _ in range(n)] if keep_episodes else None
         slots = _SlotPolicies(policy, k)
         episode = list(range(k))  # which seed index each environment runs (-1: idle)
@@ -212,8 +244,12 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
                     out["frames"][i].append(current[j][camera])
                 if bool(success[j]) and out["first_success"][i] < 0:
                     out["first_success"][i], out["success"][i] = step, True
-                if terminated[j] or truncated[j] or step + 1 >= limit or \
-                        (out["success"][i] and step - out["first_success"][i] >= after_success):
+                if (
+                    terminated[j]
+                    or truncated[j]
+                    or step + 1 >= limit
+                    or (out["success"][i] and step - out["first_success"][i] >= after_success)
+                ):
                     out["seconds"][i] = time.perf_counter() - started[j]
                     if progress is not None:
                         progress()
@@ -223,8 +259,10 @@ def rollout_vector(env_fn: Callable, policy, seeds: Sequence[int], *, num_envs: 
                     else:
                         episode[j] = -1
             if ended.any():
-                obs, _ = envs.reset(seed=[int(seeds[episode[j]]) if ended[j] and episode[j] >= 0 else None
-                                          for j in range(k)], options={"reset_mask": ended})
+                obs, _ = envs.reset(
+                    seed=[int(seeds[episode[j]]) if ended[j] and episode[j] >= 0 else None for j in range(k)],
+                    options={"reset_mask": ended},
+                )
                 for j in np.flatnonzero(ended & (np.asarray(episode) >= 0)):
                     current[j] = {key: v[j] for key, v in obs.items()}
                     started[j] = time.perf_counter()

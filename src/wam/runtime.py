@@ -48,6 +48,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 @dataclass
 class RuntimeObservation:
     """One observation as the graphs take it: see `ONNXPolicy.read_observation`."""
+
     frames: np.ndarray  # (B, h, W, 3) uint8 at the model's image size, cameras side by side
     state: np.ndarray | None  # (B, S) normalised float32 (zero-padded to the model's state size), or None
     task: np.ndarray  # (B,) int64 indices into the export's task list
@@ -79,8 +80,11 @@ def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     file = path / "manifest.json"
     if not file.is_file():
-        hint = (" (that is a checkpoint: export it first with `wam export " + str(path) + " --out DIR`)"
-                if (path / "model.safetensors").is_file() else "")
+        hint = (
+            " (that is a checkpoint: export it first with `wam export " + str(path) + " --out DIR`)"
+            if (path / "model.safetensors").is_file()
+            else ""
+        )
         raise NotFoundError(f"{path} is not a wam ONNX export (no manifest.json){hint}")
     manifest = json.loads(file.read_text())
     if manifest.get("format") != FORMAT:
@@ -88,21 +92,33 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def session(file: str | Path, *, optimization: str = "all", threads: int | None = None,
-            providers: list[str] | None = None, spin: bool | None = None):
+def session(
+    file: str | Path,
+    *,
+    optimization: str = "all",
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    spin: bool | None = None,
+):
     """An onnxruntime InferenceSession with these options (see the module docstring)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise MissingDependency(f"running an export needs onnxruntime ({e}); pip install 'wam[onnx]' (or "
-                                f"onnxruntime alone)") from None
+        raise MissingDependency(
+            f"running an export needs onnxruntime ({e}); pip install 'wam[onnx]' (or onnxruntime alone)"
+        ) from None
     if optimization not in OPTIMIZATION_LEVELS:
-        raise ArgumentError(f"unknown graph optimisation {optimization!r}; choose one of: "
-                            f"{', '.join(OPTIMIZATION_LEVELS)}")
+        raise ArgumentError(
+            f"unknown graph optimisation {optimization!r}; choose one of: {', '.join(OPTIMIZATION_LEVELS)}"
+        )
     level = ort.GraphOptimizationLevel
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = {"disabled": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
-                                     "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}[optimization]
+    opts.graph_optimization_level = {
+        "disabled": level.ORT_DISABLE_ALL,
+        "basic": level.ORT_ENABLE_BASIC,
+        "extended": level.ORT_ENABLE_EXTENDED,
+        "all": level.ORT_ENABLE_ALL,
+    }[optimization]
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -146,9 +162,18 @@ class ONNXPolicy:
     modes = ("policy",)  # the acting modes an export holds
     mode = "policy"
 
-    def __init__(self, path: str | Path, *, n_action_steps: int | None = None, seed: int = 0,
-                 optimization: str = "all", threads: int | None = None, int8: bool = False,
-                 providers: list[str] | None = None, spin: bool | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_action_steps: int | None = None,
+        seed: int = 0,
+        optimization: str = "all",
+        threads: int | None = None,
+        int8: bool = False,
+        providers: list[str] | None = None,
+        spin: bool | None = None,
+    ):
         self.path = Path(path)
         self.manifest = m = read_manifest(self.path)
         graphs = m["graphs"]
@@ -157,19 +182,28 @@ class ONNXPolicy:
         opts = dict(optimization=optimization, threads=threads, providers=providers, spin=spin)
         self.encoder = session(self.path / graphs["encoder"]["file"], **opts)
         self.policy = session(self.path / graphs["policy_int8" if int8 else "policy"]["file"], **opts)
-        self.options = {"optimization": optimization, "threads": threads, "int8": bool(int8),
-                        "providers": list(self.policy.get_providers()), **({"spin": spin} if spin is not None else {})}
+        self.options = {
+            "optimization": optimization,
+            "threads": threads,
+            "int8": bool(int8),
+            "providers": list(self.policy.get_providers()),
+            **({"spin": spin} if spin is not None else {}),
+        }
         model = m["model"]
         # what a policy server and wam eval read of a WAMPolicy (cfg, checkpoint, normalizer, inference)
         self.cfg = SimpleNamespace(**model)
-        self.image_size, self.n_obs_steps, self.action_horizon = model["image_size"], model["n_obs_steps"], \
-            model["action_horizon"]
+        self.image_size, self.n_obs_steps, self.action_horizon = (
+            model["image_size"],
+            model["n_obs_steps"],
+            model["action_horizon"],
+        )
         self.cameras: list[str] = list(m["observation"]["cameras"])
         self.tasks: list[str] = list(m["tasks"])
         self.fps = m.get("fps")
         self.model_hash = m["model_hash"]
-        self.checkpoint = SimpleNamespace(path=self.path, model_hash=self.model_hash,
-                                          config={"run": {"action_names": m.get("action_names")}})
+        self.checkpoint = SimpleNamespace(
+            path=self.path, model_hash=self.model_hash, config={"run": {"action_names": m.get("action_names")}}
+        )
         n = m["normalisation"]
         self._action_min = np.asarray(n["action_min"], np.float32)
         self._action_range = np.asarray(n["action_range"], np.float32)
@@ -197,11 +231,20 @@ class ONNXPolicy:
     def settings(self) -> dict:
         """Everything about the policy that changes its actions (WAMPolicy.settings' keys), and the runtime."""
         s = self.manifest["inference"]
-        return {"mode": self.mode, "n_action_steps": self.n_action_steps, "action_horizon": self.action_horizon,
-                "n_obs_steps": self.n_obs_steps, "sampling_steps": s["steps"], "solver": s["solver"],
-                "schedule": s["schedule"], "cfg_scale": s["cfg_scale"], "seed": self.seed,
-                "model_hash": self.model_hash, "inference": s,
-                "runtime": {"onnx": str(self.path), **self.options}}
+        return {
+            "mode": self.mode,
+            "n_action_steps": self.n_action_steps,
+            "action_horizon": self.action_horizon,
+            "n_obs_steps": self.n_obs_steps,
+            "sampling_steps": s["steps"],
+            "solver": s["solver"],
+            "schedule": s["schedule"],
+            "cfg_scale": s["cfg_scale"],
+            "seed": self.seed,
+            "model_hash": self.model_hash,
+            "inference": s,
+            "runtime": {"onnx": str(self.path), **self.options},
+        }
 
     def state_size(self, task: Any = None) -> int:
         """How many values of `observation.state` the policy reads (0: none)."""
@@ -230,8 +273,10 @@ class ONNXPolicy:
             elif t in self.tasks:
                 out.append(self.tasks.index(t))
             else:
-                raise ArgumentError(f"task {t!r} was not in the training data; known tasks: {self.tasks} (an export "
-                                    f"takes the training tasks only)")
+                raise ArgumentError(
+                    f"task {t!r} was not in the training data; known tasks: {self.tasks} (an export "
+                    f"takes the training tasks only)"
+                )
         return np.asarray(out, dtype=np.int64)
 
     def read_observation(self, obs: dict) -> RuntimeObservation:
@@ -239,16 +284,19 @@ class ONNXPolicy:
         that is missing raises ObservationError naming it."""
         missing = [k for k in self.cameras if k not in obs]
         if missing:
-            raise ObservationError(f"observation lacks {missing}; the export takes cameras {self.cameras} "
-                                   f"(uint8 RGB, {self.image_size}x{self.image_size}; other sizes are resized)")
+            raise ObservationError(
+                f"observation lacks {missing}; the export takes cameras {self.cameras} "
+                f"(uint8 RGB, {self.image_size}x{self.image_size}; other sizes are resized)"
+            )
         single = np.asarray(obs[self.cameras[0]]).ndim == 3
         views = []
         for k in self.cameras:
             img = np.asarray(obs[k])
             img = img[None] if single else img
             if img.dtype != np.uint8 or img.ndim != 4 or img.shape[-1] != 3:
-                raise ArgumentError(f"{k} must be uint8 RGB (H, W, 3) or (B, H, W, 3), got {img.dtype} "
-                                    f"{list(img.shape)}")
+                raise ArgumentError(
+                    f"{k} must be uint8 RGB (H, W, 3) or (B, H, W, 3), got {img.dtype} {list(img.shape)}"
+                )
             views.append(resize_frames(img, (self.image_size, self.image_size)))
         frames = np.ascontiguousarray(np.concatenate(views, axis=2))  # (B, h, W, 3): cameras side by side
         B = frames.shape[0]
@@ -259,13 +307,14 @@ class ONNXPolicy:
                 state = np.zeros((B, self.cfg.state_dim), np.float32)
             else:
                 if "observation.state" not in obs:
-                    raise ObservationError(f"observation lacks 'observation.state'; the export takes a state of "
-                                           f"{want} values (and cameras {self.cameras})")
+                    raise ObservationError(
+                        f"observation lacks 'observation.state'; the export takes a state of "
+                        f"{want} values (and cameras {self.cameras})"
+                    )
                 s = np.array(obs["observation.state"], dtype=np.float32)
                 s = s[None] if single else s
                 if s.shape[-1] != want:
-                    raise ArgumentError(f"observation.state has {s.shape[-1]} values; the model was trained on "
-                                        f"{want}")
+                    raise ArgumentError(f"observation.state has {s.shape[-1]} values; the model was trained on {want}")
                 state = (s - self._state_mean) / self._state_std
                 if state.shape[-1] < self.cfg.state_dim:
                     state = np.pad(state, ((0, 0), (0, self.cfg.state_dim - state.shape[-1])))
@@ -274,8 +323,10 @@ class ONNXPolicy:
     def push(self, state: RuntimeState, ob: RuntimeObservation) -> None:
         """Append an observation to a state's history (the first one fills it)."""
         if state.history and state.batch_size != ob.batch_size:
-            raise ArgumentError(f"the observation holds {ob.batch_size} environments but the history holds "
-                                f"{state.batch_size}; reset() before changing the number of environments")
+            raise ArgumentError(
+                f"the observation holds {ob.batch_size} environments but the history holds "
+                f"{state.batch_size}; reset() before changing the number of environments"
+            )
         entry = [ob.frames, None]  # encoded when a chunk needs it, then kept
         for _ in range(self.n_obs_steps if not state.history else 1):
             state.history.append(entry)
@@ -294,11 +345,16 @@ class ONNXPolicy:
         z = self.encoder.run(None, {"frames": np.concatenate([e[0] for e in todo])})[0]  # (N, c, h', w')
         start = 0
         for e in todo:
-            e[1] = z[start:start + len(e[0])]
+            e[1] = z[start : start + len(e[0])]
             start += len(e[0])
 
-    def predict_chunks(self, states: list[RuntimeState], tasks: list[np.ndarray], mode: str | None = None,
-                       noise: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    def predict_chunks(
+        self,
+        states: list[RuntimeState],
+        tasks: list[np.ndarray],
+        mode: str | None = None,
+        noise: list[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
         """One batched call for several closed loops: state i's history and task indices (B_i,) -> its chunk
         (B_i, H, A) in the environment's units. Each state's noise comes from its own generator, unless `noise`
         gives it ((B_i, H, A) per state)."""
@@ -306,8 +362,10 @@ class ONNXPolicy:
             raise ArgumentError(f"an ONNX export acts in policy mode only, not {mode!r}")
         self._encode(states)
         sizes = [len(t) for t in tasks]
-        feed = {"latents": np.concatenate([np.stack([e[1] for e in s.history], 1) for s in states]),
-                "task": np.concatenate([np.asarray(t, dtype=np.int64) for t in tasks])}
+        feed = {
+            "latents": np.concatenate([np.stack([e[1] for e in s.history], 1) for s in states]),
+            "task": np.concatenate([np.asarray(t, dtype=np.int64) for t in tasks]),
+        }
         if "state" in self._inputs:
             feed["state"] = np.concatenate([np.stack(list(s.states), 1) for s in states]).astype(np.float32)
         if noise is None:
@@ -318,8 +376,8 @@ class ONNXPolicy:
         env = (acts[:, :, :A] + 1) / 2 * self._action_range + self._action_min  # the environment's units
         chunks, start = [], 0
         for s, n in zip(states, sizes):
-            s.last_chunk = acts[start:start + n]
-            chunks.append(env[start:start + n])
+            s.last_chunk = acts[start : start + n]
+            chunks.append(env[start : start + n])
             start += n
         return chunks
 
@@ -353,5 +411,4 @@ class _Settings(SimpleNamespace):
         return dict(self._d)
 
 
-__all__ = ["ONNXPolicy", "RuntimeObservation", "RuntimeState", "read_manifest", "resize_frames",
-           "session"]
+__all__ = ["ONNXPolicy", "RuntimeObservation", "RuntimeState", "read_manifest", "resize_frames", "session"]

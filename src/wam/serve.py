@@ -97,9 +97,17 @@ class _Pending:
 class PolicyServer:
     """Serves one WAMPolicy (its model, settings and default mode) to many sessions; see the module docstring."""
 
-    def __init__(self, policy: WAMPolicy, *, token: str | None = None, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, hello_timeout_s: float = HELLO_TIMEOUT_S):
+    def __init__(
+        self,
+        policy: WAMPolicy,
+        *,
+        token: str | None = None,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+    ):
         if max_batch < 1:
             raise ArgumentError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -115,8 +123,16 @@ class PolicyServer:
         self.model_hash = policy.checkpoint.model_hash
         self.sessions: dict[int, Session] = {}
         self.open_connections = 0
-        self.counters = {"connections": 0, "requests": 0, "rows": 0, "forward_passes": 0, "errors": 0,
-                         "dropped": 0, "refused_connections": 0, "hello_timeouts": 0}
+        self.counters = {
+            "connections": 0,
+            "requests": 0,
+            "rows": 0,
+            "forward_passes": 0,
+            "errors": 0,
+            "dropped": 0,
+            "refused_connections": 0,
+            "hello_timeouts": 0,
+        }
         self.started = time.time()
         self._next_session = 0
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -126,24 +142,43 @@ class PolicyServer:
     def metadata(self, session: Session) -> dict:
         p, cfg = self.policy, self.policy.cfg
         size = cfg.image_size
-        return {"type": "hello", "protocol": PROTOCOL_VERSION, "session": session.id, "seed": session.seed,
-                "model_hash": self.model_hash, "action_dim": p.normalizer.action_dim,
-                "action_names": p.checkpoint.config.get("run", {}).get("action_names"),
-                "cameras": {k: [size, size, 3] for k in p.cameras}, "image_size": size, "state_dim": cfg.state_dim,
-                "tasks": p.tasks, "fps": p.fps, "action_horizon": cfg.action_horizon, "n_obs_steps": cfg.n_obs_steps,
-                "n_action_steps": p.n_action_steps, "modes": list(self.modes), "mode": p.mode,
-                "sampling": p.inference.to_dict(),
-                "max_batch": self.max_batch, "max_message_bytes": self.max_message_bytes,
-                "max_connections": self.max_connections, "device": str(p.device)}
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "session": session.id,
+            "seed": session.seed,
+            "model_hash": self.model_hash,
+            "action_dim": p.normalizer.action_dim,
+            "action_names": p.checkpoint.config.get("run", {}).get("action_names"),
+            "cameras": {k: [size, size, 3] for k in p.cameras},
+            "image_size": size,
+            "state_dim": cfg.state_dim,
+            "tasks": p.tasks,
+            "fps": p.fps,
+            "action_horizon": cfg.action_horizon,
+            "n_obs_steps": cfg.n_obs_steps,
+            "n_action_steps": p.n_action_steps,
+            "modes": list(self.modes),
+            "mode": p.mode,
+            "sampling": p.inference.to_dict(),
+            "max_batch": self.max_batch,
+            "max_message_bytes": self.max_message_bytes,
+            "max_connections": self.max_connections,
+            "device": str(p.device),
+        }
 
     def health(self, session: Session | None) -> dict:
         out = {"type": "health", "ok": True, "protocol": PROTOCOL_VERSION}
         if session is not None:  # counters only for a greeted session
             c = self.counters
-            out.update(c, uptime_s=time.time() - self.started, sessions=len(self.sessions),
-                       open_connections=self.open_connections,
-                       queued=self._queue.qsize() if self._queue is not None else 0,
-                       mean_batch=c["rows"] / c["forward_passes"] if c["forward_passes"] else 0.0)
+            out.update(
+                c,
+                uptime_s=time.time() - self.started,
+                sessions=len(self.sessions),
+                open_connections=self.open_connections,
+                queued=self._queue.qsize() if self._queue is not None else 0,
+                mean_batch=c["rows"] / c["forward_passes"] if c["forward_passes"] else 0.0,
+            )
         return out
 
     # -- requests
@@ -151,8 +186,14 @@ class PolicyServer:
     def _check_observation(self, msg: dict) -> dict:
         """The protocol's checks of an observation (wam.protocol.check_observation); returns obs."""
         p = self.policy
-        obs, _ = check_observation(msg, cameras=p.cameras, state_dim=p.cfg.state_dim, max_batch=self.max_batch,
-                                   tasks=p.tasks, image_size=p.cfg.image_size)
+        obs, _ = check_observation(
+            msg,
+            cameras=p.cameras,
+            state_dim=p.cfg.state_dim,
+            max_batch=self.max_batch,
+            tasks=p.tasks,
+            image_size=p.cfg.image_size,
+        )
         return obs
 
     def _push(self, session: Session, msg: dict):
@@ -177,11 +218,17 @@ class PolicyServer:
             self.counters["dropped"] += 1
             return None
         chunk = future.result()  # (B, H, A); raises what the forward pass raised
-        return {"type": "action_chunk", "id": msg.get("id"), "actions": chunk[0] if ob.single else chunk,
-                "mode": mode, "server_ms": 1000 * (time.perf_counter() - arrived)}
+        return {
+            "type": "action_chunk",
+            "id": msg.get("id"),
+            "actions": chunk[0] if ob.single else chunk,
+            "mode": mode,
+            "server_ms": 1000 * (time.perf_counter() - arrived),
+        }
 
-    async def _dispatch(self, session: Session | None, msg: dict, arrived: float,
-                        closed: asyncio.Future) -> tuple[dict | None, Session | None]:
+    async def _dispatch(
+        self, session: Session | None, msg: dict, arrived: float, closed: asyncio.Future
+    ) -> tuple[dict | None, Session | None]:
         """One message -> (its reply, the connection's session)."""
         kind = msg.get("type")
         if kind not in REQUEST_TYPES:
@@ -192,21 +239,26 @@ class PolicyServer:
             if session is not None:
                 raise ProtocolError("this connection already said hello; open a new connection for a new session")
             if msg.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-                raise _Refused(f"this server speaks protocol {PROTOCOL_VERSION}, the client "
-                               f"{msg.get('protocol')!r}; use the same version of wam on both sides")
+                raise _Refused(
+                    f"this server speaks protocol {PROTOCOL_VERSION}, the client "
+                    f"{msg.get('protocol')!r}; use the same version of wam on both sides"
+                )
             if self.token is not None:
                 given = msg.get("token")
                 if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
-                    raise _Refused("wrong or missing token; pass the server's token (PolicyClient(token=...), "
-                                   f"--token, or ${TOKEN_ENV})")
+                    raise _Refused(
+                        "wrong or missing token; pass the server's token (PolicyClient(token=...), "
+                        f"--token, or ${TOKEN_ENV})"
+                    )
             seed = hello_seed(msg)
             self._next_session += 1
             session = Session(self._next_session, seed, self.policy)
             self.sessions[session.id] = session
             return self.metadata(session), session
         if session is None:
-            raise ProtocolError(f"say hello first: {{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, "
-                                f"'token': ..., 'seed': 0}}")
+            raise ProtocolError(
+                f"say hello first: {{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, 'token': ..., 'seed': 0}}"
+            )
         if kind == "reset":
             session.state = self.policy.new_state(session.seed)
             return {"type": "reset", "id": msg.get("id")}, session
@@ -221,13 +273,24 @@ class PolicyServer:
 
         if self.open_connections >= self.max_connections:
             self.counters["refused_connections"] += 1
-            log.warning("refused a connection from %s: %d connections are open (--max-connections)",
-                        ws.remote_address, self.open_connections)
+            log.warning(
+                "refused a connection from %s: %d connections are open (--max-connections)",
+                ws.remote_address,
+                self.open_connections,
+            )
             try:
-                await ws.send(pack({"type": "error", "id": None, "error": f"this server is at its limit of "
-                                    f"{self.max_connections} open connections (--max-connections); close another "
-                                    f"connection or retry later, or start the server with a higher "
-                                    f"--max-connections"}))
+                await ws.send(
+                    pack(
+                        {
+                            "type": "error",
+                            "id": None,
+                            "error": f"this server is at its limit of "
+                            f"{self.max_connections} open connections (--max-connections); close another "
+                            f"connection or retry later, or start the server with a higher "
+                            f"--max-connections",
+                        }
+                    )
+                )
                 await ws.close(1013, f"at the limit of {self.max_connections} connections (--max-connections)")
             except ConnectionClosed:
                 pass
@@ -244,9 +307,17 @@ class PolicyServer:
                     raw = await asyncio.wait_for(ws.recv(), wait)
                 except asyncio.TimeoutError:
                     self.counters["hello_timeouts"] += 1
-                    await ws.send(pack({"type": "error", "id": None, "error": f"no hello within "
-                                        f"{self.hello_timeout_s:g} s of connecting; closing (send "
-                                        f"{{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, ...}} first)"}))
+                    await ws.send(
+                        pack(
+                            {
+                                "type": "error",
+                                "id": None,
+                                "error": f"no hello within "
+                                f"{self.hello_timeout_s:g} s of connecting; closing (send "
+                                f"{{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, ...}} first)",
+                            }
+                        )
+                    )
                     await ws.close(1008, "no hello")
                     return
                 arrived = time.perf_counter()
@@ -268,8 +339,11 @@ class PolicyServer:
                 except Exception as e:  # a bug or a failed forward pass: this request fails, the server stays up
                     log.exception("request failed")
                     self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id, "error": f"the server failed on this request "
-                                                                      f"({type(e).__name__}: {e}); see its log"}
+                    reply = {
+                        "type": "error",
+                        "id": msg_id,
+                        "error": f"the server failed on this request ({type(e).__name__}: {e}); see its log",
+                    }
                 if reply is None:  # the client left mid-request
                     return
                 await ws.send(pack(reply))
@@ -333,8 +407,14 @@ class PolicyServer:
 
     # -- running
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 8765, *, ready: Callable[[str], Any] | None = None,
-                    stop: asyncio.Event | None = None) -> None:
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        ready: Callable[[str], Any] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         """Serve until `stop` is set (forever without one); calls ready(url) once listening."""
         from http import HTTPStatus
 
@@ -349,8 +429,9 @@ class PolicyServer:
         executor = ThreadPoolExecutor(1, thread_name_prefix="wam-serve-model")
         batcher = asyncio.create_task(self._batch_loop(executor))
         try:
-            async with serve(self._handle, host, port, max_size=self.max_message_bytes, compression=None,
-                             process_request=http) as server:
+            async with serve(
+                self._handle, host, port, max_size=self.max_message_bytes, compression=None, process_request=http
+            ) as server:
                 bound = server.sockets[0].getsockname()
                 url = f"ws://{_url_host(host)}:{bound[1]}"
                 if ready is not None:
@@ -393,8 +474,8 @@ def is_loopback(host: str) -> bool:
 class ServerThread:
     """A PolicyServer on its own event loop in a daemon thread (tests, notebooks, benchmarks):
 
-        with ServerThread(PolicyServer(policy), port=0) as running:
-            client = PolicyClient(running.url)
+    with ServerThread(PolicyServer(policy), port=0) as running:
+        client = PolicyClient(running.url)
     """
 
     def __init__(self, server: PolicyServer, host: str = "127.0.0.1", port: int = 0):
@@ -447,12 +528,21 @@ def run_server(policy: WAMPolicy, host: str = "127.0.0.1", port: int = 8765, **k
 
     server = PolicyServer(policy, **kwargs)
     if not is_loopback(host) and server.token is None:
-        log.warning("serving on %s without a token: anyone who can reach this port can use the model; "
-                    "set --token or $%s", host, TOKEN_ENV)
+        log.warning(
+            "serving on %s without a token: anyone who can reach this port can use the model; set --token or $%s",
+            host,
+            TOKEN_ENV,
+        )
 
     def ready(url: str) -> None:
-        log.info("serving %s (model %s, mode %s, %s) on %s", policy.checkpoint.path, server.model_hash, policy.mode,
-                 policy.device, url)
+        log.info(
+            "serving %s (model %s, mode %s, %s) on %s",
+            policy.checkpoint.path,
+            server.model_hash,
+            policy.mode,
+            policy.device,
+            url,
+        )
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -48,9 +48,25 @@ def synthetic_model_config(**changes) -> ModelConfig:
     token) the video stream did not learn to carry the history frame forward at all. Attention is "full":
     with "prefix" (history tokens blind to the generated ones) the forward-mode error was above copying the
     last frame."""
-    base = dict(width=128, depth=2, heads=4, mlp_ratio=2.0, attention="full", image_size=12, tokenizer="pixel",
-                latent_channels=48, tokenizer_downsample=4, patch_size=1, n_obs_steps=1, future_frames=1,
-                future_stride=1, action_horizon=1, action_dim=2, state_dim=4, n_tasks=1)
+    base = dict(
+        width=128,
+        depth=2,
+        heads=4,
+        mlp_ratio=2.0,
+        attention="full",
+        image_size=12,
+        tokenizer="pixel",
+        latent_channels=48,
+        tokenizer_downsample=4,
+        patch_size=1,
+        n_obs_steps=1,
+        future_frames=1,
+        future_stride=1,
+        action_horizon=1,
+        action_dim=2,
+        state_dim=4,
+        n_tasks=1,
+    )
     base.update(changes)
     return ModelConfig(**base)
 
@@ -68,8 +84,9 @@ class SyntheticSetup:
     model: ModelConfig = field(default_factory=synthetic_model_config)
     # more inverse, forward and video examples than the defaults give: at 2000 steps, with the default
     # p_omit_action (0.15) the video mode was 3% below copying the last frame, with 0.22 7%
-    loss: LossConfig = field(default_factory=lambda: LossConfig(p_clean_future=0.3, p_clean_action=0.3,
-                                                                p_omit_action=0.22))
+    loss: LossConfig = field(
+        default_factory=lambda: LossConfig(p_clean_future=0.3, p_clean_action=0.3, p_omit_action=0.22)
+    )
 
 
 @dataclass
@@ -90,14 +107,27 @@ def _rows(ep: dict) -> dict:
 def train_synthetic(setup: SyntheticSetup = SyntheticSetup(), progress: bool = False, on_log=None) -> SyntheticRun:
     t0 = time.perf_counter()
     cfg = setup.model
-    eps = dot.collect_arrays(setup.train_episodes + setup.val_episodes, image_size=cfg.image_size,
-                             max_episode_steps=setup.episode_steps, noise=setup.expert_noise, seed=setup.seed)
+    eps = dot.collect_arrays(
+        setup.train_episodes + setup.val_episodes,
+        image_size=cfg.image_size,
+        max_episode_steps=setup.episode_steps,
+        noise=setup.expert_noise,
+        seed=setup.seed,
+    )
     tok = PixelTokenizer(cfg.image_channels, cfg.tokenizer_downsample)
-    train = episodes_to_tensors([_rows(e) for e in eps[:setup.train_episodes]], tok)
-    val = episodes_to_tensors([_rows(e) for e in eps[setup.train_episodes:]], tok)
-    tc = TrainConfig(steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr,
-                     warmup_steps=min(100, setup.steps // 10), ema_decay=0.99, seed=setup.seed, log_every=50,
-                     val_every=0, checkpoint_every=0)
+    train = episodes_to_tensors([_rows(e) for e in eps[: setup.train_episodes]], tok)
+    val = episodes_to_tensors([_rows(e) for e in eps[setup.train_episodes :]], tok)
+    tc = TrainConfig(
+        steps=setup.steps,
+        batch_size=setup.batch_size,
+        lr=setup.lr,
+        warmup_steps=min(100, setup.steps // 10),
+        ema_decay=0.99,
+        seed=setup.seed,
+        log_every=50,
+        val_every=0,
+        checkpoint_every=0,
+    )
     state = make_state(cfg, tc)
     fit(state, train, tc, setup.loss, progress=progress, on_log=on_log)
     return SyntheticRun(setup, state, tok, train, val, time.perf_counter() - t0)
@@ -117,16 +147,18 @@ def evaluate_synthetic(run: SyntheticRun, *, steps: int = 1, use_ema: bool = Tru
     frames = tok.decode(batch["latents"])  # (B, T, C, H, W) in [-1, 1]
     nxt, last = frames[:, cfg.n_obs_steps], frames[:, cfg.n_obs_steps - 1]
     mse = lambda a, b: float((a - b).pow(2).mean())  # noqa: E731
-    out: dict = {"windows": int(full.sum()), "baseline_mean_action_mse": mse(true_actions, mean_action),
-                 "baseline_copy_last_frame_mse": mse(last, nxt)}
+    out: dict = {
+        "windows": int(full.sum()),
+        "baseline_mean_action_mse": mse(true_actions, mean_action),
+        "baseline_copy_last_frame_mse": mse(last, nxt),
+    }
     for name in MODES:
         res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed))
         row = {}
         if "actions" in res and MODES[name].actions == "generate":
             row["action_mse"] = mse(res["actions"], true_actions)
         if "latents" in res and MODES[name].future == "generate":
-            row["next_frame_mse"] = mse(tok.decode(res["latents"][:, cfg.n_obs_steps:cfg.n_obs_steps + 1])[:, 0], nxt)
+            row["next_frame_mse"] = mse(tok.decode(res["latents"][:, cfg.n_obs_steps : cfg.n_obs_steps + 1])[:, 0], nxt)
         out[name] = row
     out["train_seconds"] = round(run.seconds, 1)
     return out
-

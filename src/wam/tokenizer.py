@@ -55,8 +55,12 @@ class FrameTokenizer(nn.Module):
         """Set the per-channel standardisation from frames: (N, C, H, W) floats in [-1, 1], or (N, H, W, 3)
         uint8 (converted one batch at a time, so a large dataset never exists as floats)."""
         convert = _is_uint8_frames(frames)
-        zs = torch.cat([self._encode_raw(to_model_frames(frames[i:i + batch]) if convert else frames[i:i + batch])
-                        for i in range(0, len(frames), batch)])
+        zs = torch.cat(
+            [
+                self._encode_raw(to_model_frames(frames[i : i + batch]) if convert else frames[i : i + batch])
+                for i in range(0, len(frames), batch)
+            ]
+        )
         self.latent_shift.copy_(zs.mean(dim=(0, 2, 3)))
         self.latent_scale.copy_(zs.std(dim=(0, 2, 3)).clamp_min(1e-2))
 
@@ -96,8 +100,14 @@ class PixelTokenizer(FrameTokenizer):
 class ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
-                                  nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.GroupNorm(min(8, ch), ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GroupNorm(min(8, ch), ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -115,19 +125,30 @@ class ConvAutoencoder(FrameTokenizer):
             raise ArgumentError(f"the convolutional tokenizer needs downsample >= 2, got {downsample}")
         self.latent_channels, self.downsample = latent_channels, downsample
         stages = int(math.log2(downsample)) - 1  # after the 2x space-to-depth stem
-        chs = [width * min(2 ** i, 4) for i in range(stages + 1)]
+        chs = [width * min(2**i, 4) for i in range(stages + 1)]
         enc: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(image_channels * 4, chs[0], 3, padding=1)]
         for i in range(stages):
             enc += [ResBlock(chs[i]), nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1)]
-        enc += [ResBlock(chs[-1]), nn.GroupNorm(min(8, chs[-1]), chs[-1]), nn.SiLU(),
-                nn.Conv2d(chs[-1], latent_channels, 1)]
+        enc += [
+            ResBlock(chs[-1]),
+            nn.GroupNorm(min(8, chs[-1]), chs[-1]),
+            nn.SiLU(),
+            nn.Conv2d(chs[-1], latent_channels, 1),
+        ]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, chs[-1], 3, padding=1), ResBlock(chs[-1])]
         for i in reversed(range(stages)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i + 1], chs[i], 3, padding=1),
-                    ResBlock(chs[i])]
-        dec += [nn.GroupNorm(min(8, chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], image_channels * 4, 3, padding=1),
-                nn.PixelShuffle(2)]
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(chs[i + 1], chs[i], 3, padding=1),
+                ResBlock(chs[i]),
+            ]
+        dec += [
+            nn.GroupNorm(min(8, chs[0]), chs[0]),
+            nn.SiLU(),
+            nn.Conv2d(chs[0], image_channels * 4, 3, padding=1),
+            nn.PixelShuffle(2),
+        ]
         self.decoder = nn.Sequential(*dec)
         self._init_standardisation()
 
@@ -141,8 +162,9 @@ class ConvAutoencoder(FrameTokenizer):
     def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def loss(self, frames: torch.Tensor, latent_penalty: float = 1e-4,
-             detail_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, frames: torch.Tensor, latent_penalty: float = 1e-4, detail_weight: float = 0.0
+    ) -> tuple[torch.Tensor, dict]:
         """Reconstruction loss on frames (N, C, H, W): MSE + L1, plus a small L2 penalty on the raw
         latents that keeps their scale bounded (a deterministic stand-in for a VAE's KL term).
 
@@ -190,7 +212,7 @@ def encode_frames(tokenizer: FrameTokenizer, frames_uint8: np.ndarray | torch.Te
     """(N, H, W, 3) uint8 frames -> (N, c, h, w) latents, in batches."""
     out = []
     for i in range(0, len(frames_uint8), batch):
-        x = to_model_frames(frames_uint8[i:i + batch])
+        x = to_model_frames(frames_uint8[i : i + batch])
         out.append(tokenizer.encode(x[:, None])[:, 0].float())
     return torch.cat(out)
 
@@ -202,9 +224,18 @@ def make_tokenizer(cfg: ModelConfig) -> FrameTokenizer:
     return ConvAutoencoder.from_config(cfg)
 
 
-def train_tokenizer(tok: ConvAutoencoder, frames: torch.Tensor, *, steps: int, batch_size: int = 64,
-                    lr: float = 2e-3, seed: int = 0, autocast: bool = False, detail_weight: float = 0.0,
-                    progress=None) -> list[float]:
+def train_tokenizer(
+    tok: ConvAutoencoder,
+    frames: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    autocast: bool = False,
+    detail_weight: float = 0.0,
+    progress=None,
+) -> list[float]:
     """Train the autoencoder on frames (N, C, H, W) in [-1, 1], or (N, H, W, 3) uint8 (each batch converted
     when drawn: a float copy of 200,000 frames at 96 px would take 22 GB); returns the loss per step.
     detail_weight: see `ConvAutoencoder.loss`. Fits the latent standardisation at the end."""

@@ -126,8 +126,12 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optim
     # the fused kernel updates all parameters in one call: 2.8 ms a step against 12 ms for the per-parameter
     # loop, for a 1.3 M-parameter model on 2 CPU cores. FSDP's sharded parameters keep the loop.
     fused = all(type(p.data) is torch.Tensor for p in decay + no_decay)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95), fused=fused)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr,
+        betas=(0.9, 0.95),
+        fused=fused,
+    )
 
 
 def shard_state(state: FitState, tc: TrainConfig, dist, optimizer_state: dict | None = None) -> None:
@@ -168,14 +172,19 @@ def optimizer_state(state: FitState) -> dict:
         # (and torch.distributed.checkpoint would take a zero-gradient step to create some, which counts as
         # one of Adam's steps)
         name = {id(p): n for n, p in state.model.named_parameters()}
-        return {"state": {}, "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
-                                                "params": [name[id(p)] for p in g["params"]]}
-                                               for g in state.optimizer.param_groups]}
+        return {
+            "state": {},
+            "param_groups": [
+                {**{k: v for k, v in g.items() if k != "params"}, "params": [name[id(p)] for p in g["params"]]}
+                for g in state.optimizer.param_groups
+            ],
+        }
     if _is_sharded(state.model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(state.model, state.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            state.model, state.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return state.optimizer.state_dict()
 
 
@@ -188,20 +197,34 @@ def load_optimizer_state(state: FitState, saved: dict) -> None:
 
         if not by_name:  # torch's own format, into a sharded model: name the parameters first
             names = [n for n, _ in state.model.named_parameters()]
-            saved = {"state": {names[i]: v for i, v in saved["state"].items()},
-                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
-        set_optimizer_state_dict(state.model, state.optimizer, optim_state_dict=saved,
-                                 options=StateDictOptions(full_state_dict=True, strict=False))  # (parameters that never
+            saved = {
+                "state": {names[i]: v for i, v in saved["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]],
+            }
+        set_optimizer_state_dict(
+            state.model,
+            state.optimizer,
+            optim_state_dict=saved,
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )  # (parameters that never
         # had a gradient, such as the last block's context-stream output weights, have no state to load)
     else:
         state.optimizer.load_state_dict(saved)
 
 
-def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig = LossConfig(), *,
-        until: int | None = None, on_log: Callable[[dict], None] | None = None,
-        on_checkpoint: Callable[[FitState], None] | None = None,
-        on_validate: Callable[[FitState], dict] | None = None, progress: bool = False,
-        dist=None) -> FitState:
+def fit(
+    state: FitState,
+    data: EpisodeTensors,
+    tc: TrainConfig,
+    lc: LossConfig = LossConfig(),
+    *,
+    until: int | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[FitState], None] | None = None,
+    on_validate: Callable[[FitState], dict] | None = None,
+    progress: bool = False,
+    dist=None,
+) -> FitState:
     """Run optimizer steps state.step .. until (default tc.steps) of the WAM stage.
 
     on_log(record) receives a dict every tc.log_every steps; on_checkpoint(state) is called every
@@ -229,6 +252,7 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
     bar = None
     if progress and dist.main:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=until, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     t0, samples, acc = time.perf_counter(), 0, {}
     while state.step < until:
@@ -241,9 +265,11 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         if not dist.all_true(bool(torch.isfinite(loss)), loss.device):
             if on_checkpoint is not None:
                 on_checkpoint(state)
-            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {state.step}; the last good "
-                                   f"state is saved. Lower `lr` or raise `warmup_steps`, and check the dataset for "
-                                   f"NaN/inf (wam dataset check)")
+            raise TrainingDiverged(
+                f"loss became {float(loss.detach())} at step {state.step}; the last good "
+                f"state is saved. Lower `lr` or raise `warmup_steps`, and check the dataset for "
+                f"NaN/inf (wam dataset check)"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
@@ -259,8 +285,12 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
             k_steps = tc.log_every if state.step % tc.log_every == 0 else (state.step % tc.log_every)
             dt = time.perf_counter() - t0
             acc = dist.mean(acc, loss.device)  # (every process: the losses over the whole global batch)
-            rec = {"step": state.step, **{k: v / k_steps for k, v in acc.items()},
-                   "lr": opt.param_groups[0]["lr"], "samples_per_s": samples / dt}
+            rec = {
+                "step": state.step,
+                **{k: v / k_steps for k, v in acc.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "samples_per_s": samples / dt,
+            }
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
             if on_log is not None:
@@ -269,8 +299,12 @@ def fit(state: FitState, data: EpisodeTensors, tc: TrainConfig, lc: LossConfig =
         if on_validate is not None and tc.val_every and state.step % tc.val_every == 0 and state.step < until:
             on_validate(state)
             model.train()
-        if on_checkpoint is not None and tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
-                and state.step < until:
+        if (
+            on_checkpoint is not None
+            and tc.checkpoint_every
+            and state.step % tc.checkpoint_every == 0
+            and state.step < until
+        ):
             on_checkpoint(state)
     if bar is not None:
         bar.close()
@@ -299,15 +333,18 @@ def _parallel(model: WAM, tc: TrainConfig, dist) -> tuple[torch.nn.Module, tuple
 
 
 @torch.no_grad()
-def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, batch_size: int = 64,
-                      seed: int = 1234) -> dict[str, float]:
+def validation_losses(
+    model: WAM, data: EpisodeTensors, *, batches: int = 4, batch_size: int = 64, seed: int = 1234
+) -> dict[str, float]:
     """Flow-matching loss of each mode on windows of `data` (fixed windows and noise); modes that give
     actions use only the windows that have actions, modes that generate them only the imitated ones."""
     model.eval()
     ep_of, step_of = data.window_index()
     has = data.has_actions[ep_of]
-    pools = {modes.GENERATE: (has if data.imitate is None else has & data.imitate[ep_of]).nonzero()[:, 0],
-             modes.GIVEN: has.nonzero()[:, 0]}
+    pools = {
+        modes.GENERATE: (has if data.imitate is None else has & data.imitate[ep_of]).nonzero()[:, 0],
+        modes.GIVEN: has.nonzero()[:, 0],
+    }
     out: dict[str, float] = {}
     for name in modes.MODES:
         pool = pools.get(modes.MODES[name].actions)
@@ -327,6 +364,7 @@ def validation_losses(model: WAM, data: EpisodeTensors, *, batches: int = 4, bat
 
 def validate_and_log(val_data: EpisodeTensors | None, logger: Callable) -> Callable[[FitState], dict]:
     """An on_validate callback for `fit`: the EMA weights' per-mode validation losses, logged as "val"."""
+
     def on_validate(s: FitState) -> dict:
         if val_data is None:
             return {}
@@ -338,8 +376,13 @@ def validate_and_log(val_data: EpisodeTensors | None, logger: Callable) -> Calla
 
 
 def train_state_dict(state: FitState, tc: TrainConfig) -> dict:
-    return {"step": state.step, "optimizer": optimizer_state(state), "ema": state.ema.state_dict(),
-            "torch_rng": torch.get_rng_state(), "train_config": tc.__dict__}
+    return {
+        "step": state.step,
+        "optimizer": optimizer_state(state),
+        "ema": state.ema.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "train_config": tc.__dict__,
+    }
 
 
 def load_train_state(state: FitState, saved: dict) -> None:
@@ -359,6 +402,7 @@ class JsonlLogger:
             self.path.unlink()
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out / "tb"))
         except Exception:  # noqa: BLE001 (tensorboard missing or broken: JSON lines only)
             self.tb = None
@@ -382,13 +426,16 @@ def _tokenizer_from(path, tok):
 
     f = Path(path) / "tokenizer.safetensors"
     if not f.is_file():
-        raise NotFoundError(f"`tokenizer_from={str(path)!r}`: {f} does not exist; give a checkpoint directory written "
-                            f"by wam train")
+        raise NotFoundError(
+            f"`tokenizer_from={str(path)!r}`: {f} does not exist; give a checkpoint directory written by wam train"
+        )
     try:
         tok.load_state_dict(load_file(f))
     except RuntimeError as e:
-        raise ArgumentError(f"`tokenizer_from={str(path)!r}`: its tokenizer does not fit this model's settings "
-                            f"(image size, latent channels, tokenizer width): {str(e).splitlines()[0]}") from e
+        raise ArgumentError(
+            f"`tokenizer_from={str(path)!r}`: its tokenizer does not fit this model's settings "
+            f"(image size, latent channels, tokenizer width): {str(e).splitlines()[0]}"
+        ) from e
     return tok
 
 
@@ -422,11 +469,15 @@ def measure_step_seconds(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, worl
 
         t_tok = _seconds_per_step(tok_step) if cfg.tokenizer == "conv" else 0.0
         n = 4 * (cfg.future_frames * cfg.future_stride + cfg.action_horizon + cfg.n_obs_steps)
-        data = EpisodeTensors(latents=torch.randn(n, cfg.latent_channels, cfg.latent_size,
-                                                  cfg.latent_size * cfg.n_cameras),
-                              actions=torch.rand(n, cfg.action_dim) * 2 - 1, states=torch.randn(n, cfg.state_dim),
-                              starts=torch.tensor([0]), lengths=torch.tensor([n]), task=torch.tensor([0]),
-                              has_actions=torch.tensor([True]))
+        data = EpisodeTensors(
+            latents=torch.randn(n, cfg.latent_channels, cfg.latent_size, cfg.latent_size * cfg.n_cameras),
+            actions=torch.rand(n, cfg.action_dim) * 2 - 1,
+            states=torch.randn(n, cfg.state_dim),
+            starts=torch.tensor([0]),
+            lengths=torch.tensor([n]),
+            task=torch.tensor([0]),
+            has_actions=torch.tensor([True]),
+        )
         state = make_state(cfg, tc)
         precision = resolve_precision(tc.precision, "cpu")
         rows = max(1, tc.batch_size // world)
@@ -452,29 +503,46 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_text(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tokenizer_steps: int, done: int, windows: int,
-              world: int = 1) -> str:
+def plan_text(
+    cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tokenizer_steps: int, done: int, windows: int, world: int = 1
+) -> str:
     """What a run will do and about how long each stage takes, from a few steps of each measured here."""
     t_tok, t_wam = measure_step_seconds(cfg, tc, lc, world)
     lines = [f"plan ({windows:,} training windows; times from a few steps of each measured on this machine):"]
     if tokenizer_steps:
-        lines.append(f"  1. tokenizer stage: {tokenizer_steps:,} step{'s' * (tokenizer_steps != 1)} at batch "
-                     f"{tc.tokenizer_batch_size}, "
-                     f"about {_duration(tokenizer_steps * t_tok)} (--tokenizer-steps to change)")
+        lines.append(
+            f"  1. tokenizer stage: {tokenizer_steps:,} step{'s' * (tokenizer_steps != 1)} at batch "
+            f"{tc.tokenizer_batch_size}, "
+            f"about {_duration(tokenizer_steps * t_tok)} (--tokenizer-steps to change)"
+        )
     else:
         lines.append("  1. tokenizer stage: none (the tokenizer is given or already trained)")
     left = max(0, tc.steps - done)
     resumed = f", resuming at step {done:,}" if done else ""
     val = f"every {tc.val_every:,} steps and at the end" if 0 < tc.val_every < tc.steps else "at the end"
-    lines.append(f"  2. WAM stage: {left:,} step{'s' * (left != 1)} at batch {tc.batch_size}{resumed}, about "
-                 f"{_duration(left * t_wam)}, plus encoding the frames once and validation {val}")
+    lines.append(
+        f"  2. WAM stage: {left:,} step{'s' * (left != 1)} at batch {tc.batch_size}{resumed}, about "
+        f"{_duration(left * t_wam)}, plus encoding the frames once and validation {val}"
+    )
     return "\n".join(lines)
 
 
-def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", model_changes: dict | None = None,
-          tc: TrainConfig | None = None, lc: LossConfig | None = None, cameras: list[str] | None = None,
-          val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, tokenizer_from: str | Path | None = None, until: int | None = None) -> Path:
+def train(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    preset: str = "wam-tiny",
+    model_changes: dict | None = None,
+    tc: TrainConfig | None = None,
+    lc: LossConfig | None = None,
+    cameras: list[str] | None = None,
+    val_fraction: float = 0.05,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tokenizer_from: str | Path | None = None,
+    until: int | None = None,
+) -> Path:
     """Train a WAM on a LeRobot dataset; returns the checkpoint directory `out/checkpoint`.
 
     Layout of `out`: `checkpoint/` (the latest checkpoint: EMA weights in model.safetensors, the raw
@@ -494,15 +562,43 @@ def train(dataset: str | Path, out: str | Path, *, preset: str = "wam-tiny", mod
 
     dist = setup("cuda" if torch.cuda.is_available() and os.environ.get("WORLD_SIZE") else "cpu")
     try:
-        return _train(dataset, out, preset=preset, model_changes=model_changes, tc=tc, lc=lc, cameras=cameras,
-                      val_fraction=val_fraction, resume=resume, overwrite=overwrite, progress=progress, dist=dist,
-                      tokenizer_from=tokenizer_from, until=until)
+        return _train(
+            dataset,
+            out,
+            preset=preset,
+            model_changes=model_changes,
+            tc=tc,
+            lc=lc,
+            cameras=cameras,
+            val_fraction=val_fraction,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            dist=dist,
+            tokenizer_from=tokenizer_from,
+            until=until,
+        )
     finally:
         teardown(dist)
 
 
-def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction, resume, overwrite, progress, dist,
-           tokenizer_from=None, until=None):
+def _train(
+    dataset,
+    out,
+    *,
+    preset,
+    model_changes,
+    tc,
+    lc,
+    cameras,
+    val_fraction,
+    resume,
+    overwrite,
+    progress,
+    dist,
+    tokenizer_from=None,
+    until=None,
+):
     from wam.checkpoint import load_checkpoint
     from wam.config import PRESETS, to_dict
 
@@ -516,42 +612,72 @@ def _train(dataset, out, *, preset, model_changes, tc, lc, cameras, val_fraction
     normalizers = None
     if saved is not None:  # the checkpoint's settings unless new ones are given
         run = saved.config.get("run", {})
-        cameras, val_fraction, normalizers, tc, lc = _saved_settings(saved, run, out, specs, cameras, val_fraction,
-                                                                     tc, lc)
+        cameras, val_fraction, normalizers, tc, lc = _saved_settings(
+            saved, run, out, specs, cameras, val_fraction, tc, lc
+        )
     tc, lc = tc or TrainConfig(), lc or LossConfig()
     base = saved.model.cfg if saved is not None else _preset_config(preset, model_changes)
     # frames stay on disk until they are encoded, one episode at a time, unless the tokenizer trains on them
     # (then they are all in memory for its stage): MT50 at 96 px is 6 GB of frames against 2 GB of latents
-    frames_needed = (saved is None or saved.tokenizer is None) and base.tokenizer == "conv" \
+    frames_needed = (
+        (saved is None or saved.tokenizer is None)
+        and base.tokenizer == "conv"
         and (tokenizer_from is None or tokenizer_budget(tc) > 0)
-    mix = load_mixture(specs, image_size=base.image_size, cameras=cameras, normalizers=normalizers, progress=progress,
-                       lazy_frames=not frames_needed)
+    )
+    mix = load_mixture(
+        specs,
+        image_size=base.image_size,
+        cameras=cameras,
+        normalizers=normalizers,
+        progress=progress,
+        lazy_frames=not frames_needed,
+    )
     cfg = _fit_config(base, mix, fresh=saved is None)
     train_eps, val_eps = split_episodes(mix.episodes, val_fraction)
     train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
     val_eps.sort(key=lambda e: e["source"])
     windows = [sum(len(e["actions"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
     if dist.enabled and tc.batch_size % dist.world:
-        raise ArgumentError(f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the "
-                            f"{dist.world} processes")
+        raise ArgumentError(
+            f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the {dist.world} processes"
+        )
     logger = JsonlLogger(out, resume=resume) if dist.main else None
-    run_info = _run_info(specs, mix, train_eps, val_eps, windows, preset=preset, val_fraction=val_fraction, tc=tc,
-                         lc=lc)
+    run_info = _run_info(
+        specs, mix, train_eps, val_eps, windows, preset=preset, val_fraction=val_fraction, tc=tc, lc=lc
+    )
     if dist.main:
         write_text_atomic(out / "run.json", json.dumps({"model": to_dict(cfg), **run_info}, indent=2))
     if progress and dist.main:
         done = int(saved.train_state["step"]) if saved is not None else 0
-        print(plan_text(cfg, tc, lc, tokenizer_budget(tc) if frames_needed else 0, done, sum(windows), dist.world),
-              flush=True)
+        print(
+            plan_text(cfg, tc, lc, tokenizer_budget(tc) if frames_needed else 0, done, sum(windows), dist.world),
+            flush=True,
+        )
 
     if saved is not None and saved.tokenizer is not None:
         tok = saved.tokenizer
     else:
-        tok = _tokenizer_stage(cfg, tc, train_eps, logger, train=frames_needed, tokenizer_from=tokenizer_from,
-                               progress=progress, dist=dist)
+        tok = _tokenizer_stage(
+            cfg, tc, train_eps, logger, train=frames_needed, tokenizer_from=tokenizer_from, progress=progress, dist=dist
+        )
     tok.eval()
-    _wam_stage(cfg, tc, lc, tok, mix, train_eps, val_eps, windows, saved=saved, run_info=run_info, logger=logger,
-               ckpt_dir=ckpt_dir, progress=progress, dist=dist, until=until)
+    _wam_stage(
+        cfg,
+        tc,
+        lc,
+        tok,
+        mix,
+        train_eps,
+        val_eps,
+        windows,
+        saved=saved,
+        run_info=run_info,
+        logger=logger,
+        ckpt_dir=ckpt_dir,
+        progress=progress,
+        dist=dist,
+        until=until,
+    )
     return ckpt_dir
 
 
@@ -561,11 +687,14 @@ def _check_out_dir(out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, 
     if dist.main:  # (the run's only writer) a checkpoint write killed half-way: put back the last one, drop the rest
         recover_dir(ckpt_dir)
     if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
-        raise NotFoundError(f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
-                            f"start the run without `resume=True`")
+        raise NotFoundError(
+            f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
+            f"start the run without `resume=True`"
+        )
     if not resume and ckpt_dir.exists() and not overwrite:
-        raise ArgumentError(f"{out} already holds a run; pass `resume=True` to continue it or `overwrite=True` to "
-                            f"start over")
+        raise ArgumentError(
+            f"{out} already holds a run; pass `resume=True` to continue it or `overwrite=True` to start over"
+        )
     dist.barrier()  # every process has checked the directory before rank 0 writes into it
 
 
@@ -576,11 +705,17 @@ def _saved_settings(saved, run: dict, out: Path, specs: list, cameras, val_fract
 
     saved_sets = run.get("datasets") or [{"stats": saved.stats}]
     if len(saved_sets) != len(specs):
-        raise ArgumentError(f"the run in {out} was trained on {len(saved_sets)} dataset(s); resume it with the same "
-                            f"`dataset` arguments ({', '.join(d.get('path', '?') for d in saved_sets)})")
-    return (run.get("cameras", cameras), run.get("val_fraction", val_fraction),
-            [Normalizer.from_dict(d["stats"]) for d in saved_sets],
-            tc or from_dict(TrainConfig, run["train"]), lc or from_dict(LossConfig, run["loss"]))
+        raise ArgumentError(
+            f"the run in {out} was trained on {len(saved_sets)} dataset(s); resume it with the same "
+            f"`dataset` arguments ({', '.join(d.get('path', '?') for d in saved_sets)})"
+        )
+    return (
+        run.get("cameras", cameras),
+        run.get("val_fraction", val_fraction),
+        [Normalizer.from_dict(d["stats"]) for d in saved_sets],
+        tc or from_dict(TrainConfig, run["train"]),
+        lc or from_dict(LossConfig, run["loss"]),
+    )
 
 
 def _preset_config(preset: str, model_changes: dict | None) -> ModelConfig:
@@ -603,46 +738,88 @@ def _fit_config(base: ModelConfig, mix, *, fresh: bool) -> ModelConfig:
 
     if fresh:
         try:
-            cfg = replace(base, action_dim=mix.action_dim, state_dim=mix.state_dim, n_cameras=len(mix.cameras),
-                          n_tasks=max(base.n_tasks, len(mix.tasks)))
+            cfg = replace(
+                base,
+                action_dim=mix.action_dim,
+                state_dim=mix.state_dim,
+                n_cameras=len(mix.cameras),
+                n_tasks=max(base.n_tasks, len(mix.tasks)),
+            )
         except (TypeError, ValueError) as e:
             raise ArgumentError(f"invalid model settings: {e}") from e
     elif mix.action_dim > base.action_dim or mix.state_dim > base.state_dim:
-        raise DatasetError(f"the datasets' action/state sizes ({mix.action_dim}/{mix.state_dim}) do not fit the "
-                           f"checkpoint's ({base.action_dim}/{base.state_dim})")
+        raise DatasetError(
+            f"the datasets' action/state sizes ({mix.action_dim}/{mix.state_dim}) do not fit the "
+            f"checkpoint's ({base.action_dim}/{base.state_dim})"
+        )
     else:
         cfg = base
     if len(mix.tasks) > cfg.n_tasks:
-        raise ArgumentError(f"the datasets hold {len(mix.tasks)} tasks but the model has {cfg.n_tasks} task rows; "
-                            f"raise it with n_tasks={len(mix.tasks)} in `model_changes`")
+        raise ArgumentError(
+            f"the datasets hold {len(mix.tasks)} tasks but the model has {cfg.n_tasks} task rows; "
+            f"raise it with n_tasks={len(mix.tasks)} in `model_changes`"
+        )
     return cfg
 
 
-def _run_info(specs: list, mix, train_eps: list[dict], val_eps: list[dict], windows: list[int], *, preset: str,
-              val_fraction: float, tc: TrainConfig, lc: LossConfig) -> dict:
+def _run_info(
+    specs: list,
+    mix,
+    train_eps: list[dict],
+    val_eps: list[dict],
+    windows: list[int],
+    *,
+    preset: str,
+    val_fraction: float,
+    tc: TrainConfig,
+    lc: LossConfig,
+) -> dict:
     """run.json (beside the model settings) and the checkpoint's record of the run: datasets, split, settings."""
     from wam.config import to_dict
 
     primary = next(i for i, sp in enumerate(specs) if sp.actions and sp.imitate)
-    run_info = {"dataset": specs[primary].path, "preset": preset, "cameras": [c.removeprefix("observation.images.")
-                for c in mix.cameras], "tasks": mix.tasks, "fps": mix.fps, "val_fraction": val_fraction,
-                "train_episodes": [e["episode_index"] for e in train_eps],
-                "val_episodes": [e["episode_index"] for e in val_eps],
-                "train": to_dict(tc), "loss": to_dict(lc)}
+    run_info = {
+        "dataset": specs[primary].path,
+        "preset": preset,
+        "cameras": [c.removeprefix("observation.images.") for c in mix.cameras],
+        "tasks": mix.tasks,
+        "fps": mix.fps,
+        "val_fraction": val_fraction,
+        "train_episodes": [e["episode_index"] for e in train_eps],
+        "val_episodes": [e["episode_index"] for e in val_eps],
+        "train": to_dict(tc),
+        "loss": to_dict(lc),
+    }
     if any(sp.tasks is not None or sp.per_task is not None for sp in specs):  # which episodes the run read
         run_info["dataset_specs"] = [sp.to_dict() for sp in specs]
     if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's
-        run_info["datasets"] = [{**sp.to_dict(), "tasks": mix.dataset_tasks[i], "stats": mix.normalizers[i].to_dict(),
-                                 "cameras": [c.removeprefix("observation.images.") for c in mix.dataset_cameras[i]],
-                                 "action_dim": mix.normalizers[i].action_dim if sp.actions else 0,
-                                 "state_dim": mix.normalizers[i].state_dim, "train_windows": windows[i],
-                                 "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i]}
-                                for i, sp in enumerate(specs)]
+        run_info["datasets"] = [
+            {
+                **sp.to_dict(),
+                "tasks": mix.dataset_tasks[i],
+                "stats": mix.normalizers[i].to_dict(),
+                "cameras": [c.removeprefix("observation.images.") for c in mix.dataset_cameras[i]],
+                "action_dim": mix.normalizers[i].action_dim if sp.actions else 0,
+                "state_dim": mix.normalizers[i].state_dim,
+                "train_windows": windows[i],
+                "val_episodes": [e["episode_index"] for e in val_eps if e["source"] == i],
+            }
+            for i, sp in enumerate(specs)
+        ]
     return run_info
 
 
-def _tokenizer_stage(cfg: ModelConfig, tc: TrainConfig, train_eps: list[dict], logger, *, train: bool,
-                     tokenizer_from, progress: bool, dist):
+def _tokenizer_stage(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    train_eps: list[dict],
+    logger,
+    *,
+    train: bool,
+    tokenizer_from,
+    progress: bool,
+    dist,
+):
     """The frame tokenizer: rank 0 starts it (fresh, or from `tokenizer_from`) and trains it on the training
     episodes' frames when `train`; every other process takes its weights."""
     from wam.tokenizer import make_tokenizer, train_tokenizer
@@ -657,6 +834,7 @@ def _tokenizer_stage(cfg: ModelConfig, tc: TrainConfig, train_eps: list[dict], l
         bar = None
         if progress:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=steps, desc="tokenizer", unit="step", dynamic_ncols=True)
 
         def tick(loss: float) -> None:
@@ -664,21 +842,44 @@ def _tokenizer_stage(cfg: ModelConfig, tc: TrainConfig, train_eps: list[dict], l
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
 
-        losses = train_tokenizer(tok, frames, steps=steps, batch_size=tc.tokenizer_batch_size, lr=tc.tokenizer_lr,
-                                 seed=tc.seed, detail_weight=tc.tokenizer_detail_weight, progress=tick)
+        losses = train_tokenizer(
+            tok,
+            frames,
+            steps=steps,
+            batch_size=tc.tokenizer_batch_size,
+            lr=tc.tokenizer_lr,
+            seed=tc.seed,
+            detail_weight=tc.tokenizer_detail_weight,
+            progress=tick,
+        )
         if bar is not None:
             bar.close()
         for i in range(0, len(losses), tc.log_every):
-            chunk = losses[i:i + tc.log_every]
+            chunk = losses[i : i + tc.log_every]
             logger({"step": i + len(chunk), "loss": sum(chunk) / len(chunk)}, prefix="tokenizer")
         del frames
     dist.broadcast_module(tok)
     return tok
 
 
-def _wam_stage(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tok, mix, train_eps: list[dict],
-               val_eps: list[dict], windows: list[int], *, saved, run_info: dict, logger, ckpt_dir: Path,
-               progress: bool, dist, until: int | None = None) -> None:
+def _wam_stage(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    lc: LossConfig,
+    tok,
+    mix,
+    train_eps: list[dict],
+    val_eps: list[dict],
+    windows: list[int],
+    *,
+    saved,
+    run_info: dict,
+    logger,
+    ckpt_dir: Path,
+    progress: bool,
+    dist,
+    until: int | None = None,
+) -> None:
     """The WAM stage on cached latents: encode every frame once, then `fit`, checkpointing as it goes."""
     from wam.checkpoint import save_checkpoint
 
@@ -712,5 +913,15 @@ def _wam_stage(cfg: ModelConfig, tc: TrainConfig, lc: LossConfig, tok, mix, trai
     if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
     main_only = (lambda f: f) if dist.main else (lambda f: None)
-    fit(state, train_data, tc, lc, until=min(until, tc.steps) if until is not None else None, on_log=main_only(logger),
-        on_checkpoint=on_checkpoint, on_validate=main_only(on_validate), progress=progress, dist=dist)
+    fit(
+        state,
+        train_data,
+        tc,
+        lc,
+        until=min(until, tc.steps) if until is not None else None,
+        on_log=main_only(logger),
+        on_checkpoint=on_checkpoint,
+        on_validate=main_only(on_validate),
+        progress=progress,
+        dist=dist,
+    )

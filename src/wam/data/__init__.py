@@ -13,8 +13,20 @@ from wam.data.stats import Normalizer
 from wam.data.writer import LeRobotWriter, infer_features, write_dataset
 from wam.errors import DatasetError  # (wam.errors' class, the one wam.data raises)
 
-__all__ = ["DatasetError", "Episode", "LeRobotDataset", "LeRobotWriter", "Normalizer", "WindowDataset",
-           "check_dataset", "collate_windows", "infer_features", "read_info", "read_meta", "write_dataset"]
+__all__ = [
+    "DatasetError",
+    "Episode",
+    "LeRobotDataset",
+    "LeRobotWriter",
+    "Normalizer",
+    "WindowDataset",
+    "check_dataset",
+    "collate_windows",
+    "infer_features",
+    "read_info",
+    "read_meta",
+    "write_dataset",
+]
 
 
 def __getattr__(name: str):

@@ -78,8 +78,13 @@ class Report:
         return self
 
     def to_dict(self) -> dict:
-        return {"root": str(self.root), "ok": self.ok, "problems": self.problems, "warnings": self.warnings,
-                "summary": self.summary}
+        return {
+            "root": str(self.root),
+            "ok": self.ok,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "summary": self.summary,
+        }
 
 
 def _episodes_text(indices: list[int]) -> str:
@@ -157,8 +162,9 @@ def _check(report: Report, root: Path, decode: str) -> None:
             report.problem("feature", f"feature {key!r} has an invalid shape {ft['shape']!r} in meta/info.json")
             continue
         if ft["dtype"] in CAMERA_DTYPES and len(shape) != 3:
-            report.problem("feature", f"camera feature {key!r} needs a 3-D shape (height, width, channels), "
-                                      f"got {list(shape)}")
+            report.problem(
+                "feature", f"camera feature {key!r} needs a 3-D shape (height, width, channels), got {list(shape)}"
+            )
     for key in DEFAULT_FEATURES:
         if key not in features:
             report.problem("feature", f"meta/info.json lacks the standard feature {key!r}")
@@ -181,8 +187,11 @@ def _check(report: Report, root: Path, decode: str) -> None:
     report.summary.update(episodes=len(episodes), frames=n_frames, tasks=len(meta.tasks))
     indices = [ep.episode_index for ep in episodes]
     if indices != list(range(len(episodes))):
-        report.problem("meta", f"episode indices are not 0..{len(episodes) - 1} "
-                               f"(first ones: {indices[:8]}); LeRobot numbers episodes consecutively")
+        report.problem(
+            "meta",
+            f"episode indices are not 0..{len(episodes) - 1} "
+            f"(first ones: {indices[:8]}); LeRobot numbers episodes consecutively",
+        )
     totals = (("total_episodes", len(episodes)), ("total_frames", n_frames), ("total_tasks", len(meta.tasks)))
     for name, actual in totals:
         if name in info and info[name] != actual:
@@ -197,9 +206,12 @@ def _check(report: Report, root: Path, decode: str) -> None:
         for ep in episodes:
             span = (ep.dataset_from_index, ep.dataset_to_index)
             if ep.dataset_from_index >= 0 and span != (offset, offset + ep.length):
-                report.problem("ranges", f"episode {ep.episode_index} has dataset_from_index/to_index "
-                                         f"{ep.dataset_from_index}..{ep.dataset_to_index}, expected "
-                                         f"{offset}..{offset + ep.length} from the episode lengths")
+                report.problem(
+                    "ranges",
+                    f"episode {ep.episode_index} has dataset_from_index/to_index "
+                    f"{ep.dataset_from_index}..{ep.dataset_to_index}, expected "
+                    f"{offset}..{offset + ep.length} from the episode lengths",
+                )
             offset += ep.length
 
     timestamps = _check_data(report, meta)
@@ -234,13 +246,16 @@ def _check_columns(report: Report, rel: str, table, stored: dict, features: dict
     return cols
 
 
-def _check_episode_rows(report: Report, rel: str, ep, rows: np.ndarray, cols: dict[str, np.ndarray], n_tasks: int,
-                        fps: float) -> np.ndarray | None:
+def _check_episode_rows(
+    report: Report, rel: str, ep, rows: np.ndarray, cols: dict[str, np.ndarray], n_tasks: int, fps: float
+) -> np.ndarray | None:
     """One episode's rows of a data file: count, order, indices, task indices, NaN, timestamps. Returns its
     timestamps when they are finite."""
     if len(rows) != ep.length:
-        report.problem("rows", f"episode {ep.episode_index} has {len(rows)} rows in {rel} but length "
-                               f"{ep.length} in the episode metadata")
+        report.problem(
+            "rows",
+            f"episode {ep.episode_index} has {len(rows)} rows in {rel} but length {ep.length} in the episode metadata",
+        )
     if rows[-1] - rows[0] + 1 != len(rows):
         report.problem("rows", f"rows of episode {ep.episode_index} are not contiguous in {rel}")
     frame_index = cols["frame_index"].reshape(-1)[rows] if "frame_index" in cols else None
@@ -249,19 +264,26 @@ def _check_episode_rows(report: Report, rel: str, ep, rows: np.ndarray, cols: di
     if "index" in cols and ep.dataset_from_index >= 0:
         expect = np.arange(ep.dataset_from_index, ep.dataset_from_index + len(rows))
         if not np.array_equal(cols["index"].reshape(-1)[rows], expect):
-            report.problem("rows", f"index of episode {ep.episode_index} in {rel} does not run "
-                                   f"{ep.dataset_from_index}..{ep.dataset_from_index + len(rows) - 1}")
+            report.problem(
+                "rows",
+                f"index of episode {ep.episode_index} in {rel} does not run "
+                f"{ep.dataset_from_index}..{ep.dataset_from_index + len(rows) - 1}",
+            )
     if "task_index" in cols:
         ti = cols["task_index"].reshape(-1)[rows]
         if ti.min() < 0 or ti.max() >= n_tasks:
-            report.problem("rows", f"episode {ep.episode_index} in {rel} uses task_index {int(ti.max())} "
-                                   f"but there are {n_tasks} tasks")
+            report.problem(
+                "rows",
+                f"episode {ep.episode_index} in {rel} uses task_index {int(ti.max())} but there are {n_tasks} tasks",
+            )
     for k, v in cols.items():
         if v.dtype.kind == "f":
             bad = ~np.isfinite(v[rows])
             if bad.any():
-                report.problem("nan", f"column {k!r} of episode {ep.episode_index} in {rel} has "
-                                      f"{int(bad.sum())} NaN or inf value(s)")
+                report.problem(
+                    "nan",
+                    f"column {k!r} of episode {ep.episode_index} in {rel} has {int(bad.sum())} NaN or inf value(s)",
+                )
     if "timestamp" in cols:
         ts = cols["timestamp"].reshape(-1)[rows].astype(np.float64)
         if not np.isfinite(ts).all():
@@ -269,12 +291,18 @@ def _check_episode_rows(report: Report, rel: str, ep, rows: np.ndarray, cols: di
         steps = np.diff(ts)
         if (steps <= 0).any():
             at = int(np.flatnonzero(steps <= 0)[0])
-            report.problem("timestamps", f"timestamps of episode {ep.episode_index} in {rel} do not "
-                                         f"increase: {ts[at]:.4f}s then {ts[at + 1]:.4f}s at frame {at + 1}")
+            report.problem(
+                "timestamps",
+                f"timestamps of episode {ep.episode_index} in {rel} do not "
+                f"increase: {ts[at]:.4f}s then {ts[at + 1]:.4f}s at frame {at + 1}",
+            )
         elif len(steps) and np.abs(steps - 1.0 / fps).max() > 0.25 / fps:
-            report.warn("timestamps", f"timestamps of episode {ep.episode_index} in {rel} are not "
-                                      f"spaced 1/fps = {1 / fps:.4f}s apart (steps from {steps.min():.4f}s "
-                                      f"to {steps.max():.4f}s)")
+            report.warn(
+                "timestamps",
+                f"timestamps of episode {ep.episode_index} in {rel} are not "
+                f"spaced 1/fps = {1 / fps:.4f}s apart (steps from {steps.min():.4f}s "
+                f"to {steps.max():.4f}s)",
+            )
         return ts
     return None
 
@@ -319,8 +347,9 @@ def _check_data(report: Report, meta: Meta) -> dict[int, np.ndarray]:
     return timestamps
 
 
-def _check_images(report: Report, root: Path, rel: str, key: str, ft: dict, cells: list, ep_col: np.ndarray,
-                  eps: list) -> None:
+def _check_images(
+    report: Report, root: Path, rel: str, key: str, ft: dict, cells: list, ep_col: np.ndarray, eps: list
+) -> None:
     for ep in eps:
         rows = np.flatnonzero(ep_col == ep.episode_index)
         for r in rows:
@@ -328,8 +357,10 @@ def _check_images(report: Report, root: Path, rel: str, key: str, ft: dict, cell
             data = cell.get("bytes") if isinstance(cell, dict) else cell
             path = cell.get("path") if isinstance(cell, dict) else None
             if data is None and not path:
-                report.problem("images", f"image {key!r} of episode {ep.episode_index} row {r} in {rel} has "
-                                         f"neither bytes nor a file path")
+                report.problem(
+                    "images",
+                    f"image {key!r} of episode {ep.episode_index} row {r} in {rel} has neither bytes nor a file path",
+                )
             elif data is None:
                 p = Path(path) if Path(path).is_absolute() else root / path
                 if not p.is_file():
@@ -339,8 +370,10 @@ def _check_images(report: Report, root: Path, rel: str, key: str, ft: dict, cell
                 img = decode_image(cells[rows[0]], root, key)
                 h, w, _ = feature_shape(ft)
                 if img.shape[:2] != (h, w):
-                    report.problem("images", f"images of {key!r} are {img.shape[1]}x{img.shape[0]} pixels, "
-                                             f"meta/info.json says {w}x{h}")
+                    report.problem(
+                        "images",
+                        f"images of {key!r} are {img.shape[1]}x{img.shape[0]} pixels, meta/info.json says {w}x{h}",
+                    )
             except DatasetError as e:
                 report.problem("images", f"episode {ep.episode_index}: {e}")
 
@@ -368,15 +401,19 @@ def _check_videos(report: Report, meta: Meta, timestamps: dict[int, np.ndarray],
             if decode == "all":
                 n = count_decodable(path)
                 if n < len(vinfo.frame_times):
-                    report.problem("bad-video", f"video file {rel}: only {n} of its {len(vinfo.frame_times)} frames "
-                                                f"decode ({key}, {which})")
+                    report.problem(
+                        "bad-video",
+                        f"video file {rel}: only {n} of its {len(vinfo.frame_times)} frames decode ({key}, {which})",
+                    )
         except Exception as e:  # noqa: BLE001 (PyAV raises many types for a broken file; each is a problem found)
             report.problem("bad-video", f"video file {rel} cannot be decoded ({key}, {which}): {e}")
             continue
         h, w, _ = feature_shape(features[key])
         if (vinfo.height, vinfo.width) != (h, w):
-            report.problem("video-size", f"video file {rel} is {vinfo.width}x{vinfo.height} pixels, "
-                                         f"meta/info.json says {w}x{h} for {key}")
+            report.problem(
+                "video-size",
+                f"video file {rel} is {vinfo.width}x{vinfo.height} pixels, meta/info.json says {w}x{h} for {key}",
+            )
         times = vinfo.frame_times
         for ep, start, end in items:
             ts = timestamps.get(ep.episode_index)
@@ -386,19 +423,28 @@ def _check_videos(report: Report, meta: Meta, timestamps: dict[int, np.ndarray],
             found = int((nearest(times, want)[1] <= tol).sum())
             if found < len(want):
                 covered = f"{times[0]:.3f}s to {times[-1]:.3f}s" if len(times) else "nothing"
-                report.problem("short-video", f"video {rel} is shorter than its parquet rows: episode "
-                                              f"{ep.episode_index} needs {len(want)} frames from {want[0]:.3f}s to "
-                                              f"{want[-1]:.3f}s, the file has {found} of them (it covers {covered})")
+                report.problem(
+                    "short-video",
+                    f"video {rel} is shorter than its parquet rows: episode "
+                    f"{ep.episode_index} needs {len(want)} frames from {want[0]:.3f}s to "
+                    f"{want[-1]:.3f}s, the file has {found} of them (it covers {covered})",
+                )
             if np.isfinite(end) and abs((end - start) - ep.length / fps) > tol:
-                report.warn("video-span", f"episode {ep.episode_index} spans {end - start:.3f}s of {rel} but has "
-                                          f"{ep.length} frames at {fps:g} fps ({ep.length / fps:.3f}s)")
+                report.warn(
+                    "video-span",
+                    f"episode {ep.episode_index} spans {end - start:.3f}s of {rel} but has "
+                    f"{ep.length} frames at {fps:g} fps ({ep.length / fps:.3f}s)",
+                )
 
 
 def _check_stats(report: Report, meta: Meta) -> None:
     features = meta.info["features"]
     if meta.stats is None:
-        report.warn("stats", "no statistics (meta/stats.json or meta/episodes_stats.jsonl); wam computes "
-                             "them from the data, LeRobot's tools expect them")
+        report.warn(
+            "stats",
+            "no statistics (meta/stats.json or meta/episodes_stats.jsonl); wam computes "
+            "them from the data, LeRobot's tools expect them",
+        )
         return
     if not isinstance(meta.stats, dict):
         report.problem("stats", "meta/stats.json must hold a JSON object")
@@ -427,8 +473,11 @@ def _check_stats(report: Report, meta: Meta) -> None:
                 wrong_shape.append(f"{name} {list(arr.shape)}")
         if wrong_shape:
             want = (3, 1, 1) if ft["dtype"] in CAMERA_DTYPES else feature_shape(ft)
-            report.problem("stats", f"statistics of {key!r} have the wrong shape ({', '.join(wrong_shape)}); "
-                                    f"meta/info.json implies {list(want)}")
+            report.problem(
+                "stats",
+                f"statistics of {key!r} have the wrong shape ({', '.join(wrong_shape)}); "
+                f"meta/info.json implies {list(want)}",
+            )
 
 
 # ---- info ------------------------------------------------------------------------------------------
@@ -444,8 +493,12 @@ def describe(root: str | Path) -> dict[str, Any]:
     for k, ft in features.items():
         if ft["dtype"] in CAMERA_DTYPES:
             vi = ft.get("info") or ft.get("video_info") or {}
-            cameras[k] = {"storage": ft["dtype"], "shape": list(feature_shape(ft)),
-                          "codec": vi.get("video.codec"), "pix_fmt": vi.get("video.pix_fmt")}
+            cameras[k] = {
+                "storage": ft["dtype"],
+                "shape": list(feature_shape(ft)),
+                "codec": vi.get("video.codec"),
+                "pix_fmt": vi.get("video.pix_fmt"),
+            }
     lengths = np.array([ep.length for ep in meta.episodes])
     return {
         "root": str(Path(root)),
@@ -455,8 +508,11 @@ def describe(root: str | Path) -> dict[str, Any]:
         "episodes": len(meta.episodes),
         "frames": n_frames,
         "duration_s": round(n_frames / fps, 2),
-        "episode_length": {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
-                           "max": int(lengths.max())},
+        "episode_length": {
+            "min": int(lengths.min()),
+            "mean": round(float(lengths.mean()), 1),
+            "max": int(lengths.max()),
+        },
         "tasks": meta.tasks,
         "cameras": cameras,
         "features": {k: {"dtype": ft["dtype"], "shape": list(feature_shape(ft))} for k, ft in features.items()},

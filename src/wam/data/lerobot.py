@@ -68,8 +68,20 @@ DEFAULT_FEATURES: dict[str, dict] = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 CAMERA_DTYPES = ("video", "image")
-NUMERIC_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                  "uint32", "uint64", "bool")
+NUMERIC_DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
 
 
 @dataclass
@@ -154,8 +166,10 @@ def read_info(root: Path) -> dict:
         raise DatasetError(f"meta/info.json must hold a JSON object: {path}")
     version = info.get("codebase_version")
     if version not in READABLE_VERSIONS:
-        raise DatasetError(f"unknown codebase version {version!r} in {path}; wam reads LeRobot "
-                           f"{', '.join(READABLE_VERSIONS)} (convert older datasets with LeRobot's converters)")
+        raise DatasetError(
+            f"unknown codebase version {version!r} in {path}; wam reads LeRobot "
+            f"{', '.join(READABLE_VERSIONS)} (convert older datasets with LeRobot's converters)"
+        )
     missing = [k for k in ("fps", "features", "data_path") if k not in info]
     if missing:
         raise DatasetError(f"meta/info.json lacks {', '.join(missing)}: {path}")
@@ -232,31 +246,42 @@ def _read_meta_v3(root: Path, info: dict) -> Meta:
             raise DatasetError(f"episode metadata is not a readable parquet file: {f} ({e})") from e
         missing = [c for c in needed if c not in names]
         for k in video_keys:
-            missing += [c for c in (f"videos/{k}/chunk_index", f"videos/{k}/file_index",
-                                    f"videos/{k}/from_timestamp") if c not in names]
+            missing += [
+                c
+                for c in (f"videos/{k}/chunk_index", f"videos/{k}/file_index", f"videos/{k}/from_timestamp")
+                if c not in names
+            ]
         if missing:
             raise DatasetError(f"episode metadata {rel} lacks columns: {', '.join(missing)}")
         rows = read_parquet(f, f"episode metadata {rel}", [c for c in wanted if c in names]).to_pylist()
         for r in rows:
             try:
-                data_file = info["data_path"].format(chunk_index=int(r["data/chunk_index"]),
-                                                     file_index=int(r["data/file_index"]))
+                data_file = info["data_path"].format(
+                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
+                )
                 videos = {}
                 for k in video_keys:
-                    vpath = info["video_path"].format(video_key=k, chunk_index=int(r[f"videos/{k}/chunk_index"]),
-                                                      file_index=int(r[f"videos/{k}/file_index"]))
+                    vpath = info["video_path"].format(
+                        video_key=k,
+                        chunk_index=int(r[f"videos/{k}/chunk_index"]),
+                        file_index=int(r[f"videos/{k}/file_index"]),
+                    )
                     start = float(r[f"videos/{k}/from_timestamp"])
                     end = r.get(f"videos/{k}/to_timestamp")
                     videos[k] = (vpath, start, float(end) if end is not None else float("nan"))
                 ep = Episode(
-                    episode_index=int(r["episode_index"]), length=int(r["length"]),
-                    tasks=list(r.get("tasks") or []), data_file=data_file,
+                    episode_index=int(r["episode_index"]),
+                    length=int(r["length"]),
+                    tasks=list(r.get("tasks") or []),
+                    data_file=data_file,
                     dataset_from_index=_int_or(r.get("dataset_from_index"), -1),
                     dataset_to_index=_int_or(r.get("dataset_to_index"), -1),
-                    videos=videos)
+                    videos=videos,
+                )
             except (TypeError, ValueError, KeyError, IndexError) as e:
-                raise DatasetError(f"bad episode row in {rel}: {e} (row: episode_index="
-                                   f"{r.get('episode_index')!r})") from e
+                raise DatasetError(
+                    f"bad episode row in {rel}: {e} (row: episode_index={r.get('episode_index')!r})"
+                ) from e
             episodes.append(ep)
     episodes.sort(key=lambda e: e.episode_index)
     return Meta(root, info, info["codebase_version"], tasks, episodes, None)
@@ -290,13 +315,22 @@ def _read_meta_v2(root: Path, info: dict) -> Meta:
             ep_idx, length = int(r["episode_index"]), int(r["length"])
             chunk = ep_idx // chunks_size
             data_file = info["data_path"].format(episode_chunk=chunk, episode_index=ep_idx)
-            videos = {k: (info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=ep_idx),
-                          0.0, length / float(info["fps"])) for k in video_keys}
+            videos = {
+                k: (
+                    info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=ep_idx),
+                    0.0,
+                    length / float(info["fps"]),
+                )
+                for k in video_keys
+            }
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise DatasetError(f"meta/episodes.jsonl line {n} is not an episode record ({e}): {r}") from e
         tasks_ep = r.get("tasks") or []
-        episodes.append(Episode(ep_idx, length, list(tasks_ep) if isinstance(tasks_ep, list) else [tasks_ep],
-                                data_file, videos=videos))
+        episodes.append(
+            Episode(
+                ep_idx, length, list(tasks_ep) if isinstance(tasks_ep, list) else [tasks_ep], data_file, videos=videos
+            )
+        )
     episodes.sort(key=lambda e: e.episode_index)
     offset = 0
     for ep in episodes:  # v2 has no dataset_from_index: episodes follow each other in index order
@@ -344,21 +378,27 @@ def column_to_numpy(col, key: str, ft: dict, path: Path) -> np.ndarray:
         if arr.null_count:
             raise DatasetError(f"column {key!r} of {path} has {arr.null_count} empty rows")
         values = arr
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or \
-                pa.types.is_fixed_size_list(values.type):
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
             values = pc.list_flatten(values)
         flat = values.to_numpy(zero_copy_only=False)
         size = int(np.prod(shape))
         if flat.size != n * size:
-            raise DatasetError(f"column {key!r} of {path} does not hold {size} values per row as its shape "
-                               f"{list(shape)} in meta/info.json says ({flat.size} values in {n} rows)")
+            raise DatasetError(
+                f"column {key!r} of {path} does not hold {size} values per row as its shape "
+                f"{list(shape)} in meta/info.json says ({flat.size} values in {n} rows)"
+            )
         return flat.reshape((n,) + shape)
     if arr.null_count:
         raise DatasetError(f"column {key!r} of {path} has {arr.null_count} empty rows")
     out = arr.to_numpy(zero_copy_only=False)
     if int(np.prod(shape)) != 1:
-        raise DatasetError(f"column {key!r} of {path} holds one value per row, but its shape in "
-                           f"meta/info.json is {list(shape)}")
+        raise DatasetError(
+            f"column {key!r} of {path} holds one value per row, but its shape in meta/info.json is {list(shape)}"
+        )
     return out
 
 
@@ -446,11 +486,13 @@ class LeRobotDataset:
                 raise DatasetError(f"{what} is not a readable parquet file: {path} ({e})") from e
             missing = [k for k in columns if k not in names]
             if missing:
-                raise DatasetError(f"data file {path} lacks the column(s) {', '.join(missing)} that "
-                                   f"meta/info.json lists as features")
+                raise DatasetError(
+                    f"data file {path} lacks the column(s) {', '.join(missing)} that meta/info.json lists as features"
+                )
             table = read_parquet(path, what, columns)
-            ep_col = column_to_numpy(table.column("episode_index"), "episode_index",
-                                     self.features["episode_index"], path).reshape(-1)
+            ep_col = column_to_numpy(
+                table.column("episode_index"), "episode_index", self.features["episode_index"], path
+            ).reshape(-1)
             wanted = {ep.episode_index for ep in eps}
             keep = np.isin(ep_col, list(wanted))
             rows = np.flatnonzero(keep)
@@ -460,8 +502,10 @@ class LeRobotDataset:
                 if len(pos) == 0:
                     raise DatasetError(f"episode {ep.episode_index} has no rows in {path}")
                 if len(pos) != ep.length:
-                    raise DatasetError(f"episode {ep.episode_index} has {len(pos)} rows in {path} but length "
-                                       f"{ep.length} in the episode metadata")
+                    raise DatasetError(
+                        f"episode {ep.episode_index} has {len(pos)} rows in {path} but length "
+                        f"{ep.length} in the episode metadata"
+                    )
                 if pos[-1] - pos[0] + 1 != len(pos):
                     raise DatasetError(f"rows of episode {ep.episode_index} are not contiguous in {path}")
                 ep.start, ep.stop = offset + int(pos[0]), offset + int(pos[-1]) + 1
@@ -525,8 +569,10 @@ class LeRobotDataset:
         for i, ep in enumerate(self.episodes):
             if ep.episode_index == episode_index:
                 return i
-        raise ArgumentError(f"no episode {episode_index} in {self.root}; it has episodes "
-                            f"{self.episode_indices[0]}..{self.episode_indices[-1]} ({self.num_episodes} of them)")
+        raise ArgumentError(
+            f"no episode {episode_index} in {self.root}; it has episodes "
+            f"{self.episode_indices[0]}..{self.episode_indices[-1]} ({self.num_episodes} of them)"
+        )
 
     def camera_shape(self, key: str) -> tuple[int, int, int]:
         """(H, W, C) of a camera feature, whatever order its names give."""
@@ -556,8 +602,9 @@ class LeRobotDataset:
             except FileNotFoundError as e:
                 raise DatasetError(f"video of episode {ep.episode_index} is missing: {self.root / path}") from e
             except Exception as e:  # PyAV errors: unreadable or truncated file, unsupported codec
-                raise DatasetError(f"cannot decode {key!r} of episode {ep.episode_index} from "
-                                   f"{self.root / path}: {e}") from e
+                raise DatasetError(
+                    f"cannot decode {key!r} of episode {ep.episode_index} from {self.root / path}: {e}"
+                ) from e
         if key in self.image_keys:
             cells = self._images[key]
             return np.stack([decode_image(cells[ep.start + int(r)].as_py(), self.root, key) for r in rows])
@@ -580,5 +627,7 @@ class LeRobotDataset:
         return item
 
     def __repr__(self) -> str:
-        return (f"LeRobotDataset({str(self.root)!r}, version={self.version}, episodes={self.num_episodes}, "
-                f"frames={self.num_frames}, fps={self.fps}, cameras={self.camera_keys})")
+        return (
+            f"LeRobotDataset({str(self.root)!r}, version={self.version}, episodes={self.num_episodes}, "
+            f"frames={self.num_frames}, fps={self.fps}, cameras={self.camera_keys})"
+        )

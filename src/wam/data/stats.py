@@ -113,8 +113,13 @@ class Normalizer:
     checkpoint stores as `stats.json`. Works on numpy arrays and torch tensors (last axis = features).
     """
 
-    def __init__(self, stats: dict[str, dict[str, Any]], action_key: str = "action",
-                 state_key: str = "observation.state", require_action: bool = True):
+    def __init__(
+        self,
+        stats: dict[str, dict[str, Any]],
+        action_key: str = "action",
+        state_key: str = "observation.state",
+        require_action: bool = True,
+    ):
         self.action_key, self.state_key = action_key, state_key
         self.stats = from_json(to_json(stats))  # private float64 copies
         if action_key in self.stats and {"min", "max"} <= set(self.stats[action_key]):
@@ -122,8 +127,7 @@ class Normalizer:
             self.action_min = a["min"].reshape(-1)
             self.action_range = np.maximum(a["max"].reshape(-1) - self.action_min, 0.0) + EPS
         elif require_action:
-            raise DatasetError(f"statistics have no min/max for {action_key!r}; "
-                               f"found features: {sorted(self.stats)}")
+            raise DatasetError(f"statistics have no min/max for {action_key!r}; found features: {sorted(self.stats)}")
         else:  # action-free videos: only the state is normalised
             self.action_min = self.action_range = np.zeros(0)
         s = self.stats.get(state_key)
@@ -175,8 +179,11 @@ class Normalizer:
     @classmethod
     def from_dict(cls, d: dict) -> Normalizer:
         try:
-            return cls(d["stats"], action_key=d.get("action_key", "action"),
-                       state_key=d.get("state_key", "observation.state"),
-                       require_action=d.get("action_key", "action") in d["stats"])
+            return cls(
+                d["stats"],
+                action_key=d.get("action_key", "action"),
+                state_key=d.get("state_key", "observation.state"),
+                require_action=d.get("action_key", "action") in d["stats"],
+            )
         except (KeyError, TypeError) as e:
             raise ArgumentError(f"not a normaliser dict (expected keys 'stats', 'action_key', 'state_key'): {e}") from e

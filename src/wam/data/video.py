@@ -48,8 +48,18 @@ class VideoEncoder:
     dataset writer (an encoder may hold a few frames back, so it lags slightly).
     """
 
-    def __init__(self, path: str | Path, *, width: int, height: int, fps: int, codec: str = DEFAULT_CODEC,
-                 crf: int | None = None, pix_fmt: str | None = None, gop: int = DEFAULT_GOP):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        width: int,
+        height: int,
+        fps: int,
+        codec: str = DEFAULT_CODEC,
+        crf: int | None = None,
+        pix_fmt: str | None = None,
+        gop: int = DEFAULT_GOP,
+    ):
         if codec not in CODECS:
             raise ArgumentError(f"unknown video codec {codec!r}; choose one of: {', '.join(CODECS)}")
         if codec == "av1" and (width < 16 or height < 16):
@@ -81,8 +91,9 @@ class VideoEncoder:
         av = _av()
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ArgumentError(f"expected uint8 frames of shape (N, {self.height}, {self.width}, 3), "
-                                f"got {frames.dtype} {frames.shape}")
+            raise ArgumentError(
+                f"expected uint8 frames of shape (N, {self.height}, {self.width}, 3), got {frames.dtype} {frames.shape}"
+            )
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.frames_written
@@ -224,14 +235,17 @@ def decode_frames(path: str | Path, timestamps: np.ndarray, *, tolerance_s: floa
         raise ArgumentError("no timestamps to decode")
     times, frames = decode_range(path, float(ts.min()) - tolerance_s, float(ts.max()) + tolerance_s)
     if len(times) == 0:
-        raise DatasetError(f"{path} has no frame between {ts.min():.4f}s and {ts.max():.4f}s "
-                           f"(is the video shorter than its episode?)")
+        raise DatasetError(
+            f"{path} has no frame between {ts.min():.4f}s and {ts.max():.4f}s (is the video shorter than its episode?)"
+        )
     pos, err = nearest(times, ts)
     if (err > tolerance_s).any():
         bad = ts[err > tolerance_s]
-        raise DatasetError(f"{path} has no frame within {tolerance_s * 1000:.1f} ms of {len(bad)} requested "
-                           f"time(s), first {bad[0]:.4f}s (video covers {times[0]:.4f}s to {times[-1]:.4f}s; "
-                           f"is the video shorter than its episode?)")
+        raise DatasetError(
+            f"{path} has no frame within {tolerance_s * 1000:.1f} ms of {len(bad)} requested "
+            f"time(s), first {bad[0]:.4f}s (video covers {times[0]:.4f}s to {times[-1]:.4f}s; "
+            f"is the video shorter than its episode?)"
+        )
     return frames[pos]
 
 

@@ -68,9 +68,10 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, batch: int =
         return x
     out = np.empty((x.shape[0], x.shape[1], *size), dtype=np.uint8)
     for i in range(0, len(x), batch):
-        y = F.interpolate(torch.from_numpy(x[i:i + batch]).float(), size=size, mode="bilinear", antialias=True,
-                          align_corners=False)
-        out[i:i + batch] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        y = F.interpolate(
+            torch.from_numpy(x[i : i + batch]).float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        out[i : i + batch] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
 
 
@@ -100,11 +101,21 @@ class WindowDataset(torch.utils.data.Dataset):
     per camera, None keeps the stored size.
     """
 
-    def __init__(self, dataset: LeRobotDataset | str | Path, *, n_obs_steps: int, future_frames: int,
-                 future_stride: int, action_horizon: int, cameras: Sequence[str] | None = None,
-                 image_size: int | tuple[int, int] | None = None, episodes: Sequence[int] | None = None,
-                 normalizer: Normalizer | None = None, action_key: str = "action",
-                 state_key: str = "observation.state"):
+    def __init__(
+        self,
+        dataset: LeRobotDataset | str | Path,
+        *,
+        n_obs_steps: int,
+        future_frames: int,
+        future_stride: int,
+        action_horizon: int,
+        cameras: Sequence[str] | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        episodes: Sequence[int] | None = None,
+        normalizer: Normalizer | None = None,
+        action_key: str = "action",
+        state_key: str = "observation.state",
+    ):
         if n_obs_steps < 1 or future_frames < 0 or action_horizon < 1 or future_stride < 1:
             raise ArgumentError("need n_obs_steps >= 1, future_frames >= 0, future_stride >= 1, action_horizon >= 1")
         self.dataset = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(dataset)
@@ -220,7 +231,9 @@ class WindowDataset(torch.utils.data.Dataset):
         }
 
     def __repr__(self) -> str:
-        return (f"WindowDataset({len(self)} windows from {len(self.positions)} episodes of {self.dataset.root}, "
-                f"cameras={self.cameras}, image_size={self.image_size}, n_obs_steps={self.n_obs_steps}, "
-                f"future_frames={self.future_frames}, future_stride={self.future_stride}, "
-                f"action_horizon={self.action_horizon})")
+        return (
+            f"WindowDataset({len(self)} windows from {len(self.positions)} episodes of {self.dataset.root}, "
+            f"cameras={self.cameras}, image_size={self.image_size}, n_obs_steps={self.n_obs_steps}, "
+            f"future_frames={self.future_frames}, future_stride={self.future_stride}, "
+            f"action_horizon={self.action_horizon})"
+        )

@@ -117,8 +117,9 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def infer_features(episode: dict[str, np.ndarray], *, use_videos: bool = True,
-                   names: dict[str, list[str]] | None = None) -> dict[str, dict]:
+def infer_features(
+    episode: dict[str, np.ndarray], *, use_videos: bool = True, names: dict[str, list[str]] | None = None
+) -> dict[str, dict]:
     """Feature descriptions from one episode's arrays: uint8 (T, H, W, 3) arrays are cameras; float64
     is stored as float32 (LeRobot's convention), integers as int64."""
     names = names or {}
@@ -128,8 +129,11 @@ def infer_features(episode: dict[str, np.ndarray], *, use_videos: bool = True,
             continue
         arr = np.asarray(value)
         if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3:
-            features[key] = {"dtype": "video" if use_videos else "image", "shape": list(arr.shape[1:]),
-                             "names": ["height", "width", "channels"]}
+            features[key] = {
+                "dtype": "video" if use_videos else "image",
+                "shape": list(arr.shape[1:]),
+                "names": ["height", "width", "channels"],
+            }
             continue
         if arr.dtype.kind == "f":
             dtype = "float32"
@@ -156,16 +160,27 @@ class LeRobotWriter:
     task_index) are added; `timestamp` may be given, else it is frame_index / fps.
     """
 
-    def __init__(self, root: str | Path, *, fps: int, features: dict[str, dict] | None = None,
-                 robot_type: str | None = None, use_videos: bool = True, codec: str = DEFAULT_CODEC,
-                 crf: int | None = None, pix_fmt: str | None = None, gop: int = DEFAULT_GOP,
-                 chunks_size: int = DEFAULT_CHUNK_SIZE, data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
-                 video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_IN_MB, overwrite: bool = False,
-                 names: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        fps: int,
+        features: dict[str, dict] | None = None,
+        robot_type: str | None = None,
+        use_videos: bool = True,
+        codec: str = DEFAULT_CODEC,
+        crf: int | None = None,
+        pix_fmt: str | None = None,
+        gop: int = DEFAULT_GOP,
+        chunks_size: int = DEFAULT_CHUNK_SIZE,
+        data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
+        video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+        overwrite: bool = False,
+        names: dict[str, list[str]] | None = None,
+    ):
         self.root = Path(root)
         if self.root.exists() and not overwrite:
-            raise FileExistsError(f"{self.root} already exists; choose another path or overwrite it "
-                                  f"(`overwrite=True`)")
+            raise FileExistsError(f"{self.root} already exists; choose another path or overwrite it (`overwrite=True`)")
         if int(fps) != fps or fps <= 0:
             raise ArgumentError(f"fps must be a positive integer, got {fps}")
         if chunks_size < 1 or data_files_size_in_mb <= 0 or video_files_size_in_mb <= 0:
@@ -219,8 +234,10 @@ class LeRobotWriter:
             raise ArgumentError(f"{sorted(bad)} are numbered by the writer; leave them out")
         expected = {k for k in self.features if k not in DEFAULT_FEATURES}
         if given != expected:
-            raise ArgumentError(f"episode keys do not match the dataset's features: missing "
-                                f"{sorted(expected - given)}, unexpected {sorted(given - expected)}")
+            raise ArgumentError(
+                f"episode keys do not match the dataset's features: missing "
+                f"{sorted(expected - given)}, unexpected {sorted(given - expected)}"
+            )
         lengths = {k: len(v) for k, v in data.items()}
         if len(set(lengths.values())) != 1:
             raise ArgumentError(f"all arrays of an episode need the same length, got {lengths}")
@@ -234,8 +251,10 @@ class LeRobotWriter:
             shape = tuple(ft["shape"])
             if ft["dtype"] in ("video", "image"):
                 if arr.dtype != np.uint8 or arr.shape[1:] != shape:
-                    raise ArgumentError(f"{k!r} must be uint8 frames of shape (T, {', '.join(map(str, shape))}), "
-                                        f"got {arr.dtype} {arr.shape}")
+                    raise ArgumentError(
+                        f"{k!r} must be uint8 frames of shape (T, {', '.join(map(str, shape))}), "
+                        f"got {arr.dtype} {arr.shape}"
+                    )
             elif ft["dtype"] == "string":
                 arr = arr.astype(object)
             else:
@@ -306,8 +325,10 @@ class LeRobotWriter:
             if ft["dtype"] == "video":
                 continue
             if ft["dtype"] == "image":
-                arr = pa.array([{"bytes": _png(img), "path": None} for img in data[k]],
-                               type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+                arr = pa.array(
+                    [{"bytes": _png(img), "path": None} for img in data[k]],
+                    type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+                )
             elif ft["dtype"] == "string":
                 arr = pa.array(list(data[k]), type=pa.string())
             else:
@@ -356,8 +377,12 @@ class LeRobotWriter:
         start = enc.frames_written / self.fps
         enc.write(frames)
         chunk, file = self._video_file[key]
-        return {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
+        return {
+            f"videos/{key}/chunk_index": chunk,
+            f"videos/{key}/file_index": file,
+            f"videos/{key}/from_timestamp": start,
+            f"videos/{key}/to_timestamp": start + len(frames) / self.fps,
+        }
 
     # -- finishing
 
@@ -370,7 +395,7 @@ class LeRobotWriter:
         rows_per_file = max(1, int(self.data_cap * MB // max(per_row, 1)))
         chunk, file = 0, 0
         for start in range(0, len(self.episodes), rows_per_file):
-            rows = self.episodes[start:start + rows_per_file]
+            rows = self.episodes[start : start + rows_per_file]
             for r in rows:
                 r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = chunk, file
             path = self.tmp / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
@@ -383,17 +408,37 @@ class LeRobotWriter:
         import pyarrow.parquet as pq
 
         tasks = sorted(self.tasks, key=self.tasks.get)
-        table = pa.table({"task_index": pa.array([self.tasks[t] for t in tasks], pa.int64()),
-                          "task": pa.array(tasks, pa.string())})
+        table = pa.table(
+            {"task_index": pa.array([self.tasks[t] for t in tasks], pa.int64()), "task": pa.array(tasks, pa.string())}
+        )
         # pandas metadata: `pandas.read_parquet` (LeRobot's reader) restores the task as the index
         pandas_meta = {
             "index_columns": ["task"],
-            "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
-                                "metadata": {"encoding": "UTF-8"}}],
-            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                         "numpy_type": "int64", "metadata": None},
-                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                         "metadata": None}],
+            "column_indexes": [
+                {
+                    "name": None,
+                    "field_name": None,
+                    "pandas_type": "unicode",
+                    "numpy_type": "object",
+                    "metadata": {"encoding": "UTF-8"},
+                }
+            ],
+            "columns": [
+                {
+                    "name": "task_index",
+                    "field_name": "task_index",
+                    "pandas_type": "int64",
+                    "numpy_type": "int64",
+                    "metadata": None,
+                },
+                {
+                    "name": "task",
+                    "field_name": "task",
+                    "pandas_type": "unicode",
+                    "numpy_type": "object",
+                    "metadata": None,
+                },
+            ],
             "creator": {"library": "pyarrow", "version": pa.__version__},
             "pandas_version": "2.2.3",
         }
@@ -427,20 +472,34 @@ class LeRobotWriter:
         if self._data_buffer:
             self._flush_data()
             self._data_file = self._next_file(*self._data_file)
-        files = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*")
-                       if p.is_file() and not p.name.startswith(".writer-"))
+        files = sorted(
+            p.relative_to(self.tmp).as_posix()
+            for p in self.tmp.rglob("*")
+            if p.is_file() and not p.name.startswith(".writer-")
+        )
         for rel in files:  # a checkpoint survives a machine stop, not only a killed process
             if rel not in self._synced:
                 _fsync(self.tmp / rel)
                 self._synced.add(rel)
         state = {
-            "format": 1, "fps": self.fps, "robot_type": self.robot_type, "use_videos": self.use_videos,
-            "video_settings": self.video_settings, "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.data_cap, "video_files_size_in_mb": self.video_cap,
-            "overwrite": self.overwrite, "names": self.names, "features": self.features,
-            "tasks": sorted(self.tasks, key=self.tasks.get), "episodes": self.episodes,
-            "total_frames": self.total_frames, "data_file": list(self._data_file),
-            "video_file": {k: list(v) for k, v in self._video_file.items()}, "files": files, "extra": extra or {},
+            "format": 1,
+            "fps": self.fps,
+            "robot_type": self.robot_type,
+            "use_videos": self.use_videos,
+            "video_settings": self.video_settings,
+            "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": self.data_cap,
+            "video_files_size_in_mb": self.video_cap,
+            "overwrite": self.overwrite,
+            "names": self.names,
+            "features": self.features,
+            "tasks": sorted(self.tasks, key=self.tasks.get),
+            "episodes": self.episodes,
+            "total_frames": self.total_frames,
+            "data_file": list(self._data_file),
+            "video_file": {k: list(v) for k, v in self._video_file.items()},
+            "files": files,
+            "extra": extra or {},
         }
         tmp = self.tmp / (STATE_FILE + ".tmp")
         with open(tmp, "w") as f:

@@ -31,8 +31,9 @@ def get_adapter(name: str) -> ModuleType:
     try:
         return importlib.import_module(ENVS[name])
     except ImportError as e:  # an optional extra is missing
-        raise MissingDependency(f"environment {name!r} needs an optional dependency ({e}); install it with: "
-                                f"pip install 'wam[sim]'") from e
+        raise MissingDependency(
+            f"environment {name!r} needs an optional dependency ({e}); install it with: pip install 'wam[sim]'"
+        ) from e
 
 
 def make_env(name: str, task: str | None = None, **kwargs):

@@ -60,10 +60,12 @@ class DotEnv(gym.Env):
         self.camera_names = ("top",)
         self.render_mode = "rgb_array"
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-        self.observation_space = gym.spaces.Dict({
-            "observation.images.top": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
-            "observation.state": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                "observation.images.top": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+                "observation.state": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+            }
+        )
         self.pos = np.zeros(2, np.float32)
         self.goal = np.zeros(2, np.float32)
         self.steps = 0
@@ -108,8 +110,16 @@ def expert_action(state: np.ndarray, rng: np.random.Generator | None = None, noi
 
 # ---- adapter interface (see wam.envs) ----
 
-def make_env(task: str | None = None, *, image_size: int = 32, cameras=None, seed: int | None = None,
-             max_episode_steps: int = 40, **_: object) -> DotEnv:
+
+def make_env(
+    task: str | None = None,
+    *,
+    image_size: int = 32,
+    cameras=None,
+    seed: int | None = None,
+    max_episode_steps: int = 40,
+    **_: object,
+) -> DotEnv:
     env = DotEnv(image_size=image_size, max_episode_steps=max_episode_steps, task=task or "reach-goal")
     if seed is not None:
         env.reset(seed=seed)
@@ -135,8 +145,9 @@ def describe(task: str | None = None) -> str:
     return TASKS[task or "reach-goal"]
 
 
-def collect_arrays(episodes: int, *, image_size: int = 32, max_episode_steps: int = 40, noise: float = 0.3,
-                   seed: int = 0) -> list[dict[str, np.ndarray]]:
+def collect_arrays(
+    episodes: int, *, image_size: int = 32, max_episode_steps: int = 40, noise: float = 0.3, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Run the noisy expert for `episodes` episodes and return one dict of arrays per episode:
     `frames` (T+1, H, W, 3) uint8, `actions` (T, 2), `states` (T+1, 4), `success` (bool)."""
     out = []
@@ -155,6 +166,7 @@ def collect_arrays(episodes: int, *, image_size: int = 32, max_episode_steps: in
             success = success or info["success"]
             if truncated:
                 break
-        out.append({"frames": np.stack(frames), "actions": np.stack(actions), "states": np.stack(states),
-                    "success": success})
+        out.append(
+            {"frames": np.stack(frames), "actions": np.stack(actions), "states": np.stack(states), "success": success}
+        )
     return out

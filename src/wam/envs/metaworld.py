@@ -130,14 +130,49 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 DIFFICULTY: dict[str, tuple[str, ...]] = {
-    "easy": ("button-press-v3", "button-press-topdown-v3", "button-press-topdown-wall-v3", "button-press-wall-v3",
-             "coffee-button-v3", "dial-turn-v3", "door-close-v3", "door-lock-v3", "door-open-v3", "door-unlock-v3",
-             "drawer-close-v3", "drawer-open-v3", "faucet-close-v3", "faucet-open-v3", "handle-press-v3",
-             "handle-press-side-v3", "handle-pull-v3", "handle-pull-side-v3", "lever-pull-v3", "plate-slide-v3",
-             "plate-slide-back-v3", "plate-slide-back-side-v3", "plate-slide-side-v3", "reach-v3", "reach-wall-v3",
-             "window-close-v3", "window-open-v3", "peg-unplug-side-v3"),
-    "medium": ("basketball-v3", "bin-picking-v3", "box-close-v3", "coffee-pull-v3", "coffee-push-v3", "hammer-v3",
-               "peg-insert-side-v3", "push-wall-v3", "soccer-v3", "sweep-v3", "sweep-into-v3"),
+    "easy": (
+        "button-press-v3",
+        "button-press-topdown-v3",
+        "button-press-topdown-wall-v3",
+        "button-press-wall-v3",
+        "coffee-button-v3",
+        "dial-turn-v3",
+        "door-close-v3",
+        "door-lock-v3",
+        "door-open-v3",
+        "door-unlock-v3",
+        "drawer-close-v3",
+        "drawer-open-v3",
+        "faucet-close-v3",
+        "faucet-open-v3",
+        "handle-press-v3",
+        "handle-press-side-v3",
+        "handle-pull-v3",
+        "handle-pull-side-v3",
+        "lever-pull-v3",
+        "plate-slide-v3",
+        "plate-slide-back-v3",
+        "plate-slide-back-side-v3",
+        "plate-slide-side-v3",
+        "reach-v3",
+        "reach-wall-v3",
+        "window-close-v3",
+        "window-open-v3",
+        "peg-unplug-side-v3",
+    ),
+    "medium": (
+        "basketball-v3",
+        "bin-picking-v3",
+        "box-close-v3",
+        "coffee-pull-v3",
+        "coffee-push-v3",
+        "hammer-v3",
+        "peg-insert-side-v3",
+        "push-wall-v3",
+        "soccer-v3",
+        "sweep-v3",
+        "sweep-into-v3",
+    ),
     "hard": ("assembly-v3", "hand-insert-v3", "pick-out-of-hole-v3", "pick-place-v3", "push-v3", "push-back-v3"),
     "very_hard": ("shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3", "pick-place-wall-v3"),
 }
@@ -145,9 +180,19 @@ DIFFICULTY: dict[str, tuple[str, ...]] = {
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 STATE_MODES = ("proprio", "full")  # observation.state: hand xyz + gripper (4-D), or the full 39-D observation
 GOAL_MARKER = 0.04  # radius (m) of the drawn goal sphere in GOAL_MARKER_TASKS
-GOAL_MARKER_TASKS = ("reach-v3", "reach-wall-v3", "push-v3", "push-wall-v3", "push-back-v3", "pick-place-v3",
-                     "pick-place-wall-v3", "pick-out-of-hole-v3", "coffee-pull-v3", "plate-slide-back-v3",
-                     "plate-slide-back-side-v3")
+GOAL_MARKER_TASKS = (
+    "reach-v3",
+    "reach-wall-v3",
+    "push-v3",
+    "push-wall-v3",
+    "push-back-v3",
+    "pick-place-v3",
+    "pick-place-wall-v3",
+    "pick-out-of-hole-v3",
+    "coffee-pull-v3",
+    "plate-slide-back-v3",
+    "plate-slide-back-side-v3",
+)
 _OBJ = [f"{o}_{c}" for o in ("obj1", "obj2") for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
 _NOW = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + _OBJ
 STATE_NAMES = _NOW + [f"prev_{n}" for n in _NOW] + ["goal_x", "goal_y", "goal_z"]  # the 39-D observation
@@ -157,10 +202,22 @@ _METAWORLD_SHADOW_SIZE = 2048  # px; the same frames as MetaWorld's 4096 once re
 
 # Every setting of a benchmark's protocol that reaches the environment (module docstring, "Protocols").
 PROTOCOLS: dict[str, dict] = {
-    "lerobot": {"goal_marker": 0.0, "look": "metaworld", "render_size": 480, "max_episode_steps": 400,
-                "cameras": (DEFAULT_CAMERA,), "state": "proprio"},
-    "wam": {"goal_marker": GOAL_MARKER, "look": "fast", "render_size": None, "max_episode_steps": None,
-            "cameras": (DEFAULT_CAMERA,), "state": "proprio"},
+    "lerobot": {
+        "goal_marker": 0.0,
+        "look": "metaworld",
+        "render_size": 480,
+        "max_episode_steps": 400,
+        "cameras": (DEFAULT_CAMERA,),
+        "state": "proprio",
+    },
+    "wam": {
+        "goal_marker": GOAL_MARKER,
+        "look": "fast",
+        "render_size": None,
+        "max_episode_steps": None,
+        "cameras": (DEFAULT_CAMERA,),
+        "state": "proprio",
+    },
 }
 
 
@@ -175,9 +232,12 @@ def state_mode(size: int) -> str:
     """The `state` setting whose observation.state has `size` values (a checkpoint records only the size)."""
     modes = {len(PROPRIO_NAMES): "proprio", len(STATE_NAMES): "full"}
     if size not in modes:
-        raise ArgumentError(f"a MetaWorld observation.state has 4 values (state='proprio') or 39 (state='full'); "
-                            f"the policy expects {size}")
+        raise ArgumentError(
+            f"a MetaWorld observation.state has 4 values (state='proprio') or 39 (state='full'); "
+            f"the policy expects {size}"
+        )
     return modes[size]
+
 
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
 _CLOSE_AT_EXIT: list[bool] = []
@@ -217,8 +277,10 @@ def resolve_tasks(spec: str | Sequence[str] | None) -> list[str]:
         else:
             close = difflib.get_close_matches(name, list(DESCRIPTIONS) + list(sets), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ArgumentError(f"unknown MetaWorld task or task set {item!r}{hint} "
-                                f"(sets: {', '.join(sets)}; tasks: the 50 MetaWorld v3 names, e.g. reach-v3)")
+            raise ArgumentError(
+                f"unknown MetaWorld task or task set {item!r}{hint} "
+                f"(sets: {', '.join(sets)}; tasks: the 50 MetaWorld v3 names, e.g. reach-v3)"
+            )
         out += [n for n in names if n not in out]
     if not out:
         raise ArgumentError("no tasks given")
@@ -232,8 +294,9 @@ def describe(task: str) -> str:
     return DESCRIPTIONS[task]
 
 
-def _env_settings(task: str, cameras, *, image_size: int, state: str, goal_marker: float, look: str,
-                  render_size: int | None) -> tuple[str, tuple[str, ...], int]:
+def _env_settings(
+    task: str, cameras, *, image_size: int, state: str, goal_marker: float, look: str, render_size: int | None
+) -> tuple[str, tuple[str, ...], int]:
     """MetaWorldEnv's settings checked: (its one task's name, its cameras, the size it renders at)."""
     if task not in DESCRIPTIONS:
         names = resolve_tasks(task)  # "reach" -> ["reach-v3"]; unknown names raise with suggestions
@@ -247,13 +310,17 @@ def _env_settings(task: str, cameras, *, image_size: int, state: str, goal_marke
     if image_size < 16:
         raise ArgumentError(f"image_size must be at least 16 pixels, got {image_size}")
     if state not in STATE_MODES:
-        raise ArgumentError(f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
-                            f"(MetaWorld's 39-D observation with object and goal poses)")
+        raise ArgumentError(
+            f"unknown state {state!r}; choose 'proprio' (hand xyz + gripper, 4-D) or 'full' "
+            f"(MetaWorld's 39-D observation with object and goal poses)"
+        )
     if goal_marker < 0:
         raise ArgumentError(f"goal_marker is a radius in metres (0: MetaWorld's own marker), got {goal_marker}")
     if look not in LOOKS:
-        raise ArgumentError(f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
-                            f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)")
+        raise ArgumentError(
+            f"unknown look {look!r}; choose 'fast' (no shadows, reflections or backdrop) or "
+            f"'metaworld' (MetaWorld's own lighting, as LeRobot renders it)"
+        )
     render_size = int(render_size or image_size)
     if render_size < 16:
         raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
@@ -265,14 +332,30 @@ class MetaWorldEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
-    def __init__(self, task: str, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-                 max_episode_steps: int | None = None, state: str = "proprio", goal_marker: float = GOAL_MARKER,
-                 look: str = "fast", render_size: int | None = None):
+    def __init__(
+        self,
+        task: str,
+        *,
+        image_size: int = 64,
+        cameras: Sequence[str] | None = None,
+        max_episode_steps: int | None = None,
+        state: str = "proprio",
+        goal_marker: float = GOAL_MARKER,
+        look: str = "fast",
+        render_size: int | None = None,
+    ):
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-        task, cameras, render_size = _env_settings(task, cameras, image_size=image_size, state=state,
-                                                   goal_marker=goal_marker, look=look, render_size=render_size)
+        task, cameras, render_size = _env_settings(
+            task,
+            cameras,
+            image_size=image_size,
+            state=state,
+            goal_marker=goal_marker,
+            look=look,
+            render_size=render_size,
+        )
         self.look = look
         self.render_size = render_size
         self.state_mode = state
@@ -308,10 +391,14 @@ class MetaWorldEnv(gym.Env):
             raise OSError(
                 f"MuJoCo cannot render offscreen ({e}). Set MUJOCO_GL=egl (or osmesa) before anything imports "
                 f"mujoco (currently {os.environ.get('MUJOCO_GL')!r}) and install the Debian packages libegl1 "
-                f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)") from e
+                f"libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh does both)"
+            ) from e
         # the reflection pass changes no pixel of these scenes (measured on five tasks at 480 px): off in both looks
-        self._flags = (mujoco.mjtRndFlag.mjRND_REFLECTION,) if look == "metaworld" else (
-            mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX)
+        self._flags = (
+            (mujoco.mjtRndFlag.mjRND_REFLECTION,)
+            if look == "metaworld"
+            else (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX)
+        )
         mujoco.mj_forward(model, data)
         self._upside_down = {}
         for cam in cameras:
@@ -319,8 +406,9 @@ class MetaWorldEnv(gym.Env):
             up = data.cam_xmat[cam_id].reshape(3, 3)[:, 1]  # the camera's y axis = image up, in world frame
             self._upside_down[cam] = bool(up[2] < 0)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
-        spaces = {f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-                  for c in cameras}
+        spaces = {
+            f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for c in cameras
+        }
         spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (len(self.state_names),), np.float32)
         spaces["observation.environment_state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -347,7 +435,7 @@ class MetaWorldEnv(gym.Env):
     def _obs(self, state: np.ndarray) -> dict:
         obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
         full = np.asarray(state, dtype=np.float32)
-        obs["observation.state"] = full if self.state_mode == "full" else full[:len(PROPRIO_NAMES)].copy()
+        obs["observation.state"] = full if self.state_mode == "full" else full[: len(PROPRIO_NAMES)].copy()
         obs["observation.environment_state"] = full
         return obs
 
@@ -388,12 +476,29 @@ class MetaWorldEnv(gym.Env):
 # ---- adapter interface (see wam.envs) ----
 
 
-def make_env(task: str | None = None, *, image_size: int = 64, cameras: Sequence[str] | None = None,
-             seed: int | None = None, max_episode_steps: int | None = None, state: str = "proprio",
-             goal_marker: float = GOAL_MARKER, look: str = "fast", render_size: int | None = None,
-             **_: object) -> MetaWorldEnv:
-    env = MetaWorldEnv(task or "reach-v3", image_size=image_size, cameras=cameras, max_episode_steps=max_episode_steps,
-                       state=state, goal_marker=goal_marker, look=look, render_size=render_size)
+def make_env(
+    task: str | None = None,
+    *,
+    image_size: int = 64,
+    cameras: Sequence[str] | None = None,
+    seed: int | None = None,
+    max_episode_steps: int | None = None,
+    state: str = "proprio",
+    goal_marker: float = GOAL_MARKER,
+    look: str = "fast",
+    render_size: int | None = None,
+    **_: object,
+) -> MetaWorldEnv:
+    env = MetaWorldEnv(
+        task or "reach-v3",
+        image_size=image_size,
+        cameras=cameras,
+        max_episode_steps=max_episode_steps,
+        state=state,
+        goal_marker=goal_marker,
+        look=look,
+        render_size=render_size,
+    )
     if seed is not None:
         env.reset(seed=seed)
     return env
@@ -411,8 +516,10 @@ def make_expert(task: str) -> Callable[[dict], np.ndarray]:
     def act(obs: dict) -> np.ndarray:
         state = np.asarray(obs.get("observation.environment_state", obs["observation.state"]), dtype=np.float64)
         if state.shape[-1] != len(STATE_NAMES):
-            raise ArgumentError(f"the scripted expert needs MetaWorld's 39-D observation "
-                                f"(observation.environment_state); got {state.shape[-1]} values")
+            raise ArgumentError(
+                f"the scripted expert needs MetaWorld's 39-D observation "
+                f"(observation.environment_state); got {state.shape[-1]} values"
+            )
         with warnings.catch_warnings():  # the experts warn whenever their gains saturate, which is expected
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
             action = policy.get_action(state)

@@ -53,9 +53,13 @@ class InferenceConfig:
         from wam.inference.attention import BACKENDS
         from wam.samplers import SCHEDULES, SOLVERS
 
-        for name, value, allowed in (("solver", self.solver, SOLVERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("precision", self.precision, PRECISIONS), ("quantize", self.quantize, QUANTIZE),
-                                     ("attention", self.attention, BACKENDS)):
+        for name, value, allowed in (
+            ("solver", self.solver, SOLVERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("precision", self.precision, PRECISIONS),
+            ("quantize", self.quantize, QUANTIZE),
+            ("attention", self.attention, BACKENDS),
+        ):
             if value not in allowed:
                 raise ArgumentError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
         if self.steps < 1:
@@ -65,8 +69,14 @@ class InferenceConfig:
 
     def sample_kwargs(self) -> dict:
         """The keyword arguments of `wam.modes.sample` this setting implies."""
-        return dict(steps=self.steps, solver=self.solver, schedule=self.schedule, cfg_scale=self.cfg_scale,
-                    cache=self.cache, taylor=self.taylor)
+        return dict(
+            steps=self.steps,
+            solver=self.solver,
+            schedule=self.schedule,
+            cfg_scale=self.cfg_scale,
+            cache=self.cache,
+            taylor=self.taylor,
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -92,8 +102,10 @@ def prepare(model: torch.nn.Module, ic: InferenceConfig) -> torch.nn.Module:
     set_attention_backend(ic.attention)
     model = model.eval()
     if ic.cache and model.cfg.attention == "full":
-        raise ArgumentError('this checkpoint was trained with attention "full": its history sees the generated '
-                            'tokens, so their keys and values cannot be cached; turn the cache off (--no-cache)')
+        raise ArgumentError(
+            'this checkpoint was trained with attention "full": its history sees the generated '
+            "tokens, so their keys and values cannot be cached; turn the cache off (--no-cache)"
+        )
     if ic.quantize == "int8":
         model = quantize_int8(model)
     if ic.compile:

@@ -1,15 +1,15 @@
 """One switch for the attention kernel every block calls.
 
-    sdpa          PyTorch's scaled_dot_product_attention (the default; it picks flash / memory-efficient /
-                  math kernels itself)
-    block_sparse  plain PyTorch: queries in blocks, and each block attends only to the key blocks its mask
-                  leaves open (with prefix attention the observed tokens' queries skip every generated key
-                  block); equal to sdpa up to float rounding
-    sage          SageAttention's quantised kernel (CUDA, `pip install sageattention`); used where no mask
-                  is needed, sdpa elsewhere
+sdpa          PyTorch's scaled_dot_product_attention (the default; it picks flash / memory-efficient /
+              math kernels itself)
+block_sparse  plain PyTorch: queries in blocks, and each block attends only to the key blocks its mask
+              leaves open (with prefix attention the observed tokens' queries skip every generated key
+              block); equal to sdpa up to float rounding
+sage          SageAttention's quantised kernel (CUDA, `pip install sageattention`); used where no mask
+              is needed, sdpa elsewhere
 
-    from wam.inference.attention import set_attention_backend
-    set_attention_backend("block_sparse")
+from wam.inference.attention import set_attention_backend
+set_attention_backend("block_sparse")
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from wam.errors import ArgumentError, UnavailableError
 from wam.model import sdpa
 
 
-def block_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                 block: int = 32) -> torch.Tensor:
+def block_sparse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, block: int = 32
+) -> torch.Tensor:
     """Attention computed only over (query block, key block) pairs the boolean mask leaves open."""
     if mask is None:
         return sdpa(q, k, v, None)
@@ -33,14 +34,14 @@ def block_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     out = torch.empty_like(q)
     n_kb = (M + block - 1) // block
     for qs in range(0, N, block):
-        rows = mask[:, :, qs:qs + block]  # (B, 1, bq, M)
+        rows = mask[:, :, qs : qs + block]  # (B, 1, bq, M)
         pad = n_kb * block - M
         open_kb = torch.nn.functional.pad(rows, (0, pad)).reshape(*rows.shape[:3], n_kb, block).any(dim=(0, 1, 2, 4))
         if bool(open_kb.all()):
             keys = slice(None)
         else:
             keys = (open_kb.repeat_interleave(block)[:M]).nonzero().squeeze(1)  # the open key positions
-        out[:, :, qs:qs + block] = sdpa(q[:, :, qs:qs + block], k[:, :, keys], v[:, :, keys], rows[..., keys])
+        out[:, :, qs : qs + block] = sdpa(q[:, :, qs : qs + block], k[:, :, keys], v[:, :, keys], rows[..., keys])
     return out
 
 
@@ -65,11 +66,15 @@ def set_attention_backend(name: str) -> None:
         import importlib.util
 
         if importlib.util.find_spec("sageattention") is None:
-            raise UnavailableError("the 'sage' attention backend needs the sageattention package and a CUDA GPU: "
-                                   "pip install sageattention (or choose 'sdpa')")
+            raise UnavailableError(
+                "the 'sage' attention backend needs the sageattention package and a CUDA GPU: "
+                "pip install sageattention (or choose 'sdpa')"
+            )
         if not torch.cuda.is_available():
-            raise UnavailableError("the 'sage' attention backend runs on CUDA only; this machine has no CUDA device "
-                                   "(choose 'sdpa' or 'block_sparse')")
+            raise UnavailableError(
+                "the 'sage' attention backend runs on CUDA only; this machine has no CUDA device "
+                "(choose 'sdpa' or 'block_sparse')"
+            )
     _model.attention = BACKENDS[name]
 
 

@@ -40,7 +40,7 @@ def bf16_is_faster(device_type: str = "cpu", n: int = 512) -> bool:
 
 
 def resolve_precision(precision: str, device_type: str = "cpu") -> str:
-    """"auto" -> "bf16" or "fp32" for this device; "bf16"/"fp32" pass through."""
+    """ "auto" -> "bf16" or "fp32" for this device; "bf16"/"fp32" pass through."""
     if precision not in PRECISIONS:
         raise ArgumentError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
@@ -64,6 +64,7 @@ def cpu_description() -> str:
         import platform
 
         return platform.processor() or platform.machine() or "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "unknown")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown"
+    )
     return model + (" (AVX-512 bf16)" if "avx512_bf16" in info else "")

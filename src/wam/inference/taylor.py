@@ -94,8 +94,11 @@ class Forecaster:
             if i == self.depth - 1:
                 self.counts["full"] += 1
                 keep = s.order + 1
-                self.ts, self.first, self.last = ((self.ts + [t])[-keep:], (self.first + [self._first_now])[-keep:],
-                                                  (self.last + [self._streams(xs)])[-keep:])
+                self.ts, self.first, self.last = (
+                    (self.ts + [t])[-keep:],
+                    (self.first + [self._first_now])[-keep:],
+                    (self.last + [self._streams(xs)])[-keep:],
+                )
             return None
 
         return fn
