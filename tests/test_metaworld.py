@@ -216,3 +216,37 @@ def test_protocols_are_named_and_checked():
     e = mw.make_env("reach-v3", image_size=32, render_size=64, max_episode_steps=400, seed=0)
     assert e.reset(seed=0)[0]["observation.images.corner4"].shape == (32, 32, 3) and e.max_episode_steps == 400
     e.close()
+
+
+def test_wam_eval_on_the_lerobot_protocol_and_the_test_seeds(tmp_path):
+    """The command line sets the whole protocol and records it with the seed set (5 steps of one episode)."""
+    import json
+    from pathlib import Path
+
+    from wam.cli import main
+
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "wam-tiny-mt50"
+    out = tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(ckpt), "--tasks", "reach", "--episodes", "1", "--max-steps", "5"]
+    assert (
+        main(
+            [
+                *args,
+                "--seed",
+                "test",
+                "--protocol",
+                "lerobot",
+                "--no-expert",
+                "--videos",
+                "0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    settings = json.loads((out / "eval_info.json").read_text())["settings"]
+    assert settings["seed_set"] == "test" and settings["protocol"] == "lerobot" and settings["render_size"] == 480
+    assert settings["protocol_settings"]["goal_marker"] == 0 and settings["protocol_settings"]["look"] == "metaworld"
+    assert settings["image_size"] == 96
