@@ -1429,20 +1429,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_FINETUNE_FLAGS = (
-    "steps",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup_steps",
-    "grad_clip",
-    "ema_decay",
-    "precision",
-    "seed",
-    "log_every",
-    "val_every",
-    "checkpoint_every",
-)
+_FINETUNE_FLAGS = tuple(f for f in _TRAIN_FLAGS if not f.startswith("tokenizer_"))  # no tokenizer stage
 
 
 def _finetune(sub: argparse._SubParsersAction) -> None:

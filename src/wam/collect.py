@@ -377,10 +377,9 @@ def _env_settings(adapter, env: str, *, cameras, state: str | None, protocol: st
         if not hasattr(adapter, "protocol"):
             raise ArgumentError(f"environment {env!r} has no named protocols")
         env_options = adapter.protocol(protocol)
-        cameras = cameras or list(env_options.pop("cameras", ()) or ()) or None
-        env_options.pop("cameras", None)
-        state = state or env_options.pop("state", None)
-        env_options.pop("state", None)
+        protocol_cameras, protocol_state = env_options.pop("cameras", None), env_options.pop("state", None)
+        cameras = cameras or (list(protocol_cameras) if protocol_cameras else None)
+        state = state or protocol_state
     return cameras, state, env_options
 
 
