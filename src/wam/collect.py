@@ -37,8 +37,9 @@ completed and the collection's state (settings, per-task counts, kept episodes, 
 is saved beside them in the hidden partial directory (see `wam.data.writer`). After Ctrl-C, an error, a
 killed process or a machine stop, the same command plus `--resume` continues from the last checkpoint:
 it finishes the interrupted round, then plans rounds as before, and gives the same episodes in the same
-files as an uninterrupted run (only `--workers` may differ; the videos hold the same frames, though the
-encoder may round a few pixels differently). Ctrl-C and errors print that command.
+files as an uninterrupted run (only `--workers` may differ; the videos hold the same frames up to a level
+of rounding in a few pixels, from the encoder and from float rendering in another process).
+Ctrl-C and errors print that command.
 Without `--resume` an interrupted collection of `--out` is refused; `--overwrite` deletes it and starts over.
 """
 
