@@ -246,3 +246,46 @@ def test_a_served_export_answers_as_the_local_runtime(exported):
                     env.step(a)
             with pytest.raises(ValueError, match="not offered by the server"):
                 PolicyClient(running.url, mode="joint")
+
+
+def test_wam_serve_runtime_onnx_runs_without_torch(exported):
+    """The whole `wam serve --runtime onnx` command, in a process where any import of torch fails, answers a
+    client with the actions of a local ONNXPolicy given the same seed: a robot-side machine needs no torch."""
+    pytest.importorskip("websockets")
+    import socket
+    import time
+
+    from wam.client import PolicyClient
+
+    with socket.socket() as s:  # a free port on loopback
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from wam.cli import main\n"
+        f"sys.exit(main(['serve', '--checkpoint', {str(exported)!r}, '--runtime', 'onnx', '--port', '{port}']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    server = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"ws://127.0.0.1:{port}", time.monotonic() + 60
+        while True:  # until the server listens
+            assert server.poll() is None, server.stderr.read()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "wam serve --runtime onnx did not listen within 60 s"
+                time.sleep(0.2)
+        sim = make_env(image_size=SIZE)
+        sim.reset(seed=4)
+        mine = ONNXPolicy(exported, seed=9, n_action_steps=2)
+        with PolicyClient(url, seed=9, n_action_steps=2) as remote:
+            for _ in range(4):
+                obs = observation(sim)
+                a = mine.select_action(obs)
+                np.testing.assert_array_equal(a, remote.select_action(obs))
+                sim.step(a)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -343,7 +343,7 @@ _TRAIN_FLAGS = (
 
 
 def _train(sub: argparse._SubParsersAction) -> None:
-    from wam.train import TrainConfig
+    from wam.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -1433,7 +1433,7 @@ _FINETUNE_FLAGS = tuple(f for f in _TRAIN_FLAGS if not f.startswith("tokenizer_"
 
 
 def _finetune(sub: argparse._SubParsersAction) -> None:
-    from wam.finetune import finetune_config
+    from wam.config import finetune_config
 
     p = sub.add_parser(
         "finetune",
@@ -1482,9 +1482,8 @@ def _finetune(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wam.config import LossConfig, from_dict
-    from wam.finetune import finetune, finetune_config
-    from wam.train import TrainConfig
+    from wam.config import LossConfig, TrainConfig, finetune_config, from_dict
+    from wam.finetune import finetune
 
     given = {k: getattr(args, k) for k in _FINETUNE_FLAGS if getattr(args, k) is not None}
     loss = _parse_settings(args.loss, LossConfig)

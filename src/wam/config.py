@@ -171,6 +171,33 @@ class LossConfig:
     action_weight: float = 1.0
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of the WAM stage (and the tokenizer stage before it)."""
+
+    steps: int = 20000  # optimizer steps of the WAM stage
+    batch_size: int = 32  # global batch size
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    warmup_steps: int = 500  # linear warm-up, then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.05
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # exponential moving average of the weights (used for inference)
+    precision: str = "auto"  # "auto" (bf16 autocast where measured faster), "bf16" or "fp32"
+    seed: int = 0
+    tokenizer_steps: int | None = None  # autoencoder steps of the tokenizer stage; None: steps // 5, at most 2000
+    # (a short run stays short); 0 keeps a given tokenizer (--tokenizer-from)
+    tokenizer_batch_size: int = 64
+    tokenizer_lr: float = 2e-3
+    tokenizer_detail_weight: float = 4.0  # extra weight of each pixel's error by its local contrast, so that small
+    # objects and goal markers survive the autoencoder (wam.tokenizer.ConvAutoencoder.loss, bench_tokenizer); 0: plain
+    log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
+    val_every: int = 1000  # steps between validation passes (0: only at the end)
+    checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
+    fsdp: bool = False  # several processes: shard weights, gradients and optimizer state over them (FSDP2),
+    # for models too large for one device; otherwise every process holds a full copy (DDP)
+
+
 def to_dict(cfg: Any) -> dict:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(cfg)
@@ -196,4 +223,28 @@ def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = ["ModelConfig", "LossConfig", "PRESETS", "TEXT_ENCODERS", "to_dict", "from_dict", "replace"]
+__all__ = [
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "PRESETS",
+    "TEXT_ENCODERS",
+    "to_dict",
+    "from_dict",
+    "replace",
+    "finetune_config",
+]
+
+
+def finetune_config(adapter: str = "lora", **changes) -> TrainConfig:
+    """Fine-tuning's TrainConfig defaults: a short run and warm-up; adapters take a larger learning rate than
+    full fine-tuning, which moves every weight of a model that already works."""
+    base = dict(
+        steps=2000,
+        warmup_steps=100,
+        lr=1e-4 if adapter == "full" else 1e-3,
+        tokenizer_steps=0,
+        val_every=500,
+        checkpoint_every=500,
+    )
+    return TrainConfig(**{**base, **changes})

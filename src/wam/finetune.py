@@ -40,7 +40,7 @@ from wam.adapters import (
 )
 from wam.atomic import recover_dir, write_text_atomic
 from wam.checkpoint import load_checkpoint, save_checkpoint
-from wam.config import LossConfig, from_dict, to_dict
+from wam.config import LossConfig, finetune_config, from_dict, to_dict  # (finetune_config: re-exported here)
 from wam.episodes import episodes_to_tensors, load_episodes, split_episodes
 from wam.errors import ArgumentError, CheckpointError, DatasetError, NotFoundError
 from wam.model import STREAMS
@@ -55,20 +55,6 @@ from wam.train import (
     train_state_dict,
     validate_and_log,
 )
-
-
-def finetune_config(adapter: str = "lora", **changes):
-    """Fine-tuning's TrainConfig defaults: a short run and warm-up; adapters take a larger learning rate than
-    full fine-tuning, which moves every weight of a model that already works."""
-    base = dict(
-        steps=2000,
-        warmup_steps=100,
-        lr=1e-3 if adapter in KINDS else 1e-4,
-        tokenizer_steps=0,
-        val_every=500,
-        checkpoint_every=500,
-    )
-    return TrainConfig(**{**base, **changes})
 
 
 def _check_sizes(dataset, norm, checkpoint) -> None:

@@ -22,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from wam.errors import ArgumentError
-from wam.inference.taylor import TaylorSeer
+
+if TYPE_CHECKING:  # (torch is imported where a network is touched: the settings alone need none of it)
+    import torch
+
+    from wam.inference.taylor import TaylorSeer
 
 PRECISIONS = ("fp32", "bf16")
 QUANTIZE = ("none", "int8")
@@ -85,13 +88,12 @@ class InferenceConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> InferenceConfig:
+        from wam.inference.taylor import TaylorSeer
+
         d = dict(d)
         if isinstance(d.get("taylor"), dict):
             d["taylor"] = TaylorSeer(**d["taylor"])
         return cls(**d)
-
-
-REFERENCE = InferenceConfig(steps=50, solver="euler", schedule="linear", cache=False)  # run in joint mode
 
 
 def prepare(model: torch.nn.Module, ic: InferenceConfig) -> torch.nn.Module:
@@ -118,6 +120,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     the blocks, where nearly all of the compute is; embedders and final layers stay fp32."""
     import copy
 
+    import torch
     from torch.ao.quantization import quantize_dynamic
 
     if next(model.parameters()).device.type != "cpu":
@@ -130,6 +133,8 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile on the methods sampling calls (the first call of each shape compiles: seconds)."""
     import copy
+
+    import torch
 
     model = copy.copy(model)
     for name in ("forward", "observed_kv", "forward_generated"):  # a new batch size recompiles once, as dynamic
@@ -149,8 +154,21 @@ def warnings_off():
 def autocast(ic: InferenceConfig, device: torch.device | str = "cpu"):
     """The precision context sampling runs under."""
     if ic.precision == "bf16":
+        import torch
+
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def __getattr__(name: str):
+    # made when asked for: TaylorSeer and checking a setting's names need torch, the settings' fields do not
+    if name == "TaylorSeer":
+        from wam.inference.taylor import TaylorSeer
+
+        return TaylorSeer
+    if name == "REFERENCE":  # the reference path (run in joint mode)
+        return InferenceConfig(steps=50, solver="euler", schedule="linear", cache=False)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["InferenceConfig", "REFERENCE", "TaylorSeer", "prepare", "autocast"]
