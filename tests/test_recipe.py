@@ -124,3 +124,32 @@ def test_training_settings_may_change_until_training_starts(tmp_path, monkeypatc
     assert json.loads((out / "recipe.json").read_text())["train"]["steps"] == 8
     with pytest.raises(ArgumentError, match="differs in: train"):
         run_recipe(base, out, progress=False)  # training has started: the recipe is fixed now
+
+
+def test_a_twin_recipe_trains_on_another_runs_data_and_refuses_data_made_otherwise(tmp_path):
+    import dataclasses
+
+    from wam.collect import collect
+    from wam.recipe import POLICY_ONLY_LOSS
+
+    base = get_recipe("dot-tiny")
+    collect(**base.collect, out=tmp_path / "data", workers=1, progress=False)
+    twin = dataclasses.replace(base, name="dot-tiny-policy", loss=POLICY_ONLY_LOSS)
+    out = tmp_path / "twin"
+    assert run_recipe(twin, out, data=tmp_path / "data", progress=False) == {"stage": "done", "step": 24}
+    assert (out / "data").is_symlink() and (out / "data").resolve() == (tmp_path / "data").resolve()
+    first = json.loads((out / "sittings.jsonl").read_text().splitlines()[0])
+    assert first["stage"] == "train" and first["data"] == str((tmp_path / "data").resolve())  # nothing collected
+    import shutil
+
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")  # the same dataset, somewhere else
+    with pytest.raises(ArgumentError, match="already has its data"):
+        run_recipe(twin, out, data=tmp_path / "copy", progress=False)
+
+    collect(**{**base.collect, "episodes": 4}, out=tmp_path / "fewer", workers=1, progress=False)
+    with pytest.raises(ArgumentError, match=r"not collected with recipe 'dot-tiny-policy'.*differs in: episodes"):
+        run_recipe(twin, tmp_path / "x", data=tmp_path / "fewer", progress=False)
+    with pytest.raises(ArgumentError, match="finished dataset made by `wam collect`"):
+        run_recipe(twin, tmp_path / "y", data=tmp_path / "twin" / "train", progress=False)
+    assert RECIPES["mt50-v2-policy"].collect == RECIPES["mt50-v2"].collect  # the v2 twin can share v2's data
+    assert RECIPES["mt50-v2-policy"].train == RECIPES["mt50-v2"].train

@@ -1608,6 +1608,13 @@ def _recipe(sub: argparse._SubParsersAction) -> None:
         help="end this sitting after WAM step N (run again to continue; the schedule is the recipe's)",
     )
     run.add_argument("--workers", type=int, default=None, help="collection processes (the data does not depend on it)")
+    run.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="a finished dataset collected with the recipe's collection settings (e.g. another recipe's "
+        "run's data/), used instead of collecting it",
+    )
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=_run_recipe)
 
@@ -1624,7 +1631,14 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(json.dumps(get_recipe(args.name).to_dict(), indent=2))
         return 0
-    end = run_recipe(args.name, args.out, until_step=args.until_step, workers=args.workers, progress=not args.quiet)
+    end = run_recipe(
+        args.name,
+        args.out,
+        until_step=args.until_step,
+        workers=args.workers,
+        data=args.data,
+        progress=not args.quiet,
+    )
     where = "done" if end["stage"] == "done" else f"stopped in stage {end['stage']} at WAM step {end['step']}"
     print(f"wam recipe: {args.name} in {args.out}: {where}; checkpoint: {args.out}/train/checkpoint")
     return 0

@@ -243,7 +243,7 @@ def collect(
     adapter = get_adapter(env)
     task_list = adapter.resolve_tasks(tasks)
     out = Path(out)
-    max_attempts = max_attempts or (episodes if keep_failed else 4 * episodes)
+    max_attempts = _max_attempts(episodes, keep_failed, max_attempts)
     if max_attempts < episodes:
         raise ArgumentError(f"`max_attempts` ({max_attempts}) must be at least `episodes` ({episodes})")
     workers = max(1, workers or os.cpu_count() or 1)
@@ -340,6 +340,55 @@ def collect(
     if progress:
         print_summary(summary, out)
     return summary
+
+
+def _max_attempts(episodes: int, keep_failed: bool, given: int | None) -> int:
+    return given or (episodes if keep_failed else 4 * episodes)
+
+
+# what decides a dataset's contents, as meta/collection.json records it (`recorded_settings`)
+_RECORDED = ("image_size", "cameras", "state", "env_options", "after_success", "max_steps", "action_noise")
+_RECORDED += ("keep_failed", "max_attempts", "codec", "crf")
+
+
+def collection_settings(env: str, **kwargs: Any) -> dict[str, Any]:
+    """The settings that decide the contents of the dataset `collect(env, **kwargs)` makes, as
+    `recorded_settings` reads them back from its meta/collection.json: a dataset made by another command can be
+    checked against a collection's arguments (`wam.recipe`). Arguments that do not change the data (`out`,
+    `workers`, `checkpoint_every`, ...) are accepted and left out."""
+    args = {k: p.default for k, p in inspect.signature(collect).parameters.items() if p.default is not p.empty}
+    args.update(kwargs)
+    adapter = get_adapter(env)
+    cameras, state, env_options = _env_settings(
+        adapter, env, cameras=args["cameras"], state=args["state"], protocol=args["protocol"]
+    )
+    resolved = {
+        **args,
+        "cameras": list(cameras) if cameras else None,
+        "state": state,
+        "env_options": env_options,
+        "max_attempts": _max_attempts(args["episodes"], args["keep_failed"], args["max_attempts"]),
+    }
+    out = {
+        "env": env,
+        "tasks": list(adapter.resolve_tasks(args["tasks"])),
+        "episodes": args["episodes"],
+        "seed": args["seed"],
+        **{k: resolved[k] for k in _RECORDED},
+    }
+    return json.loads(json.dumps(out))  # as the JSON file holds them (tuples as lists)
+
+
+def recorded_settings(summary: dict[str, Any]) -> dict[str, Any]:
+    """`collection_settings` as a dataset's meta/collection.json (the summary `collect` returns) records them."""
+    s = summary["settings"]
+    return {
+        "env": summary["env"],
+        "tasks": [t["task"] for t in summary["tasks"]],
+        "episodes": summary["episodes_per_task"],
+        "seed": summary["seed"],
+        **{k: s.get(k) for k in _RECORDED},
+    }
 
 
 def _check_collect_settings(

@@ -84,6 +84,18 @@ MT50_V2 = Recipe(
     loss={"p_omit_future": 0.3},
 )
 
+# The same network, data, tokenizer stage and schedule trained as a policy only: the future frames never enter the
+# sequence (no video loss), every example is the policy's problem. Beside mt50-v2 on the same evaluation episodes it
+# measures what the world model adds at this budget. It collects the same dataset (`--data runs/mt50-v2/data`
+# reuses that run's), and its tokenizer stage, with the same data, seed and settings, is mt50-v2's.
+POLICY_ONLY_LOSS = {"p_omit_future": 1.0, "p_omit_action": 0.0, "p_clean_future": 0.0, "p_clean_action": 0.0}
+MT50_V2_POLICY = dataclasses.replace(
+    MT50_V2,
+    name="mt50-v2-policy",
+    summary="mt50-v2 trained as a policy only (no future frames, no video loss): the world model's worth at its budget",
+    loss=POLICY_ONLY_LOSS,
+)
+
 # A recipe of seconds on the synthetic dot world: the same stages, for tests and for trying the command.
 DOT_TINY = Recipe(
     name="dot-tiny",
@@ -104,7 +116,7 @@ DOT_TINY = Recipe(
     val_fraction=0.25,
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (MT50_V2, DOT_TINY)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (MT50_V2, MT50_V2_POLICY, DOT_TINY)}
 
 
 def get_recipe(name: str) -> Recipe:
@@ -206,26 +218,57 @@ def _train_stage(recipe: Recipe, out: Path, *, until_step: int | None, progress:
     )
 
 
+def _use_data(recipe: Recipe, out: Path, data: Path) -> None:
+    """Stand a finished dataset in for the recipe's collection stage (out/data becomes a link to it), once it is
+    shown to be what the stage would collect: its meta/collection.json records the recipe's collection settings."""
+    from wam.collect import collection_settings, recorded_settings
+
+    record = data / "meta" / "collection.json"
+    if not (data / "meta" / "info.json").is_file() or not record.is_file():
+        raise ArgumentError(
+            f"`data` must be a finished dataset made by `wam collect` (with meta/info.json and "
+            f"meta/collection.json); {data} is not"
+        )
+    want, have = collection_settings(**recipe.collect), recorded_settings(json.loads(record.read_text()))
+    differ = [k for k in want if want[k] != have.get(k)]
+    if differ:
+        raise ArgumentError(
+            f"{data} was not collected with recipe {recipe.name!r}'s settings (differs in: {', '.join(differ)}); "
+            f"leave out `data` and the recipe collects its own"
+        )
+    link = out / "data"
+    if link.exists() or link.is_symlink():
+        if link.resolve() != data.resolve():
+            raise ArgumentError(f"{out} already has its data ({link.resolve()}); leave out `data`")
+        return
+    link.symlink_to(data.resolve(), target_is_directory=True)
+
+
 def run_recipe(
     recipe: str | Recipe,
     out: str | Path,
     *,
     until_step: int | None = None,
     workers: int | None = None,
+    data: str | Path | None = None,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) `recipe` in `out`; returns `progress_of(out)`. Every stage picks up where the last
     sitting left it. `until_step` ends this sitting after that WAM step (the schedule stays the recipe's).
-    `workers`: collection processes (the dataset does not depend on it). `on_stage(name)` is called as each
-    stage starts."""
+    `workers`: collection processes (the dataset does not depend on it). `data`: a finished dataset collected
+    with the recipe's collection settings (checked against its meta/collection.json), used instead of
+    collecting it again, e.g. another recipe's run's `data/` when two recipes differ only in training.
+    `on_stage(name)` is called as each stage starts."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     out = Path(out)
     if until_step is not None and until_step < 1:
         raise ArgumentError(f"until_step must be a positive WAM step, got {until_step}")
     _check_same_recipe(out, recipe)
+    if data is not None:
+        _use_data(recipe, out, Path(data))
     start = progress_of(out)
-    _log_sitting(out, "start", recipe=recipe.name, **start)
+    _log_sitting(out, "start", recipe=recipe.name, **start, **({"data": str(Path(data).resolve())} if data else {}))
     try:
         if start["stage"] == "collect":
             if on_stage is not None:
