@@ -153,3 +153,28 @@ def test_a_twin_recipe_trains_on_another_runs_data_and_refuses_data_made_otherwi
         run_recipe(twin, tmp_path / "y", data=tmp_path / "twin" / "train", progress=False)
     assert RECIPES["mt50-v2-policy"].collect == RECIPES["mt50-v2"].collect  # the v2 twin can share v2's data
     assert RECIPES["mt50-v2-policy"].train == RECIPES["mt50-v2"].train
+
+
+def test_sigterm_ends_a_sitting_as_ctrl_c_does(tmp_path, monkeypatch):
+    """`kill` (SIGTERM, what a supervisor or a scheduler sends) ends `wam recipe run` cleanly: exit 130 and an
+    end line in sittings.jsonl, as Ctrl-C does."""
+    import os
+    import signal
+    import time
+
+    import wam.recipe as recipe_mod
+    from wam.cli import main
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+        raise AssertionError("SIGTERM did not stop the sitting")
+
+    monkeypatch.setattr(recipe_mod, "_collect_stage", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["recipe", "run", "dot-tiny", "--out", str(tmp_path / "run"), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "sittings.jsonl").read_text().splitlines()]
+    assert [(s["event"], s.get("interrupted")) for s in lines] == [("start", None), ("end", "KeyboardInterrupt")]

@@ -1631,6 +1631,12 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(json.dumps(get_recipe(args.name).to_dict(), indent=2))
         return 0
+    import signal
+
+    def stop(signum, frame):  # a supervisor's or `kill`'s SIGTERM ends the sitting as Ctrl-C does (logged)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
     end = run_recipe(
         args.name,
         args.out,
