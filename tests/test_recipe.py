@@ -16,7 +16,7 @@ def _weights(out: Path) -> dict[str, bytes]:
     return {n: (ckpt / n).read_bytes() for n in ("model.safetensors", "tokenizer.safetensors")}
 
 
-def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     assert run_recipe("dot-tiny", whole, workers=1, progress=False) == {"stage": "done", "step": 24}
 
@@ -36,9 +36,29 @@ def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_p
         run_recipe("dot-tiny", parts, workers=1, progress=False)
     monkeypatch.undo()
     assert progress_of(parts) == {"stage": "collect", "step": 0}
-    # 2: a sitting that ends after WAM step 10 (between two checkpoints, every 4 steps)
+    # 2: stopped in the tokenizer stage, at its step 5 (its state was saved at step 4)
+    from wam.tokenizer import ConvAutoencoder
+
+    real_loss, tok_calls = ConvAutoencoder.loss, {"n": 0}
+
+    def dies_at_tokenizer_step_5(self, *a, **k):
+        tok_calls["n"] += 1
+        if tok_calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **k)
+
+    monkeypatch.setattr(ConvAutoencoder, "loss", dies_at_tokenizer_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe("dot-tiny", parts, workers=1, progress=False)
+    monkeypatch.undo()
+    assert progress_of(parts) == {"stage": "train", "step": 0}
+    import torch
+
+    assert torch.load(parts / "train" / "tokenizer_stage.pt", weights_only=False)["step"] == 4
+    # 3: a sitting that ends after WAM step 10 (between two checkpoints, every 4 steps)
     assert run_recipe("dot-tiny", parts, until_step=10, workers=1, progress=False) == {"stage": "train", "step": 10}
-    # 3: stopped in the middle of step 15; the last checkpoint is step 12
+    assert not (parts / "train" / "tokenizer_stage.pt").exists()  # the step-0 checkpoint holds the tokenizer
+    # 4: stopped in the middle of step 15; the last checkpoint is step 12
     real_update, calls = train_mod.ema_update, {"n": 0}
 
     def dies_at_step_15(ema, model, decay):
@@ -61,6 +81,8 @@ def test_interrupted_three_times_gives_the_weights_of_an_uninterrupted_run(tmp_p
         ("start", "collect", 0, None),
         ("end", "collect", 0, "KeyboardInterrupt"),
         ("start", "collect", 0, None),
+        ("end", "train", 0, "KeyboardInterrupt"),
+        ("start", "train", 0, None),
         ("end", "train", 10, None),
         ("start", "train", 10, None),
         ("end", "train", 12, "KeyboardInterrupt"),

@@ -336,6 +336,7 @@ _TRAIN_FLAGS = (
     "seed",
     "tokenizer_steps",
     "tokenizer_detail_weight",
+    "tokenizer_checkpoint_every",
     "log_every",
     "val_every",
     "checkpoint_every",

@@ -107,6 +107,7 @@ DOT_TINY = Recipe(
         "steps": 24,
         "batch_size": 4,
         "tokenizer_steps": 6,
+        "tokenizer_checkpoint_every": 2,
         "log_every": 2,
         "val_every": 8,
         "checkpoint_every": 4,
@@ -199,10 +200,10 @@ def _collect_stage(recipe: Recipe, out: Path, *, workers: int | None, progress: 
 
 def _train_stage(recipe: Recipe, out: Path, *, until_step: int | None, progress: bool) -> None:
     from wam.config import LossConfig
-    from wam.train import TrainConfig, train
+    from wam.train import TrainConfig, resumable, train
 
     run = out / "train"
-    resume = (run / "checkpoint" / "train_state" / "state.pt").is_file()
+    resume = resumable(run)
     train(
         out / "data",
         run,

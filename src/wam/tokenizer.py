@@ -235,10 +235,16 @@ def train_tokenizer(
     autocast: bool = False,
     detail_weight: float = 0.0,
     progress=None,
+    resume: dict | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint=None,
 ) -> list[float]:
     """Train the autoencoder on frames (N, C, H, W) in [-1, 1], or (N, H, W, 3) uint8 (each batch converted
     when drawn: a float copy of 200,000 frames at 96 px would take 22 GB); returns the loss per step.
-    detail_weight: see `ConvAutoencoder.loss`. Fits the latent standardisation at the end."""
+    detail_weight: see `ConvAutoencoder.loss`. Fits the latent standardisation at the end.
+    Every `checkpoint_every` steps (0: never) `on_checkpoint(state)` receives the stage's whole state (weights,
+    optimizer, schedule, sampling generator, losses so far); `resume=state` continues from it to the weights an
+    uninterrupted run gives."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0, fused=True)
     warmup = max(1, steps // 10)  # linear warm-up, then cosine decay to zero
@@ -247,10 +253,16 @@ def train_tokenizer(
         return (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    losses = []
+    losses, start = [], 0
+    if resume is not None:
+        tok.load_state_dict(resume["tokenizer"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        g.set_state(resume["generator"])
+        losses, start = list(resume["losses"]), int(resume["step"])
     convert = _is_uint8_frames(frames)
     tok.train()
-    for _ in range(steps):
+    for i in range(start, steps):
         idx = torch.randint(0, len(frames), (batch_size,), generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, _ = tok.loss(to_model_frames(frames[idx]) if convert else frames[idx], detail_weight=detail_weight)
@@ -261,6 +273,9 @@ def train_tokenizer(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(losses[-1])
+        if on_checkpoint is not None and checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+            state = {"step": i + 1, "tokenizer": tok.state_dict(), "optimizer": opt.state_dict()}
+            on_checkpoint({**state, "scheduler": sched.state_dict(), "generator": g.get_state(), "losses": losses})
     tok.eval()
     tok.fit_latent_stats(frames)
     return losses

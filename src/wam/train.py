@@ -574,23 +574,33 @@ def _train(
     until=None,
 ):
     from wam.checkpoint import load_checkpoint
-    from wam.config import PRESETS, to_dict
+    from wam.config import PRESETS, from_dict, to_dict
 
     out = Path(out)
-    ckpt_dir = out / "checkpoint"
+    ckpt_dir, tok_state = out / "checkpoint", out / TOKENIZER_STATE
     if preset not in PRESETS:
         raise ArgumentError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     _check_out_dir(out, ckpt_dir, resume=resume, overwrite=overwrite, dist=dist)
     specs = [DatasetSpec.parse(d) for d in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
-    saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume else None
+    in_wam_stage = (ckpt_dir / "train_state" / "state.pt").is_file()
+    saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume and in_wam_stage else None
     normalizers = None
     if saved is not None:  # the checkpoint's settings unless new ones are given
         run = saved.config.get("run", {})
         cameras, val_fraction, normalizers, tc, lc = _saved_settings(
             saved, run, out, specs, cameras, val_fraction, tc, lc
         )
+    base = None
+    if resume and saved is None:  # stopped in the tokenizer stage: the run's settings (run.json) unless given
+        run = json.loads((out / "run.json").read_text())
+        cameras, val_fraction = run.get("cameras", cameras), run.get("val_fraction", val_fraction)
+        tc = tc or from_dict(TrainConfig, run["train"])
+        lc = lc or from_dict(LossConfig, run["loss"])
+        base = from_dict(ModelConfig, run["model"])
+    elif not resume and dist.main:
+        tok_state.unlink(missing_ok=True)  # (overwrite) a new run's tokenizer starts from nothing
     tc, lc = tc or TrainConfig(), lc or LossConfig()
-    base = saved.model.cfg if saved is not None else _preset_config(preset, model_changes)
+    base = base or (saved.model.cfg if saved is not None else _preset_config(preset, model_changes))
     # frames stay on disk until they are encoded, one episode at a time, unless the tokenizer trains on them
     # (then they are all in memory for its stage): MT50 at 96 px is 6 GB of frames against 2 GB of latents
     frames_needed = (
@@ -632,7 +642,15 @@ def _train(
         tok = saved.tokenizer
     else:
         tok = _tokenizer_stage(
-            cfg, tc, train_eps, logger, train=frames_needed, tokenizer_from=tokenizer_from, progress=progress, dist=dist
+            cfg,
+            tc,
+            train_eps,
+            logger,
+            train=frames_needed,
+            tokenizer_from=tokenizer_from,
+            progress=progress,
+            dist=dist,
+            state_path=tok_state if dist.main else None,
         )
     tok.eval()
     _wam_stage(
@@ -655,17 +673,27 @@ def _train(
     return ckpt_dir
 
 
+TOKENIZER_STATE = "tokenizer_stage.pt"  # in the run directory while the tokenizer stage is under way
+
+
+def resumable(out: str | Path) -> bool:
+    """Whether `out` holds a run that `resume=True` continues: a checkpoint of the WAM stage, or the saved state
+    of an unfinished tokenizer stage."""
+    out = Path(out)
+    return (out / "checkpoint" / "train_state" / "state.pt").is_file() or (out / TOKENIZER_STATE).is_file()
+
+
 def _check_out_dir(out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, dist) -> None:
     """The output directory holds a run to resume, or none unless it may be overwritten; a checkpoint write killed
     half-way is put back first."""
     if dist.main:  # (the run's only writer) a checkpoint write killed half-way: put back the last one, drop the rest
         recover_dir(ckpt_dir)
-    if resume and not (ckpt_dir / "train_state" / "state.pt").is_file():
+    if resume and not resumable(out):
         raise NotFoundError(
-            f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt does not exist; "
-            f"start the run without `resume=True`"
+            f"nothing to resume in {out}: neither {ckpt_dir}/train_state/state.pt nor {out / TOKENIZER_STATE} "
+            f"exists; start the run without `resume=True`"
         )
-    if not resume and ckpt_dir.exists() and not overwrite:
+    if not resume and (ckpt_dir.exists() or (out / TOKENIZER_STATE).exists()) and not overwrite:
         raise ArgumentError(
             f"{out} already holds a run; pass `resume=True` to continue it or `overwrite=True` to start over"
         )
@@ -793,9 +821,11 @@ def _tokenizer_stage(
     tokenizer_from,
     progress: bool,
     dist,
+    state_path: Path | None = None,
 ):
     """The frame tokenizer: rank 0 starts it (fresh, or from `tokenizer_from`) and trains it on the training
-    episodes' frames when `train`; every other process takes its weights."""
+    episodes' frames when `train`; every other process takes its weights. The stage's state is saved to
+    `state_path` every `tc.tokenizer_checkpoint_every` steps, and continued from it when the file exists."""
     from wam.tokenizer import make_tokenizer, train_tokenizer
 
     torch.manual_seed(tc.seed)  # the tokenizer's initial weights: the same command gives the same run
@@ -805,11 +835,15 @@ def _tokenizer_stage(
     if dist.main and train:
         steps = tokenizer_budget(tc)
         frames = _pack_frames(train_eps)  # (N, H, W, 3) uint8
+        resume = None
+        if state_path is not None and state_path.is_file():
+            resume = torch.load(state_path, map_location="cpu", weights_only=False)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc="tokenizer", unit="step", dynamic_ncols=True)
+            start = resume["step"] if resume is not None else 0
+            bar = tqdm(total=steps, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
 
         def tick(loss: float) -> None:
             if bar is not None:
@@ -825,6 +859,9 @@ def _tokenizer_stage(
             seed=tc.seed,
             detail_weight=tc.tokenizer_detail_weight,
             progress=tick,
+            resume=resume,
+            checkpoint_every=tc.tokenizer_checkpoint_every if state_path is not None else 0,
+            on_checkpoint=(lambda state: _save_atomic(state, state_path)) if state_path is not None else None,
         )
         if bar is not None:
             bar.close()
@@ -834,6 +871,13 @@ def _tokenizer_stage(
         del frames
     dist.broadcast_module(tok)
     return tok
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """torch.save through a temporary sibling and one rename: a kill leaves the previous file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def _pack_frames(episodes: list[dict]) -> torch.Tensor:
@@ -900,6 +944,8 @@ def _wam_stage(
     on_validate = validate_and_log(val_data, logger)
     if saved is None:
         on_checkpoint(state)  # step 0: the tokenizer is saved, so an interrupted run never trains it again
+        if dist.main:
+            (ckpt_dir.parent / TOKENIZER_STATE).unlink(missing_ok=True)  # (its stage's state: no longer needed)
     main_only = (lambda f: f) if dist.main else (lambda f: None)
     fit(
         state,
