@@ -192,9 +192,9 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     import torch
 
-    # one thread per worker: a resize to the model's size runs in torch, and several worker processes each
-    # spinning up a thread per core take turns on the cores (MT50 at 480 px, 2 workers on 2 cores: 4.2 s per
-    # kept episode with torch's default threads, against 1.5 with one thread each)
+    # one thread per worker: a resize to the model's size runs in torch, and worker processes that each spin a
+    # thread per core contend for the cores (MT50 at 480 px, 2 workers on 2 cores: 4.2 s per kept episode with
+    # torch's default threads; 2.2-2.9 s on the next episodes with one thread each)
     torch.set_num_threads(1)
 
 
