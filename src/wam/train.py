@@ -891,7 +891,21 @@ def _pack_frames(episodes: list[dict]) -> torch.Tensor:
         packed[row : row + len(f)] = f
         e["frames"] = packed[row : row + len(f)].numpy()  # a view: the episode's own array is freed
         row += len(f)
+    _return_freed_memory()
     return packed
+
+
+def _return_freed_memory() -> None:
+    """Give the memory of freed arrays back to the system (glibc keeps the episodes' freed frame arrays in its
+    heap: MT50 at 128 px held 12 GB of them beside the 10 GB of packed frames, and the WAM stage's latents then
+    came on top). A no-op where the C library has no malloc_trim."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _wam_stage(
