@@ -136,6 +136,26 @@ def test_seeding_reproduces_episodes_exactly(env):
     assert not np.allclose(a["observation.environment_state"][36:], c["observation.environment_state"][36:])
 
 
+def test_frames_left_unrendered_change_no_later_frame(env):
+    """render_images=False gives black images and leaves the simulation and the next rendered frame as they are."""
+    actions = [np.array([0.5, -0.3, 0.2, 0.1], np.float32)] * 6
+    env.reset(seed=3)
+    every = [env.step(a)[0] for a in actions]
+    env.reset(seed=3)
+    lazy = []
+    for i, a in enumerate(actions):
+        env.render_images = i % 3 == 2
+        lazy.append(env.step(a)[0])
+    env.render_images = True
+    for i, (x, y) in enumerate(zip(every, lazy)):
+        for k in x:
+            same = np.array_equal(x[k], y[k])
+            if k.startswith("observation.images.") and i % 3 != 2:
+                assert not y[k].any() and y[k].shape == x[k].shape
+            else:
+                assert same, (i, k)
+
+
 def test_expert_reaches_success_and_frames_survive_the_codec(env, tmp_path):
     from wam.data.video import VideoEncoder, decode_frames, psnr
 

@@ -459,3 +459,55 @@ def test_eval_records_the_policys_episodes_as_a_dataset_that_replays(run, tmp_pa
     # a dataset is never written over
     assert main([*args, "--record", str(tmp_path / "seq"), "--out", str(tmp_path / "e3")]) == 2
     assert "--record" in capsys.readouterr().err
+
+
+def test_observations_the_policy_will_not_look_at_are_not_rendered(run, dataset, tmp_path, monkeypatch):
+    """Lazy rendering: only the observations that enter a chunk's history are rendered, and the episodes are
+    exactly those of rendering every step, in one environment or several (n_obs_steps 1 and 2)."""
+    import wam.envs.dot as dot
+    from wam.evaluate import evaluate
+
+    two = tmp_path / "run2"
+    args = ["train", "--dataset", str(dataset), "--out", str(two), "--steps", "4", "--model", "n_obs_steps=2"]
+    assert main([*args, *TINY]) == 0
+    renders = []
+    real_render = dot.render
+    monkeypatch.setattr(dot, "render", lambda *a: renders.append(1) or real_render(*a))
+    kw = dict(env="dot", tasks="reach-goal", episodes=4, videos_per_task=0, expert=False, progress=False)
+    # n_obs_steps 1, 4 actions a chunk: 1 observation in 4 is looked at; n_obs_steps 2, 3 a chunk: 2 in 3
+    for ckpt, n_obs, n_act in ((run / "checkpoint", 1, 4), (two / "checkpoint", 2, 3)):
+        policy = WAMPolicy.from_checkpoint(ckpt, steps=2, n_action_steps=n_act)
+        assert policy.cfg.n_obs_steps == n_obs
+        renders.clear()
+        lazy = evaluate(policy, out=tmp_path / "lazy", **kw)["per_task"][0]
+        lazy_renders = len(renders)
+        with monkeypatch.context() as m:
+            m.setattr(WAMPolicy, "needs_images", lambda self, queued=None: True)
+            renders.clear()
+            full = evaluate(policy, out=tmp_path / "full", **kw)["per_task"][0]
+            full_renders = len(renders)
+        for key in ("seeds", "successes", "first_success", "steps"):
+            assert lazy[key] == full[key], key
+        np.testing.assert_allclose(lazy["sum_rewards"], full["sum_rewards"], rtol=1e-6)
+        assert full_renders == sum(full["steps"]) + 4  # every step and every reset
+        chunks = sum(-(-n // n_act) for n in full["steps"])
+        assert lazy_renders <= 4 + chunks * n_obs < full_renders
+    vec = evaluate(policy, out=tmp_path / "vec", num_envs=2, **kw)["per_task"][0]
+    for key in ("seeds", "successes", "first_success", "steps"):
+        assert vec[key] == full[key], key
+    np.testing.assert_allclose(vec["sum_rewards"], full["sum_rewards"], rtol=1e-5)
+
+
+def test_a_chunk_from_an_unrendered_observation_is_refused(run):
+    """Were needs_images ever wrong, the black frame would be refused, never acted on."""
+    policy = WAMPolicy.from_checkpoint(run / "checkpoint", steps=2)
+    state = policy.new_state()
+    obs = {"observation.images.top": np.zeros((32, 32, 3), np.uint8), "observation.state": np.zeros(4, np.float32)}
+    ob = policy.read_observation(obs)
+    with pytest.raises(ValueError, match="first observation"):
+        policy.push(state, ob, unseen=True)
+    policy.push(state, ob)
+    policy.predict_chunks([state], [ob.task])
+    policy.push(state, ob, unseen=True)
+    with pytest.raises(RuntimeError, match="left unrendered"):
+        policy.predict_chunks([state], [ob.task])

@@ -150,6 +150,11 @@ class PolicyClient:
         """A fresh chunk (H, A) (or (B, H, A) for a batch) in the environment's units; pushes obs."""
         return self._infer(obs)
 
+    def needs_images(self) -> bool:
+        """Whether the camera images of the observation given next to `select_action` reach the model: only
+        those of the last n_obs_steps observations before the queue runs out do (`WAMPolicy.needs_images`)."""
+        return len(self._actions) < self.metadata["n_obs_steps"]
+
     def select_action(self, obs: dict) -> np.ndarray:
         """The next action (A,) (or (B, A)), asking the server for a new chunk when the queue is empty."""
         if self._actions:

@@ -55,8 +55,8 @@ PLAN_SCORES = ("imagined", "forward")  # which future plan N > 1 scores (WAMPoli
 class PolicyState:
     """One closed loop's memory, kept between calls (by a WAMPolicy, or by the server per connection).
 
-    history    n_obs_steps entries [frames (B, h, W, 3) uint8, latents (B, c, h', w') or None]: frames are
-               encoded only when a chunk needs them, then kept
+    history    n_obs_steps entries [frames (B, h, W, 3) uint8, latents (B, c, h', w') or None, unseen]: frames
+               are encoded only when a chunk needs them, then kept; unseen: the images were left unrendered
     states     n_obs_steps normalised robot states (B, S) (None entries when the model has no state)
     actions    queued actions of the last chunk (select_action)
     generator  the sampling noise's source, seeded at creation
@@ -142,6 +142,15 @@ def _plan_critic(critic, checkpoint, device):
             stacklevel=3,
         )
     return critic
+
+
+def _refuse_unseen(histories) -> None:
+    """A chunk is about to be predicted from these histories: none may hold an observation left unrendered."""
+    if any(e[2] for h in histories for e in h):
+        raise RuntimeError(
+            "a chunk was predicted from an observation whose images were left unrendered (needs_images said "
+            "they would not be looked at); this is a bug in wam, please report it"
+        )
 
 
 class WAMPolicy:
@@ -417,14 +426,28 @@ class WAMPolicy:
                 state = torch.nn.functional.pad(state, (0, self.cfg.state_dim - state.shape[-1]))
         return Observation(frames, state, self.task_index(task, B), single, emb)
 
-    def push(self, state: PolicyState, ob: Observation) -> None:
-        """Append an observation to a state's history (the first one fills it)."""
+    def needs_images(self, queued: int | None = None) -> bool:
+        """Whether the model will look at the camera images of the observation given next to `select_action`,
+        in a loop with `queued` actions left in its queue (default: this policy's own loop). Only the
+        observations that will be in the history of the next chunk are looked at (the last n_obs_steps before
+        the queue runs out); the caller may leave the others' images unrendered (`wam.rollout` does, and says so
+        to `push` with `unseen=True`)."""
+        if self.blind:
+            return False
+        return (len(self.state.actions) if queued is None else queued) < self.cfg.n_obs_steps
+
+    def push(self, state: PolicyState, ob: Observation, *, unseen: bool = False) -> None:
+        """Append an observation to a state's history (the first one fills it). `unseen`: its images were left
+        unrendered because `needs_images` said the model would not look at them; a chunk predicted from such an
+        entry is refused (that would be a wrong answer of needs_images, never a silent black frame)."""
         if state.history and state.batch_size != ob.batch_size:
             raise ArgumentError(
                 f"the observation holds {ob.batch_size} environments but the history holds "
                 f"{state.batch_size}; reset() before changing the number of environments"
             )
-        entry = [ob.frames, None]  # frames are encoded only when a chunk needs them, then kept
+        if unseen and not state.history:
+            raise ArgumentError("the first observation of a loop starts its first chunk; its images are needed")
+        entry = [ob.frames, None, unseen]  # frames are encoded only when a chunk needs them, then kept
         state.since_chunk += 1
         state.embodiment = ob.embodiment
         for _ in range(self.cfg.n_obs_steps if not state.history else 1):
@@ -488,6 +511,8 @@ class WAMPolicy:
         mode = mode or self.mode
         if mode not in ACTING_MODES:
             raise ArgumentError(f"mode {mode!r} does not act; choose one of: {', '.join(ACTING_MODES)}")
+        if not self.blind:  # (a blind policy's frames are black whether rendered or not)
+            _refuse_unseen(s.history for s in states)
         self._encode_history(states)
         latents = [torch.stack([e[1] for e in s.history], 1) for s in states]  # (B_i, n_obs, c, h, w)
         if len({t.dtype for t in tasks}) > 1:  # indices beside new instructions' embeddings: all embeddings

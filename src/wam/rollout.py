@@ -35,6 +35,9 @@ class ExpertPolicy:
     def reset(self) -> None:
         pass
 
+    def needs_images(self) -> bool:
+        return False  # the expert reads the simulator's state
+
     def select_action(self, obs: dict) -> np.ndarray:
         return np.asarray(self._act(obs), dtype=np.float32)
 
@@ -48,6 +51,9 @@ class RandomPolicy:
 
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+
+    def needs_images(self) -> bool:
+        return False
 
     def select_action(self, obs: dict) -> np.ndarray:
         return self.rng.uniform(self.space.low, self.space.high).astype(np.float32)
@@ -79,9 +85,15 @@ def rollout(
         episodes                   with keep_episodes: every episode's steps as a dataset episode (each camera,
                                    observation.state, observation.environment_state where the env has it,
                                    action, next.reward, next.success, next.done), as `wam collect` records them
-    The observation given to the policy carries `task` = env.task_description (LeRobot's key).
+    The observation given to the policy carries `task` = env.task_description (LeRobot's key). Where the
+    environment can skip rendering (`metadata["lazy_images"]`: it honours `render_images`) and the policy says
+    which observations it looks at (`needs_images()`), the others' images are left unrendered (black); the
+    episodes are the same, the rendering cost falls (to a quarter with four actions per chunk). Recorded
+    episodes and frames are always rendered.
     """
     limit = min(max_steps or env.max_episode_steps, env.max_episode_steps)
+    base = getattr(env, "unwrapped", env)
+    lazy = bool(getattr(base, "metadata", {}).get("lazy_images")) and hasattr(policy, "needs_images")
     camera = f"observation.images.{env.camera_names[0]}"
     n = len(seeds)
     out: dict[str, Any] = {
@@ -94,35 +106,41 @@ def rollout(
         "frames": [],
         **({"episodes": []} if keep_episodes else {}),
     }
-    for i, seed in enumerate(seeds):
-        t0 = time.perf_counter()
-        policy.reset()
-        obs, _ = env.reset(seed=int(seed))
-        frames = [obs[camera]] if i < record else None
-        recorder = EpisodeRecorder() if keep_episodes else None
-        for step in range(limit):
-            action = policy.select_action({**obs, "task": env.task_description})
-            before = obs
-            obs, reward, terminated, truncated, info = env.step(action)
-            if recorder is not None:
-                recorder.add(before, action, reward, info.get("success", False))
-            out["sum_reward"][i] += reward
-            out["max_reward"][i] = max(out["max_reward"][i], reward)
-            out["steps"][i] = step + 1
+    try:
+        for i, seed in enumerate(seeds):
+            t0 = time.perf_counter()
+            policy.reset()
+            obs, _ = env.reset(seed=int(seed))
+            frames = [obs[camera]] if i < record else None
+            recorder = EpisodeRecorder() if keep_episodes else None
+            for step in range(limit):
+                action = policy.select_action({**obs, "task": env.task_description})
+                before = obs
+                if lazy:
+                    base.render_images = frames is not None or recorder is not None or policy.needs_images()
+                obs, reward, terminated, truncated, info = env.step(action)
+                if recorder is not None:
+                    recorder.add(before, action, reward, info.get("success", False))
+                out["sum_reward"][i] += reward
+                out["max_reward"][i] = max(out["max_reward"][i], reward)
+                out["steps"][i] = step + 1
+                if frames is not None:
+                    frames.append(obs[camera])
+                if info.get("success", False) and out["first_success"][i] < 0:
+                    out["first_success"][i] = step
+                    out["success"][i] = True
+                if terminated or truncated or (out["success"][i] and step - out["first_success"][i] >= after_success):
+                    break
+            out["seconds"][i] = time.perf_counter() - t0
             if frames is not None:
-                frames.append(obs[camera])
-            if info.get("success", False) and out["first_success"][i] < 0:
-                out["first_success"][i] = step
-                out["success"][i] = True
-            if terminated or truncated or (out["success"][i] and step - out["first_success"][i] >= after_success):
-                break
-        out["seconds"][i] = time.perf_counter() - t0
-        if frames is not None:
-            out["frames"].append(np.stack(frames))
-        if recorder is not None:
-            out["episodes"].append(recorder.data())
-        if progress is not None:
-            progress()
+                out["frames"].append(np.stack(frames))
+            if recorder is not None:
+                out["episodes"].append(recorder.data())
+            if progress is not None:
+                progress()
+    finally:
+        if lazy:
+            base.render_images = True
     return out
 
 
@@ -136,6 +154,7 @@ class _SlotPolicies:
 
         self.batched = hasattr(policy, "predict_chunks") and hasattr(policy, "new_state")
         self.policy = policy
+        self.unseen = [False] * k  # the environment's last observation was left unrendered (needs_images)
         if self.batched:
             self.states = [policy.new_state() for _ in range(k)]
             self.queues = [[] for _ in range(k)]
@@ -148,7 +167,15 @@ class _SlotPolicies:
                     f"evaluate it with num_envs=1"
                 ) from None
 
+    def needs_images(self, j: int) -> bool:
+        """Whether environment j's next observation will be looked at (True for a policy that cannot say)."""
+        if self.batched:
+            return self.policy.needs_images(len(self.queues[j]))
+        copy = self.copies[j]
+        return copy.needs_images() if hasattr(copy, "needs_images") else True
+
     def reset(self, j: int) -> None:
+        self.unseen[j] = False
         if self.batched:
             self.states[j], self.queues[j] = self.policy.new_state(), []
         else:
@@ -161,7 +188,7 @@ class _SlotPolicies:
         p, need, tasks = self.policy, [], []
         for j, o in obs.items():
             ob = p.read_observation(o)
-            p.push(self.states[j], ob)
+            p.push(self.states[j], ob, unseen=self.unseen[j])
             if not self.queues[j]:
                 need.append(j)
                 tasks.append(ob.task)
@@ -222,12 +249,22 @@ def rollout_vector(
             if episode[j] < record:
                 out["frames"][episode[j]] = [current[j][camera]]
         action_shape = envs.single_action_space.shape
+        lazy = bool(envs.metadata.get("lazy_images")) and not keep_episodes  # (rollout's docstring)
+        rendering = [True] * k
         while any(i >= 0 for i in episode):
             live = {j: {**current[j], "task": task} for j in range(k) if episode[j] >= 0}
             acts = slots.act(live)
             batch_actions = np.zeros((k, *action_shape), dtype=np.float32)
             for j, a in acts.items():
                 batch_actions[j] = a
+            if lazy:
+                want = [
+                    j in live and (out["frames"][episode[j]] is not None or slots.needs_images(j)) for j in range(k)
+                ]
+                if want != rendering:
+                    envs.set_attr("render_images", want)
+                    rendering = want
+                slots.unseen = [not w for w in want]
             obs, reward, terminated, truncated, info = envs.step(batch_actions)
             success = info.get("success", np.zeros(k, bool))
             ended = np.zeros(k, bool)

@@ -60,8 +60,8 @@ class RuntimeObservation:
 
 
 class RuntimeState:
-    """One closed loop's memory: history entries [frames (B, h, W, 3), latents (B, c, h', w') or None], normalised
-    states, queued actions, the noise generator, and the latest chunk (normalised, clamped)."""
+    """One closed loop's memory: history entries [frames (B, h, W, 3), latents (B, c, h', w') or None, unseen],
+    normalised states, queued actions, the noise generator, and the latest chunk (normalised, clamped)."""
 
     def __init__(self, n_obs_steps: int, seed: int = 0):
         self.history: deque[list] = deque(maxlen=n_obs_steps)
@@ -320,14 +320,21 @@ class ONNXPolicy:
                     state = np.pad(state, ((0, 0), (0, self.cfg.state_dim - state.shape[-1])))
         return RuntimeObservation(frames, state, self.task_index(obs.get("task", 0), B), single)
 
-    def push(self, state: RuntimeState, ob: RuntimeObservation) -> None:
-        """Append an observation to a state's history (the first one fills it)."""
+    def needs_images(self, queued: int | None = None) -> bool:
+        """Whether the camera images of the observation given next to `select_action` will be looked at, in a loop
+        with `queued` actions left (default: this policy's own), as `WAMPolicy.needs_images`."""
+        return (len(self.state.actions) if queued is None else queued) < self.n_obs_steps
+
+    def push(self, state: RuntimeState, ob: RuntimeObservation, *, unseen: bool = False) -> None:
+        """Append an observation to a state's history (the first one fills it); `unseen` as `WAMPolicy.push`."""
         if state.history and state.batch_size != ob.batch_size:
             raise ArgumentError(
                 f"the observation holds {ob.batch_size} environments but the history holds "
                 f"{state.batch_size}; reset() before changing the number of environments"
             )
-        entry = [ob.frames, None]  # encoded when a chunk needs it, then kept
+        if unseen and not state.history:
+            raise ArgumentError("the first observation of a loop starts its first chunk; its images are needed")
+        entry = [ob.frames, None, unseen]  # encoded when a chunk needs it, then kept
         for _ in range(self.n_obs_steps if not state.history else 1):
             state.history.append(entry)
             state.states.append(ob.state)
@@ -360,6 +367,11 @@ class ONNXPolicy:
         gives it ((B_i, H, A) per state)."""
         if mode not in (None, "policy"):
             raise ArgumentError(f"an ONNX export acts in policy mode only, not {mode!r}")
+        if any(e[2] for s in states for e in s.history):
+            raise RuntimeError(
+                "a chunk was predicted from an observation whose images were left unrendered (needs_images said "
+                "they would not be looked at); this is a bug in wam, please report it"
+            )
         self._encode(states)
         sizes = [len(t) for t in tasks]
         feed = {

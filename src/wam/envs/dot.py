@@ -47,7 +47,7 @@ def render(pos: np.ndarray, goal: np.ndarray, size: int) -> np.ndarray:
 class DotEnv(gym.Env):
     """Gymnasium environment of the synthetic dot world (see module docstring)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10, "lazy_images": True}  # step() honours render_images
 
     def __init__(self, image_size: int = 32, max_episode_steps: int = 40, task: str = "reach-goal"):
         if task not in TASKS:
@@ -69,10 +69,12 @@ class DotEnv(gym.Env):
         self.pos = np.zeros(2, np.float32)
         self.goal = np.zeros(2, np.float32)
         self.steps = 0
+        self.render_images = True  # False: step() returns a black image (for a policy that will not look at it)
 
-    def _obs(self) -> dict:
+    def _obs(self, images: bool = True) -> dict:
+        s = self.image_size
         return {
-            "observation.images.top": render(self.pos, self.goal, self.image_size),
+            "observation.images.top": render(self.pos, self.goal, s) if images else np.zeros((s, s, 3), np.uint8),
             "observation.state": np.concatenate([self.pos, self.goal]).astype(np.float32),
         }
 
@@ -93,7 +95,7 @@ class DotEnv(gym.Env):
         dist = float(np.linalg.norm(self.goal - self.pos))
         success = dist < SUCCESS_RADIUS
         truncated = self.steps >= self.max_episode_steps
-        return self._obs(), -dist, success, truncated, {"success": success}
+        return self._obs(self.render_images), -dist, success, truncated, {"success": success}
 
     def render(self) -> np.ndarray:
         return render(self.pos, self.goal, self.image_size)

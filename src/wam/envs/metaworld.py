@@ -31,7 +31,9 @@ frames LeRobot's MetaWorld environment renders. It leaves out the multisampling 
 480 px and resized to 96 or 128 px, those frames differ from MetaWorld's own renderer by 0.2 of 255 levels
 on average (99th percentile 3-4 levels), at 2.4-3.5x its speed. `render_size` renders at that many
 pixels and resizes every image to `image_size` with antialiasing, exactly as training frames are resized
-to the model's size (`resize_frames`).
+to the model's size (`resize_frames`). Setting `env.render_images = False` makes `step()` skip the rendering
+and return black images, for observations the policy will not look at (`wam.rollout` does this: a policy that
+executes four actions per prediction looks at one observation in four).
 
 Protocols (`PROTOCOLS`): named sets of these settings that a benchmark fixes. `lerobot` is MetaWorld as
 LeRobot's environment presents it and the published MT50 results were scored on: MetaWorld's own goal
@@ -330,7 +332,7 @@ def _env_settings(
 class MetaWorldEnv(gym.Env):
     """One MetaWorld v3 task with camera images, proprioception and the simulator's state (module docstring)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS, "lazy_images": True}  # step() honours render_images
 
     def __init__(
         self,
@@ -413,6 +415,10 @@ class MetaWorldEnv(gym.Env):
         spaces["observation.environment_state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
         self._steps = 0
+        # False: step() leaves the camera images black instead of rendering them, for a caller that knows its
+        # policy will not look at that observation's images (wam.rollout asks the policy: a policy executing
+        # several actions per prediction looks at one observation in several). reset() always renders.
+        self.render_images = True
         _OPEN_ENVS.add(self)
         if not _CLOSE_AT_EXIT:
             atexit.register(_close_open_envs)
@@ -432,8 +438,12 @@ class MetaWorldEnv(gym.Env):
             img = resize_frames(img[None], (self.image_size, self.image_size))[0].transpose(1, 2, 0)
         return np.ascontiguousarray(img)
 
-    def _obs(self, state: np.ndarray) -> dict:
-        obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
+    def _obs(self, state: np.ndarray, images: bool = True) -> dict:
+        if images:
+            obs = {f"observation.images.{c}": self.render_camera(c) for c in self.camera_names}
+        else:  # black, never seen (render_images); the same shapes, for the observation space
+            s = self.image_size
+            obs = {f"observation.images.{c}": np.zeros((s, s, 3), np.uint8) for c in self.camera_names}
         full = np.asarray(state, dtype=np.float32)
         obs["observation.state"] = full if self.state_mode == "full" else full[: len(PROPRIO_NAMES)].copy()
         obs["observation.environment_state"] = full
@@ -458,7 +468,7 @@ class MetaWorldEnv(gym.Env):
         truncated = bool(truncated or self._steps >= self.max_episode_steps)
         info = dict(info)
         info["success"] = bool(info.get("success", 0.0) > 0.5)
-        return self._obs(state), float(reward), False, truncated, info
+        return self._obs(state, self.render_images), float(reward), False, truncated, info
 
     def render(self) -> np.ndarray:
         return self.render_camera(self.camera_names[0])
