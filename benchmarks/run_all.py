@@ -10,6 +10,8 @@ Runs, each as its own process with its JSON written beside the others:
 - `inference`: bench_inference.py  latency of one action chunk per inference setting, against the reference path;
 - `data`:      bench_data.py       scripted-expert collection, the window loader, video decoding;
 - `scale`:     bench_scale.py      training in 1 and 2 processes (torchrun), evaluation with 1, 2 and 4 environments;
+- `eval`:      bench_eval.py       an evaluation on the `lerobot` protocol, rendering only what the policy looks at
+                                   against every step (the same episodes);
 - `serve`:     bench_serve.py      the policy server under 1, 8 and 32 concurrent clients.
 
 The result is `benchmarks/results/<cpu-model>.json` (`<cpu-model>-quick.json` with --quick): the machine (CPU
@@ -53,6 +55,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         "bench_scale.py",
         ["--checkpoint", CHECKPOINT],
         ["--checkpoint", CHECKPOINT, "--train-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "2"],
+    ),
+    "eval": (
+        "bench_eval.py",
+        ["--checkpoint", "checkpoints/wam-tiny-mt50"],
+        ["--checkpoint", "checkpoints/wam-tiny-mt50", "--tasks", "reach", "--episodes", "1", "--max-steps", "40"],
     ),
     "serve": (
         "bench_serve.py",
