@@ -9,7 +9,8 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# WAM_TEST_THREADS=1 runs a test beside a long job at 2 threads without two spin-waiting thread pools fighting
+torch.set_num_threads(int(os.environ.get("WAM_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 from wam.config import ModelConfig  # noqa: E402
 

@@ -51,7 +51,7 @@ def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_recipe("dot-tiny", parts, workers=1, progress=False)
     monkeypatch.undo()
-    assert progress_of(parts) == {"stage": "train", "step": 0}
+    assert progress_of(parts) == {"stage": "train", "step": 0, "tokenizer_step": 4}
     import torch
 
     assert torch.load(parts / "train" / "tokenizer_stage.pt", weights_only=False)["step"] == 4
@@ -89,6 +89,8 @@ def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_pa
         ("start", "train", 12, None),
         ("end", "done", 24, None),
     ]
+    # the sitting stopped in the tokenizer stage says how far it got; the next one starts from there
+    assert sittings[3].get("tokenizer_step") == 4 and sittings[4].get("tokenizer_step") == 4
     # run again when done: nothing to do
     assert run_recipe("dot-tiny", parts, workers=1, progress=False) == {"stage": "done", "step": 24}
     assert _weights(parts) == _weights(whole)

@@ -9,11 +9,12 @@ Runbook:
 
 A run directory holds `recipe.json` (the recipe it was started with: a run refuses to continue under a recipe
 whose settings changed), `data/` (the collected dataset), `train/` (the training run: `train/checkpoint`),
-and `sittings.jsonl`, one line per start and per end of a sitting (time, stage, step), so the log shows
-where each sitting started and ended. Interrupting a run anywhere (Ctrl-C, a kill, a power cut, or
-`until_step`) loses at most the work since the last checkpoint of the stage it was in (collection: every
-100 kept episodes; training: every `checkpoint_every` steps), and running the same command again continues
-it to exactly the weights an uninterrupted run gives (`tests/test_recipe.py`).
+and `sittings.jsonl`, one line per start and per end of a sitting (time, stage, step; the tokenizer stage's
+step while it is under way), so the log shows where each sitting started and ended. Interrupting a run
+anywhere (Ctrl-C, a kill, a power cut, or `until_step`) loses at most the work since the last checkpoint of
+the stage it was in (collection: every 100 kept episodes; training: every `checkpoint_every` steps), and
+running the same command again continues it to exactly the weights an uninterrupted run gives
+(`tests/test_recipe.py`).
 """
 
 from __future__ import annotations
@@ -164,14 +165,23 @@ _TRAIN_KEYS = {"summary", "preset", "model", "train", "loss", "val_fraction"}  #
 
 
 def progress_of(out: str | Path) -> dict[str, Any]:
-    """Where a recipe run stands: {"stage": "collect" | "train" | "done", "step": WAM steps done}."""
+    """Where a recipe run stands: {"stage": "collect" | "train" | "done", "step": WAM steps done}, with
+    "tokenizer_step" (tokenizer steps done) while the tokenizer stage is under way."""
     out = Path(out)
     if not (out / "data" / "meta" / "info.json").is_file():
         return {"stage": "collect", "step": 0}
     state = out / "train" / "checkpoint" / "train_state" / "state.pt"
-    if not state.is_file():
-        return {"stage": "train", "step": 0}
     import torch
+
+    from wam.train import TOKENIZER_STATE
+
+    tokenizer_state = out / "train" / TOKENIZER_STATE
+
+    if not state.is_file():
+        if tokenizer_state.is_file():  # the tokenizer stage is under way: say how far
+            tokenizer_step = int(torch.load(tokenizer_state, map_location="cpu", weights_only=False)["step"])
+            return {"stage": "train", "step": 0, "tokenizer_step": tokenizer_step}
+        return {"stage": "train", "step": 0}
 
     step = int(torch.load(state, map_location="cpu", weights_only=False)["step"])
     total = (

@@ -1,0 +1,135 @@
+"""Inference settings of a checkpoint compared on the development seeds, every run recorded.
+
+    python experiments/mt50_reference/tune_on_dev.py --checkpoint runs/mt50-v2/train/checkpoint \
+        --out runs/mt50-v2-tune --record experiments/mt50_reference/mt50_v2_dev_tuning.json
+    python experiments/mt50_reference/tune_on_dev.py ... --only base,steps4     # a subset of the settings
+
+Each setting is one `wam eval` on the development seed set (`--seed dev`) of the benchmark as published
+(`--protocol lerobot`), every task of MT50 with the same episodes; a setting already evaluated in `--out` is
+not run again, so an interrupted tuning continues where it stopped. The record holds every run (its command,
+its episodes, the mean of group means with its interval) and each setting's paired difference from `base` on the
+same episodes (the mean of group means with a stratified bootstrap interval; per episode with McNemar's p).
+Choose on this record only; the test seeds are for the one evaluation of the chosen setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# name -> the flags of `wam eval` it adds to the defaults (policy mode, 2 Euler steps, half the chunk executed)
+SETTINGS: dict[str, list[str]] = {
+    "base": [],
+    "actions2": ["--n-action-steps", "2"],
+    "steps4": ["--steps", "4"],
+    "joint": ["--mode", "joint"],
+}
+
+
+def eval_command(checkpoint: str, out: Path, flags: list[str], tasks: str, episodes: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "wam.cli", "eval", "--checkpoint", checkpoint, "--tasks", tasks,
+        "--episodes", str(episodes), "--seed", "dev", "--protocol", "lerobot", "--workers", str(workers),
+        "--no-expert", "--videos", "0", "--quiet", "--out", str(out), *flags,
+    ]  # fmt: skip
+
+
+def outcomes(info: dict) -> dict[str, list[bool]]:
+    return {r["task"]: [bool(s) for s in r["successes"]] for r in info["per_task"]}
+
+
+def versus_base(info: dict, base: dict, resamples: int = 10_000) -> dict:
+    """This run minus `base` on the same episodes: the mean of group means (bootstrap over episodes within each
+    group) and every episode alike (`wam.stats.paired_difference`)."""
+    from wam.stats import paired_difference
+
+    mine, theirs = outcomes(info), outcomes(base)
+    if mine.keys() != theirs.keys() or any(len(mine[t]) != len(theirs[t]) for t in mine):
+        raise SystemExit("the two runs did not evaluate the same tasks and episodes; use one --episodes")
+    rng = np.random.default_rng(0)
+    diffs, boot = [], np.zeros(resamples)
+    for g in info["groups"].values():
+        d = np.array([m - t for task in g["tasks"] for m, t in zip(mine[task], theirs[task])], dtype=np.float64)
+        diffs.append(d.mean())
+        boot += d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(100 * boot / len(diffs), [2.5, 97.5])
+    every = paired_difference(
+        [s for t in theirs for s in theirs[t]], [s for t in mine for s in mine[t]], resamples=resamples
+    )
+    return {
+        "group_mean": {"difference": 100 * float(np.mean(diffs)), "ci95": [float(lo), float(hi)]},
+        "per_episode": every,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True, help="a directory: one evaluation per setting")
+    ap.add_argument("--record", required=True, help="the JSON record of every run (rewritten)")
+    ap.add_argument("--tasks", default="mt50", help="the tasks (default mt50; the record is read per group)")
+    ap.add_argument("--episodes", type=int, default=3, help="episodes per task (default 3: 150 episodes a run)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", default=None, help="comma-separated names of SETTINGS (default: all, base first)")
+    args = ap.parse_args()
+    names = args.only.split(",") if args.only else list(SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    if "base" not in names:
+        names.insert(0, "base")
+    record = {
+        "what": __doc__.split("\n\n")[0],
+        "checkpoint": args.checkpoint,
+        "tasks": args.tasks,
+        "episodes": args.episodes,
+        "runs": {},
+    }
+    for name in names:
+        out = Path(args.out) / name
+        cmd = eval_command(args.checkpoint, out, SETTINGS[name], args.tasks, args.episodes, args.workers)
+        if not (out / "eval_info.json").is_file():
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True)
+        info = json.loads((out / "eval_info.json").read_text())
+        gm = info["group_mean"]
+        record["runs"][name] = {
+            "flags": SETTINGS[name],
+            "command": "wam " + " ".join(cmd[3:]),
+            "group_mean": {"pc_success": gm["pc_success"], "ci95": gm["ci95"]},
+            "pc_success": info["pc_success"],
+            "ci95": info["ci95"],
+            "n_episodes": info["n_episodes"],
+            "seed": info["settings"].get("seed"),
+            "successes": outcomes(info),
+        }
+        if name != "base":
+            base = json.loads((Path(args.out) / "base" / "eval_info.json").read_text())
+            record["runs"][name]["versus_base"] = versus_base(info, base)
+        Path(args.record).write_text(json.dumps(record, indent=1))
+    print_table(record)
+
+
+def ci(lo_hi: list[float], sign: str = "") -> str:
+    return f"[{lo_hi[0]:{sign}.1f}, {lo_hi[1]:{sign}.1f}]"
+
+
+def print_table(record: dict) -> None:
+    print(
+        "| setting | mean of group means % [95% CI] | per episode % | minus base (group means) [95% CI] | McNemar p |"
+    )
+    print("|---|---|---|---|---|")
+    for name, r in record["runs"].items():
+        v, gm = r.get("versus_base"), r["group_mean"]
+        diff = f"{v['group_mean']['difference']:+.1f} {ci(v['group_mean']['ci95'], '+')}" if v else ""
+        p = f"{v['per_episode']['mcnemar_p']:.2g}" if v else ""
+        print(f"| {name} | {gm['pc_success']:.1f} {ci(gm['ci95'])} | {r['pc_success']:.1f} | {diff} | {p} |")
+
+
+if __name__ == "__main__":
+    main()
