@@ -270,3 +270,37 @@ def test_wam_eval_on_the_lerobot_protocol_and_the_test_seeds(tmp_path):
     assert settings["seed_set"] == "test" and settings["protocol"] == "lerobot" and settings["render_size"] == 480
     assert settings["protocol_settings"]["goal_marker"] == 0 and settings["protocol_settings"]["look"] == "metaworld"
     assert settings["image_size"] == 96
+
+
+def test_a_checkpoint_is_evaluated_under_the_protocol_its_data_was_collected_under(tmp_path):
+    """`wam collect --protocol lerobot` records the scene; training reads it into the checkpoint (run.protocol)
+    and `wam eval` without --protocol uses it, saying so; a named --protocol still decides."""
+    import json
+
+    from wam.cli import main
+    from wam.collect import collect
+    from wam.train import collection_protocol
+
+    data = tmp_path / "data"
+    collect("metaworld", tasks="reach-v3", episodes=1, image_size=32, protocol="lerobot", out=data, workers=1)
+    assert collection_protocol(data) == "lerobot"
+    assert collection_protocol(tmp_path) is None  # no meta/collection.json: not made by wam collect
+    assert mw.protocol_of({"env_options": {}, "cameras": ["corner4"], "state": "proprio"}) is None
+    lerobot = {k: v for k, v in mw.PROTOCOLS["lerobot"].items() if k not in ("cameras", "state")}
+    assert mw.protocol_of({"env_options": lerobot, "cameras": ["corner4"], "state": "full"}) is None
+
+    tiny = ["--model", "width=32", "--model", "depth=2", "--model", "image_size=32", "--model", "tokenizer_width=8"]
+    tiny += ["--batch-size", "4", "--tokenizer-steps", "2", "--val-fraction", "0", "--steps", "2", "--quiet"]
+    assert main(["train", "--dataset", str(data), "--out", str(tmp_path / "run"), *tiny]) == 0
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert json.loads((ckpt / "config.json").read_text())["run"]["protocol"] == "lerobot"
+    args = ["eval", "--checkpoint", str(ckpt), "--tasks", "reach", "--episodes", "1", "--max-steps", "3"]
+    args += ["--no-expert", "--videos", "0", "--quiet"]
+    for extra, protocol, source, render in [
+        ([], "lerobot", "checkpoint", 480),
+        (["--protocol", "wam"], "wam", "given", 32),
+    ]:
+        out = tmp_path / f"eval-{protocol}"
+        assert main([*args, *extra, "--out", str(out)]) == 0
+        settings = json.loads((out / "eval_info.json").read_text())["settings"]
+        assert (settings["protocol"], settings["protocol_from"], settings["render_size"]) == (protocol, source, render)

@@ -925,7 +925,8 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         choices=["lerobot", "wam"],
         help="a benchmark's fixed settings: lerobot = MetaWorld as LeRobot presents it (MetaWorld's own "
         "goal markers and look, rendered at 480 px and resized, 400 steps, corner4, 4-D state), the "
-        "protocol of published MT50 results; wam = 4 cm goal markers, fast look at the model's size",
+        "protocol of published MT50 results; wam = 4 cm goal markers, fast look at the model's size "
+        "(default: the protocol the checkpoint's training data was collected under, if it records one)",
     )
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")

@@ -120,6 +120,11 @@ class PolicyClient:
         return self.metadata.get("fps")
 
     @property
+    def protocol(self) -> str | None:
+        """The benchmark protocol the served model's training data was collected under (as WAMPolicy.protocol)."""
+        return self.metadata.get("benchmark_protocol")
+
+    @property
     def settings(self) -> dict:
         """Everything about the policy that changes its actions (WAMPolicy.settings' keys), and the server."""
         m, s = self.metadata, self.metadata["sampling"]

@@ -206,6 +206,17 @@ def env_options_for(policy, env: str, task: str) -> dict:
     return {"state": adapter.state_mode(size)} if size else {}
 
 
+def trained_protocol(policy, env: str) -> str | None:
+    """The benchmark protocol `policy`'s training data was collected under (recorded in its checkpoint), if `env`
+    has it: what an evaluation uses when none is named, so a model is scored on the scene it was trained for."""
+    name = getattr(policy, "protocol", None)
+    if name is None:
+        return None
+    from wam.envs import get_adapter
+
+    return name if name in getattr(get_adapter(env), "PROTOCOLS", {}) else None
+
+
 def protocol_env_options(
     policy, env: str, tasks: list[str], protocol: str | None, cameras: list[str] | None, render_size: int | None
 ) -> dict:
@@ -337,7 +348,9 @@ def evaluate(
     `protocol` names a benchmark's fixed environment settings (MetaWorld: `PROTOCOLS` in wam.envs.metaworld;
     "lerobot" is the benchmark as LeRobot's environment presents it): the scene's look, goal markers, the render
     size (frames resized by the environment to the policy's size, as training frames are), the step limit, the
-    camera and the state. A policy that reads another camera or state than the protocol gives is refused.
+    camera and the state. A policy that reads another camera or state than the protocol gives is refused. Left
+    out (and no `render_size` given), it is the protocol the policy's training data was collected under when its
+    checkpoint records one (`policy.protocol`); eval_info.json says which (`protocol_from`).
 
     `workers` > 1 spreads the tasks over that many processes (a WAMPolicy only; each rebuilds it from its
     checkpoint with one thread). `num_envs` > 1 runs that many environments of a task at once in
@@ -356,6 +369,9 @@ def evaluate(
     if render_size is not None and render_size < 16:
         raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
     cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
+    protocol_given = protocol is not None
+    if protocol is None and render_size is None:
+        protocol = trained_protocol(policy, env)
     protocol_options = protocol_env_options(policy, env, task_names, protocol, cameras, render_size)
     render_size = protocol_options.get("render_size") or (int(render_size) if render_size else image_size)
     recorder = _RolloutDataset(record) if record is not None else None
@@ -415,6 +431,7 @@ def evaluate(
             "seed": seed,
             "seed_set": seed_set,
             "protocol": protocol,
+            "protocol_from": None if protocol is None else "given" if protocol_given else "checkpoint",
             "protocol_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in protocol_options.items()}
             or None,
             "max_steps": max_steps,

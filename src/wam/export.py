@@ -338,6 +338,7 @@ def _manifest(
         },
         "tasks": list(run.get("tasks", [])),
         "fps": run.get("fps"),
+        "protocol": run.get("protocol"),  # the benchmark protocol the training data was collected under
         "action_names": run.get("action_names"),
         "model": {
             "image_size": size,

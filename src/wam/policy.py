@@ -216,6 +216,7 @@ class WAMPolicy:
         self._set_embodiments(run)
         self._task_text = getattr(model, "task_text", None)  # (n_tasks, text_dim) for a text-conditioned model
         self.fps = run.get("fps")
+        self.protocol: str | None = run.get("protocol")  # the benchmark protocol its training data was made under
         self.n_action_steps = n_action_steps or max(1, self.cfg.action_horizon // 2)
         if not 1 <= self.n_action_steps <= self.cfg.action_horizon:
             raise ArgumentError(

@@ -200,6 +200,7 @@ class ONNXPolicy:
         self.cameras: list[str] = list(m["observation"]["cameras"])
         self.tasks: list[str] = list(m["tasks"])
         self.fps = m.get("fps")
+        self.protocol: str | None = m.get("protocol")
         self.model_hash = m["model_hash"]
         self.checkpoint = SimpleNamespace(
             path=self.path, model_hash=self.model_hash, config={"run": {"action_names": m.get("action_names")}}

@@ -155,6 +155,7 @@ class PolicyServer:
             "state_dim": cfg.state_dim,
             "tasks": p.tasks,
             "fps": p.fps,
+            "benchmark_protocol": getattr(p, "protocol", None),  # the scene its training data was made in
             "action_horizon": cfg.action_horizon,
             "n_obs_steps": cfg.n_obs_steps,
             "n_action_steps": p.n_action_steps,

@@ -764,6 +764,21 @@ def _fit_config(base: ModelConfig, mix, *, fresh: bool) -> ModelConfig:
     return cfg
 
 
+def collection_protocol(path: str | Path) -> str | None:
+    """The benchmark protocol (e.g. MetaWorld's "lerobot") that the dataset at `path` was collected under, read
+    from its meta/collection.json (written by `wam collect`), or None (not collected by wam, or no named one)."""
+    record = Path(path) / "meta" / "collection.json"
+    if not record.is_file():
+        return None
+    info = json.loads(record.read_text())
+    from wam.envs import ENVS, get_adapter
+
+    if info.get("env") not in ENVS:
+        return None
+    find = getattr(get_adapter(info["env"]), "protocol_of", None)
+    return find(info.get("settings") or {}) if find is not None else None
+
+
 def _run_info(
     specs: list,
     mix,
@@ -792,6 +807,9 @@ def _run_info(
         "train": to_dict(tc),
         "loss": to_dict(lc),
     }
+    protocol = collection_protocol(specs[primary].path)
+    if protocol is not None:  # the policy is evaluated under it unless told otherwise
+        run_info["protocol"] = protocol
     if any(sp.tasks is not None or sp.per_task is not None for sp in specs):  # which episodes the run read
         run_info["dataset_specs"] = [sp.to_dict() for sp in specs]
     if len(specs) > 1:  # each dataset's statistics: a policy un-normalises a task's actions with its dataset's

@@ -230,6 +230,20 @@ def protocol(name: str) -> dict:
     return dict(PROTOCOLS[name])
 
 
+def protocol_of(settings: dict) -> str | None:
+    """The named protocol (`PROTOCOLS`) that a collection's recorded settings (the `settings` of a dataset's
+    meta/collection.json: its env_options, cameras and state) are exactly, or None."""
+    for name, p in PROTOCOLS.items():
+        env_options = {k: v for k, v in p.items() if k not in ("cameras", "state")}
+        if (
+            settings.get("env_options") == env_options
+            and list(settings.get("cameras") or ()) == list(p["cameras"])
+            and settings.get("state") == p["state"]
+        ):
+            return name
+    return None
+
+
 def state_mode(size: int) -> str:
     """The `state` setting whose observation.state has `size` values (a checkpoint records only the size)."""
     modes = {len(PROPRIO_NAMES): "proprio", len(STATE_NAMES): "full"}
