@@ -313,6 +313,58 @@ def _task_rows(
     return rows
 
 
+def _scene(policy, env: str, tasks: list[str], protocol: str | None, render_size: int | None) -> dict:
+    """What the environment shows `policy`: its cameras and sizes, and the protocol (given, else the one its
+    checkpoint records, `trained_protocol`) with that protocol's settings."""
+    image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
+    if render_size is not None and render_size < 16:
+        raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
+    cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
+    protocol_from = "given" if protocol is not None else None
+    if protocol is None and render_size is None:
+        protocol = trained_protocol(policy, env)
+        protocol_from = "checkpoint" if protocol is not None else None
+    options = protocol_env_options(policy, env, tasks, protocol, cameras, render_size)
+    render_size = options.get("render_size") or (int(render_size) if render_size else image_size)
+    return {
+        "image_size": image_size,
+        "render_size": render_size,
+        "env_size": image_size if options else render_size,  # a protocol's env resizes; else the policy does
+        "cameras": cameras,
+        "protocol": protocol,
+        "protocol_from": protocol_from,
+        "protocol_options": options,
+    }
+
+
+def _run_tasks(policy, env: str, tasks: list[str], kwargs: dict, *, workers: int, recorder, progress: bool):
+    """Every task's row (`_task_rows`) under a progress bar; the recording is dropped if anything fails."""
+    per_task = kwargs["episodes"] * (2 if kwargs["expert"] else 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks) * per_task, desc="evaluating", unit="ep", dynamic_ncols=True)
+    try:
+        rows = _task_rows(
+            policy,
+            env,
+            tasks,
+            kwargs,
+            workers=workers,
+            bar=bar,
+            per_task=per_task,
+            on_row=recorder.add if recorder is not None else None,
+        )
+    except BaseException:
+        if recorder is not None:
+            recorder.abort()
+        raise
+    if bar is not None:
+        bar.close()
+    return rows
+
+
 def evaluate(
     policy,
     *,
@@ -365,19 +417,10 @@ def evaluate(
 
     task_names = get_adapter(env).resolve_tasks(tasks)
     seed, seed_set = resolve_seed(seed)
-    image_size = getattr(policy, "image_size", None) or getattr(getattr(policy, "cfg", None), "image_size", 64)
-    if render_size is not None and render_size < 16:
-        raise ArgumentError(f"render_size must be at least 16 pixels, got {render_size}")
-    cameras = [c.removeprefix("observation.images.") for c in getattr(policy, "cameras", [])] or None
-    protocol_given = protocol is not None
-    if protocol is None and render_size is None:
-        protocol = trained_protocol(policy, env)
-    protocol_options = protocol_env_options(policy, env, task_names, protocol, cameras, render_size)
-    render_size = protocol_options.get("render_size") or (int(render_size) if render_size else image_size)
+    scene = _scene(policy, env, task_names, protocol, render_size)
     recorder = _RolloutDataset(record) if record is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env_size = image_size if protocol_options else render_size  # a protocol's env resizes; else the policy does
     kwargs = dict(
         episodes=episodes,
         out=out,
@@ -386,36 +429,14 @@ def evaluate(
         after_success=after_success,
         expert=expert,
         videos_per_task=videos_per_task,
-        image_size=env_size,
-        cameras=cameras,
+        image_size=scene["env_size"],
+        cameras=scene["cameras"],
         num_envs=num_envs,
         keep_episodes=recorder is not None,
-        protocol_options=protocol_options,
+        protocol_options=scene["protocol_options"],
     )
-    per_task = episodes * (2 if expert else 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(task_names) * per_task, desc="evaluating", unit="ep", dynamic_ncols=True)
     t0 = time.perf_counter()
-    try:
-        rows = _task_rows(
-            policy,
-            env,
-            task_names,
-            kwargs,
-            workers=workers,
-            bar=bar,
-            per_task=per_task,
-            on_row=recorder.add if recorder is not None else None,
-        )
-    except BaseException:
-        if recorder is not None:
-            recorder.abort()
-        raise
-    if bar is not None:
-        bar.close()
+    rows = _run_tasks(policy, env, task_names, kwargs, workers=workers, recorder=recorder, progress=progress)
     elapsed = time.perf_counter() - t0
     groups = getattr(get_adapter(env), "DIFFICULTY", None)
     info = {
@@ -430,15 +451,17 @@ def evaluate(
             "episodes_per_task": episodes,
             "seed": seed,
             "seed_set": seed_set,
-            "protocol": protocol,
-            "protocol_from": None if protocol is None else "given" if protocol_given else "checkpoint",
-            "protocol_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in protocol_options.items()}
+            "protocol": scene["protocol"],
+            "protocol_from": scene["protocol_from"],
+            "protocol_settings": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in scene["protocol_options"].items()
+            }
             or None,
             "max_steps": max_steps,
             "after_success": after_success,
-            "image_size": image_size,
-            "render_size": render_size,
-            "cameras": cameras,
+            "image_size": scene["image_size"],
+            "render_size": scene["render_size"],
+            "cameras": scene["cameras"],
             **getattr(policy, "settings", {}),
             **(settings or {}),
         },
