@@ -291,6 +291,8 @@ def test_every_dataset_action_free_is_refused(dot, tmp_path, capsys):
     assert "at least one must have actions" in capsys.readouterr().err
     assert main(["train", "--dataset", f"{dot}:world-only", "--out", str(tmp_path / "w"), "--steps", "2", *TINY]) == 2
     assert "no dataset is imitated" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(dot), "--out", str(tmp_path / "s"), "--latent-shift", "99", *TINY]) == 2
+    assert "--latent-shift 99 must be 0 (off) or a shift of fewer cells" in capsys.readouterr().err
 
 
 def test_world_only_episodes_train_forward_dynamics_and_are_never_imitated(monkeypatch):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from wam.episodes import shift_latents
 from wam.tokenizer import PixelTokenizer
 from wam.train import (
     TrainConfig,
@@ -83,6 +84,36 @@ def test_training_is_deterministic_and_resumes_exactly():
         assert torch.equal(a, b)
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_latent_shift_moves_every_frame_of_an_example_alike_within_each_camera():
+    x = torch.randn(6, 3, 2, 5, 10)  # (B, T, c, h, w): two cameras of 5x5 cells side by side
+    assert torch.equal(shift_latents(x, 0, 2, torch.Generator().manual_seed(0)), x)
+    y = shift_latents(x, 2, 2, torch.Generator().manual_seed(0))
+
+    def moved(b, oy, ox):  # example b moved by (oy, ox) cells, edge cells repeated, each camera on its own
+        rows = (torch.arange(5) - oy).clamp(0, 4)
+        cols = torch.cat([cam * 5 + (torch.arange(5) - ox).clamp(0, 4) for cam in range(2)])
+        return x[b][..., rows, :][..., cols]
+
+    offsets = []
+    for b in range(6):
+        fits = [(oy, ox) for oy in range(-2, 3) for ox in range(-2, 3) if torch.equal(y[b], moved(b, oy, ox))]
+        assert len(fits) == 1  # one offset explains every frame, channel and camera of the example
+        offsets += fits
+    assert len(set(offsets)) > 1  # each example draws its own
+    assert torch.equal(shift_latents(x, 2, 2, torch.Generator().manual_seed(0)), y)  # the generator decides
+
+
+def test_training_with_latent_shift_is_deterministic_and_differs_from_without():
+    cfg, data = pixel_cfg(), tensors()
+    weights = []
+    for shift in (1, 1, 0):
+        tc = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", latent_shift=shift)
+        state = make_state(cfg, tc)
+        fit(state, data, tc)
+        weights.append(torch.cat([v.flatten() for v in state.model.state_dict().values()]))
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_state():

@@ -331,6 +331,7 @@ _TRAIN_FLAGS = (
     "weight_decay",
     "warmup_steps",
     "grad_clip",
+    "latent_shift",
     "ema_decay",
     "precision",
     "seed",

@@ -182,6 +182,8 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up, then cosine decay to lr_min_ratio * lr
     lr_min_ratio: float = 0.05
     grad_clip: float = 1.0  # max global gradient norm
+    latent_shift: int = 0  # augmentation: shift each example's frames by up to this many latent cells (edges
+    # repeated; wam.episodes.shift_latents), as DrQ shifts images; 0: off
     ema_decay: float = 0.999  # exponential moving average of the weights (used for inference)
     precision: str = "auto"  # "auto" (bf16 autocast where measured faster), "bf16" or "fp32"
     seed: int = 0

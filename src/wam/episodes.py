@@ -121,6 +121,23 @@ class EpisodeTensors:
         return batch
 
 
+def shift_latents(latents: torch.Tensor, max_shift: int, n_cameras: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-shift augmentation in latent space (DrQ's image shift, applied to the tokenizer's grid): every example
+    of a batch (B, T, c, h, w) moves by its own random offset of up to `max_shift` cells along each axis, the same
+    for all its frames, history and future, so the frames still follow one another; the edge cells are repeated
+    into the gap. Cameras placed side by side (`n_cameras` blocks along w) are shifted each within its own block."""
+    B, T, c, h, w = latents.shape
+    wc = w // n_cameras
+    dy = torch.randint(0, 2 * max_shift + 1, (B,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (B,), generator=generator)
+    x = latents.reshape(B, T * c, h, n_cameras, wc).permute(0, 3, 1, 2, 4).reshape(B * n_cameras, T * c, h, wc)
+    x = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")  # (B * n_cameras, T * c, h + 2m, wc + 2m)
+    rows = (dy.repeat_interleave(n_cameras)[:, None] + torch.arange(h))[:, None, :, None]  # (B * n_cam, 1, h, 1)
+    cols = (dx.repeat_interleave(n_cameras)[:, None] + torch.arange(wc))[:, None, None, :]  # (B * n_cam, 1, 1, wc)
+    x = x.gather(2, rows.expand(-1, T * c, -1, wc + 2 * max_shift)).gather(3, cols.expand(-1, T * c, h, -1))
+    return x.reshape(B, n_cameras, T * c, h, wc).permute(0, 2, 3, 1, 4).reshape(B, T, c, h, w)
+
+
 def episodes_to_tensors(
     episodes: list[dict],
     tokenizer,

@@ -35,7 +35,15 @@ import torch
 from wam import modes
 from wam.atomic import recover_dir, write_text_atomic
 from wam.config import LossConfig, ModelConfig, TrainConfig  # (TrainConfig: re-exported here)
-from wam.episodes import DatasetSpec, EpisodeTensors, episodes_to_tensors, load_mixture, mixture_weights, split_episodes
+from wam.episodes import (
+    DatasetSpec,
+    EpisodeTensors,
+    episodes_to_tensors,
+    load_mixture,
+    mixture_weights,
+    shift_latents,
+    split_episodes,
+)
 from wam.errors import ArgumentError, DatasetError, NotFoundError, TrainingDiverged
 from wam.inference.precision import autocast_context, resolve_precision
 from wam.model import WAM
@@ -232,6 +240,8 @@ def fit(
     while state.step < until:
         g = step_generator(tc.seed, state.step)
         batch = data.gather(*data.sample(tc.batch_size, g), cfg)
+        if tc.latent_shift > 0:
+            batch["latents"] = shift_latents(batch["latents"], tc.latent_shift, cfg.n_cameras, g)
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, tc)
         with autocast_context(precision, device_type):
@@ -621,6 +631,11 @@ def _train(
     train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
     val_eps.sort(key=lambda e: e["source"])
     windows = [sum(len(e["actions"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
+    if not 0 <= tc.latent_shift < cfg.latent_size:
+        raise ArgumentError(
+            f"`latent_shift={tc.latent_shift}` must be 0 (off) or a shift of fewer cells than the latent grid's "
+            f"{cfg.latent_size}; 1 moves a frame by {cfg.image_size // cfg.latent_size} pixels"
+        )
     if dist.enabled and tc.batch_size % dist.world:
         raise ArgumentError(
             f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the {dist.world} processes"
