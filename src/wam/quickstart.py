@@ -43,117 +43,43 @@ def quickstart(
     model_changes: dict | None = None,
     workers: int | None = None,
 ) -> dict:
+    """Run the five steps (module docstring) into `out`; returns the closed-loop summary, also written to
+    out/summary.json, and prints where out/report.html is."""
     import os
 
-    from wam.checkpoint import load_checkpoint
     from wam.collect import collect
-    from wam.config import LossConfig
-    from wam.evaluate import evaluate, evaluate_world_model
-    from wam.policy import WAMPolicy
-    from wam.report import build_index
-    from wam.train import TrainConfig, train
 
     workers = workers or min(2, os.cpu_count() or 1)  # closed-loop evaluation: tasks spread over processes
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     data, run = root / "data", root / "run"
-    entries, summary = [], {}
 
     print(f"[1/5] collecting demonstrations: {tasks}, {episodes} episodes each")
     collect("metaworld", tasks=tasks, episodes=episodes, out=data, seed=seed, image_size=image_size, overwrite=True)
 
     print(f"\n[2/5] training wam-tiny for {steps} steps (tokenizer: {tokenizer_steps} steps)")
-    tc = TrainConfig(
-        steps=steps,
-        batch_size=32,
-        lr=1e-3,
-        warmup_steps=min(200, steps // 5),
-        tokenizer_steps=tokenizer_steps,
-        seed=seed,
-        log_every=50,
-        val_every=max(1, steps // 3),
-        checkpoint_every=max(1, steps // 3),
-    )
-    ckpt_dir = train(
-        data,
-        run,
-        preset="wam-tiny",
-        model_changes=model_changes,
-        tc=tc,
-        lc=LossConfig(p_omit_future=0.3),
-        overwrite=True,
-        val_fraction=0.15,
-    )
-    ckpt = load_checkpoint(ckpt_dir)
+    ckpt_dir = _train(data, run, steps=steps, tokenizer_steps=tokenizer_steps, seed=seed, model_changes=model_changes)
 
     print("\n[3/5] the trained model in every mode")
-    world = evaluate_world_model(ckpt, data, out=root / "eval-policy", seed=seed, progress=False)
-    _print_world(world)
-    for mode in ("policy", "joint", "inverse"):
-        print(f"closed loop, {mode} mode: {eval_episodes} episodes per task, at most {max_steps} steps each")
-        policy = WAMPolicy(ckpt, mode=mode, seed=seed)
-        info = evaluate(
-            policy,
-            env="metaworld",
-            tasks=tasks,
-            episodes=eval_episodes,
-            out=root / f"eval-{mode}",
-            seed=seed,
-            max_steps=max_steps,
-            videos_per_task=1,
-            workers=workers,
-            world_model=world if mode == "policy" else None,
-            log_path=run / "log.jsonl",
-            settings={"checkpoint": str(ckpt_dir)},
-        )
-        _print_success(info)
-        entries.append(
-            {
-                "name": f"trained here, {mode} mode",
-                "report": root / f"eval-{mode}" / "report.html",
-                "eval_info": info,
-                "world_model": world if mode == "policy" else None,
-            }
-        )
-        summary[f"trained_{mode}"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
+    entries, summary = _evaluate_trained(
+        ckpt_dir, data, root, tasks=tasks, episodes=eval_episodes, max_steps=max_steps, seed=seed, workers=workers
+    )
 
     if reference is not None and Path(reference, "model.safetensors").is_file():
         print(
             f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, {reference_episodes} episodes per task"
         )
-        ref = load_checkpoint(reference)
-        ref_world = evaluate_world_model(
-            ref, data, out=root / "eval-reference", seed=seed, episodes=_episode_indices(data)
+        entry = _evaluate_reference(
+            Path(reference), data, root, tasks=reference_tasks, episodes=reference_episodes, seed=seed, workers=workers
         )
-        _print_world(ref_world)
-        info = evaluate(
-            WAMPolicy(ref, mode="policy", seed=seed),
-            env="metaworld",
-            tasks=reference_tasks,
-            episodes=reference_episodes,
-            out=root / "eval-reference",
-            seed=seed,
-            videos_per_task=1,
-            workers=workers,
-            world_model=ref_world,
-            settings={"checkpoint": str(reference)},
-            log_path=Path(reference, "log.jsonl") if Path(reference, "log.jsonl").is_file() else None,
-        )
-        _print_success(info)
-        entries.insert(
-            0,
-            {
-                "name": f"reference checkpoint ({Path(reference).name}), policy mode",
-                "report": root / "eval-reference" / "report.html",
-                "eval_info": info,
-                "world_model": ref_world,
-            },
-        )
-        summary["reference"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
+        entries.insert(0, entry)
+        summary["reference"] = {k: entry["eval_info"][k] for k in ("pc_success", "ci95", "n_episodes")}
     else:
         print(f"\n[4/5] skipped: no reference checkpoint at {reference}")
 
     print("\n[5/5] report")
+    from wam.report import build_index
+
     index = build_index(
         root,
         entries,
@@ -167,6 +93,109 @@ def quickstart(
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nreport: {index.resolve()}")
     return summary
+
+
+def _train(data: Path, run: Path, *, steps: int, tokenizer_steps: int, seed: int, model_changes: dict | None) -> Path:
+    """Step 2: wam-tiny, briefly, from nothing; returns its checkpoint directory."""
+    from wam.config import LossConfig
+    from wam.train import TrainConfig, train
+
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=min(200, steps // 5),
+        tokenizer_steps=tokenizer_steps,
+        seed=seed,
+        log_every=50,
+        val_every=max(1, steps // 3),
+        checkpoint_every=max(1, steps // 3),
+    )
+    return train(
+        data,
+        run,
+        preset="wam-tiny",
+        model_changes=model_changes,
+        tc=tc,
+        lc=LossConfig(p_omit_future=0.3),
+        overwrite=True,
+        val_fraction=0.15,
+    )
+
+
+def _evaluate_trained(
+    ckpt_dir: Path, data: Path, root: Path, *, tasks: str, episodes: int, max_steps: int, seed: int, workers: int
+) -> tuple[list[dict], dict]:
+    """Step 3: the world model on held-out episodes, then closed loop in each acting mode; returns the report's
+    entries and the summary's rows."""
+    from wam.checkpoint import load_checkpoint
+    from wam.evaluate import evaluate, evaluate_world_model
+    from wam.policy import WAMPolicy
+
+    ckpt = load_checkpoint(ckpt_dir)
+    world = evaluate_world_model(ckpt, data, out=root / "eval-policy", seed=seed, progress=False)
+    _print_world(world)
+    entries, summary = [], {}
+    for mode in ("policy", "joint", "inverse"):
+        print(f"closed loop, {mode} mode: {episodes} episodes per task, at most {max_steps} steps each")
+        info = evaluate(
+            WAMPolicy(ckpt, mode=mode, seed=seed),
+            env="metaworld",
+            tasks=tasks,
+            episodes=episodes,
+            out=root / f"eval-{mode}",
+            seed=seed,
+            max_steps=max_steps,
+            videos_per_task=1,
+            workers=workers,
+            world_model=world if mode == "policy" else None,
+            log_path=ckpt_dir.parent / "log.jsonl",
+            settings={"checkpoint": str(ckpt_dir)},
+        )
+        _print_success(info)
+        entries.append(
+            {
+                "name": f"trained here, {mode} mode",
+                "report": root / f"eval-{mode}" / "report.html",
+                "eval_info": info,
+                "world_model": world if mode == "policy" else None,
+            }
+        )
+        summary[f"trained_{mode}"] = {k: info[k] for k in ("pc_success", "ci95", "n_episodes")}
+    return entries, summary
+
+
+def _evaluate_reference(
+    reference: Path, data: Path, root: Path, *, tasks: str, episodes: int, seed: int, workers: int
+) -> dict:
+    """Step 4: the shipped checkpoint as a world model on the new episodes and closed loop; its report entry."""
+    from wam.checkpoint import load_checkpoint
+    from wam.evaluate import evaluate, evaluate_world_model
+    from wam.policy import WAMPolicy
+
+    ref = load_checkpoint(reference)
+    world = evaluate_world_model(ref, data, out=root / "eval-reference", seed=seed, episodes=_episode_indices(data))
+    _print_world(world)
+    info = evaluate(
+        WAMPolicy(ref, mode="policy", seed=seed),
+        env="metaworld",
+        tasks=tasks,
+        episodes=episodes,
+        out=root / "eval-reference",
+        seed=seed,
+        videos_per_task=1,
+        workers=workers,
+        world_model=world,
+        settings={"checkpoint": str(reference)},
+        log_path=reference / "log.jsonl" if (reference / "log.jsonl").is_file() else None,
+    )
+    _print_success(info)
+    return {
+        "name": f"reference checkpoint ({reference.name}), policy mode",
+        "report": root / "eval-reference" / "report.html",
+        "eval_info": info,
+        "world_model": world,
+    }
 
 
 def _episode_indices(data: Path) -> list[int]:
