@@ -48,6 +48,7 @@ from wam.train import (
     FitState,
     JsonlLogger,
     TrainConfig,
+    collection_protocol,
     fit,
     load_train_state,
     make_optimizer,
@@ -111,43 +112,25 @@ def finetune(
     ckpt_dir, info_file = out / "checkpoint", out / "finetune.json"
     for d in (ckpt_dir, out / "adapter"):  # a write killed half-way: put back the last one, drop the rest
         recover_dir(d)
+    given = dict(adapter=adapter, rank=rank, alpha=alpha, streams=streams, train_task_embedding=train_task_embedding)
+    given.update(checkpoint=checkpoint, dataset=dataset, tc=tc, lc=lc, val_fraction=val_fraction)
     saved_ts, saved_hash = None, None
     if resume:
-        if not (ckpt_dir / "train_state" / "state.pt").is_file() or not info_file.is_file():
-            raise NotFoundError(
-                f"nothing to resume in {out}: {ckpt_dir}/train_state/state.pt or {info_file} does "
-                f"not exist; start the fine-tune without `resume=True`"
-            )
-        saved = json.loads(info_file.read_text())
-        s, saved_hash = saved["settings"], saved["base_model_hash"]
-        given = dict(
-            adapter=adapter, rank=rank, alpha=alpha, streams=streams, train_task_embedding=train_task_embedding
-        )
-        for name, value in given.items():
-            if value is not None and (list(value) if name == "streams" else value) != s[name]:
-                raise ArgumentError(
-                    f"{out} was fine-tuned with `{name}={s[name]!r}`; resuming cannot change it to {value!r}"
-                )
-        adapter, rank, alpha, streams = s["adapter"], s["rank"], s["alpha"], s["streams"]
-        train_task_embedding, val_fraction = s["train_task_embedding"], s["val_fraction"]
-        checkpoint, dataset = checkpoint or s["checkpoint"], dataset or s["dataset"]
-        tc = tc or from_dict(TrainConfig, s["train"])
-        lc = lc or from_dict(LossConfig, s["loss"])
+        given, saved_hash = _resumed_settings(out, given)
         saved_ts = torch.load(ckpt_dir / "train_state" / "state.pt", map_location="cpu", weights_only=False)
     elif ckpt_dir.exists() and not overwrite:
         raise ArgumentError(
             f"{out} already holds a fine-tune; pass `resume=True` to continue it or `overwrite=True` to start over"
         )
-    adapter = adapter or "lora"
-    rank, alpha = 8 if rank is None else int(rank), 16.0 if alpha is None else float(alpha)
-    streams = list(STREAMS if streams is None else streams)
-    train_task_embedding = True if train_task_embedding is None else bool(train_task_embedding)
-    _check_settings(adapter, rank, streams, checkpoint, dataset)
-    tc, lc = tc or finetune_config(adapter), lc or LossConfig()
+    settings = _settings(**given)
+    checkpoint, dataset, adapter = settings["checkpoint"], settings["dataset"], settings["adapter"]
+    tc, lc = from_dict(TrainConfig, settings["train"]), from_dict(LossConfig, settings["loss"])
 
     base = _load_base(checkpoint, adapter, saved_hash, out)
-    data, tasks, new_tasks, base_tasks = _finetune_episodes(base, dataset, adapter, train_task_embedding, progress)
-    train_eps, val_eps = split_episodes(data.episodes, val_fraction)
+    data, tasks, new_tasks, base_tasks = _finetune_episodes(
+        base, dataset, adapter, settings["train_task_embedding"], progress
+    )
+    train_eps, val_eps = split_episodes(data.episodes, settings["val_fraction"])
     tok = base.tokenizer.eval().requires_grad_(False)
     cfg = base.model.cfg
     train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim)
@@ -156,28 +139,16 @@ def finetune(
         base,
         tc,
         adapter,
-        rank=rank,
-        alpha=alpha,
-        streams=streams,
-        train_task_embedding=train_task_embedding,
+        rank=settings["rank"],
+        alpha=settings["alpha"],
+        streams=settings["streams"],
+        train_task_embedding=settings["train_task_embedding"],
         saved_ts=saved_ts,
     )
     n_train, n_total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
     if progress:
         print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
 
-    settings = {
-        "checkpoint": str(checkpoint),
-        "dataset": str(dataset),
-        "adapter": adapter,
-        "rank": rank,
-        "alpha": alpha,
-        "streams": streams,
-        "train_task_embedding": train_task_embedding,
-        "val_fraction": val_fraction,
-        "train": to_dict(tc),
-        "loss": to_dict(lc),
-    }
     summary = {
         "settings": settings,
         "base_model_hash": base.model_hash,
@@ -192,27 +163,6 @@ def finetune(
     if not resume:
         shutil.rmtree(out / "adapter", ignore_errors=True)  # (an overwritten fine-tune's, perhaps of another kind)
     _write_json(info_file, summary)
-    run_info = {
-        "dataset": str(dataset),
-        "preset": base.config.get("run", {}).get("preset"),
-        "cameras": [c.removeprefix("observation.images.") for c in data.cameras],
-        "tasks": tasks,
-        "fps": data.fps,
-        "val_fraction": val_fraction,
-        "train_episodes": [e["episode_index"] for e in train_eps],
-        "val_episodes": [e["episode_index"] for e in val_eps],
-        "train": to_dict(tc),
-        "loss": to_dict(lc),
-        "finetune": {
-            "base_checkpoint": str(checkpoint),
-            "base_model_hash": base.model_hash,
-            "adapter": adapter,
-            "rank": rank,
-            "alpha": alpha,
-            "streams": streams,
-            "base_tasks": base_tasks,
-        },
-    }
     adapter_info = {
         "base_checkpoint": str(checkpoint),
         "base_model_hash": base.model_hash,
@@ -229,7 +179,7 @@ def finetune(
         out=out,
         adapter=adapter,
         adapter_info=adapter_info,
-        run_info=run_info,
+        run_info=_run_info(settings, base, data, tasks, base_tasks, train_eps, val_eps),
         resume=resume,
         progress=progress,
     )
@@ -241,6 +191,86 @@ def finetune(
     )
     _write_json(info_file, summary)
     return summary
+
+
+_ADAPTER_SETTINGS = ("adapter", "rank", "alpha", "streams", "train_task_embedding")
+
+
+def _resumed_settings(out: Path, given: dict) -> tuple[dict, str]:
+    """The settings a resumed fine-tune continues with (its finetune.json's; the adapter's may not change) and
+    the hash of the base it started from."""
+    info_file = out / "finetune.json"
+    if not (out / "checkpoint" / "train_state" / "state.pt").is_file() or not info_file.is_file():
+        raise NotFoundError(
+            f"nothing to resume in {out}: {out / 'checkpoint'}/train_state/state.pt or {info_file} does "
+            f"not exist; start the fine-tune without `resume=True`"
+        )
+    saved = json.loads(info_file.read_text())
+    s = saved["settings"]
+    for name in _ADAPTER_SETTINGS:
+        value = given[name]
+        if value is not None and (list(value) if name == "streams" else value) != s[name]:
+            raise ArgumentError(
+                f"{out} was fine-tuned with `{name}={s[name]!r}`; resuming cannot change it to {value!r}"
+            )
+    resumed = {name: s[name] for name in (*_ADAPTER_SETTINGS, "val_fraction")}
+    resumed.update(
+        checkpoint=given["checkpoint"] or s["checkpoint"],
+        dataset=given["dataset"] or s["dataset"],
+        tc=given["tc"] or from_dict(TrainConfig, s["train"]),
+        lc=given["lc"] or from_dict(LossConfig, s["loss"]),
+    )
+    return resumed, saved["base_model_hash"]
+
+
+def _settings(
+    *, adapter, rank, alpha, streams, train_task_embedding, checkpoint, dataset, tc, lc, val_fraction
+) -> dict:
+    """Every setting of the fine-tune with its default filled in, checked; as finetune.json records them."""
+    adapter = adapter or "lora"
+    rank, alpha = 8 if rank is None else int(rank), 16.0 if alpha is None else float(alpha)
+    streams = list(STREAMS if streams is None else streams)
+    _check_settings(adapter, rank, streams, checkpoint, dataset)
+    return {
+        "checkpoint": str(checkpoint),
+        "dataset": str(dataset),
+        "adapter": adapter,
+        "rank": rank,
+        "alpha": alpha,
+        "streams": streams,
+        "train_task_embedding": True if train_task_embedding is None else bool(train_task_embedding),
+        "val_fraction": val_fraction,
+        "train": to_dict(tc or finetune_config(adapter)),
+        "loss": to_dict(lc or LossConfig()),
+    }
+
+
+def _run_info(settings: dict, base, data, tasks, base_tasks, train_eps, val_eps) -> dict:
+    """The fine-tuned checkpoint's record of its run (as `wam train` writes it), with the fine-tune's settings.
+    Its benchmark protocol is the dataset's when it was collected under one, else the base's."""
+    base_run = base.config.get("run", {})
+    info = {
+        "dataset": settings["dataset"],
+        "preset": base_run.get("preset"),
+        "cameras": [c.removeprefix("observation.images.") for c in data.cameras],
+        "tasks": tasks,
+        "fps": data.fps,
+        "val_fraction": settings["val_fraction"],
+        "train_episodes": [e["episode_index"] for e in train_eps],
+        "val_episodes": [e["episode_index"] for e in val_eps],
+        "train": settings["train"],
+        "loss": settings["loss"],
+        "finetune": {
+            "base_checkpoint": settings["checkpoint"],
+            "base_model_hash": base.model_hash,
+            **{k: settings[k] for k in ("adapter", "rank", "alpha", "streams")},
+            "base_tasks": base_tasks,
+        },
+    }
+    protocol = collection_protocol(settings["dataset"]) or base_run.get("protocol")
+    if protocol is not None:
+        info["protocol"] = protocol
+    return info
 
 
 def _check_settings(adapter: str, rank: int, streams: list[str], checkpoint, dataset) -> None:
