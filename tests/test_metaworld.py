@@ -236,6 +236,19 @@ def test_protocols_are_named_and_checked():
     e = mw.make_env("reach-v3", image_size=32, render_size=64, max_episode_steps=400, seed=0)
     assert e.reset(seed=0)[0]["observation.images.corner4"].shape == (32, 32, 3) and e.max_episode_steps == 400
     e.close()
+    e = mw.make_env("reach-v3", image_size=32, protocol="lerobot")  # the whole protocol in one word
+    assert (e.look, e.render_size, e.max_episode_steps, tuple(e.camera_names), e.state_mode) == (
+        "metaworld",
+        480,
+        400,
+        ("corner4",),
+        "proprio",
+    )
+    e.close()
+    with pytest.raises(ValueError, match="gives the camera"):
+        mw.make_env("reach-v3", protocol="lerobot", cameras=["gripperPOV"])
+    with pytest.raises(ValueError, match="unknown MetaWorld protocol 'lerobo'"):
+        mw.make_env("reach-v3", protocol="lerobo")
 
 
 def test_wam_eval_on_the_lerobot_protocol_and_the_test_seeds(tmp_path):

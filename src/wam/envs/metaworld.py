@@ -511,8 +511,21 @@ def make_env(
     goal_marker: float = GOAL_MARKER,
     look: str = "fast",
     render_size: int | None = None,
+    protocol: str | None = None,
     **_: object,
 ) -> MetaWorldEnv:
+    """A MetaWorld task as a gymnasium env (module docstring). `protocol` (`PROTOCOLS`, e.g. "lerobot") sets the
+    benchmark's goal markers, look, render size, step limit, camera and state in one word."""
+    if protocol is not None:
+        settings = PROTOCOLS.get(protocol)
+        if settings is None:
+            raise ArgumentError(f"unknown MetaWorld protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if cameras is not None and list(cameras) != list(settings["cameras"]):
+            raise ArgumentError(
+                f"protocol {protocol!r} gives the camera(s) {list(settings['cameras'])}; leave cameras out"
+            )
+        goal_marker, look, render_size = settings["goal_marker"], settings["look"], settings["render_size"]
+        max_episode_steps, cameras, state = settings["max_episode_steps"], settings["cameras"], settings["state"]
     env = MetaWorldEnv(
         task or "reach-v3",
         image_size=image_size,
