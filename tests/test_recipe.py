@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from wam.errors import ArgumentError
-from wam.recipe import RECIPES, get_recipe, progress_of, run_recipe
+from wam.recipe import RECIPES, get_recipe, progress_of, run_recipe, status
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ def _weights(out: Path) -> dict[str, bytes]:
     return {n: (ckpt / n).read_bytes() for n in ("model.safetensors", "tokenizer.safetensors")}
 
 
-def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     whole = tmp_path / "whole"
     assert run_recipe("dot-tiny", whole, workers=1, progress=False) == {"stage": "done", "step": 24}
 
@@ -91,6 +91,22 @@ def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_pa
     ]
     # the sitting stopped in the tokenizer stage says how far it got; the next one starts from there
     assert sittings[3].get("tokenizer_step") == 4 and sittings[4].get("tokenizer_step") == 4
+    # `wam recipe status` pairs each start with its end
+    from wam.cli import main
+
+    st = status(parts)
+    assert (st["recipe"], st["steps"], st["progress"]) == ("dot-tiny", 24, {"stage": "done", "step": 24})
+    assert [(s["start"]["step"], s["end"]["step"]) for s in st["sittings"]] == [
+        (0, 0),
+        (0, 0),
+        (0, 10),
+        (10, 12),
+        (12, 24),
+    ]
+    assert main(["recipe", "status", str(parts)]) == 0
+    printed = capsys.readouterr().out
+    assert "done; last checkpoint at WAM step 24 of 24" in printed and "sitting 5:" in printed
+    assert "collect 0 -> train 0 (tokenizer 4), stopped by KeyboardInterrupt" in printed
     # run again when done: nothing to do
     assert run_recipe("dot-tiny", parts, workers=1, progress=False) == {"stage": "done", "step": 24}
     assert _weights(parts) == _weights(whole)

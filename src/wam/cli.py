@@ -1600,6 +1600,9 @@ def _recipe(sub: argparse._SubParsersAction) -> None:
     show = rs.add_parser("show", help="every setting of a recipe, as JSON")
     show.add_argument("name")
     show.set_defaults(func=_run_recipe)
+    st = rs.add_parser("status", help="where a recipe run stands, and each sitting's start and end")
+    st.add_argument("out", help="the run directory")
+    st.set_defaults(func=_run_recipe)
     run = rs.add_parser("run", help="run a recipe, or continue it where it stopped")
     run.add_argument("name")
     run.add_argument("--out", required=True, help="the run directory (data/, train/, recipe.json, sittings.jsonl)")
@@ -1634,6 +1637,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(json.dumps(get_recipe(args.name).to_dict(), indent=2))
         return 0
+    if args.action == "status":
+        _print_recipe_status(args.out)
+        return 0
     import signal
 
     def stop(signum, frame):  # a supervisor's or `kill`'s SIGTERM ends the sitting as Ctrl-C does (logged)
@@ -1651,6 +1657,28 @@ def _run_recipe(args: argparse.Namespace) -> int:
     where = "done" if end["stage"] == "done" else f"stopped in stage {end['stage']} at WAM step {end['step']}"
     print(f"wam recipe: {args.name} in {args.out}: {where}; checkpoint: {args.out}/train/checkpoint")
     return 0
+
+
+def _print_recipe_status(out: str) -> None:
+    from wam.recipe import status
+
+    st = status(out)
+    p = st["progress"]
+    where = {"collect": "collecting", "train": "training", "done": "done"}[p["stage"]]
+    tok = f", tokenizer stage at step {p['tokenizer_step']:,}" if "tokenizer_step" in p else ""
+    print(f"{out}: recipe {st['recipe']}, {where}; last checkpoint at WAM step {p['step']:,} of {st['steps']:,}{tok}")
+
+    def at(event: dict) -> str:
+        tok = f" (tokenizer {event['tokenizer_step']:,})" if "tokenizer_step" in event else ""
+        return f"{event['stage']} {event['step']:,}{tok}"
+
+    for i, s in enumerate(st["sittings"], 1):
+        start, end = s["start"], s["end"]
+        if end is None:
+            print(f"  sitting {i}: {start['time']} from {at(start)}, no end recorded (running, or killed)")
+        else:
+            how = f", stopped by {end['interrupted']}" if end.get("interrupted") else ""
+            print(f"  sitting {i}: {start['time']} -> {end['time']}, {at(start)} -> {at(end)}{how}")
 
 
 VERBS = [

@@ -6,6 +6,7 @@ Runbook:
     wam recipe show mt50-v2                              # every setting, as JSON
     wam recipe run mt50-v2 --out runs/mt50-v2            # the whole recipe; run it again to continue
     wam recipe run mt50-v2 --out runs/mt50-v2 --until-step 20000    # a sitting: stop after WAM step 20,000
+    wam recipe status runs/mt50-v2                       # where it stands, each sitting's start and end
 
 A run directory holds `recipe.json` (the recipe it was started with: a run refuses to continue under a recipe
 whose settings changed), `data/` (the collected dataset), `train/` (the training run: `train/checkpoint`),
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from wam.atomic import write_text_atomic
-from wam.errors import ArgumentError
+from wam.errors import ArgumentError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,29 @@ def progress_of(out: str | Path) -> dict[str, Any]:
         json.loads((out / "recipe.json").read_text())["train"].get("steps") if (out / "recipe.json").is_file() else None
     )
     return {"stage": "done" if total is not None and step >= total else "train", "step": step}
+
+
+def status(out: str | Path) -> dict[str, Any]:
+    """A recipe run's state for a person: its recipe, `progress_of`, the WAM stage's total steps, and its
+    sittings, each a start line of sittings.jsonl joined with the end line after it (None while it runs, or
+    when it was killed before it could write one)."""
+    out = Path(out)
+    if not (out / "recipe.json").is_file():
+        raise NotFoundError(f"{out} holds no recipe run (no recipe.json); start one with `wam recipe run NAME --out`")
+    recorded = json.loads((out / "recipe.json").read_text())
+    lines = (out / "sittings.jsonl").read_text().splitlines() if (out / "sittings.jsonl").is_file() else []
+    sittings: list[dict[str, Any]] = []
+    for event in map(json.loads, lines):
+        if event["event"] == "start":
+            sittings.append({"start": event, "end": None})
+        elif sittings and sittings[-1]["end"] is None:
+            sittings[-1]["end"] = event
+    return {
+        "recipe": recorded["name"],
+        "steps": recorded["train"].get("steps"),
+        "progress": progress_of(out),
+        "sittings": sittings,
+    }
 
 
 def _collect_stage(recipe: Recipe, out: Path, *, workers: int | None, progress: bool) -> None:
