@@ -317,3 +317,41 @@ def test_a_checkpoint_is_evaluated_under_the_protocol_its_data_was_collected_und
         assert main([*args, *extra, "--out", str(out)]) == 0
         settings = json.loads((out / "eval_info.json").read_text())["settings"]
         assert (settings["protocol"], settings["protocol_from"], settings["render_size"]) == (protocol, source, render)
+
+
+def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Each finished task is kept (out/tasks/); `resume=True` runs only the others, and only rows the same
+    evaluation wrote are taken."""
+    from pathlib import Path
+
+    import wam.evaluate as ev
+    from wam.policy import WAMPolicy
+
+    policy = WAMPolicy.from_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "wam-tiny-mt50")
+    kw = dict(env="metaworld", tasks="reach-v3,push-v3,drawer-open-v3", episodes=2, max_steps=8, expert=False)
+    kw.update(videos_per_task=0, progress=False)
+    whole = ev.evaluate(policy, out=tmp_path / "whole", **kw)
+    real, ran, dies = ev.evaluate_task, [], [True]
+
+    def dies_in_the_second_task(policy, env, task, **k):
+        ran.append(task)
+        if len(ran) == 2 and dies and dies.pop():
+            raise KeyboardInterrupt
+        return real(policy, env, task, **k)
+
+    monkeypatch.setattr(ev, "evaluate_task", dies_in_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(policy, out=tmp_path / "parts", **kw)
+    assert [f.stem for f in (tmp_path / "parts" / "tasks").glob("*.json")] == ["reach-v3"]
+    ran.clear()
+    parts = ev.evaluate(policy, out=tmp_path / "parts", resume=True, **kw)
+    assert ran == ["push-v3", "drawer-open-v3"]
+    for a, b in zip(whole["per_task"], parts["per_task"]):
+        for key in ("task", "seeds", "successes", "steps", "sum_rewards"):
+            assert a[key] == b[key], key
+    assert parts["pc_success"] == whole["pc_success"]
+    ran.clear()  # another setting takes none of the kept rows
+    ev.evaluate(policy, out=tmp_path / "parts", resume=True, **{**kw, "max_steps": 9})
+    assert ran == ["reach-v3", "push-v3", "drawer-open-v3"]
+    with pytest.raises(ValueError, match="cannot resume"):
+        ev.evaluate(policy, out=tmp_path / "parts", resume=True, record=tmp_path / "rec", **kw)

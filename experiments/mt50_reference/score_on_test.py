@@ -29,7 +29,7 @@ def run_eval(checkpoint: str, out: Path, tasks: str, episodes: int, workers: int
     if not (out / "eval_info.json").is_file():
         cmd = [sys.executable, "-m", "wam.cli", "eval", "--checkpoint", checkpoint, "--tasks", tasks]
         cmd += ["--episodes", str(episodes), "--seed", "test", "--protocol", "lerobot", "--workers", str(workers)]
-        cmd += ["--no-expert", "--videos", "1", "--out", str(out), *flags]
+        cmd += ["--no-expert", "--videos", "1", "--resume", "--out", str(out), *flags]
         print("$ wam", shlex.join(cmd[3:]), flush=True)
         subprocess.run(cmd, check=True)
     return json.loads((out / "eval_info.json").read_text())

@@ -35,7 +35,7 @@ def eval_command(checkpoint: str, out: Path, flags: list[str], tasks: str, episo
     return [
         sys.executable, "-m", "wam.cli", "eval", "--checkpoint", checkpoint, "--tasks", tasks,
         "--episodes", str(episodes), "--seed", "dev", "--protocol", "lerobot", "--workers", str(workers),
-        "--no-expert", "--videos", "0", "--quiet", "--out", str(out), *flags,
+        "--no-expert", "--videos", "0", "--quiet", "--resume", "--out", str(out), *flags,
     ]  # fmt: skip
 
 

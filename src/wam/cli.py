@@ -979,6 +979,12 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default=None, help="dataset for --world-model (default: the training dataset)")
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<mode>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation in --out: the tasks it finished with the same policy, "
+        "settings and seeds are kept, the others run (the numbers are those of an uninterrupted run)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
 
@@ -1122,8 +1128,13 @@ def _eval_policy(args: argparse.Namespace, policy, ckpt, known_tasks: list[str] 
             after_success=args.after_success,
             protocol=args.protocol,
             record=args.record,
+            resume=args.resume,
             progress=not args.quiet,
         )
+    except KeyboardInterrupt:
+        done = len(list((out / "tasks").glob("*.json"))) if (out / "tasks").is_dir() else 0
+        print(f"\ninterrupted: {done} task(s) kept in {out / 'tasks'}; add --resume to continue", file=sys.stderr)
+        raise
     except (ImportError, OSError) as e:  # a missing extra; the system: no GL, a full disk
         raise ArgumentError(str(e)) from None
     print_eval(info)

@@ -313,6 +313,47 @@ def _task_rows(
     return rows
 
 
+def _fingerprint(policy, env: str, kwargs: dict) -> dict:
+    """Everything that decides a task's row: the policy's settings (its checkpoint's hash among them), the
+    environment and scene, the seeds and the episode rules. Not the number of processes or environments."""
+    decides = {k: v for k, v in kwargs.items() if k not in ("out", "num_envs", "keep_episodes")}
+    decides = {k: list(v) if isinstance(v, tuple) else v for k, v in decides.items()}
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in (decides.pop("protocol_options") or {}).items()}
+    return json.loads(
+        json.dumps({"env": env, **decides, "protocol_options": options, **getattr(policy, "settings", {})})
+    )
+
+
+class _TaskRows:
+    """The rows of the tasks done so far, one file each (`<task>.json`: the row, the fingerprint of the evaluation
+    that made it and its seconds), kept so an interrupted evaluation can resume. Without `resume` the folder
+    starts empty."""
+
+    def __init__(self, root: Path, fingerprint: dict, *, resume: bool):
+        import shutil
+
+        self.root, self.fingerprint = root, fingerprint
+        self.rows: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}
+        if not resume:
+            shutil.rmtree(root, ignore_errors=True)
+        for f in sorted(root.glob("*.json")) if root.is_dir() else []:
+            saved = json.loads(f.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                self.rows[saved["row"]["task"]] = saved["row"]
+                self.seconds[saved["row"]["task"]] = saved.get("seconds", 0.0)
+        self._t = time.perf_counter()
+
+    def add(self, row: dict) -> dict:
+        now = time.perf_counter()
+        self.rows[row["task"]], self.seconds[row["task"]] = row, now - self._t
+        self._t = now
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"fingerprint": self.fingerprint, "seconds": self.seconds[row["task"]], "row": row}
+        write_json_atomic(self.root / f"{row['task']}.json", entry)
+        return row
+
+
 def _scene(policy, env: str, tasks: list[str], protocol: str | None, render_size: int | None) -> dict:
     """What the environment shows `policy`: its cameras and sizes, and the protocol (given, else the one its
     checkpoint records, `trained_protocol`) with that protocol's settings."""
@@ -337,8 +378,9 @@ def _scene(policy, env: str, tasks: list[str], protocol: str | None, render_size
     }
 
 
-def _run_tasks(policy, env: str, tasks: list[str], kwargs: dict, *, workers: int, recorder, progress: bool):
-    """Every task's row (`_task_rows`) under a progress bar; the recording is dropped if anything fails."""
+def _run_tasks(policy, env: str, tasks: list[str], kwargs: dict, *, workers: int, on_row, recorder, progress: bool):
+    """Every task's row (`_task_rows`, each through `on_row`) under a progress bar; the recording is dropped if
+    anything fails."""
     per_task = kwargs["episodes"] * (2 if kwargs["expert"] else 1)
     bar = None
     if progress:
@@ -354,7 +396,7 @@ def _run_tasks(policy, env: str, tasks: list[str], kwargs: dict, *, workers: int
             workers=workers,
             bar=bar,
             per_task=per_task,
-            on_row=recorder.add if recorder is not None else None,
+            on_row=on_row,
         )
     except BaseException:
         if recorder is not None:
@@ -386,6 +428,7 @@ def evaluate(
     settings: dict | None = None,
     progress: bool = True,
     record: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Closed-loop evaluation of `policy` on every task; writes out/eval_info.json, out/videos/<task>/*.mp4
     and out/report.html. `policy` is a WAMPolicy (or a wam.client.PolicyClient) or any object with
@@ -412,7 +455,11 @@ def evaluate(
 
     `record` writes every episode the policy ran (not the expert's) to a LeRobot v3.0 dataset at that path,
     as `wam collect` writes the expert's: the cameras, the robot state, the simulator's state where it has
-    one, the actions, rewards and success flags, failures included."""
+    one, the actions, rewards and success flags, failures included.
+
+    Each task's row is kept in out/tasks/<task>.json as soon as the task is done; `resume=True` takes the rows
+    there that the same evaluation wrote (the same policy, checkpoint, settings, seeds and scene) and runs only
+    the other tasks: an interrupted evaluation continues, and gives the numbers an uninterrupted one gives."""
     from wam.envs import get_adapter
 
     task_names = get_adapter(env).resolve_tasks(tasks)
@@ -435,9 +482,20 @@ def evaluate(
         keep_episodes=recorder is not None,
         protocol_options=scene["protocol_options"],
     )
+    if resume and recorder is not None:
+        raise ArgumentError("an evaluation that records its episodes cannot resume; run it again without resume")
+    kept = _TaskRows(out / "tasks", _fingerprint(policy, env, kwargs), resume=resume)
+    todo = [t for t in task_names if t not in kept.rows]
+    if resume and progress:
+        print(f"resuming {out}: {len(task_names) - len(todo)} of {len(task_names)} tasks done")
+
+    def on_row(row: dict) -> dict:
+        return kept.add(recorder.add(row) if recorder is not None else row)
+
     t0 = time.perf_counter()
-    rows = _run_tasks(policy, env, task_names, kwargs, workers=workers, recorder=recorder, progress=progress)
-    elapsed = time.perf_counter() - t0
+    _run_tasks(policy, env, todo, kwargs, workers=workers, on_row=on_row, recorder=recorder, progress=progress)
+    rows = [kept.rows[t] for t in task_names]
+    elapsed = time.perf_counter() - t0 + sum(kept.seconds.get(t, 0.0) for t in task_names if t not in todo)
     groups = getattr(get_adapter(env), "DIFFICULTY", None)
     info = {
         **aggregate(rows),
