@@ -70,9 +70,9 @@ def versus(info: dict, other: dict, tasks: list[str], name: str) -> str:
     return f" {d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p={d['mcnemar_p']:.2g} |"
 
 
-def versus_group_mean(info: dict, other: dict, name: str, resamples: int = 10_000) -> str:
-    """' points [95% CI] |': the paired difference of the mean of group means; the interval resamples the
-    episodes within each group (a stratified bootstrap, seed 0)."""
+def group_mean_difference(info: dict, other: dict, name: str, resamples: int = 10_000) -> tuple[float, float, float]:
+    """The paired difference of the mean of group means, `info` minus `other`, in points, with its 95% interval:
+    the episodes are resampled within each group (a stratified bootstrap, seed 0)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -84,7 +84,13 @@ def versus_group_mean(info: dict, other: dict, name: str, resamples: int = 10_00
         boot += d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
     n = len(diffs)
     lo, hi = np.percentile(100 * boot / n, [2.5, 97.5])
-    return f" **{100 * sum(diffs) / n:+.1f}** [{lo:+.1f}, {hi:+.1f}] |"
+    return 100 * float(sum(diffs)) / n, float(lo), float(hi)
+
+
+def versus_group_mean(info: dict, other: dict, name: str) -> str:
+    """' points [95% CI] |': `group_mean_difference` as a table cell."""
+    diff, lo, hi = group_mean_difference(info, other, name)
+    return f" **{diff:+.1f}** [{lo:+.1f}, {hi:+.1f}] |"
 
 
 def main() -> None:

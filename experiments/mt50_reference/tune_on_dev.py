@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mt50_table, beside this script
 
 # name -> the flags of `wam eval` it adds to the defaults (policy mode, 2 Euler steps, half the chunk executed)
 SETTINGS: dict[str, list[str]] = {
@@ -43,28 +43,16 @@ def outcomes(info: dict) -> dict[str, list[bool]]:
     return {r["task"]: [bool(s) for s in r["successes"]] for r in info["per_task"]}
 
 
-def versus_base(info: dict, base: dict, resamples: int = 10_000) -> dict:
-    """This run minus `base` on the same episodes: the mean of group means (bootstrap over episodes within each
-    group) and every episode alike (`wam.stats.paired_difference`)."""
+def versus_base(info: dict, base: dict) -> dict:
+    """This run minus `base` on the same episodes: the mean of group means (`mt50_table.group_mean_difference`)
+    and every episode alike (`wam.stats.paired_difference`)."""
+    from mt50_table import group_mean_difference, paired_outcomes
+
     from wam.stats import paired_difference
 
-    mine, theirs = outcomes(info), outcomes(base)
-    if mine.keys() != theirs.keys() or any(len(mine[t]) != len(theirs[t]) for t in mine):
-        raise SystemExit("the two runs did not evaluate the same tasks and episodes; use one --episodes")
-    rng = np.random.default_rng(0)
-    diffs, boot = [], np.zeros(resamples)
-    for g in info["groups"].values():
-        d = np.array([m - t for task in g["tasks"] for m, t in zip(mine[task], theirs[task])], dtype=np.float64)
-        diffs.append(d.mean())
-        boot += d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(100 * boot / len(diffs), [2.5, 97.5])
-    every = paired_difference(
-        [s for t in theirs for s in theirs[t]], [s for t in mine for s in mine[t]], resamples=resamples
-    )
-    return {
-        "group_mean": {"difference": 100 * float(np.mean(diffs)), "ci95": [float(lo), float(hi)]},
-        "per_episode": every,
-    }
+    diff, lo, hi = group_mean_difference(info, base, "base")
+    every = paired_difference(*paired_outcomes(info, base, [r["task"] for r in info["per_task"]], "base"))
+    return {"group_mean": {"difference": diff, "ci95": [lo, hi]}, "per_episode": every}
 
 
 def main() -> None:

@@ -225,6 +225,10 @@ PROTOCOLS: dict[str, dict] = {
 
 def protocol(name: str) -> dict:
     """The environment settings of a named protocol (`PROTOCOLS`)."""
+    return _protocol(name)
+
+
+def _protocol(name: str) -> dict:  # (make_env's argument `protocol` hides the public name there)
     if name not in PROTOCOLS:
         raise ArgumentError(f"unknown MetaWorld protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
     return dict(PROTOCOLS[name])
@@ -517,9 +521,7 @@ def make_env(
     """A MetaWorld task as a gymnasium env (module docstring). `protocol` (`PROTOCOLS`, e.g. "lerobot") sets the
     benchmark's goal markers, look, render size, step limit, camera and state in one word."""
     if protocol is not None:
-        settings = PROTOCOLS.get(protocol)
-        if settings is None:
-            raise ArgumentError(f"unknown MetaWorld protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        settings = _protocol(protocol)
         if cameras is not None and list(cameras) != list(settings["cameras"]):
             raise ArgumentError(
                 f"protocol {protocol!r} gives the camera(s) {list(settings['cameras'])}; leave cameras out"
