@@ -249,6 +249,13 @@ def test_protocols_are_named_and_checked():
         mw.make_env("reach-v3", protocol="lerobot", cameras=["gripperPOV"])
     with pytest.raises(ValueError, match="unknown MetaWorld protocol 'lerobo'"):
         mw.make_env("reach-v3", protocol="lerobo")
+    # a misspelt setting is refused by name, never silently ignored
+    from wam.envs import make_env
+
+    with pytest.raises(ValueError, match=r"has no setting\(s\) protocl; its settings are: .*protocol"):
+        make_env("metaworld", "reach-v3", protocl="lerobot")
+    with pytest.raises(TypeError):
+        mw.make_env("reach-v3", goal_markr=0.0)
 
 
 def test_wam_eval_on_the_lerobot_protocol_and_the_test_seeds(tmp_path):

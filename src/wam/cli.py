@@ -879,32 +879,38 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         "--episodes 20 --mode policy; or, through a running `wam serve`: wam eval --server "
         "ws://127.0.0.1:8765 --tasks mt10 --episodes 20",
     )
-    p.add_argument(
+    _add_eval_policy_flags(p)
+    _add_eval_scene_flags(p.add_argument_group("the episodes"))
+    _add_eval_output_flags(p.add_argument_group("what is run and written"))
+    p.set_defaults(func=_run_eval)
+
+
+def _add_eval_policy_flags(p: argparse.ArgumentParser) -> None:
+    """`wam eval`: which policy acts, and how (a checkpoint or a server; its mode and inference settings)."""
+    g = p.add_argument_group("the policy")
+    g.add_argument(
         "--checkpoint",
         default=None,
         help="checkpoint directory (written by wam train); with --server, needed only for --world-model",
     )
-    p.add_argument(
+    g.add_argument(
         "--server",
         default=None,
         metavar="URL",
         help="evaluate the policy served by `wam serve` at URL (ws://HOST:PORT) instead of a local checkpoint",
     )
-    p.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
-    p.add_argument(
+    g.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
+    g.add_argument(
         "--server-timeout",
         type=float,
         default=30.0,
         metavar="S",
         help="with --server: seconds to wait for each answer (default 30; slow policies need more)",
     )
-    p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
-    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task")
-    p.add_argument(
+    g.add_argument(
         "--mode", default=None, help="acting mode: policy (default; with --server, the server's), joint or inverse"
     )
-    p.add_argument(
+    g.add_argument(
         "--n-action-steps",
         type=int,
         default=None,
@@ -912,6 +918,13 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     )
     _add_plan_flags(p)
     _add_inference_flags(p, note="; with --server, the server's")
+
+
+def _add_eval_scene_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam eval`: the episodes it is scored on (environment, tasks, seeds, the benchmark's protocol)."""
+    p.add_argument("--env", default="metaworld", help="environment family: metaworld or dot")
+    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task")
     p.add_argument(
         "--seed",
         type=_eval_seed,
@@ -930,8 +943,6 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         "(default: the protocol the checkpoint's training data was collected under, if it records one)",
     )
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
-    p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
-    p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
     p.add_argument(
         "--render-size",
         type=int,
@@ -945,6 +956,20 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="black out every camera image before the policy sees it (how much of the success comes from seeing)",
     )
+    p.add_argument(
+        "--after-success",
+        type=int,
+        default=0,
+        metavar="N",
+        help="steps an episode goes on after its first success (default 0: it ends there; with "
+        "--record, 10 keeps the frames after success that `wam collect` keeps)",
+    )
+
+
+def _add_eval_output_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam eval`: what runs beside the policy, how the work is spread, and what is written."""
+    p.add_argument("--videos", type=int, default=2, help="rollout videos saved per task")
+    p.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
     p.add_argument(
         "--workers", type=int, default=1, help="processes the tasks are spread over (results do not depend on it)"
     )
@@ -965,14 +990,6 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         "expert's (data for `wam critic` and for world models)",
     )
     p.add_argument(
-        "--after-success",
-        type=int,
-        default=0,
-        metavar="N",
-        help="steps an episode goes on after its first success (default 0: it ends there; with "
-        "--record, 10 keeps the frames after success that `wam collect` keeps)",
-    )
-    p.add_argument(
         "--world-model",
         action="store_true",
         help="also measure forward/video frame PSNR and SSIM on the run's held-out episodes",
@@ -986,7 +1003,6 @@ def _eval(sub: argparse._SubParsersAction) -> None:
         "settings and seeds are kept, the others run (the numbers are those of an uninterrupted run)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_eval)
 
 
 def _eval_seed(text: str) -> int:

@@ -298,13 +298,8 @@ def collect(
         disable=not progress,
         file=sys.stderr,
     )
-    pool = None
     try:
-        while jobs := run.next_jobs():
-            if pool is None and workers > 1 and len(jobs) > 2 * workers:
-                pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
-            for res in pool.imap(_job, jobs) if pool is not None else map(_job, jobs):
-                run.add(res, bar)
+        _run_jobs(run, workers, bar)
         bar.close()
         summary = _summary(
             env,
@@ -323,29 +318,49 @@ def collect(
                 "crf": crf,
             },
         )
-        if run.writer is None:
-            raise ArgumentError(
-                f"no episode was kept (the expert never succeeded in {max_attempts} attempts per "
-                f"task); pass `keep_failed=True` to keep failed episodes"
-            )
-        run.writer.add_meta_file("collection.json", json.dumps(summary, indent=2))
-        run.writer.finalize()
+        _finalize(run, summary, max_attempts)
     except BaseException:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool = None
         run.suspend(resume_cmd, checkpoint_every)
         raise
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
         while _ENV_CACHE:  # environments run in this process (small collections): free their GL contexts
             _ENV_CACHE.popitem()[1].close()
     if progress:
         print_summary(summary, out)
     return summary
+
+
+def _run_jobs(run: _Collection, workers: int, bar) -> None:
+    """Run the collection's episodes until it has what it needs: in this process, or in `workers` processes when
+    a round has more than twice as many episodes (a pool is not worth starting for a few)."""
+    pool = None
+    try:
+        while jobs := run.next_jobs():
+            if pool is None and workers > 1 and len(jobs) > 2 * workers:
+                pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
+            for res in pool.imap(_job, jobs) if pool is not None else map(_job, jobs):
+                run.add(res, bar)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def _finalize(run: _Collection, summary: dict, max_attempts: int) -> None:
+    """Write meta/collection.json and move the finished dataset into place."""
+    if run.writer is None:
+        raise ArgumentError(
+            f"no episode was kept (the expert never succeeded in {max_attempts} attempts per "
+            f"task); pass `keep_failed=True` to keep failed episodes"
+        )
+    run.writer.add_meta_file("collection.json", json.dumps(summary, indent=2))
+    run.writer.finalize()
 
 
 def _max_attempts(episodes: int, keep_failed: bool, given: int | None) -> int:

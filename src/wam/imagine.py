@@ -227,10 +227,8 @@ def imagine(
     "imagined": true), videos of the imagined episodes and out/report.html. Returns the info dict."""
     from wam.atomic import write_json_atomic
     from wam.envs import get_adapter
-    from wam.evaluate import eval_seeds
     from wam.report import build_report
-    from wam.rollout import rollout, write_video
-    from wam.stats import aggregate, group_results, task_row
+    from wam.stats import aggregate, group_results
 
     if start not in ("sim", "dataset"):
         raise ArgumentError(
@@ -241,66 +239,34 @@ def imagine(
     task_names = adapter.resolve_tasks(",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = world.config.get("run", {})
-    cfg = world.model.cfg
-    by_text = dataset_starts(world, dataset or run.get("dataset")) if start == "dataset" else None
-    size_of = getattr(policy, "state_size", None)
+    by_text = (
+        dataset_starts(world, dataset or world.config.get("run", {}).get("dataset")) if start == "dataset" else None
+    )
     rows, t0 = [], time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(task_names) * episodes, desc="imagining", unit="ep", dynamic_ncols=True)
+    scene = dict(sampling_steps=sampling_steps, threshold=threshold, persist=persist, action_guidance=action_guidance)
     for task in task_names:
-        description = adapter.describe(task)
-        seeds = eval_seeds(seed, task, episodes)
-        state_size = size_of(description) if size_of is not None else cfg.state_dim
-        if by_text is not None:
-            starts = by_text.get(description, [])
-            if not starts:
-                raise ArgumentError(f"no held-out episode of {task} ({description!r}) to start from")
-            _, limit = sim_starts(
-                env, task, seeds[:1], image_size=cfg.image_size, cameras=run.get("cameras"), state_size=state_size
+        rows.append(
+            _imagine_task(
+                world,
+                critic,
+                policy,
+                env,
+                task,
+                episodes=episodes,
+                seed=seed,
+                by_text=by_text,
+                max_steps=max_steps,
+                videos=videos_per_task,
+                out=out,
+                bar=bar,
+                **scene,
             )
-        else:
-            starts, limit = sim_starts(
-                env, task, seeds, image_size=cfg.image_size, cameras=run.get("cameras"), state_size=state_size
-            )
-        limit = min(max_steps or limit, limit)
-        world_env = ImaginedEnv(
-            world,
-            critic,
-            starts,
-            task,
-            description,
-            max_steps=limit,
-            sampling_steps=sampling_steps,
-            threshold=threshold,
-            persist=persist,
-            action_guidance=action_guidance,
         )
-        episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
-        res = rollout(
-            world_env,
-            policy,
-            episode_ids,
-            record=videos_per_task,
-            progress=(lambda: bar.update(1)) if bar is not None else None,
-        )
-        paths = []
-        for i, frames in enumerate(res["frames"]):
-            rel = f"videos/{task}/imagined_{i:03d}.mp4"
-            write_video(out / rel, frames, fps=10)
-            paths.append(rel)
-        row = task_row(
-            task,
-            description,
-            seeds if by_text is None else [s.get("episode_index") for s in (starts * episodes)[:episodes]],
-            res,
-            None,
-            paths,
-        )
-        rows.append(row)
     if bar is not None:
         bar.close()
     groups = getattr(adapter, "DIFFICULTY", None)
@@ -331,6 +297,57 @@ def imagine(
     write_json_atomic(out / "imagine_info.json", info)
     build_report(out, info, title="wam imagine: the policy evaluated inside the world model")
     return info
+
+
+def _imagine_task(
+    world,
+    critic,
+    policy,
+    env: str,
+    task: str,
+    *,
+    episodes: int,
+    seed: int,
+    by_text: dict | None,
+    max_steps: int | None,
+    videos: int,
+    out: Path,
+    bar,
+    **scene,
+) -> dict:
+    """One task's imagined episodes (`imagine`): their first frames (the simulator's for wam eval's seeds, or
+    held-out episodes' in `by_text`), the rollout inside the world model, its videos; returns the task's row."""
+    from wam.envs import get_adapter
+    from wam.evaluate import eval_seeds
+    from wam.rollout import rollout, write_video
+    from wam.stats import task_row
+
+    run, cfg = world.config.get("run", {}), world.model.cfg
+    description = get_adapter(env).describe(task)
+    seeds = eval_seeds(seed, task, episodes)
+    size_of = getattr(policy, "state_size", None)
+    state_size = size_of(description) if size_of is not None else cfg.state_dim
+    where = dict(image_size=cfg.image_size, cameras=run.get("cameras"), state_size=state_size)
+    if by_text is not None:
+        starts = by_text.get(description, [])
+        if not starts:
+            raise ArgumentError(f"no held-out episode of {task} ({description!r}) to start from")
+        _, limit = sim_starts(env, task, seeds[:1], **where)
+    else:
+        starts, limit = sim_starts(env, task, seeds, **where)
+    limit = min(max_steps or limit, limit)
+    world_env = ImaginedEnv(world, critic, starts, task, description, max_steps=limit, **scene)
+    episode_ids = list(range(episodes))  # reset(i) starts from starts[i % len(starts)] with noise seed i
+    res = rollout(
+        world_env, policy, episode_ids, record=videos, progress=(lambda: bar.update(1)) if bar is not None else None
+    )
+    paths = []
+    for i, frames in enumerate(res["frames"]):
+        rel = f"videos/{task}/imagined_{i:03d}.mp4"
+        write_video(out / rel, frames, fps=10)
+        paths.append(rel)
+    episodes_run = seeds if by_text is None else [s.get("episode_index") for s in (starts * episodes)[:episodes]]
+    return task_row(task, description, episodes_run, res, None, paths)
 
 
 def compare(imagined: dict, simulated: dict) -> dict:

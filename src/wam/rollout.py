@@ -95,53 +95,85 @@ def rollout(
     base = getattr(env, "unwrapped", env)
     lazy = bool(getattr(base, "metadata", {}).get("lazy_images")) and hasattr(policy, "needs_images")
     camera = f"observation.images.{env.camera_names[0]}"
-    n = len(seeds)
-    out: dict[str, Any] = {
-        "success": np.zeros(n, bool),
-        "first_success": np.full(n, -1),
-        "steps": np.zeros(n, int),
-        "sum_reward": np.zeros(n),
-        "max_reward": np.full(n, -np.inf),
-        "seconds": np.zeros(n),
-        "frames": [],
-        **({"episodes": []} if keep_episodes else {}),
-    }
+    tally = _Tally(len(seeds), camera=camera, record=record, keep_episodes=keep_episodes, after_success=after_success)
     try:
         for i, seed in enumerate(seeds):
-            t0 = time.perf_counter()
             policy.reset()
             obs, _ = env.reset(seed=int(seed))
-            frames = [obs[camera]] if i < record else None
-            recorder = EpisodeRecorder() if keep_episodes else None
-            for step in range(limit):
+            tally.begin(i, obs)
+            for _ in range(limit):
                 action = policy.select_action({**obs, "task": env.task_description})
-                before = obs
                 if lazy:
-                    base.render_images = frames is not None or recorder is not None or policy.needs_images()
+                    base.render_images = tally.watched(i) or policy.needs_images()
+                before = obs
                 obs, reward, terminated, truncated, info = env.step(action)
-                if recorder is not None:
-                    recorder.add(before, action, reward, info.get("success", False))
-                out["sum_reward"][i] += reward
-                out["max_reward"][i] = max(out["max_reward"][i], reward)
-                out["steps"][i] = step + 1
-                if frames is not None:
-                    frames.append(obs[camera])
-                if info.get("success", False) and out["first_success"][i] < 0:
-                    out["first_success"][i] = step
-                    out["success"][i] = True
-                if terminated or truncated or (out["success"][i] and step - out["first_success"][i] >= after_success):
+                if (
+                    tally.add(i, before, action, reward, bool(info.get("success", False)), obs)
+                    or terminated
+                    or truncated
+                ):
                     break
-            out["seconds"][i] = time.perf_counter() - t0
-            if frames is not None:
-                out["frames"].append(np.stack(frames))
-            if recorder is not None:
-                out["episodes"].append(recorder.data())
+            tally.end(i)
             if progress is not None:
                 progress()
     finally:
         if lazy:
             base.render_images = True
-    return out
+    return tally.result()
+
+
+class _Tally:
+    """`rollout`'s arrays, filled in step by step, episode by episode (in any order: `rollout_vector` runs several
+    at once)."""
+
+    def __init__(self, n: int, *, camera: str, record: int, keep_episodes: bool, after_success: int):
+        self.camera, self.record, self.after_success = camera, record, after_success
+        self.out: dict[str, Any] = {
+            "success": np.zeros(n, bool),
+            "first_success": np.full(n, -1),
+            "steps": np.zeros(n, int),
+            "sum_reward": np.zeros(n),
+            "max_reward": np.full(n, -np.inf),
+            "seconds": np.zeros(n),
+            "frames": [None] * n,
+        }
+        self.recorders = [EpisodeRecorder() for _ in range(n)] if keep_episodes else None
+        self.started = np.zeros(n)
+
+    def begin(self, i: int, obs: dict) -> None:
+        """Episode i starts from observation `obs`."""
+        self.started[i] = time.perf_counter()
+        if i < self.record:
+            self.out["frames"][i] = [obs[self.camera]]
+
+    def watched(self, i: int) -> bool:
+        """Whether episode i's images are kept (a video or a dataset episode): they must be rendered."""
+        return self.out["frames"][i] is not None or self.recorders is not None
+
+    def add(self, i: int, obs: dict, action, reward: float, success: bool, next_obs: dict) -> bool:
+        """One step of episode i (`obs` --action--> `next_obs`); True when it has succeeded and run
+        `after_success` steps since."""
+        out = self.out
+        if self.recorders is not None:
+            self.recorders[i].add(obs, action, reward, success)
+        out["sum_reward"][i] += reward
+        out["max_reward"][i] = max(out["max_reward"][i], reward)
+        step = out["steps"][i]
+        out["steps"][i] += 1
+        if out["frames"][i] is not None:
+            out["frames"][i].append(next_obs[self.camera])
+        if success and out["first_success"][i] < 0:
+            out["first_success"][i], out["success"][i] = step, True
+        return bool(out["success"][i]) and step - out["first_success"][i] >= self.after_success
+
+    def end(self, i: int) -> None:
+        self.out["seconds"][i] = time.perf_counter() - self.started[i]
+
+    def result(self) -> dict[str, Any]:
+        out = {**self.out, "frames": [np.stack(f) for f in self.out["frames"][: self.record] if f is not None]}
+        if self.recorders is not None:
+            out["episodes"] = [r.data() for r in self.recorders]
+        return out
 
 
 class _SlotPolicies:
@@ -227,91 +259,81 @@ def rollout_vector(
         limit_env = envs.get_attr("max_episode_steps")[0]
         limit = min(max_steps or limit_env, limit_env)
         camera = f"observation.images.{envs.get_attr('camera_names')[0][0]}"
-        task = envs.get_attr("task_description")[0]
-        out: dict[str, Any] = {
-            "success": np.zeros(n, bool),
-            "first_success": np.full(n, -1),
-            "steps": np.zeros(n, int),
-            "sum_reward": np.zeros(n),
-            "max_reward": np.full(n, -np.inf),
-            "seconds": np.zeros(n),
-            "frames": [None] * n,
-        }
-        recorders = [EpisodeRecorder() for _ in range(n)] if keep_episodes else None
-        slots = _SlotPolicies(policy, k)
-        episode = list(range(k))  # which seed index each environment runs (-1: idle)
-        started = [time.perf_counter()] * k
-        nxt = k
-        obs, _ = envs.reset(seed=[int(seeds[i]) for i in episode])
-        current = [{key: v[j] for key, v in obs.items()} for j in range(k)]
-        for j in range(k):
-            slots.reset(j)
-            if episode[j] < record:
-                out["frames"][episode[j]] = [current[j][camera]]
-        action_shape = envs.single_action_space.shape
-        lazy = bool(envs.metadata.get("lazy_images")) and not keep_episodes  # (rollout's docstring)
-        rendering = [True] * k
-        while any(i >= 0 for i in episode):
-            live = {j: {**current[j], "task": task} for j in range(k) if episode[j] >= 0}
-            acts = slots.act(live)
-            batch_actions = np.zeros((k, *action_shape), dtype=np.float32)
-            for j, a in acts.items():
-                batch_actions[j] = a
-            if lazy:
-                want = [
-                    j in live and (out["frames"][episode[j]] is not None or slots.needs_images(j)) for j in range(k)
-                ]
-                if want != rendering:
-                    envs.set_attr("render_images", want)
-                    rendering = want
-                slots.unseen = [not w for w in want]
-            obs, reward, terminated, truncated, info = envs.step(batch_actions)
-            success = info.get("success", np.zeros(k, bool))
-            ended = np.zeros(k, bool)
-            for j in live:
-                i = episode[j]
-                if recorders is not None:
-                    recorders[i].add(current[j], acts[j], reward[j], bool(success[j]))
-                current[j] = {key: v[j] for key, v in obs.items()}
-                out["sum_reward"][i] += reward[j]
-                out["max_reward"][i] = max(out["max_reward"][i], reward[j])
-                out["steps"][i] += 1
-                step = out["steps"][i] - 1
-                if out["frames"][i] is not None:
-                    out["frames"][i].append(current[j][camera])
-                if bool(success[j]) and out["first_success"][i] < 0:
-                    out["first_success"][i], out["success"][i] = step, True
-                if (
-                    terminated[j]
-                    or truncated[j]
-                    or step + 1 >= limit
-                    or (out["success"][i] and step - out["first_success"][i] >= after_success)
-                ):
-                    out["seconds"][i] = time.perf_counter() - started[j]
-                    if progress is not None:
-                        progress()
-                    ended[j] = True  # reset even when idle: a truncated environment may not step again
-                    if nxt < n:
-                        episode[j], nxt = nxt, nxt + 1
-                    else:
-                        episode[j] = -1
+        tally = _Tally(n, camera=camera, record=record, keep_episodes=keep_episodes, after_success=after_success)
+        run = _VectorRun(envs, _SlotPolicies(policy, k), tally, seeds, task=envs.get_attr("task_description")[0])
+        run.start(np.ones(k, bool))
+        # rollout's docstring: images the policy will not look at are left unrendered
+        lazy = bool(envs.metadata.get("lazy_images")) and not keep_episodes
+        while run.live():
+            ended = run.step(limit, progress, lazy=lazy)
             if ended.any():
-                obs, _ = envs.reset(
-                    seed=[int(seeds[episode[j]]) if ended[j] and episode[j] >= 0 else None for j in range(k)],
-                    options={"reset_mask": ended},
-                )
-                for j in np.flatnonzero(ended & (np.asarray(episode) >= 0)):
-                    current[j] = {key: v[j] for key, v in obs.items()}
-                    started[j] = time.perf_counter()
-                    slots.reset(j)
-                    if episode[j] < record:
-                        out["frames"][episode[j]] = [current[j][camera]]
-        out["frames"] = [np.stack(f) for f in out["frames"][:record] if f is not None]
-        if recorders is not None:
-            out["episodes"] = [r.data() for r in recorders]
-        return out
+                run.start(ended)
+        return tally.result()
     finally:
         envs.close()
+
+
+class _VectorRun:
+    """`rollout_vector`'s bookkeeping: which seed each of the K environments runs (-1: idle, no seeds left), each
+    one's last observation, and the step of them all."""
+
+    def __init__(self, envs, slots: _SlotPolicies, tally: _Tally, seeds: Sequence[int], *, task: str):
+        self.envs, self.slots, self.tally, self.seeds, self.task = envs, slots, tally, seeds, task
+        k = envs.num_envs
+        self.episode = [-1] * k
+        self.current: list[dict] = [{} for _ in range(k)]
+        self.next_seed = 0
+        self.rendering = [True] * k
+
+    def live(self) -> bool:
+        return any(i >= 0 for i in self.episode)
+
+    def start(self, which: np.ndarray) -> None:
+        """Reset the environments in `which` (their episodes ended; all at first), each with the next seed."""
+        first = self.next_seed == 0
+        for j in np.flatnonzero(which):
+            self.episode[j] = self.next_seed if self.next_seed < len(self.seeds) else -1
+            self.next_seed += int(self.episode[j] >= 0)
+        seeds = [int(self.seeds[i]) if which[j] and i >= 0 else None for j, i in enumerate(self.episode)]
+        # an idle environment is reset too: a truncated one may not step again
+        obs, _ = self.envs.reset(seed=seeds) if first else self.envs.reset(seed=seeds, options={"reset_mask": which})
+        for j in np.flatnonzero(which):
+            if self.episode[j] >= 0:
+                self.current[j] = {key: v[j] for key, v in obs.items()}
+                self.slots.reset(j)
+                self.tally.begin(self.episode[j], self.current[j])
+
+    def render_only_what_is_seen(self) -> None:
+        """Render the next observation only where the policy will look at it, or its images are kept."""
+        want = [i >= 0 and (self.tally.watched(i) or self.slots.needs_images(j)) for j, i in enumerate(self.episode)]
+        if want != self.rendering:
+            self.envs.set_attr("render_images", want)
+            self.rendering = want
+        self.slots.unseen = [not w for w in want]
+
+    def step(self, limit: int, progress: Callable[[], None] | None, *, lazy: bool) -> np.ndarray:
+        """Every live environment takes one step (one batched call of the policy); returns which episodes ended."""
+        k = self.envs.num_envs
+        live = {j: {**self.current[j], "task": self.task} for j in range(k) if self.episode[j] >= 0}
+        acts = self.slots.act(live)
+        if lazy:  # after acting: the policy's queues say whether it will look at the next observation
+            self.render_only_what_is_seen()
+        batch = np.zeros((k, *self.envs.single_action_space.shape), dtype=np.float32)
+        for j, a in acts.items():
+            batch[j] = a
+        obs, reward, terminated, truncated, info = self.envs.step(batch)
+        success = info.get("success", np.zeros(k, bool))
+        ended = np.zeros(k, bool)
+        for j in live:
+            i, before = self.episode[j], self.current[j]
+            self.current[j] = {key: v[j] for key, v in obs.items()}
+            done = self.tally.add(i, before, acts[j], reward[j], bool(success[j]), self.current[j])
+            if done or terminated[j] or truncated[j] or self.tally.out["steps"][i] >= limit:
+                self.tally.end(i)
+                if progress is not None:
+                    progress()
+                ended[j] = True
+        return ended
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 30, scale: int = 2) -> None:

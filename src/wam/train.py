@@ -583,8 +583,7 @@ def _train(
     tokenizer_from=None,
     until=None,
 ):
-    from wam.checkpoint import load_checkpoint
-    from wam.config import PRESETS, from_dict, to_dict
+    from wam.config import PRESETS, to_dict
 
     out = Path(out)
     ckpt_dir, tok_state = out / "checkpoint", out / TOKENIZER_STATE
@@ -592,25 +591,9 @@ def _train(
         raise ArgumentError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     _check_out_dir(out, ckpt_dir, resume=resume, overwrite=overwrite, dist=dist)
     specs = [DatasetSpec.parse(d) for d in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
-    in_wam_stage = (ckpt_dir / "train_state" / "state.pt").is_file()
-    saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume and in_wam_stage else None
-    normalizers = None
-    if saved is not None:  # the checkpoint's settings unless new ones are given
-        run = saved.config.get("run", {})
-        cameras, val_fraction, normalizers, tc, lc = _saved_settings(
-            saved, run, out, specs, cameras, val_fraction, tc, lc
-        )
-    base = None
-    if resume and saved is None:  # stopped in the tokenizer stage: the run's settings (run.json) unless given
-        run = json.loads((out / "run.json").read_text())
-        cameras, val_fraction = run.get("cameras", cameras), run.get("val_fraction", val_fraction)
-        tc = tc or from_dict(TrainConfig, run["train"])
-        lc = lc or from_dict(LossConfig, run["loss"])
-        base = from_dict(ModelConfig, run["model"])
-    elif not resume and dist.main:
-        tok_state.unlink(missing_ok=True)  # (overwrite) a new run's tokenizer starts from nothing
-    tc, lc = tc or TrainConfig(), lc or LossConfig()
-    base = base or (saved.model.cfg if saved is not None else _preset_config(preset, model_changes))
+    saved, base, cameras, val_fraction, normalizers, tc, lc = _settings_of_run(
+        out, specs, preset, model_changes, cameras, val_fraction, tc, lc, resume=resume, dist=dist
+    )
     # frames stay on disk until they are encoded, one episode at a time, unless the tokenizer trains on them
     # (then they are all in memory for its stage): MT50 at 96 px is 6 GB of frames against 2 GB of latents
     frames_needed = (
@@ -631,15 +614,7 @@ def _train(
     train_eps.sort(key=lambda e: e["source"])  # (stable) each dataset's windows in one block, for weighted sampling
     val_eps.sort(key=lambda e: e["source"])
     windows = [sum(len(e["actions"]) for e in train_eps if e["source"] == i) for i in range(len(specs))]
-    if not 0 <= tc.latent_shift < cfg.latent_size:
-        raise ArgumentError(
-            f"`latent_shift={tc.latent_shift}` must be 0 (off) or a shift of fewer cells than the latent grid's "
-            f"{cfg.latent_size}; 1 moves a frame by {cfg.image_size // cfg.latent_size} pixels"
-        )
-    if dist.enabled and tc.batch_size % dist.world:
-        raise ArgumentError(
-            f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the {dist.world} processes"
-        )
+    _check_fits(cfg, tc, dist)
     logger = JsonlLogger(out, resume=resume) if dist.main else None
     run_info = _run_info(
         specs, mix, train_eps, val_eps, windows, preset=preset, val_fraction=val_fraction, tc=tc, lc=lc
@@ -686,6 +661,49 @@ def _train(
         until=until,
     )
     return ckpt_dir
+
+
+def _settings_of_run(out: Path, specs, preset, model_changes, cameras, val_fraction, tc, lc, *, resume, dist):
+    """The settings `_train` runs with: a resumed run's own (its checkpoint's in the WAM stage, run.json's in the
+    tokenizer stage) wherever new ones are not given, else the given ones and the preset's model. Returns the
+    saved checkpoint (None before the WAM stage), the model config before it is fitted to the data, cameras,
+    val_fraction, the saved normalizers (or None), tc and lc."""
+    from wam.checkpoint import load_checkpoint
+    from wam.config import from_dict
+
+    ckpt_dir = out / "checkpoint"
+    in_wam_stage = (ckpt_dir / "train_state" / "state.pt").is_file()
+    saved = load_checkpoint(ckpt_dir, with_train_state=True) if resume and in_wam_stage else None
+    normalizers, base = None, None
+    if saved is not None:  # the checkpoint's settings unless new ones are given
+        run = saved.config.get("run", {})
+        cameras, val_fraction, normalizers, tc, lc = _saved_settings(
+            saved, run, out, specs, cameras, val_fraction, tc, lc
+        )
+    if resume and saved is None:  # stopped in the tokenizer stage: the run's settings (run.json) unless given
+        run = json.loads((out / "run.json").read_text())
+        cameras, val_fraction = run.get("cameras", cameras), run.get("val_fraction", val_fraction)
+        tc = tc or from_dict(TrainConfig, run["train"])
+        lc = lc or from_dict(LossConfig, run["loss"])
+        base = from_dict(ModelConfig, run["model"])
+    elif not resume and dist.main:
+        (out / TOKENIZER_STATE).unlink(missing_ok=True)  # (overwrite) a new run's tokenizer starts from nothing
+    tc, lc = tc or TrainConfig(), lc or LossConfig()
+    base = base or (saved.model.cfg if saved is not None else _preset_config(preset, model_changes))
+    return saved, base, cameras, val_fraction, normalizers, tc, lc
+
+
+def _check_fits(cfg: ModelConfig, tc: TrainConfig, dist) -> None:
+    """Training settings that must fit the model fitted to the data, and the processes."""
+    if not 0 <= tc.latent_shift < cfg.latent_size:
+        raise ArgumentError(
+            f"`latent_shift={tc.latent_shift}` must be 0 (off) or a shift of fewer cells than the latent grid's "
+            f"{cfg.latent_size}; 1 moves a frame by {cfg.image_size // cfg.latent_size} pixels"
+        )
+    if dist.enabled and tc.batch_size % dist.world:
+        raise ArgumentError(
+            f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the {dist.world} processes"
+        )
 
 
 TOKENIZER_STATE = "tokenizer_stage.pt"  # in the run directory while the tokenizer stage is under way

@@ -2,7 +2,7 @@
 
 An adapter module offers four functions:
 
-- `make_env(task, *, image_size, cameras=None, seed=None, **kwargs) -> gymnasium.Env`
+- `make_env(task, *, image_size, cameras=None, seed=None, <the family's own settings>) -> gymnasium.Env`
   Observations are dicts with LeRobot keys: `observation.images.<camera>` (H, W, 3) uint8 and
   `observation.state` (S,) float32; `info["success"]` is the task's success flag; the env has
   `task_description` (str), `fps` (int), `max_episode_steps` (int) and `camera_names` (tuple).
@@ -14,6 +14,7 @@ An adapter module offers four functions:
 from __future__ import annotations
 
 import importlib
+import inspect
 from types import ModuleType
 
 from wam.errors import ArgumentError, MissingDependency
@@ -37,4 +38,14 @@ def get_adapter(name: str) -> ModuleType:
 
 
 def make_env(name: str, task: str | None = None, **kwargs):
-    return get_adapter(name).make_env(task, **kwargs)
+    """Environment `task` of the family `name`, with the adapter's settings (`image_size`, `cameras`, `seed`, and
+    the family's own, e.g. MetaWorld's `protocol`); a setting the adapter does not have is refused by name."""
+    adapter = get_adapter(name)
+    known = inspect.signature(adapter.make_env).parameters
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ArgumentError(
+            f"environment {name!r} has no setting(s) {', '.join(unknown)}; its settings are: "
+            + ", ".join(k for k in known if k != "task")
+        )
+    return adapter.make_env(task, **kwargs)

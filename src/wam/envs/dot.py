@@ -120,7 +120,6 @@ def make_env(
     cameras=None,
     seed: int | None = None,
     max_episode_steps: int = 40,
-    **_: object,
 ) -> DotEnv:
     env = DotEnv(image_size=image_size, max_episode_steps=max_episode_steps, task=task or "reach-goal")
     if seed is not None:

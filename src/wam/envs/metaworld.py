@@ -516,7 +516,6 @@ def make_env(
     look: str = "fast",
     render_size: int | None = None,
     protocol: str | None = None,
-    **_: object,
 ) -> MetaWorldEnv:
     """A MetaWorld task as a gymnasium env (module docstring). `protocol` (`PROTOCOLS`, e.g. "lerobot") sets the
     benchmark's goal markers, look, render size, step limit, camera and state in one word."""
