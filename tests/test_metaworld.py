@@ -325,6 +325,21 @@ def test_a_checkpoint_is_evaluated_under_the_protocol_its_data_was_collected_und
         settings = json.loads((out / "eval_info.json").read_text())["settings"]
         assert (settings["protocol"], settings["protocol_from"], settings["render_size"]) == (protocol, source, render)
 
+    # the quickstart makes its demonstrations the way its reference's were: the same scene and frame size
+    from wam.quickstart import quickstart
+
+    quickstart(
+        tmp_path / "qs", tasks="reach-v3", episodes=4, steps=2, tokenizer_steps=1, eval_episodes=1, max_steps=3,
+        reference=ckpt, reference_tasks="reach-v3", reference_episodes=1, workers=1,
+        model_changes={"width": 32, "depth": 2, "image_size": 32, "tokenizer_width": 8},
+    )  # fmt: skip
+    assert collection_protocol(tmp_path / "qs" / "data") == "lerobot"
+    assert (
+        json.loads((tmp_path / "qs" / "data" / "meta" / "collection.json").read_text())["settings"]["image_size"] == 32
+    )
+    for name in ("eval-policy", "eval-reference"):
+        assert json.loads((tmp_path / "qs" / name / "eval_info.json").read_text())["settings"]["protocol"] == "lerobot"
+
 
 def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, monkeypatch):
     """Each finished task is kept (out/tasks/); `resume=True` runs only the others, and only rows the same

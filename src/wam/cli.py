@@ -82,6 +82,20 @@ def _quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and mode")
     p.add_argument("--max-steps", type=int, default=150, help="step cap of the trained model's closed-loop episodes")
     p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["lerobot", "wam"],
+        help="the scene the demonstrations are made in and every model is evaluated on (default: the "
+        "reference's, so that it is measured on frames like its own)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the demonstrations' frames (default: the reference's)",
+    )
+    p.add_argument(
         "--reference", default=None, help="reference checkpoint (default: the one shipped with wam; 'none' to skip)"
     )
     p.add_argument("--reference-tasks", default="mt10", help="tasks the reference checkpoint is evaluated on")
@@ -105,6 +119,8 @@ def _run_quickstart(args: argparse.Namespace) -> int:
             tokenizer_steps=args.tokenizer_steps,
             eval_episodes=args.eval_episodes,
             max_steps=args.max_steps,
+            image_size=args.image_size,
+            protocol=args.protocol,
             reference=reference,
             reference_tasks=args.reference_tasks,
             reference_episodes=args.reference_episodes,

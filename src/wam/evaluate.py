@@ -570,74 +570,19 @@ def evaluate_world_model(
     frame strips as PNGs under out/world_model/. unknown_tasks="drop": episodes of tasks the model never
     saw are predicted with its "no task" token instead of being refused; drop_task=True: every window is.
     action_guidance: forward mode's guidance on the actions (`wam.modes.sample`), for both forward rows."""
-    from wam.data import Normalizer
-    from wam.episodes import episodes_to_tensors, load_episodes
     from wam.modes import sample
 
-    model, tok, cfg = checkpoint.model, checkpoint.tokenizer, checkpoint.model.cfg
-    run = checkpoint.config.get("run", {})
-    stats, held_out = checkpoint.stats, run.get("val_episodes")
-    for d in run.get("datasets", []):  # a mixture: that dataset's held-out episodes (and its units, if it had actions)
-        if Path(d["path"]).resolve() == Path(dataset).resolve():
-            held_out = d.get("val_episodes", held_out)
-            stats = d["stats"] if d.get("action_dim") else stats
-    eps = episodes if episodes is not None else held_out
-    if not eps:
-        raise ArgumentError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
-    data = load_episodes(
-        dataset,
-        image_size=cfg.image_size,
-        cameras=run.get("cameras"),
-        normalizer=Normalizer.from_dict(stats),
-        episodes=eps,
-        progress=progress,
+    model, cfg = checkpoint.model, checkpoint.model.cfg
+    data, eps, batch, windows_at = _held_out_windows(
+        checkpoint, dataset, episodes, windows=windows, seed=seed, progress=progress, unknown_tasks=unknown_tasks
     )
-    map_tasks(data, run.get("tasks") or [], dataset, unknown_tasks)
-    tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim, cfg.state_dim)
-    ep, st = tensors.window_index()
-    horizon = cfg.future_frames * cfg.future_stride
-    full = st + horizon < tensors.lengths[ep]
-    ep, st = ep[full], st[full]
-    if len(ep) == 0:
-        raise ArgumentError(
-            f"no held-out episode is longer than {horizon} steps (the predicted horizon), so there is "
-            f"no window to measure the world model on; hold out longer episodes"
-        )
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(ep), generator=g)[:windows]
-    batch = tensors.gather(ep[pick], st[pick], cfg)
-    batch["drop_task"] = torch.tensor([drop_task or data.episodes[int(e)].get("no_task", False) for e in ep[pick]])
+    batch["drop_task"] = torch.tensor([drop_task or data.episodes[e].get("no_task", False) for e, _ in windows_at])
+    frames = _predicted_frames(checkpoint, data, batch, windows_at, steps=steps, seed=seed, guidance=action_guidance)
     n_obs, F = cfg.n_obs_steps, cfg.future_frames
-    frames = {}  # all in [0, 1], (B, T, C, H, W)
-    true_frames = torch.stack(
-        [
-            torch.as_tensor(data.episodes[int(e)]["frames"][int(s) + k])
-            for e, s in zip(ep[pick], st[pick])
-            for k in [*range(-n_obs + 1, 1), *[(j + 1) * cfg.future_stride for j in range(F)]]
-        ]
-    )
-    B = len(pick)
-    frames["real"] = true_frames.reshape(B, n_obs + F, *true_frames.shape[1:]).movedim(-1, 2).float() / 255.0
-    frames["tokenizer_reconstruction"] = to_unit(tok.decode(batch["latents"]))
-    for name in ("forward", "video"):
-        kw = {"action_guidance": action_guidance} if name == "forward" else {}
-        res = sample(model, batch, name, steps=steps, generator=torch.Generator().manual_seed(seed), **kw)
-        frames[name] = to_unit(tok.decode(res["latents"]))
-    # the same windows given another window's actions: how much the predicted frames depend on the actions
-    other = {**batch, "actions": batch["actions"].roll(1, 0), "action_is_pad": batch["action_is_pad"].roll(1, 0)}
-    res = sample(
-        model,
-        other,
-        "forward",
-        steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        action_guidance=action_guidance,
-    )
-    frames["forward_other_actions"] = to_unit(tok.decode(res["latents"]))
     real_future = frames["real"][:, n_obs:]
     last = frames["real"][:, n_obs - 1 : n_obs]
     result: dict[str, Any] = {
-        "windows": B,
+        "windows": len(windows_at),
         "horizons": [(j + 1) * cfg.future_stride for j in range(F)],
         "sampling_steps": steps,
         "action_guidance": action_guidance,
@@ -666,6 +611,71 @@ def evaluate_world_model(
     if out is not None and strips:
         result["strips"] = _write_strips(Path(out), frames, strips)
     return result
+
+
+def _held_out_windows(checkpoint, dataset, episodes, *, windows: int, seed: int, progress: bool, unknown_tasks: str):
+    """`evaluate_world_model`'s episodes (the run's held-out ones unless `episodes` is given), loaded as the model
+    reads them, and up to `windows` of their windows (fixed seed) whose future frames all lie inside the episode.
+    Returns the episodes, their indices, the windows' batch and each window's (episode, start)."""
+    from wam.data import Normalizer
+    from wam.episodes import episodes_to_tensors, load_episodes
+
+    tok, cfg = checkpoint.tokenizer, checkpoint.model.cfg
+    run = checkpoint.config.get("run", {})
+    stats, held_out = checkpoint.stats, run.get("val_episodes")
+    for d in run.get("datasets", []):  # a mixture: that dataset's held-out episodes (and its units, if it had actions)
+        if Path(d["path"]).resolve() == Path(dataset).resolve():
+            held_out = d.get("val_episodes", held_out)
+            stats = d["stats"] if d.get("action_dim") else stats
+    eps = episodes if episodes is not None else held_out
+    if not eps:
+        raise ArgumentError("no held-out episodes recorded in the checkpoint; pass episodes=[...]")
+    data = load_episodes(
+        dataset,
+        image_size=cfg.image_size,
+        cameras=run.get("cameras"),
+        normalizer=Normalizer.from_dict(stats),
+        episodes=eps,
+        progress=progress,
+    )
+    map_tasks(data, run.get("tasks") or [], dataset, unknown_tasks)
+    tensors = episodes_to_tensors(data.episodes, tok, cfg.action_dim, cfg.state_dim)
+    ep, st = tensors.window_index()
+    horizon = cfg.future_frames * cfg.future_stride
+    full = st + horizon < tensors.lengths[ep]
+    ep, st = ep[full], st[full]
+    if len(ep) == 0:
+        raise ArgumentError(
+            f"no held-out episode is longer than {horizon} steps (the predicted horizon), so there is "
+            f"no window to measure the world model on; hold out longer episodes"
+        )
+    pick = torch.randperm(len(ep), generator=torch.Generator().manual_seed(seed))[:windows]
+    batch = tensors.gather(ep[pick], st[pick], cfg)
+    return data, eps, batch, [(int(e), int(s)) for e, s in zip(ep[pick], st[pick])]
+
+
+def _predicted_frames(checkpoint, data, batch: dict, windows_at: list, *, steps: int, seed: int, guidance: float):
+    """Every window's frames in [0, 1], (B, T, C, H, W), history then future: the real ones, the tokenizer's
+    reconstruction, and those predicted in forward mode (with the window's actions and with another window's:
+    how much the prediction depends on the actions) and in video mode."""
+    from wam.modes import sample
+
+    model, tok, cfg = checkpoint.model, checkpoint.tokenizer, checkpoint.model.cfg
+    n_obs, F = cfg.n_obs_steps, cfg.future_frames
+    offsets = [*range(-n_obs + 1, 1), *[(j + 1) * cfg.future_stride for j in range(F)]]
+    real = torch.stack([torch.as_tensor(data.episodes[e]["frames"][s + k]) for e, s in windows_at for k in offsets])
+    frames = {"real": real.reshape(len(windows_at), n_obs + F, *real.shape[1:]).movedim(-1, 2).float() / 255.0}
+    frames["tokenizer_reconstruction"] = to_unit(tok.decode(batch["latents"]))
+    other = {**batch, "actions": batch["actions"].roll(1, 0), "action_is_pad": batch["action_is_pad"].roll(1, 0)}
+    for name, mode, given in (
+        ("forward", "forward", batch),
+        ("video", "video", batch),
+        ("forward_other_actions", "forward", other),
+    ):
+        kw = {"action_guidance": guidance} if mode == "forward" else {}
+        res = sample(model, given, mode, steps=steps, generator=torch.Generator().manual_seed(seed), **kw)
+        frames[name] = to_unit(tok.decode(res["latents"]))
+    return frames
 
 
 def _write_strips(out: Path, frames: dict, n: int, scale: int = 3) -> list[str]:

@@ -5,8 +5,9 @@
 What it runs, with progress shown throughout (about 8 minutes on 2 CPU cores; see README), all on the
 vision protocol: the policy sees one camera and the robot's own hand position and gripper opening, never
 the objects' or the goal's positions:
-  1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset,
-     96x96 `corner4` frames, 4-D `observation.state`, the simulator's 39-D state kept apart);
+  1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset of
+     `corner4` frames made as the reference's were: the same scene and size; 4-D `observation.state`, the
+     simulator's 39-D state kept apart);
   2. trains wam-tiny on them briefly (tokenizer stage, then the WAM stage);
   3. evaluates that model in every mode: forward and video mode frame PSNR/SSIM and inverse-mode action
      error on its held-out episodes, and closed-loop success in policy, joint and inverse mode;
@@ -36,7 +37,8 @@ def quickstart(
     tokenizer_steps: int = 300,
     eval_episodes: int = 3,
     max_steps: int = 150,
-    image_size: int = 96,
+    image_size: int | None = None,
+    protocol: str | None = None,
     reference: str | Path | None = REFERENCE,
     reference_tasks: str = "mt10",
     reference_episodes: int = 2,
@@ -44,7 +46,10 @@ def quickstart(
     workers: int | None = None,
 ) -> dict:
     """Run the five steps (module docstring) into `out`; returns the closed-loop summary, also written to
-    out/summary.json, and prints where out/report.html is."""
+    out/summary.json, and prints where out/report.html is. The demonstrations are made the way the reference's
+    were unless `image_size` (their frames' size) or `protocol` (the benchmark's scene, `wam eval --protocol`)
+    say otherwise, so that the reference is measured on frames like its own, and every closed-loop evaluation
+    runs on the scene its model was trained for."""
     import os
 
     from wam.collect import collect
@@ -53,9 +58,25 @@ def quickstart(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     data, run = root / "data", root / "run"
+    if reference is not None and not Path(reference, "model.safetensors").is_file():
+        print(f"no reference checkpoint at {reference}: step 4 will be skipped")
+        reference = None
+    scene = _scene_of(reference) if reference is not None else {"protocol": None, "image_size": 96}
+    image_size = image_size or scene["image_size"]
+    protocol = protocol or scene["protocol"]
 
-    print(f"[1/5] collecting demonstrations: {tasks}, {episodes} episodes each")
-    collect("metaworld", tasks=tasks, episodes=episodes, out=data, seed=seed, image_size=image_size, overwrite=True)
+    where = f" on the {protocol!r} protocol's scene" if protocol else ""
+    print(f"[1/5] collecting demonstrations{where}: {tasks}, {episodes} episodes each, {image_size} px")
+    collect(
+        "metaworld",
+        tasks=tasks,
+        episodes=episodes,
+        out=data,
+        seed=seed,
+        image_size=image_size,
+        protocol=protocol,
+        overwrite=True,
+    )
 
     print(f"\n[2/5] training wam-tiny for {steps} steps (tokenizer: {tokenizer_steps} steps)")
     ckpt_dir = _train(data, run, steps=steps, tokenizer_steps=tokenizer_steps, seed=seed, model_changes=model_changes)
@@ -65,7 +86,7 @@ def quickstart(
         ckpt_dir, data, root, tasks=tasks, episodes=eval_episodes, max_steps=max_steps, seed=seed, workers=workers
     )
 
-    if reference is not None and Path(reference, "model.safetensors").is_file():
+    if reference is not None:
         print(
             f"\n[4/5] the reference checkpoint {reference}: {reference_tasks}, {reference_episodes} episodes per task"
         )
@@ -75,7 +96,7 @@ def quickstart(
         entries.insert(0, entry)
         summary["reference"] = {k: entry["eval_info"][k] for k in ("pc_success", "ci95", "n_episodes")}
     else:
-        print(f"\n[4/5] skipped: no reference checkpoint at {reference}")
+        print("\n[4/5] skipped: no reference checkpoint")
 
     print("\n[5/5] report")
     from wam.report import build_index
@@ -93,6 +114,13 @@ def quickstart(
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nreport: {index.resolve()}")
     return summary
+
+
+def _scene_of(reference: str | Path) -> dict:
+    """The benchmark protocol (None: wam's own scene) and frame size of the reference checkpoint's training data,
+    read from its config.json."""
+    config = json.loads(Path(reference, "config.json").read_text())
+    return {"protocol": config.get("run", {}).get("protocol"), "image_size": int(config["model"]["image_size"])}
 
 
 def _train(data: Path, run: Path, *, steps: int, tokenizer_steps: int, seed: int, model_changes: dict | None) -> Path:

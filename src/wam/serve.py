@@ -273,28 +273,7 @@ class PolicyServer:
         from websockets.exceptions import ConnectionClosed
 
         if self.open_connections >= self.max_connections:
-            self.counters["refused_connections"] += 1
-            log.warning(
-                "refused a connection from %s: %d connections are open (--max-connections)",
-                ws.remote_address,
-                self.open_connections,
-            )
-            try:
-                await ws.send(
-                    pack(
-                        {
-                            "type": "error",
-                            "id": None,
-                            "error": f"this server is at its limit of "
-                            f"{self.max_connections} open connections (--max-connections); close another "
-                            f"connection or retry later, or start the server with a higher "
-                            f"--max-connections",
-                        }
-                    )
-                )
-                await ws.close(1013, f"at the limit of {self.max_connections} connections (--max-connections)")
-            except ConnectionClosed:
-                pass
+            await self._refuse_connection(ws)
             return
         self.open_connections += 1
         self.counters["connections"] += 1
@@ -307,45 +286,10 @@ class PolicyServer:
                     wait = None if session is not None else max(0.0, hello_by - time.monotonic())
                     raw = await asyncio.wait_for(ws.recv(), wait)
                 except asyncio.TimeoutError:
-                    self.counters["hello_timeouts"] += 1
-                    await ws.send(
-                        pack(
-                            {
-                                "type": "error",
-                                "id": None,
-                                "error": f"no hello within "
-                                f"{self.hello_timeout_s:g} s of connecting; closing (send "
-                                f"{{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, ...}} first)",
-                            }
-                        )
-                    )
-                    await ws.close(1008, "no hello")
+                    await self._close_without_hello(ws)
                     return
-                arrived = time.perf_counter()
-                msg_id = None
-                try:
-                    msg = unpack(raw)
-                    msg_id = plain_id(msg.get("id"))
-                    if msg_id is None and msg.get("id") is not None:
-                        raise ProtocolError("'id' must be an int or a string")
-                    reply, session = await self._dispatch(session, msg, arrived, closed)
-                except _Refused as e:
-                    log.warning("refused a session from %s: %s", ws.remote_address, e)
-                    await ws.send(pack({"type": "error", "id": msg_id, "error": str(e)}))
-                    await ws.close(1008, "refused")
-                    return
-                except ProtocolError as e:
-                    self.counters["errors"] += 1
-                    reply = {"type": "error", "id": msg_id if msg_id is not None else plain_id(e.id), "error": str(e)}
-                except Exception as e:  # a bug or a failed forward pass: this request fails, the server stays up
-                    log.exception("request failed")
-                    self.counters["errors"] += 1
-                    reply = {
-                        "type": "error",
-                        "id": msg_id,
-                        "error": f"the server failed on this request ({type(e).__name__}: {e}); see its log",
-                    }
-                if reply is None:  # the client left mid-request
+                reply, session = await self._answer(ws, session, raw, closed)
+                if reply is None:  # the session was refused, or the client left mid-request
                     return
                 await ws.send(pack(reply))
         except ConnectionClosed:
@@ -355,6 +299,61 @@ class PolicyServer:
             closed.cancel()
             if session is not None:
                 self.sessions.pop(session.id, None)
+
+    async def _answer(self, ws, session, raw: bytes, closed) -> tuple[dict | None, Any]:
+        """The reply to one message and the connection's session after it. A request that fails is answered with
+        an error and the server stays up; a refused session is told why and its connection closed (reply None)."""
+        arrived = time.perf_counter()
+        msg_id = None
+        try:
+            msg = unpack(raw)
+            msg_id = plain_id(msg.get("id"))
+            if msg_id is None and msg.get("id") is not None:
+                raise ProtocolError("'id' must be an int or a string")
+            return await self._dispatch(session, msg, arrived, closed)
+        except _Refused as e:
+            log.warning("refused a session from %s: %s", ws.remote_address, e)
+            await ws.send(pack({"type": "error", "id": msg_id, "error": str(e)}))
+            await ws.close(1008, "refused")
+            return None, session
+        except ProtocolError as e:
+            self.counters["errors"] += 1
+            return {"type": "error", "id": msg_id if msg_id is not None else plain_id(e.id), "error": str(e)}, session
+        except Exception as e:  # a bug or a failed forward pass: this request fails, the server stays up
+            log.exception("request failed")
+            self.counters["errors"] += 1
+            error = f"the server failed on this request ({type(e).__name__}: {e}); see its log"
+            return {"type": "error", "id": msg_id, "error": error}, session
+
+    async def _refuse_connection(self, ws) -> None:
+        """A connection over --max-connections: told why, then closed."""
+        from websockets.exceptions import ConnectionClosed
+
+        self.counters["refused_connections"] += 1
+        log.warning(
+            "refused a connection from %s: %d connections are open (--max-connections)",
+            ws.remote_address,
+            self.open_connections,
+        )
+        error = (
+            f"this server is at its limit of {self.max_connections} open connections (--max-connections); close "
+            f"another connection or retry later, or start the server with a higher --max-connections"
+        )
+        try:
+            await ws.send(pack({"type": "error", "id": None, "error": error}))
+            await ws.close(1013, f"at the limit of {self.max_connections} connections (--max-connections)")
+        except ConnectionClosed:
+            pass
+
+    async def _close_without_hello(self, ws) -> None:
+        """A connection that sent no hello within hello_timeout_s: told what to send, then closed."""
+        self.counters["hello_timeouts"] += 1
+        error = (
+            f"no hello within {self.hello_timeout_s:g} s of connecting; closing (send "
+            f"{{'type': 'hello', 'protocol': {PROTOCOL_VERSION}, ...}} first)"
+        )
+        await ws.send(pack({"type": "error", "id": None, "error": error}))
+        await ws.close(1008, "no hello")
 
     # -- batching
 
