@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from wam.checkpoint import load_checkpoint
 from wam.errors import ArgumentError
 from wam.recipe import RECIPES, get_recipe, progress_of, run_recipe, status
 
@@ -147,6 +148,22 @@ def test_the_command_lists_shows_and_runs_a_recipe(tmp_path, capsys):
     assert "stopped in stage train at WAM step 4" in capsys.readouterr().out
     assert main(["recipe", "run", "nope", "--out", str(out)]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+    # shipping: only a finished run, without the optimizer state, the weights byte for byte, the recipe recorded
+    shipped = tmp_path / "shipped"
+    assert main(["recipe", "ship", str(out), "--to", str(shipped)]) == 2
+    assert "is at WAM step 4 of 24: finish it first with `wam recipe run dot-tiny" in capsys.readouterr().err
+    assert main(["recipe", "run", "dot-tiny", "--out", str(out), "--quiet"]) == 0
+    assert main(["recipe", "ship", str(out), "--to", str(shipped)]) == 0
+    files = ["config.json", "log.jsonl", "model.safetensors", "stats.json", "tokenizer.safetensors"]
+    assert sorted(p.name for p in shipped.iterdir()) == files
+    ckpt, run = load_checkpoint(shipped), load_checkpoint(out / "train" / "checkpoint")
+    assert ckpt.model_hash == run.model_hash and ckpt.train_state is None
+    recipe = ckpt.config["recipe"]
+    assert recipe["name"] == "dot-tiny" and recipe["settings"] == get_recipe("dot-tiny").to_dict()
+    assert len(recipe["sittings"]) == 2 and all(s["end"] for s in recipe["sittings"])
+    assert main(["recipe", "ship", str(out), "--to", str(shipped)]) == 2  # nothing shared is written over
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_training_settings_may_change_until_training_starts(tmp_path, monkeypatch):

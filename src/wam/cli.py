@@ -221,6 +221,14 @@ def _collect(sub: argparse._SubParsersAction) -> None:
         "is made safe on disk: an interrupted collection (Ctrl-C, a killed process, a "
         "machine stop) continues with the same command plus --resume.",
     )
+    _add_collect_episode_flags(p.add_argument_group("the episodes"))
+    _add_collect_scene_flags(p.add_argument_group("the scene and its recording"))
+    _add_collect_run_flags(p.add_argument_group("the run"))
+    p.set_defaults(func=_run_collect)
+
+
+def _add_collect_episode_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam collect`: which episodes are run and kept."""
     p.add_argument("env", help="environment family: metaworld or dot")
     p.add_argument(
         "--tasks",
@@ -229,10 +237,7 @@ def _collect(sub: argparse._SubParsersAction) -> None:
         "very_hard, all) or a comma-separated list of tasks; default: all",
     )
     p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
-    p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--image-size", type=int, default=64, help="square frame size in pixels (default 64)")
-    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: the environment's default)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of CPU cores)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-failed", action="store_true", help="keep episodes where the expert failed")
     p.add_argument(
         "--max-attempts",
@@ -242,24 +247,6 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--after-success", type=int, default=10, help="steps recorded after the first success")
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--protocol",
-        default=None,
-        choices=["lerobot", "wam"],
-        help="make the frames as a benchmark's evaluation does (wam eval --protocol): lerobot = MetaWorld's "
-        "own look and goal markers, rendered at 480 px and resized to --image-size, 400 steps",
-    )
-    p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
-    p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
-    p.add_argument(
-        "--state",
-        default=None,
-        choices=("proprio", "full"),
-        help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
-        "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
-        "39-D vector is always stored as observation.environment_state",
-    )
     p.add_argument(
         "--action-noise",
         type=float,
@@ -268,6 +255,35 @@ def _collect(sub: argparse._SubParsersAction) -> None:
         help="add Gaussian noise of this standard deviation to the expert's actions (with --keep-failed: "
         "failed and partial episodes, for `wam critic`)",
     )
+
+
+def _add_collect_scene_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam collect`: how the episodes are seen and recorded."""
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["lerobot", "wam"],
+        help="make the frames as a benchmark's evaluation does (wam eval --protocol): lerobot = MetaWorld's "
+        "own look and goal markers, rendered at 480 px and resized to --image-size, 400 steps",
+    )
+    p.add_argument("--image-size", type=int, default=64, help="square frame size in pixels (default 64)")
+    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: the environment's default)")
+    p.add_argument(
+        "--state",
+        default=None,
+        choices=("proprio", "full"),
+        help="metaworld's observation.state: proprio (default: hand xyz + gripper, what a real robot "
+        "knows) or full (the 39-D observation with object and goal poses, for ablations); the "
+        "39-D vector is always stored as observation.environment_state",
+    )
+    p.add_argument("--codec", default="h264", help="video codec: h264 (default, 4:4:4) or av1")
+    p.add_argument("--crf", type=int, default=None, help="video quality (lower is better; codec default if unset)")
+
+
+def _add_collect_run_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam collect`: where the dataset goes, the processes, resuming."""
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of CPU cores)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -286,7 +302,6 @@ def _collect(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="make the work safe on disk every N kept episodes (default 100; 0: never)",
     )
-    p.set_defaults(func=_run_collect)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -361,14 +376,20 @@ _TRAIN_FLAGS = (
 
 
 def _train(sub: argparse._SubParsersAction) -> None:
-    from wam.config import TrainConfig
-
     p = sub.add_parser(
         "train",
         help="train a WAM on a LeRobot dataset (tokenizer stage, then the WAM stage)",
         description="Train a WAM on a LeRobot dataset. Example: wam train --dataset data/mt10 "
         "--preset wam-tiny --steps 20000 --out runs/mt10",
     )
+    _add_train_data_flags(p.add_argument_group("data and model"))
+    _add_train_schedule_flags(p.add_argument_group("schedule (TrainConfig)"))
+    _add_train_run_flags(p.add_argument_group("the run and its processes"))
+    p.set_defaults(func=_run_train)
+
+
+def _add_train_data_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam train`: what it trains on, and the model and loss settings."""
     p.add_argument(
         "--dataset",
         action="append",
@@ -381,7 +402,6 @@ def _train(sub: argparse._SubParsersAction) -> None:
         "MetaWorld names and sets such as mt10); datasets with other action sizes (other robots) are "
         "padded and masked",
     )
-    p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--preset", default="wam-tiny", help="model preset (see `wam presets`)")
     p.add_argument(
         "--model",
@@ -397,6 +417,12 @@ def _train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cameras", default=None, help="comma-separated cameras (default: all of the dataset's)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="episodes held out per task for validation")
+
+
+def _add_train_schedule_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam train`: TrainConfig's fields (the schedule, batch, checkpoints) and the tokenizer's start."""
+    from wam.config import TrainConfig
+
     d = TrainConfig()
     for name in _TRAIN_FLAGS:
         default = getattr(d, name)
@@ -414,6 +440,11 @@ def _train(sub: argparse._SubParsersAction) -> None:
         help="start from this checkpoint's frame tokenizer (trained further for --tokenizer-steps; 0 "
         "keeps it as it is) instead of a new one",
     )
+
+
+def _add_train_run_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam train`: where the run goes, resuming it, and its processes."""
+    p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, tb/, run.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in --out")
     p.add_argument(
@@ -433,7 +464,6 @@ def _train(sub: argparse._SubParsersAction) -> None:
         "stays the global one). Several machines: run torchrun yourself, see the README",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -630,36 +660,17 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
         "Writes imagine_info.json (wam eval's format), videos and report.html. Example: "
         "wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5",
     )
+    _add_imagine_world_flags(p.add_argument_group("the world model"))
+    _add_imagine_policy_flags(p.add_argument_group("the policy"))
+    _add_imagine_episode_flags(p.add_argument_group("the episodes and what is written"))
+    _add_inference_flags(p, note=" (the policy's)")
+    p.set_defaults(func=_run_imagine)
+
+
+def _add_imagine_world_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam imagine`: the world the policy acts in, and when an imagined episode counts as done."""
     p.add_argument("--checkpoint", required=True, help="the world model: a checkpoint directory with a critic")
     p.add_argument("--critic", default=None, metavar="DIR", help="its critic (default: <checkpoint>/critic)")
-    p.add_argument(
-        "--policy",
-        default=None,
-        metavar="CHECKPOINT",
-        help="the policy evaluated (default: the world model's own checkpoint, as a policy)",
-    )
-    p.add_argument(
-        "--server",
-        default=None,
-        metavar="URL",
-        help="evaluate the policy served at URL instead (wam serve, or the peers' server)",
-    )
-    p.add_argument("--server-timeout", type=float, default=30.0, metavar="S")
-    p.add_argument("--env", default="metaworld", help="environment family of the tasks (start frames, limits)")
-    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
-    p.add_argument("--episodes", type=int, default=5, help="imagined episodes per task")
-    p.add_argument(
-        "--start",
-        default="sim",
-        choices=("sim", "dataset"),
-        help="start frames: sim (the simulator's first frame for wam eval's seeds) or dataset (the "
-        "world model's held-out episodes)",
-    )
-    p.add_argument("--dataset", default=None, help="--start dataset: the dataset (default: the training dataset)")
-    p.add_argument("--mode", default=None, help="the policy's acting mode (policy, joint or inverse)")
-    p.add_argument("--n-action-steps", type=int, default=None, help="the policy's actions per chunk")
-    p.add_argument("--blind", action="store_true", help="black out the policy's camera (a policy that cannot see)")
-    _add_inference_flags(p, note=" (the policy's)")
     p.add_argument("--world-steps", type=int, default=2, help="denoising steps of each imagined frame")
     p.add_argument(
         "--action-guidance",
@@ -677,6 +688,42 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="an imagined episode succeeds once K imagined frames in a row are judged done",
     )
+
+
+def _add_imagine_policy_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam imagine`: which policy acts, and how."""
+    p.add_argument(
+        "--policy",
+        default=None,
+        metavar="CHECKPOINT",
+        help="the policy evaluated (default: the world model's own checkpoint, as a policy)",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="evaluate the policy served at URL instead (wam serve, or the peers' server)",
+    )
+    p.add_argument("--token", default=None, help="the server's token (default: $WAM_SERVE_TOKEN)")
+    p.add_argument("--server-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--mode", default=None, help="the policy's acting mode (policy, joint or inverse)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="the policy's actions per chunk")
+    p.add_argument("--blind", action="store_true", help="black out the policy's camera (a policy that cannot see)")
+
+
+def _add_imagine_episode_flags(p: argparse._ArgumentGroup) -> None:
+    """`wam imagine`: where the episodes start, what they are compared with, what is written."""
+    p.add_argument("--env", default="metaworld", help="environment family of the tasks (start frames, limits)")
+    p.add_argument("--tasks", default=None, help="task set or comma-separated tasks (default: the training tasks)")
+    p.add_argument("--episodes", type=int, default=5, help="imagined episodes per task")
+    p.add_argument(
+        "--start",
+        default="sim",
+        choices=("sim", "dataset"),
+        help="start frames: sim (the simulator's first frame for wam eval's seeds) or dataset (the "
+        "world model's held-out episodes)",
+    )
+    p.add_argument("--dataset", default=None, help="--start dataset: the dataset (default: the training dataset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's limit)")
     p.add_argument("--videos", type=int, default=2, help="imagined episodes saved as video per task")
@@ -702,7 +749,6 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/imagine", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_imagine)
 
 
 def _run_imagine(args: argparse.Namespace) -> int:
@@ -717,35 +763,7 @@ def _run_imagine(args: argparse.Namespace) -> int:
     critic = load_critic(args.critic or Path(args.checkpoint) / "critic")
     if args.replay is not None:
         return _replay(args, world, critic)
-    if args.server is not None:
-        if args.policy is not None:
-            raise ArgumentError("pass --policy CHECKPOINT or --server URL, not both")
-        from wam.client import PolicyClient
-
-        try:
-            policy = PolicyClient(
-                args.server,
-                seed=args.seed,
-                mode=args.mode,
-                n_action_steps=args.n_action_steps,
-                timeout=args.server_timeout,
-            )
-        except OSError as e:  # unreachable or refused
-            raise ArgumentError(str(e)) from None
-        source = {"server": args.server}
-    else:
-        from wam.policy import WAMPolicy
-
-        ckpt = load_checkpoint(args.policy) if args.policy else world
-        policy = WAMPolicy(
-            ckpt,
-            mode=args.mode or "policy",
-            n_action_steps=args.n_action_steps,
-            seed=args.seed,
-            blind=args.blind,
-            **_inference_overrides(args),
-        )
-        source = {"policy_checkpoint": str(args.policy or args.checkpoint)}
+    policy, source = _imagine_policy(args, world)
     tasks = args.tasks or _training_tasks(args.env, world.config.get("run", {}).get("tasks"))
     try:
         info = imagine(
@@ -781,6 +799,28 @@ def _run_imagine(args: argparse.Namespace) -> int:
             print(f"  {r['task']:<28} imagined {r['imagined']:5.1f}%   simulated {r['simulated']:5.1f}%")
         print(f"  {'all':<28} imagined {both['imagined']:5.1f}%   simulated {both['simulated']:5.1f}%")
     return 0
+
+
+def _imagine_policy(args: argparse.Namespace, world):
+    """`wam imagine`'s policy (a served one, --policy's checkpoint, or the world model's own) and where it is
+    from, for the settings."""
+    if args.server is not None:
+        if args.policy is not None:
+            raise ArgumentError("pass --policy CHECKPOINT or --server URL, not both")
+        return _connect(args), {"server": args.server}
+    from wam.checkpoint import load_checkpoint
+    from wam.policy import WAMPolicy
+
+    ckpt = load_checkpoint(args.policy) if args.policy else world
+    policy = WAMPolicy(
+        ckpt,
+        mode=args.mode or "policy",
+        n_action_steps=args.n_action_steps,
+        seed=args.seed,
+        blind=args.blind,
+        **_inference_overrides(args),
+    )
+    return policy, {"policy_checkpoint": str(args.policy or args.checkpoint)}
 
 
 def _replay(args: argparse.Namespace, world, critic) -> int:
@@ -1062,6 +1102,24 @@ def _run_eval(args: argparse.Namespace) -> int:
         return _eval_policy(
             args, policy, ckpt, ckpt.config.get("run", {}).get("tasks"), {"checkpoint": str(args.checkpoint)}
         )
+    _check_served_settings(args)
+    client = _connect(args)  # (checks that the serve extra is installed)
+    from wam.client import ServerError
+
+    with client:
+        if ckpt is not None and ckpt.model_hash != client.metadata["model_hash"]:
+            raise ArgumentError(
+                f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
+                f"serves ({client.metadata['model_hash']})"
+            )
+        try:
+            return _eval_policy(args, client, ckpt, client.tasks, {"server": args.server})
+        except ServerError as e:
+            raise ArgumentError(f"the server refused a request: {e}") from None
+
+
+def _check_served_settings(args: argparse.Namespace) -> None:
+    """`wam eval --server`: the sampling and planning settings are the server's, and one connection is used."""
     flags = {kw.get("dest", f[2:].replace("-", "_")): f for f, kw, _ in _INFERENCE_FLAGS}
     given = [flags[name] for name in _inference_overrides(args)]
     if given:
@@ -1075,12 +1133,16 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
     if args.workers > 1:
         raise ArgumentError("--server evaluates through one connection; use --workers 1")
+
+
+def _connect(args: argparse.Namespace):
+    """A PolicyClient of the server at --server, with the flags' seed, mode, actions per chunk and timeout."""
     try:
-        from wam.client import PolicyClient, ServerError
+        from wam.client import PolicyClient
     except ImportError as e:
         raise ArgumentError(f"--server needs the serve extra ({e}); pip install 'wam[serve]'") from None
     try:
-        client = PolicyClient(
+        return PolicyClient(
             args.server,
             token=args.token,
             seed=args.seed,
@@ -1090,16 +1152,6 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
     except OSError as e:  # unreachable or refused (a setting the server does not offer: ArgumentError)
         raise ArgumentError(str(e)) from None
-    with client:
-        if ckpt is not None and ckpt.model_hash != client.metadata["model_hash"]:
-            raise ArgumentError(
-                f"--checkpoint {args.checkpoint} (model {ckpt.model_hash}) is not the model the server "
-                f"serves ({client.metadata['model_hash']})"
-            )
-        try:
-            return _eval_policy(args, client, ckpt, client.tasks, {"server": args.server})
-        except ServerError as e:
-            raise ArgumentError(f"the server refused a request: {e}") from None
 
 
 def _training_tasks(env: str, known_tasks: list[str] | None) -> list[str] | None:
@@ -1666,6 +1718,11 @@ def _recipe(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=_run_recipe)
+    ship = rs.add_parser("ship", help="a finished run's checkpoint without its optimizer state, to share")
+    ship.add_argument("out", help="the run directory")
+    ship.add_argument("--to", required=True, metavar="DIR", help="where the checkpoint goes")
+    ship.add_argument("--overwrite", action="store_true", help="replace what is at --to")
+    ship.set_defaults(func=_run_recipe)
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
@@ -1682,6 +1739,12 @@ def _run_recipe(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         _print_recipe_status(args.out)
+        return 0
+    if args.action == "ship":
+        from wam.recipe import ship
+
+        dest = ship(args.out, args.to, overwrite=args.overwrite)
+        print(f"wam recipe: {args.out}'s checkpoint -> {dest} (load it with --checkpoint {dest})")
         return 0
     import signal
 

@@ -7,6 +7,7 @@ Runbook:
     wam recipe run mt50-v2 --out runs/mt50-v2            # the whole recipe; run it again to continue
     wam recipe run mt50-v2 --out runs/mt50-v2 --until-step 20000    # a sitting: stop after WAM step 20,000
     wam recipe status runs/mt50-v2                       # where it stands, each sitting's start and end
+    wam recipe ship runs/mt50-v2 --to checkpoints/wam-tiny-mt50-v2    # the finished weights, to share
 
 A run directory holds `recipe.json` (the recipe it was started with: a run refuses to continue under a recipe
 whose settings changed), `data/` (the collected dataset), `train/` (the training run: `train/checkpoint`),
@@ -319,3 +320,51 @@ def run_recipe(
     end = progress_of(out)
     _log_sitting(out, "end", **end)
     return end
+
+
+SHIPPED_FILES = ("model.safetensors", "tokenizer.safetensors", "stats.json")
+
+
+def ship(out: str | Path, dest: str | Path, *, overwrite: bool = False) -> Path:
+    """The finished checkpoint of the recipe run in `out`, as a checkpoint to share at `dest`: the weights, the
+    tokenizer, the statistics, the config with the recipe it came from (`recipe`: its name, every setting, and
+    the sittings that made it) and the training log (for reports), without the optimizer state a run keeps to
+    resume. Written aside and moved into place; the weights are byte for byte the run's (checked by hash)."""
+    import shutil
+    import uuid
+
+    from wam.atomic import atomic_dir_replace
+    from wam.checkpoint import file_hash
+
+    out, dest = Path(out), Path(dest)
+    st = status(out)  # (refuses a directory that holds no recipe run)
+    if st["progress"]["stage"] != "done":
+        raise ArgumentError(
+            f"{out} is at WAM step {st['progress']['step']:,} of {st['steps']:,}: finish it first with "
+            f"`wam recipe run {st['recipe']} --out {out}`"
+        )
+    if dest.exists() and not overwrite:
+        raise ArgumentError(f"{dest} already exists; choose another path, or pass overwrite to replace it")
+    src = out / "train" / "checkpoint"
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        for name in SHIPPED_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        if (out / "train" / "log.jsonl").is_file():
+            shutil.copyfile(out / "train" / "log.jsonl", tmp / "log.jsonl")
+        config = json.loads((src / "config.json").read_text())
+        config["recipe"] = {
+            "name": st["recipe"],
+            "settings": json.loads((out / "recipe.json").read_text()),
+            "sittings": [{"start": s["start"]["time"], "end": s["end"] and s["end"]["time"]} for s in st["sittings"]],
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if file_hash(tmp / "model.safetensors") != file_hash(src / "model.safetensors"):
+            raise OSError(f"the copy of {src / 'model.safetensors'} differs from it; try again")
+        atomic_dir_replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
