@@ -258,8 +258,21 @@ def load_episodes(
     only those at positions start <= i < stop (a Python slice; None for an open end). lazy_frames=True: each
     episode's "frames" is a function that decodes them when called (for passes that encode one episode at a
     time)."""
+    ds, cams, norm = _open_dataset(dataset, cameras=cameras, normalizer=normalizer, actions=actions, check=check)
+    positions = _positions(ds, dataset, episodes=episodes, tasks=tasks, per_task=per_task)
+    it = positions
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(positions, desc=f"loading {Path(dataset).name}", unit="ep", dynamic_ncols=True)
+    out = [_episode(ds, pos, cams, norm, image_size=image_size, actions=actions, lazy_frames=lazy_frames) for pos in it]
+    return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
+
+
+def _open_dataset(dataset, *, cameras, normalizer, actions: bool, check: bool):
+    """`load_episodes`' dataset, its cameras and its normaliser, each refused in the user's words when unusable."""
     from wam.data import LeRobotDataset, Normalizer
-    from wam.data.windows import resize_frames, resolve_cameras
+    from wam.data.windows import resolve_cameras
 
     if check:
         require_valid_dataset(dataset)
@@ -282,7 +295,12 @@ def load_episodes(
         norm = normalizer or Normalizer(ds.stats, require_action=actions)
     except ValueError as e:
         raise DatasetError(f"{dataset}: {e}") from e
-    state = ds.data.get("observation.state")
+    return ds, cams, norm
+
+
+def _positions(ds, dataset, *, episodes, tasks, per_task) -> list[int] | range:
+    """The positions (in the dataset's episode order) of the episodes `load_episodes` reads: `episodes` (all by
+    default), then only those of `tasks`, then `per_task`'s slice of each task's."""
     positions = range(ds.num_episodes) if episodes is None else [ds.position_of(i) for i in episodes]
     if tasks is not None:  # only the episodes of these tasks
         keep = set(select_tasks(list(ds.tasks), tasks, str(dataset)))
@@ -301,44 +319,44 @@ def load_episodes(
                 f"{dataset}: no episode at per-task positions {format_per_task(per_task)} (its tasks "
                 f"have {sorted({len(ps) for ps in by_task.values()})} episodes each)"
             )
-    it = positions
-    if progress:
-        from tqdm.auto import tqdm
+    return positions
 
-        it = tqdm(positions, desc=f"loading {Path(dataset).name}", unit="ep", dynamic_ncols=True)
-    out = []
-    for pos in it:
-        ep = ds.episodes[pos]
-        rows = slice(ep.start, ep.stop)
 
-        def read(pos=pos) -> np.ndarray:
-            views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
-            return np.ascontiguousarray(np.concatenate(views, axis=-1).transpose(0, 2, 3, 1))  # (L, h, w * n_cams, 3)
+def _episode(ds, pos: int, cams: list[str], norm, *, image_size: int, actions: bool, lazy_frames: bool) -> dict:
+    """One episode as `load_episodes` returns it (its docstring): frames (or a function that decodes them),
+    normalised actions and states, its task and index, and its outcomes where the dataset has them."""
+    from wam.data.windows import resize_frames
 
-        acts = (
-            np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32)
-            if actions
-            else np.zeros((ep.length, 0), np.float32)
-        )
-        states = (
-            np.zeros((ep.length, 0), np.float32)
-            if state is None or norm.state_dim == 0
-            else np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32)
-        )
-        task_index = int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0
-        item = {
-            "frames": read if lazy_frames else read(),
-            "actions": acts,
-            "states": states,
-            "task_index": task_index,
-            "episode_index": ep.episode_index,
-            "has_actions": actions,
-        }
-        for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
-            if key in ds.data:
-                item[name] = np.asarray(ds.data[key][rows], np.float32).reshape(ep.length)
-        out.append(item)
-    return LoadedEpisodes(out, norm, cams, list(ds.tasks), int(ds.fps))
+    ep = ds.episodes[pos]
+    rows = slice(ep.start, ep.stop)
+    state = ds.data.get("observation.state")
+
+    def read() -> np.ndarray:
+        views = [resize_frames(ds.episode_frames(pos, k), (image_size, image_size)) for k in cams]  # (L, 3, h, w)
+        return np.ascontiguousarray(np.concatenate(views, axis=-1).transpose(0, 2, 3, 1))  # (L, h, w * n_cams, 3)
+
+    acts = (
+        np.asarray(norm.normalize_action(ds.data["action"][rows].astype(np.float32)), np.float32)
+        if actions
+        else np.zeros((ep.length, 0), np.float32)
+    )
+    states = (
+        np.zeros((ep.length, 0), np.float32)
+        if state is None or norm.state_dim == 0
+        else np.asarray(norm.normalize_state(state[rows].astype(np.float32)), np.float32)
+    )
+    item = {
+        "frames": read if lazy_frames else read(),
+        "actions": acts,
+        "states": states,
+        "task_index": int(ds.data["task_index"][ep.start]) if "task_index" in ds.data else 0,
+        "episode_index": ep.episode_index,
+        "has_actions": actions,
+    }
+    for key, name in (("next.reward", "rewards"), ("next.success", "successes")):  # outcomes (wam.critic)
+        if key in ds.data:
+            item[name] = np.asarray(ds.data[key][rows], np.float32).reshape(ep.length)
+    return item
 
 
 @dataclass(frozen=True)

@@ -395,8 +395,24 @@ class MetaWorldEnv(gym.Env):
         self._env._freeze_rand_vec = False  # draw a new layout on every reset ...
         self._env.seeded_rand_vec = True  # ... from the env's own seeded generator
         self.max_episode_steps = min(int(max_episode_steps or self._env.max_path_length), self._env.max_path_length)
+        self._open_renderer(goal_marker, look, render_size)
+        self._spaces(image_size)
+        self._steps = 0
+        # False: step() leaves the camera images black instead of rendering them, for a caller that knows its
+        # policy will not look at that observation's images (wam.rollout asks the policy: a policy executing
+        # several actions per prediction looks at one observation in several). reset() always renders.
+        self.render_images = True
+        _OPEN_ENVS.add(self)
+        if not _CLOSE_AT_EXIT:
+            atexit.register(_close_open_envs)
+            _CLOSE_AT_EXIT.append(True)
+
+    def _open_renderer(self, goal_marker: float, look: str, render_size: int) -> None:
+        """The scene as the look draws it (goal markers, shadows, render passes), its offscreen renderer, and
+        which cameras hang upside down."""
+        mujoco = self._mujoco
         model, data = self._env.model, self._env.data
-        if goal_marker and task in GOAL_MARKER_TASKS:  # draw the goal where nothing else shows it (docstring)
+        if goal_marker and self.task in GOAL_MARKER_TASKS:  # draw the goal where nothing else shows it (docstring)
             for name, _ in self._env._target_site_config:
                 sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, name)
                 if sid >= 0:
@@ -421,26 +437,20 @@ class MetaWorldEnv(gym.Env):
         )
         mujoco.mj_forward(model, data)
         self._upside_down = {}
-        for cam in cameras:
+        for cam in self.camera_names:
             cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
             up = data.cam_xmat[cam_id].reshape(3, 3)[:, 1]  # the camera's y axis = image up, in world frame
             self._upside_down[cam] = bool(up[2] < 0)
+
+    def _spaces(self, image_size: int) -> None:
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         spaces = {
-            f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for c in cameras
+            f"observation.images.{c}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+            for c in self.camera_names
         }
         spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (len(self.state_names),), np.float32)
         spaces["observation.environment_state"] = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
-        self._steps = 0
-        # False: step() leaves the camera images black instead of rendering them, for a caller that knows its
-        # policy will not look at that observation's images (wam.rollout asks the policy: a policy executing
-        # several actions per prediction looks at one observation in several). reset() always renders.
-        self.render_images = True
-        _OPEN_ENVS.add(self)
-        if not _CLOSE_AT_EXIT:
-            atexit.register(_close_open_envs)
-            _CLOSE_AT_EXIT.append(True)
 
     def render_camera(self, camera: str) -> np.ndarray:
         """(image_size, image_size, 3) uint8 image of one camera, upright (rendered at render_size)."""
