@@ -104,6 +104,7 @@ def test_interrupted_four_times_gives_the_weights_of_an_uninterrupted_run(tmp_pa
         (10, 12),
         (12, 24),
     ]
+    assert st["pace"] is None  # done: nothing left to estimate
     assert main(["recipe", "status", str(parts)]) == 0
     printed = capsys.readouterr().out
     assert "done; last checkpoint at WAM step 24 of 24" in printed and "sitting 5:" in printed
@@ -235,3 +236,19 @@ def test_sigterm_ends_a_sitting_as_ctrl_c_does(tmp_path, monkeypatch):
         signal.signal(signal.SIGTERM, before)
     lines = [json.loads(line) for line in (tmp_path / "run" / "sittings.jsonl").read_text().splitlines()]
     assert [(s["event"], s.get("interrupted")) for s in lines] == [("start", None), ("end", "KeyboardInterrupt")]
+
+
+def test_the_pace_of_the_last_sitting_that_continued_the_wam_stage_estimates_the_time_left():
+    from wam.recipe import pace
+
+    def sitting(t0, t1, s0, s1, **start):
+        return {
+            "start": {"time": f"2026-01-01T{t0}:00+0000", "stage": "train", "step": s0, **start},
+            "end": None if t1 is None else {"time": f"2026-01-01T{t1}:00+0000", "stage": "train", "step": s1},
+        }
+
+    first = sitting("10:00", "12:00", 0, 10_000, tokenizer_step=500)  # the tokenizer stage's time is in it
+    assert pace([first], 10_000, 100_000) is None
+    second = sitting("13:00", "14:30", 10_000, 28_000)  # 12,000 steps an hour
+    running = sitting("15:00", None, 28_000, None)
+    assert pace([first, second, running], 28_000, 100_000) == {"sitting": 2, "steps_per_hour": 12_000, "hours_left": 6}

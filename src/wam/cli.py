@@ -1773,6 +1773,12 @@ def _print_recipe_status(out: str) -> None:
     where = {"collect": "collecting", "train": "training", "done": "done"}[p["stage"]]
     tok = f", tokenizer stage at step {p['tokenizer_step']:,}" if "tokenizer_step" in p else ""
     print(f"{out}: recipe {st['recipe']}, {where}; last checkpoint at WAM step {p['step']:,} of {st['steps']:,}{tok}")
+    if st["pace"] is not None and st["pace"]["hours_left"] is not None:
+        pace = st["pace"]
+        print(
+            f"  about {pace['hours_left']:.1f} h of WAM training left at sitting {pace['sitting']}'s pace "
+            f"({pace['steps_per_hour']:,.0f} steps/h, loading included)"
+        )
 
     def at(event: dict) -> str:
         tok = f" (tokenizer {event['tokenizer_step']:,})" if "tokenizer_step" in event else ""

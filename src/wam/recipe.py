@@ -207,12 +207,35 @@ def status(out: str | Path) -> dict[str, Any]:
             sittings.append({"start": event, "end": None})
         elif sittings and sittings[-1]["end"] is None:
             sittings[-1]["end"] = event
+    progress, steps = progress_of(out), recorded["train"].get("steps")
     return {
         "recipe": recorded["name"],
-        "steps": recorded["train"].get("steps"),
-        "progress": progress_of(out),
+        "steps": steps,
+        "progress": progress,
         "sittings": sittings,
+        "pace": pace(sittings, progress["step"], steps) if progress["stage"] == "train" else None,
     }
+
+
+def pace(sittings: list[dict], step: int, steps: int | None) -> dict | None:
+    """The WAM stage's pace in the last finished sitting that continued it (its steps over its whole time, the
+    loading of the data included; a sitting that started the WAM stage spent part of its time in the tokenizer
+    stage and is left out) and the hours left at that pace: {"sitting" (1-based), "steps_per_hour",
+    "hours_left"}; None before any such sitting."""
+    from datetime import datetime
+
+    for i in range(len(sittings) - 1, -1, -1):
+        start, end = sittings[i]["start"], sittings[i]["end"]
+        if end is None or start["stage"] != "train" or start["step"] == 0 or end["step"] <= start["step"]:
+            continue
+        fmt = "%Y-%m-%dT%H:%M:%S%z"
+        seconds = (datetime.strptime(end["time"], fmt) - datetime.strptime(start["time"], fmt)).total_seconds()
+        if seconds <= 0:
+            continue
+        per_hour = (end["step"] - start["step"]) * 3600 / seconds
+        left = None if steps is None else max(0, steps - step) / per_hour
+        return {"sitting": i + 1, "steps_per_hour": per_hour, "hours_left": left}
+    return None
 
 
 def _collect_stage(recipe: Recipe, out: Path, *, workers: int | None, progress: bool) -> None:
