@@ -496,34 +496,18 @@ def evaluate(
     _run_tasks(policy, env, todo, kwargs, workers=workers, on_row=on_row, recorder=recorder, progress=progress)
     rows = [kept.rows[t] for t in task_names]
     elapsed = time.perf_counter() - t0 + sum(kept.seconds.get(t, 0.0) for t in task_names if t not in todo)
-    groups = getattr(get_adapter(env), "DIFFICULTY", None)
-    info = {
-        **aggregate(rows),
-        **(group_results(rows, groups) if groups else {}),
-        "eval_s": elapsed,
-        "eval_ep_s": elapsed / max(1, len(rows) * episodes),
-        "per_task": rows,
-        "settings": {
-            "env": env,
-            "tasks": task_names,
-            "episodes_per_task": episodes,
-            "seed": seed,
-            "seed_set": seed_set,
-            "protocol": scene["protocol"],
-            "protocol_from": scene["protocol_from"],
-            "protocol_settings": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in scene["protocol_options"].items()
-            }
-            or None,
-            "max_steps": max_steps,
-            "after_success": after_success,
-            "image_size": scene["image_size"],
-            "render_size": scene["render_size"],
-            "cameras": scene["cameras"],
-            **getattr(policy, "settings", {}),
-            **(settings or {}),
-        },
+    run_settings = {
+        "env": env,
+        "tasks": task_names,
+        "episodes_per_task": episodes,
+        "seed": seed,
+        "seed_set": seed_set,
+        "max_steps": max_steps,
+        "after_success": after_success,
+        **getattr(policy, "settings", {}),
+        **(settings or {}),
     }
+    info = _eval_info(rows, getattr(get_adapter(env), "DIFFICULTY", None), elapsed, episodes, scene, run_settings)
     served = getattr(policy, "server_ms", None)
     if served:  # through a policy server: how long it took per chunk (decode, forward pass, encode)
         info["server_ms"] = {
@@ -541,6 +525,28 @@ def evaluate(
 
     build_report(out, info, world_model=world_model, log_path=log_path)
     return info
+
+
+def _eval_info(rows: list[dict], groups, elapsed: float, episodes: int, scene: dict, run_settings: dict) -> dict:
+    """eval_info.json's contents: the aggregate and group results of the task rows, the time, the rows, and the
+    settings (the scene's, then the run's: its own, the policy's and the caller's, the later winning)."""
+    scene_settings = {
+        "protocol": scene["protocol"],
+        "protocol_from": scene["protocol_from"],
+        "protocol_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in scene["protocol_options"].items()}
+        or None,
+        "image_size": scene["image_size"],
+        "render_size": scene["render_size"],
+        "cameras": scene["cameras"],
+    }
+    return {
+        **aggregate(rows),
+        **(group_results(rows, groups) if groups else {}),
+        "eval_s": elapsed,
+        "eval_ep_s": elapsed / max(1, len(rows) * episodes),
+        "per_task": rows,
+        "settings": {**scene_settings, **run_settings},
+    }
 
 
 # ---- world-model metrics ---------------------------------------------------------------------------
