@@ -86,6 +86,26 @@ def test_training_is_deterministic_and_resumes_exactly():
         assert torch.equal(a, b)
 
 
+def test_a_resumed_run_keeps_the_precision_auto_chose_and_an_explicit_one_still_decides(monkeypatch):
+    import wam.train as train_mod
+
+    cfg, data = pixel_cfg(), tensors()
+    tc = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, log_every=2, precision="auto")
+    monkeypatch.setattr(train_mod, "resolve_precision", lambda p, d="cpu": "fp32" if p == "auto" else p)
+    first = make_state(cfg, tc)
+    fit(first, data, tc, until=2)
+    saved = {"model": first.model.state_dict(), **train_state_dict(first, tc)}
+    assert saved["precision"] == "fp32"
+    # the next sitting's timing would choose bf16: the run keeps fp32
+    monkeypatch.setattr(train_mod, "resolve_precision", lambda p, d="cpu": "bf16" if p == "auto" else p)
+    resumed = make_state(cfg, tc)
+    load_train_state(resumed, saved)
+    fit(resumed, data, tc, until=3)
+    assert resumed.precision == "fp32"
+    fit(resumed, data, TrainConfig(**{**tc.__dict__, "precision": "bf16"}))  # asked for by name: it decides
+    assert resumed.precision == "bf16"
+
+
 def test_latent_shift_moves_every_frame_of_an_example_alike_within_each_camera():
     x = torch.randn(6, 3, 2, 5, 10)  # (B, T, c, h, w): two cameras of 5x5 cells side by side
     assert torch.equal(shift_latents(x, 0, 2, torch.Generator().manual_seed(0)), x)

@@ -89,6 +89,7 @@ class FitState:
     ema: WAM
     optimizer: torch.optim.Optimizer
     step: int = 0
+    precision: str | None = None  # "bf16" or "fp32" once a run has chosen ("auto"): kept for the whole run
 
 
 def make_state(cfg: ModelConfig, tc: TrainConfig) -> FitState:
@@ -227,9 +228,13 @@ def fit(
     net, shard = _parallel(model, tc, dist)
     cfg = model.cfg
     device_type = next(model.parameters()).device.type
-    precision = resolve_precision(tc.precision, device_type)
-    if dist.enabled:  # "auto" measures the machine: every process takes rank 0's verdict
-        precision = dist.from_main(precision)
+    if tc.precision == "auto" and state.precision is not None:
+        precision = state.precision  # a resumed run keeps the precision it chose, whatever a new timing says
+    else:
+        precision = resolve_precision(tc.precision, device_type)
+        if dist.enabled:  # "auto" measures the machine: every process takes rank 0's verdict
+            precision = dist.from_main(precision)
+    state.precision = precision
     model.train()
     bar = None
     if progress and dist.main:
@@ -366,6 +371,7 @@ def train_state_dict(state: FitState, tc: TrainConfig) -> dict:
         "ema": state.ema.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "train_config": tc.__dict__,
+        "precision": state.precision,
     }
 
 
@@ -374,6 +380,7 @@ def load_train_state(state: FitState, saved: dict) -> None:
     state.ema.load_state_dict(saved["ema"])
     torch.set_rng_state(saved["torch_rng"])
     state.step = int(saved["step"])
+    state.precision = saved.get("precision")  # (None in checkpoints written before it was kept)
 
 
 class JsonlLogger:
