@@ -9,7 +9,10 @@ Each setting is one `wam eval` on the development seed set (`--seed dev`) of the
 not run again, so an interrupted tuning continues where it stopped. The record holds every run (its command,
 its episodes, the mean of group means with its interval) and each setting's paired difference from `base` on the
 same episodes (the mean of group means with a stratified bootstrap interval; per episode with McNemar's p).
-Choose on this record only; the test seeds are for the one evaluation of the chosen setting.
+Choose on this record only; the test seeds are for the one evaluation of the chosen setting. The record's
+`chosen` applies one rule, fixed before any run: the setting with the highest mean of group means among those
+whose paired difference from `base` has a 95% interval above zero, else `base` (the defaults stay unless
+something beats them clearly); `score_on_test.py --flags-from RECORD` takes its flags.
 """
 
 from __future__ import annotations
@@ -99,8 +102,16 @@ def main() -> None:
         if name != "base":
             base = json.loads((Path(args.out) / "base" / "eval_info.json").read_text())
             record["runs"][name]["versus_base"] = versus_base(info, base)
+        record["chosen"] = choose(record["runs"])
         Path(args.record).write_text(json.dumps(record, indent=1))
     print_table(record)
+    print(f"chosen: {record['chosen']} ({' '.join(SETTINGS[record['chosen']]) or 'the defaults'})")
+
+
+def choose(runs: dict) -> str:
+    """The module docstring's rule: the best setting that beats `base` with a 95% interval above zero, else base."""
+    better = [n for n, r in runs.items() if "versus_base" in r and r["versus_base"]["group_mean"]["ci95"][0] > 0]
+    return max(better, key=lambda n: runs[n]["group_mean"]["pc_success"]) if better else "base"
 
 
 def ci(lo_hi: list[float], sign: str = "") -> str:
