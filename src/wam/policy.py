@@ -153,6 +153,23 @@ def _refuse_unseen(histories) -> None:
         )
 
 
+def _inference_config(given: InferenceConfig | None, changes: dict, mode: str, *, cache: bool) -> InferenceConfig:
+    """`WAMPolicy`'s sampling settings: `given` (default: InferenceConfig() with the cache where the model's
+    attention allows it) with the single settings in `changes`, checked against the acting mode."""
+    import dataclasses
+
+    unknown = set(changes) - {f.name for f in dataclasses.fields(InferenceConfig)}
+    if unknown:
+        raise TypeError(f"unknown WAMPolicy settings {sorted(unknown)}")
+    ic = dataclasses.replace(given or InferenceConfig(cache=cache), **changes)
+    if ic.warm_start and mode != "policy":
+        raise ArgumentError(
+            f"warm_start re-noises the previous action chunk, which only policy mode samples "
+            f"alone; mode {mode!r} needs warm_start 0"
+        )
+    return ic
+
+
 class WAMPolicy:
     """A WAM checkpoint as a closed-loop policy (see the module docstring for the timing)."""
 
@@ -184,7 +201,6 @@ class WAMPolicy:
         the actions would do rather than what the model imagined beside them, and works in every mode.
         `plan_guidance` W > 1 predicts those forward futures with guidance on the actions (`wam.modes.sample`'s
         action_guidance), so that they follow the candidates' actions more than the data's prior."""
-        import dataclasses
 
         from wam.data import Normalizer
 
@@ -193,16 +209,7 @@ class WAMPolicy:
         self.checkpoint = checkpoint
         model, self.tokenizer = checkpoint.model.to(device).eval(), checkpoint.tokenizer.to(device).eval()
         self.cfg = model.cfg
-        ic = inference or InferenceConfig(cache=self.cfg.attention != "full")
-        unknown = set(sampling) - {f.name for f in dataclasses.fields(InferenceConfig)}
-        if unknown:
-            raise TypeError(f"unknown WAMPolicy settings {sorted(unknown)}")
-        self.inference = ic = dataclasses.replace(ic, **sampling)
-        if ic.warm_start and mode != "policy":
-            raise ArgumentError(
-                f"warm_start re-noises the previous action chunk, which only policy mode samples "
-                f"alone; mode {mode!r} needs warm_start 0"
-            )
+        self.inference = ic = _inference_config(inference, sampling, mode, cache=self.cfg.attention != "full")
         self.model = prepare(model, ic)
         if ic.compile:  # the frame encoder runs once per chunk too (a shallow copy: the checkpoint's is untouched)
             import copy
@@ -230,26 +237,20 @@ class WAMPolicy:
         if self.plan > 1:
             self.critic = _plan_critic(critic, checkpoint, device)
         # how to rebuild this policy in another process: (checkpoint path, keyword arguments)
-        self.spec = (
-            str(checkpoint.path),
-            tuple(
-                sorted(
-                    dict(
-                        mode=mode,
-                        n_action_steps=self.n_action_steps,
-                        inference=ic,
-                        seed=seed,
-                        device=device,
-                        blind=self.blind,
-                        plan=self.plan,
-                        plan_score=plan_score,
-                        plan_guidance=self.plan_guidance,
-                        # (a Critic object is found again at the directory it was loaded from)
-                        critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None),
-                    ).items()
-                )
-            ),
+        rebuild = dict(
+            mode=mode,
+            n_action_steps=self.n_action_steps,
+            inference=ic,
+            seed=seed,
+            device=device,
+            blind=self.blind,
+            plan=self.plan,
+            plan_score=plan_score,
+            plan_guidance=self.plan_guidance,
+            # (a Critic object is found again at the directory it was loaded from)
+            critic=str(critic) if isinstance(critic, (str, Path)) else getattr(self.critic, "path", None),
         )
+        self.spec = (str(checkpoint.path), tuple(sorted(rebuild.items())))
         self.reset()
 
     def _set_embodiments(self, run: dict) -> None:
