@@ -90,6 +90,14 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(dataset, run,
     assert main(["train", "--dataset", str(dataset), "--out", str(out), "--steps", "12", *TINY]) == 130
     assert load_checkpoint(out / "checkpoint", with_train_state=True).train_state["step"] == 4
     monkeypatch.setattr(train_mod, "ema_update", real_update)
+    # the next sitting takes the encoded frames the first one kept instead of encoding every frame again
+    assert (out / train_mod.LATENTS_CACHE).is_file()
+    import wam.episodes
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the frames were encoded again")
+
+    monkeypatch.setattr(wam.episodes, "encode_frames", no_encoding)
     assert main(["train", "--dataset", str(dataset), "--out", str(out), "--resume", "--quiet"]) == 0
     for name in ("model.safetensors", "tokenizer.safetensors"):
         a, b = load_file(run / "checkpoint" / name), load_file(out / "checkpoint" / name)

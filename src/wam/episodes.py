@@ -138,14 +138,28 @@ def shift_latents(latents: torch.Tensor, max_shift: int, n_cameras: int, generat
     return x.reshape(B, n_cameras, T * c, h, wc).permute(0, 2, 3, 1, 4).reshape(B, T, c, h, w)
 
 
+def _encode_episodes(episodes: list[dict], tokenizer) -> torch.Tensor:
+    """Every episode's frames encoded, concatenated in episode order; one episode's frames in memory at a time
+    when they are read lazily."""
+    latents = []
+    for e in episodes:
+        f = e["frames"]() if callable(e["frames"]) else e["frames"]
+        if len(e["actions"]) != len(f) or len(e["states"]) != len(f):
+            raise ArgumentError("every episode needs as many actions and states as frames (one row per step)")
+        latents.append(encode_frames(tokenizer, f))
+    return torch.cat(latents)
+
+
 def episodes_to_tensors(
     episodes: list[dict],
     tokenizer,
     action_dim: int | None = None,
     state_dim: int | None = None,
     weights: torch.Tensor | None = None,
+    latents: torch.Tensor | None = None,
 ) -> EpisodeTensors:
-    """Encode in-memory episodes into EpisodeTensors.
+    """Encode in-memory episodes into EpisodeTensors (`latents`: their frames already encoded, concatenated in
+    episode order, e.g. kept from an earlier pass; the frames are then never read).
 
     Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side; or a function that decodes them,
     `load_episodes(lazy_frames=True)`), `actions` (L, A) and
@@ -161,15 +175,13 @@ def episodes_to_tensors(
     source = torch.tensor([int(e.get("source", 0)) for e in episodes])
     if weights is not None and bool((source[1:] < source[:-1]).any()):
         raise ArgumentError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
-    frames = lambda e: e["frames"]() if callable(e["frames"]) else e["frames"]  # noqa: E731 (lazy: decoded here)
-    latents = []
-    for e in episodes:  # one episode's frames in memory at a time when they are read lazily
-        f = frames(e)
-        if len(e["actions"]) != len(f) or len(e["states"]) != len(f):
-            raise ArgumentError("every episode needs as many actions and states as frames (one row per step)")
-        latents.append(encode_frames(tokenizer, f))
-    lengths = torch.tensor([len(x) for x in latents])
-    latents = torch.cat(latents)
+    if latents is None:
+        latents = _encode_episodes(episodes, tokenizer)
+    lengths = torch.tensor([len(e["actions"]) for e in episodes])
+    if any(len(e["states"]) != len(e["actions"]) for e in episodes):
+        raise ArgumentError("every episode needs as many actions and states as frames (one row per step)")
+    if len(latents) != int(lengths.sum()):
+        raise ArgumentError(f"{len(latents)} encoded frames given for episodes of {int(lengths.sum())} steps")
     acts = torch.zeros(int(lengths.sum()), A)
     dim_mask = torch.zeros(len(episodes), A, dtype=torch.bool)
     row = 0

@@ -966,6 +966,56 @@ def _return_freed_memory() -> None:
         pass
 
 
+LATENTS_CACHE = "latents.pt"  # in the run directory: the WAM stage's encoded frames, for the run's next sittings
+
+
+def _encoded(train_eps, val_eps, tok, cfg: ModelConfig, mix, *, weights, cache: Path | None) -> tuple:
+    """The training and validation episodes as EpisodeTensors, every frame encoded by the frozen tokenizer. The
+    encoded frames are kept in `cache` (written once, atomically) and a later sitting of the same run takes them
+    from there instead of decoding and encoding every frame again, when the key still matches: the tokenizer's
+    weights, the episodes, the frame size and cameras, and the files of the datasets they come from."""
+    key = _latents_key(tok, train_eps + val_eps, cfg, mix) if cache is not None else None
+    kept = None
+    if cache is not None and cache.is_file():
+        try:
+            kept = torch.load(cache, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (an unreadable cache is rebuilt, never trusted)
+            kept = None
+        if kept is not None and kept.get("key") != key:
+            kept = None
+    A, S = cfg.action_dim, cfg.state_dim
+    train = episodes_to_tensors(train_eps, tok, A, S, weights=weights, latents=kept and kept["train"])
+    val = episodes_to_tensors(val_eps, tok, A, S, latents=kept and kept["val"]) if val_eps else None
+    if cache is not None and kept is None:
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        try:
+            torch.save({"key": key, "train": train.latents, "val": None if val is None else val.latents}, tmp)
+            os.replace(tmp, cache)
+        except OSError:  # (a full disk: the next sitting encodes again)
+            tmp.unlink(missing_ok=True)
+    return train, val
+
+
+def _latents_key(tok, episodes: list[dict], cfg: ModelConfig, mix) -> str:
+    """What the encoded frames depend on, hashed: the tokenizer's weights, which episodes of which dataset in
+    which order, the frame size, the cameras, and each dataset's files (names, sizes, modification times)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(tok.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    order = [(int(e.get("source", 0)), int(e.get("episode_index", -1)), len(e["actions"])) for e in episodes]
+    h.update(json.dumps([order, cfg.image_size, mix.dataset_cameras]).encode())
+    for spec in mix.specs:
+        root = Path(spec.path).resolve()
+        h.update(str(root).encode())
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 def _wam_stage(
     cfg: ModelConfig,
     tc: TrainConfig,
@@ -988,8 +1038,8 @@ def _wam_stage(
     from wam.checkpoint import save_checkpoint
 
     weights = mixture_weights(mix.specs, windows)
-    train_data = episodes_to_tensors(train_eps, tok, cfg.action_dim, cfg.state_dim, weights=weights)
-    val_data = episodes_to_tensors(val_eps, tok, cfg.action_dim, cfg.state_dim) if val_eps else None
+    cache = ckpt_dir.parent / LATENTS_CACHE if dist.main else None
+    train_data, val_data = _encoded(train_eps, val_eps, tok, cfg, mix, weights=weights, cache=cache)
     for e in mix.episodes:  # the WAM stage reads only the latents
         e.pop("frames", None)
     state = make_state(cfg, tc)
