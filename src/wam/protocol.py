@@ -155,6 +155,20 @@ def check_observation(
     obs = msg["obs"]
     if not isinstance(obs, dict):
         raise ProtocolError(f"'obs' must be a map of LeRobot keys, got a {type(obs).__name__}")
+    batch = _check_images(obs, cameras, image_size)
+    rows = batch or 1
+    if rows > max_batch:
+        raise ProtocolError(
+            f"obs holds {rows} environments; this server takes at most {max_batch} per request (--max-batch)"
+        )
+    if state_dim > 0:
+        _check_state(obs, state_dim, batch)
+    _check_tasks(obs, tasks, batch)
+    return obs, batch
+
+
+def _check_images(obs: dict, cameras: list[str], image_size: int | None) -> int | None:
+    """Every camera the policy reads: a uint8 (H, W, 3) array, or (B, H, W, 3) with one B for all; returns B."""
     batch = None  # None: unbatched; else the number of environments
     for i, key in enumerate(cameras):
         if key not in obs:
@@ -182,27 +196,29 @@ def check_observation(
                 f"{list(obs[cameras[0]].shape)}: every camera needs the same batch"
             )
         batch = b
-    rows = batch or 1
-    if rows > max_batch:
+    return batch
+
+
+def _check_state(obs: dict, state_dim: int, batch: int | None) -> None:
+    """observation.state: finite numbers, (state_dim,) or (B, state_dim)."""
+    key = "observation.state"
+    if key not in obs:
+        raise ProtocolError(f"obs lacks {key!r}: the policy takes a robot state of {state_dim} numbers")
+    st = obs[key]
+    if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu":
         raise ProtocolError(
-            f"obs holds {rows} environments; this server takes at most {max_batch} per request (--max-batch)"
+            f"obs[{key!r}] must be a numeric array, got {st.dtype if isinstance(st, np.ndarray) else type(st).__name__}"
         )
-    if state_dim > 0:
-        key = "observation.state"
-        if key not in obs:
-            raise ProtocolError(f"obs lacks {key!r}: the policy takes a robot state of {state_dim} numbers")
-        st = obs[key]
-        if not isinstance(st, np.ndarray) or st.dtype.kind not in "fiu":
-            raise ProtocolError(
-                f"obs[{key!r}] must be a numeric array, got "
-                f"{st.dtype if isinstance(st, np.ndarray) else type(st).__name__}"
-            )
-        want = [state_dim] if batch is None else [batch, state_dim]
-        if list(st.shape) != want:
-            raise ProtocolError(f"obs[{key!r}] has shape {list(st.shape)}; the policy takes {want}")
-        if not np.isfinite(st).all():
-            bad = np.argwhere(~np.isfinite(st))[0].tolist()
-            raise ProtocolError(f"obs[{key!r}] holds NaN or inf (first at index {bad}); send finite values")
+    want = [state_dim] if batch is None else [batch, state_dim]
+    if list(st.shape) != want:
+        raise ProtocolError(f"obs[{key!r}] has shape {list(st.shape)}; the policy takes {want}")
+    if not np.isfinite(st).all():
+        bad = np.argwhere(~np.isfinite(st))[0].tolist()
+        raise ProtocolError(f"obs[{key!r}] holds NaN or inf (first at index {bad}); send finite values")
+
+
+def _check_tasks(obs: dict, tasks: list[str] | None, batch: int | None) -> None:
+    """obs['task']: a task string or index (one per environment when batched), known to the policy."""
     task = obs.get("task", 0)
     items = [task] if batch is None or isinstance(task, (str, int)) else task
     if not isinstance(items, list) or (batch is not None and not isinstance(task, (str, int)) and len(items) != batch):
@@ -216,4 +232,3 @@ def check_observation(
             raise ProtocolError(f"task index {t} is out of range; known tasks: {tasks}")
         if isinstance(t, str) and t not in tasks:
             raise ProtocolError(f"task {t!r} was not in the training data; known tasks: {tasks}")
-    return obs, batch
