@@ -50,6 +50,8 @@ POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("MT10 WAM, sharp tokenizer, joint mode", "runs/wm-sharp/wam/checkpoint", ["--mode", "joint"]),
 ]
 WORLD = "runs/imagine-world"  # the world model of the second set, and its early checkpoint (see the README)
+V2, V2_AT = "checkpoints/wam-tiny-mt50-v2", "runs/mt50-v2-snapshots/step-{}"  # (weights copied during the run)
+LEROBOT = ["--protocol", "lerobot"]  # the scene v2 was trained on (its early copies do not record it)
 POLICY_SETS = {
     "mt10-4k": POLICIES,  # the first measurements: MT10 networks of 4,000 steps beside the step-44,000 reference
     "reference": [  # the shipped reference and its step-44,000 weights, by inference setting; the world run's own
@@ -63,6 +65,18 @@ POLICY_SETS = {
         ("MT10 world run, 2,000 steps", f"{WORLD}-2k", []),
         ("MT10 world run, final", f"{WORLD}/checkpoint", []),
         ("MT10 world run, 2,000 steps, blind", f"{WORLD}-2k", ["--blind"]),
+    ],
+    "mt50-v2": [  # the v2 reference on the published benchmark's scene, by inference setting and training length
+        ("v2", V2, LEROBOT),
+        ("v2, blind", V2, [*LEROBOT, "--blind"]),
+        ("v2, 1 denoising step", V2, [*LEROBOT, "--steps", "1"]),
+        ("v2, joint mode", V2, [*LEROBOT, "--mode", "joint"]),
+        ("v2 at step 10,000", V2_AT.format(10000), LEROBOT),
+        ("v2 at step 20,000", V2_AT.format(20000), LEROBOT),
+        ("v2 at step 30,000", V2_AT.format(30000), LEROBOT),
+        ("v2 at step 50,000", V2_AT.format(50000), LEROBOT),
+        ("v2 at step 10,000, blind", V2_AT.format(10000), [*LEROBOT, "--blind"]),
+        ("v2 at step 30,000, blind", V2_AT.format(30000), [*LEROBOT, "--blind"]),
     ],
 }
 
