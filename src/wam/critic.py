@@ -271,6 +271,51 @@ def longest_run(flags: np.ndarray) -> int:
     return best
 
 
+def _refit_with_imagined(
+    data,
+    ckpt,
+    critic,
+    fit,
+    train_idx,
+    val_idx,
+    val_eps,
+    metrics: dict,
+    *,
+    imagine_steps,
+    action_guidance,
+    seed,
+    progress,
+):
+    """`train_critic(imagined=True)`'s second half: the world model imagines every episode along its recorded
+    actions, the first critic's held-out numbers on real and imagined frames are kept ("real_only"), and a new
+    critic is fitted on the real and imagined training frames together; returns it (metrics are updated)."""
+    t0 = time.perf_counter()
+    n_real = len(data.episode_of)
+    new_ep, dones = _add_imagined_frames(
+        data, ckpt, critic, imagine_steps=imagine_steps, action_guidance=action_guidance, seed=seed, progress=progress
+    )
+    im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
+    im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
+    metrics.update(
+        imagined_frames=len(new_ep),
+        imagined_train_frames=len(im_train),
+        imagined_val_frames=len(im_val),
+        imagine_steps=imagine_steps,
+        action_guidance=action_guidance,
+        imagine_s=time.perf_counter() - t0,
+        imagined_done_fraction=float(dones.mean()),
+    )
+    metrics["real_only"] = {
+        **_held_out_metrics(critic, data, val_idx),
+        **_held_out_metrics(critic, data, im_val, "imagined_"),
+    }
+    t1 = time.perf_counter()
+    critic = fit(np.concatenate([train_idx, im_train]))
+    metrics["train_s"] += time.perf_counter() - t1
+    metrics.update(_held_out_metrics(critic, data, im_val, "imagined_"))
+    return critic
+
+
 def train_critic(
     checkpoint: str | Path,
     datasets: list[str | Path],
@@ -335,36 +380,20 @@ def train_critic(
         "validation": validation,
     }
     if imagined:
-        t2 = time.perf_counter()
-        n_real = len(data.episode_of)
-        new_ep, dones = _add_imagined_frames(
+        critic = _refit_with_imagined(
             data,
             ckpt,
             critic,
+            fit,
+            train_idx,
+            val_idx,
+            val_eps,
+            metrics,
             imagine_steps=imagine_steps,
             action_guidance=action_guidance,
             seed=seed,
             progress=progress,
         )
-        im_val = n_real + np.flatnonzero(np.isin(new_ep, list(val_eps)))
-        im_train = n_real + np.flatnonzero(~np.isin(new_ep, list(val_eps)))
-        metrics.update(
-            imagined_frames=len(new_ep),
-            imagined_train_frames=len(im_train),
-            imagined_val_frames=len(im_val),
-            imagine_steps=imagine_steps,
-            action_guidance=action_guidance,
-            imagine_s=time.perf_counter() - t2,
-            imagined_done_fraction=float(dones.mean()),
-        )
-        metrics["real_only"] = {
-            **_held_out_metrics(critic, data, val_idx),
-            **_held_out_metrics(critic, data, im_val, "imagined_"),
-        }
-        t3 = time.perf_counter()
-        critic = fit(np.concatenate([train_idx, im_train]))
-        metrics["train_s"] += time.perf_counter() - t3
-        metrics.update(_held_out_metrics(critic, data, im_val, "imagined_"))
     with torch.no_grad():  # the fit on (up to 4096 of) the training frames, beside the held-out numbers
         ti = torch.as_tensor(train_idx[:4096])
         p, _, _ = critic(data.latents[data.index[ti]], data.task[ti])
