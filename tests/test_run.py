@@ -109,6 +109,24 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(dataset, run,
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
 
 
+def test_keep_every_keeps_copies_of_the_weights_along_the_run(dataset, run, tmp_path, capsys):
+    args = ["train", "--dataset", str(dataset), "--steps", "12", *TINY]
+    assert main([*args, "--out", str(tmp_path / "refused"), "--keep-every", "6"]) == 2
+    assert "--keep-every 6 must be a multiple of --checkpoint-every 4" in capsys.readouterr().err
+    out = tmp_path / "kept"
+    assert main([*args, "--out", str(out), "--keep-every", "4"]) == 0
+    assert sorted(p.name for p in (out / "steps").iterdir()) == ["step-12", "step-4", "step-8"]
+    assert not (out / "steps" / "step-4" / "train_state").exists()
+    final = load_file(out / "checkpoint" / "model.safetensors")
+    kept = load_file(out / "steps" / "step-12" / "model.safetensors")
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+    earlier = load_file(out / "steps" / "step-4" / "model.safetensors")
+    assert not all(torch.equal(final[k], earlier[k]) for k in final)
+    # keeping copies changes no weight of the run
+    same = load_file(run / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(final[k], same[k]) for k in final)
+
+
 def test_existing_run_and_missing_resume_are_refused(dataset, run, tmp_path, capsys):
     assert main(["train", "--dataset", str(dataset), "--out", str(run), "--steps", "2", *TINY]) == 2
     assert "--resume" in capsys.readouterr().err

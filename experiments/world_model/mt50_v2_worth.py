@@ -12,6 +12,10 @@ policy mode and in joint mode, the twin in policy mode (it has no video to denoi
 the twin's on the same episodes: the mean of group means (stratified bootstrap interval) and every episode alike
 (bootstrap interval, McNemar's exact p). An evaluation already in `--out` is not run again, so an interrupted
 study continues where it stopped. This is a measurement, not a choice: nothing is tuned on it.
+
+`--at 20000,50000` adds the gap along training: the two runs' weights at those steps (mt50-v2's copies in
+`--wam-at`, the twin's `keep_every` copies in `--policy-at`), both in policy mode, paired the same way. A copy at
+step N is the weights N steps into the same 100,000-step schedule, not a run trained for N steps.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def main() -> None:
     ap.add_argument("--record", required=True, help="the JSON record (rewritten)")
     ap.add_argument("--episodes", type=int, default=6, help="episodes per task (default 6: 300 episodes a row)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--at", default="", help="comma-separated steps: the gap along training (policy mode)")
+    ap.add_argument("--wam-at", default="runs/mt50-v2-snapshots/step-{}", help="mt50-v2's weights at step {}")
+    ap.add_argument("--policy-at", default="runs/mt50-v2-policy/train/steps/step-{}", help="the twin's at step {}")
     args = ap.parse_args()
     checkpoints = {"wam": args.wam, "policy": args.policy}
     record = {"what": __doc__.split("\n\n")[0], "checkpoints": checkpoints, "episodes": args.episodes, "runs": {}}
@@ -67,6 +74,19 @@ def main() -> None:
         if name != "policy-only":
             record["runs"][name]["versus_policy_only"] = versus_base(info, infos["policy-only"])
         Path(args.record).write_text(json.dumps(record, indent=1))
+    record["curve"] = []
+    for step in [int(x) for x in args.at.split(",") if x.strip()]:
+        pair = {}
+        for which, pattern in (("policy", args.policy_at), ("wam", args.wam_at)):
+            out = Path(args.out) / f"{which}-at-{step}"
+            cmd = eval_command(pattern.format(step), out, [], "mt50", args.episodes, args.workers)
+            if not (out / "eval_info.json").is_file():
+                print("$", " ".join(cmd[1:]), flush=True)
+                subprocess.run(cmd, check=True)
+            pair[which] = json.loads((out / "eval_info.json").read_text())
+        gm = {w: pair[w]["group_mean"]["pc_success"] for w in pair}
+        record["curve"].append({"step": step, **gm, "wam_minus_policy": versus_base(pair["wam"], pair["policy"])})
+        Path(args.record).write_text(json.dumps(record, indent=1))
     print_table(record)
 
 
@@ -83,6 +103,13 @@ def print_table(record: dict) -> None:
             f"| {name} | {gm['pc_success']:.1f} {ci(gm['ci95'])} | {r['pc_success']:.1f} {ci(r['ci95'])} "
             f"| {gdiff} | {ediff} |"
         )
+    if record.get("curve"):
+        print("\n| WAM step | policy-only | WAM, policy mode | difference (group means) [95% CI] |\n|---|---|---|---|")
+        for c in record["curve"]:
+            d = c["wam_minus_policy"]["group_mean"]
+            print(
+                f"| {c['step']:,} | {c['policy']:.1f} | {c['wam']:.1f} | {d['difference']:+.1f} {ci(d['ci95'], '+')} |"
+            )
 
 
 if __name__ == "__main__":

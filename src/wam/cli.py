@@ -372,6 +372,7 @@ _TRAIN_FLAGS = (
     "log_every",
     "val_every",
     "checkpoint_every",
+    "keep_every",
 )
 
 

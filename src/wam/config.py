@@ -198,6 +198,8 @@ class TrainConfig:
     log_every: int = 50  # steps between log lines (JSON lines, TensorBoard)
     val_every: int = 1000  # steps between validation passes (0: only at the end)
     checkpoint_every: int = 2000  # steps between checkpoints (0: only at the end)
+    keep_every: int = 0  # steps between copies of the weights kept in RUN/steps/step-N (without the resume state;
+    # a multiple of checkpoint_every), for curves over training; 0: none
     fsdp: bool = False  # several processes: shard weights, gradients and optimizer state over them (FSDP2),
     # for models too large for one device; otherwise every process holds a full copy (DDP)
 

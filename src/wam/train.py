@@ -707,6 +707,11 @@ def _check_fits(cfg: ModelConfig, tc: TrainConfig, dist) -> None:
             f"`latent_shift={tc.latent_shift}` must be 0 (off) or a shift of fewer cells than the latent grid's "
             f"{cfg.latent_size}; 1 moves a frame by {cfg.image_size // cfg.latent_size} pixels"
         )
+    if tc.keep_every and tc.checkpoint_every and tc.keep_every % tc.checkpoint_every:
+        raise ArgumentError(
+            f"`keep_every={tc.keep_every}` must be a multiple of `checkpoint_every={tc.checkpoint_every}`: "
+            f"the weights are kept when a checkpoint is written"
+        )
     if dist.enabled and tc.batch_size % dist.world:
         raise ArgumentError(
             f"`batch_size={tc.batch_size}` is the global batch and must be divisible by the {dist.world} processes"
@@ -1062,6 +1067,9 @@ def _wam_stage(
         ts = {**train_state_dict(s, tc), "model": model_state(s)}
         if dist.main:
             save_checkpoint(ckpt_dir, s.ema, tok, stats=stats, config={"run": run_info}, train_state=ts)
+            if tc.keep_every and s.step and s.step % tc.keep_every == 0:  # a copy for curves: the weights only
+                kept = ckpt_dir.parent / "steps" / f"step-{s.step}"
+                save_checkpoint(kept, s.ema, tok, stats=stats, config={"run": run_info})
 
     on_validate = validate_and_log(val_data, logger)
     if saved is None:
