@@ -296,8 +296,9 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
     """Episodes to replay when the checkpoint's training dataset is not on this machine: the scripted expert of
     the environment family whose tasks the checkpoint knows runs `episodes` fresh episodes (one task after
     another, seeds no collection with --seed 0..999 uses), at the checkpoint's image size, cameras and state
-    size, written as a LeRobot dataset under `episodes_cache` (collected once, then reused); returns its path
-    and the episode indices. The setting under test and the reference replay the same ones."""
+    size and on the benchmark scene it was trained on (its `run.protocol`), written as a LeRobot dataset under
+    `episodes_cache` (collected once, then reused); returns its path and the episode indices. The setting under
+    test and the reference replay the same ones."""
     from wam.collect import collect
     from wam.data.lerobot import read_meta
     from wam.envs import ENVS, get_adapter
@@ -322,7 +323,9 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
         )
     family, adapter, names = found
     n_tasks = min(episodes, len(names))
-    out = episodes_cache(checkpoint) / f"{family}-{episodes}ep-seed{seed}"
+    protocol = run.get("protocol")  # the benchmark scene it was trained on: replay frames like its own
+    scene = f"-{protocol}" if protocol else ""
+    out = episodes_cache(checkpoint) / f"{family}{scene}-{episodes}ep-seed{seed}"
     try:
         read_meta(out, with_stats=False)
         print(
@@ -350,6 +353,7 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
             state=state(cfg.state_dim) if state and cfg.state_dim else None,
             overwrite=True,
             progress=progress,
+            **({"protocol": protocol} if protocol else {}),
         )
     meta = read_meta(out, with_stats=False)
     by_task: dict[str, list[int]] = {}
