@@ -138,10 +138,14 @@ def shift_latents(latents: torch.Tensor, max_shift: int, n_cameras: int, generat
     return x.reshape(B, n_cameras, T * c, h, wc).permute(0, 2, 3, 1, 4).reshape(B, T, c, h, w)
 
 
-def _encode_episodes(episodes: list[dict], tokenizer) -> torch.Tensor:
+def _encode_episodes(episodes: list[dict], tokenizer, progress: bool = False) -> torch.Tensor:
     """Every episode's frames encoded, concatenated in episode order; one episode's frames in memory at a time
     when they are read lazily."""
     latents = []
+    if progress:  # decoding and encoding every frame of a large dataset takes minutes
+        from tqdm.auto import tqdm
+
+        episodes = tqdm(episodes, desc="encoding frames", unit="ep", dynamic_ncols=True)
     for e in episodes:
         f = e["frames"]() if callable(e["frames"]) else e["frames"]
         if len(e["actions"]) != len(f) or len(e["states"]) != len(f):
@@ -157,9 +161,11 @@ def episodes_to_tensors(
     state_dim: int | None = None,
     weights: torch.Tensor | None = None,
     latents: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> EpisodeTensors:
     """Encode in-memory episodes into EpisodeTensors (`latents`: their frames already encoded, concatenated in
-    episode order, e.g. kept from an earlier pass; the frames are then never read).
+    episode order, e.g. kept from an earlier pass; the frames are then never read). `progress` shows the
+    encoding's progress.
 
     Each episode is a dict: `frames` (L, H, W, 3) uint8 (cameras side by side; or a function that decodes them,
     `load_episodes(lazy_frames=True)`), `actions` (L, A) and
@@ -176,7 +182,7 @@ def episodes_to_tensors(
     if weights is not None and bool((source[1:] < source[:-1]).any()):
         raise ArgumentError("episodes of a weighted mixture must be grouped by dataset (sorted by 'source')")
     if latents is None:
-        latents = _encode_episodes(episodes, tokenizer)
+        latents = _encode_episodes(episodes, tokenizer, progress)
     lengths = torch.tensor([len(e["actions"]) for e in episodes])
     if any(len(e["states"]) != len(e["actions"]) for e in episodes):
         raise ArgumentError("every episode needs as many actions and states as frames (one row per step)")

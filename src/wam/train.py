@@ -974,7 +974,7 @@ def _return_freed_memory() -> None:
 LATENTS_CACHE = "latents.pt"  # in the run directory: the WAM stage's encoded frames, for the run's next sittings
 
 
-def _encoded(train_eps, val_eps, tok, cfg: ModelConfig, mix, *, weights, cache: Path | None) -> tuple:
+def _encoded(train_eps, val_eps, tok, cfg: ModelConfig, mix, *, weights, cache: Path | None, progress=False) -> tuple:
     """The training and validation episodes as EpisodeTensors, every frame encoded by the frozen tokenizer. The
     encoded frames are kept in `cache` (written once, atomically) and a later sitting of the same run takes them
     from there instead of decoding and encoding every frame again, when the key still matches: the tokenizer's
@@ -989,7 +989,9 @@ def _encoded(train_eps, val_eps, tok, cfg: ModelConfig, mix, *, weights, cache: 
         if kept is not None and kept.get("key") != key:
             kept = None
     A, S = cfg.action_dim, cfg.state_dim
-    train = episodes_to_tensors(train_eps, tok, A, S, weights=weights, latents=kept and kept["train"])
+    train = episodes_to_tensors(
+        train_eps, tok, A, S, weights=weights, latents=kept and kept["train"], progress=progress
+    )
     val = episodes_to_tensors(val_eps, tok, A, S, latents=kept and kept["val"]) if val_eps else None
     if cache is not None and kept is None:
         tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
@@ -1044,7 +1046,9 @@ def _wam_stage(
 
     weights = mixture_weights(mix.specs, windows)
     cache = ckpt_dir.parent / LATENTS_CACHE if dist.main else None
-    train_data, val_data = _encoded(train_eps, val_eps, tok, cfg, mix, weights=weights, cache=cache)
+    train_data, val_data = _encoded(
+        train_eps, val_eps, tok, cfg, mix, weights=weights, cache=cache, progress=progress and dist.main
+    )
     for e in mix.episodes:  # the WAM stage reads only the latents
         e.pop("frames", None)
     state = make_state(cfg, tc)
