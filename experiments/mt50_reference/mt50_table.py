@@ -16,7 +16,8 @@ Groups are MetaWorld's difficulty groups (easy 28, medium 11, hard 6, very hard 
 means" is the published convention, "per episode" weighs every episode alike. Intervals: Wilson 95% per
 group and per episode; normal approximation for the mean of group means (`wam.stats.group_results`).
 `--versus` adds the paired difference from another evaluation of the same seeds (bootstrap interval over
-episodes and McNemar's exact p, `wam.stats.paired_difference`), per group and per episode.
+episodes and McNemar's exact p, `wam.stats.paired_difference`), per group and per episode; with `--common`, on
+the episodes both ran when one ran fewer per task.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import json
 
 def fmt(pc: float, ci: list[float] | None = None) -> str:
     return f"{pc:.1f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
+
+
+def rate(pc: float | None) -> str:
+    """A rate that may be missing (the expert's, when no evaluation of these seeds ran it)."""
+    return "-" if pc is None else f"{pc:.1f}"
 
 
 def take_expert(info: dict, other: dict, name: str) -> None:
@@ -42,7 +48,7 @@ def take_expert(info: dict, other: dict, name: str) -> None:
         r["expert_pc_success"] = o["expert_pc_success"]
     for key, g in info["groups"].items():
         g["expert_pc_success"] = other["groups"][key]["expert_pc_success"]
-    info["group_mean"]["expert_pc_success"] = other["group_mean"].get("expert_pc_success", float("nan"))
+    info["group_mean"]["expert_pc_success"] = other["group_mean"].get("expert_pc_success")
     info["expert"] = other.get("expert")
 
 
@@ -68,6 +74,34 @@ def versus(info: dict, other: dict, tasks: list[str], name: str) -> str:
 
     d = paired_difference(*paired_outcomes(info, other, tasks, name))
     return f" {d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p={d['mcnemar_p']:.2g} |"
+
+
+def on_common_seeds(info: dict, other: dict) -> tuple[dict, dict]:
+    """`info` and `other` cut down to the episodes both ran (per task, the seeds in both), their group and
+    overall rates recomputed: two evaluations of different lengths compared on the episodes they share."""
+    from wam.stats import group_results, wilson_interval
+
+    theirs = {r["task"]: r for r in other["per_task"]}
+    groups = {k: g["tasks"] for k, g in info["groups"].items()}
+    cut = ([], [])
+    for r in info["per_task"]:
+        o = theirs.get(r["task"])
+        shared = [s for s in r["seeds"] if o is not None and s in o["seeds"]]
+        for rows, e in zip(cut, (r, o)):
+            if shared:
+                succ = [e["successes"][e["seeds"].index(s)] for s in shared]
+                rows.append({"task": r["task"], "seeds": shared, "successes": succ,
+                             "pc_success": 100.0 * sum(succ) / len(succ)})  # fmt: skip
+    if not cut[0]:
+        raise SystemExit("the two evaluations share no episode (no task with a seed in both)")
+    out = []
+    for e, rows in zip((info, other), cut):
+        every = [s for r in rows for s in r["successes"]]
+        lo, hi = wilson_interval(int(sum(every)), len(every))
+        res = group_results(rows, groups)
+        out.append({**res, "per_task": rows, "n_episodes": len(every), "pc_success": 100.0 * sum(every) / len(every),
+                    "ci95": [100 * lo, 100 * hi], "settings": e.get("settings", {})})  # fmt: skip
+    return out[0], out[1]
 
 
 def group_mean_difference(info: dict, other: dict, name: str, resamples: int = 10_000) -> tuple[float, float, float]:
@@ -111,9 +145,18 @@ def main() -> None:
         metavar="EVAL_INFO",
         help="add the paired difference from this evaluation of the same seeds (e.g. another mode)",
     )
+    ap.add_argument(
+        "--common",
+        action="store_true",
+        help="with --versus: compare on the episodes both evaluations ran (e.g. 10 episodes a task against 1)",
+    )
     args = ap.parse_args()
     info = json.load(open(args.eval_info))
     other = json.load(open(args.versus)) if args.versus else None
+    if other and args.common:
+        if args.expert or args.blind or args.tasks:
+            raise SystemExit("--common prints the paired table only; leave out --expert, --blind and --tasks")
+        info, other = on_common_seeds(info, other)
     if other:  # refuse before printing anything
         paired_outcomes(info, other, [r["task"] for r in info["per_task"]], args.versus)
     if args.expert:
@@ -133,7 +176,7 @@ def main() -> None:
     for key, g in info["groups"].items():
         row = (
             f"| {names.get(key, key)} | {len(g['tasks'])} | {g['n_episodes']} | {fmt(g['pc_success'], g['ci95'])} | "
-            f"{g.get('expert_pc_success', float('nan')):.1f} |"
+            f"{rate(g.get('expert_pc_success'))} |"
         )
         if blind:
             b = blind["groups"][key]
@@ -145,7 +188,7 @@ def main() -> None:
     n_tasks = sum(len(g["tasks"]) for g in info["groups"].values())
     row = (
         f"| **mean of group means** | {n_tasks} | {info['n_episodes']} | "
-        f"**{fmt(gm['pc_success'], gm['ci95'])}** | {gm.get('expert_pc_success', float('nan')):.1f} |"
+        f"**{fmt(gm['pc_success'], gm['ci95'])}** | {rate(gm.get('expert_pc_success'))} |"
     )
     if blind:
         bg = blind["group_mean"]
@@ -156,7 +199,7 @@ def main() -> None:
     ex = info.get("expert") or {}
     row = (
         f"| per episode | | {info['n_episodes']} | {fmt(info['pc_success'], info['ci95'])} | "
-        f"{ex.get('pc_success', float('nan')):.1f} |"
+        f"{rate(ex.get('pc_success'))} |"
     )
     if blind:
         row += f" {fmt(blind['pc_success'], blind['ci95'])} | {info['pc_success'] - blind['pc_success']:.1f} |"
