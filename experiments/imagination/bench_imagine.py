@@ -3,7 +3,8 @@ seeds: in the simulator (`wam eval`) and inside the world model (`wam imagine --
 own first frames); then the Spearman rank correlation between imagined and simulated success over the
 policies, overall and per task group.
 
-Runbook:
+Runbook (checkpoints/wam-tiny-mt50-44k is retired from the tree;
+`git checkout 7945eea -- checkpoints/wam-tiny-mt50-44k` restores it):
     wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50          # once: <checkpoint>/critic
     python experiments/imagination/bench_imagine.py --world checkpoints/wam-tiny-mt50-44k --tasks mt10 --episodes 5 \\
         --out experiments/imagination/imagine.json

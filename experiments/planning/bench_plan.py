@@ -3,7 +3,8 @@ imagined futures by the critic), on the same seeds, beside policy mode; with --f
 proposing N chunks that the world model checks (`--plan-score forward`: each candidate's future predicted
 from its actions alone, in forward mode, then scored).
 
-Runbook:
+Runbook (checkpoints/wam-tiny-mt50-44k is retired from the tree;
+`git checkout 7945eea -- checkpoints/wam-tiny-mt50-44k` restores it):
     wam critic --checkpoint checkpoints/wam-tiny-mt50-44k --dataset data/mt50:tasks=hard,very_hard \\
         --out runs/critic-wam-tiny-mt50-hard-vhard
     python experiments/planning/bench_plan.py --checkpoint checkpoints/wam-tiny-mt50-44k \\

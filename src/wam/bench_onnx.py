@@ -1,9 +1,9 @@
 """`wam bench --runtime onnx`: an exported policy (wam export) beside the PyTorch policy, in one process, on the
 same inputs and the same noise.
 
-    wam export checkpoints/wam-tiny-mt50 --out exports/wam-tiny-mt50
-    wam bench --checkpoint checkpoints/wam-tiny-mt50 --runtime onnx --export exports/wam-tiny-mt50 --threads 2
-    wam bench --checkpoint checkpoints/wam-tiny-mt50 --runtime onnx --export exports/wam-tiny-mt50 --threads 2 --sweep
+    wam export checkpoints/wam-tiny-mt50-v2 --out exports/mt50-v2
+    wam bench --checkpoint checkpoints/wam-tiny-mt50-v2 --runtime onnx --export exports/mt50-v2 --threads 2
+    wam bench --checkpoint checkpoints/wam-tiny-mt50-v2 --runtime onnx --export exports/mt50-v2 --threads 2 --sweep
 
 Both replay the held-out episodes `wam bench` replays (wam.bench.Bench: the training dataset's, or fresh scripted-
 expert episodes when it is not on this machine), one chunk every n_action_steps control steps as in closed loop; a

@@ -613,8 +613,8 @@ def _critic(sub: argparse._SubParsersAction) -> None:
         description="Train a checkpoint's critic: from one frame's latents (the checkpoint's own "
         "tokenizer) and the task, the task's progress (the dataset's reward, scaled to "
         "[0, 1]) and whether it is done (next.success). --plan N scores imagined futures "
-        "with it. Example: wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset "
-        "data/mt50 --dataset data/mt50-noisy",
+        "with it. Example: wam critic --checkpoint checkpoints/wam-tiny-mt50-v2 --dataset "
+        "runs/mt50-v2/data (the data its recipe collected)",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (written by wam train)")
     p.add_argument(
@@ -659,7 +659,7 @@ def _imagine(sub: argparse._SubParsersAction) -> None:
         "wam eval's seeds, or held-out episodes'), a policy acts on frames the world "
         "model imagines (forward mode) and the critic scores each (progress, done). "
         "Writes imagine_info.json (wam eval's format), videos and report.html. Example: "
-        "wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5",
+        "wam imagine --checkpoint checkpoints/wam-tiny-mt50-v2 --tasks mt10 --episodes 5",
     )
     _add_imagine_world_flags(p.add_argument_group("the world model"))
     _add_imagine_policy_flags(p.add_argument_group("the policy"))

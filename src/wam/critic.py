@@ -14,10 +14,10 @@ success is "not done"); datasets with failed or perturbed episodes (`wam collect
 that demonstrations never visit.
 
 Runbook:
-    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50          # -> <checkpoint>/critic
+    wam critic --checkpoint checkpoints/wam-tiny-mt50-v2 --dataset runs/mt50-v2/data  # -> <checkpoint>/critic
     wam critic --checkpoint runs/imagine-world/checkpoint --dataset data/mt50:tasks=mt10 \
         --dataset data/mt10-noisy --imagined --action-guidance 2     # also judges imagined frames (wam imagine)
-    wam eval --checkpoint checkpoints/wam-tiny-mt50 --tasks hard --mode joint --plan 4
+    wam eval --checkpoint checkpoints/wam-tiny-mt50-v2 --tasks hard --mode joint --plan 4
 
 Row convention (LeRobot's): row i holds the frame at step i and next.reward / next.success after action i, so
 the outcome of frame i + 1 is row i's; the first frame of an episode has no outcome and is not trained on.

@@ -16,10 +16,10 @@ through the same loop, the same per-task rows and the same report as a simulated
                  or so of an episode, would otherwise count the whole episode a success)
 
 Runbook:
-    wam critic --checkpoint checkpoints/wam-tiny-mt50 --dataset data/mt50
-    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --tasks mt10 --episodes 5 --start sim --out runs/imagine
-    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --policy runs/wm/policy/checkpoint --tasks mt10 ...
-    wam imagine --checkpoint checkpoints/wam-tiny-mt50 --server ws://127.0.0.1:8766 --tasks mt10 ...  # a served one
+    wam critic --checkpoint checkpoints/wam-tiny-mt50-v2 --dataset runs/mt50-v2/data
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50-v2 --tasks mt10 --episodes 5 --start sim --out runs/imagine
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50-v2 --policy runs/wm/policy/checkpoint --tasks mt10 ...
+    wam imagine --checkpoint checkpoints/wam-tiny-mt50-v2 --server ws://127.0.0.1:8766 --tasks mt10 ...  # a served one
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     bash scripts/quickstart.sh          # sets up .venv, then runs: wam quickstart
 
-What it runs, with progress shown throughout (about 8 minutes on 2 CPU cores; see README), all on the
+What it runs, with progress shown throughout (about 10 minutes on 2 CPU cores; see README), all on the
 vision protocol: the policy sees one camera and the robot's own hand position and gripper opening, never
 the objects' or the goal's positions:
   1. collects MetaWorld demonstrations of three tasks with the scripted experts (a LeRobot dataset of
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "wam-tiny-mt50"  # in the source tree
+REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "wam-tiny-mt50-v2"  # in the source tree
 
 
 def quickstart(
