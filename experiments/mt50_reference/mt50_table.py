@@ -78,8 +78,9 @@ def versus(info: dict, other: dict, tasks: list[str], name: str) -> str:
 
 def on_common_seeds(info: dict, other: dict) -> tuple[dict, dict]:
     """`info` and `other` cut down to the episodes both ran (per task, the seeds in both), their group and
-    overall rates recomputed: two evaluations of different lengths compared on the episodes they share."""
-    from wam.stats import group_results, wilson_interval
+    overall rates recomputed (`wam.stats.group_results`, `aggregate`): two evaluations of different lengths
+    compared on the episodes they share."""
+    from wam.stats import aggregate, group_results
 
     theirs = {r["task"]: r for r in other["per_task"]}
     groups = {k: g["tasks"] for k, g in info["groups"].items()}
@@ -87,21 +88,20 @@ def on_common_seeds(info: dict, other: dict) -> tuple[dict, dict]:
     for r in info["per_task"]:
         o = theirs.get(r["task"])
         shared = [s for s in r["seeds"] if o is not None and s in o["seeds"]]
+        if not shared:
+            continue
         for rows, e in zip(cut, (r, o)):
-            if shared:
-                succ = [e["successes"][e["seeds"].index(s)] for s in shared]
-                rows.append({"task": r["task"], "seeds": shared, "successes": succ,
-                             "pc_success": 100.0 * sum(succ) / len(succ)})  # fmt: skip
+            at = [e["seeds"].index(s) for s in shared]
+            row = {k: [e[k][i] for i in at] for k in ("successes", "sum_rewards", "max_rewards")}
+            rows.append(
+                {**row, "task": r["task"], "seeds": shared, "pc_success": 100.0 * sum(row["successes"]) / len(at)}
+            )
     if not cut[0]:
         raise SystemExit("the two evaluations share no episode (no task with a seed in both)")
-    out = []
-    for e, rows in zip((info, other), cut):
-        every = [s for r in rows for s in r["successes"]]
-        lo, hi = wilson_interval(int(sum(every)), len(every))
-        res = group_results(rows, groups)
-        out.append({**res, "per_task": rows, "n_episodes": len(every), "pc_success": 100.0 * sum(every) / len(every),
-                    "ci95": [100 * lo, 100 * hi], "settings": e.get("settings", {})})  # fmt: skip
-    return out[0], out[1]
+    return tuple(
+        {**aggregate(rows), **group_results(rows, groups), "per_task": rows, "settings": e.get("settings", {})}
+        for e, rows in zip((info, other), cut)
+    )
 
 
 def group_mean_difference(info: dict, other: dict, name: str, resamples: int = 10_000) -> tuple[float, float, float]:

@@ -353,7 +353,7 @@ def expert_episodes(checkpoint, episodes: int, *, seed: int = 0, progress: bool 
             state=state(cfg.state_dim) if state and cfg.state_dim else None,
             overwrite=True,
             progress=progress,
-            **({"protocol": protocol} if protocol else {}),
+            protocol=protocol,
         )
     meta = read_meta(out, with_stats=False)
     by_task: dict[str, list[int]] = {}
