@@ -51,7 +51,7 @@ POLICIES = [  # name, checkpoint, flags (the same for wam eval and wam imagine)
     ("MT10 WAM, sharp tokenizer, joint mode", "runs/wm-sharp/wam/checkpoint", ["--mode", "joint"]),
 ]
 WORLD = "runs/imagine-world"  # the world model of the second set, and its early checkpoint (see the README)
-V2, V2_AT = "checkpoints/wam-tiny-mt50-v2", "runs/mt50-v2-snapshots/step-{}"  # (weights copied during the run)
+V2, V2_AT = "checkpoints/wam-tiny-mt50-v2", "runs/mt50-v2/train/steps/step-{}"  # (the recipe's copies: keep_every)
 LEROBOT = ["--protocol", "lerobot"]  # the scene v2 was trained on (its early copies do not record it)
 POLICY_SETS = {
     "mt10-4k": POLICIES,  # the first measurements: MT10 networks of 4,000 steps beside the step-44,000 reference

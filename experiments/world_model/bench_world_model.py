@@ -165,8 +165,12 @@ def train(name: str, args, run: Path, env: dict) -> dict:
     if steps_done(run) < args.steps:
         t0 = time.time()
         print(f"[{name}] training: {' '.join(cmd[2:])}", flush=True)
-        subprocess.run(cmd, check=True, env=env)
-        (run / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")  # this invocation's wall-clock
+        try:
+            subprocess.run(cmd, check=True, env=env)
+        finally:  # the training's wall-clock, summed over the sittings that ran it (an interrupted one too)
+            wall = run / "wall_s.txt"
+            before = float(wall.read_text()) if wall.is_file() else 0.0
+            wall.write_text(f"{before + time.time() - t0:.1f}\n")
         (run / "threads.txt").write_text(f"{args.threads}\n")
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     trains = [r for r in rows if r.get("kind") == "train"]

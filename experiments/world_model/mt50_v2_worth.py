@@ -13,8 +13,8 @@ the twin's on the same episodes: the mean of group means (stratified bootstrap i
 (bootstrap interval, McNemar's exact p). An evaluation already in `--out` is not run again, so an interrupted
 study continues where it stopped. This is a measurement, not a choice: nothing is tuned on it.
 
-`--at 20000,50000` adds the gap along training: the two runs' weights at those steps (mt50-v2's copies in
-`--wam-at`, the twin's `keep_every` copies in `--policy-at`), both in policy mode, paired the same way. A copy at
+`--at 20000,50000` adds the gap along training: the two runs' weights at those steps (both recipes' `keep_every`
+copies, in `--wam-at` and `--policy-at`), both in policy mode, paired the same way. A copy at
 step N is the weights N steps into the same 100,000-step schedule, not a run trained for N steps.
 """
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=6, help="episodes per task (default 6: 300 episodes a row)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--at", default="", help="comma-separated steps: the gap along training (policy mode)")
-    ap.add_argument("--wam-at", default="runs/mt50-v2-snapshots/step-{}", help="mt50-v2's weights at step {}")
+    ap.add_argument("--wam-at", default="runs/mt50-v2/train/steps/step-{}", help="mt50-v2's weights at step {}")
     ap.add_argument("--policy-at", default="runs/mt50-v2-policy/train/steps/step-{}", help="the twin's at step {}")
     args = ap.parse_args()
     checkpoints = {"wam": args.wam, "policy": args.policy}

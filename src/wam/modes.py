@@ -124,48 +124,63 @@ def sample(
     cfg = model.cfg
     latents = _need(batch, "latents", m)
     hist = latents[:, : cfg.n_obs_steps]
-    B, device = hist.shape[0], hist.device
-    c, h, w = hist.shape[2:]
-    F = cfg.future_frames
     given_future = latents[:, cfg.n_obs_steps :] if m.future == GIVEN else None
-    if given_future is not None and given_future.shape[1] != F:
-        raise ArgumentError(f"mode {m.name!r} needs {F} future frames in batch['latents'], got {given_future.shape[1]}")
+    if given_future is not None and given_future.shape[1] != cfg.future_frames:
+        raise ArgumentError(
+            f"mode {m.name!r} needs {cfg.future_frames} future frames in batch['latents'], got {given_future.shape[1]}"
+        )
     given_actions = _need(batch, "actions", m) if m.actions == GIVEN else None
     _check_sampling(
         m, solver=solver, schedule=schedule, t_start=t_start, taylor=taylor, action_guidance=action_guidance
     )
-    x = _start(cfg, m, B, (c, h, w), generator, device, noise)
-    task, state = batch["task"], batch.get("state")
-    guided = cfg_scale != 1.0
-    act_guided = action_guidance != 1.0
-    if guided:  # conditional and unconditional halves in one batch
-        two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
-        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
-        hist, task, state = two(hist), two(task), two(state)
-        given_future, given_actions = two(given_future), two(given_actions)
-    else:  # batch["drop_task"] (B,) bool: those rows get the "no task" token (tasks the model never saw)
-        two, drop = (lambda a: a), batch.get("drop_task")
-    nB = hist.shape[0]
-    zeros_hist = torch.zeros(nB, cfg.n_obs_steps, device=device)
-    observed = model.observed_kv(hist, task, state, drop) if cache else None
-    forecast = None
-    if taylor is not None:
-        forecast = Forecaster(taylor, cfg.depth)
+    x = _start(cfg, m, hist.shape[0], hist.shape[2:], generator, hist.device, noise)
+    velocity = _Velocity(
+        model, m, batch, hist, given_future, given_actions, cfg_scale, action_guidance, cache=cache, taylor=taylor
+    )
+    ts = SCHEDULES[schedule](steps, t_start=t_start).to(hist.device)
+    return velocity.result(SOLVERS[solver](velocity, x, ts))
 
-    def model_fn(x: dict, t: torch.Tensor) -> dict:
+
+class _Velocity:
+    """The network as the solver of one `sample` call sees it: `velocity(x, t)` maps the generated streams at
+    noise level t to their velocities. It holds what every step shares: the observed frames, task and state
+    (stacked twice under classifier-free guidance, the conditional rows first), the given streams, and either
+    the observed tokens' keys and values (computed once) or the blocks' forecaster."""
+
+    def __init__(
+        self, model, m: Mode, batch, hist, given_future, given_actions, cfg_scale, action_guidance, *, cache, taylor
+    ) -> None:
+        self.model, self.m, self.cfg = model, m, model.cfg
+        self.B, device = hist.shape[0], hist.device
+        self.cfg_scale, self.action_guidance = cfg_scale, action_guidance
+        task, state = batch["task"], batch.get("state")
+        if cfg_scale != 1.0:  # conditional and unconditional halves in one batch
+            self.two = lambda a: None if a is None else torch.cat([a, a])
+            drop = torch.cat([torch.zeros(self.B, dtype=torch.bool), torch.ones(self.B, dtype=torch.bool)]).to(device)
+        else:  # batch["drop_task"] (B,) bool: those rows get the "no task" token (tasks the model never saw)
+            self.two, drop = (lambda a: a), batch.get("drop_task")
+        self.hist, self.task, self.state, self.drop = self.two(hist), self.two(task), self.two(state), drop
+        self.given_future, self.given_actions = self.two(given_future), self.two(given_actions)
+        self.device, self.nB = device, self.hist.shape[0]
+        self.zeros_hist = torch.zeros(self.nB, self.cfg.n_obs_steps, device=device)
+        self.observed = model.observed_kv(self.hist, self.task, self.state, drop) if cache else None
+        self.forecast = Forecaster(taylor, self.cfg.depth) if taylor is not None else None
+
+    def __call__(self, x: dict, t: torch.Tensor) -> dict:
+        m, cfg, two, B = self.m, self.cfg, self.two, self.B
         fut = act = t_fut = t_act = None  # noise levels: 0-d, one for the whole batch
         if m.future != OMIT:
-            fut = two(x["future"]) if m.future == GENERATE else given_future
-            t_fut = (t if m.future == GENERATE else torch.zeros(())).to(device)
+            fut = two(x["future"]) if m.future == GENERATE else self.given_future
+            t_fut = (t if m.future == GENERATE else torch.zeros(())).to(self.device)
         if m.actions != OMIT:
-            act = two(x["actions"]) if m.actions == GENERATE else given_actions
-            t_act = (t if m.actions == GENERATE else torch.zeros(())).to(device)
-        v_fut, v_act = denoise(t, fut, t_fut, act, t_act)
-        if act_guided:  # the same future without the actions (video mode): the prior the actions move away from
-            v_fut = flow.cfg_combine(v_fut, denoise(t, fut, t_fut, None, None)[0], action_guidance)
-        if guided:
-            v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], cfg_scale)
-            v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], cfg_scale)
+            act = two(x["actions"]) if m.actions == GENERATE else self.given_actions
+            t_act = (t if m.actions == GENERATE else torch.zeros(())).to(self.device)
+        v_fut, v_act = self.denoise(t, fut, t_fut, act, t_act)
+        if self.action_guidance != 1.0:  # the same future without the actions (video mode): the prior they move
+            v_fut = flow.cfg_combine(v_fut, self.denoise(t, fut, t_fut, None, None)[0], self.action_guidance)
+        if self.cfg_scale != 1.0:
+            v_fut = None if v_fut is None else flow.cfg_combine(v_fut[:B], v_fut[B:], self.cfg_scale)
+            v_act = None if v_act is None else flow.cfg_combine(v_act[:B], v_act[B:], self.cfg_scale)
         out = {}
         if m.future == GENERATE:
             out["future"] = flow.velocity_from_output(v_fut, x["future"], t, cfg.video_prediction)
@@ -173,35 +188,33 @@ def sample(
             out["actions"] = flow.velocity_from_output(v_act, x["actions"], t, cfg.action_prediction)
         return out
 
-    def denoise(t, fut, t_fut, act, t_act) -> tuple:
+    def denoise(self, t, fut, t_fut, act, t_act) -> tuple:
         """The network's outputs for the generated future frames and actions (None where left out)."""
-        if observed is not None or (forecast is not None and cfg.attention != "full"):
-            kv = observed if observed is not None else model.observed_kv(hist, task, state, drop)
-            v_fut, v_act = model.forward_generated(
-                kv, fut, t_fut, act, t_act, hook=None if forecast is None else forecast.hook(t)
-            )
-        else:
-            t_fut = None if t_fut is None else t_fut.expand(nB)
-            t_act = None if t_act is None else t_act.expand(nB)
-            lat = hist if fut is None else torch.cat([hist, fut], 1)
-            t_vid = zeros_hist if fut is None else torch.cat([zeros_hist, t_fut[:, None].expand(nB, F)], 1)
-            v_lat, v_act = model(
-                lat, t_vid, act, t_act, task, state, drop_task=drop, hook=None if forecast is None else forecast.hook(t)
-            )
-            v_fut = None if fut is None else v_lat[:, cfg.n_obs_steps :]
-        return v_fut, v_act
+        model, cfg, nB, F = self.model, self.cfg, self.nB, self.cfg.future_frames
+        hook = None if self.forecast is None else self.forecast.hook(t)
+        if self.observed is not None or (self.forecast is not None and cfg.attention != "full"):
+            kv = self.observed
+            if kv is None:
+                kv = model.observed_kv(self.hist, self.task, self.state, self.drop)
+            return model.forward_generated(kv, fut, t_fut, act, t_act, hook=hook)
+        t_fut = None if t_fut is None else t_fut.expand(nB)
+        t_act = None if t_act is None else t_act.expand(nB)
+        lat = self.hist if fut is None else torch.cat([self.hist, fut], 1)
+        t_vid = self.zeros_hist if fut is None else torch.cat([self.zeros_hist, t_fut[:, None].expand(nB, F)], 1)
+        v_lat, v_act = model(lat, t_vid, act, t_act, self.task, self.state, drop_task=self.drop, hook=hook)
+        return (None if fut is None else v_lat[:, cfg.n_obs_steps :]), v_act
 
-    ts = SCHEDULES[schedule](steps, t_start=t_start).to(device)
-    x = SOLVERS[solver](model_fn, x, ts)
-
-    result = {}  # (the first B rows: the conditional half under guidance)
-    if m.future != OMIT:
-        result["latents"] = torch.cat([hist[:B], x["future"] if m.future == GENERATE else given_future[:B]], 1)
-    if m.actions != OMIT:
-        result["actions"] = x["actions"] if m.actions == GENERATE else given_actions[:B]
-    if forecast is not None:
-        result["forecast"] = forecast.stats()
-    return result
+    def result(self, x: dict) -> dict:
+        """`sample`'s answer from the solver's end point: the first B rows (the conditional half under guidance)."""
+        m, B, out = self.m, self.B, {}
+        if m.future != OMIT:
+            future = x["future"] if m.future == GENERATE else self.given_future[:B]
+            out["latents"] = torch.cat([self.hist[:B], future], 1)
+        if m.actions != OMIT:
+            out["actions"] = x["actions"] if m.actions == GENERATE else self.given_actions[:B]
+        if self.forecast is not None:
+            out["forecast"] = self.forecast.stats()
+        return out
 
 
 def _check_sampling(m: Mode, *, solver: str, schedule: str, t_start: float, taylor, action_guidance: float) -> None:

@@ -82,6 +82,7 @@ MT50_V2 = Recipe(
         "tokenizer_steps": 3000,
         "checkpoint_every": 2000,
         "val_every": 5000,
+        "keep_every": 10_000,  # copies of the weights along the way (RUN/train/steps/step-N): the curves
         "seed": 0,
     },
     loss={"p_omit_future": 0.3},
@@ -97,7 +98,6 @@ MT50_V2_POLICY = dataclasses.replace(
     name="mt50-v2-policy",
     summary="mt50-v2 trained as a policy only (no future frames, no video loss): the world model's worth at its budget",
     loss=POLICY_ONLY_LOSS,
-    train={**MT50_V2.train, "keep_every": 10_000},  # (copies of the weights along the way: the gap as a curve)
 )
 
 # A recipe of seconds on the synthetic dot world: the same stages, for tests and for trying the command.
