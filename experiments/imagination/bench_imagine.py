@@ -79,6 +79,19 @@ POLICY_SETS = {
         ("v2 at step 10,000, blind", V2_AT.format(10000), [*LEROBOT, "--blind"]),
         ("v2 at step 30,000, blind", V2_AT.format(30000), [*LEROBOT, "--blind"]),
     ],
+    "mt50-v2-shipped": [  # on the same scene, only what a fresh clone holds: v2 by inference setting, and the
+        # older shipped networks, trained on wam's scene (enlarged markers, rendered at their own size)
+        ("v2", V2, LEROBOT),
+        ("v2, blind", V2, [*LEROBOT, "--blind"]),
+        ("v2, 1 denoising step", V2, [*LEROBOT, "--steps", "1"]),
+        ("v2, joint mode", V2, [*LEROBOT, "--mode", "joint"]),
+        ("v2, 8 actions per chunk", V2, [*LEROBOT, "--n-action-steps", "8"]),
+        ("v2, 1 denoising step, 8 actions per chunk", V2, [*LEROBOT, "--steps", "1", "--n-action-steps", "8"]),
+        ("v1", "checkpoints/wam-tiny-mt50", LEROBOT),
+        ("v1, blind", "checkpoints/wam-tiny-mt50", [*LEROBOT, "--blind"]),
+        ("MT10 reference", "checkpoints/wam-tiny-mt10", LEROBOT),
+        ("MT10 reference, blind", "checkpoints/wam-tiny-mt10", [*LEROBOT, "--blind"]),
+    ],
 }
 
 
@@ -278,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         default="mt10-4k",
         choices=sorted(POLICY_SETS),
         help="which policies (POLICY_SETS): mt10-4k, the first measurements; reference, the shipped "
-        "weights by inference setting and the world run's own checkpoints",
+        "weights by inference setting and the world run's own checkpoints; mt50-v2, v2 by inference setting and "
+        "its recipe's copies along training; mt50-v2-shipped, only the shipped checkpoints",
     )
     p.add_argument(
         "--policies",

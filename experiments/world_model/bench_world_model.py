@@ -369,9 +369,18 @@ def main() -> None:
     p.add_argument("--runs", default="runs/wm", help="where the runs and their evaluations go")
     p.add_argument("--out", default="experiments/world_model/world_model.json")
     p.add_argument("--table", action="store_true", help="print the README table of --out and stop")
+    p.add_argument(
+        "--curve",
+        default=None,
+        metavar="A.json,B.json,...",
+        help="print the WAM's gap over the policy-only run at each of these records' budgets and stop",
+    )
     args = p.parse_args()
     if args.table:
         print(table(json.loads(Path(args.out).read_text())))
+        return
+    if args.curve:
+        print(curve([json.loads(Path(f).read_text()) for f in args.curve.split(",")]))
         return
 
     from wam.inference.precision import cpu_description
@@ -416,6 +425,38 @@ def main() -> None:
         tmp.replace(out)
         e = entry["eval"]
         print(f"[{name}] {e['pc_success']:.1f}% {e.get('ci95')} over {e['n_episodes']} episodes", flush=True)
+
+
+def curve(records: list[dict]) -> str:
+    """Markdown: the WAM against the policy-only network at each budget (one record per training length), in
+    both acting modes; the gap paired on the same episodes where the record holds every episode's outcome."""
+    lines = [
+        "| steps | evaluation seeds (episodes) | policy-only | WAM, policy mode | gap, points [95% CI], McNemar p "
+        "| WAM, joint mode | gap, points [95% CI], McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: r["steps"]):
+        versus_policy(r)
+        base, wam = r["runs"]["policy"]["eval"], r["runs"]["wam"]
+        cells = []
+        for key in ("eval", "eval_joint"):
+            e, v = wam.get(key), wam.get(key.replace("eval", "vs_policy"))
+            if not e:
+                cells += ["-", "-"]
+                continue
+            gap = (
+                f"{v['difference']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}], p={v['mcnemar_p']:.2g}"
+                if v
+                else f"{e['pc_success'] - base['pc_success']:+.1f} (not paired: per-episode outcomes not recorded)"
+            )
+            cells += [f"{e['pc_success']:.1f}", gap]
+        seeds = ", ".join(str(s) for s in r.get("eval_seeds") or [0])
+        lines.append(
+            f"| {r['steps']:,} | {seeds} ({base['n_episodes']}) | {base['pc_success']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:
