@@ -221,7 +221,8 @@ def evaluate(name: str, args, run: Path, env: dict, mode: str = "policy", seed: 
         cmd.append("--no-expert")  # the expert runs once, beside the first run
     if not info.is_file():
         print(f"[{name}] evaluating: {' '.join(cmd[2:])}", flush=True)
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        resume = ["--resume"] if (out / "tasks").is_dir() else []  # an interrupted evaluation keeps its done tasks
+        subprocess.run(cmd + resume, check=True, env=env, stdout=subprocess.DEVNULL)
     r = json.loads(info.read_text())
     res = {
         "command": "wam " + " ".join(cmd[3:]),
