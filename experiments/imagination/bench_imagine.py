@@ -79,18 +79,18 @@ POLICY_SETS = {
         ("v2 at step 10,000, blind", V2_AT.format(10000), [*LEROBOT, "--blind"]),
         ("v2 at step 30,000, blind", V2_AT.format(30000), [*LEROBOT, "--blind"]),
     ],
-    "mt50-v2-shipped": [  # on the same scene, only what a fresh clone holds: v2 by inference setting, and the
-        # older shipped networks, trained on wam's scene (enlarged markers, rendered at their own size)
+    "mt50-v2-shipped": [  # only what a fresh clone holds: v2 by inference setting, sighted and blind (the other
+        # shipped networks act at 64 or 96 px, and their recorded frames would not be the world model's 128 px)
         ("v2", V2, LEROBOT),
         ("v2, blind", V2, [*LEROBOT, "--blind"]),
         ("v2, 1 denoising step", V2, [*LEROBOT, "--steps", "1"]),
         ("v2, joint mode", V2, [*LEROBOT, "--mode", "joint"]),
         ("v2, 8 actions per chunk", V2, [*LEROBOT, "--n-action-steps", "8"]),
         ("v2, 1 denoising step, 8 actions per chunk", V2, [*LEROBOT, "--steps", "1", "--n-action-steps", "8"]),
-        ("v1", "checkpoints/wam-tiny-mt50", LEROBOT),
-        ("v1, blind", "checkpoints/wam-tiny-mt50", [*LEROBOT, "--blind"]),
-        ("MT10 reference", "checkpoints/wam-tiny-mt10", LEROBOT),
-        ("MT10 reference, blind", "checkpoints/wam-tiny-mt10", [*LEROBOT, "--blind"]),
+        ("v2, guidance scale 3", V2, [*LEROBOT, "--cfg-scale", "3"]),
+        ("v2, joint mode, blind", V2, [*LEROBOT, "--mode", "joint", "--blind"]),
+        ("v2, 1 denoising step, blind", V2, [*LEROBOT, "--steps", "1", "--blind"]),
+        ("v2, 8 actions per chunk, blind", V2, [*LEROBOT, "--n-action-steps", "8", "--blind"]),
     ],
 }
 
