@@ -1732,8 +1732,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from wam.recipe import RECIPES, get_recipe, run_recipe
 
     if args.action == "list":
+        width = max(map(len, RECIPES))
         for name, r in RECIPES.items():
-            print(f"{name:<12} {r.summary}")
+            print(f"{name:<{width}}  {r.summary}")
         return 0
     if args.action == "show":
         print(json.dumps(get_recipe(args.name).to_dict(), indent=2))
