@@ -19,7 +19,9 @@ Runbook (README, "Policy evaluation in imagination"):
         --out experiments/imagination/replay_ref_real_seed0.json
     python experiments/imagination/bench_replay.py \\
         --datasets A=data/rollouts/A,B=data/rollouts/B ...   # recorded elsewhere
-    python experiments/imagination/bench_replay.py --pool X.json,Y.json --out POOLED.json
+    python experiments/imagination/bench_replay.py --pool runs/A/X.json,runs/B/Y.json --out POOLED.json
+--out gets the aggregates; the same result with every per-episode verdict (what --pool reads) goes to
+--runs under the same name. --policies I,J,... keeps only those policies of the set (by index).
 The recorded episodes go on 10 steps after their first success (`--after-success 10`, as `wam collect`
 records), so a success the world model imagines a little late still falls inside the episode.
 """
@@ -196,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the policies simulated and recorded (bench_imagine's sets)",
     )
     p.add_argument(
+        "--policies",
+        default=None,
+        metavar="I,J,...",
+        help="only these policies of the set, by their index in it (default: all)",
+    )
+    p.add_argument(
         "--datasets",
         default=None,
         metavar="NAME=PATH,...",
@@ -259,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         policies = [(name, path, None, None) for name, path in (x.split("=", 1) for x in args.datasets.split(","))]
     else:
         policies = []
+        chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
         for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
+            if chosen is not None and i not in chosen:
+                continue
             if not (ROOT / ckpt / "config.json").is_file() and not Path(ckpt, "config.json").is_file():
                 print(f"[{name}] skipped: {ckpt} not found", file=sys.stderr)
                 continue
@@ -383,10 +394,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.closed_loop:
         closed = json.loads(Path(args.closed_loop).read_text())
         out["closed_loop"] = {"file": args.closed_loop, "spearman": closed["spearman"]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_results(out, args)
     print(json.dumps(out["spearman"], indent=1))
     return 0
+
+
+def write_results(out: dict, args) -> None:
+    """Everything, per-episode verdicts included, to --runs (what --pool reads); the aggregates to --out."""
+    full = Path(args.runs) / Path(args.out).name
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text(json.dumps(out, indent=1))
+    summary = {**out, "policies": [{k: v for k, v in r.items() if k != "verdicts"} for r in out["policies"]]}
+    summary["summary_of"] = f"{full}: the per-episode verdicts (per-frame probabilities of done, PSNR) left out"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
