@@ -95,6 +95,12 @@ POLICY_SETS = {
 }
 
 
+def chosen_policies(policy_set: str, indices: str | None) -> list[tuple[int, str, str, list[str]]]:
+    """(index, name, checkpoint, flags) of the set's policies, only those at `indices` ("I,J,...") when given."""
+    keep = None if indices is None else {int(i) for i in indices.split(",")}
+    return [(i, *p) for i, p in enumerate(POLICY_SETS[policy_set]) if keep is None or i in keep]
+
+
 def spearman(a, b) -> float | None:
     """Spearman's rank correlation over the policies (None for fewer than 3 points or a constant side)."""
     from wam.stats import spearman as rank_correlation
@@ -374,11 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "policies": [],
         "skipped": [],
     }
-    chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
     result["policy_set"] = args.policy_set
-    for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
-        if chosen is not None and i not in chosen:
-            continue
+    for i, name, ckpt, flags in chosen_policies(args.policy_set, args.policies):
         if not (ROOT / ckpt / "model.safetensors").is_file() and not (Path(ckpt) / "model.safetensors").is_file():
             result["skipped"].append({"name": name, "checkpoint": ckpt})
             continue

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_imagine import POLICY_SETS, correlations, pool, run, wam  # (this script's own directory)
+from bench_imagine import POLICY_SETS, chosen_policies, correlations, pool, run, wam  # (this script's own directory)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -267,10 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         policies = [(name, path, None, None) for name, path in (x.split("=", 1) for x in args.datasets.split(","))]
     else:
         policies = []
-        chosen = None if args.policies is None else {int(i) for i in args.policies.split(",")}
-        for i, (name, ckpt, flags) in enumerate(POLICY_SETS[args.policy_set]):
-            if chosen is not None and i not in chosen:
-                continue
+        for i, name, ckpt, flags in chosen_policies(args.policy_set, args.policies):
             if not (ROOT / ckpt / "config.json").is_file() and not Path(ckpt, "config.json").is_file():
                 print(f"[{name}] skipped: {ckpt} not found", file=sys.stderr)
                 continue
@@ -404,6 +401,8 @@ def write_results(out: dict, args) -> None:
     full = Path(args.runs) / Path(args.out).name
     full.parent.mkdir(parents=True, exist_ok=True)
     full.write_text(json.dumps(out, indent=1))
+    if full.resolve() == Path(args.out).resolve():  # --out already under --runs: keep the full result only
+        return
     summary = {**out, "policies": [{k: v for k, v in r.items() if k != "verdicts"} for r in out["policies"]]}
     summary["summary_of"] = f"{full}: the per-episode verdicts (per-frame probabilities of done, PSNR) left out"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
